@@ -126,9 +126,19 @@ def _random_like(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Te
     return noise + 1.0 if is_norm else noise
 
 
-def _perturb(t: torch.Tensor, gen: torch.Generator, scale: float = 0.01) -> torch.Tensor:
-    """Add a fresh random delta to every entry, so task vectors are nonzero everywhere."""
-    return t.float() + torch.randn(t.shape, generator=gen) * scale
+def _perturb(t: torch.Tensor, gen: torch.Generator, dtype: torch.dtype, scale: float = 0.01) -> torch.Tensor:
+    """`t` (cast to `dtype`) plus a fresh random delta that survives rounding to `dtype` in *every* entry.
+
+    Needed so task vectors are nonzero everywhere: in bf16 a 0.01 step vanishes next to a norm weight
+    of ~1, so entries that would round back are nudged to the neighbouring representable value.
+    """
+    base = t.to(dtype)
+    noise = torch.randn(t.shape, generator=gen) * scale
+    out = (base.float() + noise).to(dtype)
+    stuck = out == base
+    away = torch.where(noise >= 0, torch.inf, -torch.inf).to(dtype)
+    out[stuck] = torch.nextafter(base[stuck], away[stuck])
+    return out
 
 
 # --------------------------------------------------------------------------- safetensors I/O
@@ -364,7 +374,7 @@ def build_text_pair(out_dir: Path, spec: TextSpec = TextSpec(), *, dtype: torch.
     _random_model(model, gen, dtype)
     for i, path in enumerate(paths):
         if i:  # aligned: perturb the (already dtype-rounded) base
-            _fill(model, lambda _n, p: _perturb(p, gen), dtype)
+            _fill(model, lambda _n, p: _perturb(p, gen, dtype), dtype)
         _save_model(model, path, max_shard_size)
         _save_generation_config(model, path)
         _save_side_files(path, spec.vocab_size, None)
@@ -374,19 +384,20 @@ def build_text_pair(out_dir: Path, spec: TextSpec = TextSpec(), *, dtype: torch.
 # --------------------------------------------------------------------------- targets
 
 
-def _donor_lm(donor_dir: Path, gen: torch.Generator | None, extra_vocab: int = 0) -> dict[str, torch.Tensor]:
+def _donor_lm(donor_dir: Path, dtype: torch.dtype, gen: torch.Generator | None,
+              extra_vocab: int = 0) -> dict[str, torch.Tensor]:
     """Donor LM tensors (causal names), optionally "fine-tuned" (perturbed) and with grown vocab.
 
     The donor's on-disk names of a plain causal LM are `model.*` + `lm_head.weight`; a tied donor gets an
     explicit head so targets with their own head still inherit the donor's values.
     """
-    lm = {k: v.float() for k, v in load_state_dict_dir(donor_dir).items()}
+    lm = {k: v.to(dtype) for k, v in load_state_dict_dir(donor_dir).items()}
     lm.setdefault("lm_head.weight", lm["model.embed_tokens.weight"].clone())
     if gen is not None:
-        lm = {k: _perturb(v, gen) for k, v in sorted(lm.items())}
+        lm = {k: _perturb(v, gen, dtype) for k, v in sorted(lm.items())}
     if gen is not None and extra_vocab:
         for k in ("model.embed_tokens.weight", "lm_head.weight"):
-            rows = torch.randn(extra_vocab, lm[k].shape[1], generator=gen) * 0.02
+            rows = (torch.randn(extra_vocab, lm[k].shape[1], generator=gen) * 0.02).to(dtype)
             lm[k] = torch.cat([lm[k], rows])
     return lm
 
@@ -511,10 +522,11 @@ def build_target(layout: str, out_dir: Path, donor_dir: Path, spec: TextSpec = T
         raise ValueError(f"layout {layout!r} supports text families {lay.text_families}, not {spec.family!r}")
     out_dir = Path(out_dir)
     target_dir = out_dir / "target"
-    tuned = _donor_lm(Path(donor_dir), _gen(seed + 7919), extra_vocab)
+    tuned = _donor_lm(Path(donor_dir), dtype, _gen(seed + 7919), extra_vocab)
     _write_layout(layout, target_dir, spec, tuned, seed, dtype, max_shard_size)
     if not with_origin:
         return target_dir
     origin_dir = out_dir / "origin"
-    _write_layout(layout, origin_dir, spec, _donor_lm(Path(donor_dir), None), seed, dtype, max_shard_size)
+    general = _donor_lm(Path(donor_dir), dtype, None)
+    _write_layout(layout, origin_dir, spec, general, seed, dtype, max_shard_size)
     return origin_dir, target_dir
