@@ -1,0 +1,38 @@
+"""The arithmetic of grafting, as pure tensor functions shared by the streamed merge and the resident graft.
+
+Both paths must produce bit-identical weights for the same recipe, so the operation order is fixed here once:
+θ' = θ + (τ·λ), each step rounded in fp32, then one cast to the target dtype. Two separate rounded operations
+(no fused multiply-add) keep CPU, CUDA and an independent NumPy reference in exact agreement.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def graft_rows(theta: torch.Tensor, tau: torch.Tensor, lam: float, out_dtype: torch.dtype) -> torch.Tensor:
+    """θ + λ·τ computed in fp32, cast once to `out_dtype`."""
+    update = tau.to(torch.float32, copy=True).mul_(lam)
+    return update.add_(theta.to(torch.float32)).to(out_dtype)
+
+
+def orthogonal_graft_rows(
+    theta: torch.Tensor, tau: torch.Tensor, theta_origin: torch.Tensor, lam: float, coeff: float,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """θ + λ·(τ − c·τ_med) with τ_med = θ − θ_origin and c from `projection_terms` over the whole tensor."""
+    theta32 = theta.to(torch.float32)
+    tau_med = theta32 - theta_origin.to(torch.float32)
+    update = tau.to(torch.float32, copy=True).sub_(tau_med.mul_(coeff)).mul_(lam)
+    return update.add_(theta32).to(out_dtype)
+
+
+def projection_terms(theta: torch.Tensor, tau: torch.Tensor, theta_origin: torch.Tensor) -> tuple[float, float]:
+    """(⟨τ, τ_med⟩, ⟨τ_med, τ_med⟩) for one chunk, accumulated in fp64 so chunking does not change the result."""
+    tau_med = theta.to(torch.float64) - theta_origin.to(torch.float64)
+    return float((tau.to(torch.float64) * tau_med).sum()), float(tau_med.square().sum())
+
+
+def projection_coefficient(dot: float, sq_norm: float) -> float:
+    """c = ⟨τ, τ_med⟩ / ⟨τ_med, τ_med⟩, or 0 when the medical fine-tune left the tensor unchanged."""
+    return dot / sq_norm if sq_norm > 0 else 0.0

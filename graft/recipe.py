@@ -1,0 +1,199 @@
+"""The recipe: everything `graft merge` needs, as typed data that can be diffed, checked in and reproduced.
+
+λ(tensor) = scale × layer_factor(layer) × group_factor(group), where the per-layer factor comes from exactly one of
+
+* ``layers``: one factor per layer, listed in full;
+* ``blocks``: B factors; layer ℓ of L belongs to block ⌊ℓ·B/L⌋ (contiguous blocks, sizes differing by at most 1);
+* ``control_points``: K factors at evenly spaced depths 0, 1/(K−1), …, 1; layer ℓ sits at depth ℓ/(L−1) and gets
+  the linear interpolation of its two neighbouring points (K = 1 means a constant);
+
+or is 1 when none is given. Tensors outside the layer stack (embeddings, head, final norm) get layer factor 1:
+only their group factor and the scale apply.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from graft.errors import UsageError
+from graft.mapping import GROUPS, Group, Rule
+
+RECIPE_VERSION = 1
+DEFAULT_GROUP_FACTORS: dict[Group, float] = {g: (0.0 if g == "vision" else 1.0) for g in GROUPS}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Coefficients(_Strict):
+    scale: float = 1.0
+    layers: list[float] | None = None
+    blocks: Annotated[list[float], Field(min_length=1)] | None = None
+    control_points: Annotated[list[float], Field(min_length=1)] | None = None
+    groups: dict[Group, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_layer_rule(self) -> Coefficients:
+        given = [k for k in ("layers", "blocks", "control_points") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of layers, blocks, control_points (got {', '.join(given)})")
+        return self
+
+    def group_factor(self, group: Group) -> float:
+        return self.groups.get(group, DEFAULT_GROUP_FACTORS[group])
+
+    def layer_factors(self, num_layers: int) -> list[float]:
+        """The per-layer factor of every layer 0..L-1 (see the module docstring for the exact rule)."""
+        if self.layers is not None:
+            if len(self.layers) != num_layers:
+                raise UsageError(
+                    f"coefficients.layers has {len(self.layers)} entries but the model has {num_layers} layers; "
+                    "give one per layer, or use blocks / control_points"
+                )
+            return list(self.layers)
+        if self.blocks is not None:
+            blocks = len(self.blocks)
+            if blocks > num_layers:
+                raise UsageError(f"coefficients.blocks has {blocks} entries for only {num_layers} layers")
+            return [self.blocks[(layer * blocks) // num_layers] for layer in range(num_layers)]
+        if self.control_points is not None:
+            points = self.control_points
+            if len(points) == 1 or num_layers == 1:
+                return [points[0]] * num_layers
+            depth = np.arange(num_layers) / (num_layers - 1)
+            knots = np.linspace(0.0, 1.0, len(points))
+            return [float(v) for v in np.interp(depth, knots, points)]
+        return [1.0] * num_layers
+
+    def lam(self, layer: int | None, group: Group, layer_factors: list[float]) -> float:
+        factor = 1.0 if layer is None else layer_factors[layer]
+        return self.scale * factor * self.group_factor(group)
+
+
+class MapRule(_Strict):
+    match: str
+    replace: str
+
+    @field_validator("match")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+    def to_rule(self) -> Rule:
+        return Rule(self.match, self.replace)
+
+
+class MappingRules(_Strict):
+    """Name mapping overrides and tensor selection (regexes; include/exclude are searched in *target* names)."""
+
+    rules: list[MapRule] = Field(default_factory=list)
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _all_compile(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from exc
+        return values
+
+    def selects(self, target_name: str) -> bool:
+        if self.include and not any(re.search(p, target_name) for p in self.include):
+            return False
+        return not any(re.search(p, target_name) for p in self.exclude)
+
+
+class Options(_Strict):
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    shard_size: str | None = None  # bytes per output shard, e.g. "5GB"; None mirrors the target's shards
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    origin: str | None = None
+    orthogonalize: bool = False
+    chunk_size: str = "64MB"
+
+    @model_validator(mode="after")
+    def _origin_for_orthogonal(self) -> Options:
+        if self.orthogonalize and not self.origin:
+            raise ValueError("orthogonalize needs options.origin (the model the target was fine-tuned from)")
+        return self
+
+
+class Recipe(_Strict):
+    """A graft recipe. Relative paths are resolved against the recipe file's folder."""
+
+    graft_recipe: Literal[1] = RECIPE_VERSION
+    description: str | None = None
+    target: str | None = None
+    vector: str | None = None
+    out: str | None = None
+    coefficients: Coefficients = Field(default_factory=Coefficients)
+    mapping: MappingRules = Field(default_factory=MappingRules)
+    options: Options = Field(default_factory=Options)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Recipe:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read recipe ({exc.strerror})") from exc
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        recipe = cls.parse(data, source=str(path))
+        return recipe.with_paths_relative_to(path.parent)
+
+    @classmethod
+    def parse(cls, data: object, *, source: str = "recipe") -> Recipe:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise UsageError(f"{source}: {describe_validation_error(exc)}") from exc
+
+    def with_paths_relative_to(self, folder: Path) -> Recipe:
+        def fix(value: str | None) -> str | None:
+            if value is None or Path(value).is_absolute() or not (folder / value).exists():
+                return value
+            return str(folder / value)
+
+        options = self.options.model_copy(update={"origin": fix(self.options.origin)})
+        return self.model_copy(update={"target": fix(self.target), "vector": fix(self.vector),
+                                       "out": self.out if self.out is None or Path(self.out).is_absolute()
+                                       else str(folder / self.out), "options": options})
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", exclude_none=True)
+        return yaml.safe_dump(data, sort_keys=False)
+
+    def updated(self, **changes: object) -> Recipe:
+        """A copy with some fields replaced (nested models given as dicts of their own changes), re-validated."""
+        data = self.model_dump()
+        for key, value in changes.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return Recipe.parse(data, source="command-line options")
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line: the field path and what is wrong with it (pydantic's own words)."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)

@@ -1,0 +1,285 @@
+"""The safety task vector τ = θ_aligned − θ_base: streamed extraction and the self-describing vector folder.
+
+A vector folder is safetensors shards (`vector.safetensors`, or `vector-0000i-of-0000N.safetensors` with
+`vector.safetensors.index.json`) plus `vector.json`, a manifest naming both sources with their content hashes and
+describing every tensor (shape, layer, module group, ‖τ‖, ‖τ‖/‖θ_base‖, how many elements the storage dtype could
+not hold exactly). It is an artefact people share, so it must say on its own what it is and where it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from graft import __version__
+from graft.checkpoint import DTYPES, Checkpoint, TensorInfo, sha256_file
+from graft.errors import IncompatibleError, InputError, UsageError
+from graft.mapping import Group, find_backbone_prefix, layer_index, module_group
+from graft.writer import (
+    BackgroundWriter,
+    OutputFolder,
+    OutputTensor,
+    ShardWriter,
+    parse_size,
+    shard_names,
+    split_into_shards,
+    write_index,
+)
+
+MANIFEST = "vector.json"
+FORMAT = "graft-vector"
+FORMAT_VERSION = 1
+STORAGE_DTYPES = {"auto": None, "bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+
+# Config keys that decide tensor shapes and structure; anything else (ids, dtype, generation knobs) may differ.
+_STRUCTURAL_KEY = re.compile(r"^(model_type|vocab_size|tie_word_embeddings|head_dim|num_\w+|\w+_size|\w+_dim)$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceInfo(_Frozen):
+    path: str
+    model_type: str | None = None
+    architectures: list[str] | None = None
+    sha256: dict[str, str] | None = None  # weight file name -> content hash (the hub's LFS oid)
+
+
+class VectorTensor(_Frozen):
+    shape: list[int]
+    dtype: str
+    layer: int | None
+    group: Group
+    norm: float
+    rel_norm: float | None
+    inexact: int  # elements whose fp32 difference the storage dtype rounds
+
+
+class VectorManifest(_Frozen):
+    format: Literal["graft-vector"] = FORMAT
+    format_version: Literal[1] = FORMAT_VERSION
+    graft_version: str
+    kind: str = "safety"
+    base: SourceInfo
+    aligned: SourceInfo
+    dtype: str  # "auto" (each tensor in its source dtype) or the storage dtype asked for
+    backbone_prefix: str
+    num_layers: int
+    tensors: dict[str, VectorTensor]
+    total_norm: float
+    inexact_elements: int
+    total_elements: int
+
+
+@dataclass
+class SafetyVector:
+    """An opened vector folder: the manifest plus lazy access to τ."""
+
+    root: Path
+    manifest: VectorManifest
+    checkpoint: Checkpoint
+
+    @classmethod
+    def open(cls, path: str | Path) -> SafetyVector:
+        root = Path(path)
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise InputError(f"{root}: not a graft vector folder (no {MANIFEST}); create one with `graft extract`")
+        try:
+            manifest = VectorManifest.model_validate(json.loads(manifest_path.read_text()))
+        except ValueError as exc:
+            detail = str(exc).splitlines()[0] if not isinstance(exc, ValidationError) else _first_error(exc)
+            raise InputError(f"{manifest_path}: invalid vector manifest ({detail})") from exc
+        checkpoint = Checkpoint.open(root, role="vector")
+        for name, entry in manifest.tensors.items():
+            info = checkpoint.tensors.get(name)
+            if info is None or list(info.shape) != entry.shape:
+                raise InputError(f"{root}: {MANIFEST} lists tensor {name!r} but the shards do not hold it as described")
+        return cls(root, manifest, checkpoint)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(t.shape) for name, t in self.manifest.tensors.items()}
+
+    def close(self) -> None:
+        self.checkpoint.close()
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+
+
+def structural_config(config: dict[str, object], prefix: str = "") -> dict[str, object]:
+    """The config entries that fix the architecture, flattened ('text_config.hidden_size': 3584)."""
+    out: dict[str, object] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(structural_config(value, f"{prefix}{key}."))
+        elif _STRUCTURAL_KEY.match(key):
+            out[prefix + key] = value
+    return out
+
+
+def check_same_architecture(base: Checkpoint, aligned: Checkpoint, *, shared_only: bool) -> list[str]:
+    """Names both hold; raise with the exact differences when the two are not the same architecture."""
+    a, b = structural_config(base.config), structural_config(aligned.config)
+    diffs = [f"config {k}: base {a.get(k)!r} vs aligned {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+             if a.get(k) != b.get(k)]
+    if diffs:
+        raise IncompatibleError(f"{base.root} and {aligned.root} are not the same architecture: {'; '.join(diffs[:5])}")
+    shapes = [f"{n}: base {list(base.tensors[n].shape)} vs aligned {list(aligned.tensors[n].shape)}"
+              for n in base.tensors if n in aligned.tensors and base.tensors[n].shape != aligned.tensors[n].shape]
+    if shapes:
+        more = f" (+{len(shapes) - 3} more)" if len(shapes) > 3 else ""
+        raise IncompatibleError(f"shape mismatch between base and aligned: {'; '.join(shapes[:3])}{more}")
+    only_base = [n for n in base.tensors if n not in aligned.tensors]
+    only_aligned = [n for n in aligned.tensors if n not in base.tensors]
+    if (only_base or only_aligned) and not shared_only:
+        sample = (only_base + only_aligned)[:3]
+        raise IncompatibleError(
+            f"{len(only_base)} tensors only in base and {len(only_aligned)} only in aligned (e.g. {', '.join(sample)});"
+            " pass --shared-only to extract over the names both hold"
+        )
+    return [n for n in base.tensors if n in aligned.tensors and base.tensors[n].is_float]
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    out: Path
+    manifest: VectorManifest
+    skipped: list[str]  # shared non-float tensors (buffers, ids): no task vector for those
+
+
+def extract_vector(
+    base_path: str | Path,
+    aligned_path: str | Path,
+    out: str | Path,
+    *,
+    dtype: str = "auto",
+    shard_size: str = "5GB",
+    force: bool = False,
+    shared_only: bool = False,
+    hash_sources: bool = True,
+    kind: str = "safety",
+    chunk_size: str = "64MB",
+    progress: Callable[[int], None] | None = None,
+) -> ExtractResult:
+    """Stream τ = aligned − base tensor by tensor (in row chunks) into a new vector folder."""
+    if dtype not in STORAGE_DTYPES:
+        raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(STORAGE_DTYPES)}")
+    with Checkpoint.open(base_path, role="base") as base, Checkpoint.open(aligned_path, role="aligned") as aligned:
+        names = check_same_architecture(base, aligned, shared_only=shared_only)
+        skipped = [n for n in base.tensors if n in aligned.tensors and not base.tensors[n].is_float]
+        if not names:
+            raise IncompatibleError(f"{base.root} and {aligned.root} share no floating-point tensors")
+        storage = {n: STORAGE_DTYPES[dtype] or base.tensors[n].dtype for n in names}
+        outputs = [OutputTensor(n, storage[n], base.tensors[n].shape) for n in names]
+        folder = OutputFolder(Path(out), inputs=[base.root, aligned.root], force=force)
+        folder.check_free_space(sum(t.nbytes for t in outputs))
+        prefix = find_backbone_prefix({n: base.tensors[n].shape for n in names})
+        hashes = ThreadPoolExecutor(max_workers=1) if hash_sources else None
+        futures = {}
+        if hashes:
+            for role, ckpt in (("base", base), ("aligned", aligned)):
+                futures[role] = {f.name: hashes.submit(sha256_file, f) for f in ckpt.weight_files}
+        try:
+            with folder as staging:
+                stats = _write_difference(base, aligned, outputs, staging, parse_size(shard_size),
+                                          parse_size(chunk_size), progress)
+                manifest = VectorManifest(
+                    graft_version=__version__,
+                    kind=kind,
+                    base=_source(base, {k: f.result() for k, f in futures.get("base", {}).items()} or None),
+                    aligned=_source(aligned, {k: f.result() for k, f in futures.get("aligned", {}).items()} or None),
+                    dtype=dtype,
+                    backbone_prefix=prefix,
+                    num_layers=1 + max((layer_index(_rel(n, prefix)) or 0) for n in names),
+                    tensors={n: _describe(n, storage[n], base.tensors[n], prefix, stats[n]) for n in names},
+                    total_norm=math.sqrt(sum(s[0] ** 2 for s in stats.values())),
+                    inexact_elements=sum(s[2] for s in stats.values()),
+                    total_elements=sum(base.tensors[n].numel for n in names),
+                )
+                (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+        finally:
+            if hashes:
+                hashes.shutdown(wait=True, cancel_futures=True)
+    return ExtractResult(folder.destination, manifest, skipped)
+
+
+def _rel(name: str, prefix: str) -> str:
+    return name[len(prefix):] if prefix and name.startswith(prefix) else name
+
+
+def _describe(name: str, dtype: str, info: TensorInfo, prefix: str, stat: tuple[float, float, int]) -> VectorTensor:
+    norm, base_norm, inexact = stat
+    rel = _rel(name, prefix)
+    return VectorTensor(shape=list(info.shape), dtype=dtype, layer=layer_index(rel), group=module_group(rel),
+                        norm=norm, rel_norm=(norm / base_norm) if base_norm > 0 else None, inexact=inexact)
+
+
+def _source(ckpt: Checkpoint, hashes: dict[str, str] | None) -> SourceInfo:
+    config = ckpt.config
+    return SourceInfo(path=str(ckpt.root), model_type=config.get("model_type"),  # type: ignore[arg-type]
+                      architectures=config.get("architectures"), sha256=hashes)  # type: ignore[arg-type]
+
+
+def _write_difference(
+    base: Checkpoint,
+    aligned: Checkpoint,
+    outputs: list[OutputTensor],
+    staging: Path,
+    shard_bytes: int,
+    chunk_bytes: int,
+    progress: Callable[[int], None] | None,
+) -> dict[str, tuple[float, float, int]]:
+    """Write every τ tensor; return per tensor (‖τ‖ as stored, ‖θ_base‖, inexact element count)."""
+    shards = split_into_shards(outputs, shard_bytes)
+    files = shard_names("vector", len(shards))
+    stats: dict[str, tuple[float, float, int]] = {}
+    writer = BackgroundWriter()
+    weight_map: dict[str, str] = {}
+    try:
+        for shard, file in zip(shards, files, strict=True):
+            out = ShardWriter(staging / file, shard, {"format": "pt", "producer": "graft"})
+            for tensor in shard:
+                weight_map[tensor.name] = file
+                info = base.tensors[tensor.name]
+                target_dtype = DTYPES[tensor.dtype][0]
+                sq_tau = sq_base = 0.0
+                inexact = 0
+                step = max(1, chunk_bytes // max(1, info.row_nbytes))
+                for start in range(0, info.rows, step):
+                    stop = min(info.rows, start + step)
+                    b = base.read_rows(tensor.name, start, stop).float()
+                    diff = aligned.read_rows(tensor.name, start, stop).float().sub_(b)
+                    stored = diff.to(target_dtype)
+                    back = stored.float()
+                    inexact += int((back != diff).sum())
+                    sq_tau += float(back.double().square().sum())
+                    sq_base += float(b.double().square().sum())
+                    writer.submit(out.write, stored)
+                    if progress:
+                        progress(2 * (stop - start) * info.row_nbytes)
+                stats[tensor.name] = (math.sqrt(sq_tau), math.sqrt(sq_base), inexact)
+            writer.submit(out.close)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    if len(files) > 1:
+        write_index(staging, "vector.safetensors.index.json", weight_map,
+                    {"total_size": sum(t.nbytes for t in outputs)})
+    return stats
+
+
+__all__ = ["MANIFEST", "ExtractResult", "SafetyVector", "VectorManifest", "extract_vector"]

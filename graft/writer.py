@@ -1,0 +1,278 @@
+"""Write safetensors folders the way graft needs: streamed, atomic, never over something a user owns.
+
+Every output shard's header is computed before its data, since names, dtypes and shapes are known from the plan;
+tensors are then appended in order, so a shard never has to be held in memory. Writes happen in a background
+thread so disk writes overlap reading and computing. The whole folder is built beside its destination and renamed
+into place only when complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import queue
+import shutil
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from graft.checkpoint import DTYPES
+from graft.errors import OutputError
+
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB' -> 5_000_000_000 bytes (KB/MB/GB are powers of 10, KiB/MiB/GiB of 2, as in transformers)."""
+    if isinstance(text, int):
+        return text
+    cleaned = text.strip().upper().replace(" ", "")
+    number = cleaned.rstrip("KMGTIB")
+    unit = cleaned[len(number):]
+    if unit not in SIZE_UNITS or not number:
+        raise ValueError(f"{text!r} is not a size; use e.g. 5GB, 500MB or 2GiB")
+    return int(float(number) * SIZE_UNITS[unit])
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str
+    dtype: str  # safetensors tag
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = DTYPES[self.dtype][1]
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def encode_header(tensors: Sequence[OutputTensor], metadata: dict[str, str] | None) -> bytes:
+    """Header bytes (length prefix + JSON padded to 8 bytes), laid out in the given order like safetensors does."""
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = metadata
+    offset = 0
+    for t in tensors:
+        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    body = json.dumps(header, separators=(",", ":")).encode()
+    body += b" " * (-len(body) % 8)
+    return len(body).to_bytes(8, "little") + body
+
+
+def _raise_write_error(exc: OSError, path: Path) -> None:
+    if exc.errno == errno.ENOSPC:
+        raise OutputError(f"{path}: disk full while writing; free space or choose another --out") from exc
+    raise OutputError(f"{path}: write failed ({exc.strerror})") from exc
+
+
+class BackgroundWriter:
+    """A single thread that performs writes queued by the main thread, in order.
+
+    The queue is bounded so a slow disk throttles the producer instead of letting buffers pile up in memory.
+    The first error is re-raised in the main thread at the next `submit` or at `close`.
+    """
+
+    def __init__(self, depth: int = 4) -> None:
+        self._queue: queue.Queue[tuple | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="graft-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn, *args) -> None:
+        self._check()
+        self._queue.put((fn, args))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
+
+    def abort(self) -> None:
+        """Stop after the current job, dropping the rest (used when the main thread fails)."""
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._queue.put(None)
+        self._thread.join()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            fn, args = job
+            try:
+                fn(*args)
+            except BaseException as exc:  # re-raised in the main thread
+                self._error = exc
+
+
+class ShardWriter:
+    """Writes one safetensors file: the header at once, then each tensor's bytes in header order."""
+
+    def __init__(self, path: Path, tensors: Sequence[OutputTensor], metadata: dict[str, str] | None) -> None:
+        self.path = path
+        self.tensors = list(tensors)
+        self._next = 0
+        self._pending = self.tensors[0].nbytes if self.tensors else 0
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._write_all(encode_header(self.tensors, metadata))
+        except OSError as exc:
+            _raise_write_error(exc, path)
+
+    def write(self, data: torch.Tensor | bytes | memoryview) -> None:
+        """Append bytes of the current tensor (a whole tensor, or the next rows of it)."""
+        view = memoryview(data.contiguous().view(torch.uint8).numpy()) if isinstance(data, torch.Tensor) else data
+        self._advance(len(view))
+        try:
+            self._write_all(view)
+        except OSError as exc:
+            _raise_write_error(exc, self.path)
+
+    def copy_from(self, src_fd: int, offset: int, nbytes: int) -> None:
+        """Append `nbytes` taken straight from another file: pass-through tensors never enter Python memory."""
+        self._advance(nbytes)
+        try:
+            done = 0
+            while done < nbytes:
+                got = os.copy_file_range(src_fd, self._fd, nbytes - done, offset + done)
+                if got == 0:
+                    raise OutputError(f"{self.path}: source ended early while copying; the input may be truncated")
+                done += got
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                self._copy_slow(src_fd, offset + done, nbytes - done)
+            else:
+                _raise_write_error(exc, self.path)
+
+    def _copy_slow(self, src_fd: int, offset: int, nbytes: int) -> None:
+        block = 16 * 1024 * 1024
+        while nbytes:
+            data = os.pread(src_fd, min(block, nbytes), offset)
+            if not data:
+                raise OutputError(f"{self.path}: source ended early while copying; the input may be truncated")
+            self._write_all(data)
+            offset += len(data)
+            nbytes -= len(data)
+
+    def _advance(self, nbytes: int) -> None:
+        while self._pending == 0 and self._next < len(self.tensors) - 1:
+            self._next += 1
+            self._pending = self.tensors[self._next].nbytes
+        if nbytes > self._pending:
+            name = self.tensors[self._next].name if self.tensors else "?"
+            raise RuntimeError(f"internal: {nbytes} bytes written for tensor {name!r}, {self._pending} expected")
+        self._pending -= nbytes
+
+    def _write_all(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def close(self) -> None:
+        complete = self._pending == 0 and self._next >= len(self.tensors) - 1
+        os.close(self._fd)
+        if not complete:
+            raise RuntimeError(f"internal: {self.path} closed before all tensors were written")
+
+
+@dataclass
+class OutputFolder:
+    """A folder built in a hidden sibling and renamed into place at the end: all or nothing.
+
+    Refuses to replace an existing folder without `force`, and refuses any destination that is, contains or lies
+    inside one of the inputs, so nothing a user owns can be overwritten by accident.
+    """
+
+    destination: Path
+    inputs: Iterable[Path] = ()
+    force: bool = False
+    staging: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.destination = Path(self.destination).absolute()
+        for src in self.inputs:
+            src = Path(src).resolve()
+            dest = self.destination.resolve()
+            if dest == src or src in dest.parents or dest in src.parents:
+                raise OutputError(f"{self.destination}: overlaps input {src}; choose an --out outside every input")
+        if self.destination.exists() and not self.force:
+            raise OutputError(f"{self.destination}: already exists; pass --force to replace it or choose another --out")
+        if self.destination.exists() and not self.destination.is_dir():
+            raise OutputError(f"{self.destination}: exists and is not a folder; remove it or choose another --out")
+        parent = self.destination.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{parent}: cannot create the output's parent folder ({exc.strerror})") from exc
+        self.staging = parent / f".{self.destination.name}.graft-partial-{os.getpid()}"
+
+    def check_free_space(self, needed: int) -> None:
+        free = shutil.disk_usage(self.destination.parent).free
+        if free < needed:
+            raise OutputError(
+                f"{self.destination.parent}: {needed / 1e9:.2f} GB needed but only {free / 1e9:.2f} GB free; "
+                "free space or choose another --out"
+            )
+
+    def __enter__(self) -> Path:
+        if self.staging.exists():
+            shutil.rmtree(self.staging)
+        self.staging.mkdir()
+        return self.staging
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            return
+        self._commit()
+
+    def _commit(self) -> None:
+        previous = None
+        if self.destination.exists():
+            previous = self.destination.parent / f".{self.destination.name}.graft-replaced-{os.getpid()}"
+            os.rename(self.destination, previous)
+        os.rename(self.staging, self.destination)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+
+
+def write_index(folder: Path, index_name: str, weight_map: dict[str, str], metadata: dict[str, object]) -> None:
+    """The `*.safetensors.index.json` that transformers reads: metadata (total_size...) and tensor -> shard."""
+    body = {"metadata": metadata, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / index_name).write_text(json.dumps(body, indent=2) + "\n")
+
+
+def shard_names(stem: str, count: int) -> list[str]:
+    """HF shard file names: model-00001-of-00003.safetensors, or model.safetensors for a single file."""
+    if count == 1:
+        return [f"{stem}.safetensors"]
+    return [f"{stem}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+def split_into_shards(tensors: Sequence[OutputTensor], max_bytes: int) -> list[list[OutputTensor]]:
+    """Greedy, order-preserving split; a tensor larger than the limit gets a shard of its own."""
+    shards: list[list[OutputTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if shards[-1] and size + t.nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return shards if shards[0] else []
