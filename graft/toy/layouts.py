@@ -97,7 +97,7 @@ LAYOUTS: dict[str, Layout] = {
 _FAMILY_MODEL_TYPE = {"llama": "llama", "qwen2": "qwen2", "mistral": "mistral", "gemma3": "gemma3_text"}
 # Prefix of the LM body in transformers-5 *in-memory* names (causal LMs keep "model.").
 _MEM_LM_PREFIX = "model.language_model."
-_PAD, _BOS, _EOS, _UNK = 0, 1, 2, 3
+_PAD, _BOS, _EOS = 0, 1, 2  # <unk> is id 3, see `_tokenizer`
 _CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {{ eos_token }} {% endfor %}"
     "{% if add_generation_prompt %}<assistant> {% endif %}"
@@ -234,9 +234,10 @@ def _qwen_vl_text(spec: TextSpec, vocab: int) -> dict:
                 rope_scaling={"type": "mrope", "mrope_section": _mrope_section(spec.head_dim)})
 
 
-def _image_ids(vocab: int) -> dict:
-    """Reserve the last tokens of the vocabulary for image markers (see `_tokenizer`)."""
-    return {"image_token_id": vocab - 1}
+def _qwen_vl_ids(vocab: int) -> dict:
+    """Keep Qwen-VL's special token ids inside the tiny vocabulary (the image token is the last id)."""
+    return {"image_token_id": vocab - 1, "video_token_id": vocab - 2, "vision_start_token_id": vocab - 4,
+            "vision_end_token_id": vocab - 3}
 
 
 def _clip_vision(hidden: int) -> transformers.CLIPVisionConfig:
@@ -249,7 +250,7 @@ def _cfg_qwen2_vl(spec: TextSpec, vocab: int) -> transformers.PretrainedConfig:
     vision = dict(depth=1, embed_dim=16, hidden_size=spec.hidden_size, num_heads=2, patch_size=2,
                   in_channels=3, spatial_merge_size=2, temporal_patch_size=2, mlp_ratio=2)
     return transformers.Qwen2VLConfig(text_config=_qwen_vl_text(spec, vocab), vision_config=vision,
-                                      tie_word_embeddings=spec.tie_word_embeddings, **_image_ids(vocab))
+                                      tie_word_embeddings=spec.tie_word_embeddings, **_qwen_vl_ids(vocab))
 
 
 def _cfg_qwen2_5_vl(spec: TextSpec, vocab: int) -> transformers.PretrainedConfig:
@@ -257,7 +258,7 @@ def _cfg_qwen2_5_vl(spec: TextSpec, vocab: int) -> transformers.PretrainedConfig
                   num_heads=2, patch_size=2, in_channels=3, spatial_merge_size=2, temporal_patch_size=2,
                   fullatt_block_indexes=[0], window_size=8)
     return transformers.Qwen2_5_VLConfig(text_config=_qwen_vl_text(spec, vocab), vision_config=vision,
-                                         tie_word_embeddings=spec.tie_word_embeddings, **_image_ids(vocab))
+                                         tie_word_embeddings=spec.tie_word_embeddings, **_qwen_vl_ids(vocab))
 
 
 def _cfg_llava(spec: TextSpec, vocab: int) -> transformers.PretrainedConfig:
@@ -309,7 +310,7 @@ def _tokenizer(vocab: int) -> transformers.PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        additional_special_tokens=["<image>"], chat_template=_CHAT_TEMPLATE)
+        additional_special_tokens=["<image>"], chat_template=_CHAT_TEMPLATE, model_max_length=256)
 
 
 def _save_side_files(out_dir: Path, vocab: int, processor: str | None) -> None:
