@@ -136,7 +136,7 @@ class ShardWriter:
 
     def write(self, data: torch.Tensor | bytes | memoryview) -> None:
         """Append bytes of the current tensor (a whole tensor, or the next rows of it)."""
-        view = memoryview(data.contiguous().view(torch.uint8).numpy()) if isinstance(data, torch.Tensor) else data
+        view = memoryview(data.contiguous().reshape(-1).view(torch.uint8).numpy()) if isinstance(data, torch.Tensor) else data
         self._advance(len(view))
         try:
             self._write_all(view)

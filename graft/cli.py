@@ -1,0 +1,340 @@
+"""The `graft` command line: a thin layer over the Python API (graft.vector, graft.plan, graft.merge).
+
+Exit codes: 0 success, 1 unexpected error (a bug), 2 usage error (bad flag or recipe), 3 input error (missing,
+corrupt or unsupported file), 4 incompatible inputs (architectures, names or shapes), 5 output error (exists,
+overlaps an input, disk full). Every expected failure prints one line naming the file/tensor/field and the fix.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from graft import __version__
+from graft.errors import EXIT_CODES, GraftError, UsageError
+from graft.recipe import Recipe
+
+app = typer.Typer(
+    name="graft",
+    help="Graft a safety task vector layer-wise into (medical, multimodal) LLM checkpoints.\n\n"
+    "Exit codes: " + "; ".join(f"{code} {text.split(':')[0]}" for code, text in EXIT_CODES.items()),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+stderr = Console(stderr=True, highlight=False)
+stdout = Console(highlight=False)
+F = TypeVar("F", bound=Callable[..., Any])
+
+# -- options declared once, shared by the commands that take them -------------------------------------------------------
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors and the final path only.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More detail; tracebacks for unexpected errors.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output folder (atomically, at the end).")]
+RecipeOpt = Annotated[Path | None, typer.Option("--recipe", "-r", help="Recipe YAML; flags override its fields.")]
+TargetOpt = Annotated[str | None, typer.Option("--target", "-t", help="Target model folder or hub id.")]
+VectorOpt = Annotated[str | None, typer.Option("--vector", help="Vector folder written by `graft extract`.")]
+ScaleOpt = Annotated[float | None, typer.Option("--scale", "-s", help="Global λ scale.")]
+LayersOpt = Annotated[str | None, typer.Option("--layers", help="Per-layer factors, one per layer: '0,0.5,1,...'.")]
+BlocksOpt = Annotated[str | None, typer.Option("--blocks", help="Per-block factors over contiguous layer blocks.")]
+PointsOpt = Annotated[str | None, typer.Option(
+    "--control-points", help="Factors at evenly spaced depths, linearly interpolated over layers.")]
+GroupOpt = Annotated[list[str] | None, typer.Option(
+    "--group", "-g", help="Group factor GROUP=F (attn, mlp, norm, embed, head, vision, other); repeatable.")]
+MapOpt = Annotated[list[str] | None, typer.Option(
+    "--map", help="Name rule 'REGEX=>REPLACEMENT' applied to vector names (re.sub); repeatable.")]
+IncludeOpt = Annotated[list[str] | None, typer.Option("--include", help="Only graft target tensors matching REGEX.")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Never graft target tensors matching REGEX.")]
+OriginOpt = Annotated[str | None, typer.Option("--origin", help="Model the target was fine-tuned from.")]
+OrthoOpt = Annotated[bool | None, typer.Option(
+    "--orthogonalize/--no-orthogonalize", help="Project τ off τ_med = target − origin, per tensor (needs --origin).")]
+
+
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError as exc:
+        raise UsageError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 0.2,0.5,1") from exc
+
+
+def _pairs(items: list[str] | None, flag: str, sep: str) -> list[tuple[str, str]]:
+    result = []
+    for item in items or []:
+        if sep not in item:
+            raise UsageError(f"{flag} {item!r}: expected the form LEFT{sep}RIGHT")
+        left, right = item.split(sep, 1)
+        result.append((left.strip(), right.strip()))
+    return result
+
+
+def build_recipe(recipe: Path | None, **flags: Any) -> Recipe:
+    """Recipe file (if any) with command-line flags laid over it; None means 'not given, keep the recipe's'."""
+    base = Recipe.from_yaml(recipe) if recipe else Recipe()
+    coefficients: dict[str, Any] = {}
+    if flags.get("scale") is not None:
+        coefficients["scale"] = flags["scale"]
+    for key, flag in (("layers", "--layers"), ("blocks", "--blocks"), ("control_points", "--control-points")):
+        values = _floats(flags.get(key), flag)
+        if values is not None:
+            coefficients.update({"layers": None, "blocks": None, "control_points": None, key: values})
+    groups = _pairs(flags.get("group"), "--group", "=")
+    if groups:
+        try:
+            coefficients["groups"] = {**base.coefficients.groups, **{g: float(v) for g, v in groups}}
+        except ValueError as exc:
+            raise UsageError(f"--group: factors must be numbers ({exc})") from exc
+    mapping: dict[str, Any] = {}
+    rules = _pairs(flags.get("map"), "--map", "=>")
+    if rules:
+        mapping["rules"] = [*base.mapping.model_dump()["rules"], *({"match": m, "replace": r} for m, r in rules)]
+    for key in ("include", "exclude"):
+        if flags.get(key):
+            mapping[key] = [*getattr(base.mapping, key), *flags[key]]
+    options = {k: flags[k] for k in ("dtype", "shard_size", "device", "origin", "orthogonalize", "chunk_size")
+               if flags.get(k) is not None}
+    top = {k: flags[k] for k in ("target", "vector", "out") if flags.get(k) is not None}
+    changes: dict[str, Any] = {**top}
+    if coefficients:
+        changes["coefficients"] = coefficients
+    if mapping:
+        changes["mapping"] = mapping
+    if options:
+        changes["options"] = options
+    return base.updated(**changes) if changes else base
+
+
+@contextmanager
+def _failures(verbose: bool):  # noqa: ANN202 - a context manager
+    """Expected errors: one line and their exit code. Anything else is a bug: say so, code 1."""
+    try:
+        yield
+    except GraftError as exc:
+        stderr.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        stderr.print("[bold red]interrupted[/]: no output was left behind")
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        if verbose:
+            stderr.print_exception()
+        stderr.print(f"[bold red]internal error:[/] {exc.__class__.__name__}: {exc} (rerun with -v for the traceback)",
+                  soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def handles_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        logging.basicConfig(level=logging.INFO if kwargs.get("verbose") else logging.WARNING)
+        with _failures(bool(kwargs.get("verbose"))):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TimeRemainingColumn(), console=stderr, disable=quiet, transient=False,
+    )
+
+
+# -- commands -------------------------------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def extract(
+    base: Annotated[str, typer.Option("--base", "-b", help="Base (unaligned) model folder or hub id.")],
+    aligned: Annotated[str, typer.Option("--aligned", "-a", help="Aligned model folder or hub id, same architecture.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Vector folder to create.")],
+    dtype: Annotated[str, typer.Option(
+        help="Storage dtype of τ: auto (each tensor's own), bfloat16, float16 or float32 (exact).")] = "auto",
+    shard_size: Annotated[str, typer.Option(help="Maximum bytes per vector shard (e.g. 5GB, 500MB).")] = "5GB",
+    shared_only: Annotated[bool, typer.Option(
+        help="Extract over the names both hold instead of failing when one has extra tensors.")] = False,
+    hash_sources: Annotated[bool, typer.Option(
+        "--hash/--no-hash", help="Record sha256 of every source weight file in vector.json.")] = True,
+    kind: Annotated[str, typer.Option(help="Label stored in the manifest (safety, or e.g. resta).")] = "safety",
+    force: Force = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Extract the task vector τ = ALIGNED − BASE, streamed tensor by tensor, into a vector folder."""
+    from graft.hub import resolve_model
+    from graft.vector import extract_vector
+
+    base_path = resolve_model(base, role="base")
+    aligned_path = resolve_model(aligned, role="aligned")
+    with _progress(quiet) as progress:
+        task = progress.add_task("extract", total=None)
+        result = extract_vector(base_path, aligned_path, out, dtype=dtype, shard_size=shard_size, force=force,
+                                shared_only=shared_only, hash_sources=hash_sources, kind=kind,
+                                progress=lambda n: progress.advance(task, n))
+    manifest = result.manifest
+    if not quiet:
+        table = Table(title="graft extract", show_header=False)
+        table.add_row("vector", str(result.out))
+        table.add_row("tensors", f"{len(manifest.tensors)} ({manifest.num_layers} layers, backbone "
+                                 f"'{manifest.backbone_prefix}')")
+        table.add_row("‖τ‖", f"{manifest.total_norm:.6g}")
+        share = manifest.inexact_elements / max(1, manifest.total_elements)
+        table.add_row("inexact in storage dtype", f"{manifest.inexact_elements} of {manifest.total_elements} "
+                                                  f"elements ({share:.3%}); use --dtype float32 for exact τ")
+        if result.skipped:
+            table.add_row("skipped (not floating point)", ", ".join(result.skipped[:5]))
+        stdout.print(table)
+    else:
+        stdout.print(str(result.out))
+
+
+@app.command()
+@handles_errors
+def plan(
+    recipe: RecipeOpt = None,
+    target: TargetOpt = None,
+    vector: VectorOpt = None,
+    scale: ScaleOpt = None,
+    layers: LayersOpt = None,
+    blocks: BlocksOpt = None,
+    control_points: PointsOpt = None,
+    group: GroupOpt = None,
+    map: MapOpt = None,  # noqa: A002 - the flag's name
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    origin: OriginOpt = None,
+    orthogonalize: OrthoOpt = None,
+    list_all: Annotated[bool, typer.Option("--list", help="List every tensor with its action and λ.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full plan as JSON to this file.")] = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Show what a merge would do, from headers only; exit 4 if anything is incompatible."""
+    from graft.merge import close_plan, open_plan
+    from graft.report import plan_as_dict, print_plan
+
+    spec = build_recipe(recipe, target=target, vector=vector, scale=scale, layers=layers, blocks=blocks,
+                        control_points=control_points, group=group, map=map, include=include, exclude=exclude,
+                        origin=origin, orthogonalize=orthogonalize)
+    the_plan = open_plan(spec)
+    try:
+        if json_out:
+            json_out.write_text(json.dumps(plan_as_dict(the_plan), indent=2) + "\n")
+        if not quiet:
+            print_plan(the_plan, stdout, list_all=list_all)
+        the_plan.check()
+    finally:
+        close_plan(the_plan)
+
+
+@app.command()
+@handles_errors
+def merge(
+    recipe: RecipeOpt = None,
+    target: TargetOpt = None,
+    vector: VectorOpt = None,
+    out_dir: Annotated[str | None, typer.Option("--out", "-o", help="Output folder (created atomically).")] = None,
+    scale: ScaleOpt = None,
+    layers: LayersOpt = None,
+    blocks: BlocksOpt = None,
+    control_points: PointsOpt = None,
+    group: GroupOpt = None,
+    map: MapOpt = None,  # noqa: A002 - the flag's name
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    origin: OriginOpt = None,
+    orthogonalize: OrthoOpt = None,
+    dtype: Annotated[str | None, typer.Option(
+        help="Output dtype: auto (the target's), bfloat16, float16, float32.")] = None,
+    shard_size: Annotated[str | None, typer.Option(
+        help="Re-shard the output to at most this many BYTES per file (e.g. 5GB); default mirrors the target.")] = None,
+    device: Annotated[str | None, typer.Option(help="Compute device: auto, cpu or cuda.")] = None,
+    chunk_size: Annotated[str | None, typer.Option(help="Bytes of a tensor processed at once (memory bound).")] = None,
+    force: Force = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Graft the vector into the target: θ' = θ + λ(layer, group)·τ, streamed to a new HF folder."""
+    from graft.merge import merge as run_merge
+    from graft.report import print_plan_summary
+
+    spec = build_recipe(recipe, target=target, vector=vector, out=out_dir, scale=scale, layers=layers,
+                        blocks=blocks, control_points=control_points, group=group, map=map, include=include,
+                        exclude=exclude, origin=origin, orthogonalize=orthogonalize, dtype=dtype,
+                        shard_size=shard_size, device=device, chunk_size=chunk_size)
+    with _progress(quiet) as progress:
+        task = progress.add_task("merge", total=None)
+
+        def started(the_plan: Any, total: int) -> None:
+            progress.update(task, total=total)
+            if verbose:
+                print_plan_summary(the_plan, stderr)
+
+        result = run_merge(spec, force=force, progress=lambda n: progress.advance(task, n), on_plan=started)
+    if quiet:
+        stdout.print(str(result.out))
+        return
+    table = Table(title="graft merge", show_header=False)
+    table.add_row("output", str(result.out))
+    table.add_row("tensors", f"{result.grafted} grafted, {result.copied} copied unchanged")
+    table.add_row("written", f"{result.bytes_written / 1e9:.3f} GB in {result.seconds:.1f} s on {result.device}")
+    stdout.print(table)
+
+
+@app.command()
+@handles_errors
+def demo(
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo's models and outputs go.")] = Path(
+        "graft-demo"),
+    force: Force = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Build a tiny base/aligned/medical-VLM example, extract τ, plan and merge it, and check the result."""
+    from graft.demo import run_demo
+
+    run_demo(workdir, force=force, console=stdout if not quiet else Console(quiet=True))
+
+
+def _register_optional_commands() -> None:
+    try:
+        from graft.evals.command import eval_command
+    except ImportError:
+        return
+    app.command("eval")(handles_errors(eval_command))
+
+
+_register_optional_commands()
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        stdout.print(f"graft {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True)] = False,
+) -> None:
+    """graft: parameter-space model surgery for safety."""
+
+
+def main() -> None:
+    app(prog_name="graft")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
