@@ -180,12 +180,12 @@ def _best_target_prefix(
     """The target prefix under which the most donor block tensors exist with compatible shapes."""
     candidates = {split[0] for name in target if (split := split_backbone(name))} | {""}
 
-    def score(prefix: str) -> tuple[int, int]:
-        hits = sum(
-            1 for name, rel in relative.items()
-            if (prefix + rel) in target and _graftable_rows(donor[name], target[prefix + rel], "other") is not False
-        )
-        return hits, -len(prefix)
+    def score(prefix: str) -> tuple[int, int, int]:
+        """Shape-compatible hits first; name-only hits break ties, so a wrong-sized target reports mismatches."""
+        named = [name for name, rel in relative.items() if (prefix + rel) in target]
+        fitting = sum(1 for name in named
+                      if _graftable_rows(donor[name], target[prefix + relative[name]], "other") is not False)
+        return fitting, len(named), -len(prefix)
 
     return max(sorted(candidates), key=score)
 

@@ -248,7 +248,8 @@ def _write_folder_files(plan: GraftPlan, layout: dict[str, ShardLayout], staging
         shutil.copy2(target.root / rel, dest)
     if recipe.options.dtype != "auto":
         _set_config_dtype(staging / "config.json", recipe.options.dtype)
-    (staging / RECIPE_FILE).write_text(recipe.to_yaml())
+    # The copy inside the output omits `out`: the folder's bytes must not depend on where it was written.
+    (staging / RECIPE_FILE).write_text(recipe.model_copy(update={"out": None}).to_yaml())
     (staging / "README.md").write_text(model_card(plan))
 
 

@@ -57,7 +57,8 @@ def model_card(plan: GraftPlan) -> str:
     partial = [a for a in plan.grafted if a.rows is not None]
     if partial:
         lines.append(f"- grown vocabulary: only the vector's rows were grafted in {', '.join(a.target for a in partial)}")
-    lines += ["", "## Recipe", "", "```yaml", recipe.to_yaml().rstrip(), "```", "",
+    stored = recipe.model_copy(update={"out": None})
+    lines += ["", "## Recipe", "", "```yaml", stored.to_yaml().rstrip(), "```", "",
               f"Reproduce with `graft merge --recipe graft_recipe.yaml` (graft {__version__}).", ""]
     return "\n".join(lines)
 

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny real-architecture checkpoints, built once per test session and reused read-only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from graft.toy.layouts import LAYOUTS, TextSpec, build_target, build_text_pair
+from graft.vector import extract_vector
+
+FAMILY_OF_LAYOUT = {
+    "causal": "llama", "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2", "qwen2_vl_t5names": "qwen2",
+    "llava": "llama", "llava_med": "mistral", "gemma3": "gemma3", "mistral3": "mistral",
+}
+
+
+@dataclass(frozen=True)
+class World:
+    """A donor pair, its vector, and a target (with its origin) in one layout."""
+
+    layout: str
+    spec: TextSpec
+    base: Path
+    aligned: Path
+    vector: Path
+    origin: Path
+    target: Path
+
+
+@pytest.fixture(scope="session")
+def make_world(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., World]:
+    cache: dict[tuple, World] = {}
+
+    def make(layout: str = "causal", *, dtype: torch.dtype = torch.bfloat16, sharded: bool = False,
+             extra_vocab: int = 0, vector_dtype: str = "auto") -> World:
+        key = (layout, dtype, sharded, extra_vocab, vector_dtype)
+        if key not in cache:
+            spec = TextSpec(family=FAMILY_OF_LAYOUT[layout])
+            root = tmp_path_factory.mktemp(f"world-{layout}")
+            shard = "40KB" if sharded else None
+            base, aligned = build_text_pair(root / "pair", spec, dtype=dtype, max_shard_size=shard)
+            origin, target = build_target(layout, root / "model", aligned, spec, dtype=dtype, max_shard_size=shard,
+                                          extra_vocab=extra_vocab, with_origin=True)
+            vector = extract_vector(base, aligned, root / "vector", dtype=vector_dtype).out
+            cache[key] = World(layout, spec, base, aligned, vector, origin, target)
+        return cache[key]
+
+    return make
+
+
+ALL_LAYOUTS = sorted(LAYOUTS)

@@ -1,0 +1,40 @@
+"""The orthogonal variant: τ loses its component along τ_med = θ_target − θ_origin, per tensor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from graft.merge import merge
+from graft.recipe import Recipe
+from tests.test_merge import load_folder, target_name
+
+
+def test_orthogonalized_graft_matches_float64_reference(make_world, tmp_path: Path) -> None:
+    world = make_world("llava", dtype=torch.float32, vector_dtype="float32")
+    recipe = Recipe.parse({"target": str(world.target), "vector": str(world.vector), "out": str(tmp_path / "m"),
+                           "coefficients": {"scale": 0.8},
+                           "options": {"origin": str(world.origin), "orthogonalize": True, "chunk_size": "2KB"}})
+    out = merge(recipe).out
+    merged, target, origin = load_folder(out), load_folder(world.target), load_folder(world.origin)
+    tau = load_folder(world.vector)
+    checked = 0
+    for donor, t in tau.items():
+        name = target_name("llava", donor)
+        theta, theta_o = target[name].double().numpy(), origin[name].double().numpy()
+        tau_med = theta - theta_o
+        tau64 = t.double().numpy()
+        c = float((tau64 * tau_med).sum() / (tau_med * tau_med).sum())
+        expected = theta + 0.8 * (tau64 - c * tau_med)
+        got = merged[name].double().numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=name)
+        # What was added is orthogonal to the medical direction (up to fp32 rounding).
+        added = got - theta
+        cosine = (added * tau_med).sum() / (np.linalg.norm(added) * np.linalg.norm(tau_med))
+        assert abs(cosine) < 1e-3, name
+        checked += 1
+    assert checked == len(tau)
+    for name in target.keys() - {target_name("llava", d) for d in tau}:
+        assert torch.equal(merged[name], target[name])
