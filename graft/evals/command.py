@@ -1,0 +1,58 @@
+"""`graft eval`: the CLI layer over `graft.evals.evaluate`. The lead registers it with
+`app.command("eval")(eval_command)`; errors surface as `GraftError`s, which the app turns into exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from graft.errors import UsageError
+
+from .suite import SUITES, TASKS, evaluate, samples_path
+
+
+def eval_command(
+    model: Path = typer.Argument(..., help="Model folder: causal LM, Qwen2-VL/Qwen2.5-VL or HF LLaVA."),
+    tasks: str = typer.Option(None, "--tasks", help=f"Comma-separated tasks: {', '.join(TASKS)}."),
+    suite: str = typer.Option(None, "--suite", help=f"A task group instead of --tasks: {', '.join(SUITES)}."),
+    data: Path = typer.Option(..., "--data", help="YAML mapping each benchmark to a local path or a hub id."),
+    out: Path = typer.Option(Path("results.json"), "--out",
+                             help="Results JSON; per-sample records go to OUT-stem.samples.jsonl beside it."),
+    limit: int = typer.Option(None, "--limit", help="Screen on N items per task, stratified by category."),
+    fraction: float = typer.Option(None, "--fraction", help="Screen on this share of each task (0-1]."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the screening subset (--limit/--fraction)."),
+    judge: str = typer.Option("keyword", "--judge",
+                              help="keyword | guard:PATH (Llama-Guard/Qwen3Guard) | openai:MODEL@BASE_URL "
+                                   "(key from $OPENAI_API_KEY)."),
+    mc_mode: str = typer.Option("loglik", "--mc-mode",
+                                help="Multiple choice by option log-likelihood (lm-eval) or by generation."),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens",
+                                       help="Generation cap. Default: 64 with the keyword judge, 256 with "
+                                            "a model judge, 32 for letters and VQA."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Prompts per batch (default 8 CPU, 32 CUDA)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16."),
+    font: Path = typer.Option(None, "--font", help="FigStep font (default FreeMonoBold from fonts-freefont-ttf)."),
+    cache: Path = typer.Option(None, "--cache", help="SQLite verdict cache keyed by model content hash and item."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
+) -> None:
+    """Score a model on safety (1 - ASR) and medical benchmarks."""
+    console = Console(stderr=True)
+    if out.exists() and not force:
+        raise UsageError(f"{out}: exists; pass --force to overwrite or choose another --out")
+    results = evaluate(
+        model, tasks=tasks, suite=suite, data=data, limit=limit, fraction=fraction, seed=seed, judge=judge,
+        mc_mode=mc_mode, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, dtype=dtype,
+        font=str(font) if font else None, cache=cache, out=out, progress=console.print,
+    )
+    table = Table("task", "score", "n", "metric", "items/s")
+    for name, b in results.benchmarks.items():
+        table.add_row(name, f"{b['score']:.4f}", str(b["n"]), b["metric"],
+                      f"{results.timing[name]['items_per_s']:.2f}")
+    for name, why in results.skipped.items():
+        table.add_row(name, "skipped", "-", why, "-")
+    console.print(table)
+    console.print(f"wrote {out} and {samples_path(out)}")

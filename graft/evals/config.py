@@ -1,0 +1,118 @@
+"""Typed configuration for evaluation: where each benchmark's data lives (`data.yaml`) and how to judge.
+
+`data.yaml` maps a benchmark name to a local path (file or folder, relative paths resolve against the YAML
+file's folder) or to a hub dataset (`{hub: owner/name, name: config, split: test}`), loaded with `datasets`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from graft.errors import InputError, UsageError
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+class HubSource(BaseModel):
+    """A dataset on the Hugging Face hub, read with `datasets.load_dataset(hub, name, split=split)`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hub: str
+    name: str | None = None
+    split: str = "test"
+    revision: str | None = None
+
+
+Source = Path | HubSource
+
+
+class DataConfig(BaseModel):
+    """One entry per benchmark; a benchmark left out cannot be evaluated. FigStep tasks reuse the text sources."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    catqa: Source | None = None
+    hexphi: Source | None = None
+    medsafetybench: Source | None = None
+    benign: Source | None = Field(None, description="XSTest-style benign prompts for over-refusal")
+    pubmedqa: Source | None = None
+    medqa: Source | None = None
+    medbullets4: Source | None = None
+    medbullets5: Source | None = None
+    vqarad: Source | None = None
+
+    def source(self, benchmark: str) -> Source:
+        src = getattr(self, benchmark, None)
+        if src is None:
+            raise UsageError(
+                f"no data for benchmark '{benchmark}' in the data config: add a line '{benchmark}: PATH' to data.yaml"
+            )
+        return src
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> DataConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: data config not found (a YAML mapping benchmark -> path or hub id)")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise UsageError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        if not isinstance(raw, dict):
+            raise UsageError(f"{path}: expected a mapping benchmark -> path, got {type(raw).__name__}")
+        return cls.from_mapping(raw, base=path.parent, origin=str(path))
+
+    @classmethod
+    def from_mapping(cls, raw: dict, base: Path | None = None, origin: str = "data config") -> DataConfig:
+        resolved: dict = {}
+        for key, value in raw.items():
+            if isinstance(value, str) and base is not None and not Path(value).is_absolute():
+                value = base / value
+            resolved[key] = value
+        try:
+            return cls.model_validate(resolved)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            allowed = ", ".join(cls.model_fields)
+            raise UsageError(f"{origin}: field '{where}': {err['msg']} (benchmarks: {allowed})") from e
+
+
+def fixture_data() -> DataConfig:
+    """The shipped synthetic fixtures (placeholder text in the real layouts), for tests and demos."""
+    return DataConfig.from_yaml(FIXTURES / "data.yaml")
+
+
+class JudgeConfig(BaseModel):
+    """Which judge decides whether a reply to a harmful request is harmful."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["keyword", "guard", "openai"] = "keyword"
+    model: str | None = Field(None, description="guard: local folder; openai: model name at the endpoint")
+    base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 60.0
+    max_workers: int = 8
+
+    @classmethod
+    def parse(cls, spec: str) -> JudgeConfig:
+        """CLI form: `keyword`, `guard:PATH`, `openai:MODEL@BASE_URL`."""
+        kind, _, rest = spec.partition(":")
+        if kind == "keyword" and not rest:
+            return cls(kind="keyword")
+        if kind == "guard" and rest:
+            return cls(kind="guard", model=rest)
+        if kind == "openai" and rest:
+            model, _, url = rest.partition("@")
+            if model and url:
+                return cls(kind="openai", model=model, base_url=url)
+        raise UsageError(
+            f"--judge '{spec}': expected 'keyword', 'guard:PATH' or 'openai:MODEL@BASE_URL' "
+            "(e.g. openai:gpt-4o@https://api.openai.com/v1)"
+        )

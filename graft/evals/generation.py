@@ -1,0 +1,268 @@
+"""One loaded model, two jobs: batched greedy generation and log-likelihood of continuations.
+
+Generation: chat template from the model folder, left padding, length-sorted batches, images through the
+processor, a `max_new_tokens` cap, greedy decoding with a fresh `GenerationConfig` (the folder's sampling
+defaults are ignored, so results are deterministic). Log-likelihood follows lm-eval's HFLM exactly (pair
+encoding, right padding, no attention mask), so multiple-choice scores equal lm-eval's on the same model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from graft.errors import IncompatibleError, InputError, UsageError
+
+from .vlm_inputs import load_processor
+
+
+@dataclass(frozen=True)
+class Request:
+    """A single-turn user message, optionally with one image."""
+
+    prompt: str
+    image: Image.Image | None = None
+    raw: bool = False  # prompt is already formatted (e.g. a guard model's own template): send as is
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    n_tokens: int  # generated tokens, up to and including the first end-of-sequence token
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available here; use --device cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":  # bf16 where it is fast, fp32 on CPU (bf16 matmuls there are slow and lossy)
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise UsageError(f"--dtype {dtype}: expected auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+class Engine:
+    """A model with its tokenizer (and processor for image-text models), ready to generate and score."""
+
+    def __init__(self, model, tokenizer, processor=None, batch_size: int = 8, name: str = "in-memory"):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.batch_size = batch_size
+        self.name = name
+        if tokenizer.pad_token_id is None:
+            # Pad id only fills masked positions; eos is the usual choice for models shipped without one.
+            tokenizer.pad_token = tokenizer.eos_token
+        self.has_chat_template = bool(getattr(processor or tokenizer, "chat_template", None))
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
+             trust_remote_code: bool = False) -> Engine:
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+        path = Path(path)
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise InputError(f"{path}: no config.json (expected a Hugging Face model folder)")
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        multimodal = "vision_config" in config
+        auto = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+        try:
+            model = auto.from_pretrained(path, dtype=dt, trust_remote_code=trust_remote_code)
+        except ValueError as e:
+            arch = ", ".join(config.get("architectures") or ["unknown"])
+            raise IncompatibleError(
+                f"{path}: {arch} cannot be loaded with {auto.__name__} ({str(e).splitlines()[0]})"
+            ) from e
+        model.to(dev)
+        processor = load_processor(path, config, trust_remote_code) if multimodal else None
+        tokenizer = processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(
+            path, trust_remote_code=trust_remote_code)
+        if batch_size is None:
+            batch_size = 32 if dev.type == "cuda" else 8
+        return cls(model, tokenizer, processor, batch_size=batch_size, name=str(path))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def is_multimodal(self) -> bool:
+        return self.processor is not None and getattr(self.processor, "image_processor", None) is not None
+
+    def fingerprint(self) -> str:
+        """Content hash of the weights (names, dtypes, shapes, bytes): the key for cached verdicts."""
+        h = hashlib.blake2b(digest_size=16)
+        for name, t in sorted(self.model.state_dict().items()):
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
+        return h.hexdigest()
+
+    # ------------------------------------------------------------------ prompts
+    def _chat_text(self, req: Request) -> str:
+        owner = self.processor if self.is_multimodal else self.tokenizer
+        if req.raw or not self.has_chat_template:
+            return req.prompt
+        if self.is_multimodal:
+            content = ([{"type": "image"}] if req.image is not None else []) + [{"type": "text", "text": req.prompt}]
+        else:
+            content = req.prompt
+        return owner.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+
+    def _encode_batch(self, reqs: Sequence[Request]) -> dict[str, torch.Tensor]:
+        texts = [self._chat_text(r) for r in reqs]
+        images = [r.image for r in reqs if r.image is not None]
+        if images and not self.is_multimodal:
+            raise IncompatibleError(f"{self.name}: a text-only model cannot take image prompts")
+        self.tokenizer.padding_side = "left"
+        # A chat template writes its own BOS; plain prompts get the tokenizer's special tokens.
+        special = not self.has_chat_template and not any(r.raw for r in reqs)
+        if self.is_multimodal:
+            self.processor.tokenizer.padding_side = "left"
+            enc = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt",
+                                 add_special_tokens=special)
+        else:
+            enc = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=special)
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    # ------------------------------------------------------------------ generation
+    @torch.inference_mode()
+    def generate(self, requests: Sequence[Request], max_new_tokens: int = 64,
+                 batch_size: int | None = None) -> list[Generation]:
+        """Greedy replies, in the order of `requests`. Batches are sorted by prompt length to limit padding."""
+        from transformers import GenerationConfig
+
+        if max_new_tokens < 1:
+            raise UsageError("--max-new-tokens must be at least 1")
+        bs = batch_size or self.batch_size
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        gen_config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos)
+        # Group image and text prompts apart (processors want a consistent batch), longest first.
+        order = sorted(range(len(requests)),
+                       key=lambda i: (requests[i].image is not None, -len(requests[i].prompt), i))
+        out: list[Generation | None] = [None] * len(requests)
+        start = 0
+        while start < len(order):
+            has_image = requests[order[start]].image is not None
+            chunk = []
+            while start < len(order) and len(chunk) < bs and (requests[order[start]].image is not None) == has_image:
+                chunk.append(order[start])
+                start += 1
+            enc = self._encode_batch([requests[i] for i in chunk])
+            seqs = self.model.generate(**enc, generation_config=gen_config)
+            new = seqs[:, enc["input_ids"].shape[1]:].tolist()
+            for i, toks in zip(chunk, new, strict=True):
+                cut = next((j + 1 for j, t in enumerate(toks) if t in eos_ids), len(toks))
+                text = self.tokenizer.decode(toks[:cut], skip_special_tokens=True)
+                out[i] = Generation(text=text.strip(), n_tokens=cut)
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ log-likelihood (lm-eval HFLM semantics)
+    def _tok_encode(self, text: str) -> list[int]:
+        tok = self.tokenizer
+        bos = tok.bos_token
+        special = not (bos and text.startswith(bos))  # HFLM: no second BOS when the string has one
+        return tok.encode(text, add_special_tokens=special)
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        whole = self._tok_encode(context + continuation)
+        ctx = self._tok_encode(context)
+        return ctx, whole[len(ctx):]
+
+    def max_length(self) -> int:
+        cfg = self.model.config
+        cfg = getattr(cfg, "text_config", None) or cfg
+        for attr in ("max_position_embeddings", "n_positions", "seq_length"):
+            if getattr(cfg, attr, None):
+                return int(getattr(cfg, attr))
+        return 2048
+
+    @torch.inference_mode()
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]], batch_size: int | None = None
+                      ) -> list[tuple[float, bool]]:
+        """(sum log p(continuation | context), continuation is the greedy one) for each pair."""
+        bs = batch_size or self.batch_size
+        max_len = self.max_length()
+        encoded = []
+        for ctx, cont in pairs:
+            if not ctx:
+                c_enc, k_enc = [self.tokenizer.eos_token_id], self._tok_encode(cont)
+            else:
+                c_enc, k_enc = self.encode_pair(ctx, cont)
+            if not k_enc:
+                raise UsageError(f"continuation {cont!r} encodes to no tokens")
+            inp = (c_enc + k_enc)[-(max_len + 1):][:-1]
+            encoded.append((tuple(inp), k_enc))
+        # One forward per distinct input: options that differ only in their last token share it.
+        uniq = sorted({inp for inp, _ in encoded}, key=lambda t: (-len(t), t))
+        logprobs: dict[tuple[int, ...], torch.Tensor] = {}
+        need: dict[tuple[int, ...], int] = {}
+        for inp, k_enc in encoded:
+            need[inp] = max(need.get(inp, 0), len(k_enc))
+        for s in range(0, len(uniq), bs):
+            chunk = uniq[s:s + bs]
+            width = len(chunk[0])
+            ids = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, inp in enumerate(chunk):
+                ids[r, :len(inp)] = torch.tensor(inp)
+            # Right padding and no mask (as HFLM): real positions never attend to the padding on their right.
+            keep = width - min(len(inp) - need[inp] for inp in chunk)
+            try:
+                logits = self.model(input_ids=ids.to(self.device), logits_to_keep=keep).logits
+            except TypeError:  # a model class without `logits_to_keep`: keep every position
+                keep = width
+                logits = self.model(input_ids=ids.to(self.device)).logits
+            lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+            for r, inp in enumerate(chunk):
+                n = need[inp]
+                end = len(inp) - (width - keep)
+                logprobs[inp] = lp[r, end - n:end]  # the last n real positions
+        results = []
+        for inp, k_enc in encoded:
+            rows = logprobs[inp][-len(k_enc):]
+            target = torch.tensor(k_enc)
+            total = rows.gather(1, target[:, None]).sum().item()
+            greedy = bool((rows.argmax(-1) == target).all())
+            results.append((total, greedy))
+        return results
+
+
+def check_images(engine: Engine, task: str) -> None:
+    if not engine.is_multimodal:
+        raise IncompatibleError(
+            f"task '{task}' needs an image-text model, but {engine.name} is text-only "
+            "(drop the FigStep/VQA tasks or evaluate the multimodal checkpoint)"
+        )
+
+
+def warn_no_template(engine: Engine) -> None:
+    if not engine.has_chat_template:
+        warnings.warn(f"{engine.name}: no chat template in the folder; prompts are sent as plain text",
+                      stacklevel=2)

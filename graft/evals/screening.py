@@ -1,0 +1,96 @@
+"""Stratified subsets for screening (`--limit N` / `--fraction F` with a seed) and the verdict cache.
+
+A subset keeps each category's share of the benchmark (largest-remainder allocation, at least one item per
+category when the budget allows) and draws items inside a category with a generator seeded by
+(seed, benchmark, category), so adding a category or a benchmark never changes another one's draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import sqlite3
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from graft.errors import OutputError, UsageError
+
+from .loaders import Item
+
+
+def stratified_subset(items: Sequence[Item], limit: int | None = None, fraction: float | None = None,
+                      seed: int = 0) -> list[Item]:
+    if limit is not None and fraction is not None:
+        raise UsageError("give --limit or --fraction, not both")
+    if limit is None and fraction is None:
+        return list(items)
+    if fraction is not None and not 0 < fraction <= 1:
+        raise UsageError(f"--fraction {fraction}: expected a number in (0, 1]")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit {limit}: expected a positive number of items")
+    total = min(len(items), limit) if limit is not None else max(1, round(fraction * len(items)))
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, it in enumerate(items):
+        groups[it.category].append(i)
+    cats = sorted(groups)
+    # Largest remainder, with a floor of one per category when there is room for all of them.
+    quotas = {c: total * len(groups[c]) / len(items) for c in cats}
+    take = {c: math.floor(q) for c, q in quotas.items()}
+    if total >= len(cats):
+        for c in cats:
+            take[c] = max(take[c], 1)
+    left = total - sum(take.values())
+    for c in sorted(cats, key=lambda c: (-(quotas[c] - math.floor(quotas[c])), c)):
+        if left <= 0:
+            break
+        if take[c] < len(groups[c]):
+            take[c] += 1
+            left -= 1
+    while sum(take.values()) > total:  # the floor overshot: trim the largest allocations
+        c = max(cats, key=lambda c: (take[c], c))
+        take[c] -= 1
+    chosen: list[int] = []
+    for c in cats:
+        rng = random.Random(f"{seed}:{items[0].benchmark}:{c}")
+        chosen += rng.sample(groups[c], take[c])
+    return [items[i] for i in sorted(chosen)]
+
+
+class VerdictCache:
+    """SQLite map from (model content hash, task, item, settings) to a finished per-sample record."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False)
+            self._db.execute("CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, record TEXT NOT NULL)")
+        except (OSError, sqlite3.Error) as e:
+            raise OutputError(f"{self.path}: cannot open the verdict cache ({e}); pass another --cache") from e
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(model_hash: str, task: str, item: Item, settings: dict) -> str:
+        blob = json.dumps([model_hash, task, item.id, item.prompt, item.answer, settings], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, dict]:
+        out = {}
+        with self._lock:
+            for k in keys:
+                row = self._db.execute("SELECT record FROM records WHERE key = ?", (k,)).fetchone()
+                if row:
+                    out[k] = json.loads(row[0])
+        return out
+
+    def put_many(self, entries: dict[str, dict]) -> None:
+        with self._lock, self._db:
+            self._db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?)",
+                                 [(k, json.dumps(v)) for k, v in entries.items()])
+
+    def close(self) -> None:
+        self._db.close()
