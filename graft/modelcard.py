@@ -56,7 +56,8 @@ def model_card(plan: GraftPlan) -> str:
     lines += [f"- copied unchanged, {reason}: {n}" for reason, n in sorted(reasons.items()) if reason != "grafted"]
     partial = [a for a in plan.grafted if a.rows is not None]
     if partial:
-        lines.append(f"- grown vocabulary: only the vector's rows were grafted in {', '.join(a.target for a in partial)}")
+        names = ", ".join(a.target for a in partial)
+        lines.append(f"- grown vocabulary: only the vector's rows were grafted in {names}")
     stored = recipe.model_copy(update={"out": None})
     lines += ["", "## Recipe", "", "```yaml", stored.to_yaml().rstrip(), "```", "",
               f"Reproduce with `graft merge --recipe graft_recipe.yaml` (graft {__version__}).", ""]

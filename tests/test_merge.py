@@ -101,7 +101,7 @@ def test_merged_folder_reloads_with_transformers(layout: str, make_world, tmp_pa
     world = make_world(layout)
     out = run_merge(world, tmp_path / "merged")
     model_class = getattr(transformers, LAYOUTS[layout].auto_class)
-    model, info = model_class.from_pretrained(out, output_loading_info=True)
+    _, info = model_class.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert not info["mismatched_keys"], info
     for file in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
@@ -130,7 +130,8 @@ def test_sharded_target_layout_is_mirrored(make_world, tmp_path: Path) -> None:
     result = json.loads((out / "model.safetensors.index.json").read_text())
     assert result["weight_map"] == source["weight_map"]
     assert result["metadata"]["total_size"] == source["metadata"]["total_size"]
-    assert sorted(p.name for p in out.glob("*.safetensors")) == sorted(p.name for p in world.target.glob("*.safetensors"))
+    shards = sorted(p.name for p in out.glob("*.safetensors"))
+    assert shards == sorted(p.name for p in world.target.glob("*.safetensors"))
 
 
 def test_same_inputs_give_byte_identical_output(make_world, tmp_path: Path) -> None:
@@ -179,7 +180,7 @@ def test_dtype_and_reshard_options(make_world, tmp_path: Path) -> None:
     tau = stored_tau(base, aligned, name).float().numpy()
     expected = target[name].float().numpy() + tau * np.float32(0.7)
     assert np.array_equal(merged[name].numpy(), expected)
-    model, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    _, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
 
 

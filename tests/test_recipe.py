@@ -23,7 +23,7 @@ def test_only_one_layer_rule() -> None:
 
 
 def test_orthogonalize_needs_origin() -> None:
-    with pytest.raises(UsageError, match="options: .*orthogonalize needs options.origin"):
+    with pytest.raises(UsageError, match=r"options: .*orthogonalize needs options.origin"):
         Recipe.parse({"options": {"orthogonalize": True}})
 
 
@@ -42,7 +42,7 @@ def test_layer_factor_rules(coefficients: dict, layers: int, expected: list[floa
 
 
 def test_layer_list_must_match_depth() -> None:
-    with pytest.raises(UsageError, match="coefficients.layers has 2 entries but the model has 3 layers"):
+    with pytest.raises(UsageError, match=r"coefficients\.layers has 2 entries but the model has 3 layers"):
         Coefficients(layers=[1.0, 2.0]).layer_factors(3)
 
 
