@@ -87,7 +87,7 @@ def test_figstep_image_through_qwen2vl(tiny_qwen2vl):
 
 
 def test_missing_folder_is_an_input_error(tmp_path):
-    with pytest.raises(InputError, match="config.json"):
+    with pytest.raises(InputError, match=r"config\.json"):
         Engine.load(tmp_path, device="cpu")
 
 
