@@ -37,7 +37,7 @@ stderr = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
-# -- options declared once, shared by the commands that take them -------------------------------------------------------
+# -- options declared once, shared by the commands that take them ----------------------------------------------
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors and the final path only.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More detail; tracebacks for unexpected errors.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output folder (atomically, at the end).")]
@@ -116,7 +116,7 @@ def build_recipe(recipe: Path | None, **flags: Any) -> Recipe:
 
 
 @contextmanager
-def _failures(verbose: bool):  # noqa: ANN202 - a context manager
+def _failures(verbose: bool):
     """Expected errors: one line and their exit code. Anything else is a bug: say so, code 1."""
     try:
         yield
@@ -211,7 +211,7 @@ def plan(
     blocks: BlocksOpt = None,
     control_points: PointsOpt = None,
     group: GroupOpt = None,
-    map: MapOpt = None,  # noqa: A002 - the flag's name
+    map: MapOpt = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     origin: OriginOpt = None,
@@ -251,7 +251,7 @@ def merge(
     blocks: BlocksOpt = None,
     control_points: PointsOpt = None,
     group: GroupOpt = None,
-    map: MapOpt = None,  # noqa: A002 - the flag's name
+    map: MapOpt = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     origin: OriginOpt = None,
@@ -298,14 +298,16 @@ def merge(
 def demo(
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo's models and outputs go.")] = Path(
         "graft-demo"),
-    force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Build a tiny base/aligned/medical-VLM example, extract τ, plan and merge it, and check the result."""
+    """Build a tiny base/aligned/medical-VLM example, extract τ, plan and merge it, and check the result.
+
+    Rebuilds a folder made by an earlier demo; refuses any other non-empty folder.
+    """
     from graft.demo import run_demo
 
-    run_demo(workdir, force=force, console=stdout if not quiet else Console(quiet=True))
+    run_demo(workdir, console=stdout if not quiet else Console(quiet=True))
 
 
 def _register_optional_commands() -> None:

@@ -72,6 +72,21 @@ class GraftPlan:
             )
         return problems
 
+    def warnings(self) -> list[str]:
+        """Things that do not stop a merge but deserve a look."""
+        notes = []
+        donor_family = self.vector.manifest.base.model_type or ""
+        config = self.target.config
+        text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+        target_family = str(text.get("model_type") or config.get("model_type") or "")  # type: ignore[union-attr]
+        if donor_family and target_family and donor_family not in target_family and target_family not in donor_family:
+            notes.append(f"the vector comes from {donor_family} models but the target's language model is "
+                         f"{target_family}; check that this is the right vector")
+        if self.unmatched_donor:
+            notes.append(f"{len(self.unmatched_donor)} vector tensors have no partner in the target "
+                         "(e.g. a tied lm_head); they are not grafted")
+        return notes
+
     def check(self) -> None:
         problems = self.problems()
         if problems:

@@ -24,6 +24,7 @@ def plan_as_dict(plan: GraftPlan) -> dict[str, object]:
             for a in plan.actions
         ],
         "unmatched_vector_tensors": list(plan.unmatched_donor),
+        "warnings": plan.warnings(),
         "problems": plan.problems(),
     }
 
@@ -64,5 +65,7 @@ def print_plan(plan: GraftPlan, console: Console, *, list_all: bool = False) -> 
             table.add_row(a.target, "graft" if a.graft else f"copy ({a.reason})", f"{a.lam:.4g}" if a.graft else "",
                           "" if a.layer is None else str(a.layer), a.group or "", a.donor or "")
         console.print(table)
+    for note in plan.warnings():
+        console.print(f"[bold yellow]warning:[/] {note}", soft_wrap=True)
     for problem in plan.problems():
         console.print(f"[bold red]problem:[/] {problem}", soft_wrap=True)

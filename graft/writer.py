@@ -136,7 +136,9 @@ class ShardWriter:
 
     def write(self, data: torch.Tensor | bytes | memoryview) -> None:
         """Append bytes of the current tensor (a whole tensor, or the next rows of it)."""
-        view = memoryview(data.contiguous().reshape(-1).view(torch.uint8).numpy()) if isinstance(data, torch.Tensor) else data
+        if isinstance(data, torch.Tensor):
+            data = memoryview(data.contiguous().reshape(-1).view(torch.uint8).numpy())
+        view = data
         self._advance(len(view))
         try:
             self._write_all(view)

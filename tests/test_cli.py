@@ -1,0 +1,114 @@
+"""The command line, as users and CI jobs call it: extract → plan → merge --recipe, and the demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from graft.cli import app
+from graft.toy.layouts import TextSpec, build_text_pair
+from graft.vector import extract_vector
+from tests.test_merge import load_folder, reference_graft, stored_tau
+
+runner = CliRunner()
+
+
+def test_extract_plan_merge_recipe_round_trip(make_world, tmp_path: Path) -> None:
+    world = make_world("qwen2_vl")
+    vector = tmp_path / "vec"
+    result = runner.invoke(app, ["extract", "-b", str(world.base), "-a", str(world.aligned), "-o", str(vector)])
+    assert result.exit_code == 0, result.output
+    assert (vector / "vector.json").exists()
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "target": str(world.target), "vector": "vec", "out": "merged",
+        "coefficients": {"scale": 0.6, "groups": {"embed": 0.0}}}))
+    plan_json = tmp_path / "plan.json"
+    result = runner.invoke(app, ["plan", "--recipe", str(recipe), "--json", str(plan_json), "--list"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(plan_json.read_text())
+    actions = {t["target"]: t for t in plan["tensors"]}
+    assert actions["model.embed_tokens.weight"]["reason"] == "λ = 0"
+    assert actions["model.layers.1.mlp.up_proj.weight"]["lambda"] == 0.6
+    assert all(t["action"] == "copy" for name, t in actions.items() if name.startswith("visual."))
+    assert plan["problems"] == [] and plan["warnings"] == []
+
+    # Flags override the recipe: scale 0.3 instead of 0.6.
+    result = runner.invoke(app, ["merge", "--recipe", str(recipe), "--scale", "0.3", "-q"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "merged"
+    assert result.stdout.strip() == str(out)
+    merged, target = load_folder(out), load_folder(world.target)
+    base, aligned = load_folder(world.base), load_folder(world.aligned)
+    name = "model.layers.1.mlp.up_proj.weight"
+    assert torch.equal(merged[name], reference_graft(target[name], stored_tau(base, aligned, name), 0.3))
+    assert torch.equal(merged["model.embed_tokens.weight"], target["model.embed_tokens.weight"])
+    stored = yaml.safe_load((out / "graft_recipe.yaml").read_text())
+    assert stored["coefficients"]["scale"] == 0.3 and "out" not in stored
+
+    # The stored recipe reproduces the same weights.
+    again = tmp_path / "again"
+    result = runner.invoke(app, ["merge", "--recipe", str(out / "graft_recipe.yaml"), "--out", str(again), "-q"])
+    assert result.exit_code == 0, result.output
+    for file in out.glob("*.safetensors"):
+        assert file.read_bytes() == (again / file.name).read_bytes()
+
+
+def test_plan_exits_4_and_names_the_problem(make_world, tmp_path: Path) -> None:
+    world = make_world("llava")
+    base, aligned = build_text_pair(tmp_path / "wide", TextSpec(family="llama", hidden_size=48))
+    wide = extract_vector(base, aligned, tmp_path / "wide-vector").out  # same names, other shapes
+    result = runner.invoke(app, ["plan", "-t", str(world.target), "--vector", str(wide)])
+    assert result.exit_code == 4
+    assert "problem: shape mismatch: vector model.layers.0" in result.stdout or "shape mismatch" in result.stdout
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: shape mismatch: vector ") and "run `graft plan` for the list" in line
+    result = runner.invoke(app, ["merge", "-t", str(world.target), "--vector", str(wide), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 4 and not (tmp_path / "o").exists()
+
+
+def test_plan_warns_about_a_vector_of_another_family(make_world) -> None:
+    world, other = make_world("llava"), make_world("qwen2_vl")  # toy shapes coincide; the families do not
+    result = runner.invoke(app, ["plan", "-t", str(world.target), "--vector", str(other.vector)])
+    assert result.exit_code == 0
+    assert "warning: the vector comes from qwen2 models but the target's language model is llama" in result.stdout
+
+
+def test_exclude_rule_keeps_tensors_unchanged(make_world, tmp_path: Path) -> None:
+    world = make_world("llava")
+    out = tmp_path / "m"
+    result = runner.invoke(app, ["merge", "-t", str(world.target), "--vector", str(world.vector), "-o", str(out),
+                                 "--exclude", r"lm_head|embed_tokens", "--exclude", r"layers\.0\.", "-q"])
+    assert result.exit_code == 0, result.output
+    merged, target = load_folder(out), load_folder(world.target)
+    for name in ("language_model.lm_head.weight", "language_model.model.embed_tokens.weight",
+                 "language_model.model.layers.0.mlp.up_proj.weight"):
+        assert torch.equal(merged[name], target[name]), name
+    assert not torch.equal(merged["language_model.model.layers.1.mlp.up_proj.weight"],
+                           target["language_model.model.layers.1.mlp.up_proj.weight"])
+
+
+def test_demo_runs_and_protects_foreign_folders(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--workdir", str(workdir)])
+    assert result.exit_code == 0, result.output
+    assert "reloads" in result.stdout and "NO:" not in result.stdout
+    assert (workdir / "merged-scale-1" / "graft_recipe.yaml").exists()
+    assert runner.invoke(app, ["demo", "--workdir", str(workdir), "-q"]).exit_code == 0  # rebuilds its own folder
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    result = runner.invoke(app, ["demo", "--workdir", str(foreign)])
+    assert result.exit_code == 5 and (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_help_lists_commands_and_exit_codes() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for word in ("extract", "plan", "merge", "demo", "Exit codes"):
+        assert word in result.stdout
