@@ -1,0 +1,59 @@
+"""Stratified screening subsets and the verdict cache."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from graft.errors import UsageError
+from graft.evals.loaders import Item
+from graft.evals.screening import VerdictCache, stratified_subset
+
+
+def _items(sizes: dict[str, int]) -> list[Item]:
+    return [Item("bench", f"{c}-{i}", c, f"prompt {c} {i}") for c, n in sizes.items() for i in range(n)]
+
+
+def test_fraction_keeps_category_shares():
+    items = _items({"a": 50, "b": 30, "c": 20})
+    sub = stratified_subset(items, fraction=0.1, seed=3)
+    assert Counter(it.category for it in sub) == {"a": 5, "b": 3, "c": 2}
+
+
+def test_limit_gives_every_category_one_and_exact_total():
+    items = _items({"a": 90, "b": 5, "c": 5})
+    sub = stratified_subset(items, limit=10, seed=0)
+    counts = Counter(it.category for it in sub)
+    assert sum(counts.values()) == 10 and min(counts.values()) >= 1
+    assert stratified_subset(items, limit=1000) == items  # more than there is: everything, in order
+
+
+def test_seeded_and_independent_per_category():
+    items = _items({"a": 40, "b": 40})
+    s1 = stratified_subset(items, limit=10, seed=1)
+    assert s1 == stratified_subset(items, limit=10, seed=1)
+    assert s1 != stratified_subset(items, limit=10, seed=2)
+    # Adding a category does not change the draw inside another one.
+    more = stratified_subset(_items({"a": 40, "b": 40, "z": 40}), fraction=0.25, seed=1)
+    base = stratified_subset(items, fraction=0.25, seed=1)
+    assert [i.id for i in more if i.category == "a"] == [i.id for i in base if i.category == "a"]
+
+
+def test_bad_arguments():
+    items = _items({"a": 3})
+    with pytest.raises(UsageError, match="not both"):
+        stratified_subset(items, limit=1, fraction=0.5)
+    with pytest.raises(UsageError, match=r"--fraction 1\.5"):
+        stratified_subset(items, fraction=1.5)
+
+
+def test_cache_roundtrip(tmp_path):
+    cache = VerdictCache(tmp_path / "c.sqlite")
+    it = _items({"a": 1})[0]
+    k1 = VerdictCache.key("hashA", "catqa", it, {"cap": 64})
+    assert k1 != VerdictCache.key("hashB", "catqa", it, {"cap": 64})
+    assert k1 != VerdictCache.key("hashA", "catqa", it, {"cap": 32})
+    cache.put_many({k1: {"response": "x", "verdict": {"harmful": True}}})
+    assert cache.get_many([k1, "missing"]) == {k1: {"response": "x", "verdict": {"harmful": True}}}
+    cache.close()

@@ -1,0 +1,138 @@
+"""`evaluate()` and `graft eval` end to end on the fixtures with tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from graft.errors import GraftError, IncompatibleError, UsageError
+from graft.evals import Engine, evaluate, fixture_data
+from graft.evals.command import eval_command
+from graft.evals.config import FIXTURES
+from graft.evals.judges import KeywordJudge
+from graft.evals.loaders import load_catqa
+
+
+@pytest.fixture(scope="module")
+def qwen(tiny_qwen2vl):
+    return Engine.load(tiny_qwen2vl, device="cpu", batch_size=4)
+
+
+def test_all_suite_on_a_vlm(qwen, tmp_path):
+    res = evaluate(qwen, suite="all", data=fixture_data(), max_new_tokens=6, out=tmp_path / "r.json")
+    assert set(res.benchmarks) == {"catqa", "hexphi", "medsafetybench", "catqa-figstep", "hexphi-figstep",
+                                   "medsafetybench-figstep", "benign", "pubmedqa", "medqa", "medbullets4",
+                                   "medbullets5", "vqarad"}
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["model"]["class"] == "Qwen2VLForConditionalGeneration"
+    assert written["judge"]["name"] == "keyword"
+    samples = [json.loads(x) for x in (tmp_path / "r.samples.jsonl").read_text().splitlines()]
+    assert len(samples) == sum(b["n"] for b in written["benchmarks"].values())
+    # Recompute the safety score from the per-sample log with the judge itself: 1 - ASR overall and by category.
+    judge = KeywordJudge()
+    cat = [s for s in samples if s["task"] == "catqa"]
+    harmful = [judge.refusal(s["response"]) is None for s in cat]
+    assert written["benchmarks"]["catqa"]["score"] == pytest.approx(1 - sum(harmful) / len(cat))
+    for c, b in written["benchmarks"]["catqa"]["by_category"].items():
+        sub = [h for s, h in zip(cat, harmful, strict=True) if s["category"] == c]
+        assert b["n"] == len(sub) and b["score"] == pytest.approx(1 - sum(sub) / len(sub))
+    fig = [s for s in samples if s["task"] == "catqa-figstep"]
+    assert fig[0]["figstep_text"].endswith("1. \n2. \n3. ") and fig[0]["text_prompt"].startswith("The image shows")
+    vqa = written["benchmarks"]["vqarad"]
+    assert {"closed", "open", "overall"} <= set(vqa)
+    assert all(s["n_tokens"] <= 6 for s in samples if "n_tokens" in s)
+
+
+def test_over_refusal_catches_a_model_that_refuses_everything(qwen):
+    """A judge-independent check: feed the aggregation replies that are all refusals."""
+    from graft.evals.scoring import summarize_benign
+
+    records = [{"category": "x", "refused": KeywordJudge().refusal("I'm sorry, I cannot help.") is not None}] * 4
+    assert summarize_benign(records)["over_refusal"] == 1.0
+    res = evaluate(qwen, tasks=["benign"], data=fixture_data(), max_new_tokens=4)
+    assert 0.0 <= res.summary["over_refusal"] <= 1.0 and res.benchmarks["benign"]["n"] == 4
+
+
+def test_text_model_rejects_figstep_when_named_and_skips_it_in_a_suite(tiny_llama):
+    engine = Engine.load(tiny_llama, device="cpu")
+    with pytest.raises(IncompatibleError, match="'catqa-figstep' needs an image-text model"):
+        evaluate(engine, tasks="catqa,catqa-figstep", data=fixture_data())
+    res = evaluate(engine, suite="safety", data=fixture_data(), limit=2, max_new_tokens=3)
+    assert set(res.skipped) == {"catqa-figstep", "hexphi-figstep", "medsafetybench-figstep"}
+    assert {"catqa", "hexphi", "medsafetybench", "benign"} == set(res.benchmarks)
+
+
+def test_limit_is_stratified_and_cache_reuses_verdicts(tiny_llama, tmp_path):
+    engine = Engine.load(tiny_llama, device="cpu")
+    cache = tmp_path / "verdicts.sqlite"
+    first = evaluate(engine, tasks=["catqa"], data=fixture_data(), limit=6, seed=7, cache=cache, max_new_tokens=5)
+    n_cats = len({it.category for it in load_catqa(fixture_data().catqa)})
+    assert first.benchmarks["catqa"]["n"] == 6 and len(first.benchmarks["catqa"]["by_category"]) == n_cats
+    again = evaluate(engine, tasks=["catqa"], data=fixture_data(), limit=6, seed=7, cache=cache, max_new_tokens=5)
+    assert again.timing["catqa"]["cached"] == 6 and again.samples == first.samples
+    # Changing the weights changes the content hash, so nothing is reused.
+    import torch
+
+    with torch.no_grad():
+        engine.model.lm_head.weight.mul_(1.5)
+    changed = evaluate(engine, tasks=["catqa"], data=fixture_data(), limit=6, seed=7, cache=cache,
+                       max_new_tokens=5)
+    assert changed.timing["catqa"]["cached"] == 0
+    assert changed.model["content_hash"] != first.model["content_hash"]
+
+
+def test_generation_mode_mc(tiny_llava):
+    res = evaluate(tiny_llava, tasks=["medqa", "pubmedqa"], data=fixture_data(), mc_mode="generate",
+                   max_new_tokens=4, device="cpu")
+    assert res.benchmarks["medqa"]["metric"] == "accuracy (generate)"
+    assert all("pred" in s for s in res.samples)
+
+
+def test_guard_judge_through_the_suite(tiny_llama, guards):
+    res = evaluate(tiny_llama, tasks=["hexphi"], data=fixture_data(), judge=f"guard:{guards['unsafe']}",
+                   max_new_tokens=3, device="cpu")
+    assert res.score("hexphi") == 0.0 and res.judge["name"] == "guard"
+    res = evaluate(tiny_llama, tasks=["hexphi"], data=fixture_data(), judge=f"guard:{guards['safe']}",
+                   max_new_tokens=3, device="cpu")
+    assert res.score("hexphi") == 1.0
+
+
+def test_usage_errors(tiny_llama):
+    with pytest.raises(UsageError, match="unknown task"):
+        evaluate(tiny_llama, tasks="catqa,nope", data=fixture_data())
+    with pytest.raises(UsageError, match="--tasks or --suite"):
+        evaluate(tiny_llama, tasks="catqa", suite="safety", data=fixture_data())
+    with pytest.raises(UsageError, match="no data for benchmark 'medqa'"):
+        evaluate(tiny_llama, tasks="medqa", data={"catqa": str(FIXTURES / "catqa/catqa_english.json")})
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("eval")(eval_command)
+
+    @app.command("noop")
+    def _noop() -> None:  # a second command keeps typer in multi-command mode, as in graft's app
+        pass
+
+    return app
+
+
+def test_cli_writes_results(tiny_llama, tmp_path):
+    out = tmp_path / "results.json"
+    r = CliRunner().invoke(_app(), ["eval", str(tiny_llama), "--tasks", "catqa,medqa", "--data",
+                                    str(FIXTURES / "data.yaml"), "--out", str(out), "--limit", "3",
+                                    "--max-new-tokens", "4", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert res["benchmarks"]["catqa"]["n"] == 3 and res["benchmarks"]["medqa"]["n"] == 3
+    assert res["config"]["limit"] == 3 and (tmp_path / "results.samples.jsonl").is_file()
+
+
+def test_cli_errors_are_graft_errors_with_exit_codes(tiny_llama, tmp_path):
+    r = CliRunner().invoke(_app(), ["eval", str(tiny_llama), "--tasks", "bogus", "--data",
+                                    str(FIXTURES / "data.yaml"), "--out", str(tmp_path / "r.json")])
+    assert isinstance(r.exception, GraftError) and r.exception.exit_code == UsageError.exit_code
+    assert "unknown task(s) bogus" in str(r.exception)
