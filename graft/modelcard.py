@@ -27,7 +27,7 @@ def model_card(plan: GraftPlan) -> str:
         "",
         f"# {plan.target.root.name} + safety vector (graft {__version__})",
         "",
-        "This checkpoint was produced by [graft](https://github.com/graft-tools/graft): the safety task vector "
+        "This checkpoint was produced by graft: the safety task vector "
         "τ = θ_aligned − θ_base was grafted layer-wise into the target, θ' = θ_target + λ(layer, group) · τ "
         "(fp32 compute, one cast). Tensors without a partner in τ are byte-for-byte the target's.",
         "",
