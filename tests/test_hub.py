@@ -1,0 +1,255 @@
+"""graft.hub: local folders as is, hub ids through huggingface_hub. The tests stop at the network boundary: the hub
+is offline, the cache is a folder built here in the layout huggingface_hub uses, and sockets refuse to connect."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import huggingface_hub
+import huggingface_hub.constants
+import pytest
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.utils import filter_repo_objects
+from typer.testing import CliRunner, Result
+
+from graft.cli import app
+from graft.errors import InputError
+from graft.hub import ALLOW_PATTERNS, looks_like_hub_id, resolve_model
+from graft.toy.layouts import TextSpec, build_target, build_text_pair
+from graft.vector import extract_vector
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+REPO = "org/name"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("hub-models")
+    base, aligned = build_text_pair(root / "pair", TextSpec(), max_shard_size="40KB")
+    target = build_target("llava", root / "llava", aligned, TextSpec(), max_shard_size="40KB")
+    vector = extract_vector(base, aligned, root / "vector", hash_sources=False).out
+    return SimpleNamespace(base=base, aligned=aligned, target=target, vector=vector)
+
+
+def _cache_repo(cache: Path, repo: str, source: Path, commit: str = COMMIT) -> Path:
+    """A repository in huggingface_hub's cache layout: blobs by content hash, snapshots/<commit> of symlinks to
+    them, refs/main naming the commit. Returns the snapshot folder."""
+    storage = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = storage / "snapshots" / commit
+    (storage / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for file in sorted(source.rglob("*")):
+        if not file.is_file():
+            continue
+        blob = storage / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, blob)
+        link = snapshot / file.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (storage / "refs").mkdir()
+    (storage / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Offline hub, an empty private cache, and no sockets: nothing here can reach the network."""
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a test tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    return cache
+
+
+def cli(*args: object) -> Result:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def tree_hash(folder: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _forbid_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("snapshot_download called for a local path")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+
+
+# -- local paths ----------------------------------------------------------------------------------------------------
+def test_local_folder_is_returned_as_is(models: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    _forbid_download(monkeypatch)
+    assert resolve_model(models.target) == models.target
+    assert resolve_model(str(models.target)) == models.target
+
+
+def test_local_folder_that_looks_like_a_hub_id_wins(
+    models: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`org/name` that exists relative to the working directory is that folder, not a hub repository."""
+    _forbid_download(monkeypatch)
+    shutil.copytree(models.target, tmp_path / "org" / "name")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model(REPO) == Path(REPO)
+    result = cli("plan", "-t", REPO, "--vector", models.vector)
+    assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.parametrize("spec", ["/no/such/folder", "./org/name", "../org/name", "~/no-such-graft-model", "x"])
+def test_missing_paths_are_not_sent_to_the_hub(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
+    _forbid_download(monkeypatch)
+    assert resolve_model(spec) == Path(spec).expanduser()
+
+
+@pytest.mark.parametrize(
+    ("spec", "hub"),
+    [("org/name", True), ("Qwen/Qwen2.5-VL-7B-Instruct", True), ("microsoft/llava-med-v1.5-mistral-7b", True),
+     ("/abs/path", False), ("./rel/path", False), ("a/b/c", False), ("name", False), ("org/", False),
+     (".hidden/name", False), ("org/name with space", False)],
+)
+def test_looks_like_hub_id(spec: str, hub: bool) -> None:
+    assert looks_like_hub_id(spec) is hub
+
+
+# -- offline hub ids ------------------------------------------------------------------------------------------------
+def test_offline_without_a_cached_copy_is_an_input_error(offline: Path) -> None:
+    with pytest.raises(InputError) as info:
+        resolve_model("org/not-cached", role="target")
+    message = str(info.value)
+    assert "org/not-cached" in message and "\n" not in message
+    assert "download it first" in message or "local path" in message
+    assert list(offline.rglob("*.safetensors")) == []  # nothing fetched
+
+
+def test_cli_offline_without_a_cached_copy(models: SimpleNamespace, tmp_path: Path) -> None:
+    out = tmp_path / "merged"
+    result = cli("merge", "-t", "org/not-cached", "--vector", models.vector, "-o", out, "-q")
+    assert result.exit_code == 3, result.stderr
+    lines = result.stderr.rstrip("\n").split("\n")
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "org/not-cached" in lines[0], result.stderr
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_offline_cached_snapshot_resolves(models: SimpleNamespace, offline: Path) -> None:
+    snapshot = _cache_repo(offline, REPO, models.target)
+    resolved = resolve_model(REPO, role="target")
+    assert resolved == snapshot
+    assert sorted(p.name for p in resolved.iterdir()) == sorted(p.name for p in models.target.iterdir())
+
+
+def test_plan_and_merge_on_a_cached_hub_id(models: SimpleNamespace, offline: Path, tmp_path: Path) -> None:
+    snapshot = _cache_repo(offline, REPO, models.target)
+    before = tree_hash(offline)
+    result = cli("plan", "-t", REPO, "--vector", models.vector, "--json", tmp_path / "plan.json")
+    assert result.exit_code == 0, result.stderr
+    assert "graft plan" in result.stdout
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["target"] == str(snapshot) and plan["counts"]["grafted"] > 0 and plan["problems"] == []
+    out = tmp_path / "merged"
+    result = cli("merge", "-t", REPO, "--vector", models.vector, "-o", out, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert (out / "model.safetensors.index.json").is_file() and (out / "config.json").is_file()
+    assert not (out / "config.json").is_symlink()  # a real copy, not a link into the cache
+    assert tree_hash(offline) == before  # the cache is an input: never written
+
+
+def test_extract_from_cached_hub_ids(models: SimpleNamespace, offline: Path, tmp_path: Path) -> None:
+    _cache_repo(offline, "org/base", models.base)
+    _cache_repo(offline, "org/aligned", models.aligned, commit="f" * 40)
+    out = tmp_path / "vec"
+    result = cli("extract", "-b", "org/base", "-a", "org/aligned", "-o", out, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert (out / "vector.json").is_file()
+
+
+def test_output_inside_the_cache_is_refused(models: SimpleNamespace, offline: Path) -> None:
+    snapshot = _cache_repo(offline, REPO, models.target)
+    before = tree_hash(offline)
+    result = cli("merge", "-t", REPO, "--vector", models.vector, "-o", snapshot / "merged", "-q")
+    assert result.exit_code == 5, result.stderr
+    assert "overlaps input" in result.stderr
+    assert tree_hash(offline) == before
+
+
+# -- what is asked of the hub ---------------------------------------------------------------------------------------
+REPO_FILES = [
+    "model.safetensors", "model-00001-of-00002.safetensors", "model.safetensors.index.json", "config.json",
+    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "chat_template.jinja",
+    "preprocessor_config.json", "special_tokens_map.json", "merges.txt", "vocab.json", "README.md",
+    "pytorch_model.bin", "pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json", "training_args.bin",
+    "optimizer.pt", "model.ckpt", "weights.pkl", "model.pth", "flax_model.msgpack", "tf_model.h5", "model.gguf",
+]
+PICKLES = {"pytorch_model.bin", "pytorch_model-00001-of-00002.bin", "training_args.bin", "optimizer.pt",
+           "model.ckpt", "weights.pkl", "model.pth"}
+
+
+def test_allow_patterns_never_select_pickles() -> None:
+    selected = set(filter_repo_objects(REPO_FILES, allow_patterns=ALLOW_PATTERNS))
+    assert not selected & PICKLES
+    assert not any(fnmatch.fnmatch(name, pattern) for name in PICKLES for pattern in ALLOW_PATTERNS)
+    for needed in ("model.safetensors", "model-00001-of-00002.safetensors", "model.safetensors.index.json",
+                   "config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                   "preprocessor_config.json", "tokenizer.model"):
+        assert needed in selected, needed
+    assert not selected & {"flax_model.msgpack", "tf_model.h5", "model.gguf"}
+
+
+def test_snapshot_download_is_asked_only_for_allowed_patterns(
+    models: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict[str, object]] = []
+
+    def fake(**kwargs: object) -> str:
+        calls.append(kwargs)
+        return str(models.target)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    assert resolve_model(REPO, role="target", revision="v1") == models.target
+    assert len(calls) == 1
+    assert calls[0]["repo_id"] == REPO and calls[0]["revision"] == "v1"
+    assert calls[0]["allow_patterns"] == ALLOW_PATTERNS
+    assert not any(p.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")) or p == "*" for p in ALLOW_PATTERNS)
+
+
+def _fake_response(status: int) -> SimpleNamespace:
+    return SimpleNamespace(headers={}, request=None, status_code=status)
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (RepositoryNotFoundError("404 Repository Not Found", response=_fake_response(404)), "no such hub repository"),
+        (HfHubHTTPError("503 Service Unavailable", response=_fake_response(503)), "could not fetch the target"),
+        (OSError(28, "No space left on device"), "could not fetch the target"),
+    ],
+    ids=["not-found", "http-error", "os-error"],
+)
+def test_hub_errors_become_input_errors(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, error: Exception, words: str
+) -> None:
+    def fail(**kwargs: object) -> str:
+        raise error
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fail)
+    with pytest.raises(InputError) as info:
+        resolve_model(REPO, role="target")
+    assert REPO in str(info.value) and words in str(info.value)
+    result = cli("plan", "-t", REPO, "--vector", tmp_path)
+    assert result.exit_code == 3, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and REPO in result.stderr
