@@ -24,6 +24,7 @@ from rich.table import Table
 from graft import __version__
 from graft.errors import EXIT_CODES, GraftError, UsageError
 from graft.recipe import Recipe
+from graft.writer import human_size
 
 app = typer.Typer(
     name="graft",
@@ -149,7 +150,7 @@ def handles_errors(fn: F) -> F:
 def _progress(quiet: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=stderr, disable=quiet, transient=False,
+        TimeRemainingColumn(), console=stderr, disable=quiet or not stderr.is_terminal, transient=True,
     )
 
 
@@ -289,7 +290,7 @@ def merge(
     table = Table(title="graft merge", show_header=False)
     table.add_row("output", str(result.out))
     table.add_row("tensors", f"{result.grafted} grafted, {result.copied} copied unchanged")
-    table.add_row("written", f"{result.bytes_written / 1e9:.3f} GB in {result.seconds:.1f} s on {result.device}")
+    table.add_row("written", f"{human_size(result.bytes_written)} in {result.seconds:.1f} s on {result.device}")
     stdout.print(table)
 
 

@@ -94,7 +94,8 @@ def merge(
         total = sum(t.nbytes for shard in layout.values() for t in shard.tensors)
         inputs = [plan.target.root, plan.vector.root] + ([plan.origin.root] if plan.origin else [])
         folder = OutputFolder(Path(recipe.out), inputs=inputs, force=force)
-        folder.check_free_space(total)
+        side_files = sum((plan.target.root / rel).stat().st_size for rel in plan.target.non_weight_files())
+        folder.check_free_space(total + side_files)
         if on_plan:
             on_plan(plan, total)
         with folder as staging:

@@ -23,6 +23,7 @@ import torch
 from graft.checkpoint import DTYPES
 from graft.errors import OutputError
 
+HEADROOM_BYTES = 4 * 2**20  # shard headers, index, model card, recipe: small next to any real model
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -37,6 +38,14 @@ def parse_size(text: str | int) -> int:
     if unit not in SIZE_UNITS or not number:
         raise ValueError(f"{text!r} is not a size; use e.g. 5GB, 500MB or 2GiB")
     return int(float(number) * SIZE_UNITS[unit])
+
+
+def human_size(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1000:
+            return f"{nbytes:.3g} {unit}"
+        nbytes /= 1000
+    return f"{nbytes:.3g} TB"
 
 
 @dataclass(frozen=True)
@@ -148,18 +157,21 @@ class ShardWriter:
     def copy_from(self, src_fd: int, offset: int, nbytes: int) -> None:
         """Append `nbytes` taken straight from another file: pass-through tensors never enter Python memory."""
         self._advance(nbytes)
+        done = 0
         try:
-            done = 0
             while done < nbytes:
                 got = os.copy_file_range(src_fd, self._fd, nbytes - done, offset + done)
                 if got == 0:
                     raise OutputError(f"{self.path}: source ended early while copying; the input may be truncated")
                 done += got
+            return
         except OSError as exc:
-            if exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                self._copy_slow(src_fd, offset + done, nbytes - done)
-            else:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                 _raise_write_error(exc, self.path)
+        try:  # across file systems (or where the kernel cannot): copy through a buffer
+            self._copy_slow(src_fd, offset + done, nbytes - done)
+        except OSError as exc:
+            _raise_write_error(exc, self.path)
 
     def _copy_slow(self, src_fd: int, offset: int, nbytes: int) -> None:
         block = 16 * 1024 * 1024
@@ -225,10 +237,12 @@ class OutputFolder:
         self.staging = parent / f".{self.destination.name}.graft-partial-{os.getpid()}"
 
     def check_free_space(self, needed: int) -> None:
+        """Refuse up front when the output (tensor bytes + headers and small files) cannot fit."""
+        needed += HEADROOM_BYTES
         free = shutil.disk_usage(self.destination.parent).free
         if free < needed:
             raise OutputError(
-                f"{self.destination.parent}: {needed / 1e9:.2f} GB needed but only {free / 1e9:.2f} GB free; "
+                f"{self.destination.parent}: {human_size(needed)} needed but only {human_size(free)} free; "
                 "free space or choose another --out"
             )
 
@@ -239,10 +253,22 @@ class OutputFolder:
         return self.staging
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            return
-        self._commit()
+        if exc_type is None:
+            try:
+                self._commit()
+                return
+            except OSError as commit_error:
+                exc = commit_error
+        shutil.rmtree(self.staging, ignore_errors=True)
+        # Any write in the staging folder (shards, index, side files, manifest) that hits a full disk is the
+        # user's problem to fix, not a bug: say so in one line.
+        if isinstance(exc, OSError):
+            if exc.errno == errno.ENOSPC:
+                raise OutputError(f"{self.destination.parent}: disk full while writing {self.destination.name}; "
+                                  "free space or choose another --out") from exc
+            if exc_type is None:
+                raise OutputError(f"{self.destination}: could not move the finished output into place "
+                                  f"({exc.strerror})") from exc
 
     def _commit(self) -> None:
         previous = None

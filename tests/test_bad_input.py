@@ -656,9 +656,11 @@ def test_merge_runs_out_of_disk_on_a_real_filesystem(
     assert tree_hash(m.target, m.vector) == before
 
 
-def test_merge_fills_a_disk_that_passed_the_free_space_check(m: Models, tmpfs: Callable[[int], Path]) -> None:
-    """No fault injection at all: a tmpfs with exactly the tensor bytes free passes the up-front check (it counts
-    tensor bytes, not shard headers or side files), then fills at the end of the last shard, while copying
+def test_merge_fills_a_disk_that_passed_the_free_space_check(
+    m: Models, tmpfs: Callable[[int], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tmpfs with exactly the tensor bytes free is refused up front (headers and side files need room too); with
+    the up-front check fooled, the merge really fills the disk at the end of the last shard, while copying
     pass-through vision tensors. ext4 → tmpfs makes copy_file_range fail with EXDEV, so graft copies with
     pread/write there: the disk-full error must still be exit 5, one line."""
     with Checkpoint.open(m.target) as ckpt:
@@ -667,6 +669,8 @@ def test_merge_fills_a_disk_that_passed_the_free_space_check(m: Models, tmpfs: C
     small_disk = tmpfs(size)
     out = small_disk / "merged"
     before = tree_hash(m.target, m.vector)
+    assert_error(cli(*merge_args(m.target, m.vector, out)), 5, "needed but only", str(small_disk))
+    _plenty_of_space(monkeypatch)
     assert_error(cli(*merge_args(m.target, m.vector, out)), 5, "disk full", str(small_disk))
     assert list(small_disk.iterdir()) == []
     assert tree_hash(m.target, m.vector) == before
@@ -777,7 +781,7 @@ def test_free_space_is_checked_before_writing(
     monkeypatch.setattr(graft.writer.ShardWriter, "__init__", spy)
     out = outdir / command
     args = merge_args(m.target, m.vector, out) if command == "merge" else extract_args(m.base, m.aligned, out)
-    line = assert_error(cli(*args), 5, str(outdir), "GB needed but only")
+    line = assert_error(cli(*args), 5, str(outdir), "needed but only")
     assert "free space or choose another --out" in line
     assert opened == []
     assert_no_output(out)
