@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from graft.errors import UsageError
+from graft.hub import looks_like_hub_id
 from graft.mapping import GROUPS, Group, Rule
 
 RECIPE_VERSION = 1
@@ -164,15 +165,18 @@ class Recipe(_Strict):
             raise UsageError(f"{source}: {describe_validation_error(exc)}") from exc
 
     def with_paths_relative_to(self, folder: Path) -> Recipe:
-        def fix(value: str | None) -> str | None:
-            if value is None or Path(value).is_absolute() or not (folder / value).exists():
+        """Relative paths point into the recipe's folder, except hub ids (`org/name`) that are not folders there."""
+
+        def fix(value: str | None, *, may_be_hub_id: bool = True) -> str | None:
+            if value is None or Path(value).expanduser().is_absolute():
+                return value
+            if may_be_hub_id and looks_like_hub_id(value) and not (folder / value).exists():
                 return value
             return str(folder / value)
 
         options = self.options.model_copy(update={"origin": fix(self.options.origin)})
         return self.model_copy(update={"target": fix(self.target), "vector": fix(self.vector),
-                                       "out": self.out if self.out is None or Path(self.out).is_absolute()
-                                       else str(folder / self.out), "options": options})
+                                       "out": fix(self.out, may_be_hub_id=False), "options": options})
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", exclude_none=True)

@@ -58,13 +58,13 @@ def test_lambda_is_scale_times_layer_times_group() -> None:
 def test_yaml_round_trip_and_relative_paths(tmp_path: Path) -> None:
     (tmp_path / "models" / "target").mkdir(parents=True)
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({
-        "target": "models/target", "vector": "org/some-vector", "out": "merged",
+        "target": "models/target", "vector": "org/some-vector", "out": "merged/model",
         "coefficients": {"scale": 0.7, "control_points": [0.2, 1.0]},
         "mapping": {"exclude": ["lm_head"]}}))
     recipe = Recipe.from_yaml(tmp_path / "recipe.yaml")
     assert recipe.target == str(tmp_path / "models" / "target")
     assert recipe.vector == "org/some-vector"  # a hub id stays a hub id
-    assert recipe.out == str(tmp_path / "merged")
+    assert recipe.out == str(tmp_path / "merged" / "model")  # an output is never a hub id
     assert Recipe.parse(yaml.safe_load(recipe.to_yaml())) == recipe
 
 
