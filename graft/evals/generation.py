@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,16 +252,3 @@ class Engine:
             results.append((total, greedy))
         return results
 
-
-def check_images(engine: Engine, task: str) -> None:
-    if not engine.is_multimodal:
-        raise IncompatibleError(
-            f"task '{task}' needs an image-text model, but {engine.name} is text-only "
-            "(drop the FigStep/VQA tasks or evaluate the multimodal checkpoint)"
-        )
-
-
-def warn_no_template(engine: Engine) -> None:
-    if not engine.has_chat_template:
-        warnings.warn(f"{engine.name}: no chat template in the folder; prompts are sent as plain text",
-                      stacklevel=2)
