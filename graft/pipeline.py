@@ -17,26 +17,25 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     stop = threading.Event()
     failure: list[BaseException] = []
 
+    def put(item: object) -> bool:
+        """Block until there is room, unless the consumer has gone away (then say so)."""
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        buffer.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
         except BaseException as exc:
             failure.append(exc)
         finally:
-            while not stop.is_set():
-                try:
-                    buffer.put(_DONE, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            put(_DONE)
 
     thread = threading.Thread(target=produce, name="graft-reader", daemon=True)
     thread.start()

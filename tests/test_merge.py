@@ -184,25 +184,22 @@ def test_dtype_and_reshard_options(make_world, tmp_path: Path) -> None:
     assert not info["missing_keys"] and not info["unexpected_keys"]
 
 
-def test_small_chunks_give_the_same_bytes(make_world, tmp_path: Path) -> None:
-    """Row chunking is an execution detail: 1 KB chunks must produce the same file as one chunk per tensor."""
-    world = make_world("llava", extra_vocab=8)
+def assert_same_shards_under(world, tmp_path: Path, option: str, values: tuple[str, str]) -> None:  # noqa: ANN001
+    """Merging with either value of an execution option must write the same bytes."""
     outs = []
-    for chunk in ("1KB", "64MB"):
+    for value in values:
         recipe = Recipe.parse({"target": str(world.target), "vector": str(world.vector),
-                               "out": str(tmp_path / chunk), "options": {"chunk_size": chunk}})
+                               "out": str(tmp_path / value), "options": {option: value}})
         outs.append(merge(recipe).out)
     for a, b in zip(sorted(outs[0].glob("*.safetensors")), sorted(outs[1].glob("*.safetensors")), strict=True):
         assert a.read_bytes() == b.read_bytes()
+
+
+def test_small_chunks_give_the_same_bytes(make_world, tmp_path: Path) -> None:
+    """Row chunking is an execution detail: 1 KB chunks must produce the same file as one chunk per tensor."""
+    assert_same_shards_under(make_world("llava", extra_vocab=8), tmp_path, "chunk_size", ("1KB", "64MB"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_merge_equals_cpu_merge(make_world, tmp_path: Path) -> None:
-    world = make_world("qwen2_vl")
-    outs = []
-    for device in ("cpu", "cuda"):
-        recipe = Recipe.parse({"target": str(world.target), "vector": str(world.vector),
-                               "out": str(tmp_path / device), "options": {"device": device}})
-        outs.append(merge(recipe).out)
-    for a, b in zip(sorted(outs[0].glob("*.safetensors")), sorted(outs[1].glob("*.safetensors")), strict=True):
-        assert a.read_bytes() == b.read_bytes()
+    assert_same_shards_under(make_world("qwen2_vl"), tmp_path, "device", ("cpu", "cuda"))
