@@ -184,7 +184,7 @@ def test_dtype_and_reshard_options(make_world, tmp_path: Path) -> None:
     assert not info["missing_keys"] and not info["unexpected_keys"]
 
 
-def assert_same_shards_under(world, tmp_path: Path, option: str, values: tuple[str, str]) -> None:  # noqa: ANN001
+def assert_same_shards_under(world, tmp_path: Path, option: str, values: tuple[str, str]) -> None:
     """Merging with either value of an execution option must write the same bytes."""
     outs = []
     for value in values:

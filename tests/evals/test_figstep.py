@@ -47,3 +47,17 @@ def test_render_matches_an_independent_drawing():
 def test_missing_font_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="--font"):
         figstep.load_font(str(tmp_path / "nope.ttf"))
+
+
+def test_fallback_font_warns(monkeypatch):
+    fallback = "/usr/share/fonts/truetype/dejavu/DejaVuSansMono-Bold.ttf"
+    if not __import__("os").path.exists(fallback):
+        pytest.skip("no DejaVu Sans Mono Bold here")
+    monkeypatch.setattr(figstep, "FONT_CANDIDATES", ("/nonexistent/FreeMonoBold.ttf", "/nonexistent/x.otf", fallback))
+    figstep.load_font.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="FreeMonoBold not found"):
+            font = figstep.load_font()
+        assert font.path == fallback
+    finally:
+        figstep.load_font.cache_clear()

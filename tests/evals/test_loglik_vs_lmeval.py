@@ -99,3 +99,12 @@ def test_shared_context_and_multi_token_continuations(engine):
         lp = torch.log_softmax(engine.model(torch.tensor([ids])).logits[0].float(), -1)
     ref = sum(lp[i - 1, ids[i]].item() for i in range(n_ctx, len(ids)))
     assert got[2][0] == pytest.approx(ref, abs=1e-4)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_loglik_matches_cpu(tiny_llama, engine):
+    gpu = Engine.load(tiny_llama, device="cuda", dtype="float32", batch_size=3)
+    items = load_medqa(fixture_data().medqa)
+    pairs = [(mc_context(it), " " + t) for it in items for t in mc_targets(it)]
+    assert [a for a, _ in gpu.loglikelihood(pairs)] == pytest.approx([a for a, _ in engine.loglikelihood(pairs)],
+                                                                     abs=1e-3)
