@@ -141,7 +141,10 @@ class Engine:
                                  add_special_tokens=special)
         else:
             enc = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=special)
-        return {k: v.to(self.device) for k, v in enc.items()}
+        dtype = next(self.model.parameters()).dtype
+        # Pixel values follow the model's dtype (bf16 on GPU); ids and masks keep theirs.
+        return {k: v.to(self.device, dtype=dtype) if v.is_floating_point() else v.to(self.device)
+                for k, v in enc.items()}
 
     # ------------------------------------------------------------------ generation
     @torch.inference_mode()

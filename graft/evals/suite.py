@@ -132,10 +132,15 @@ def evaluate(
     dtype: str = "auto",
     font: str | None = None,
     cache: str | Path | None = None,
+    cache_key: str | None = None,
     out: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> EvalResults:
-    """Evaluate a model folder (or a loaded `Engine`, e.g. a resident graft in a search) on tasks or a suite."""
+    """Evaluate a model folder (or a loaded `Engine`, e.g. a resident graft in a search) on tasks or a suite.
+
+    `cache` is a SQLite file of finished per-sample records keyed by the weights' identity: `cache_key` when
+    given (e.g. a search's recipe hash, which costs nothing), else a content hash of every weight.
+    """
     names, explicit = resolve_tasks(tasks, suite)
     data = _data_config(data)
     judge_cfg = JudgeConfig.parse(judge) if isinstance(judge, str) else judge
@@ -176,7 +181,7 @@ def evaluate(
         "vqa": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["vqa"],
     }
     store = VerdictCache(cache) if cache else None
-    model_hash = engine.fingerprint() if store else None
+    model_hash = (cache_key or engine.fingerprint()) if store else None
 
     loaded: dict[str, list[Item]] = {}
     for task in run:
