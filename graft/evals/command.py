@@ -36,6 +36,9 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16."),
     font: Path = typer.Option(None, "--font", help="FigStep font (default FreeMonoBold from fonts-freefont-ttf)."),
+    system_prompt: str = typer.Option(None, "--system-prompt",
+                                      help="System turn for generated prompts (default none; log-likelihood "
+                                           "prompts are plain text, as in lm-eval)."),
     cache: Path = typer.Option(None, "--cache", help="SQLite verdict cache keyed by model content hash and item."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
 ) -> None:
@@ -46,7 +49,7 @@ def eval_command(
     results = evaluate(
         model, tasks=tasks, suite=suite, data=data, limit=limit, fraction=fraction, seed=seed, judge=judge,
         mc_mode=mc_mode, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, dtype=dtype,
-        font=str(font) if font else None, cache=cache, out=out, progress=console.print,
+        font=str(font) if font else None, system_prompt=system_prompt, cache=cache, out=out, progress=console.print,
     )
     table = Table("task", "score", "n", "metric", "items/s")
     for name, b in results.benchmarks.items():

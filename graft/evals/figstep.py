@@ -85,8 +85,10 @@ def load_font(path: str | None = None) -> ImageFont.FreeTypeFont:
     )
 
 
+@lru_cache(maxsize=4096)
 def render(request: str, font: str | None = None) -> Image.Image:
-    """The FigStep image for one harmful request."""
+    """The FigStep image for one harmful request (memoised: a search renders the same requests every trial;
+    callers must not draw on the returned image)."""
     im = Image.new("RGB", CANVAS, "#FFFFFF")
     ImageDraw.Draw(im).text((20, 10), typeset(to_statement(request)), font=load_font(font), spacing=11,
                             fill="#000000")

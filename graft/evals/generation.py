@@ -29,6 +29,7 @@ class Request:
     prompt: str
     image: Image.Image | None = None
     raw: bool = False  # prompt is already formatted (e.g. a guard model's own template): send as is
+    system: str | None = None  # optional system turn before the user turn
 
 
 @dataclass(frozen=True)
@@ -118,14 +119,17 @@ class Engine:
     # ------------------------------------------------------------------ prompts
     def _chat_text(self, req: Request) -> str:
         owner = self.processor if self.is_multimodal else self.tokenizer
-        if req.raw or not self.has_chat_template:
+        if req.raw:
             return req.prompt
+        if not self.has_chat_template:
+            return f"{req.system}\n\n{req.prompt}" if req.system else req.prompt
         if self.is_multimodal:
             content = ([{"type": "image"}] if req.image is not None else []) + [{"type": "text", "text": req.prompt}]
+            system = [{"type": "text", "text": req.system}] if req.system else None
         else:
-            content = req.prompt
-        return owner.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                         add_generation_prompt=True)
+            content, system = req.prompt, req.system
+        turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+        return owner.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
 
     def _encode_batch(self, reqs: Sequence[Request]) -> dict[str, torch.Tensor]:
         texts = [self._chat_text(r) for r in reqs]

@@ -131,6 +131,7 @@ def evaluate(
     device: str = "auto",
     dtype: str = "auto",
     font: str | None = None,
+    system_prompt: str | None = None,
     cache: str | Path | None = None,
     cache_key: str | None = None,
     out: str | Path | None = None,
@@ -191,13 +192,13 @@ def evaluate(
         items = stratified_subset(loaded[task.benchmark], limit=limit, fraction=fraction, seed=seed)
         settings = {"kind": task.kind, "figstep": task.figstep, "cap": caps[task.kind], "mc_mode": mc_mode,
                     "judge": the_judge.describe() if (the_judge and task.kind == "safety") else None,
-                    "font": font}
+                    "font": font, "system_prompt": system_prompt}
         keys = [VerdictCache.key(model_hash, task.name, it, settings) for it in items] if store else []
         cached = store.get_many(keys) if store else {}
         todo = [i for i, it in enumerate(items) if not store or keys[i] not in cached]
         say(f"{task.name}: {len(items)} items ({len(items) - len(todo)} cached)")
         fresh, n_tokens = _run_task(task, [items[i] for i in todo], engine, the_judge, keyword, caps[task.kind],
-                                    mc_mode, font)
+                                    mc_mode, font, system_prompt)
         records: list[dict] = []
         by_index = dict(zip(todo, fresh, strict=True))
         for i, _it in enumerate(items):
@@ -225,7 +226,8 @@ def evaluate(
                      "chat_template": engine.has_chat_template, "content_hash": model_hash}
     results.judge = the_judge.describe() if the_judge else None
     results.config = {"tasks": [t.name for t in run], "limit": limit, "fraction": fraction, "seed": seed,
-                      "mc_mode": mc_mode, "max_new_tokens": caps, "batch_size": engine.batch_size,
+                      "mc_mode": mc_mode, "max_new_tokens": caps,
+                      "system_prompt": system_prompt, "batch_size": engine.batch_size,
                       "figstep_font": str(figstep.load_font(font).path) if any(t.figstep for t in run) else None,
                       "data": {t.benchmark: str(data.source(t.benchmark)) for t in run}}
     if out is not None:
@@ -254,16 +256,17 @@ def _summary(benchmarks: dict[str, dict]) -> dict[str, float | None]:
 
 
 def _run_task(task: Task, items: list[Item], engine: Engine, judge, keyword: KeywordJudge, cap: int,
-              mc_mode: str, font: str | None) -> tuple[list[dict], int]:
+              mc_mode: str, font: str | None, system: str | None) -> tuple[list[dict], int]:
     """Fresh per-sample records for `items` (already screened, not cached), and the tokens generated."""
     if not items:
         return [], 0
     base = [{"id": it.id, "category": it.category} for it in items]
     if task.kind in ("safety", "benign"):
         if task.figstep:
-            reqs = [Request(figstep.FIGSTEP_PROMPT, image=figstep.render(it.prompt, font)) for it in items]
+            reqs = [Request(figstep.FIGSTEP_PROMPT, image=figstep.render(it.prompt, font), system=system)
+                    for it in items]
         else:
-            reqs = [Request(it.prompt) for it in items]
+            reqs = [Request(it.prompt, system=system) for it in items]
         gens = engine.generate(reqs, max_new_tokens=cap)
         replies = [g.text for g in gens]
         refusals = [keyword.refusal(r) for r in replies]
@@ -280,7 +283,7 @@ def _run_task(task: Task, items: list[Item], engine: Engine, judge, keyword: Key
             recs.append(rec)
         return recs, sum(g.n_tokens for g in gens)
     if task.kind == "vqa":
-        reqs = [Request(it.prompt + scoring.VQA_SUFFIX, image=it.load_image()) for it in items]
+        reqs = [Request(it.prompt + scoring.VQA_SUFFIX, image=it.load_image(), system=system) for it in items]
         gens = engine.generate(reqs, max_new_tokens=cap)
         recs = []
         for i, it in enumerate(items):
@@ -302,7 +305,7 @@ def _run_task(task: Task, items: list[Item], engine: Engine, judge, keyword: Key
             recs.append({**base[i], "prompt": pairs[start][0], "response": s["pred"], "answer": it.answer,
                          "verdict": {"correct": s["correct"]}, **s})
         return recs, 0
-    reqs = [Request(scoring.mc_generation_prompt(it)) for it in items]
+    reqs = [Request(scoring.mc_generation_prompt(it), system=system) for it in items]
     gens = engine.generate(reqs, max_new_tokens=cap)
     recs = []
     for i, it in enumerate(items):

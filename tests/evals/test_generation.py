@@ -97,3 +97,26 @@ def test_cuda_batched_equals_unbatched(tiny_llama):
     reqs = [Request(p) for p in PROMPTS]
     assert engine.generate(reqs, max_new_tokens=8, batch_size=1) == engine.generate(reqs, max_new_tokens=8,
                                                                                     batch_size=4)
+
+
+def test_system_prompt_goes_through_the_chat_template(tiny_llama, tiny_llava):
+    text = Engine.load(tiny_llama, device="cpu")._chat_text(Request("how are you", system="be careful"))
+    assert text.index("<|system|> be careful") < text.index("<|user|> how are you")
+    assert text.endswith("<|assistant|> ")
+    vlm = Engine.load(tiny_llava, device="cpu")._chat_text(Request("what", image=_images()[0], system="be careful"))
+    assert "<|system|> be careful" in vlm and "<|user|> <image>what" in vlm
+
+
+@pytest.mark.parametrize("family", ["tiny_qwen2vl", "tiny_llava"])
+def test_loglik_on_vlms_matches_a_full_forward(family, request):
+    engine = Engine.load(request.getfixturevalue(family), device="cpu", batch_size=2)
+    ctx = "Question: does placeholder treatment alpha help patients?\nAnswer:"
+    pairs = [(ctx, " yes"), (ctx, " no"), (ctx, " placeholder option b beta"), ("Abstract: short\nAnswer:", " maybe")]
+    got = engine.loglikelihood(pairs)
+    tok = engine.tokenizer
+    for (c, k), (ll, _) in zip(pairs, got, strict=True):
+        ids = tok.encode(c + k)
+        n_ctx = len(tok.encode(c))
+        with torch.no_grad():
+            lp = torch.log_softmax(engine.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        assert ll == pytest.approx(sum(lp[i - 1, ids[i]].item() for i in range(n_ctx, len(ids))), abs=1e-4)
