@@ -224,7 +224,7 @@ def evaluate(
                      "dtype": str(next(engine.model.parameters()).dtype).replace("torch.", ""),
                      "device": str(engine.device), "multimodal": engine.is_multimodal,
                      "chat_template": engine.has_chat_template, "content_hash": model_hash}
-    results.judge = the_judge.describe() if the_judge else None
+    results.judge = the_judge.describe() if the_judge else {"name": judge_cfg.kind, "used": False}
     results.config = {"tasks": [t.name for t in run], "limit": limit, "fraction": fraction, "seed": seed,
                       "mc_mode": mc_mode, "max_new_tokens": caps,
                       "system_prompt": system_prompt, "batch_size": engine.batch_size,

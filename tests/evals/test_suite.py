@@ -136,3 +136,15 @@ def test_cli_errors_are_graft_errors_with_exit_codes(tiny_llama, tmp_path):
                                     str(FIXTURES / "data.yaml"), "--out", str(tmp_path / "r.json")])
     assert isinstance(r.exception, GraftError) and r.exception.exit_code == UsageError.exit_code
     assert "unknown task(s) bogus" in str(r.exception)
+
+
+def test_cli_fraction_and_existing_output(tiny_llama, tmp_path):
+    out = tmp_path / "results.json"
+    args = ["eval", str(tiny_llama), "--tasks", "hexphi", "--data", str(FIXTURES / "data.yaml"), "--out", str(out),
+            "--fraction", "0.5", "--seed", "3", "--max-new-tokens", "3", "--device", "cpu"]
+    assert CliRunner().invoke(_app(), args).exit_code == 0
+    res = json.loads(out.read_text())
+    assert res["benchmarks"]["hexphi"]["n"] == round(0.5 * res["benchmarks"]["hexphi"]["total_items"])
+    assert res["judge"]["name"] == "keyword" and res["config"]["fraction"] == 0.5
+    again = CliRunner().invoke(_app(), args)
+    assert isinstance(again.exception, UsageError) and "--force" in str(again.exception)
