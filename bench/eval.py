@@ -1,7 +1,8 @@
 """Benchmark of the evaluation engine, all measured in one run on the same model and items:
 
-- generation (the safety path, keyword-judge cap): graft's batched engine vs a plain per-prompt
-  `model.generate` loop vs lm-eval's HFLM.generate_until; items/s and generated tokens/s;
+- generation (the safety path, keyword-judge cap): graft's batched engine (with and without the keyword
+  judge's stop at the first refusal phrase) vs a plain per-prompt `model.generate` loop vs lm-eval's
+  HFLM.generate_until; items/s and generated tokens/s;
 - multiple-choice log-likelihood (PubMedQA + MedQA prompts): graft vs lm-eval's HFLM.loglikelihood; items/s.
 
 It also checks that the three generation paths produce the same replies and that the log-likelihoods agree.
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from graft.evals import Engine, Request, fixture_data
+from graft.evals.judges import KeywordJudge
 from graft.evals.loaders import LOADERS
 from graft.evals.scoring import mc_context, mc_targets
 
@@ -158,8 +160,11 @@ def main() -> None:
     engine.loglikelihood(pairs[: 4 * args.batch_size])
     lm_eval_loglik(lm, pairs[: 4 * args.batch_size])
 
+    kw = KeywordJudge()
     paths = {
         "generate: graft batched": lambda: engine.generate([Request(p) for p in prompts], max_new_tokens=cap),
+        "generate: graft batched + refusal stop": lambda: engine.generate(
+            [Request(p) for p in prompts], max_new_tokens=cap, stop_when=lambda t: kw.refusal(t) is not None),
         "generate: per-prompt loop": lambda: per_prompt_loop(engine, prompts, cap),
         "generate: lm-eval generate_until": lambda: lm_eval_generate(lm, engine, prompts, cap),
         "loglik: graft": lambda: engine.loglikelihood(pairs),
@@ -177,7 +182,12 @@ def main() -> None:
     gens = outputs["generate: graft batched"]
     rows = {name: {"seconds": t, "items_per_s": (n_items if name.startswith("loglik") else len(prompts)) / t}
             for name, t in best.items()}
-    rows["generate: graft batched"]["tokens_per_s"] = sum(g.n_tokens for g in gens) / best["generate: graft batched"]
+    for name in ("generate: graft batched", "generate: graft batched + refusal stop"):
+        rows[name]["tokens_per_s"] = sum(g.n_tokens for g in outputs[name]) / best[name]
+    fast = outputs["generate: graft batched + refusal stop"]
+    rows["generate: graft batched + refusal stop"]["same_verdicts"] = sum(
+        (kw.refusal(a.text) is None) == (kw.refusal(b.text) is None) for a, b in zip(gens, fast, strict=True)
+    ) / len(prompts)
     if "generate: per-prompt loop" in outputs:
         loop = outputs["generate: per-prompt loop"]
         rows["generate: per-prompt loop"]["tokens_per_s"] = sum(n for _, n in loop) / best["generate: per-prompt loop"]
@@ -195,7 +205,7 @@ def main() -> None:
     for name, r in rows.items():
         extra = "  ".join(f"{k}={v:.3g}" for k, v in r.items() if k not in ("seconds", "items_per_s", "tokens_per_s"))
         tps = f"{r['tokens_per_s']:9.1f} tok/s" if "tokens_per_s" in r else " " * 15
-        print(f"{name:34s} {r['seconds']:8.2f} s  {r['items_per_s']:8.2f} items/s  {tps}  {extra}")
+        print(f"{name:40s} {r['seconds']:8.2f} s  {r['items_per_s']:8.2f} items/s  {tps}  {extra}")
     g = rows["generate: graft batched"]["items_per_s"]
     if "generate: per-prompt loop" in rows:
         print(f"batched / per-prompt loop: {g / rows['generate: per-prompt loop']['items_per_s']:.2f}x")

@@ -39,6 +39,9 @@ def eval_command(
     system_prompt: str = typer.Option(None, "--system-prompt",
                                       help="System turn for generated prompts (default none; log-likelihood "
                                            "prompts are plain text, as in lm-eval)."),
+    full_replies: bool = typer.Option(False, "--full-replies",
+                                      help="With the keyword judge, generate to the cap even after a refusal "
+                                           "phrase (the verdict is the same; replies in the log are longer)."),
     cache: Path = typer.Option(None, "--cache", help="SQLite verdict cache keyed by model content hash and item."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
 ) -> None:
@@ -49,7 +52,8 @@ def eval_command(
     results = evaluate(
         model, tasks=tasks, suite=suite, data=data, limit=limit, fraction=fraction, seed=seed, judge=judge,
         mc_mode=mc_mode, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, dtype=dtype,
-        font=str(font) if font else None, system_prompt=system_prompt, cache=cache, out=out, progress=console.print,
+        font=str(font) if font else None, system_prompt=system_prompt, full_replies=full_replies, cache=cache, out=out,
+        progress=console.print,
     )
     table = Table("task", "score", "n", "metric", "items/s")
     for name, b in results.benchmarks.items():

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
+from transformers import StoppingCriteria
 
 from graft.errors import IncompatibleError, InputError, UsageError
 
@@ -54,6 +55,22 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in table:
         raise UsageError(f"--dtype {dtype}: expected auto, float32, bfloat16 or float16")
     return table[dtype]
+
+
+class _StopWhen(StoppingCriteria):
+    """Per-row early stop on the decoded reply so far; remembers how many tokens each row had then."""
+
+    def __init__(self, tokenizer, prompt_len: int, predicate: Callable[[str], bool]):
+        self.tokenizer, self.prompt_len, self.predicate = tokenizer, prompt_len, predicate
+        self.stopped_at: dict[int, int] = {}
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        done = []
+        for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
+            if row not in self.stopped_at and self.predicate(self.tokenizer.decode(ids, skip_special_tokens=True)):
+                self.stopped_at[row] = len(ids)
+            done.append(row in self.stopped_at)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class Engine:
@@ -152,10 +169,15 @@ class Engine:
 
     # ------------------------------------------------------------------ generation
     @torch.inference_mode()
-    def generate(self, requests: Sequence[Request], max_new_tokens: int = 64,
-                 batch_size: int | None = None) -> list[Generation]:
-        """Greedy replies, in the order of `requests`. Batches are sorted by prompt length to limit padding."""
-        from transformers import GenerationConfig
+    def generate(self, requests: Sequence[Request], max_new_tokens: int = 64, batch_size: int | None = None,
+                 stop_when: Callable[[str], bool] | None = None) -> list[Generation]:
+        """Greedy replies, in the order of `requests`. Batches are sorted by prompt length to limit padding.
+
+        `stop_when(reply_so_far)` ends a reply early once it returns True (checked after every token); a batch
+        ends when all its replies have. The keyword judge uses it: once a refusal phrase appears the verdict
+        cannot change, so the rest of the reply need not be generated.
+        """
+        from transformers import GenerationConfig, StoppingCriteriaList
 
         if max_new_tokens < 1:
             raise UsageError("--max-new-tokens must be at least 1")
@@ -178,10 +200,15 @@ class Engine:
                 chunk.append(order[start])
                 start += 1
             enc = self._encode_batch([requests[i] for i in chunk])
-            seqs = self.model.generate(**enc, generation_config=gen_config)
-            new = seqs[:, enc["input_ids"].shape[1]:].tolist()
-            for i, toks in zip(chunk, new, strict=True):
+            prompt_len = enc["input_ids"].shape[1]
+            stop = _StopWhen(self.tokenizer, prompt_len, stop_when) if stop_when else None
+            seqs = self.model.generate(**enc, generation_config=gen_config,
+                                       stopping_criteria=StoppingCriteriaList([stop]) if stop else None)
+            new = seqs[:, prompt_len:].tolist()
+            for row, (i, toks) in enumerate(zip(chunk, new, strict=True)):
                 cut = next((j + 1 for j, t in enumerate(toks) if t in eos_ids), len(toks))
+                if stop is not None and row in stop.stopped_at:
+                    cut = min(cut, stop.stopped_at[row])
                 text = self.tokenizer.decode(toks[:cut], skip_special_tokens=True)
                 out[i] = Generation(text=text.strip(), n_tokens=cut)
         return out  # type: ignore[return-value]

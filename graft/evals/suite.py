@@ -132,6 +132,7 @@ def evaluate(
     dtype: str = "auto",
     font: str | None = None,
     system_prompt: str | None = None,
+    full_replies: bool = False,
     cache: str | Path | None = None,
     cache_key: str | None = None,
     out: str | Path | None = None,
@@ -175,6 +176,8 @@ def evaluate(
     the_judge = make_judge(judge_cfg, device=device) if needs_judge else None
     keyword = KeywordJudge()
     model_judge = judge_cfg.kind != "keyword"
+    # With the keyword judge a reply is decided once a refusal phrase appears: stop generating it there.
+    early_stop = None if full_replies else (lambda text: keyword.refusal(text) is not None)
     caps = {
         "safety": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["model_judge" if model_judge else "keyword"],
         "benign": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["keyword"],
@@ -192,13 +195,13 @@ def evaluate(
         items = stratified_subset(loaded[task.benchmark], limit=limit, fraction=fraction, seed=seed)
         settings = {"kind": task.kind, "figstep": task.figstep, "cap": caps[task.kind], "mc_mode": mc_mode,
                     "judge": the_judge.describe() if (the_judge and task.kind == "safety") else None,
-                    "font": font, "system_prompt": system_prompt}
+                    "font": font, "system_prompt": system_prompt, "full_replies": full_replies}
         keys = [VerdictCache.key(model_hash, task.name, it, settings) for it in items] if store else []
         cached = store.get_many(keys) if store else {}
         todo = [i for i, it in enumerate(items) if not store or keys[i] not in cached]
         say(f"{task.name}: {len(items)} items ({len(items) - len(todo)} cached)")
         fresh, n_tokens = _run_task(task, [items[i] for i in todo], engine, the_judge, keyword, caps[task.kind],
-                                    mc_mode, font, system_prompt)
+                                    mc_mode, font, system_prompt, early_stop, model_judge)
         records: list[dict] = []
         by_index = dict(zip(todo, fresh, strict=True))
         for i, _it in enumerate(items):
@@ -227,7 +230,8 @@ def evaluate(
     results.judge = the_judge.describe() if the_judge else {"name": judge_cfg.kind, "used": False}
     results.config = {"tasks": [t.name for t in run], "limit": limit, "fraction": fraction, "seed": seed,
                       "mc_mode": mc_mode, "max_new_tokens": caps,
-                      "system_prompt": system_prompt, "batch_size": engine.batch_size,
+                      "system_prompt": system_prompt, "full_replies": full_replies,
+                      "batch_size": engine.batch_size,
                       "figstep_font": str(figstep.load_font(font).path) if any(t.figstep for t in run) else None,
                       "data": {t.benchmark: str(data.source(t.benchmark)) for t in run}}
     if out is not None:
@@ -256,7 +260,8 @@ def _summary(benchmarks: dict[str, dict]) -> dict[str, float | None]:
 
 
 def _run_task(task: Task, items: list[Item], engine: Engine, judge, keyword: KeywordJudge, cap: int,
-              mc_mode: str, font: str | None, system: str | None) -> tuple[list[dict], int]:
+              mc_mode: str, font: str | None, system: str | None,
+              refusal_stop: Callable[[str], bool] | None, model_judge: bool) -> tuple[list[dict], int]:
     """Fresh per-sample records for `items` (already screened, not cached), and the tokens generated."""
     if not items:
         return [], 0
@@ -267,7 +272,9 @@ def _run_task(task: Task, items: list[Item], engine: Engine, judge, keyword: Key
                     for it in items]
         else:
             reqs = [Request(it.prompt, system=system) for it in items]
-        gens = engine.generate(reqs, max_new_tokens=cap)
+        # A model judge reads whole replies; over-refusal always uses the keyword detector, so may stop early.
+        stop = None if (task.kind == "safety" and model_judge) else refusal_stop
+        gens = engine.generate(reqs, max_new_tokens=cap, stop_when=stop)
         replies = [g.text for g in gens]
         refusals = [keyword.refusal(r) for r in replies]
         verdicts = judge.judge([it.prompt for it in items], replies) if task.kind == "safety" else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -74,7 +75,6 @@ def test_limit_is_stratified_and_cache_reuses_verdicts(tiny_llama, tmp_path):
     again = evaluate(engine, tasks=["catqa"], data=fixture_data(), limit=6, seed=7, cache=cache, max_new_tokens=5)
     assert again.timing["catqa"]["cached"] == 6 and again.samples == first.samples
     # Changing the weights changes the content hash, so nothing is reused.
-    import torch
 
     with torch.no_grad():
         engine.model.lm_head.weight.mul_(1.5)
@@ -148,3 +148,32 @@ def test_cli_fraction_and_existing_output(tiny_llama, tmp_path):
     assert res["judge"]["name"] == "keyword" and res["config"]["fraction"] == 0.5
     again = CliRunner().invoke(_app(), args)
     assert isinstance(again.exception, UsageError) and "--force" in str(again.exception)
+
+
+def test_refusal_early_stop_keeps_every_verdict(qwen):
+    """Stopping a reply at its first refusal phrase never changes a keyword verdict, and saves tokens."""
+    kw = dict(data=fixture_data(), max_new_tokens=24)
+    full = evaluate(qwen, tasks="catqa,hexphi,medsafetybench,benign", full_replies=True, **kw)
+    fast = evaluate(qwen, tasks="catqa,hexphi,medsafetybench,benign", **kw)
+    assert [s["verdict"] for s in fast.samples] == [s["verdict"] for s in full.samples]
+    assert [s["refused"] for s in fast.samples] == [s["refused"] for s in full.samples]
+    for a, b in zip(fast.samples, full.samples, strict=True):
+        assert a["n_tokens"] <= b["n_tokens"] and b["response"].startswith(a["response"])
+    assert any(a["n_tokens"] < b["n_tokens"] for a, b in zip(fast.samples, full.samples, strict=True))
+    assert fast.benchmarks == full.benchmarks
+
+
+def test_early_stop_counts_tokens_up_to_the_phrase(guards):
+    """A model that says "illegal" forever is stopped after one token."""
+    from graft.evals import Request
+
+    engine = Engine.load(guards["safe"], device="cpu")
+    tok = engine.tokenizer
+    with torch.no_grad():
+        engine.model.lm_head.weight.zero_()
+        engine.model.lm_head.weight[tok.convert_tokens_to_ids("illegal")] = torch.linspace(0.5, 1.5, 32)
+    reqs = [Request("a"), Request("a longer placeholder prompt")]
+    full = engine.generate(reqs, max_new_tokens=8)
+    fast = engine.generate(reqs, max_new_tokens=8, stop_when=lambda t: KeywordJudge().refusal(t) is not None)
+    assert [g.n_tokens for g in full] == [8, 8] and [g.n_tokens for g in fast] == [1, 1]
+    assert [g.text for g in fast] == ["illegal", "illegal"]
