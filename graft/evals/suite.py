@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from graft.errors import IncompatibleError, OutputError, UsageError
+from graft.errors import IncompatibleError, InputError, OutputError, UsageError
 
 from . import figstep, scoring
 from .config import DataConfig, JudgeConfig
@@ -149,6 +149,8 @@ def evaluate(
     if mc_mode not in ("loglik", "generate"):
         raise UsageError(f"--mc-mode {mc_mode}: expected loglik or generate")
     say = progress or (lambda _msg: None)
+    if judge_cfg.kind == "guard" and not (Path(judge_cfg.model) / "config.json").is_file():
+        raise InputError(f"--judge guard:{judge_cfg.model}: no config.json there (a Llama-Guard/Qwen3Guard folder)")
 
     engine = model if isinstance(model, Engine) else Engine.load(model, device=device, dtype=dtype,
                                                                   batch_size=batch_size)
@@ -168,6 +170,12 @@ def evaluate(
             continue
         data.source(task.benchmark)  # explicit task without data: a clear UsageError now, before any work
         run.append(task)
+    # Read and check every benchmark before generating anything, so a malformed file fails in seconds.
+    loaded: dict[str, list[Item]] = {}
+    for task in run:
+        if task.benchmark not in loaded:
+            loaded[task.benchmark] = LOADERS[task.benchmark](data.source(task.benchmark))
+    bs = batch_size or engine.batch_size
     generates = any(t.kind in ("benign", "safety", "vqa") or mc_mode == "generate" for t in run)
     if generates and not engine.has_chat_template:
         warnings.warn(f"{engine.name}: no chat template in the folder; prompts are sent as plain text", stacklevel=2)
@@ -187,11 +195,8 @@ def evaluate(
     store = VerdictCache(cache) if cache else None
     model_hash = (cache_key or engine.fingerprint()) if store else None
 
-    loaded: dict[str, list[Item]] = {}
     for task in run:
         t0 = time.perf_counter()
-        if task.benchmark not in loaded:
-            loaded[task.benchmark] = LOADERS[task.benchmark](data.source(task.benchmark))
         items = stratified_subset(loaded[task.benchmark], limit=limit, fraction=fraction, seed=seed)
         settings = {"kind": task.kind, "figstep": task.figstep, "cap": caps[task.kind], "mc_mode": mc_mode,
                     "judge": the_judge.describe() if (the_judge and task.kind == "safety") else None,
@@ -201,7 +206,7 @@ def evaluate(
         todo = [i for i, it in enumerate(items) if not store or keys[i] not in cached]
         say(f"{task.name}: {len(items)} items ({len(items) - len(todo)} cached)")
         fresh, n_tokens = _run_task(task, [items[i] for i in todo], engine, the_judge, keyword, caps[task.kind],
-                                    mc_mode, font, system_prompt, early_stop, model_judge)
+                                    mc_mode, font, system_prompt, early_stop, model_judge, bs)
         records: list[dict] = []
         by_index = dict(zip(todo, fresh, strict=True))
         for i, _it in enumerate(items):
@@ -231,7 +236,7 @@ def evaluate(
     results.config = {"tasks": [t.name for t in run], "limit": limit, "fraction": fraction, "seed": seed,
                       "mc_mode": mc_mode, "max_new_tokens": caps,
                       "system_prompt": system_prompt, "full_replies": full_replies,
-                      "batch_size": engine.batch_size,
+                      "batch_size": bs,
                       "figstep_font": str(figstep.load_font(font).path) if any(t.figstep for t in run) else None,
                       "data": {t.benchmark: str(data.source(t.benchmark)) for t in run}}
     if out is not None:
@@ -261,7 +266,7 @@ def _summary(benchmarks: dict[str, dict]) -> dict[str, float | None]:
 
 def _run_task(task: Task, items: list[Item], engine: Engine, judge, keyword: KeywordJudge, cap: int,
               mc_mode: str, font: str | None, system: str | None,
-              refusal_stop: Callable[[str], bool] | None, model_judge: bool) -> tuple[list[dict], int]:
+              refusal_stop: Callable[[str], bool] | None, model_judge: bool, bs: int) -> tuple[list[dict], int]:
     """Fresh per-sample records for `items` (already screened, not cached), and the tokens generated."""
     if not items:
         return [], 0
@@ -274,7 +279,7 @@ def _run_task(task: Task, items: list[Item], engine: Engine, judge, keyword: Key
             reqs = [Request(it.prompt, system=system) for it in items]
         # A model judge reads whole replies; over-refusal always uses the keyword detector, so may stop early.
         stop = None if (task.kind == "safety" and model_judge) else refusal_stop
-        gens = engine.generate(reqs, max_new_tokens=cap, stop_when=stop)
+        gens = engine.generate(reqs, max_new_tokens=cap, batch_size=bs, stop_when=stop)
         replies = [g.text for g in gens]
         refusals = [keyword.refusal(r) for r in replies]
         verdicts = judge.judge([it.prompt for it in items], replies) if task.kind == "safety" else None
@@ -291,7 +296,7 @@ def _run_task(task: Task, items: list[Item], engine: Engine, judge, keyword: Key
         return recs, sum(g.n_tokens for g in gens)
     if task.kind == "vqa":
         reqs = [Request(it.prompt + scoring.VQA_SUFFIX, image=it.load_image(), system=system) for it in items]
-        gens = engine.generate(reqs, max_new_tokens=cap)
+        gens = engine.generate(reqs, max_new_tokens=cap, batch_size=bs)
         recs = []
         for i, it in enumerate(items):
             s = scoring.score_vqa(it, gens[i].text)
@@ -304,7 +309,7 @@ def _run_task(task: Task, items: list[Item], engine: Engine, judge, keyword: Key
             ctx = scoring.mc_context(it)
             spans.append((len(pairs), len(it.choices)))
             pairs += [(ctx, " " + t) for t in scoring.mc_targets(it)]
-        lls = engine.loglikelihood(pairs)
+        lls = engine.loglikelihood(pairs, batch_size=bs)
         recs = []
         for i, it in enumerate(items):
             start, n = spans[i]
@@ -313,7 +318,7 @@ def _run_task(task: Task, items: list[Item], engine: Engine, judge, keyword: Key
                          "verdict": {"correct": s["correct"]}, **s})
         return recs, 0
     reqs = [Request(scoring.mc_generation_prompt(it), system=system) for it in items]
-    gens = engine.generate(reqs, max_new_tokens=cap)
+    gens = engine.generate(reqs, max_new_tokens=cap, batch_size=bs)
     recs = []
     for i, it in enumerate(items):
         pred = scoring.extract_choice(gens[i].text, it)

@@ -9,7 +9,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from graft.errors import GraftError, IncompatibleError, UsageError
+from graft.errors import GraftError, IncompatibleError, InputError, UsageError
 from graft.evals import Engine, evaluate, fixture_data
 from graft.evals.command import eval_command
 from graft.evals.config import FIXTURES
@@ -177,3 +177,15 @@ def test_early_stop_counts_tokens_up_to_the_phrase(guards):
     fast = engine.generate(reqs, max_new_tokens=8, stop_when=lambda t: KeywordJudge().refusal(t) is not None)
     assert [g.n_tokens for g in full] == [8, 8] and [g.n_tokens for g in fast] == [1, 1]
     assert [g.text for g in fast] == ["illegal", "illegal"]
+
+
+def test_malformed_data_fails_before_any_generation(tiny_llama, tmp_path):
+    bad = tmp_path / "medqa.jsonl"
+    bad.write_text('{"question": "q", "options": {"A": "a", "B": "b", "C": "c", "D": "d"}}\n')
+    data = {"catqa": str(FIXTURES / "catqa/catqa_english.json"), "medqa": str(bad)}
+    seen: list[str] = []
+    with pytest.raises(InputError, match=r"medqa\.jsonl:1: missing field 'answer_idx'"):
+        evaluate(tiny_llama, tasks="catqa,medqa", data=data, device="cpu", progress=seen.append)
+    assert seen == []  # nothing was run before the bad file was found
+    with pytest.raises(InputError, match="--judge guard:"):
+        evaluate(tiny_llama, tasks="catqa", data=data, judge=f"guard:{tmp_path}", device="cpu")
