@@ -164,7 +164,7 @@ def main() -> None:
     paths = {
         "generate: graft batched": lambda: engine.generate([Request(p) for p in prompts], max_new_tokens=cap),
         "generate: graft batched + refusal stop": lambda: engine.generate(
-            [Request(p) for p in prompts], max_new_tokens=cap, stop_when=lambda t: kw.refusal(t) is not None),
+            [Request(p) for p in prompts], max_new_tokens=cap, stop_when=lambda t: kw.phrase(t) is not None),
         "generate: per-prompt loop": lambda: per_prompt_loop(engine, prompts, cap),
         "generate: lm-eval generate_until": lambda: lm_eval_generate(lm, engine, prompts, cap),
         "loglik: graft": lambda: engine.loglikelihood(pairs),

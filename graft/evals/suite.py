@@ -185,7 +185,7 @@ def evaluate(
     keyword = KeywordJudge()
     model_judge = judge_cfg.kind != "keyword"
     # With the keyword judge a reply is decided once a refusal phrase appears: stop generating it there.
-    early_stop = None if full_replies else (lambda text: keyword.refusal(text) is not None)
+    early_stop = None if full_replies else (lambda text: keyword.phrase(text) is not None)
     caps = {
         "safety": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["model_judge" if model_judge else "keyword"],
         "benign": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["keyword"],

@@ -136,3 +136,25 @@ def test_judge_spec_parsing():
     assert (cfg.model, cfg.base_url) == ("gpt-4o", "http://127.0.0.1:9/v1")
     with pytest.raises(UsageError, match="--judge 'openai:gpt-4o'"):
         JudgeConfig.parse("openai:gpt-4o")
+
+
+def test_early_stop_predicate_waits_past_an_empty_start():
+    """A reply whose first token decodes to nothing (a special token) is not a refusal yet."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import make_tokenizer
+
+    from graft.evals.generation import _StopWhen
+
+    tok = make_tokenizer()
+    judge = KeywordJudge()
+    assert judge.phrase("") is None and judge.refusal("") == "<empty reply>"
+    end, word, bad = (tok.convert_tokens_to_ids(t) for t in ("<|end|>", "placeholder", "illegal"))
+    stop = _StopWhen(tok, prompt_len=1, predicate=lambda t: judge.phrase(t) is not None)
+    assert stop(torch.tensor([[0, end], [0, word]]), None).tolist() == [False, False]
+    assert stop(torch.tensor([[0, end, bad], [0, word, word]]), None).tolist() == [True, False]
+    assert stop.stopped_at == {0: 2}

@@ -174,7 +174,7 @@ def test_early_stop_counts_tokens_up_to_the_phrase(guards):
         engine.model.lm_head.weight[tok.convert_tokens_to_ids("illegal")] = torch.linspace(0.5, 1.5, 32)
     reqs = [Request("a"), Request("a longer placeholder prompt")]
     full = engine.generate(reqs, max_new_tokens=8)
-    fast = engine.generate(reqs, max_new_tokens=8, stop_when=lambda t: KeywordJudge().refusal(t) is not None)
+    fast = engine.generate(reqs, max_new_tokens=8, stop_when=lambda t: KeywordJudge().phrase(t) is not None)
     assert [g.n_tokens for g in full] == [8, 8] and [g.n_tokens for g in fast] == [1, 1]
     assert [g.text for g in fast] == ["illegal", "illegal"]
 
