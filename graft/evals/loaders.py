@@ -82,7 +82,7 @@ def _need(path: Path, what: str) -> Path:
 
 
 def _read_jsonl(path: Path) -> Rows:
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -96,7 +96,7 @@ def _read_jsonl(path: Path) -> Rows:
 
 
 def _read_csv(path: Path, header: bool = True) -> Rows:
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding="utf-8-sig", newline="") as f:
         if header:
             for n, row in enumerate(csv.DictReader(f), 2):
                 yield f"{path}:{n}", row
@@ -234,7 +234,7 @@ def load_pubmedqa(src: Source) -> list[Item]:
         if p.suffix == ".parquet":
             return _read_parquet(p)
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = json.loads(p.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as e:
             raise InputError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from e
         if not isinstance(data, dict):
@@ -352,7 +352,7 @@ def load_vqarad(src: Source) -> list[Item]:
 
 def _read_osf_vqarad(path: Path) -> Rows:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
     images = path.parent / "VQA_RAD Image Folder"

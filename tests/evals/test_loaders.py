@@ -19,6 +19,7 @@ from graft.evals.loaders import (
     LOADERS,
     load_catqa,
     load_hexphi,
+    load_medbullets4,
     load_medbullets5,
     load_medqa,
     load_medsafetybench,
@@ -162,3 +163,10 @@ def test_hub_source_offline_fails_with_the_id():
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("graft.errors.InputError: hub dataset 'graft-test/no-such-medqa'")
     assert "point data.yaml at the local copy" in last
+
+
+def test_csv_with_byte_order_mark(tmp_path):
+    """Spreadsheet exports often start with a BOM; the header must still read `question`."""
+    p = tmp_path / "medbullets_op4.csv"
+    p.write_bytes(b"\xef\xbb\xbf" + (FIXTURES / "medbullets/medbullets_op4.csv").read_bytes())
+    assert len(load_medbullets4(p)) == len(load_medbullets4(FIXTURES / "medbullets/medbullets_op4.csv"))
