@@ -124,7 +124,7 @@ class Options(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     origin: str | None = None
     orthogonalize: bool = False
-    chunk_size: str = "64MB"
+    chunk_size: str | None = None  # None: 8MB on CPU, 64MB on CUDA (see merge.default_chunk_bytes)
 
     @model_validator(mode="after")
     def _origin_for_orthogonal(self) -> Options:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from graft import __version__
@@ -171,7 +172,7 @@ def extract_vector(
     shared_only: bool = False,
     hash_sources: bool = True,
     kind: str = "safety",
-    chunk_size: str = "64MB",
+    chunk_size: str = "8MB",
     progress: Callable[[int], None] | None = None,
 ) -> ExtractResult:
     """Stream τ = aligned − base tensor by tensor (in row chunks) into a new vector folder."""
@@ -264,9 +265,9 @@ def _write_difference(
                     diff = aligned.read_rows(tensor.name, start, stop).float().sub_(b)
                     stored = diff.to(target_dtype)
                     back = stored.float()
-                    inexact += int((back != diff).sum())
-                    sq_tau += float(back.double().square().sum())
-                    sq_base += float(b.double().square().sum())
+                    inexact += int(torch.count_nonzero(back != diff))
+                    sq_tau += float(torch.linalg.vector_norm(back, dtype=torch.float64)) ** 2
+                    sq_base += float(torch.linalg.vector_norm(b, dtype=torch.float64)) ** 2
                     writer.submit(out.write, stored)
                     if progress:
                         progress(2 * (stop - start) * info.row_nbytes)
