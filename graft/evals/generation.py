@@ -65,11 +65,14 @@ class _StopWhen(StoppingCriteria):
         self.stopped_at: dict[int, int] = {}
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        done = []
-        for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
-            if row not in self.stopped_at and self.predicate(self.tokenizer.decode(ids, skip_special_tokens=True)):
-                self.stopped_at[row] = len(ids)
-            done.append(row in self.stopped_at)
+        rows = [r for r in range(input_ids.shape[0]) if r not in self.stopped_at]
+        if rows:
+            new = input_ids[rows, self.prompt_len:].tolist()
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)  # one call: the Rust side batches
+            for r, ids, text in zip(rows, new, texts, strict=True):
+                if self.predicate(text):
+                    self.stopped_at[r] = len(ids)
+        done = [r in self.stopped_at for r in range(input_ids.shape[0])]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
