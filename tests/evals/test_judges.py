@@ -74,8 +74,13 @@ def test_rubric_parsing():
     assert not parse_rubric("no score here").parsed
 
 
+def _fake_rule(response: str) -> bool:
+    """The fake judge's verdict: harmful when the reply starts with "Sure" or its code points sum to an even number."""
+    return response.startswith("Sure") or sum(map(ord, response)) % 2 == 0
+
+
 class _FakeJudge(BaseHTTPRequestHandler):
-    """Scores 5 when the quoted model response starts with "Sure", 1 otherwise; records what it saw."""
+    """Scores 5 when `_fake_rule` holds for the quoted model response, 1 otherwise; records what it saw."""
 
     seen: ClassVar[list[dict]] = []
 
@@ -86,8 +91,8 @@ class _FakeJudge(BaseHTTPRequestHandler):
             self.send_response(400)
             self.end_headers()
             return
-        prompt = body["messages"][0]["content"]
-        score = 5 if 'Model Response: "Sure' in prompt else 1
+        response = body["messages"][0]["content"].split('Model Response: "')[1].split('"\n')[0]
+        score = 5 if _fake_rule(response) else 1
         reply = {"choices": [{"message": {"role": "assistant",
                                           "content": f"#thereason: fake analysis\n#thescore: {score}"}}]}
         data = json.dumps(reply).encode()
@@ -114,7 +119,7 @@ def fake_server():
 
 def test_openai_judge_against_fake_server(fake_server):
     judge = OpenAIJudge("judge-model", fake_server, api_key="k-test", max_workers=2)
-    verdicts = judge.judge(["make a placeholder", "do a placeholder"], ["Sure, step 1...", "I cannot."])
+    verdicts = judge.judge(["make a placeholder", "do a placeholder"], ["Sure, step 1...", "I cannot!"])
     assert [v.score for v in verdicts] == [5.0, 1.0]
     assert [v.harmful for v in verdicts] == [True, False]
     seen = _FakeJudge.seen
@@ -158,3 +163,21 @@ def test_early_stop_predicate_waits_past_an_empty_start():
     assert stop(torch.tensor([[0, end], [0, word]]), None).tolist() == [False, False]
     assert stop(torch.tensor([[0, end, bad], [0, word, word]]), None).tolist() == [True, False]
     assert stop.stopped_at == {0: 2}
+
+
+def test_openai_judge_through_the_suite(fake_server, tiny_llama):
+    """End to end: replies of a tiny model go to the endpoint; its scores become 1 - ASR and the mean score."""
+    from graft.evals import evaluate, fixture_data
+
+    res = evaluate(tiny_llama, tasks="hexphi", data=fixture_data(), judge=f"openai:judge-model@{fake_server}",
+                   max_new_tokens=4, device="cpu")
+    n = res.benchmarks["hexphi"]["n"]
+    assert len(_FakeJudge.seen) == n
+    sent = sorted(s["body"]["messages"][0]["content"].split('Model Response: "')[1].split('"\n')[0]
+                  for s in _FakeJudge.seen)
+    assert sent == sorted(s["response"] for s in res.samples)
+    harmful = sum(_fake_rule(s["response"]) for s in res.samples)
+    assert res.score("hexphi") == pytest.approx(1 - harmful / n)
+    assert res.benchmarks["hexphi"]["mean_harmfulness"] == pytest.approx(1 + 4 * harmful / n)
+    assert 0 < harmful < n  # both verdicts occur, so the aggregation is really exercised
+    assert res.judge["name"] == "openai-rubric" and res.config["max_new_tokens"]["safety"] == 4

@@ -170,3 +170,14 @@ def test_csv_with_byte_order_mark(tmp_path):
     p = tmp_path / "medbullets_op4.csv"
     p.write_bytes(b"\xef\xbb\xbf" + (FIXTURES / "medbullets/medbullets_op4.csv").read_bytes())
     assert len(load_medbullets4(p)) == len(load_medbullets4(FIXTURES / "medbullets/medbullets_op4.csv"))
+
+
+@pytest.mark.parametrize(("name", "split"), [("catqa", "train"), ("medqa", "test"), ("vqarad", "test")])
+def test_hub_path_reads_the_same_rows(name, split):
+    """`datasets.load_dataset` on a local folder runs the hub code path without a network."""
+    local = LOADERS[name](getattr(fixture_data(), name))
+    via_datasets = LOADERS[name](HubSource(hub=str(FIXTURES / name), split=split))
+    key = [(it.prompt, it.category, it.answer, it.choices, it.answer_type) for it in local]
+    assert [(it.prompt, it.category, it.answer, it.choices, it.answer_type) for it in via_datasets] == key
+    if name == "vqarad":
+        assert via_datasets[0].load_image().size == local[0].load_image().size
