@@ -1,7 +1,7 @@
 """Tiny random models for the evaluation tests, saved as real Hugging Face folders (session-scoped).
 
-A word-level tokenizer over the fixtures' vocabulary with a chat template, a 2-layer Llama (hidden 32), a tiny
-Qwen2-VL and a tiny HF LLaVA, plus two constant "guard" models that always answer "safe" / "unsafe".
+A word-level tokenizer over the fixtures' vocabulary with a chat template, a 2-layer Llama (hidden 32), tiny
+Qwen2-VL, Qwen2.5-VL and HF LLaVA models, plus two constant "guard" models that always answer "safe" / "unsafe".
 """
 
 from __future__ import annotations
@@ -102,36 +102,58 @@ def guards(tmp_path_factory) -> dict[str, Path]:
     return {w: _constant_guard(tok, w, tmp_path_factory.mktemp(f"guard_{w}")) for w in ("safe", "unsafe")}
 
 
-@pytest.fixture(scope="session")
-def tiny_qwen2vl(tmp_path_factory) -> Path:
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+def _qwen_vl(tmp_path_factory, family: str) -> Path:
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessorPil,
+    )
 
     tok = make_tokenizer("<|vision_start|><|image_pad|><|vision_end|>")
     ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>")}
-    config = Qwen2VLConfig(
-        text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
-                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
-                     "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-                     "pad_token_id": tok.pad_token_id, "tie_word_embeddings": False},
-        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2,
-                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3},
+    text = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+            "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id, "tie_word_embeddings": False}
+    common = {"patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}
+    if family == "qwen2_vl":
+        config_cls, model_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
+        vision = {"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2, **common}
+    else:  # qwen2_5_vl: windowed attention blocks plus one full-attention block
+        config_cls, model_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+        vision = {"depth": 2, "hidden_size": 32, "out_hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                  "window_size": 56, "fullatt_block_indexes": [1], **common}
+    config = config_cls(
+        text_config=text, vision_config=vision,
         image_token_id=ids["<|image_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"], video_token_id=tok.unk_token_id,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(2345)  # seed for the Qwen2-VL model's random weights
-    model = Qwen2VLForConditionalGeneration(config)
+    torch.manual_seed(2345 if family == "qwen2_vl" else 4567)  # seed for this model's random weights
+    model = model_cls(config)
     # Saved as parts (image processor, tokenizer with its chat template), as Qwen2VLProcessor cannot be built
     # without torchvision in transformers 5; a real Qwen2-VL folder holds the same files.
     image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14,
                                                merge_size=2, temporal_patch_size=2)
-    path = tmp_path_factory.mktemp("tiny_qwen2vl")
+    path = tmp_path_factory.mktemp(f"tiny_{family}")
     model.save_pretrained(path)
     image_processor.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2vl(tmp_path_factory) -> Path:
+    return _qwen_vl(tmp_path_factory, "qwen2_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen25vl(tmp_path_factory) -> Path:
+    return _qwen_vl(tmp_path_factory, "qwen2_5_vl")
 
 
 @pytest.fixture(scope="session")

@@ -61,7 +61,7 @@ def test_generation_is_deterministic_and_capped(tiny_llama):
     assert a == b and all(g.n_tokens <= 5 for g in a)
 
 
-@pytest.mark.parametrize("family", ["tiny_qwen2vl", "tiny_llava"])
+@pytest.mark.parametrize("family", ["tiny_qwen2vl", "tiny_qwen25vl", "tiny_llava"])
 def test_batched_equals_unbatched_images(family, request):
     path = request.getfixturevalue(family)
     engine = Engine.load(path, device="cpu")
@@ -107,7 +107,7 @@ def test_system_prompt_goes_through_the_chat_template(tiny_llama, tiny_llava):
     assert "<|system|> be careful" in vlm and "<|user|> <image>what" in vlm
 
 
-@pytest.mark.parametrize("family", ["tiny_qwen2vl", "tiny_llava"])
+@pytest.mark.parametrize("family", ["tiny_qwen2vl", "tiny_qwen25vl", "tiny_llava"])
 def test_loglik_on_vlms_matches_a_full_forward(family, request):
     engine = Engine.load(request.getfixturevalue(family), device="cpu", batch_size=2)
     ctx = "Question: does placeholder treatment alpha help patients?\nAnswer:"
@@ -120,3 +120,20 @@ def test_loglik_on_vlms_matches_a_full_forward(family, request):
         with torch.no_grad():
             lp = torch.log_softmax(engine.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
         assert ll == pytest.approx(sum(lp[i - 1, ids[i]].item() for i in range(n_ctx, len(ids))), abs=1e-4)
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("torchvision") is None,
+                    reason="the real Qwen2VLProcessor needs torchvision")
+def test_qwen_stand_in_equals_the_real_processor(tiny_qwen2vl):
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    from graft.evals.vlm_inputs import QwenVLImageTextProcessor
+
+    real = AutoProcessor.from_pretrained(tiny_qwen2vl)
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2vl)
+    ours = QwenVLImageTextProcessor(AutoImageProcessor.from_pretrained(tiny_qwen2vl), tok, tok.chat_template)
+    texts = ["<|vision_start|><|image_pad|><|vision_end|>what is shown", "no image here"]
+    a = real(text=texts, images=_images()[:1], padding=True, return_tensors="pt")
+    b = ours(text=texts, images=_images()[:1], padding=True, return_tensors="pt")
+    for key in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"):
+        assert torch.equal(a[key], b[key]), key
