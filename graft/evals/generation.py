@@ -248,8 +248,10 @@ class Engine:
         max_len = self.max_length()
         encoded = []
         for ctx, cont in pairs:
-            if not ctx:
-                c_enc, k_enc = [self.tokenizer.eos_token_id], self._tok_encode(cont)
+            if not ctx:  # HFLM's prefix token: BOS when there is one, else EOS
+                prefix = self.tokenizer.bos_token_id
+                c_enc = [prefix if prefix is not None else self.tokenizer.eos_token_id]
+                k_enc = self._tok_encode(cont)
             else:
                 c_enc, k_enc = self.encode_pair(ctx, cont)
             if not k_enc:

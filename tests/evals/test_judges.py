@@ -143,19 +143,14 @@ def test_judge_spec_parsing():
         JudgeConfig.parse("openai:gpt-4o")
 
 
-def test_early_stop_predicate_waits_past_an_empty_start():
+def test_early_stop_predicate_waits_past_an_empty_start(guards):
     """A reply whose first token decodes to nothing (a special token) is not a refusal yet."""
-    import sys
-    from pathlib import Path
-
     import torch
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import make_tokenizer
+    from transformers import AutoTokenizer
 
     from graft.evals.generation import _StopWhen
 
-    tok = make_tokenizer()
+    tok = AutoTokenizer.from_pretrained(guards["safe"])  # the tests' word-level tokenizer
     judge = KeywordJudge()
     assert judge.phrase("") is None and judge.refusal("") == "<empty reply>"
     end, word, bad = (tok.convert_tokens_to_ids(t) for t in ("<|end|>", "placeholder", "illegal"))
