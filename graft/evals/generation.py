@@ -106,7 +106,9 @@ class Engine:
         multimodal = "vision_config" in config
         auto = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
         try:
-            model = auto.from_pretrained(path, dtype=dt, trust_remote_code=trust_remote_code)
+            # On CUDA, load straight onto the device (no full copy in host memory first).
+            placement = {"device_map": str(dev)} if dev.type == "cuda" else {}
+            model = auto.from_pretrained(path, dtype=dt, trust_remote_code=trust_remote_code, **placement)
         except ValueError as e:
             arch = ", ".join(config.get("architectures") or ["unknown"])
             raise IncompatibleError(
