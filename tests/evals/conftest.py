@@ -55,6 +55,27 @@ def make_tokenizer(image_token: str | None = None):
     return tok
 
 
+def make_bpe_tokenizer():
+    """A byte-level BPE (GPT-2 style: a space belongs to the next token), trained on the fixtures in memory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    lines = [line for p in sorted(FIXTURES.rglob("*")) if p.suffix in (".json", ".csv", ".jsonl")
+             for line in p.read_text(encoding="utf-8").splitlines()]
+    lines += [FIGSTEP_PROMPT, " ".join(REFUSAL_PHRASES), EXTRA_WORDS, "Abstract: Question: Answer: yes no maybe"]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    specials = SPECIAL[:7]
+    tk.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                  unk_token="<unk>", additional_special_tokens=specials[4:])
+    tok.chat_template = CHAT_TEMPLATE.replace("IMAGE_TOKEN", "")
+    return tok
+
+
 def _llama_config(tok, **kw):
     from transformers import LlamaConfig
 
@@ -72,6 +93,19 @@ def tiny_llama(tmp_path_factory) -> Path:
     torch.manual_seed(1234)  # seed for the text model's random weights
     model = LlamaForCausalLM(_llama_config(tok))
     path = tmp_path_factory.mktemp("tiny_llama")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_bpe(tmp_path_factory) -> Path:
+    from transformers import LlamaForCausalLM
+
+    tok = make_bpe_tokenizer()
+    torch.manual_seed(5678)  # seed for the BPE text model's random weights
+    model = LlamaForCausalLM(_llama_config(tok))
+    path = tmp_path_factory.mktemp("tiny_llama_bpe")
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path

@@ -18,9 +18,10 @@ from graft.evals.scoring import mc_context, mc_targets
 lm_eval = pytest.importorskip("lm_eval")
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_llama):
-    return Engine.load(tiny_llama, device="cpu", batch_size=3)
+@pytest.fixture(scope="module", params=["tiny_llama", "tiny_llama_bpe"])
+def engine(request):
+    """A word-level tokenizer, and a byte-level BPE one whose small vocabulary splits " yes" into several tokens."""
+    return Engine.load(request.getfixturevalue(request.param), device="cpu", batch_size=3)
 
 
 @pytest.fixture(scope="module")
