@@ -33,8 +33,9 @@ def test_text_model_loads_with_auto_classes(tiny_llama):
         engine.generate([Request("x", image=_images()[0])])
 
 
-def test_batched_equals_unbatched_text(tiny_llama):
-    engine = Engine.load(tiny_llama, device="cpu")
+@pytest.mark.parametrize("family", ["tiny_llama", "tiny_llama_bpe"])
+def test_batched_equals_unbatched_text(family, request):
+    engine = Engine.load(request.getfixturevalue(family), device="cpu")
     reqs = [Request(p) for p in PROMPTS]
     one = engine.generate(reqs, max_new_tokens=12, batch_size=1)
     many = engine.generate(reqs, max_new_tokens=12, batch_size=4)
