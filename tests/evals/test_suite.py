@@ -107,6 +107,15 @@ def test_usage_errors(tiny_llama):
         evaluate(tiny_llama, tasks="catqa", suite="safety", data=fixture_data())
     with pytest.raises(UsageError, match="no data for benchmark 'medqa'"):
         evaluate(tiny_llama, tasks="medqa", data={"catqa": str(FIXTURES / "catqa/catqa_english.json")})
+    with pytest.raises(UsageError, match="--mc-mode vote"):
+        evaluate(tiny_llama, tasks="medqa", data=fixture_data(), mc_mode="vote")
+    with pytest.raises(UsageError, match="--limit 0"):
+        evaluate(tiny_llama, tasks="medqa", data=fixture_data(), limit=0, device="cpu")
+    with pytest.raises(UsageError, match="--dtype fp8"):
+        evaluate(tiny_llama, tasks="medqa", data=fixture_data(), dtype="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="CUDA is not available"):
+            evaluate(tiny_llama, tasks="medqa", data=fixture_data(), device="cuda")
 
 
 def _app() -> typer.Typer:
