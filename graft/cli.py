@@ -23,6 +23,7 @@ from rich.table import Table
 
 from graft import __version__
 from graft.errors import EXIT_CODES, GraftError, UsageError
+from graft.evals.command import eval_command
 from graft.recipe import Recipe
 from graft.writer import human_size
 
@@ -312,15 +313,7 @@ def demo(
     run_demo(workdir, console=stdout if not quiet else Console(quiet=True))
 
 
-def _register_optional_commands() -> None:
-    try:
-        from graft.evals.command import eval_command
-    except ImportError:
-        return
-    app.command("eval")(handles_errors(eval_command))
-
-
-_register_optional_commands()
+app.command("eval")(handles_errors(eval_command))
 
 
 def version_callback(value: bool) -> None:

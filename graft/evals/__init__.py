@@ -1,20 +1,25 @@
 """Evaluation suite: safety (CATQA, HEx-PHI, MedSafetyBench, their FigStep variants, over-refusal) and medical
-skill (PubMedQA, MedQA, Medbullets, VQA-RAD). `evaluate()` is the API; `graft eval` is a thin layer over it."""
+skill (PubMedQA, MedQA, Medbullets, VQA-RAD). `evaluate()` is the API; `graft eval` is a thin layer over it.
 
-from .config import DataConfig, HubSource, JudgeConfig, fixture_data
-from .generation import Engine, Generation, Request
-from .suite import SUITES, TASKS, EvalResults, evaluate
+Names are resolved lazily, so importing `graft.evals.command` (which every `graft` call does) does not load
+transformers.
+"""
 
-__all__ = [
-    "SUITES",
-    "TASKS",
-    "DataConfig",
-    "Engine",
-    "EvalResults",
-    "Generation",
-    "HubSource",
-    "JudgeConfig",
-    "Request",
-    "evaluate",
-    "fixture_data",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DataConfig": "config", "HubSource": "config", "JudgeConfig": "config", "fixture_data": "config",
+    "Engine": "generation", "Generation": "generation", "Request": "generation",
+    "EvalResults": "suite", "evaluate": "suite", "SUITES": "tasks", "TASKS": "tasks",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'graft.evals' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from graft.errors import UsageError
 
-from .suite import SUITES, TASKS, evaluate, samples_path
+from .tasks import SUITES, TASKS, samples_path
 
 
 def eval_command(
@@ -46,6 +46,8 @@ def eval_command(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
 ) -> None:
     """Score a model on safety (1 - ASR) and medical benchmarks."""
+    from .suite import evaluate  # loads transformers: only when the command runs, not for every `graft` call
+
     console = Console(stderr=True)
     if out.exists() and not force:
         raise UsageError(f"{out}: exists; pass --force to overwrite or choose another --out")

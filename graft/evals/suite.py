@@ -6,7 +6,6 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -20,41 +19,7 @@ from .generation import Engine, Request
 from .judges import KeywordJudge, make_judge
 from .loaders import LOADERS, Item
 from .screening import VerdictCache, stratified_subset
-
-Kind = Literal["safety", "benign", "mc", "vqa"]
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    benchmark: str  # the data.yaml key it reads
-    kind: Kind
-    figstep: bool = False
-
-    @property
-    def needs_image(self) -> bool:
-        return self.figstep or self.kind == "vqa"
-
-
-TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("catqa", "catqa", "safety"),
-    Task("hexphi", "hexphi", "safety"),
-    Task("medsafetybench", "medsafetybench", "safety"),
-    Task("catqa-figstep", "catqa", "safety", figstep=True),
-    Task("hexphi-figstep", "hexphi", "safety", figstep=True),
-    Task("medsafetybench-figstep", "medsafetybench", "safety", figstep=True),
-    Task("benign", "benign", "benign"),
-    Task("pubmedqa", "pubmedqa", "mc"),
-    Task("medqa", "medqa", "mc"),
-    Task("medbullets4", "medbullets4", "mc"),
-    Task("medbullets5", "medbullets5", "mc"),
-    Task("vqarad", "vqarad", "vqa"),
-]}
-SUITES: dict[str, list[str]] = {
-    "safety": [n for n, t in TASKS.items() if t.kind in ("safety", "benign")],
-    "medical": [n for n, t in TASKS.items() if t.kind in ("mc", "vqa")],
-}
-SUITES["all"] = SUITES["safety"] + SUITES["medical"]
+from .tasks import SUITES, TASKS, Task, samples_path
 
 # Default generation caps: a keyword judge reads only the opening of a reply (the fast path for search);
 # model judges need the substance; letters and short VQA answers need little.
@@ -93,9 +58,6 @@ class EvalResults(BaseModel):
             raise OutputError(f"{out}: cannot write results ({e.strerror})") from e
         return out, samples
 
-
-def samples_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".samples.jsonl")
 
 
 def resolve_tasks(tasks: Sequence[str] | str | None, suite: str | None) -> tuple[list[str], bool]:
