@@ -34,6 +34,9 @@ def run_demo(workdir: Path, *, console: Console | None = None) -> dict[str, Path
 
     A previous demo folder is rebuilt; any other non-empty folder is refused, never deleted.
     """
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
     console = console or Console()
     workdir = Path(workdir)
     if workdir.exists() and any(workdir.iterdir()):

@@ -49,7 +49,11 @@ class QwenVLImageTextProcessor:
                     k += 1
                 text[i] = rebuilt.replace("\x00", self.image_token)
             if k != len(counts):
-                raise IncompatibleError(f"{k} image tokens in the prompts for {len(counts)} images")
+                raise IncompatibleError(
+                    f"the model's chat template rendered {k} {self.image_token!r} placeholders for {len(counts)} "
+                    "images: it must render image content parts (as Qwen2-VL's own template does); fix "
+                    "chat_template.jinja in the model folder"
+                )
         enc = self.tokenizer(text, padding=padding, return_tensors=return_tensors, **kwargs)
         out.update(enc)
         # Modality of each position (0 text, 1 image), which Qwen2-VL's M-RoPE needs, as the processor returns.
