@@ -8,6 +8,7 @@ short file raises an error instead of SIGBUS and memory use is the chunk being p
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -187,9 +188,9 @@ class Checkpoint:
         return cls(root, shards, tensors, index_file, index_metadata)
 
     # -- metadata -------------------------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def config(self) -> dict[str, object]:
-        """config.json as a dict ({} when absent), read on demand."""
+        """config.json as a dict ({} when absent), read once on first use."""
         path = self.root / "config.json"
         if not path.exists():
             return {}

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from graft.checkpoint import DTYPES, Checkpoint, TensorInfo
+from graft.devices import resolve_device
 from graft.errors import UsageError
 from graft.hub import resolve_model
 from graft.modelcard import model_card
@@ -49,14 +50,6 @@ class MergeResult:
     bytes_written: int
     seconds: float
     device: str
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    return torch.device(name)
 
 
 def default_chunk_bytes(device: torch.device) -> int:
@@ -100,15 +93,15 @@ def merge(
         total = sum(t.nbytes for shard in layout.values() for t in shard.tensors)
         inputs = [plan.target.root, plan.vector.root] + ([plan.origin.root] if plan.origin else [])
         folder = OutputFolder(Path(recipe.out), inputs=inputs, force=force)
-        side_files = sum((plan.target.root / rel).stat().st_size for rel in plan.target.non_weight_files())
-        folder.check_free_space(total + side_files)
+        side_files = plan.target.non_weight_files()
+        folder.check_free_space(total + sum((plan.target.root / rel).stat().st_size for rel in side_files))
         if on_plan:
             on_plan(plan, total)
         with folder as staging:
             chunk = recipe.options.chunk_size
             chunk_bytes = parse_size(chunk) if chunk else default_chunk_bytes(device)
             _write_shards(plan, layout, staging, device, chunk_bytes, progress)
-            _write_folder_files(plan, layout, staging, recipe)
+            _write_folder_files(plan, layout, staging, recipe, side_files)
         return MergeResult(folder.destination, len(plan.grafted), len(plan.copied), total,
                            time.perf_counter() - started, str(device))
     finally:
@@ -242,7 +235,9 @@ def _compute_chunk(chunk: _GraftChunk, device: torch.device) -> torch.Tensor:
 
 
 # -- the rest of the folder -----------------------------------------------------------------------------------------
-def _write_folder_files(plan: GraftPlan, layout: dict[str, ShardLayout], staging: Path, recipe: Recipe) -> None:
+def _write_folder_files(
+    plan: GraftPlan, layout: dict[str, ShardLayout], staging: Path, recipe: Recipe, side_files: list[Path]
+) -> None:
     target = plan.target
     mirrored = recipe.options.shard_size is None
     if len(layout) > 1 or (mirrored and target.index_file is not None):
@@ -251,7 +246,7 @@ def _write_folder_files(plan: GraftPlan, layout: dict[str, ShardLayout], staging
         metadata["total_size"] = sum(t.nbytes for shard in layout.values() for t in shard.tensors)
         weight_map = {t.name: file for file, shard in layout.items() for t in shard.tensors}
         write_index(staging, index_name, weight_map, metadata)
-    for rel in target.non_weight_files():
+    for rel in side_files:
         dest = staging / ("README.original.md" if rel == Path("README.md") else rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(target.root / rel, dest)
@@ -280,4 +275,4 @@ def _set_config_dtype(config_path: Path, dtype: str) -> None:
     config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
-__all__ = ["RECIPE_FILE", "MergeResult", "merge", "open_plan", "output_layout", "resolve_device"]
+__all__ = ["RECIPE_FILE", "MergeResult", "merge", "open_plan", "output_layout"]

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from transformers import StoppingCriteria
 
+from graft.devices import resolve_device
 from graft.errors import IncompatibleError, InputError, UsageError
 
 from .vlm_inputs import load_processor
@@ -37,14 +38,6 @@ class Request:
 class Generation:
     text: str
     n_tokens: int  # generated tokens, up to and including the first end-of-sequence token
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available here; use --device cpu")
-    return torch.device(device)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

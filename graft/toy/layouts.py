@@ -15,7 +15,6 @@ byte-identical folders.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +24,9 @@ import torch
 import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from graft.checkpoint import TAG_OF_DTYPE
+from graft.writer import OutputTensor, parse_size, shard_names, split_into_shards, write_index
 
 __all__ = [
     "LAYOUTS",
@@ -144,29 +146,6 @@ def _perturb(t: torch.Tensor, gen: torch.Generator, dtype: torch.dtype, scale: f
 # --------------------------------------------------------------------------- safetensors I/O
 
 
-def _size_to_bytes(size: str) -> int:
-    """Parse HF-style sizes ("100KB", "5GiB") with HF's conventions (KB=1e3, KiB=2**10)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", size.upper().replace("IB", "iB"))
-    if not m:
-        raise ValueError(f"cannot parse size {size!r}")
-    units = {None: 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
-    return int(float(m.group(1)) * units[m.group(2)])
-
-
-def _shard_groups(state: dict[str, torch.Tensor], limit: int) -> list[list[str]]:
-    """Greedy, order-preserving split of tensor names into shards of at most `limit` bytes."""
-    groups: list[list[str]] = [[]]
-    used = 0
-    for name, t in state.items():
-        nbytes = t.numel() * t.element_size()
-        if groups[-1] and used + nbytes > limit:
-            groups.append([])
-            used = 0
-        groups[-1].append(name)
-        used += nbytes
-    return groups
-
-
 def write_safetensors(state: dict[str, torch.Tensor], out_dir: Path,
                       max_shard_size: str | None = None) -> None:
     """Write `state` like `save_pretrained` does: one file, or shards + model.safetensors.index.json."""
@@ -176,15 +155,13 @@ def write_safetensors(state: dict[str, torch.Tensor], out_dir: Path,
     if max_shard_size is None:
         save_file(state, str(out_dir / "model.safetensors"), metadata=meta)
         return
-    groups = _shard_groups(state, _size_to_bytes(max_shard_size))
+    tensors = [OutputTensor(n, TAG_OF_DTYPE[t.dtype], tuple(t.shape)) for n, t in state.items()]
+    groups = split_into_shards(tensors, parse_size(max_shard_size))
     weight_map: dict[str, str] = {}
-    for i, names in enumerate(groups, start=1):
-        fname = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-        save_file({n: state[n] for n in names}, str(out_dir / fname), metadata=meta)
-        weight_map.update(dict.fromkeys(names, fname))
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    for fname, group in zip(shard_names("model", len(groups)), groups, strict=True):
+        save_file({t.name: state[t.name] for t in group}, str(out_dir / fname), metadata=meta)
+        weight_map.update(dict.fromkeys((t.name for t in group), fname))
+    write_index(out_dir, "model.safetensors.index.json", weight_map, {"total_size": sum(t.nbytes for t in tensors)})
 
 
 def load_state_dict_dir(folder: Path) -> dict[str, torch.Tensor]:
