@@ -24,6 +24,7 @@ from rich.table import Table
 from graft import __version__
 from graft.errors import EXIT_CODES, GraftError, UsageError
 from graft.evals.command import eval_command
+from graft.inspect.command import inspect_command
 from graft.recipe import Recipe
 from graft.writer import human_size
 
@@ -314,6 +315,7 @@ def demo(
 
 
 app.command("eval")(handles_errors(eval_command))
+app.command("inspect")(handles_errors(inspect_command))
 
 
 def version_callback(value: bool) -> None:
