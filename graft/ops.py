@@ -21,10 +21,13 @@ def orthogonal_graft_rows(
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """θ + λ·(τ − c·τ_med) with τ_med = θ − θ_origin and c from `projection_terms` over the whole tensor."""
-    theta32 = theta.to(torch.float32)
-    tau_med = theta32 - theta_origin.to(torch.float32)
-    update = tau.to(torch.float32, copy=True).sub_(tau_med.mul_(coeff)).mul_(lam)
-    return update.add_(theta32).to(out_dtype)
+    return graft_rows(theta, orthogonal_tau(theta, tau, theta_origin, coeff), lam, out_dtype)
+
+
+def orthogonal_tau(theta: torch.Tensor, tau: torch.Tensor, theta_origin: torch.Tensor, coeff: float) -> torch.Tensor:
+    """τ − c·τ_med in fp32: the projected τ, which the resident graft computes once and then grafts per trial."""
+    tau_med = theta.to(torch.float32) - theta_origin.to(torch.float32)
+    return tau.to(torch.float32, copy=True).sub_(tau_med.mul_(coeff))
 
 
 def projection_terms(theta: torch.Tensor, tau: torch.Tensor, theta_origin: torch.Tensor) -> tuple[float, float]:

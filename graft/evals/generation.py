@@ -86,7 +86,12 @@ class Engine:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
-             trust_remote_code: bool = False) -> Engine:
+             trust_remote_code: bool = False, text_only: bool = False) -> Engine:
+        """Model, tokenizer and (image-text models) processor from one folder: the one place graft loads a model.
+
+        `text_only` skips the processor of an image-text model (text prompts work, image prompts are refused), for
+        text-only evaluation or a folder whose processor cannot be loaded.
+        """
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
         path = Path(path)
@@ -108,7 +113,7 @@ class Engine:
                 f"{path}: {arch} cannot be loaded with {auto.__name__} ({str(e).splitlines()[0]})"
             ) from e
         model.to(dev)
-        processor = load_processor(path, config, trust_remote_code) if multimodal else None
+        processor = load_processor(path, config, trust_remote_code) if multimodal and not text_only else None
         tokenizer = processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(
             path, trust_remote_code=trust_remote_code)
         if batch_size is None:
