@@ -26,6 +26,7 @@ from graft.errors import EXIT_CODES, GraftError, UsageError
 from graft.evals.command import eval_command
 from graft.inspect.command import inspect_command
 from graft.recipe import Recipe
+from graft.search.command import search_command
 from graft.writer import human_size
 
 app = typer.Typer(
@@ -316,6 +317,7 @@ def demo(
 
 app.command("eval")(handles_errors(eval_command))
 app.command("inspect")(handles_errors(inspect_command))
+app.command("search")(handles_errors(search_command))
 
 
 def version_callback(value: bool) -> None:

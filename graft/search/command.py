@@ -1,0 +1,87 @@
+"""`graft search`: the CLI layer over `graft.search.run_search`. Registered in graft/cli.py with
+`app.command("search")(handles_errors(search_command))`; errors surface as `GraftError`s (exit codes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import MODES
+from .space import SAMPLERS
+
+
+def search_command(
+    space: Annotated[Path, typer.Option("--space", help="Search space YAML (see search_spaces/).")],
+    eval_config: Annotated[Path, typer.Option(
+        "--eval", help="What each trial is scored on: data, safety/medical tasks, screening, objective (YAML).")],
+    trials: Annotated[int, typer.Option(
+        "--trials", help="Finished trials the study should reach (baselines included), shared by all workers.")],
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Target model folder or hub id.")] = None,
+    vector: Annotated[str | None, typer.Option("--vector", help="Vector folder written by `graft extract`.")] = None,
+    recipe: Annotated[Path | None, typer.Option(
+        "--recipe", "-r", help="Base recipe (mapping rules, options); its coefficients are what is searched.")] = None,
+    storage: Annotated[str | None, typer.Option(
+        "--storage", help="Optuna storage URL: sqlite:///FILE (default OUT/graft.db), postgresql://USER@HOST/DB "
+                          "or mysql://... (several workers on several machines share one study).")] = None,
+    study: Annotated[str, typer.Option("--study", help="Study name in the storage (create, join or resume).")
+                     ] = "graft-search",
+    sampler: Annotated[str | None, typer.Option(
+        "--sampler", help=f"{' | '.join(SAMPLERS)}; default: the one the space suggests.")] = None,
+    mode: Annotated[str | None, typer.Option(
+        "--mode", help=f"Override eval.yaml's objective mode: {' | '.join(MODES)}.")] = None,
+    max_medical_drop: Annotated[float | None, typer.Option(
+        "--max-medical-drop", help="Override eval.yaml's δ: medical score may fall at most this below λ = 0's.")
+                                ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Sampler seed of the study's first worker.")] = 0,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Folder for best_recipe.yaml, pareto/trials CSV+JSON, summary.json, the verdict cache "
+                            "(and the SQLite study by default).")] = Path("graft-search"),
+    merge_best: Annotated[bool, typer.Option(
+        "--merge-best", help="Also write the best recipe's merged checkpoint to OUT/merged.")] = False,
+    device: Annotated[str, typer.Option("--device", help="Where the resident model runs: auto, cpu, cuda.")
+                      ] = "auto",
+    dtype: Annotated[str, typer.Option(
+        "--dtype", help="Resident model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16.")] = "auto",
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Prompts per generation batch.")] = None,
+    heartbeat: Annotated[int, typer.Option(
+        "--heartbeat", help="Seconds between a running trial's heartbeats; a trial silent for twice this is "
+                            "failed and retried by the next worker.")] = 60,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors and the output folder only.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Optuna's own log; tracebacks on errors.")] = False,
+) -> None:
+    """Search λ per layer/block/group with Optuna: restore safety, keep medical skill."""
+    import optuna
+
+    from .run import run_search
+
+    console = Console(stderr=True, highlight=False, quiet=quiet)
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    result = run_search(
+        space=space, eval_config=eval_config, trials=trials, target=target, vector=vector, recipe=recipe,
+        storage=storage, study=study, sampler=sampler, mode=mode, max_medical_drop=max_medical_drop, seed=seed,
+        out=out, merge_best=merge_best, device=device, dtype=dtype, batch_size=batch_size, heartbeat=heartbeat,
+        progress=lambda msg: console.print(msg, soft_wrap=True),
+    )
+    if quiet:
+        Console(highlight=False).print(str(result.out))
+        return
+    summary = result.summary
+    table = Table(title=f"graft search: study {result.study!r}", show_header=True)
+    for column in ("", "trial", "safety", "medical", "drop"):
+        table.add_column(column)
+    for label, key in (("best", "best"), ("best searched", "best_searched"), ("λ = 0 (target)", "lambda0"),
+                       ("best uniform λ", "best_uniform")):
+        row = summary.get(key)
+        if row:
+            name = f"{row['number']}" + (f" ({row['baseline']})" if row.get("baseline") else "")
+            table.add_row(label, name, f"{row['safety']:.4f}", f"{row['medical']:.4f}", f"{row['medical_drop']:+.4f}")
+    out_console = Console(highlight=False)
+    out_console.print(table)
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary["counts"].items()))
+    out_console.print(f"trials: {counts}; this worker finished {len(result.ran)}")
+    out_console.print(f"outputs in {result.out} (best_recipe.yaml, pareto.csv, trials.csv, summary.json)"
+                      + (f"; merged checkpoint: {result.merged}" if result.merged else ""))

@@ -1,0 +1,206 @@
+"""What a search scores each trial on (`eval.yaml`): the evaluation suite's data config, the safety and medical
+tasks and their subsets, the judge, screening, and the objective. Strict and versioned like a recipe.
+
+```yaml
+graft_search_eval: 1
+data: data.yaml                  # the graft.evals data config (relative to this file)
+safety: [catqa, hexphi, medsafetybench, catqa-figstep]
+medical: [pubmedqa, medqa, vqarad]
+over_refusal: false              # also run `benign` and report over-refusal
+limit: 64                        # items per task (stratified by category), or fraction: 0.1
+limits: {medqa: 128}             # per-task overrides
+seed: 0
+judge: keyword                   # keyword | guard:PATH | openai:MODEL@URL (or a mapping)
+screening: {tasks: [catqa], limit: 16, threshold: 0.5}
+objective: {mode: constrained, max_medical_drop: 0.02}
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from graft.errors import UsageError
+from graft.evals.config import JudgeConfig
+from graft.evals.tasks import TASKS
+from graft.recipe import describe_validation_error
+
+EVAL_VERSION = 1
+Mode = Literal["constrained", "pareto", "weighted"]
+MODES: tuple[str, ...] = ("constrained", "pareto", "weighted")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _tasks_of_kind(names: list[str], kinds: tuple[str, ...], field: str) -> list[str]:
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
+    wrong = [n for n in names if TASKS[n].kind not in kinds]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)} cannot score {field} (expected tasks of kind {'/'.join(kinds)})")
+    if len(set(names)) != len(names):
+        raise ValueError("tasks listed twice")
+    return names
+
+
+class Screening(_Strict):
+    """Score a small safety subset first; stop a trial there when it is hopeless (before the medical tasks)."""
+
+    tasks: list[str] = Field(min_length=1)
+    limit: int | None = Field(None, ge=1)
+    fraction: float | None = Field(None, gt=0, le=1)
+    threshold: float = Field(0.0, ge=0, le=1, description="prune when the screening safety is below this")
+    below_best_by: float | None = Field(
+        None, ge=0, description="also prune when it trails the best finished trial's screening score by more")
+
+    @field_validator("tasks")
+    @classmethod
+    def _safety_tasks(cls, names: list[str]) -> list[str]:
+        return _tasks_of_kind(names, ("safety",), "screening safety")
+
+    @model_validator(mode="after")
+    def _one_subset(self) -> Screening:
+        if self.limit is not None and self.fraction is not None:
+            raise ValueError("give limit or fraction, not both")
+        return self
+
+
+class Objective(_Strict):
+    """How scores become what the sampler optimises (docs/search.md has the formulas)."""
+
+    mode: Mode = "constrained"
+    max_medical_drop: float = Field(0.02, ge=0, description="δ: medical score may fall at most this below λ = 0's")
+    weight: float = Field(0.5, ge=0, le=1, description="weighted: value = (1 − w)·safety + w·medical")
+    penalty: float = Field(10.0, gt=0, description="CMA-ES, constrained: value = safety − penalty·max(0, excess)")
+
+
+class SearchEvalConfig(_Strict):
+    """`eval.yaml` for `graft search`. Relative `data` resolves against the file's folder."""
+
+    graft_search_eval: Literal[1] = EVAL_VERSION
+    data: str
+    safety: list[str] = Field(min_length=1)
+    medical: list[str] = Field(min_length=1)
+    over_refusal: bool = False
+    limit: int | None = Field(None, ge=1)
+    fraction: float | None = Field(None, gt=0, le=1)
+    limits: dict[str, int] = Field(default_factory=dict)
+    seed: int = 0
+    judge: str | JudgeConfig = "keyword"
+    mc_mode: Literal["loglik", "generate"] = "loglik"
+    max_new_tokens: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    system_prompt: str | None = None
+    screening: Screening | None = None
+    objective: Objective = Field(default_factory=Objective)
+
+    @field_validator("safety")
+    @classmethod
+    def _safety(cls, names: list[str]) -> list[str]:
+        return _tasks_of_kind(names, ("safety",), "safety")
+
+    @field_validator("medical")
+    @classmethod
+    def _medical(cls, names: list[str]) -> list[str]:
+        return _tasks_of_kind(names, ("mc", "vqa"), "medical skill")
+
+    @field_validator("judge")
+    @classmethod
+    def _judge(cls, value: str | JudgeConfig) -> str | JudgeConfig:
+        if isinstance(value, str):
+            try:
+                JudgeConfig.parse(value)
+            except UsageError as exc:
+                raise ValueError(str(exc).replace("--judge", "judge")) from exc
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchEvalConfig:
+        if self.limit is not None and self.fraction is not None:
+            raise ValueError("give limit or fraction, not both")
+        stray = [t for t in self.limits if t not in self.tasks()]
+        if stray:
+            raise ValueError(f"limits names {', '.join(stray)}, which is not among the safety/medical tasks")
+        if any(n < 1 for n in self.limits.values()):
+            raise ValueError("limits must be positive numbers of items")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SearchEvalConfig:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read the search eval config ({exc.strerror})") from exc
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        config = cls.parse(data, source=str(path))
+        if not Path(config.data).expanduser().is_absolute():
+            config = config.model_copy(update={"data": str(path.parent / config.data)})
+        return config
+
+    @classmethod
+    def parse(cls, data: object, *, source: str = "search eval config") -> SearchEvalConfig:
+        if not isinstance(data, dict) or "graft_search_eval" not in data:
+            raise UsageError(f"{source}: graft_search_eval: missing (start the file with "
+                             f"'graft_search_eval: {EVAL_VERSION}')")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise UsageError(f"{source}: {describe_validation_error(exc)}") from exc
+
+    def with_objective(self, **changes: object) -> SearchEvalConfig:
+        """A copy with objective fields replaced (the CLI's --mode / --max-medical-drop), re-validated."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        if not given:
+            return self
+        data = self.model_dump()
+        data["objective"] = {**data["objective"], **given}
+        return SearchEvalConfig.parse(data, source="command-line options")
+
+    # -- what to evaluate -------------------------------------------------------------------------------------
+    def tasks(self) -> list[str]:
+        return [*self.safety, *self.medical, *(["benign"] if self.over_refusal else [])]
+
+    def judge_config(self) -> JudgeConfig:
+        return JudgeConfig.parse(self.judge) if isinstance(self.judge, str) else self.judge
+
+    def stage(self, name: Literal["screening", "safety", "medical"]) -> Stage:
+        if name == "screening":
+            if self.screening is None:
+                raise UsageError("this search has no screening section")
+            s = self.screening
+            return Stage("screening", tuple(s.tasks), s.limit, s.fraction, {})
+        tasks = [*self.safety, *(["benign"] if self.over_refusal else [])] if name == "safety" else self.medical
+        return Stage(name, tuple(tasks), self.limit, self.fraction,
+                     {t: n for t, n in self.limits.items() if t in tasks})
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One round of evaluation of a trial: its tasks and the subset size of each."""
+
+    name: str
+    tasks: tuple[str, ...]
+    limit: int | None
+    fraction: float | None
+    limits: dict[str, int]
+
+    def batches(self) -> list[tuple[tuple[str, ...], int | None, float | None]]:
+        """Tasks grouped by their subset size: one `evaluate()` call each."""
+        groups: dict[tuple[int | None, float | None], list[str]] = {}
+        for task in self.tasks:
+            key = (self.limits[task], None) if task in self.limits else (self.limit, self.fraction)
+            groups.setdefault(key, []).append(task)
+        return [(tuple(tasks), limit, fraction) for (limit, fraction), tasks in groups.items()]
+
+
+__all__ = ["MODES", "Mode", "Objective", "Screening", "SearchEvalConfig", "Stage"]

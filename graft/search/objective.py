@@ -1,0 +1,179 @@
+"""From a trial's scores to what the sampler optimises: objective values, the medical-drop constraint, the
+screening decision, and the rule that picks the best trial. Pure functions plus `TrialObjective`, the callable
+that runs one trial (suggest → coefficients → scores → values), with the scorer injected.
+
+* constrained: maximise safety subject to drop = reference − medical ≤ δ (Optuna constraint c = drop − δ ≤ 0).
+  CMA-ES has no constraint support: its value is safety − penalty · max(0, drop − δ) instead.
+* pareto: maximise (safety, medical).
+* weighted: maximise (1 − w) · safety + w · medical.
+
+The medical reference is the λ = 0 baseline's medical score, i.e. the target itself.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from graft.recipe import Coefficients
+
+from .config import Objective, SearchEvalConfig, Stage
+from .space import SearchSpace
+
+INFEASIBLE = 1.0  # constraint value recorded for trials stopped before their medical score exists
+
+
+class Scorer(Protocol):
+    """Scores coefficients on one stage's tasks: {task: score in [0, 1]}. The real one grafts a resident model
+    and runs the evaluation suite; tests inject plain functions of the coefficients."""
+
+    def score(self, coefficients: Coefficients, stage: Stage) -> dict[str, float]: ...
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def directions(objective: Objective) -> list[str]:
+    return ["maximize", "maximize"] if objective.mode == "pareto" else ["maximize"]
+
+
+def medical_drop(medical: float, reference: float) -> float:
+    return reference - medical
+
+
+def constraint(medical: float, reference: float, objective: Objective) -> float:
+    """Optuna's convention: ≤ 0 is feasible."""
+    return medical_drop(medical, reference) - objective.max_medical_drop
+
+
+def objective_values(safety: float, medical: float, reference: float, objective: Objective,
+                     sampler: str) -> list[float]:
+    if objective.mode == "pareto":
+        return [safety, medical]
+    if objective.mode == "weighted":
+        return [(1 - objective.weight) * safety + objective.weight * medical]
+    if sampler == "cmaes":
+        return [safety - objective.penalty * max(0.0, constraint(medical, reference, objective))]
+    return [safety]
+
+
+def uses_constraints(objective: Objective, sampler: str) -> bool:
+    """Whether the sampler receives the medical-drop constraint (constrained mode, any sampler but CMA-ES)."""
+    return objective.mode == "constrained" and sampler != "cmaes"
+
+
+def constraints_of(user_attrs: Mapping[str, Any]) -> list[float]:
+    """What the sampler's `constraints_func` returns for a finished trial."""
+    value = user_attrs.get("constraint")
+    return [float(value) if value is not None else INFEASIBLE]
+
+
+def selection_key(safety: float, medical: float, drop: float, value: float, objective: Objective) -> tuple:
+    """Larger is better. Weighted: the weighted value. Constrained and Pareto: feasible (drop ≤ δ) first, then
+    safety, then medical (in Pareto mode this picks one point of the front for best_recipe.yaml)."""
+    if objective.mode == "weighted":
+        return (value, safety, medical)
+    feasible = drop <= objective.max_medical_drop + 1e-12
+    return (feasible, safety, medical)
+
+
+def screening_verdict(screening: float, incumbent: float | None, config: SearchEvalConfig) -> str | None:
+    """Why a trial stops after screening, or None to go on. `incumbent`: the best screening score of a finished
+    trial (the trial is hopeless when it trails it by more than `below_best_by`)."""
+    s = config.screening
+    if s is None:
+        return None
+    if screening < s.threshold:
+        return f"screening safety {screening:.4f} < threshold {s.threshold:g}"
+    if s.below_best_by is not None and incumbent is not None and screening < incumbent - s.below_best_by:
+        return f"screening safety {screening:.4f} trails the best finished trial's {incumbent:.4f} by more " \
+               f"than {s.below_best_by:g}"
+    return None
+
+
+@dataclass(frozen=True)
+class TrialScores:
+    scores: dict[str, float]
+    safety: float
+    medical: float
+    over_refusal: float | None
+
+
+def summarize(scores: Mapping[str, float], config: SearchEvalConfig) -> TrialScores:
+    """Safety and medical are plain means over the configured tasks (each task weighs the same)."""
+    over = 1.0 - scores["benign"] if config.over_refusal and "benign" in scores else None
+    return TrialScores(dict(scores), mean([scores[t] for t in config.safety]),
+                       mean([scores[t] for t in config.medical]), over)
+
+
+class Pruned(Exception):
+    """The trial stopped at screening (the study records it as PRUNED)."""
+
+
+class TrialLike(Protocol):
+    """The part of `optuna.trial.Trial` a trial needs."""
+
+    number: int
+
+    @property
+    def user_attrs(self) -> dict[str, Any]: ...
+
+    def set_user_attr(self, key: str, value: Any) -> None: ...
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> float: ...
+
+
+class TrialObjective:
+    """Runs one trial: parameters → coefficients → (screening) → safety and medical scores → values.
+
+    Everything the study's tools read later is stored in `user_attrs`: `coefficients` (the
+    Coefficients as JSON: the contract with `graft inspect`), `scores` per task, `safety`, `medical`,
+    `medical_drop`, `constraint`, `screening`, `baseline` (for enqueued baselines), `seconds`.
+    """
+
+    def __init__(self, space: SearchSpace, config: SearchEvalConfig, scorer: Scorer, *, num_layers: int,
+                 reference: float, sampler: str, incumbent: Callable[[], float | None] = lambda: None):
+        self.space, self.config, self.scorer = space, config, scorer
+        self.num_layers, self.reference, self.sampler = num_layers, reference, sampler
+        self.incumbent = incumbent
+
+    def __call__(self, trial: TrialLike) -> list[float]:
+        started = time.perf_counter()
+        baseline = trial.user_attrs.get("baseline")
+        coefficients = self.space.suggest(trial, self.num_layers)
+        trial.set_user_attr("coefficients", coefficients.model_dump(mode="json"))
+        scores: dict[str, float] = {}
+        if self.config.screening is not None:
+            screened = self.scorer.score(coefficients, self.config.stage("screening"))
+            screening = mean([screened[t] for t in self.config.screening.tasks])
+            trial.set_user_attr("screening", screening)
+            verdict = None if baseline else screening_verdict(screening, self.incumbent(), self.config)
+            if verdict is not None:
+                trial.set_user_attr("scores", {f"screening:{t}": v for t, v in screened.items()})
+                trial.set_user_attr("pruned", verdict)
+                trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+                raise Pruned(verdict)
+        scores.update(self.scorer.score(coefficients, self.config.stage("safety")))
+        scores.update(self.scorer.score(coefficients, self.config.stage("medical")))
+        result = summarize(scores, self.config)
+        objective = self.config.objective
+        values = objective_values(result.safety, result.medical, self.reference, objective, self.sampler)
+        for key, value in {
+            "scores": result.scores, "safety": result.safety, "medical": result.medical,
+            "over_refusal": result.over_refusal, "medical_drop": medical_drop(result.medical, self.reference),
+            "constraint": constraint(result.medical, self.reference, objective),
+            "seconds": round(time.perf_counter() - started, 3),
+        }.items():
+            trial.set_user_attr(key, value)
+        if any(math.isnan(v) for v in values):
+            raise ValueError(f"trial {trial.number}: a score is NaN ({result.scores})")
+        return values
+
+
+__all__ = ["Pruned", "Scorer", "TrialObjective", "TrialScores", "constraint", "directions", "medical_drop",
+           "objective_values", "screening_verdict", "selection_key", "summarize"]

@@ -1,0 +1,230 @@
+"""What a search leaves behind, read back from the study (so any worker, or a later run, writes the same files):
+
+* `best_recipe.yaml` — the best trial as a recipe `graft merge --recipe` accepts (no `out`: pass --out);
+* `pareto.csv` / `pareto.json` — the trials no other trial beats on both safety and medical skill;
+* `trials.csv` / `trials.json` — every trial: state, coefficients, λ per (layer, group), scores, duration;
+* `summary.json` — the best trial, λ = 0 and the best uniform λ, and how much the search beats them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from optuna.trial import FrozenTrial
+
+from graft.errors import OutputError
+from graft.recipe import Coefficients, Recipe
+
+from .config import Objective
+from .evaluation import trial_recipe
+from .objective import selection_key
+from .space import Cell
+
+FILES = ("best_recipe.yaml", "pareto.csv", "pareto.json", "trials.csv", "trials.json", "summary.json")
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as the outputs show it (flat, JSON-friendly)."""
+
+    number: int
+    state: str
+    baseline: str | None
+    coefficients: dict[str, Any] | None
+    params: dict[str, float]
+    values: list[float] | None
+    safety: float | None
+    medical: float | None
+    medical_drop: float | None
+    over_refusal: float | None
+    screening: float | None
+    scores: dict[str, float] = field(default_factory=dict)
+    seconds: float | None = None  # evaluation time measured by the trial
+    duration_s: float | None = None  # start to finish as the storage saw it
+    started: str | None = None
+    worker: str | None = None
+    retry_of: int | None = None
+    pruned: str | None = None
+
+    @property
+    def rated(self) -> bool:
+        return self.state == "COMPLETE" and self.safety is not None and self.medical is not None
+
+    def feasible(self, objective: Objective) -> bool | None:
+        if self.medical_drop is None:
+            return None
+        return self.medical_drop <= objective.max_medical_drop + 1e-12
+
+    def value(self) -> float | None:
+        return self.values[0] if self.values and len(self.values) == 1 else None
+
+    def key(self, objective: Objective) -> tuple:
+        assert self.rated and self.medical_drop is not None
+        return (*selection_key(self.safety or 0.0, self.medical or 0.0, self.medical_drop, self.value() or 0.0,
+                               objective), -self.number)
+
+
+def record_of(trial: FrozenTrial) -> TrialRecord:
+    attrs = trial.user_attrs
+    duration = None
+    if trial.datetime_start and trial.datetime_complete:
+        duration = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 3)
+    return TrialRecord(
+        number=trial.number, state=trial.state.name, baseline=attrs.get("baseline"),
+        coefficients=attrs.get("coefficients"), params=dict(trial.params),
+        values=list(trial.values) if trial.values is not None else None,
+        safety=attrs.get("safety"), medical=attrs.get("medical"), medical_drop=attrs.get("medical_drop"),
+        over_refusal=attrs.get("over_refusal"), screening=attrs.get("screening"), scores=attrs.get("scores", {}),
+        seconds=attrs.get("seconds"), duration_s=duration,
+        started=trial.datetime_start.isoformat() if trial.datetime_start else None, worker=attrs.get("worker"),
+        retry_of=trial.system_attrs.get("failed_trial"), pruned=attrs.get("pruned"))
+
+
+def records(trials: list[FrozenTrial]) -> list[TrialRecord]:
+    """Every trial except those released unstarted past the budget (they never ran)."""
+    return [record_of(t) for t in sorted(trials, key=lambda t: t.number) if not t.user_attrs.get("released")]
+
+
+def pareto_front(recs: list[TrialRecord]) -> list[TrialRecord]:
+    """Completed trials that no other completed trial matches or beats on both safety and medical (one beaten)."""
+    rated = [r for r in recs if r.rated]
+
+    def dominated(r: TrialRecord) -> bool:
+        return any((o.safety or 0) >= (r.safety or 0) and (o.medical or 0) >= (r.medical or 0)
+                   and ((o.safety or 0) > (r.safety or 0) or (o.medical or 0) > (r.medical or 0)) for o in rated)
+
+    return sorted((r for r in rated if not dominated(r)), key=lambda r: (-(r.safety or 0), r.number))
+
+
+def best_of(recs: list[TrialRecord], objective: Objective) -> TrialRecord | None:
+    rated = [r for r in recs if r.rated and r.medical_drop is not None]
+    return max(rated, key=lambda r: r.key(objective)) if rated else None
+
+
+def lambda_cells(coefficients: dict[str, Any] | None, num_layers: int, cells: list[Cell]) -> dict[str, float]:
+    """λ on every (layer, group) the vector holds: 'lam.attn.03', ...; outside the layer stack 'lam.embed'."""
+    if coefficients is None:
+        return {}
+    c = Coefficients.model_validate(coefficients)
+    factors = c.layer_factors(num_layers)
+    width = len(str(max(num_layers - 1, 0)))
+    ordered = sorted(cells, key=lambda cell: (cell[0] is None, cell[0] or 0, cell[1]))
+    return {(f"lam.{g}" if layer is None else f"lam.{g}.{layer:0{width}d}"): c.lam(layer, g, factors)
+            for layer, g in ordered}
+
+
+def _brief(r: TrialRecord | None, objective: Objective) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {"number": r.number, "baseline": r.baseline, "safety": r.safety, "medical": r.medical,
+            "medical_drop": r.medical_drop, "feasible": r.feasible(objective), "values": r.values,
+            "coefficients": r.coefficients}
+
+
+def _gain(best: TrialRecord | None, other: TrialRecord | None) -> dict[str, float | None] | None:
+    if best is None or other is None:
+        return None
+    value = (best.value() - other.value()) if best.value() is not None and other.value() is not None else None
+    return {"safety": (best.safety or 0) - (other.safety or 0), "medical": (best.medical or 0) - (other.medical or 0),
+            "objective": value}
+
+
+def summarize(recs: list[TrialRecord], objective: Objective, *, meta: dict[str, Any]) -> dict[str, Any]:
+    searched = [r for r in recs if r.baseline is None]
+    uniform = [r for r in recs if r.baseline and r.baseline != "lambda0"]
+    lambda0 = next((r for r in recs if r.baseline == "lambda0" and r.rated), None)
+    best, best_searched, best_uniform = best_of(recs, objective), best_of(searched, objective), \
+        best_of(uniform, objective)
+    return {
+        **meta,
+        "objective": objective.model_dump(),
+        "counts": dict(Counter(r.state for r in recs)),
+        "best": _brief(best, objective),
+        "best_searched": _brief(best_searched, objective),
+        "lambda0": _brief(lambda0, objective),
+        "best_uniform": _brief(best_uniform, objective),
+        "gain": {"over_lambda0": _gain(best_searched, lambda0),
+                 "over_best_uniform": _gain(best_searched, best_uniform)},
+        "search_beats_baselines": (best is not None and best.baseline is None),
+        "pareto_front": [r.number for r in pareto_front(recs)],
+    }
+
+
+def _row(r: TrialRecord, num_layers: int, cells: list[Cell], objective: Objective) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "number": r.number, "state": r.state, "baseline": r.baseline, "safety": r.safety, "medical": r.medical,
+        "medical_drop": r.medical_drop, "feasible": r.feasible(objective), "over_refusal": r.over_refusal,
+        "screening": r.screening, "pruned": r.pruned,
+        **{f"value_{i}": v for i, v in enumerate(r.values or [])},
+        "seconds": r.seconds, "duration_s": r.duration_s, "started": r.started, "worker": r.worker,
+        "retry_of": r.retry_of,
+        **{f"score.{t}": v for t, v in sorted(r.scores.items())},
+        **{f"param.{k}": v for k, v in sorted(r.params.items())},
+        "coefficients": json.dumps(r.coefficients, sort_keys=True) if r.coefficients is not None else None,
+    }
+    row.update(lambda_cells(r.coefficients, num_layers, cells))
+    return row
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write ({exc.strerror})") from exc
+
+
+def _json(data: Any) -> str:
+    def clean(value: Any) -> Any:  # JSON has no NaN/inf: write null
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(data), indent=2, ensure_ascii=False) + "\n"
+
+
+def write_outputs(out: Path, trials: list[FrozenTrial], *, base: Recipe, objective: Objective, num_layers: int,
+                  cells: list[Cell], meta: dict[str, Any]) -> dict[str, Any]:
+    """Write every output file into `out` (each replaced atomically) and return the summary."""
+    recs = records(trials)
+    summary = summarize(recs, objective, meta=meta)
+    best = best_of(recs, objective)
+    rows = [_row(r, num_layers, cells, objective) for r in recs]
+    front = pareto_front(recs)
+    front_rows = [_row(r, num_layers, cells, objective) for r in front]
+    _atomic_write(out / "trials.json", _json([{**asdict(r), "feasible": r.feasible(objective),
+                                               "lambda": lambda_cells(r.coefficients, num_layers, cells)}
+                                              for r in recs]))
+    _atomic_write(out / "trials.csv", pd.DataFrame(rows).to_csv(index=False))
+    _atomic_write(out / "pareto.json", _json([asdict(r) for r in front]))
+    _atomic_write(out / "pareto.csv", pd.DataFrame(front_rows, columns=list(rows[0]) if rows else None)
+                  .to_csv(index=False))
+    recipe_file = out / "best_recipe.yaml"
+    if best is not None and best.coefficients is not None:
+        recipe = trial_recipe(base, Coefficients.model_validate(best.coefficients))
+        what = f"baseline {best.baseline}" if best.baseline else "searched"
+        recipe = recipe.model_copy(update={"description": (
+            f"graft search, study {meta.get('study')!r}: trial {best.number} ({what}), safety {best.safety:.4f}, "
+            f"medical {best.medical:.4f} (drop {best.medical_drop:+.4f} from λ = 0)")})
+        _atomic_write(recipe_file, "# Written by `graft search`; build it with: graft merge --recipe "
+                      f"{recipe_file.name} --out DIR\n" + recipe.to_yaml())
+    summary["files"] = {name: str(out / name) for name in FILES if (out / name).exists()}
+    _atomic_write(out / "summary.json", _json(summary))
+    return summary
+
+
+__all__ = ["FILES", "TrialRecord", "best_of", "lambda_cells", "pareto_front", "records", "summarize",
+           "write_outputs"]

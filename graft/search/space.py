@@ -1,0 +1,252 @@
+"""Search spaces: which coefficients a search varies, over which ranges, and how a trial's parameters become a
+`Coefficients` (so every trial is a recipe). Loaded from YAML (`search_spaces/*.yaml`), strict and versioned.
+
+λ(layer, group) = scale × depth factor(layer) × group factor(group), exactly the recipe's rule: each of the three
+is either fixed (a number) or searched (a range). The depth factor comes from per-layer factors, per-block
+factors or control points interpolated over depth, as in `Coefficients`.
+
+Baselines (λ = 0 and a uniform-λ grid) are expressed as parameters *of the space itself*, so the samplers see
+them as ordinary points (CMA-ES, GP and multivariate TPE only model parameters every finished trial shares; a
+trial without them would switch the model off).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Literal, Protocol, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from graft.errors import UsageError
+from graft.mapping import Group
+from graft.recipe import DEFAULT_GROUP_FACTORS, Coefficients, describe_validation_error
+
+SPACE_VERSION = 1
+SamplerName = Literal["cmaes", "tpe", "gp", "nsga2", "random"]
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+DepthKind = Literal["layers", "blocks", "control_points"]
+DEFAULT_UNIFORM_GRID = (0.25, 0.5, 0.75, 1.0)
+# A (layer, group) pair the vector holds; layer None = outside the layer stack (embeddings, head, final norm).
+Cell = tuple[int | None, Group]
+
+
+class SuggestsFloats(Protocol):
+    """The part of `optuna.trial.Trial` a space needs (so this module does not import optuna)."""
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> float: ...
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Strict):
+    """A searched value: uniform (or log-uniform) over [low, high], optionally on a grid of `step`."""
+
+    low: float
+    high: float
+    step: float | None = Field(None, gt=0)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _sane(self) -> Range:
+        if not self.high > self.low:
+            raise ValueError(f"high ({self.high}) must be greater than low ({self.low})")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log ranges need low > 0 and no step")
+        return self
+
+    def contains(self, value: float) -> bool:
+        tol = 1e-9 * max(1.0, abs(self.low), abs(self.high))
+        if not self.low - tol <= value <= self.high + tol:
+            return False
+        if self.step is None:
+            return True
+        k = (value - self.low) / self.step
+        return abs(k - round(k)) < 1e-9
+
+    def suggest(self, trial: SuggestsFloats, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+
+
+Value = float | Range
+
+
+class Depth(Range):
+    """The per-layer factor: one per layer (`layers`), per block of layers, or control points over depth."""
+
+    kind: DepthKind
+    count: int | None = Field(None, ge=1, description="blocks / control points; not for layers (one per layer)")
+
+    @model_validator(mode="after")
+    def _count(self) -> Depth:
+        if self.kind == "layers" and self.count is not None:
+            raise ValueError("kind layers has one factor per layer: drop count")
+        if self.kind != "layers" and self.count is None:
+            raise ValueError(f"kind {self.kind} needs count (how many {self.kind.replace('_', ' ')})")
+        return self
+
+
+class Baselines(_Strict):
+    """Enqueued before any sampled trial: λ = 0 (the target itself, always) and a uniform-λ grid."""
+
+    uniform: list[float] = Field(default_factory=lambda: list(DEFAULT_UNIFORM_GRID))
+
+    @field_validator("uniform")
+    @classmethod
+    def _distinct(cls, values: list[float]) -> list[float]:
+        if len(set(values)) != len(values):
+            raise ValueError("uniform values must be distinct")
+        return values
+
+
+class SearchSpace(_Strict):
+    """A coefficient search space (see search_spaces/README.md for the file format)."""
+
+    graft_space: Literal[1] = SPACE_VERSION
+    description: str | None = None
+    sampler: SamplerName = Field("tpe", description="the sampler that suits this space (--sampler overrides)")
+    scale: Value = 1.0
+    depth: Depth | None = None
+    groups: dict[Group, Value] = Field(default_factory=dict)
+    baselines: Baselines = Field(default_factory=Baselines)
+
+    @model_validator(mode="after")
+    def _something_to_search(self) -> SearchSpace:
+        searched = isinstance(self.scale, Range) or self.depth is not None or any(
+            isinstance(v, Range) for v in self.groups.values())
+        if not searched:
+            raise ValueError("nothing to search: give scale, depth or a group a range {low: .., high: ..}")
+        return self
+
+    # -- loading ----------------------------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SearchSpace:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read search space ({exc.strerror})") from exc
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        return cls.parse(data, source=str(path))
+
+    @classmethod
+    def parse(cls, data: object, *, source: str = "search space") -> SearchSpace:
+        if not isinstance(data, dict) or "graft_space" not in data:
+            raise UsageError(f"{source}: graft_space: missing (start the file with 'graft_space: {SPACE_VERSION}')")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise UsageError(f"{source}: {describe_validation_error(exc)}") from exc
+
+    # -- parameters -------------------------------------------------------------------------------------------
+    def depth_names(self, num_layers: int) -> list[str]:
+        if self.depth is None:
+            return []
+        if self.depth.kind == "layers":
+            width = len(str(num_layers - 1))
+            return [f"layer_{i:0{width}d}" for i in range(num_layers)]
+        prefix = "block" if self.depth.kind == "blocks" else "point"
+        count = self.depth.count or 0
+        width = len(str(count - 1))
+        return [f"{prefix}_{i:0{width}d}" for i in range(count)]
+
+    def ranges(self, num_layers: int) -> dict[str, Range]:
+        """Every searched parameter and its range, in a fixed order (scale, depth, groups)."""
+        out: dict[str, Range] = {}
+        if isinstance(self.scale, Range):
+            out["scale"] = self.scale
+        if self.depth is not None:
+            for name in self.depth_names(num_layers):
+                out[name] = self.depth
+        for group, value in self.groups.items():
+            if isinstance(value, Range):
+                out[f"group_{group}"] = value
+        return out
+
+    def check(self, num_layers: int, *, source: str = "search space") -> None:
+        """Fail before any trial when the space does not fit the model."""
+        if self.depth is not None and self.depth.kind == "blocks" and (self.depth.count or 0) > num_layers:
+            raise UsageError(f"{source}: depth.count {self.depth.count} blocks but the model has only {num_layers} "
+                             "layers; lower depth.count")
+
+    def suggest(self, trial: SuggestsFloats, num_layers: int) -> Coefficients:
+        """Draw one point from the trial's sampler (or its fixed parameters) and turn it into coefficients."""
+        params = {name: rng.suggest(trial, name) for name, rng in self.ranges(num_layers).items()}
+        return self.coefficients(params, num_layers)
+
+    def coefficients(self, params: Mapping[str, float], num_layers: int) -> Coefficients:
+        """The coefficients a parameter set stands for (pure: the same parameters always give the same recipe)."""
+        missing = [n for n in self.ranges(num_layers) if n not in params]
+        if missing:
+            raise UsageError(f"parameters {', '.join(missing)} missing for this search space")
+        scale = params["scale"] if isinstance(self.scale, Range) else self.scale
+        depth: dict[str, list[float]] = {}
+        if self.depth is not None:
+            depth[self.depth.kind] = [float(params[n]) for n in self.depth_names(num_layers)]
+        groups = {g: float(params[f"group_{g}"]) if isinstance(v, Range) else float(v)
+                  for g, v in self.groups.items()}
+        return Coefficients(scale=float(scale), groups=groups, **depth)
+
+    # -- baselines ----------------------------------------------------------------------------------------------
+    def in_scope(self, group: Group) -> bool:
+        """Whether the space may graft this group at all (a group fixed at 0 is outside its scope)."""
+        value = self.groups.get(group, DEFAULT_GROUP_FACTORS[group])
+        return isinstance(value, Range) or value != 0.0
+
+    def uniform_params(self, lam: float, num_layers: int, cells: Iterable[Cell],
+                       *, source: str = "search space") -> dict[str, float]:
+        """Parameters of this space that give λ = `lam` on every (layer, group) the vector holds inside the
+        space's scope (and 0 outside it). `lam` = 0 is the target itself. Raises when no such point exists."""
+        cells = sorted(set(cells), key=lambda c: (-1 if c[0] is None else c[0], c[1]))
+        ranges = self.ranges(num_layers)
+        fixed_scale = self.scale if not isinstance(self.scale, Range) else None
+        for scale, depth, group in self._candidates(lam, fixed_scale):
+            params: dict[str, float] = {}
+            if "scale" in ranges:
+                params["scale"] = scale
+            for name in self.depth_names(num_layers):
+                params[name] = depth
+            for g, value in self.groups.items():
+                if isinstance(value, Range):
+                    params[f"group_{g}"] = group
+            if not all(ranges[n].contains(v) for n, v in params.items()):
+                continue
+            coefficients = self.coefficients(params, num_layers)
+            factors = coefficients.layer_factors(num_layers)
+            wanted = [(lam if self.in_scope(g) else 0.0) for _, g in cells]
+            got = [coefficients.lam(layer, g, factors) for layer, g in cells]
+            if all(math.isclose(w, x, rel_tol=1e-9, abs_tol=1e-12) for w, x in zip(wanted, got, strict=True)):
+                return params
+        what = "λ = 0 (the target itself)" if lam == 0 else f"the uniform baseline λ = {lam}"
+        hint = ("let scale, every depth factor or every searched group reach 0" if lam == 0 else
+                "widen a range to include it, fix out-of-scope groups at 0, or drop it from baselines.uniform")
+        raise UsageError(f"{source}: {what} is not a point of this space; {hint}")
+
+    def _candidates(self, lam: float, fixed_scale: float | None) -> list[tuple[float, float, float]]:
+        """(scale, depth factor, searched-group factor) triples to try; `uniform_params` checks each exactly."""
+        if isinstance(self.scale, Range):
+            neutral = min(max(1.0, self.scale.low), self.scale.high)  # any in-range scale, when a factor is 0
+            zeros = [(neutral, 0.0, 0.0), (neutral, 0.0, 1.0), (neutral, 1.0, 0.0)] if lam == 0 else []
+            return [(lam, 1.0, 1.0), *zeros]
+        s = float(fixed_scale or 0.0)
+        if s == 0.0:
+            return [(0.0, 1.0, 1.0)] if lam == 0 else []
+        return [(s, lam / s, 1.0), (s, 1.0, lam / s), (s, 0.0, 0.0)]
+
+    def baseline_points(self, num_layers: int, cells: Iterable[Cell],
+                        *, source: str = "search space") -> list[tuple[str, float, dict[str, float]]]:
+        """(name, λ, parameters) of every baseline, λ = 0 first."""
+        cells = list(cells)
+        values = [0.0, *[v for v in self.baselines.uniform if v != 0.0]]
+        return [("lambda0" if v == 0 else f"uniform_{v:g}", v, self.uniform_params(v, num_layers, cells,
+                                                                                   source=source))
+                for v in values]
+
+
+__all__ = ["SAMPLERS", "Baselines", "Cell", "Depth", "Range", "SamplerName", "SearchSpace"]

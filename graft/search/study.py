@@ -1,0 +1,325 @@
+"""The Optuna side of a search: storage (SQLite, PostgreSQL, MySQL) with heartbeats, samplers with explicit
+seeds, creating or joining a study (baselines enqueued once, by its creator), and the worker loop that shares
+one trial budget between any number of processes.
+
+`budget` = the number of finished (COMPLETE or PRUNED) trials the study should reach, whoever runs them. A worker
+claims a trial with `ask()`, then checks its rank among the trials that are not FAILed (by trial number, which
+the storage hands out in order under a row lock); a trial ranked past the budget is released at once (FAIL, with
+`released` set, and its fixed parameters re-enqueued if it had any). Ranks only fall over time (trials leave by
+failing; new ones come last), so a trial that was inside the budget stays inside it, and the study ends with
+exactly `budget` finished trials even when workers ask at the same moment. A worker killed mid-trial stops its
+heartbeat; the next `fail_stale_trials` marks it FAIL and `RetryFailedTrialCallback` enqueues the same
+parameters again, so its slot of the budget is run again by whoever is alive.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from graft.errors import InputError, UsageError
+
+from .objective import Pruned, constraints_of
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+METADATA_KEY = "graft_search"
+READY_KEY = "graft_ready"
+REFERENCE_KEY = "medical_reference"
+
+
+@contextmanager
+def quiet_optuna():
+    """Optuna marks heartbeats, retries and multivariate TPE experimental; the warning says nothing to users."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        # We run trials with our own loop (for the shared budget) and send the heartbeats ourselves.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
+        yield
+
+
+# -- storage --------------------------------------------------------------------------------------------------------
+def storage_url(url: str) -> str:
+    """`postgresql://` means psycopg2 to older SQLAlchemy versions; use psycopg 3 when that is what is installed."""
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for reports and logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL: say nothing about it beyond its scheme
+        return url.split("://", 1)[0] + "://…"
+
+
+def open_storage(url: str, *, heartbeat_interval: int = 60, grace_period: int | None = None,
+                 max_retry: int | None = 3) -> optuna.storages.RDBStorage:
+    """An RDB storage whose running trials send heartbeats; stale ones are failed and retried (up to max_retry)."""
+    if not url.startswith(("sqlite:", "postgresql", "postgres:", "mysql")):
+        raise UsageError(f"--storage {redact(url)}: expected sqlite:///FILE, postgresql://... or mysql://...")
+    if heartbeat_interval < 1:
+        raise UsageError(f"--heartbeat {heartbeat_interval}: expected a positive number of seconds")
+    retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
+        optuna.storages.RetryFailedTrialCallback
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
+    callback_arg = "heartbeat_stale_trial_callback" if retry_cls is not optuna.storages.RetryFailedTrialCallback \
+        else "failed_trial_callback"
+    with quiet_optuna():
+        try:
+            return optuna.storages.RDBStorage(
+                storage_url(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period, **{callback_arg: retry_cls(max_retry=max_retry)})
+        except ImportError as exc:
+            raise InputError(f"--storage {redact(url)}: no database driver for it ({exc}); install one, e.g. "
+                             "pip install 'graft[postgres]'") from exc
+        except Exception as exc:  # sqlalchemy: unreachable server, bad credentials, unknown database
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise InputError(f"--storage {redact(url)}: cannot open it ({detail})") from exc
+
+
+# -- samplers -------------------------------------------------------------------------------------------------------
+def make_sampler(name: str, *, seed: int, mode: str,
+                 constraints: Callable[[FrozenTrial], Sequence[float]] | None) -> optuna.samplers.BaseSampler:
+    """A sampler with an explicit seed. CMA-ES handles neither constraints nor several objectives."""
+    if name == "cmaes" and mode == "pareto":
+        raise UsageError("--sampler cmaes cannot search a Pareto front (one objective only); use nsga2, tpe or gp, "
+                         "or objective.mode constrained/weighted")
+    with quiet_optuna():
+        if name == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constraints_func=constraints,
+                                              warn_independent_sampling=False)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints,
+                                             warn_independent_sampling=False)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+    raise UsageError(f"--sampler {name}: expected cmaes, tpe, gp, nsga2 or random")
+
+
+def sampler_constraints(trial: FrozenTrial) -> Sequence[float]:
+    return constraints_of(trial.user_attrs)
+
+
+def worker_seed(seed: int, created: bool) -> int:
+    """The study's creator uses `seed`; a worker joining (or resuming) it mixes in its host and process id so two
+    workers never draw the same candidates from the same history."""
+    if created:
+        return seed
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:{socket.gethostname()}:{os.getpid()}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+# -- creating or joining a study ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Baseline:
+    name: str
+    lam: float
+    params: dict[str, float]
+
+
+def open_study(storage: optuna.storages.RDBStorage, name: str, *, directions: list[str], metadata: dict[str, Any],
+               baselines: Sequence[Baseline], make: Callable[[bool], optuna.samplers.BaseSampler],
+               wait_s: float = 60.0) -> tuple[optuna.Study, bool]:
+    """Create the study (and enqueue its baselines) or join the existing one. Returns (study, created).
+
+    Only the process whose `create_study` succeeds enqueues baselines, then marks the study ready; a joiner
+    waits for that mark, so baselines are enqueued once however many workers start together or resume.
+    """
+    with quiet_optuna():
+        try:
+            study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=make(True))
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=name, storage=storage, sampler=make(False))
+            created = False
+    if created:
+        study.set_user_attr(METADATA_KEY, metadata)
+        for b in baselines:
+            study.enqueue_trial(b.params, user_attrs={"baseline": b.name, "baseline_lambda": b.lam})
+        study.set_user_attr(READY_KEY, True)
+        return study, True
+    deadline = time.monotonic() + wait_s
+    while not study.user_attrs.get(READY_KEY):
+        if time.monotonic() > deadline:
+            raise InputError(f"study {name!r} exists but was never initialised by `graft search` (its creator "
+                             "stopped early, or another tool made it); delete it or choose another --study")
+        time.sleep(0.2)
+    _check_metadata(study, metadata)
+    return study, False
+
+
+# The parts of a study that must match for a worker to join it (anything else may differ per worker).
+_MUST_MATCH = ("space", "objective", "tasks", "sampler", "num_layers")
+
+
+def _check_metadata(study: optuna.Study, metadata: Mapping[str, Any]) -> None:
+    stored = study.user_attrs.get(METADATA_KEY, {})
+    for key in _MUST_MATCH:
+        if stored.get(key) != metadata.get(key):
+            raise UsageError(f"study {study.study_name!r} was created with another {key.replace('_', ' ')} "
+                             f"({_short(stored.get(key))}, now {_short(metadata.get(key))}); resume it with the "
+                             "same --space, --eval and --sampler, or choose another --study")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- the worker loop ------------------------------------------------------------------------------------------------
+class Heartbeat:
+    """Records the trial's heartbeat every interval while it runs (as Optuna's own optimize loop does)."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int):
+        self.storage, self.trial_id = storage, trial_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def _beat(self) -> None:
+        interval = self.storage.get_heartbeat_interval() or 60
+        while True:
+            # A lost connection: the next beat retries; staleness is judged by the database server's clock.
+            with suppress(Exception):
+                self.storage.record_heartbeat(self.trial_id)
+            if self._stop.wait(interval):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        self.storage.record_heartbeat(self.trial_id)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class BudgetState:
+    finished: int
+    live: list[FrozenTrial]  # not FAILed, by number
+
+    def rank(self, number: int) -> int:
+        return [t.number for t in self.live].index(number)
+
+
+def budget_state(study: optuna.Study) -> BudgetState:
+    trials = study.get_trials(deepcopy=False)
+    live = sorted((t for t in trials if t.state != TrialState.FAIL), key=lambda t: t.number)
+    return BudgetState(sum(t.state in FINISHED for t in live), live)
+
+
+def fail_stale(study: optuna.Study) -> None:
+    with quiet_optuna():
+        optuna.storages.fail_stale_trials(study)
+
+
+def claim(study: optuna.Study, storage: optuna.storages.RDBStorage, budget: int) -> optuna.Trial | str:
+    """A trial to run, or 'done' (the budget is reached) or 'wait' (the rest of the budget is running elsewhere)."""
+    fail_stale(study)
+    state = budget_state(study)
+    if state.finished >= budget:
+        return "done"
+    inside = state.live[:budget]
+    if len(state.live) >= budget and not any(t.state == TrialState.WAITING for t in inside):
+        return "wait"
+    with quiet_optuna():
+        trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)  # at once: a trial with no heartbeat is never found stale
+    if budget_state(study).rank(trial.number) < budget:
+        return trial
+    release(study, storage, trial)
+    return "wait"
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, values: Sequence[float] | None = None,
+         state: TrialState | None = None) -> None:
+    with quiet_optuna():
+        study.tell(trial, values, state=state)
+
+
+def release(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial) -> None:
+    """Give back a trial claimed past the budget; if it carried fixed parameters (a baseline, a retry), they go
+    back into the queue under a new number."""
+    frozen = storage.get_trial(trial._trial_id)
+    trial.set_user_attr("released", True)
+    tell(study, trial, state=TrialState.FAIL)
+    if frozen.params or "fixed_params" in frozen.system_attrs or frozen.user_attrs:
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
+            user_attrs=frozen.user_attrs, system_attrs=frozen.system_attrs))
+
+
+def retry_later(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial) -> None:
+    """An interrupted trial (Ctrl-C): fail it and queue its parameters again, as the heartbeat callback would."""
+    tell(study, trial, state=TrialState.FAIL)
+    getter = getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback
+    callback = getter()
+    if callback is not None:
+        with quiet_optuna():
+            callback(study, storage.get_trial(trial._trial_id))
+
+
+@dataclass
+class WorkerReport:
+    ran: list[int]  # trial numbers this worker finished (COMPLETE or PRUNED)
+
+
+def run_worker(study: optuna.Study, storage: optuna.storages.RDBStorage,
+               objective: Callable[[optuna.Trial], Sequence[float]], budget: int, *, poll_s: float = 1.0,
+               on_trial: Callable[[FrozenTrial], None] | None = None, worker: str | None = None) -> WorkerReport:
+    """Run trials until the study has `budget` finished ones. Exceptions other than screening stops fail the
+    trial and propagate (a bug or a broken input should stop the worker, not burn the budget)."""
+    report = WorkerReport([])
+    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+    while True:
+        claimed = claim(study, storage, budget)
+        if claimed == "done":
+            return report
+        if isinstance(claimed, str):
+            time.sleep(poll_s)
+            continue
+        trial = claimed
+        trial.set_user_attr("worker", worker)
+        with Heartbeat(storage, trial._trial_id):
+            try:
+                values = objective(trial)
+            except Pruned:
+                tell(study, trial, state=TrialState.PRUNED)
+            except KeyboardInterrupt:
+                retry_later(study, storage, trial)
+                raise
+            except BaseException:
+                tell(study, trial, state=TrialState.FAIL)
+                raise
+            else:
+                tell(study, trial, list(values))
+        report.ran.append(trial.number)
+        if on_trial is not None:
+            on_trial(storage.get_trial(trial._trial_id))
+
+
+__all__ = ["Baseline", "budget_state", "claim", "make_sampler", "open_storage", "open_study", "run_worker"]
