@@ -65,7 +65,8 @@ class GraftPlan:
             f"shape mismatch: vector {m.donor} {list(m.donor_shape)} vs target {m.target} {list(m.target_shape)}"
             for m in self.mismatches
         ]
-        if not self.grafted and not problems:
+        # All λ = 0 is a valid plan (a copy of the target: the search's first baseline); no partner at all is not.
+        if not any(a.donor for a in self.actions) and not problems:
             problems.append(
                 f"no tensor of the vector matched a tensor of {self.target.root} "
                 "(add mapping rules with --map, or check that this is the right vector)"

@@ -145,6 +145,16 @@ def test_same_inputs_give_byte_identical_output(make_world, tmp_path: Path) -> N
     assert first == second
 
 
+def test_scale_zero_is_a_copy_of_the_target(make_world, tmp_path: Path) -> None:
+    """λ = 0 everywhere is a valid recipe (the search's first baseline): every tensor comes out unchanged."""
+    world = make_world("qwen2_vl", sharded=True)
+    merged = load_folder(run_merge(world, tmp_path / "zero", scale=0.0))
+    target = load_folder(world.target)
+    assert merged.keys() == target.keys()
+    for name, tensor in target.items():
+        assert torch.equal(merged[name].view(torch.uint8), tensor.view(torch.uint8)), name
+
+
 def test_layer_and_group_factors_set_each_tensors_lambda(make_world, tmp_path: Path) -> None:
     world = make_world("causal")
     out = run_merge(world, tmp_path / "merged", scale=0.5, blocks=[0.0, 2.0],
