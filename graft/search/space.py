@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Literal, Protocol, get_args
+from typing import Annotated, Literal, Protocol, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from graft.errors import UsageError
 from graft.mapping import Group
@@ -73,7 +73,26 @@ class Range(_Strict):
         return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
 
 
-Value = float | Range
+def _value(raw: object) -> object:
+    """A number is a fixed value, a mapping a searched range: say so in one message, not one per union member."""
+    if isinstance(raw, bool):
+        raise ValueError("expected a number (fixed) or {low: .., high: ..} (searched)")
+    if isinstance(raw, int | float):
+        return float(raw)
+    if isinstance(raw, dict):
+        try:
+            return Range.model_validate(raw)
+        except ValidationError as exc:
+            raise ValueError("; ".join(
+                (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
+                + ("unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, "))
+                for e in exc.errors())) from None
+    if isinstance(raw, Range):
+        return raw
+    raise ValueError("expected a number (fixed) or {low: .., high: ..} (searched)")
+
+
+Value = Annotated[float | Range, BeforeValidator(_value)]
 
 
 class Depth(Range):

@@ -283,6 +283,12 @@ def retry_later(study: optuna.Study, storage: optuna.storages.RDBStorage, trial:
             callback(study, storage.get_trial(trial._trial_id))
 
 
+def taken_over(storage: optuna.storages.RDBStorage, trial: optuna.Trial) -> bool:
+    """Whether the trial was finished behind this worker's back (failed as stale by another one, which has
+    queued its parameters again): this worker's result for it is then dropped."""
+    return storage.get_trial(trial._trial_id).state.is_finished()
+
+
 @dataclass
 class WorkerReport:
     ran: list[int]  # trial numbers this worker finished (COMPLETE or PRUNED)
@@ -304,19 +310,27 @@ def run_worker(study: optuna.Study, storage: optuna.storages.RDBStorage,
             continue
         trial = claimed
         trial.set_user_attr("worker", worker)
+        state, values = TrialState.COMPLETE, None
         with Heartbeat(storage, trial._trial_id):
             try:
-                values = objective(trial)
+                values = list(objective(trial))
             except Pruned:
-                tell(study, trial, state=TrialState.PRUNED)
+                state = TrialState.PRUNED
             except KeyboardInterrupt:
-                retry_later(study, storage, trial)
+                if not taken_over(storage, trial):
+                    retry_later(study, storage, trial)
                 raise
             except BaseException:
+                if taken_over(storage, trial):
+                    continue  # another worker found its heartbeat stale and queued it again; go on
                 tell(study, trial, state=TrialState.FAIL)
                 raise
-            else:
-                tell(study, trial, list(values))
+        try:
+            tell(study, trial, values, state=None if state == TrialState.COMPLETE else state)
+        except ValueError:
+            if not taken_over(storage, trial):
+                raise
+            continue
         report.ran.append(trial.number)
         if on_trial is not None:
             on_trial(storage.get_trial(trial._trial_id))
