@@ -15,6 +15,7 @@ parameters again, so its slot of the budget is run again by whoever is alive.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import threading
 import time
@@ -81,17 +82,28 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, grace_period: int | 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
     callback_arg = "heartbeat_stale_trial_callback" if retry_cls is not optuna.storages.RetryFailedTrialCallback \
         else "failed_trial_callback"
-    with quiet_optuna():
-        try:
-            return optuna.storages.RDBStorage(
-                storage_url(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period, **{callback_arg: retry_cls(max_retry=max_retry)})
-        except ImportError as exc:
-            raise InputError(f"--storage {redact(url)}: no database driver for it ({exc}); install one, e.g. "
-                             "pip install 'graft[postgres]'") from exc
-        except Exception as exc:  # sqlalchemy: unreachable server, bad credentials, unknown database
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise InputError(f"--storage {redact(url)}: cannot open it ({detail})") from exc
+    for attempt in range(5):
+        with quiet_optuna():
+            try:
+                return optuna.storages.RDBStorage(
+                    storage_url(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period, **{callback_arg: retry_cls(max_retry=max_retry)})
+            except ImportError as exc:
+                raise InputError(f"--storage {redact(url)}: no database driver for it ({exc}); install one, e.g. "
+                                 "pip install 'graft[postgres]'") from exc
+            except Exception as exc:  # sqlalchemy: unreachable server, bad credentials, unknown database...
+                # ...or workers creating the same fresh schema at once (the loser's CREATE fails): try again.
+                if attempt < 4 and _schema_race(exc):
+                    time.sleep(0.2 + random.random())
+                    continue
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+                raise InputError(f"--storage {redact(url)}: cannot open it ({detail})") from exc
+    raise AssertionError("unreachable")
+
+
+def _schema_race(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return any(s in text for s in ("already exists", "unique constraint", "duplicate key", "database is locked"))
 
 
 # -- samplers -------------------------------------------------------------------------------------------------------

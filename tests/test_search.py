@@ -1,0 +1,363 @@
+"""`graft search` end to end on tiny real checkpoints: the shared trial budget, baselines enqueued once, resume,
+screening, samplers and modes, the outputs (reloaded, merged with `graft merge --recipe`, compared with the
+resident weights), the real evaluation suite through the CLI, and the CLI's exit codes for bad input.
+
+Scores of random tiny models mean nothing, so most runs inject a scorer: a plain function of the coefficients.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from graft.cli import app
+from graft.errors import UsageError
+from graft.recipe import Coefficients, Recipe
+from graft.search import run_search
+from graft.search.config import Stage
+from graft.search.study import budget_state, claim, open_storage, run_worker
+from graft.vector import SafetyVector
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_DATA = ROOT / "graft" / "evals" / "fixtures" / "data.yaml"
+runner = CliRunner()
+
+
+class LambdaScorer:
+    """Safety grows with the mean attention λ, medical skill falls with the mean MLP λ (a smooth toy landscape);
+    counts calls per stage, and can sleep to make trials last."""
+
+    def __init__(self, num_layers: int, delay: float = 0.0):
+        self.num_layers, self.delay = num_layers, delay
+        self.calls: dict[str, int] = {}
+
+    def score(self, c: Coefficients, stage: Stage) -> dict[str, float]:
+        self.calls[stage.name] = self.calls.get(stage.name, 0) + 1
+        time.sleep(self.delay)
+        factors = c.layer_factors(self.num_layers)
+        attn = sum(c.lam(layer, "attn", factors) for layer in range(self.num_layers)) / self.num_layers
+        mlp = sum(c.lam(layer, "mlp", factors) for layer in range(self.num_layers)) / self.num_layers
+        safety = min(1.0, 0.1 + 0.6 * attn)
+        medical = max(0.0, 0.6 - 0.2 * mlp * mlp - 0.02 * attn)
+        return {t: (safety if t in ("catqa", "hexphi", "medsafetybench") else medical) for t in stage.tasks}
+
+
+def eval_file(tmp_path: Path, **changes) -> Path:
+    data = {"graft_search_eval": 1, "data": str(FIXTURE_DATA), "safety": ["catqa"], "medical": ["pubmedqa"],
+            "limit": 2, "max_new_tokens": 4, **changes}
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def space_file(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+SMALL = ("graft_space: 1\nsampler: tpe\ndepth: {kind: control_points, count: 2, low: 0.0, high: 1.5}\n"
+         "groups: {attn: {low: 0.0, high: 1.5}, mlp: 1.0, norm: 0.0, embed: 0.0, head: 0.0}\n"
+         "baselines: {uniform: [0.5, 1.0]}\n")
+
+
+def num_layers(world) -> int:
+    vector = SafetyVector.open(world.vector)
+    try:
+        return vector.manifest.num_layers
+    finally:
+        vector.close()
+
+
+def load_study(out: Path, name: str = "graft-search") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'graft.db'}")
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+
+
+# -- budget, baselines, resume ----------------------------------------------------------------------------------
+def test_budget_is_exact_baselines_come_first_once_and_resume_continues(make_world, tmp_path: Path) -> None:
+    world = make_world("causal")
+    scorer = LambdaScorer(num_layers(world))
+    kwargs = dict(space=space_file(tmp_path, SMALL), eval_config=eval_file(tmp_path), target=str(world.target),
+                  vector=str(world.vector), out=tmp_path / "out", scorer=scorer, heartbeat=1)
+    first = run_search(trials=6, **kwargs)
+    study = load_study(tmp_path / "out")
+    assert len(finished(study)) == 6 and first.ran == [0, 1, 2, 3, 4, 5]
+    assert [t.user_attrs.get("baseline") for t in study.trials[:3]] == ["lambda0", "uniform_0.5", "uniform_1"]
+    lambda0 = study.trials[0]
+    assert Coefficients.model_validate(lambda0.user_attrs["coefficients"]).layer_factors(4) == [0.0] * 4
+    # The medical reference is λ = 0's medical score; drops are measured from it.
+    assert study.user_attrs["medical_reference"] == pytest.approx(lambda0.user_attrs["medical"])
+    for t in finished(study):
+        assert t.user_attrs["medical_drop"] == pytest.approx(lambda0.user_attrs["medical"] - t.user_attrs["medical"])
+
+    second = run_search(trials=9, **kwargs)  # resume with a larger budget: only the 3 missing trials run
+    study = load_study(tmp_path / "out")
+    assert second.ran == [6, 7, 8] and len(finished(study)) == 9
+    baselines = [t.user_attrs.get("baseline") for t in study.trials if t.user_attrs.get("baseline")]
+    assert sorted(baselines) == ["lambda0", "uniform_0.5", "uniform_1"]  # enqueued once, not again on resume
+    calls = dict(scorer.calls)
+    third = run_search(trials=9, **kwargs)  # nothing left: no scoring at all, outputs rewritten
+    assert third.ran == [] and scorer.calls == calls
+    assert len(study.trials) == 9
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["counts"] == {"COMPLETE": 9} and summary["budget"] == 9
+    assert summary["lambda0"]["number"] == 0 and summary["best_uniform"]["baseline"] in ("uniform_0.5", "uniform_1")
+
+
+def test_resuming_with_another_space_is_refused(make_world, tmp_path: Path) -> None:
+    world = make_world("causal")
+    common = dict(eval_config=eval_file(tmp_path), target=str(world.target), vector=str(world.vector),
+                  out=tmp_path / "out", scorer=LambdaScorer(num_layers(world)), trials=3)
+    run_search(space=space_file(tmp_path, SMALL), **common)
+    other = space_file(tmp_path, SMALL.replace("high: 1.5}\ngroups", "high: 2.0}\ngroups"), "other.yaml")
+    with pytest.raises(UsageError, match="study 'graft-search' was created with another space"):
+        run_search(space=other, **common)
+
+
+def test_screening_prunes_hopeless_trials_before_the_medical_tasks(make_world, tmp_path: Path) -> None:
+    world = make_world("causal")
+    scorer = LambdaScorer(num_layers(world))
+    evals = eval_file(tmp_path, screening={"tasks": ["catqa"], "limit": 1, "threshold": 0.55})
+    run_search(space=space_file(tmp_path, SMALL), eval_config=evals, target=str(world.target),
+               vector=str(world.vector), out=tmp_path / "out", scorer=scorer, trials=14, sampler="random")
+    study = load_study(tmp_path / "out")
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert pruned and len(pruned) + len(complete) == 14
+    assert all(t.user_attrs["screening"] < 0.55 and "medical" not in t.user_attrs for t in pruned)
+    assert all(t.user_attrs.get("baseline") or t.user_attrs["screening"] >= 0.55 for t in complete)
+    # λ = 0 screens at 0.1 but is never stopped: every study reports the target itself.
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
+    # Medical scoring ran once for the reference and once per completed trial, never for a pruned one.
+    assert scorer.calls["medical"] == len(complete) + 1 and scorer.calls["screening"] == 14
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2", "cmaes"])
+def test_constrained_mode_gives_samplers_the_constraint(make_world, tmp_path: Path, sampler: str) -> None:
+    world = make_world("causal")
+    run_search(space=space_file(tmp_path, SMALL), eval_config=eval_file(tmp_path), target=str(world.target),
+               vector=str(world.vector), out=tmp_path / "out", scorer=LambdaScorer(num_layers(world)), trials=5,
+               sampler=sampler)
+    study = load_study(tmp_path / "out")
+    for t in finished(study):
+        if sampler == "cmaes":  # no constraint support: folded into the value as a penalty
+            excess = max(0.0, t.user_attrs["constraint"])
+            assert t.value == pytest.approx(t.user_attrs["safety"] - 10.0 * excess)
+        else:
+            assert t.system_attrs["constraints"] == [pytest.approx(t.user_attrs["constraint"])]
+            assert t.value == t.user_attrs["safety"]
+
+
+def test_pareto_mode_writes_the_front(make_world, tmp_path: Path) -> None:
+    world = make_world("causal")
+    result = run_search(space=space_file(tmp_path, SMALL), eval_config=eval_file(tmp_path),
+                        target=str(world.target), vector=str(world.vector), out=tmp_path / "out",
+                        scorer=LambdaScorer(num_layers(world)), trials=10, mode="pareto", sampler="nsga2")
+    study = load_study(tmp_path / "out")
+    assert len(study.directions) == 2
+    front = pd.read_csv(tmp_path / "out" / "pareto.csv")
+    optuna_front = {t.number for t in study.best_trials}
+    assert set(front["number"]) == optuna_front  # optuna's own non-dominated set
+    assert result.summary["pareto_front"] == list(front["number"])
+    with pytest.raises(UsageError, match="cmaes cannot search a Pareto front"):
+        run_search(space=space_file(tmp_path, SMALL), eval_config=eval_file(tmp_path), target=str(world.target),
+                   vector=str(world.vector), out=tmp_path / "out2", scorer=LambdaScorer(4), trials=5,
+                   mode="pareto", sampler="cmaes")
+
+
+# -- outputs: reload, merge, compare with the resident weights --------------------------------------------------
+def test_outputs_reload_and_merge_to_the_resident_weights(make_world, tmp_path: Path) -> None:
+    from graft.resident import ResidentGraft
+
+    world = make_world("causal")
+    layers = num_layers(world)
+    out = tmp_path / "out"
+    result = run_search(space=space_file(tmp_path, SMALL), eval_config=eval_file(tmp_path),
+                        target=str(world.target), vector=str(world.vector), out=out, scorer=LambdaScorer(layers),
+                        trials=7, seed=3)
+    trials = json.loads((out / "trials.json").read_text())
+    table = pd.read_csv(out / "trials.csv")
+    study = load_study(out)
+    assert [t["number"] for t in trials] == list(table["number"]) == [t.number for t in study.trials]
+    for row, t in zip(trials, study.trials, strict=True):
+        c = Coefficients.model_validate(t.user_attrs["coefficients"])
+        assert row["coefficients"] == t.user_attrs["coefficients"] and row["params"] == t.params
+        factors = c.layer_factors(layers)
+        # λ per (layer, group), recomputed by the recipe rule, in both files
+        for layer in range(layers):
+            for group in ("attn", "mlp", "norm"):
+                name = f"lam.{group}.{layer}"
+                assert row["lambda"][name] == pytest.approx(c.lam(layer, group, factors))
+                assert table.loc[table["number"] == t.number, name].item() == pytest.approx(c.lam(layer, group,
+                                                                                                  factors))
+        assert row["safety"] == t.user_attrs["safety"] and row["state"] == "COMPLETE"
+
+    recipe = Recipe.from_yaml(out / "best_recipe.yaml")
+    assert recipe.out is None and recipe.target == str(world.target.resolve())
+    assert recipe.coefficients.model_dump(mode="json") == result.best["coefficients"]
+    merged = tmp_path / "merged"
+    cli = runner.invoke(app, ["merge", "--recipe", str(out / "best_recipe.yaml"), "--out", str(merged), "-q"])
+    assert cli.exit_code == 0, cli.output
+    searched = next(t for t in study.trials if not t.user_attrs.get("baseline"))
+    searched_recipe = recipe.model_copy(update={
+        "coefficients": Coefficients.model_validate(searched.user_attrs["coefficients"]),
+        "out": str(tmp_path / "merged-searched")})
+    from graft.merge import merge
+
+    merge(searched_recipe)
+    with ResidentGraft.from_recipe(recipe.model_copy(update={"out": None})) as resident:
+        params = dict(resident.engine.model.named_parameters(remove_duplicate=False))
+        for folder, coefficients in ((merged, recipe.coefficients),
+                                     (tmp_path / "merged-searched", searched_recipe.coefficients)):
+            resident.apply(coefficients)
+            stored = load_file(folder / "model.safetensors")
+            compared = 0
+            for disk, memory in resident.param_names.items():
+                assert torch.equal(params[memory].detach(), stored[disk]), disk
+                compared += 1
+            assert compared >= 4 * layers  # every attention and MLP matrix at least
+
+
+# -- the budget under concurrency, and heartbeats -----------------------------------------------------------------
+def test_a_trial_claimed_past_the_budget_is_released_with_its_parameters(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    storage = open_storage(url, heartbeat_interval=60)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.enqueue_trial({"x": 0.25}, user_attrs={"baseline": "first"})
+    study.enqueue_trial({"x": 0.75}, user_attrs={"baseline": "second"})
+    other = optuna.load_study(study_name="s", storage=open_storage(url, heartbeat_interval=60))
+    # Budget 1: this worker passes the check, but before its ask() another worker takes the in-budget trial.
+    real_ask = study.ask
+
+    def racing_ask(*args, **kwargs):
+        taken = other.ask()
+        assert taken.user_attrs["baseline"] == "first"
+        return real_ask(*args, **kwargs)
+
+    study.ask = racing_ask
+    assert claim(study, storage, 1) == "wait"
+    released = [t for t in study.trials if t.user_attrs.get("released")]
+    assert len(released) == 1 and released[0].state == optuna.trial.TrialState.FAIL
+    requeued = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert [t.user_attrs["baseline"] for t in requeued] == ["second"]
+    assert requeued[0].system_attrs["fixed_params"] == {"x": 0.75} and requeued[0].number > released[0].number
+    study.ask = real_ask
+    assert claim(study, storage, 1) == "wait"  # the budget's one trial is running elsewhere
+    assert budget_state(study).finished == 0
+
+
+def test_a_dead_workers_trial_is_retried_after_its_heartbeat_stops(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    storage = open_storage(url, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage, study_name="s")
+    dead = claim(study, storage, 2)  # claimed, one heartbeat, then its worker "dies": no tell, no more beats
+    x = dead.suggest_float("x", 0.0, 1.0)
+    time.sleep(1.6)
+    seen: list[float] = []
+
+    def objective(trial):
+        seen.append(trial.suggest_float("x", 0.0, 1.0))
+        return [seen[-1]]
+
+    report = run_worker(study, storage, objective, 2, poll_s=0.1)
+    assert len(report.ran) == 2 and x in seen  # the dead trial's parameters ran again
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
+    assert study.trials[dead.number].state == optuna.trial.TrialState.FAIL
+    assert len(finished(study)) == 2
+
+
+def test_two_workers_in_threads_share_the_budget_exactly(make_world, tmp_path: Path) -> None:
+    world = make_world("causal")
+    layers = num_layers(world)
+    common = dict(space=space_file(tmp_path, SMALL), eval_config=eval_file(tmp_path), target=str(world.target),
+                  vector=str(world.vector), storage=f"sqlite:///{tmp_path / 'shared.db'}", trials=12, heartbeat=1)
+    results: dict[str, object] = {}
+
+    def worker(name: str) -> None:
+        try:
+            results[name] = run_search(out=tmp_path / name, scorer=LambdaScorer(layers, delay=0.05), **common)
+        except BaseException as exc:  # surfaced by the assertions below
+            results[name] = exc
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert all(hasattr(r, "ran") for r in results.values()), results
+    ran_a, ran_b = results["a"].ran, results["b"].ran
+    assert ran_a and ran_b and not set(ran_a) & set(ran_b)
+    study = optuna.load_study(study_name="graft-search", storage=common["storage"])
+    done = finished(study)
+    assert len(done) == 12 and sorted(ran_a + ran_b) == sorted(t.number for t in done)
+    assert sorted(t.user_attrs["baseline"] for t in study.trials if t.user_attrs.get("baseline")) == \
+        ["lambda0", "uniform_0.5", "uniform_1"]
+
+
+# -- the real evaluation suite, through the CLI ---------------------------------------------------------------------
+def test_cli_search_with_the_real_suite_scores_lambda0_as_the_target_itself(make_world, tmp_path: Path) -> None:
+    from graft.evals import evaluate
+
+    world = make_world("causal")
+    evals = eval_file(tmp_path, screening={"tasks": ["catqa"], "limit": 1, "threshold": 0.0})
+    space = space_file(tmp_path, SMALL.replace("uniform: [0.5, 1.0]", "uniform: [1.0]"))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["search", "--target", str(world.target), "--vector", str(world.vector),
+                                 "--space", str(space), "--eval", str(evals), "--trials", "3", "--out", str(out),
+                                 "--dtype", "float32", "--heartbeat", "5"])
+    assert result.exit_code == 0, result.output
+    assert "best uniform λ" in result.output and "3 complete" in result.output
+    study = load_study(out)
+    assert len(finished(study)) == 3
+    assert (out / "verdicts.sqlite").stat().st_size > 0
+    lambda0 = study.trials[0].user_attrs
+    reference = evaluate(world.target, tasks=["catqa", "pubmedqa"], data=FIXTURE_DATA, limit=2, max_new_tokens=4,
+                         dtype="float32")
+    assert lambda0["scores"] == {"catqa": reference.score("catqa"), "pubmedqa": reference.score("pubmedqa")}
+    assert Recipe.from_yaml(out / "best_recipe.yaml").options.dtype == "float32"  # the weights evaluated
+
+
+# -- exit codes for bad input --------------------------------------------------------------------------------------
+def test_cli_exit_codes_for_bad_input(make_world, tmp_path: Path) -> None:
+    world = make_world("causal")
+    good_space, good_eval = space_file(tmp_path, SMALL), eval_file(tmp_path)
+
+    def search(*extra: str, space: Path = good_space, evals: Path = good_eval, vector: Path = world.vector,
+               out: Path | None = None):
+        args = ["search", "--target", str(world.target), "--vector", str(vector), "--space", str(space), "--eval",
+                str(evals), "--trials", "6", "--out", str(out or tmp_path / "out"), *extra]
+        return runner.invoke(app, [str(a) for a in args])
+
+    def assert_error(result, code: int, *words: str) -> None:
+        assert result.exit_code == code, result.output
+        line = " ".join(result.output.split())
+        assert line.startswith("error:") and all(w in line for w in words), line
+
+    assert_error(search(space=space_file(tmp_path, "graft_space: 1\nscale: 2\n", "bad.yaml")), 2,
+                 "bad.yaml", "nothing to search")
+    assert_error(search(evals=space_file(tmp_path, "graft_search_eval: 1\ndata: x\nsafety: [medqa]\n"
+                                                   "medical: [medqa]\n", "e.yaml")), 2, "e.yaml", "medqa cannot score")
+    assert_error(search("--sampler", "bayes"), 2, "--sampler bayes")
+    assert_error(search("--mode", "pareto", "--sampler", "cmaes"), 2, "cmaes cannot search a Pareto front")
+    assert_error(search("--trials", "2"), 2, "--trials 2", "3 baselines")
+    assert_error(search(vector=tmp_path / "no-vector"), 3, "no-vector")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert_error(search(out=foreign), 5, "not a graft search's output")
+    assert_error(search("--storage", "redis://localhost"), 2, "--storage redis://")
