@@ -82,11 +82,13 @@ def changed(state: dict[str, torch.Tensor], pristine: dict[str, torch.Tensor]) -
     return {name for name in pristine if not same_bytes(state[name], pristine[name])}
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
 @pytest.mark.parametrize("layout", LOADABLE)
-def test_trial_weights_equal_merge_output_in_every_layout(layout: str, make_world, tmp_path: Path) -> None:
+def test_trial_weights_equal_merge_output_in_every_layout(layout: str, fused: bool, make_world,
+                                                          tmp_path: Path) -> None:
     world = make_world(layout)
     recipe = base_recipe(world)
-    with ResidentGraft.from_recipe(recipe, device="cpu", text_only=True) as resident:
+    with ResidentGraft.from_recipe(recipe, device="cpu", text_only=True, fused=fused) as resident:
         assert resident.dtype == torch.bfloat16  # the target's stored dtype
         disk_body, memory_body, disk_head, memory_head = MEMORY_NAMES[layout]
         for disk, memory in resident.param_names.items():
@@ -121,10 +123,11 @@ def test_apply_is_repeatable_and_lambda_zero_is_the_pristine_target(make_world, 
         assert_same_weights(snapshot(resident), pristine)
 
 
-def test_grown_vocabulary_grafts_only_the_donor_rows(make_world, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+def test_grown_vocabulary_grafts_only_the_donor_rows(fused: bool, make_world, tmp_path: Path) -> None:
     world = make_world("llava", extra_vocab=8)
     recipe = base_recipe(world)
-    with ResidentGraft.from_recipe(recipe, device="cpu", text_only=True) as resident:
+    with ResidentGraft.from_recipe(recipe, device="cpu", text_only=True, fused=fused) as resident:
         resident.apply(TRIAL)
         state = snapshot(resident)
         # Only the donor's rows are held: pristine + τ is twice the vector's bytes (both bf16), new rows excluded.
@@ -139,13 +142,14 @@ def test_grown_vocabulary_grafts_only_the_donor_rows(make_world, tmp_path: Path)
     assert not same_bytes(state[embed][:vocab], pristine[embed][:vocab])
 
 
-@pytest.mark.parametrize(("dtype", "vector_dtype", "extra_vocab"), [(torch.float32, "float32", 0),
-                                                                   (torch.bfloat16, "auto", 8)])
-def test_orthogonal_variant_equals_merge(dtype, vector_dtype, extra_vocab, make_world, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("dtype", "vector_dtype", "extra_vocab", "fused"), [(torch.float32, "float32", 0, False),
+                                                                            (torch.bfloat16, "auto", 8, False),
+                                                                            (torch.bfloat16, "auto", 8, True)])
+def test_orthogonal_variant_equals_merge(dtype, vector_dtype, extra_vocab, fused, make_world, tmp_path: Path) -> None:
     world = make_world("llava", dtype=dtype, vector_dtype=vector_dtype, extra_vocab=extra_vocab)
     # Small merge chunks: the projection coefficient is summed over several chunks, as merge sums it.
     recipe = base_recipe(world, origin=str(world.origin), orthogonalize=True, chunk_size="2KB")
-    with ResidentGraft.from_recipe(recipe, device="cpu", text_only=True) as resident:
+    with ResidentGraft.from_recipe(recipe, device="cpu", text_only=True, fused=fused) as resident:
         resident.apply(TRIAL)
         state = snapshot(resident)
         resident.apply(OTHER)
@@ -286,11 +290,11 @@ def test_usage_errors_and_close(make_world) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("offload", [False, True])
-def test_cuda_resident_weights_equal_cpu_merge(offload: bool, make_world, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("offload", "fused"), [(False, False), (True, False), (False, True)])
+def test_cuda_resident_weights_equal_cpu_merge(offload: bool, fused: bool, make_world, tmp_path: Path) -> None:
     world = make_world("qwen2_vl", extra_vocab=8)
     recipe = base_recipe(world, device="cpu")
-    with ResidentGraft.from_recipe(recipe, device="cuda", text_only=True, offload=offload) as resident:
+    with ResidentGraft.from_recipe(recipe, device="cuda", text_only=True, offload=offload, fused=fused) as resident:
         assert resident.engine.device.type == "cuda"
         resident.apply(OTHER)
         resident.apply(TRIAL)
