@@ -13,7 +13,7 @@ from typing import Any
 _EXPORTS = {
     "TensorStats": "scores", "inspection_plan": "scores", "layer_scores": "scores", "layer_table": "scores",
     "score_tensors": "scores", "tensor_scores": "scores", "tensor_table": "scores",
-    "lambdas": "lambdas",
+    "lambdas": "recipe_lambdas",
     "StudyChoice": "study", "open_study": "study", "param_target": "study", "study_coefficients": "study",
     "study_importance": "study",
     "depth_plot": "plots", "heatmap": "plots", "importance_plot": "plots",

@@ -43,6 +43,9 @@ def inspect_command(
         "--out", "-o", help="Report folder to write (CSV + PNG); without it only the summary is printed.")] = None,
     top: Annotated[int, typer.Option("--top", help="Rows of the summary: the layer × group cells with the largest "
                                      "‖τ‖/‖θ‖ (or |λ|·‖τ‖/‖θ‖ when λ is known).")] = 10,
+    safelora: Annotated[bool, typer.Option(
+        "--safelora/--no-safelora", help="Compute the Safe-LoRA score (needs --origin; one float64 matrix product "
+        "per weight matrix: fast on a GPU, slow on CPU for large models).")] = True,
     device: Annotated[str, typer.Option("--device", help="Compute device: auto, cpu or cuda.")] = "auto",
     chunk_size: Annotated[str | None, typer.Option(
         "--chunk-size", help="Bytes of a tensor read at once; default 8MB on CPU, 64MB on CUDA.")] = None,
@@ -54,7 +57,7 @@ def inspect_command(
     from graft.cli import build_recipe
     from graft.vector import SafetyVector
 
-    from .lambdas import lambdas
+    from .recipe_lambdas import lambdas
     from .report import combine, write_report
     from .scores import layer_table, score_tensors, tensor_table
     from .study import study_coefficients, study_importance
@@ -67,7 +70,7 @@ def inspect_command(
     if top < 0:
         raise UsageError(f"--top {top}: must be 0 or more")
     stats = score_tensors(spec.vector, spec.target, spec.options.origin, spec.mapping, device=device,
-                          chunk_size=chunk_size)
+                          chunk_size=chunk_size, safelora=safelora)
     scores, tensors = layer_table(stats), tensor_table(stats)
 
     lam_table = importance = choice = None

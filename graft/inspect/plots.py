@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from graft.mapping import GROUPS
 
@@ -57,8 +58,7 @@ def heatmap(table: pd.DataFrame, column: str, title: str | None = None) -> Figur
         limits = {"vmin": -bound, "vmax": bound}
     from matplotlib import colormaps
 
-    cmap = colormaps[cmap_name].copy()
-    cmap.set_bad("#d9d9d9")
+    cmap = colormaps[cmap_name].with_extremes(bad="#d9d9d9")
     image = ax.imshow(masked, aspect="auto", cmap=cmap, interpolation="nearest", **limits)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_yticks(range(len(rows)), rows)
@@ -90,6 +90,7 @@ def depth_plot(table: pd.DataFrame, column: str, title: str | None = None) -> Fi
         part = inside[inside["group"] == group].sort_values("layer")
         if not part.empty:
             ax.plot(part["layer"].astype(int), part[column].astype(float), marker="o", label=group)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel(label)
     ax.set_title(title or f"{label} over depth")

@@ -19,6 +19,7 @@ from graft.errors import UsageError
 from graft.writer import OutputFolder
 
 from .plots import depth_plot, heatmap, importance_plot, plottable
+from .scores import cell_order
 
 REPORT_FORMAT = "graft-inspect"
 INDEX_FILE = "inspect.json"
@@ -39,9 +40,11 @@ def combine(scores: pd.DataFrame | None = None, lambdas: pd.DataFrame | None = N
         return lambdas.copy()  # type: ignore[union-attr]
     if lambdas is None:
         return scores.copy()
-    table = scores.merge(lambdas.drop(columns=["n_tensors"]), on=["layer", "group"], how="outer", sort=False)
+    table = scores.merge(lambdas.drop(columns=["n_tensors"]), on=["layer", "group"], how="outer")
     table["update_ratio"] = table["lam"].abs() * table["ratio"]
-    return table
+    order = sorted(range(len(table)), key=lambda i: cell_order(
+        None if pd.isna(table["layer"].iloc[i]) else int(table["layer"].iloc[i]), table["group"].iloc[i]))
+    return table.iloc[order].reset_index(drop=True)
 
 
 def write_report(

@@ -42,7 +42,7 @@ from graft.hub import resolve_model
 from graft.mapping import GROUPS, Group
 from graft.merge import close_plan, default_chunk_bytes
 from graft.pipeline import prefetch
-from graft.plan import GraftPlan, build_plan
+from graft.plan import GraftPlan, TensorAction, build_plan
 from graft.recipe import Coefficients, MappingRules, Recipe
 from graft.vector import SafetyVector
 from graft.writer import parse_size
@@ -88,9 +88,14 @@ def inspection_plan(
 def score_tensors(
     vector: str | Path, target: str | Path | None = None, origin: str | Path | None = None,
     mapping: MappingRules | None = None, *, device: str = "auto", chunk_size: str | int | None = None,
-    progress: Callable[[int], None] | None = None,
+    safelora: bool = True, progress: Callable[[int], None] | None = None,
 ) -> list[TensorStats]:
-    """Stream every tensor of the vector (and its target/origin partners) once; see the module docstring."""
+    """Stream every tensor of the vector (and its target/origin partners) once; see the module docstring.
+
+    `safelora=False` skips the Safe-LoRA score, the one part that is compute-bound: one r·n·min(r, n) float64
+    matrix product per (r × n) matrix, about 110 TFLOP for a 7B model (seconds on a recent GPU, an hour or more on
+    a few CPU cores); everything else is a single read of τ, target and origin.
+    """
     if origin is not None and target is None:
         raise UsageError("--origin needs --target: τ_med = target − origin")
     opened = SafetyVector.open(vector)
@@ -109,7 +114,7 @@ def score_tensors(
     plan = None
     try:
         plan = inspection_plan(opened, target_ckpt, origin_ckpt, mapping)
-        return [_score(plan, action, torch_device, chunk_bytes, progress) for action in plan.grafted]
+        return [_score(plan, action, torch_device, chunk_bytes, safelora, progress) for action in plan.grafted]
     finally:
         if plan is not None:
             close_plan(plan)
@@ -131,7 +136,8 @@ def _from_manifest(vector: SafetyVector) -> list[TensorStats]:
 
 # -- one tensor -----------------------------------------------------------------------------------------------------
 def _score(
-    plan: GraftPlan, action, device: torch.device, chunk_bytes: int, progress: Callable[[int], None] | None,
+    plan: GraftPlan, action: TensorAction, device: torch.device, chunk_bytes: int, safelora: bool,
+    progress: Callable[[int], None] | None,
 ) -> TensorStats:
     info = plan.target.tensors[action.target]
     rows = action.rows if action.rows is not None else info.rows
@@ -150,7 +156,7 @@ def _score(
         return tau, theta, base
 
     with_origin = plan.origin is not None and origin_name is not None
-    matrix = len(shape) == 2 and with_origin
+    matrix = len(shape) == 2 and with_origin and safelora
     wide = matrix and shape[1] > shape[0]
     sums = (_column_sums(read, shape, device, chunk_bytes) if wide
             else _row_sums(read, shape, device, chunk_bytes, gram=matrix))
@@ -170,20 +176,22 @@ class _Sums:
     numerator: float = 0.0  # ⟨ΔW, V Vᵀ ΔW⟩
     projected_sq: float = 0.0  # ‖V Vᵀ ΔW‖²
 
-    def add(self, tau: torch.Tensor, theta: torch.Tensor, med: torch.Tensor | None) -> None:
-        self.tau_sq += float(tau.square().sum())
-        self.theta_sq += float(theta.square().sum())
-        if med is not None:
-            self.med_sq += float(med.square().sum())
-            self.dot += float((tau * med).sum())
+    def add(self, tau: torch.Tensor, theta: torch.Tensor, base: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """Add one block (stored dtypes, on the compute device); return (τ, τ_med) in float64 when there is an
+        origin, for the Safe-LoRA sums. Norms need no float64 copy: `vector_norm` accumulates in float64 itself."""
+        self.tau_sq += float(torch.linalg.vector_norm(tau, dtype=torch.float64)) ** 2
+        self.theta_sq += float(torch.linalg.vector_norm(theta, dtype=torch.float64)) ** 2
+        if base is None:
+            return ()
+        tau64 = tau.to(torch.float64)
+        med = theta.to(torch.float64).sub_(base.to(torch.float64))
+        self.med_sq += float(torch.linalg.vector_norm(med)) ** 2
+        self.dot += float(torch.dot(tau64.reshape(-1), med.reshape(-1)))
+        return tau64, med
 
     def safelora(self) -> float:
         denominator = math.sqrt(self.med_sq * self.projected_sq)
         return self.numerator / denominator if denominator > 0 else NAN
-
-
-def _as64(t: torch.Tensor | None, device: torch.device, rows: int) -> torch.Tensor | None:
-    return None if t is None else t.to(device).to(torch.float64).reshape(rows, -1)
 
 
 def _row_sums(read, shape: tuple[int, ...], device: torch.device, chunk_bytes: int, *, gram: bool) -> _Sums:
@@ -192,18 +200,17 @@ def _row_sums(read, shape: tuple[int, ...], device: torch.device, chunk_bytes: i
     Then ⟨ΔW, V Vᵀ ΔW⟩ = ‖G‖² and ‖V Vᵀ ΔW‖² = ‖V G‖² = ⟨G, K G⟩, both exact whatever the chunking.
     """
     rows = shape[0] if shape else 1
-    row_elems = math.prod(shape[1:]) if shape else 1
-    step = max(1, chunk_bytes // (8 * max(1, row_elems)))
+    step = max(1, chunk_bytes // (8 * max(1, math.prod(shape[1:]))))  # float64 temporaries stay within a chunk
     sums = _Sums()
     g = k = None
     if gram:
         g = torch.zeros(shape[1], shape[1], dtype=torch.float64, device=device)
         k = torch.zeros_like(g)
     for n, (tau, theta, base) in prefetch(_chunks(read, rows, step)):
-        tau64, theta64 = _as64(tau, device, n), _as64(theta, device, n)
-        med = None if base is None else theta64 - _as64(base, device, n)
-        sums.add(tau64, theta64, med)
-        if g is not None and k is not None and med is not None:
+        as_rows = [None if x is None else x.to(device).reshape(n, -1) for x in (tau, theta, base)]
+        blocks = sums.add(*as_rows)  # type: ignore[arg-type]
+        if g is not None and k is not None and blocks:
+            tau64, med = blocks
             g.addmm_(tau64.T, med)
             k.addmm_(tau64.T, tau64)
     if g is not None and k is not None:
@@ -217,18 +224,14 @@ def _column_sums(read, shape: tuple[int, ...], device: torch.device, chunk_bytes
     in × in ones but need whole rows, so this one tensor is read whole (in its stored dtype) and reduced over
     column blocks: ⟨ΔW, V Vᵀ ΔW⟩ = ⟨P, Q⟩ and ‖V Vᵀ ΔW‖² = ⟨P P, Q⟩."""
     rows, cols = shape
-    tau, theta, base = read(0, rows)
-    assert base is not None
+    tau, theta, base = (x.to(device) for x in read(0, rows))
     width = max(1, chunk_bytes // (8 * rows))
     p = torch.zeros(rows, rows, dtype=torch.float64, device=device)
     q = torch.zeros_like(p)
     sums = _Sums()
     for start in range(0, cols, width):
         block = slice(start, min(cols, start + width))
-        tau64 = tau[:, block].to(device).to(torch.float64)
-        theta64 = theta[:, block].to(device).to(torch.float64)
-        med = theta64 - base[:, block].to(device).to(torch.float64)
-        sums.add(tau64, theta64, med)
+        tau64, med = sums.add(tau[:, block], theta[:, block], base[:, block])
         p.addmm_(tau64, tau64.T)
         q.addmm_(med, med.T)
     sums.numerator = float((p * q).sum())
