@@ -444,6 +444,55 @@ def test_cli_report_with_study(make_world, tmp_path: Path) -> None:
     assert np.allclose(pd.read_csv(tmp_path / "r2" / "layers.csv")["lam"], 0.25)
 
 
+class _DepthScorer:
+    """Stands in for the evaluation suite of `graft search`: safety rises with λ in the late layers' attention,
+    medical skill falls with λ overall (a plain function of the coefficients)."""
+
+    def __init__(self, num_layers: int):
+        self.num_layers = num_layers
+
+    def score(self, c: Coefficients, stage) -> dict[str, float]:
+        factors = c.layer_factors(self.num_layers)
+        late = c.lam(self.num_layers - 1, "attn", factors)
+        mean = sum(c.lam(layer, "mlp", factors) for layer in range(self.num_layers)) / self.num_layers
+        safety, medical = min(1.0, 0.2 + 0.5 * late), max(0.0, 0.7 - 0.1 * mean - 0.05 * late)
+        return {t: safety if t == "catqa" else medical for t in stage.tasks}
+
+
+def test_cli_reads_a_graft_search_study(make_world, tmp_path: Path) -> None:
+    """Only --storage: vector, target and the trial (the one best_recipe.yaml holds) come from the study."""
+    from graft.search import run_search
+
+    world = make_world("qwen2_vl")
+    space = tmp_path / "space.yaml"
+    space.write_text("graft_space: 1\nsampler: random\ndepth: {kind: blocks, count: 2, low: 0.0, high: 1.5}\n"
+                     "groups: {attn: {low: 0.0, high: 1.5}, norm: 0.0, embed: 0.0, head: 0.0}\n"
+                     "baselines: {uniform: [1.0]}\n")
+    evals = tmp_path / "eval.yaml"
+    evals.write_text(yaml.safe_dump({"graft_search_eval": 1, "safety": ["catqa"], "medical": ["pubmedqa"],
+                                     "data": str(ROOT / "graft" / "evals" / "fixtures" / "data.yaml")}))
+    search = tmp_path / "search"
+    vector = SafetyVector.open(world.vector)
+    num_layers = vector.manifest.num_layers
+    vector.close()
+    run_search(space=space, eval_config=evals, target=str(world.target), vector=str(world.vector), out=search,
+               scorer=_DepthScorer(num_layers), trials=6, max_medical_drop=0.1)
+    best = json.loads((search / "summary.json").read_text())["best"]
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["inspect", "--storage", str(search / "graft.db"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    index = json.loads((out / "inspect.json").read_text())["sources"]
+    assert index["trial"] == best["number"] and index["vector"] == str(world.vector)
+    assert index["target"] == str(world.target)
+    recipe = Recipe.from_yaml(search / "best_recipe.yaml")
+    expected = lambdas(recipe)
+    layers = pd.read_csv(out / "layers.csv")
+    np.testing.assert_allclose(layers["lam"], expected["lam"], rtol=1e-12)
+    importance = pd.read_csv(out / "importance.csv").set_index("param")
+    assert importance.loc["block_1", "kind"] == "block" and importance.loc["block_1", "first_layer"] == num_layers // 2
+    assert importance.loc["group_attn", "kind"] == "group" and importance.loc["group_attn", "group"] == "attn"
+
+
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["--vector", "{tmp}/missing"], 3, "not a graft vector folder"),
     (["--recipe", "{tmp}/none.yaml"], 2, "cannot read recipe"),

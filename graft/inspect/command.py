@@ -60,27 +60,30 @@ def inspect_command(
     from .recipe_lambdas import lambdas
     from .report import combine, write_report
     from .scores import layer_table, score_tensors, tensor_table
-    from .study import study_coefficients, study_importance
+    from .study import choice_of, importance_of, open_study
 
     spec = build_recipe(recipe, target=target, vector=vector, origin=origin, map=map)
-    if not spec.vector:
-        raise UsageError("--vector is required (or a --recipe that names a vector)")
     if (study is not None or trial is not None) and storage is None:
         raise UsageError("--study/--trial need --storage, the study's optuna storage (e.g. sqlite:///search.db)")
     if top < 0:
         raise UsageError(f"--top {top}: must be 0 or more")
+    opened_study = open_study(storage, study) if storage is not None else None
+    choice = choice_of(opened_study, trial) if opened_study is not None else None
+    if choice is not None and not spec.vector and choice.vector:  # a `graft search` study names what it searched
+        spec = spec.model_copy(update={"vector": choice.vector, "target": spec.target or choice.target})
+    if not spec.vector:
+        raise UsageError("--vector is required (or a --recipe or `graft search` study that names a vector)")
     stats = score_tensors(spec.vector, spec.target, spec.options.origin, spec.mapping, device=device,
                           chunk_size=chunk_size, safelora=safelora)
     scores, tensors = layer_table(stats), tensor_table(stats)
 
-    lam_table = importance = choice = None
-    if storage is not None:
-        choice = study_coefficients(storage, study, trial)
+    lam_table = importance = None
+    if choice is not None:
         lam_recipe = spec.model_copy(update={"coefficients": choice.coefficients})
         opened = SafetyVector.open(spec.vector)
         num_layers = opened.manifest.num_layers
         opened.close()
-        importance = study_importance(storage, choice.study, num_layers=num_layers)
+        importance = importance_of(opened_study, num_layers=num_layers)
     else:
         lam_recipe = spec if recipe is not None else None
     if lam_recipe is not None:

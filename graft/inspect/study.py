@@ -1,9 +1,10 @@
 """Read what a `graft search` study says about λ: the chosen trial's coefficients and the parameter importances.
 
 Contract with `graft search`: every trial carries the user attributes ``coefficients`` (a
-`Coefficients.model_dump(mode="json")`), ``safety`` and ``medical``. For a single-objective study the chosen trial
-is `study.best_trial`; for a multi-objective one, the trial named with `trial=N` or else the Pareto-optimal trial
-with the highest safety.
+`Coefficients.model_dump(mode="json")`), ``safety`` and ``medical``, and the study its metadata (objective, vector,
+target). The chosen trial is the one named with `trial=N`; else, for a `graft search` study, the one its
+best_recipe.yaml holds (the search's own selection rule, so the two never disagree); else, for any other study,
+`study.best_trial` (one objective) or the Pareto-optimal trial with the highest safety.
 
 Importances come from `optuna.importance.get_param_importances` (one set per objective) and are placed on layers
 and groups by parameter name. Names are read tolerantly: lower-cased and cut into words and numbers at every
@@ -59,6 +60,8 @@ class StudyChoice:
     medical: float | None
     values: tuple[float, ...] | None
     reason: str
+    vector: str | None = None  # what `graft search` recorded it searched (None for other studies)
+    target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -156,25 +159,44 @@ def open_study(storage: str, study: str | None = None) -> Any:
     return optuna.load_study(study_name=study, storage=where)
 
 
-def choose_trial(study: Any, trial: int | None = None) -> Any:
-    """The trial named by number, else the best (single objective) or the safest Pareto-optimal one."""
+def search_metadata(study: Any) -> dict[str, Any]:
+    """What `graft search` recorded on the study (objective, vector, target...); {} for any other study."""
+    from graft.search.study import METADATA_KEY
+
+    meta = study.user_attrs.get(METADATA_KEY)
+    return meta if isinstance(meta, dict) else {}
+
+
+def choose_trial(study: Any, trial: int | None = None) -> tuple[Any, str]:
+    """(trial, why): the trial named by number; else, for a `graft search` study, the trial its best_recipe.yaml
+    holds (the search's own rule: feasible first, then safety); else the best trial (one objective) or the
+    Pareto-optimal trial with the highest safety."""
     import optuna
 
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if trial is not None:
         found = [t for t in study.trials if t.number == trial]
         if not found:
             raise InputError(f"study {study.study_name!r} has no trial {trial} (it has {len(study.trials)} trials)")
-        return found[0]
+        return found[0], f"trial {trial}, as asked"
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise InputError(f"study {study.study_name!r} has no completed trial yet")
+    objective = search_metadata(study).get("objective")
+    if objective is not None:
+        from graft.search.config import Objective
+        from graft.search.outputs import best_of, records
+
+        best = best_of(records(complete), Objective.model_validate(objective))
+        if best is not None:
+            return next(t for t in complete if t.number == best.number), "the search's best, as in best_recipe.yaml"
     if len(study.directions) == 1:
-        return study.best_trial
+        return study.best_trial, "the best trial"
     rated = [t for t in study.best_trials if isinstance(t.user_attrs.get("safety"), int | float)]
     if not rated:
         raise InputError(f"study {study.study_name!r}: its Pareto-optimal trials carry no 'safety' user attribute; "
                          "pick one with --trial N")
-    return max(rated, key=lambda t: (t.user_attrs["safety"], -t.number))
+    return max(rated, key=lambda t: (t.user_attrs["safety"], -t.number)), \
+        "the Pareto-optimal trial with the highest safety"
 
 
 def trial_coefficients(study: Any, trial: Any) -> Coefficients:
@@ -190,18 +212,17 @@ def trial_coefficients(study: Any, trial: Any) -> Coefficients:
 
 def study_coefficients(storage: str, study: str | None = None, trial: int | None = None) -> StudyChoice:
     """The coefficients of the chosen trial (see the module docstring for the rule)."""
-    opened = open_study(storage, study)
-    chosen = choose_trial(opened, trial)
-    if trial is not None:
-        reason = f"trial {trial}, as asked"
-    elif len(opened.directions) == 1:
-        reason = "the best trial"
-    else:
-        reason = "the Pareto-optimal trial with the highest safety"
+    return choice_of(open_study(storage, study), trial)
+
+
+def choice_of(opened: Any, trial: int | None = None) -> StudyChoice:
+    chosen, reason = choose_trial(opened, trial)
     safety, medical = chosen.user_attrs.get("safety"), chosen.user_attrs.get("medical")
+    meta = search_metadata(opened)
     return StudyChoice(opened.study_name, chosen.number, trial_coefficients(opened, chosen),
                        float(safety) if safety is not None else None, float(medical) if medical is not None else None,
-                       tuple(chosen.values) if chosen.values is not None else None, reason)
+                       tuple(chosen.values) if chosen.values is not None else None, reason,
+                       meta.get("vector"), meta.get("target"))
 
 
 def study_importance(
@@ -216,11 +237,14 @@ def study_importance(
     search produces (on a 24-trial study whose objective is layer_2 + 0.05·attn it ranked layer_1 first; fANOVA gives
     layer_2 0.95).
     """
+    return importance_of(open_study(storage, study), num_layers=num_layers, evaluator=evaluator)
+
+
+def importance_of(opened: Any, *, num_layers: int | None = None, evaluator: Any = None) -> pd.DataFrame:
     import optuna
 
     if evaluator is None:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    opened = open_study(storage, study)
     complete = [t for t in opened.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise InputError(f"study {opened.study_name!r} has no completed trial: no importances to compute")
