@@ -21,7 +21,9 @@ stdout = Console(highlight=False)
 
 
 def inspect_command(
-    vector: Annotated[str | None, typer.Option("--vector", help="Vector folder written by `graft extract`.")] = None,
+    vector: Annotated[str | None, typer.Option(
+        "--vector", help="Vector folder written by `graft extract` (default: the one a `graft search` study names).")
+    ] = None,
     target: Annotated[str | None, typer.Option(
         "--target", "-t", help="Target model folder or hub id; without it, only what vector.json holds.")] = None,
     origin: Annotated[str | None, typer.Option(
@@ -31,13 +33,15 @@ def inspect_command(
     ] = None,
     map: Annotated[list[str] | None, typer.Option(
         "--map", help="Name rule 'REGEX=>REPLACEMENT' applied to vector names (re.sub); repeatable.")] = None,
-    study: Annotated[str | None, typer.Option("--study", help="Optuna study of `graft search`: λ and importances.")
-                     ] = None,
+    study: Annotated[str | None, typer.Option(
+        "--study", help="Optuna study (of `graft search`): λ of one trial and parameter importances; may be left out "
+        "when the storage holds one study.")] = None,
     storage: Annotated[str | None, typer.Option(
         "--storage", help="The study's storage: an optuna URL (sqlite:///search.db) or a database/journal file.")
     ] = None,
     trial: Annotated[int | None, typer.Option(
-        "--trial", help="Trial whose λ to show (default: the best; multi-objective: the safest Pareto-optimal).")
+        "--trial", help="Trial whose λ to show (default: a `graft search` study's best, as in best_recipe.yaml; "
+        "other studies: the best trial, or the safest Pareto-optimal one).")
     ] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Report folder to write (CSV + PNG); without it only the summary is printed.")] = None,
