@@ -24,3 +24,11 @@ if [[ ! -f /usr/share/fonts/truetype/freefont/FreeMonoBold.ttf ]] && command -v 
   (apt-get update -qq && apt-get install -y -qq fonts-freefont-ttf) >/dev/null 2>&1 \
     || echo "note: could not install fonts-freefont-ttf; FigStep will use a fallback font" >&2
 fi
+
+# `graft search`'s scale-out test starts a throwaway PostgreSQL server (initdb/pg_ctl of Debian's postgresql);
+# best effort here, but scripts/test.sh then requires it wherever this script could install it (as root).
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null \
+   && command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null 2>&1 \
+    || echo "note: could not install postgresql; the PostgreSQL scale-out test cannot run" >&2
+fi
