@@ -520,6 +520,23 @@ def test_cli_errors(make_world, tmp_path: Path, args: list[str], code: int, mess
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
 
 
+def test_an_origin_with_fewer_rows_than_the_vector_is_refused(make_world, tmp_path: Path) -> None:
+    """An origin whose vocabulary is smaller than the vector's cannot be the target's base: exit 4, not garbage."""
+    from safetensors.torch import save_file
+
+    world = make_world("causal")
+    state = load_state_dict_dir(world.origin)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        state[name] = state[name][:-4].clone()
+    shrunk = tmp_path / "origin"
+    shrunk.mkdir()
+    save_file(state, str(shrunk / "model.safetensors"))
+    result = runner.invoke(app, ["inspect", "--vector", str(world.vector), "--target", str(world.target),
+                                 "--origin", str(shrunk)])
+    assert result.exit_code == 4, result.output
+    assert "fewer rows" in result.output
+
+
 # -- the example notebook -------------------------------------------------------------------------------------------
 def test_example_notebook_runs(tmp_path: Path) -> None:
     nbformat = pytest.importorskip("nbformat")

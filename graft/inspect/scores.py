@@ -28,7 +28,7 @@ cosine is that of the concatenated vectors, and the Safe-LoRA score is the mean 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from graft.devices import resolve_device
 from graft.errors import IncompatibleError, UsageError
 from graft.hub import resolve_model
 from graft.mapping import GROUPS, Group
-from graft.merge import close_plan, default_chunk_bytes
+from graft.merge import default_chunk_bytes
 from graft.pipeline import prefetch
 from graft.plan import GraftPlan, TensorAction, build_plan
 from graft.recipe import Coefficients, MappingRules, Recipe
@@ -88,7 +88,7 @@ def inspection_plan(
 def score_tensors(
     vector: str | Path, target: str | Path | None = None, origin: str | Path | None = None,
     mapping: MappingRules | None = None, *, device: str = "auto", chunk_size: str | int | None = None,
-    safelora: bool = True, progress: Callable[[int], None] | None = None,
+    safelora: bool = True,
 ) -> list[TensorStats]:
     """Stream every tensor of the vector (and its target/origin partners) once; see the module docstring.
 
@@ -111,18 +111,13 @@ def score_tensors(
         raise UsageError(f"--chunk-size: {exc}") from exc
     target_ckpt = Checkpoint.open(resolve_model(target, role="target"), role="target")
     origin_ckpt = Checkpoint.open(resolve_model(origin, role="origin"), role="origin") if origin is not None else None
-    plan = None
     try:
         plan = inspection_plan(opened, target_ckpt, origin_ckpt, mapping)
-        return [_score(plan, action, torch_device, chunk_bytes, safelora, progress) for action in plan.grafted]
+        return [_score(plan, action, torch_device, chunk_bytes, safelora) for action in plan.grafted]
     finally:
-        if plan is not None:
-            close_plan(plan)
-        else:
-            opened.close()
-            target_ckpt.close()
-            if origin_ckpt is not None:
-                origin_ckpt.close()
+        for checkpoint in (opened, target_ckpt, origin_ckpt):
+            if checkpoint is not None:
+                checkpoint.close()
 
 
 def _from_manifest(vector: SafetyVector) -> list[TensorStats]:
@@ -135,33 +130,29 @@ def _from_manifest(vector: SafetyVector) -> list[TensorStats]:
 
 
 # -- one tensor -----------------------------------------------------------------------------------------------------
-def _score(
-    plan: GraftPlan, action: TensorAction, device: torch.device, chunk_bytes: int, safelora: bool,
-    progress: Callable[[int], None] | None,
-) -> TensorStats:
+def _score(plan: GraftPlan, action: TensorAction, device: torch.device, chunk_bytes: int, safelora: bool
+           ) -> TensorStats:
     info = plan.target.tensors[action.target]
     rows = action.rows if action.rows is not None else info.rows
     shape = (rows, *info.row_shape) if info.shape else ()
-    origin_name = action.origin
-    if plan.origin is not None and origin_name is not None and plan.origin.tensors[origin_name].rows < rows:
-        raise IncompatibleError(f"{plan.origin.root}: origin tensor {origin_name!r} has fewer rows than the "
+    origin = plan.origin if action.origin is not None else None
+    if origin is not None and origin.tensors[action.origin].rows < rows:  # type: ignore[index]
+        raise IncompatibleError(f"{origin.root}: origin tensor {action.origin!r} has fewer rows than the "
                                 f"{rows} grafted into {action.target!r}; the origin must be the target's base model")
 
     def read(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        tau = plan.vector.checkpoint.read_rows(action.donor, start, stop)
+        tau = plan.vector.checkpoint.read_rows(action.donor or "", start, stop)
         theta = plan.target.read_rows(action.target, start, stop)
-        base = plan.origin.read_rows(origin_name, start, stop) if plan.origin is not None and origin_name else None
-        if progress:
-            progress((stop - start) * info.row_nbytes)
+        base = origin.read_rows(action.origin or "", start, stop) if origin is not None else None
         return tau, theta, base
 
-    with_origin = plan.origin is not None and origin_name is not None
+    with_origin = origin is not None
     matrix = len(shape) == 2 and with_origin and safelora
     wide = matrix and shape[1] > shape[0]
     sums = (_column_sums(read, shape, device, chunk_bytes) if wide
             else _row_sums(read, shape, device, chunk_bytes, gram=matrix))
     return TensorStats(
-        action.target, action.donor, action.layer, action.group, shape, sums.tau_sq, sums.theta_sq,
+        action.target, action.donor or "", action.layer, action.group or "other", shape, sums.tau_sq, sums.theta_sq,
         sums.med_sq if with_origin else None, sums.dot if with_origin else None,
         sums.safelora() if matrix else None,
     )
