@@ -71,10 +71,10 @@ class ResidentGraft:
     about two extra copies of the grafted tensors (three when τ is fp32 over a bf16 target, as in the orthogonal
     variant or a vector extracted with --dtype float32). A 7B bf16 model grafted everywhere: 13.5 GB of model plus
     27 GB resident. `offload=True` keeps them in pinned host memory instead (CUDA only): the GPU then holds only the
-    model, and each trial streams them over PCIe (≈1 s for 7B instead of ≈14 ms).
+    model, and each trial streams them over PCIe (≈0.5–1 s for 7B instead of ≈14 ms).
 
-    Speed: `graft_rows` as merge runs it is five elementwise passes with fp32 temporaries (≈3× the `torch.add`
-    floor on a CPU, with cache-sized chunks; ≈7× in memory traffic on a GPU). `fused=True` compiles that same function
+    Speed: `graft_rows` as merge runs it is five elementwise passes with fp32 temporaries (≈4× the `torch.add`
+    floor on a CPU, with cache-sized chunks; ≈7× its memory traffic on a GPU). `fused=True` compiles that same function
     with torch.compile into one kernel per tensor (one read of θ and τ, one write): near the floor, bit-identical
     because inductor is told not to contract the multiply-add (see `_fused_step`). It needs a C++ compiler (CPU) or
     Triton (CUDA) and costs a compile on the first trial.
@@ -225,7 +225,7 @@ def _write(slot: _Slot, lam: float) -> None:
 
     graft_rows is elementwise, so chunks of the flattened tensors give the same bytes as whole tensors. Equal chunk
     sizes matter on the CPU: every trial then asks malloc for the same few buffer sizes, which it reuses; chunks of
-    whole rows (sizes varying per tensor) made glibc return and re-fault the pages on every trial (4× slower).
+    whole rows (sizes varying per tensor) made glibc return and re-fault the pages on every trial (8× slower).
     """
     out, orig, tau = slot.out.view(-1), slot.orig.view(-1), slot.tau.view(-1)
     if lam == 0.0:
