@@ -45,7 +45,8 @@ def search_command(
     device: Annotated[str, typer.Option("--device", help="Where the resident model runs: auto, cpu, cuda.")
                       ] = "auto",
     dtype: Annotated[str, typer.Option(
-        "--dtype", help="Resident model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16.")] = "auto",
+        "--dtype", help="Resident model dtype: auto (as the target is stored: what `graft merge` writes), float32 "
+                        "(fast on a CPU), bfloat16, float16; anything but auto is written into the recipes.")] = "auto",
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Prompts per generation batch.")] = None,
     heartbeat: Annotated[int, typer.Option(
         "--heartbeat", help="Seconds between a running trial's heartbeats; a trial silent for twice this is "

@@ -117,8 +117,9 @@ def make_sampler(name: str, *, seed: int, mode: str,
         if name == "cmaes":
             return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
         if name == "tpe":
+            # constant_liar: running trials count as bad guesses, so parallel workers spread out.
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, constraints_func=constraints,
-                                              warn_independent_sampling=False)
+                                              constant_liar=True, warn_independent_sampling=False)
         if name == "gp":
             return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints,
                                              warn_independent_sampling=False)
