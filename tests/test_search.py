@@ -361,3 +361,30 @@ def test_cli_exit_codes_for_bad_input(make_world, tmp_path: Path) -> None:
     (foreign / "notes.txt").write_text("mine")
     assert_error(search(out=foreign), 5, "not a graft search's output")
     assert_error(search("--storage", "redis://localhost"), 2, "--storage redis://")
+
+
+def test_interrupted_trial_is_queued_again_and_a_crashing_one_stops_the_worker(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    storage = open_storage(url, heartbeat_interval=60)
+    study = optuna.create_study(storage=storage, study_name="s")
+
+    def interrupted(trial):
+        trial.suggest_float("x", 0.0, 1.0)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(study, storage, interrupted, 3)
+    first = study.trials[0]
+    assert first.state == optuna.trial.TrialState.FAIL
+    queued = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert len(queued) == 1 and queued[0].params == first.params  # Ctrl-C loses no slot of the budget
+
+    def broken(trial):
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_worker(study, storage, broken, 3)
+    assert study.trials[queued[0].number].state == optuna.trial.TrialState.FAIL
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]  # a bug is not retried
+    report = run_worker(study, storage, lambda t: [t.suggest_float("x", 0.0, 1.0)], 3)
+    assert len(report.ran) == 3 and len(finished(study)) == 3
