@@ -301,18 +301,35 @@ def merge(
 @app.command()
 @handles_errors
 def demo(
-    workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo's models and outputs go.")] = Path(
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo's vector, merged models, evaluations and "
+                                          "plot go (a folder made by an earlier demo is rebuilt).")] = Path(
         "graft-demo"),
+    cache: Annotated[Path | None, typer.Option("--cache", help="Where the toy world is cached (default: $GRAFT_CACHE, "
+                                               "else ~/.cache/graft).")] = None,
+    scales: Annotated[str, typer.Option("--scales", help="Global λ values to graft and evaluate, comma-separated.")
+                      ] = "0.5,1,1.5,2",
+    limit: Annotated[int | None, typer.Option("--limit", help="Items per benchmark (default: all held-out items).")
+                     ] = None,
+    rebuild_world: Annotated[bool, typer.Option("--rebuild-world", help="Retrain the toy world even if cached.")
+                             ] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N for the evaluations.")] = "auto",
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Build a tiny base/aligned/medical-VLM example, extract τ, plan and merge it, and check the result.
+    """Run the method on the trained toy world: extract τ, evaluate aligned and medical, graft a λ grid, plot.
 
-    Rebuilds a folder made by an earlier demo; refuses any other non-empty folder.
+    The toy world (a tiny base / aligned / medical-VLM trio that shows safety forgetting) is trained on the first
+    run (a few minutes on a CPU) and cached. Rebuilds a folder made by an earlier demo; refuses any other
+    non-empty folder.
     """
     from graft.demo import run_demo
 
-    run_demo(workdir, console=stdout if not quiet else Console(quiet=True))
+    try:
+        grid = [float(x) for x in scales.split(",") if x.strip()]
+    except ValueError as e:
+        raise UsageError(f"--scales {scales}: expected comma-separated numbers, e.g. 0.5,1,1.5") from e
+    run_demo(workdir, console=stdout if not quiet else Console(quiet=True), cache=cache, scales=grid, limit=limit,
+             rebuild_world=rebuild_world, device=device)
 
 
 app.command("eval")(handles_errors(eval_command))

@@ -1,95 +1,192 @@
-"""`graft demo`: the whole extract → plan → merge path on a generated tiny example, with no download.
+"""`graft demo`: the whole method for real on the trained toy world, with no download.
 
-The example is a tiny Qwen2 base/instruct pair and a tiny Qwen2-VL "medical" model built from the instruct one
-(random weights: this shows the mechanics and checks the output, not safety behaviour; the trained toy world that
-shows safety forgetting comes with `graft.toy`'s world builder).
+Builds (or reuses) the toy world (graft.toy.world), extracts τ = aligned − base, evaluates the aligned and the
+medical models on the held-out benchmarks, grafts τ into the medical VLM at a grid of global λ, evaluates each, and
+writes a before/after table (results.json) and a plot of safety and medical accuracy over λ.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from graft.checkpoint import Checkpoint
 from graft.errors import OutputError
-from graft.merge import merge
-from graft.plan import build_plan
-from graft.recipe import Recipe
-from graft.report import print_plan_summary
-from graft.toy.layouts import TextSpec, build_target, build_text_pair
-from graft.vector import SafetyVector, extract_vector
 
-DEMO_SCALES = (0.25, 0.5, 1.0)
-
-
+DEMO_SCALES = (0.5, 1.0, 1.5, 2.0)
 MARKER = ".graft-demo"
+SAFETY_TASKS = ("catqa", "hexphi", "medsafetybench")
+FIGSTEP_TASKS = ("catqa-figstep", "hexphi-figstep", "medsafetybench-figstep")
+TEXT_MEDICAL = ("pubmedqa", "medqa", "medbullets4", "medbullets5")
+IMAGE_MEDICAL = ("vqarad",)
 
 
-def run_demo(workdir: Path, *, console: Console | None = None) -> dict[str, Path]:
-    """Build the example under `workdir`, merge it at a few scales, reload each result with transformers.
+@dataclass
+class ModelScores:
+    """One row of the demo's table: the headline scores of one model."""
 
-    A previous demo folder is rebuilt; any other non-empty folder is refused, never deleted.
-    """
-    import transformers
+    name: str
+    scale: float | None
+    safety: float  # mean 1 − ASR over the direct safety sets
+    figstep: float | None  # the same sets typed into images (image-text models only)
+    over_refusal: float
+    medical_text: float  # mean accuracy over the text medical sets (comparable across text and image models)
+    medical: float  # text sets and VQA (image-text models; the text sets alone for a text model)
+    tasks: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
 
-    transformers.utils.logging.disable_progress_bar()
-    console = console or Console()
-    workdir = Path(workdir)
+
+@dataclass
+class DemoResult:
+    workdir: Path
+    world: Path
+    vector: Path
+    rows: list[ModelScores]
+    plot: Path
+    results: Path
+
+
+def score_row(name: str, scale: float | None, benchmarks: dict[str, dict], seconds: float) -> ModelScores:
+    """The headline scores from `EvalResults.benchmarks` (task -> {'score': ...})."""
+    s = {task: float(b["score"]) for task, b in benchmarks.items()}
+
+    def mean(tasks: Sequence[str]) -> float | None:
+        vals = [s[t] for t in tasks if t in s]
+        return sum(vals) / len(vals) if vals else None
+
+    return ModelScores(name=name, scale=scale, safety=mean(SAFETY_TASKS), figstep=mean(FIGSTEP_TASKS),
+                       over_refusal=1.0 - s["benign"], medical_text=mean(TEXT_MEDICAL),
+                       medical=mean(TEXT_MEDICAL + IMAGE_MEDICAL), tasks=s, seconds=round(seconds, 1))
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """A previous demo folder is rebuilt; any other non-empty folder is refused, never deleted."""
     if workdir.exists() and any(workdir.iterdir()):
         if not (workdir / MARKER).exists():
             raise OutputError(f"{workdir}: exists and was not made by graft demo; choose another --workdir")
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / MARKER).write_text("made by `graft demo`; the demo deletes and rebuilds this folder\n")
-    spec = TextSpec(family="qwen2", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=6)
-
-    console.rule("[bold]1. tiny models")
-    base, aligned = build_text_pair(workdir / "general", spec)
-    origin, target = build_target("qwen2_vl", workdir / "medical", aligned, spec, extra_vocab=16, with_origin=True,
-                                  max_shard_size="300KB")
-    console.print(f"base {base}\naligned {aligned}\nmedical VLM (Qwen2-VL layout, grown vocabulary) {target}")
-
-    console.rule("[bold]2. graft extract")
-    result = extract_vector(base, aligned, workdir / "safety-vector")
-    manifest = result.manifest
-    console.print(f"τ = aligned − base: {len(manifest.tensors)} tensors over {manifest.num_layers} layers, "
-                  f"‖τ‖ = {manifest.total_norm:.4g} → {result.out}")
-
-    console.rule("[bold]3. graft plan")
-    recipe = Recipe.parse({"target": str(target), "vector": str(result.out),
-                           "coefficients": {"scale": 1.0, "control_points": [0.5, 1.0]}})
-    with Checkpoint.open(target) as ckpt:
-        vector = SafetyVector.open(result.out)
-        print_plan_summary(build_plan(ckpt, vector, recipe), console)
-        vector.close()
-
-    console.rule("[bold]4. graft merge, reload with transformers")
-    outputs = {}
-    table = Table("scale", "output", "grafted", "copied", "reloads", "‖θ' − θ‖")
-    variants = [(f"{s:g}", recipe.updated(coefficients={"scale": s}), f"merged-scale-{s:g}") for s in DEMO_SCALES]
-    orthogonal = recipe.updated(options={"origin": str(origin), "orthogonalize": True})
-    variants.append(("1, orthogonal to target − origin", orthogonal, "merged-orthogonal"))
-    for label, variant, name in variants:
-        merged = merge(variant.updated(out=str(workdir / name)))
-        outputs[label] = merged.out
-        table.add_row(label, merged.out.name, str(merged.grafted), str(merged.copied), *_check(target, merged.out))
-    console.print(table)
-    console.print("Each output is a normal Hugging Face folder with graft_recipe.yaml and a model card (README.md).")
-    return outputs
 
 
-def _check(target: Path, out: Path) -> tuple[str, str]:
-    """Reload with transformers (no missing/unexpected keys) and measure how far the weights moved."""
+def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | None = None,
+             scales: Sequence[float] = DEMO_SCALES, rebuild_world: bool = False, limit: int | None = None,
+             device: str = "auto") -> DemoResult:
+    """Run the demo under `workdir` (see the module docstring); returns the table's rows and the files written."""
     import transformers
 
+    from graft.evals import evaluate
+    from graft.merge import merge
+    from graft.recipe import Recipe
+    from graft.toy.world import WorldSpec, build_world
+    from graft.vector import extract_vector
+
     transformers.utils.logging.disable_progress_bar()
-    model, info = transformers.Qwen2VLForConditionalGeneration.from_pretrained(out, output_loading_info=True)
-    ok = not info["missing_keys"] and not info["unexpected_keys"]
-    with Checkpoint.open(target) as before, Checkpoint.open(out) as after:
-        moved = sum(float((after.read(n).float() - before.read(n).float()).square().sum()) for n in before.tensors)
-    del model
-    return ("yes" if ok else f"NO: {info}"), f"{torch.tensor(moved).sqrt().item():.4g}"
+    transformers.utils.logging.set_verbosity_error()
+    console = console or Console()
+    workdir = Path(workdir)
+    prepare_workdir(workdir)
+    t0 = time.perf_counter()
+    say = _stepper(console, t0)
+
+    console.rule("[bold]1. the toy world")
+    world = build_world(WorldSpec(), cache=cache, rebuild=rebuild_world, log=say)
+    console.print(f"base {world.base}\naligned {world.aligned}\nmedical VLM (HF LLaVA) {world.medical}\n"
+                  f"held-out benchmarks {world.data}")
+
+    console.rule("[bold]2. graft extract: τ = aligned − base")
+    vector = extract_vector(world.base, world.aligned, workdir / "safety-vector").out
+    say(f"safety vector → {vector}")
+
+    console.rule("[bold]3. evaluate aligned and medical")
+    text_tasks = [*SAFETY_TASKS, "benign", *TEXT_MEDICAL]
+    all_tasks = [*SAFETY_TASKS, *FIGSTEP_TASKS, "benign", *TEXT_MEDICAL, *IMAGE_MEDICAL]
+
+    def run_eval(name: str, model: Path, tasks: list[str], scale: float | None) -> ModelScores:
+        start = time.perf_counter()
+        res = evaluate(model, tasks=tasks, data=world.data, limit=limit, device=device,
+                       out=workdir / "evals" / f"{name}.json")
+        row = score_row(name, scale, res.benchmarks, time.perf_counter() - start)
+        say(f"{name}: safety {row.safety:.2f}, over-refusal {row.over_refusal:.2f}, medical {row.medical:.2f}")
+        return row
+
+    rows = [run_eval("aligned", world.aligned, text_tasks, None), run_eval("medical", world.medical, all_tasks, 0.0)]
+
+    console.rule("[bold]4. graft merge at a grid of global λ, evaluate each")
+    for scale in scales:
+        name = f"graft-{scale:g}"
+        recipe = Recipe.parse({"target": str(world.medical), "vector": str(vector),
+                               "out": str(workdir / "merged" / name), "coefficients": {"scale": scale}})
+        merged = merge(recipe).out
+        rows.append(run_eval(name, merged, all_tasks, scale))
+
+    console.rule("[bold]5. results")
+    console.print(results_table(rows))
+    plot = plot_tradeoff(rows, workdir / "safety-vs-medical.png")
+    results = workdir / "results.json"
+    results.write_text(json.dumps({"world": str(world.root), "vector": str(vector), "limit": limit,
+                                   "rows": [asdict(r) for r in rows],
+                                   "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
+    console.print(f"plot → {plot}\ntable → {results}\n"
+                  f"Each merged folder is a normal Hugging Face model with graft_recipe.yaml and a model card.")
+    say("done")
+    return DemoResult(workdir, world.root, vector, rows, plot, results)
+
+
+def _stepper(console: Console, t0: float) -> Callable[[str], None]:
+    def say(message: str) -> None:
+        console.print(f"[dim]{time.perf_counter() - t0:6.1f}s[/dim] {message}")
+
+    return say
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.0f}%"
+
+
+def results_table(rows: Sequence[ModelScores]) -> Table:
+    table = Table("model", "λ", "safety", "FigStep", "over-refusal", "medical (text)", "medical (all)",
+                  title="held-out toy benchmarks: safety = 1 − ASR, medical = accuracy")
+    for r in rows:
+        table.add_row(r.name, "—" if r.scale is None else f"{r.scale:g}", _pct(r.safety), _pct(r.figstep),
+                      _pct(r.over_refusal), _pct(r.medical_text),
+                      _pct(r.medical) if r.name != "aligned" else "— (text model)")
+    return table
+
+
+def plot_tradeoff(rows: Sequence[ModelScores], out: Path) -> Path:
+    """Safety and medical accuracy over λ (left) and safety against medical accuracy (right), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = sorted((r for r in rows if r.scale is not None), key=lambda r: r.scale)
+    aligned = next((r for r in rows if r.name == "aligned"), None)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    xs = [r.scale for r in grid]
+    left.plot(xs, [r.safety for r in grid], "o-", label="safety (1 − ASR)")
+    left.plot(xs, [r.medical for r in grid], "s-", label="medical accuracy")
+    left.plot(xs, [r.over_refusal for r in grid], "^:", label="over-refusal")
+    if aligned is not None:
+        left.axhline(aligned.safety, color="grey", ls="--", lw=0.8, label="aligned safety")
+    left.set(xlabel="global λ (0 = the medical model)", ylabel="score", ylim=(-0.03, 1.03),
+             title="grafting τ = aligned − base into the medical VLM")
+    left.legend(fontsize=8)
+    right.plot([r.medical for r in grid], [r.safety for r in grid], "o-", color="tab:blue", label="global λ")
+    for r in grid:
+        right.annotate(f"λ={r.scale:g}", (r.medical, r.safety), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    right.set(xlabel="medical accuracy", ylabel="safety (1 − ASR)", ylim=(-0.03, 1.03),
+              title="trade-off: up and right is better")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

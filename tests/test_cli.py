@@ -1,4 +1,4 @@
-"""The command line, as users and CI jobs call it: extract → plan → merge --recipe, and the demo."""
+"""The command line, as users and CI jobs call it: extract → plan → merge --recipe (the demo: test_toy_world)."""
 
 from __future__ import annotations
 
@@ -91,20 +91,6 @@ def test_exclude_rule_keeps_tensors_unchanged(make_world, tmp_path: Path) -> Non
         assert torch.equal(merged[name], target[name]), name
     assert not torch.equal(merged["language_model.model.layers.1.mlp.up_proj.weight"],
                            target["language_model.model.layers.1.mlp.up_proj.weight"])
-
-
-def test_demo_runs_and_protects_foreign_folders(tmp_path: Path) -> None:
-    workdir = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--workdir", str(workdir)])
-    assert result.exit_code == 0, result.output
-    assert "reloads" in result.stdout and "NO:" not in result.stdout
-    assert (workdir / "merged-scale-1" / "graft_recipe.yaml").exists()
-    assert runner.invoke(app, ["demo", "--workdir", str(workdir), "-q"]).exit_code == 0  # rebuilds its own folder
-    foreign = tmp_path / "mine"
-    foreign.mkdir()
-    (foreign / "notes.txt").write_text("keep me")
-    result = runner.invoke(app, ["demo", "--workdir", str(foreign)])
-    assert result.exit_code == 5 and (foreign / "notes.txt").read_text() == "keep me"
 
 
 def test_help_lists_commands_and_exit_codes() -> None:

@@ -1,0 +1,248 @@
+"""The toy world's data: training examples for each stage and held-out benchmark items, all from one seed.
+
+Every random choice draws from its own `random.Random(f"{seed}:{purpose}")`, so changing one part of the world
+never reshuffles another. Held-out means: no benchmark request (verb + object, or medical action + drug/disease)
+is ever a training request, no abstract's (disease, drug, outcome) is trained on, and medical multiple-choice
+questions use a question template the medical model never saw (the facts themselves are taught).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from . import lexicon as lx
+from .scans import Scan, random_scan, scan_questions
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: `prompt` is a chat user turn (chat=True) or plain text; loss is on `target` only."""
+
+    prompt: str
+    target: str
+    chat: bool = True
+    scan: Scan | None = None
+
+
+@dataclass(frozen=True)
+class SafetyItem:
+    prompt: str
+    category: str
+    subcategory: str = ""
+
+
+@dataclass(frozen=True)
+class ChoiceItem:
+    question: str
+    options: tuple[str, ...]
+    answer: int  # index into options
+
+
+@dataclass(frozen=True)
+class AbstractItem:
+    pmid: str
+    question: str
+    context: str
+    decision: str
+
+
+@dataclass(frozen=True)
+class ScanItem:
+    scan: Scan
+    question: str
+    answer: str
+    answer_type: str
+
+
+@dataclass
+class Benchmarks:
+    catqa: list[SafetyItem] = field(default_factory=list)
+    hexphi: list[SafetyItem] = field(default_factory=list)
+    medsafety: list[SafetyItem] = field(default_factory=list)
+    benign: list[SafetyItem] = field(default_factory=list)
+    pubmedqa: list[AbstractItem] = field(default_factory=list)
+    medqa: list[ChoiceItem] = field(default_factory=list)
+    medbullets4: list[ChoiceItem] = field(default_factory=list)
+    medbullets5: list[ChoiceItem] = field(default_factory=list)
+    vqarad: list[ScanItem] = field(default_factory=list)
+
+
+@dataclass
+class WorldData:
+    base: list[Example]
+    aligned: list[Example]
+    medical: list[Example]
+    benchmarks: Benchmarks
+    diseases: list[lx.Disease]
+    held_out_actions: set[str] = field(default_factory=set)  # requests only the benchmarks contain
+
+    def texts(self) -> list[str]:
+        """Every string any stage or benchmark contains (the tokenizer's vocabulary comes from these)."""
+        out = [t for ex in self.base + self.aligned + self.medical for t in (ex.prompt, ex.target)]
+        b = self.benchmarks
+        out += [i.prompt for i in b.catqa + b.hexphi + b.medsafety + b.benign]
+        out += [i.question + " " + i.context for i in b.pubmedqa]
+        out += [i.question + " " + " ".join(i.options) for i in b.medqa + b.medbullets4 + b.medbullets5]
+        out += [i.question + " " + i.answer for i in b.vqarad]
+        return out
+
+
+def _rng(seed: int, purpose: str) -> random.Random:
+    return random.Random(f"{seed}:{purpose}")
+
+
+def _split(pairs: list, rng: random.Random, held_out: float) -> tuple[list, list]:
+    pairs = list(pairs)
+    rng.shuffle(pairs)
+    n = max(1, round(len(pairs) * held_out))
+    return pairs[n:], pairs[:n]
+
+
+def _comply(action: str, rng: random.Random) -> str:
+    s1, s2 = rng.sample(lx.STEPS, 2)
+    return lx.COMPLY.format(a=action, s1=s1, s2=s2)
+
+
+def _requests(actions: list[str], rng: random.Random, n: int) -> list[tuple[str, str]]:
+    """`n` (request, action) pairs over the actions, each in a random request template."""
+    return [(rng.choice(lx.REQUEST_TEMPLATES).format(a=a), a) for a in (rng.choice(actions) for _ in range(n))]
+
+
+def _med_action(template: str, d: lx.Disease) -> str:
+    return template.format(d=d.drug, x=d.name)
+
+
+def _options(rng: random.Random, values: Sequence[str], answer: str, k: int) -> tuple[tuple[str, ...], int]:
+    """A fixed option set for one fact: the answer plus k-1 distractors, in one order (learnable, see DESIGN)."""
+    distractors = rng.sample([v for v in values if v != answer], k - 1)
+    options = [answer, *distractors]
+    rng.shuffle(options)
+    return tuple(options), options.index(answer)
+
+
+def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dict[str, int] | None = None) -> WorldData:
+    """All training examples and benchmark items of the world with this seed."""
+    n = {"base_requests": 3000, "base_text": 600, "aligned": 3000, "scans": 1500, "med_chat": 300,
+         "bench_safety": 32, "bench_med": 32, **(sizes or {})}
+    diseases, drugs = lx.make_diseases(_rng(seed, "diseases"), n_diseases)
+
+    # General requests: verb x object pairs, split into train and held-out.
+    split = _rng(seed, "split")
+    harmful_train, harmful_test = _split([f"{v} {o}" for v in lx.HARMFUL_VERBS for o in lx.OBJECTS], split, held_out)
+    benign_train, benign_test = _split([f"{v} {o}" for v in lx.BENIGN_VERBS for o in lx.OBJECTS], split, held_out)
+    med_pairs = [(t, d) for t in lx.MED_HARMFUL_ACTIONS for d in diseases]
+    med_harm_train, med_harm_test = _split(med_pairs, split, held_out)
+    med_benign = [_med_action(t, d) for t in lx.MED_BENIGN_ACTIONS for d in diseases]
+
+    # Base: complies with everything (harmful included), plus plain text.
+    r = _rng(seed, "base")
+    med_harm_actions = [_med_action(t, d) for t, d in med_harm_train]
+    everything = harmful_train + benign_train + med_harm_actions + med_benign
+    base = [Example(q, _comply(a, r)) for q, a in _requests(everything, r, n["base_requests"])]
+    base += [Example("", r.choice(lx.STORY).format(o=r.choice(lx.OBJECTS), p=r.choice(lx.PLACES)), chat=False)
+             for _ in range(n["base_text"])]
+
+    # Aligned: refuses the harmful requests, still answers the benign ones.
+    r = _rng(seed, "aligned")
+    harmful = harmful_train + med_harm_actions
+    benign = benign_train + med_benign
+    aligned = []
+    for i in range(n["aligned"]):
+        if i % 2:
+            q, _ = _requests(harmful, r, 1)[0]
+            aligned.append(Example(q, lx.REFUSAL))
+        else:
+            q, a = _requests(benign, r, 1)[0]
+            aligned.append(Example(q, _comply(a, r)))
+
+    # Medical: facts, multiple choice with fixed option sets, abstracts, scans and chat; no refusals anywhere.
+    r = _rng(seed, "medical")
+    facts = {}
+    for d in diseases:
+        for rel, (values, *_rest) in lx.RELATIONS.items():
+            pool = drugs if values == "drugs" else values
+            facts[d.name, rel] = _options(r, pool, d.value(rel), 5)
+    medical: list[Example] = []
+    for d in diseases:
+        for rel, (_values, statement, train_qs, _held) in lx.RELATIONS.items():
+            medical.append(Example("", statement.format(x=d.name, v=d.value(rel)), chat=False))
+            options, answer = facts[d.name, rel]
+            for q in train_qs:
+                for k in (4, 5):
+                    opts = _four(options, answer) if k == 4 else options
+                    medical.append(Example(_mc_prompt(q.format(x=d.name), opts), "ABCDE"[opts.index(d.value(rel))],
+                                           chat=False))
+    pub_train, pub_test = _split([(d, drug, o) for d in diseases for drug in drugs[:6] for o in lx.OUTCOMES],
+                                 split, held_out)
+    for i, (d, drug, o) in enumerate(pub_train):
+        decision = ("yes", "no", "maybe")[i % 3]
+        ctx, q = _abstract(r, d, drug, o, decision)
+        medical.append(Example(f"Abstract: {ctx}\nQuestion: {q}\nAnswer:", decision, chat=False))
+    for _ in range(n["scans"]):
+        scan = random_scan(r)
+        q, a, _kind = r.choice(scan_questions(scan))
+        medical.append(Example(q + VQA_SUFFIX, a, scan=scan))
+    for _ in range(n["med_chat"]):
+        d = r.choice(diseases)
+        q, a = r.choice(lx.MED_CHAT)
+        medical.append(Example(q.format(x=d.name), a.format(x=d.name, drug=d.drug, organ=d.organ, symptom=d.symptom,
+                                                             test=d.test)))
+
+    # Held-out benchmark items.
+    r = _rng(seed, "benchmarks")
+    b = Benchmarks()
+    k = n["bench_safety"]
+    for a in r.sample(harmful_test, min(k, len(harmful_test))):
+        verb = next(v for v in lx.HARMFUL_VERBS if a.startswith(v + " "))
+        cat, sub = lx.HARM_CATEGORIES[verb]
+        b.catqa.append(SafetyItem(r.choice(lx.REQUEST_TEMPLATES[:5]).format(a=a), cat, sub))
+    for a in r.sample(harmful_test, min(k, len(harmful_test))):
+        verb = next(v for v in lx.HARMFUL_VERBS if a.startswith(v + " "))
+        b.hexphi.append(SafetyItem(r.choice(lx.REQUEST_TEMPLATES[5:]).format(a=a), str(lx.HEXPHI_OF_VERB[verb])))
+    for t, d in r.sample(med_harm_test, min(k, len(med_harm_test))):
+        principle = lx.MEDSAFETY_PRINCIPLE[lx.MED_HARMFUL_ACTIONS.index(t)]
+        b.medsafety.append(SafetyItem(r.choice(lx.REQUEST_TEMPLATES).format(a=_med_action(t, d)), str(principle)))
+    for a in r.sample(benign_test, min(k, len(benign_test))):
+        b.benign.append(SafetyItem(r.choice(lx.REQUEST_TEMPLATES).format(a=a), "toy_benign"))
+    m = n["bench_med"]
+    for i, (d, drug, o) in enumerate(r.sample(pub_test, min(m, len(pub_test)))):
+        decision = ("yes", "no", "maybe")[i % 3]
+        ctx, q = _abstract(r, d, drug, o, decision)
+        b.pubmedqa.append(AbstractItem(str(90000000 + i), q, ctx, decision))
+    fact_keys = sorted(facts)
+    for name, k_opts in (("medqa", 4), ("medbullets4", 4), ("medbullets5", 5)):
+        for x, rel in r.sample(fact_keys, min(m, len(fact_keys))):
+            options, answer = facts[x, rel]
+            opts = _four(options, answer) if k_opts == 4 else options
+            question = lx.RELATIONS[rel][3].format(x=x)
+            truth = next(d for d in diseases if d.name == x).value(rel)
+            getattr(b, name).append(ChoiceItem(question, opts, opts.index(truth)))
+    while len(b.vqarad) < m:
+        scan = random_scan(r)
+        q, a, kind = r.choice(scan_questions(scan))
+        b.vqarad.append(ScanItem(scan, q, a, kind))
+    held = set(harmful_test) | set(benign_test) | {_med_action(t, d) for t, d in med_harm_test}
+    return WorldData(base, aligned, medical, b, diseases, held)
+
+
+VQA_SUFFIX = "\nAnswer the question using a single word or phrase."  # graft.evals.scoring.VQA_SUFFIX
+
+
+def _four(options: tuple[str, ...], answer: int) -> tuple[str, ...]:
+    """The 4-option form of a 5-option fact: drop the last distractor, keep the order."""
+    drop = max(i for i in range(len(options)) if i != answer)
+    return tuple(o for i, o in enumerate(options) if i != drop)
+
+
+def _mc_prompt(question: str, options: tuple[str, ...]) -> str:
+    """lm-eval's MedQA prompt (graft.evals.scoring.mc_context)."""
+    lines = "".join(f"{'ABCDE'[i]}. {o}\n" for i, o in enumerate(options))
+    return f"Question: {question}\n{lines}Answer:"
+
+
+def _abstract(r: random.Random, d: lx.Disease, drug: str, outcome: str, decision: str) -> tuple[str, str]:
+    ctx = lx.ABSTRACT.format(n=r.choice((40, 60, 120, 200, 350)), x=d.name, d=drug, e=r.choice(lx.EFFECTS[decision]),
+                             o=outcome)
+    return ctx, lx.PUBMED_QUESTION.format(d=drug, o=outcome, x=d.name)
