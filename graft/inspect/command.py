@@ -91,7 +91,7 @@ def inspect_command(
     else:
         lam_recipe = spec if recipe is not None else None
     if lam_recipe is not None:
-        lam_table = lambdas(lam_recipe) if lam_recipe.target else lambdas(lam_recipe, lam_recipe.vector)
+        lam_table = lambdas(lam_recipe)  # planned as `graft merge --recipe` would (vector names without a target)
 
     sources: dict[str, Any] = {"vector": spec.vector, "target": spec.target, "origin": spec.options.origin,
                                "recipe": str(recipe) if recipe else None}
