@@ -539,8 +539,9 @@ def test_an_origin_with_fewer_rows_than_the_vector_is_refused(make_world, tmp_pa
 
 # -- the example notebook -------------------------------------------------------------------------------------------
 def test_example_notebook_runs(tmp_path: Path) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    import nbclient  # dev extra: a missing install should fail here, not skip
+    import nbformat
+
     notebook = nbformat.read(ROOT / "examples" / "inspect_layers.ipynb", as_version=4)
     nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()

@@ -11,7 +11,7 @@ and groups by parameter name. Names are read tolerantly: lower-cased and cut int
 non-alphanumeric character and letter/digit boundary, so ``layer_3``, ``layers.3``, ``layer3`` and ``L3_attn`` ...
 are read alike:
 
-* ``layer N`` / ``layers N`` → the per-layer factor of layer N;
+* ``layer N`` / ``layers N`` / ``l N`` → the per-layer factor of layer N;
 * ``block N`` / ``blocks N`` → block N of B, B = the number of block parameters in the study (its layers by the
   recipe rule ⌊ℓ·B/L⌋);
 * ``point N`` / ``points N`` / ``cp N`` / ``knot N`` → control point N of K (its layers: those whose interpolated
