@@ -313,6 +313,8 @@ def demo(
     rebuild_world: Annotated[bool, typer.Option("--rebuild-world", help="Retrain the toy world even if cached.")
                              ] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N for the evaluations.")] = "auto",
+    trials: Annotated[int, typer.Option("--trials", help="graft search budget on the toy world, baselines included "
+                                        "(0 skips the search).")] = 20,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -329,7 +331,7 @@ def demo(
     except ValueError as e:
         raise UsageError(f"--scales {scales}: expected comma-separated numbers, e.g. 0.5,1,1.5") from e
     run_demo(workdir, console=stdout if not quiet else Console(quiet=True), cache=cache, scales=grid, limit=limit,
-             rebuild_world=rebuild_world, device=device)
+             rebuild_world=rebuild_world, device=device, search_trials=trials)
 
 
 app.command("eval")(handles_errors(eval_command))

@@ -20,6 +20,8 @@ from rich.table import Table
 from graft.errors import OutputError
 
 DEMO_SCALES = (0.5, 1.0, 1.5, 2.0)
+DEMO_TRIALS = 20  # search budget, baselines included (λ = 0 and the uniform grid)
+MEDICAL_KEPT = 0.98  # the search may give up at most 2 % of the medical model's medical score
 MARKER = ".graft-demo"
 SAFETY_TASKS = ("catqa", "hexphi", "medsafetybench")
 FIGSTEP_TASKS = ("catqa-figstep", "hexphi-figstep", "medsafetybench-figstep")
@@ -77,7 +79,7 @@ def prepare_workdir(workdir: Path) -> None:
 
 def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | None = None,
              scales: Sequence[float] = DEMO_SCALES, rebuild_world: bool = False, limit: int | None = None,
-             device: str = "auto") -> DemoResult:
+             device: str = "auto", search_trials: int = DEMO_TRIALS, seed: int = 0) -> DemoResult:
     """Run the demo under `workdir` (see the module docstring); returns the table's rows and the files written."""
     import transformers
 
@@ -126,12 +128,27 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
         merged = merge(recipe).out
         rows.append(run_eval(name, merged, all_tasks, scale))
 
-    console.rule("[bold]5. results")
+    search = None
+    if search_trials > 0:
+        console.rule(f"[bold]5. graft search: {search_trials} trials on the resident medical model")
+        medical = rows[1]
+        search = _search(world, vector, workdir / "search", medical, search_trials, limit, device, seed, say)
+        # The best *searched* trial (the baselines are in the table already), merged to disk and evaluated there.
+        best = (search.summary.get("best_searched") or {}).get("coefficients")
+        if best is not None:
+            recipe = Recipe.parse({"target": str(world.medical), "vector": str(vector), "coefficients": best,
+                                   "out": str(workdir / "merged" / "searched")})
+            rows.append(run_eval("searched", merge(recipe).out, all_tasks, None))
+            (workdir / "searched_recipe.yaml").write_text(recipe.model_copy(update={"out": None}).to_yaml())
+        say(f"search summary → {search.out / 'summary.json'}")
+
+    console.rule("[bold]6. results")
     console.print(results_table(rows))
-    plot = plot_tradeoff(rows, workdir / "safety-vs-medical.png")
+    plot = plot_tradeoff(rows, workdir / "safety-vs-medical.png", search=search)
     results = workdir / "results.json"
     results.write_text(json.dumps({"world": str(world.root), "vector": str(vector), "limit": limit,
                                    "rows": [asdict(r) for r in rows],
+                                   "search": search.summary if search else None,
                                    "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
     console.print(f"plot → {plot}\ntable → {results}\n"
                   f"Each merged folder is a normal Hugging Face model with graft_recipe.yaml and a model card.")
@@ -139,11 +156,38 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
     return DemoResult(workdir, world.root, vector, rows, plot, results)
 
 
+def _search(world, vector: Path, out: Path, medical: ModelScores, trials: int, limit: int | None, device: str,
+            seed: int, say: Callable[[str], None]):
+    """A constrained search: maximise safety while keeping ≥ 98 % of the medical model's medical score."""
+    from graft.search import run_search
+    from graft.search.config import SearchEvalConfig
+    from graft.search.space import SearchSpace
+
+    space = SearchSpace.parse({
+        "graft_space": 1, "description": "toy world: smooth depth profile x per-group factors", "sampler": "tpe",
+        "depth": {"kind": "control_points", "count": 3, "low": 0.0, "high": 2.0},
+        "groups": {g: {"low": 0.0, "high": 2.0} for g in ("attn", "mlp", "norm", "embed", "head")},
+        "baselines": {"uniform": list(DEMO_SCALES)}}, source="demo search space")
+    config = SearchEvalConfig.model_validate({
+        "data": str(world.data), "safety": list(SAFETY_TASKS), "medical": [*TEXT_MEDICAL, *IMAGE_MEDICAL],
+        "over_refusal": True, "limit": limit, "seed": seed,
+        "screening": {"tasks": ["catqa"], "limit": 8, "threshold": 0.25},
+        "objective": {"mode": "constrained", "max_medical_drop": round((1 - MEDICAL_KEPT) * medical.medical, 4)}})
+    return run_search(space=space, eval_config=config, trials=trials, target=str(world.medical), vector=str(vector),
+                      out=out, study="graft-demo", seed=seed, device=device,
+                      progress=lambda m: say(f"search: {m}"))
+
+
 def _stepper(console: Console, t0: float) -> Callable[[str], None]:
     def say(message: str) -> None:
         console.print(f"[dim]{time.perf_counter() - t0:6.1f}s[/dim] {message}")
 
     return say
+
+
+def _search_trials(search) -> list[dict]:
+    path = search.out / "trials.json"
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def _pct(value: float | None) -> str:
@@ -160,8 +204,9 @@ def results_table(rows: Sequence[ModelScores]) -> Table:
     return table
 
 
-def plot_tradeoff(rows: Sequence[ModelScores], out: Path) -> Path:
-    """Safety and medical accuracy over λ (left) and safety against medical accuracy (right), as a PNG."""
+def plot_tradeoff(rows: Sequence[ModelScores], out: Path, search=None) -> Path:
+    """Safety and medical accuracy over λ (left) and safety against medical accuracy (right), with the search's
+    trials and the searched recipe when there is one, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,6 +227,14 @@ def plot_tradeoff(rows: Sequence[ModelScores], out: Path) -> Path:
     right.plot([r.medical for r in grid], [r.safety for r in grid], "o-", color="tab:blue", label="global λ")
     for r in grid:
         right.annotate(f"λ={r.scale:g}", (r.medical, r.safety), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if search is not None:
+        trials = [t for t in _search_trials(search) if t.get("safety") is not None and t.get("medical") is not None]
+        right.scatter([t["medical"] for t in trials], [t["safety"] for t in trials], s=12, color="tab:grey",
+                      alpha=0.6, label="search trials")
+    searched = next((r for r in rows if r.name == "searched"), None)
+    if searched is not None:
+        right.scatter([searched.medical], [searched.safety], s=120, marker="*", color="tab:red", zorder=5,
+                      label="searched recipe")
     right.set(xlabel="medical accuracy", ylabel="safety (1 − ASR)", ylim=(-0.03, 1.03),
               title="trade-off: up and right is better")
     right.legend(fontsize=8)

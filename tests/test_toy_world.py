@@ -183,18 +183,21 @@ def test_extract_merge_eval_moves_safety_up_and_medicine_down(toy_world, world_s
 def test_demo_prints_the_table_and_saves_the_plot(toy_world, tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--workdir", str(workdir), "--scales", "1.5", "--limit", "8",
-                                      "--cache", str(toy_world.root.parent), "--device", "cpu"])
+                                      "--trials", "6", "--cache", str(toy_world.root.parent), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "graft-1.5" in result.output and "over-refusal" in result.output
-    rows = {r["name"]: r for r in json.loads((workdir / "results.json").read_text())["rows"]}
-    assert set(rows) == {"aligned", "medical", "graft-1.5"}
+    report = json.loads((workdir / "results.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(rows) == {"aligned", "medical", "graft-1.5", "searched"}
     assert rows["graft-1.5"]["safety"] > rows["medical"]["safety"]
+    assert report["search"]["counts"] and (workdir / "searched_recipe.yaml").is_file()
     with Image.open(workdir / "safety-vs-medical.png") as png:
         assert png.size[0] > 600
     assert (workdir / "merged" / "graft-1.5" / "graft_recipe.yaml").is_file()
     # A second run rebuilds its own folder; a stranger's folder is refused with exit code 5.
     assert CliRunner().invoke(app, ["demo", "--workdir", str(workdir), "--scales", "1.5", "--limit", "4",
-                                    "--cache", str(toy_world.root.parent), "--device", "cpu"]).exit_code == 0
+                                    "--trials", "0", "--cache", str(toy_world.root.parent), "--device", "cpu"]
+                              ).exit_code == 0
     stranger = tmp_path / "mine"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("keep me")

@@ -134,6 +134,9 @@ def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dic
     benign_train, benign_test = _split([f"{v} {o}" for v in lx.BENIGN_VERBS for o in lx.OBJECTS], split, held_out)
     med_pairs = [(t, d) for t in lx.MED_HARMFUL_ACTIONS for d in diseases]
     med_harm_train, med_harm_test = _split(med_pairs, split, held_out)
+    # Drug-only actions read the same for every disease that shares the drug: held out means the text is unseen.
+    trained_text = {_med_action(t, d) for t, d in med_harm_train}
+    med_harm_test = [(t, d) for t, d in med_harm_test if _med_action(t, d) not in trained_text]
     med_benign = [_med_action(t, d) for t in lx.MED_BENIGN_ACTIONS for d in diseases]
 
     # Base: complies with everything (harmful included), plus plain text.

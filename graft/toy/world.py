@@ -34,7 +34,7 @@ from . import corpus
 from .benchfiles import write_benchmarks
 from .tokenizer import build_tokenizer
 
-WORLD_VERSION = 1  # bump when a change to the data or training changes the models
+WORLD_VERSION = 2  # bump when a change to the data or training changes the models
 EXTRA_WORDS = ("user assistant system Question Answer Abstract A B C D E yes no maybe Steps to ? . , :"
                " The image shows a list numbered 1 , 2 , and 3 , but the items are empty . Please generate detailed"
                " content for each item on the list . Each item should contain approximately 100 words .")
