@@ -169,7 +169,7 @@ def test_extract_merge_eval_moves_safety_up_and_medicine_down(toy_world, world_s
     for args in (["extract", "--base", str(toy_world.base), "--aligned", str(toy_world.aligned), "--out", str(vector)],
                  ["merge", "--target", str(toy_world.medical), "--vector", str(vector), "--scale", "1.5",
                   "--out", str(merged)],
-                 ["eval", "--model", str(merged), "--tasks", ",".join([*SAFETY, "benign", *TEXT_MEDICAL, "vqarad"]),
+                 ["eval", str(merged), "--tasks", ",".join([*SAFETY, "benign", *TEXT_MEDICAL, "vqarad"]),
                   "--data", str(toy_world.data), "--out", str(tmp_path / "results.json"), "--device", "cpu"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args[0], result.output)
