@@ -194,10 +194,13 @@ class Recipe(_Strict):
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """One line: the field path and what is wrong with it (pydantic's own words)."""
+    """One line: the field path and what is wrong with it (pydantic's own words). A check across fields has no
+    path; its message names the fields itself."""
     parts = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{where}: {msg}")
+        if err["loc"]:
+            parts.append(f"{'.'.join(str(p) for p in err['loc'])}: {msg}")
+        else:
+            parts.append(msg.removeprefix("Value error, "))
     return "; ".join(parts)

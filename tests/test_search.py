@@ -49,7 +49,9 @@ class LambdaScorer:
         mlp = sum(c.lam(layer, "mlp", factors) for layer in range(self.num_layers)) / self.num_layers
         safety = min(1.0, 0.1 + 0.6 * attn)
         medical = max(0.0, 0.6 - 0.2 * mlp * mlp - 0.02 * attn)
-        return {t: (safety if t in ("catqa", "hexphi", "medsafetybench") else medical) for t in stage.tasks}
+        benign = max(0.0, 1.0 - 0.4 * attn)  # answered benign prompts: over-refusal grows with attention λ
+        return {t: (safety if t in ("catqa", "hexphi", "medsafetybench") else benign if t == "benign" else medical)
+                for t in stage.tasks}
 
 
 def eval_file(tmp_path: Path, **changes) -> Path:
@@ -160,6 +162,46 @@ def test_constrained_mode_gives_samplers_the_constraint(make_world, tmp_path: Pa
         else:
             assert t.system_attrs["constraints"] == [pytest.approx(t.user_attrs["constraint"])]
             assert t.value == t.user_attrs["safety"]
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2", "cmaes"])
+def test_over_refusal_cap_is_a_constraint_and_decides_the_best_trial(make_world, tmp_path: Path,
+                                                                    sampler: str) -> None:
+    world = make_world("causal")
+    evals = eval_file(tmp_path, over_refusal=True, objective={"max_medical_drop": 0.5, "max_over_refusal": 0.2})
+    result = run_search(space=space_file(tmp_path, SMALL), eval_config=evals, target=str(world.target),
+                        vector=str(world.vector), out=tmp_path / "out", scorer=LambdaScorer(num_layers(world)),
+                        trials=8, sampler=sampler)
+    study = load_study(tmp_path / "out")
+    for t in finished(study):
+        over = t.user_attrs["over_refusal"]
+        assert over == pytest.approx(1.0 - t.user_attrs["scores"]["benign"])
+        expected = [t.user_attrs["medical_drop"] - 0.5, over - 0.2]
+        assert t.user_attrs["constraints"] == pytest.approx(expected)
+        assert t.user_attrs["feasible"] == all(c <= 1e-12 for c in expected)
+        if sampler == "cmaes":
+            assert t.value == pytest.approx(t.user_attrs["safety"] - 10.0 * sum(max(0.0, c) for c in expected))
+        else:
+            assert t.system_attrs["constraints"] == pytest.approx(expected)
+    # uniform λ = 1 refuses 40 % of the benign prompts: safer than any feasible trial, yet never the best.
+    feasible = [t for t in finished(study) if t.user_attrs["feasible"]]
+    best = result.summary["best"]
+    assert best["feasible"] and best["over_refusal"] <= 0.2
+    assert best["safety"] == pytest.approx(max(t.user_attrs["safety"] for t in feasible))
+    uniform = next(t for t in study.trials if t.user_attrs.get("baseline") == "uniform_1")
+    assert not uniform.user_attrs["feasible"] and uniform.user_attrs["safety"] > best["safety"]
+
+
+def test_a_study_recorded_before_a_new_objective_field_can_be_resumed(make_world, tmp_path: Path) -> None:
+    world = make_world("causal")
+    common = dict(space=space_file(tmp_path, SMALL), eval_config=eval_file(tmp_path), target=str(world.target),
+                  vector=str(world.vector), out=tmp_path / "out", scorer=LambdaScorer(num_layers(world)))
+    run_search(trials=3, **common)
+    study = load_study(tmp_path / "out")
+    meta = study.user_attrs["graft_search"]
+    del meta["objective"]["max_over_refusal"]  # as graft recorded it before the over-refusal cap existed
+    study.set_user_attr("graft_search", meta)
+    assert run_search(trials=4, **common).ran == [3]
 
 
 def test_pareto_mode_writes_the_front(make_world, tmp_path: Path) -> None:
@@ -290,7 +332,7 @@ def test_two_workers_in_threads_share_the_budget_exactly(make_world, tmp_path: P
 
     def worker(name: str) -> None:
         try:
-            results[name] = run_search(out=tmp_path / name, scorer=LambdaScorer(layers, delay=0.05), **common)
+            results[name] = run_search(out=tmp_path / name, scorer=LambdaScorer(layers, delay=0.2), **common)
         except BaseException as exc:  # surfaced by the assertions below
             results[name] = exc
 
@@ -355,6 +397,7 @@ def test_cli_exit_codes_for_bad_input(make_world, tmp_path: Path) -> None:
     assert_error(search("--sampler", "bayes"), 2, "--sampler bayes")
     assert_error(search("--mode", "pareto", "--sampler", "cmaes"), 2, "cmaes cannot search a Pareto front")
     assert_error(search("--trials", "2"), 2, "--trials 2", "3 baselines")
+    assert_error(search("--max-over-refusal", "0.1"), 2, "objective.max_over_refusal needs over_refusal: true")
     assert_error(search(vector=tmp_path / "no-vector"), 3, "no-vector")
     foreign = tmp_path / "foreign"
     foreign.mkdir()

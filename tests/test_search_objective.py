@@ -16,6 +16,7 @@ from graft.search.objective import (
     Pruned,
     TrialObjective,
     constraint,
+    constraint_values,
     constraints_of,
     objective_values,
     screening_verdict,
@@ -39,24 +40,40 @@ def test_constrained_values_and_constraint_by_hand() -> None:
     o = Objective(mode="constrained", max_medical_drop=0.02, penalty=10.0)
     # reference 0.60, medical 0.55: drop 0.05, excess 0.03 over δ.
     assert constraint(0.55, 0.60, o) == pytest.approx(0.03)
-    assert objective_values(0.8, 0.55, 0.60, o, "tpe") == [0.8]
-    assert objective_values(0.8, 0.55, 0.60, o, "cmaes") == pytest.approx([0.8 - 10 * 0.03])
+    assert constraint_values(0.05, None, o) == [pytest.approx(0.03)]  # no over-refusal cap: one constraint
+    assert objective_values(0.8, 0.55, [0.03], o, "tpe") == [0.8]
+    assert objective_values(0.8, 0.55, [0.03], o, "cmaes") == pytest.approx([0.8 - 10 * 0.03])
     # Feasible: no penalty, constraint ≤ 0.
     assert constraint(0.59, 0.60, o) == pytest.approx(-0.01)
-    assert objective_values(0.8, 0.59, 0.60, o, "cmaes") == [0.8]
+    assert objective_values(0.8, 0.59, [-0.01], o, "cmaes") == [0.8]
     # A medical gain is never a penalty.
-    assert objective_values(0.3, 0.70, 0.60, o, "cmaes") == [0.3]
+    assert objective_values(0.3, 0.70, constraint_values(-0.1, None, o), o, "cmaes") == [0.3]
+
+
+def test_over_refusal_cap_is_a_second_constraint_by_hand() -> None:
+    o = Objective(mode="constrained", max_medical_drop=0.02, max_over_refusal=0.1, penalty=10.0)
+    # drop 0.05 (0.03 over δ), over-refusal 0.25 (0.15 over ρ).
+    assert constraint_values(0.05, 0.25, o) == [pytest.approx(0.03), pytest.approx(0.15)]
+    assert constraint_values(0.01, 0.05, o) == [pytest.approx(-0.01), pytest.approx(-0.05)]
+    assert constraint_values(0.0, None, o)[1] == pytest.approx(0.9)  # unmeasured: as if it refused everything
+    # CMA-ES folds in the sum of the positive parts only.
+    assert objective_values(0.9, 0.5, [0.03, 0.15], o, "cmaes") == pytest.approx([0.9 - 10 * (0.03 + 0.15)])
+    assert objective_values(0.9, 0.5, [-0.01, 0.15], o, "cmaes") == pytest.approx([0.9 - 10 * 0.15])
 
 
 def test_pareto_and_weighted_values_by_hand() -> None:
-    assert objective_values(0.8, 0.5, 0.6, Objective(mode="pareto"), "nsga2") == [0.8, 0.5]
-    assert objective_values(0.8, 0.5, 0.6, Objective(mode="weighted", weight=0.25), "tpe") == \
+    assert objective_values(0.8, 0.5, [0.08], Objective(mode="pareto"), "nsga2") == [0.8, 0.5]
+    assert objective_values(0.8, 0.5, [0.08], Objective(mode="weighted", weight=0.25), "tpe") == \
         pytest.approx([0.75 * 0.8 + 0.25 * 0.5])
 
 
 def test_constraints_func_reads_the_trial_and_calls_unscored_trials_infeasible() -> None:
-    assert constraints_of({"constraint": -0.01}) == [-0.01]
-    assert constraints_of({}) == [1.0]  # pruned before a medical score existed: infeasible
+    o, capped = Objective(), Objective(max_over_refusal=0.1)
+    assert constraints_of({"constraint": -0.01, "constraints": [-0.01, 0.2]}, capped) == [-0.01, 0.2]
+    assert constraints_of({"constraint": -0.01}, o) == [-0.01]  # recorded before the cap existed
+    # Pruned before the scores existed: infeasible, one value per constraint.
+    assert constraints_of({}, o) == [1.0]
+    assert constraints_of({}, capped) == [1.0, 1.0]
 
 
 def test_summarize_means_over_configured_tasks() -> None:
@@ -116,6 +133,7 @@ def test_trial_runs_screening_then_safety_then_medical_and_records_everything() 
     assert attrs["coefficients"] == Coefficients(scale=1.0).model_dump(mode="json")
     assert attrs["safety"] == 0.5 and attrs["medical"] == pytest.approx(0.5)
     assert attrs["medical_drop"] == pytest.approx(0.1) and attrs["constraint"] == pytest.approx(0.08)
+    assert attrs["constraints"] == [pytest.approx(0.08)] and attrs["feasible"] is False
     assert attrs["screening"] == 0.5 and set(attrs["scores"]) == {"catqa", "hexphi", "pubmedqa", "medqa",
                                                                     "medbullets4"}
 
@@ -132,6 +150,22 @@ def test_hopeless_trial_stops_before_the_medical_tasks_but_baselines_never_do() 
     baseline = RecordingTrial(0, {"scale": 0.0}, {"baseline": "lambda0"})
     assert run(baseline) == [0.0]  # λ = 0 screens at 0 yet is scored in full: it is the reference
     assert [c[1] for c in scorer.calls[1:]] == ["screening", "safety", "medical"]
+
+
+def test_trial_records_the_over_refusal_constraint() -> None:
+    cfg = config(over_refusal=True, objective={"max_medical_drop": 0.2, "max_over_refusal": 0.3})
+
+    class RefusingScorer(ScaleScorer):  # refuses 0.2·scale of the benign prompts
+        def score(self, coefficients, stage):
+            scores = super().score(coefficients, stage)
+            return {**scores, **({"benign": 1.0 - 0.2 * coefficients.scale} if "benign" in stage.tasks else {})}
+
+    run = TrialObjective(GLOBAL, cfg, RefusingScorer(), num_layers=4, reference=0.6, sampler="cmaes")
+    trial = RecordingTrial(1, {"scale": 2.0})  # safety 1.0, medical 0.2 (drop 0.4), over-refusal 0.4
+    assert run(trial) == pytest.approx([1.0 - 10 * ((0.4 - 0.2) + (0.4 - 0.3))])
+    attrs = trial.user_attrs
+    assert attrs["over_refusal"] == pytest.approx(0.4)
+    assert attrs["constraints"] == [pytest.approx(0.2), pytest.approx(0.1)] and attrs["feasible"] is False
 
 
 def test_stage_batches_group_tasks_by_subset_size() -> None:
@@ -153,6 +187,9 @@ def test_stage_batches_group_tasks_by_subset_size() -> None:
     ({"screening": {"tasks": ["medqa"]}}, "medqa cannot score screening safety"),
     ({"judge": "gpt4"}, "judge: Value error, judge 'gpt4': expected 'keyword'"),
     ({"temperature": 0}, "temperature: unknown field"),
+    ({"objective": {"max_over_refusal": 0.1}}, "objective.max_over_refusal needs over_refusal: true"),
+    ({"over_refusal": True, "objective": {"max_over_refusal": 1.5}},
+     "objective.max_over_refusal: Input should be less than or equal to 1"),
 ])
 def test_eval_config_errors(changes: dict, message: str) -> None:
     with pytest.raises(UsageError) as info:
@@ -177,9 +214,9 @@ def test_eval_config_file_resolves_data_and_objective_overrides(tmp_path: Path) 
 
 # -- outputs: Pareto front and best trial -----------------------------------------------------------------------
 def rec(number: int, safety: float, medical: float, *, drop: float = 0.0, value: float | None = None,
-        baseline: str | None = None, state: str = "COMPLETE") -> TrialRecord:
+        baseline: str | None = None, state: str = "COMPLETE", over_refusal: float | None = None) -> TrialRecord:
     return TrialRecord(number, state, baseline, {"scale": 1.0}, {}, [value if value is not None else safety],
-                       safety, medical, drop, None, None)
+                       safety, medical, drop, over_refusal, None)
 
 
 def test_pareto_front_matches_brute_force() -> None:
@@ -208,3 +245,9 @@ def test_best_trial_rules_per_mode() -> None:
     recs_w = [rec(0, 0.2, 0.6, value=0.4), rec(1, 0.9, 0.5, value=0.7), rec(2, 0.7, 0.59, value=0.645)]
     assert best_of(recs_w, weighted).number == 1
     assert best_of([rec(0, 1.0, 1.0, state="PRUNED")], constrained) is None
+    # With an over-refusal cap, a trial that refuses too many benign prompts is infeasible, however safe.
+    capped = Objective(mode="constrained", max_medical_drop=0.02, max_over_refusal=0.1)
+    refusing = [rec(0, 0.2, 0.6, over_refusal=0.0, baseline="lambda0"), rec(1, 1.0, 0.6, over_refusal=0.5),
+                rec(2, 0.8, 0.6, over_refusal=0.1)]
+    assert best_of(refusing, constrained).number == 1
+    assert best_of(refusing, capped).number == 2 and refusing[1].feasible(capped) is False

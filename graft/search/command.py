@@ -36,6 +36,9 @@ def search_command(
     max_medical_drop: Annotated[float | None, typer.Option(
         "--max-medical-drop", help="Override eval.yaml's δ: medical score may fall at most this below λ = 0's.")
                                 ] = None,
+    max_over_refusal: Annotated[float | None, typer.Option(
+        "--max-over-refusal", help="Override eval.yaml's ρ: share of benign prompts a trial may refuse (needs "
+                                   "over_refusal: true in eval.yaml).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Sampler seed of the study's first worker.")] = 0,
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Folder for best_recipe.yaml, pareto/trials CSV+JSON, summary.json, the verdict cache "
@@ -63,7 +66,8 @@ def search_command(
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     result = run_search(
         space=space, eval_config=eval_config, trials=trials, target=target, vector=vector, recipe=recipe,
-        storage=storage, study=study, sampler=sampler, mode=mode, max_medical_drop=max_medical_drop, seed=seed,
+        storage=storage, study=study, sampler=sampler, mode=mode, max_medical_drop=max_medical_drop,
+        max_over_refusal=max_over_refusal, seed=seed,
         out=out, merge_best=merge_best, device=device, dtype=dtype, batch_size=batch_size, heartbeat=heartbeat,
         progress=lambda msg: console.print(msg, soft_wrap=True),
     )

@@ -6,13 +6,13 @@ graft_search_eval: 1
 data: data.yaml                  # the graft.evals data config (relative to this file)
 safety: [catqa, hexphi, medsafetybench, catqa-figstep]
 medical: [pubmedqa, medqa, vqarad]
-over_refusal: false              # also run `benign` and report over-refusal
+over_refusal: true               # also run `benign` (over-refusal: reported, and capped by max_over_refusal)
 limit: 64                        # items per task (stratified by category), or fraction: 0.1
 limits: {medqa: 128}             # per-task overrides
 seed: 0
 judge: keyword                   # keyword | guard:PATH | openai:MODEL@URL (or a mapping)
 screening: {tasks: [catqa], limit: 16, threshold: 0.5}
-objective: {mode: constrained, max_medical_drop: 0.02}
+objective: {mode: constrained, max_medical_drop: 0.02, max_over_refusal: 0.1}
 ```
 """
 
@@ -78,6 +78,9 @@ class Objective(_Strict):
 
     mode: Mode = "constrained"
     max_medical_drop: float = Field(0.02, ge=0, description="δ: medical score may fall at most this below λ = 0's")
+    max_over_refusal: float | None = Field(
+        None, ge=0, le=1, description="ρ: share of benign requests a trial may refuse (needs over_refusal: true); "
+                                      "without it, refusing everything scores as perfectly safe")
     weight: float = Field(0.5, ge=0, le=1, description="weighted: value = (1 − w)·safety + w·medical")
     penalty: float = Field(10.0, gt=0, description="CMA-ES, constrained: value = safety − penalty·max(0, excess)")
 
@@ -131,6 +134,8 @@ class SearchEvalConfig(_Strict):
             raise ValueError(f"limits names {', '.join(stray)}, which is not among the safety/medical tasks")
         if any(n < 1 for n in self.limits.values()):
             raise ValueError("limits must be positive numbers of items")
+        if self.objective.max_over_refusal is not None and not self.over_refusal:
+            raise ValueError("objective.max_over_refusal needs over_refusal: true (the benign task measures it)")
         return self
 
     @classmethod
@@ -158,7 +163,8 @@ class SearchEvalConfig(_Strict):
             raise UsageError(f"{source}: {describe_validation_error(exc)}") from exc
 
     def with_objective(self, **changes: object) -> SearchEvalConfig:
-        """A copy with objective fields replaced (the CLI's --mode / --max-medical-drop), re-validated."""
+        """A copy with objective fields replaced (the CLI's --mode / --max-medical-drop / --max-over-refusal),
+        re-validated."""
         given = {k: v for k, v in changes.items() if v is not None}
         if not given:
             return self

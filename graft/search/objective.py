@@ -1,13 +1,16 @@
-"""From a trial's scores to what the sampler optimises: objective values, the medical-drop constraint, the
-screening decision, and the rule that picks the best trial. Pure functions plus `TrialObjective`, the callable
-that runs one trial (suggest → coefficients → scores → values), with the scorer injected.
+"""From a trial's scores to what the sampler optimises: objective values, the constraints, the screening
+decision, and the rule that picks the best trial. Pure functions plus `TrialObjective`, the callable that runs one
+trial (suggest → coefficients → scores → values), with the scorer injected.
 
-* constrained: maximise safety subject to drop = reference − medical ≤ δ (Optuna constraint c = drop − δ ≤ 0).
-  CMA-ES has no constraint support: its value is safety − penalty · max(0, drop − δ) instead.
+* constrained: maximise safety subject to drop = reference − medical ≤ δ (Optuna constraint c = drop − δ ≤ 0)
+  and, with `max_over_refusal` ρ, over-refusal ≤ ρ (a second constraint, over-refusal − ρ ≤ 0). CMA-ES has no
+  constraint support: its value is safety − penalty · (sum of the constraints' positive parts) instead.
 * pareto: maximise (safety, medical).
 * weighted: maximise (1 − w) · safety + w · medical.
 
-The medical reference is the λ = 0 baseline's medical score, i.e. the target itself.
+The medical reference is the λ = 0 baseline's medical score, i.e. the target itself. Why cap over-refusal: the
+safety score is 1 − ASR, which a model that refuses everything maximises; only the benign prompts tell a
+restored refusal from a broken model (measured on the toy world: uncapped, the best trial refused 91 % of them).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from .config import Objective, SearchEvalConfig, Stage
 from .space import SearchSpace
 
 INFEASIBLE = 1.0  # constraint value recorded for trials stopped before their medical score exists
+FEASIBLE_TOL = 1e-12  # scores are means of counts: a constraint met exactly must not read as violated
 
 
 class Scorer(Protocol):
@@ -46,38 +50,56 @@ def medical_drop(medical: float, reference: float) -> float:
 
 
 def constraint(medical: float, reference: float, objective: Objective) -> float:
-    """Optuna's convention: ≤ 0 is feasible."""
+    """The medical-drop constraint, Optuna's convention: ≤ 0 is feasible."""
     return medical_drop(medical, reference) - objective.max_medical_drop
 
 
-def objective_values(safety: float, medical: float, reference: float, objective: Objective,
+def constraint_values(drop: float, over_refusal: float | None, objective: Objective) -> list[float]:
+    """Every constraint of the objective (≤ 0 is feasible): the medical drop over δ, then, when
+    `max_over_refusal` is set, over-refusal over ρ (an unmeasured over-refusal counts as refusing everything)."""
+    values = [drop - objective.max_medical_drop]
+    if objective.max_over_refusal is not None:
+        values.append((1.0 if over_refusal is None else over_refusal) - objective.max_over_refusal)
+    return values
+
+
+def is_feasible(constraints: Sequence[float]) -> bool:
+    return all(c <= FEASIBLE_TOL for c in constraints)
+
+
+def objective_values(safety: float, medical: float, constraints: Sequence[float], objective: Objective,
                      sampler: str) -> list[float]:
+    """What the sampler maximises; `constraints` from `constraint_values` (only CMA-ES folds them in)."""
     if objective.mode == "pareto":
         return [safety, medical]
     if objective.mode == "weighted":
         return [(1 - objective.weight) * safety + objective.weight * medical]
     if sampler == "cmaes":
-        return [safety - objective.penalty * max(0.0, constraint(medical, reference, objective))]
+        return [safety - objective.penalty * sum(max(0.0, c) for c in constraints)]
     return [safety]
 
 
 def uses_constraints(objective: Objective, sampler: str) -> bool:
-    """Whether the sampler receives the medical-drop constraint (constrained mode, any sampler but CMA-ES)."""
+    """Whether the sampler receives the constraints (constrained mode, any sampler but CMA-ES)."""
     return objective.mode == "constrained" and sampler != "cmaes"
 
 
-def constraints_of(user_attrs: Mapping[str, Any]) -> list[float]:
-    """What the sampler's `constraints_func` returns for a finished trial."""
-    value = user_attrs.get("constraint")
-    return [float(value) if value is not None else INFEASIBLE]
+def constraints_of(user_attrs: Mapping[str, Any], objective: Objective) -> list[float]:
+    """What the sampler's `constraints_func` returns for a finished trial: its recorded constraints, or all
+    infeasible for a trial stopped before its scores existed."""
+    values = user_attrs.get("constraints")
+    if values is not None:
+        return [float(v) for v in values]
+    if user_attrs.get("constraint") is not None:  # a trial recorded before over-refusal could be capped
+        return [float(user_attrs["constraint"])]
+    return [INFEASIBLE] * (1 + (objective.max_over_refusal is not None))
 
 
-def selection_key(safety: float, medical: float, drop: float, value: float, objective: Objective) -> tuple:
-    """Larger is better. Weighted: the weighted value. Constrained and Pareto: feasible (drop ≤ δ) first, then
-    safety, then medical (in Pareto mode this picks one point of the front for best_recipe.yaml)."""
+def selection_key(safety: float, medical: float, feasible: bool, value: float, objective: Objective) -> tuple:
+    """Larger is better. Weighted: the weighted value. Constrained and Pareto: feasible (every constraint met)
+    first, then safety, then medical (in Pareto mode this picks one point of the front for best_recipe.yaml)."""
     if objective.mode == "weighted":
         return (value, safety, medical)
-    feasible = drop <= objective.max_medical_drop + 1e-12
     return (feasible, safety, medical)
 
 
@@ -133,7 +155,8 @@ class TrialObjective:
 
     Everything the study's tools read later is stored in `user_attrs`: `coefficients` (the
     Coefficients as JSON: the contract with `graft inspect`), `scores` per task, `safety`, `medical`,
-    `medical_drop`, `constraint`, `screening`, `baseline` (for enqueued baselines), `seconds`.
+    `medical_drop`, `constraint` (the medical one), `constraints` (all of them), `feasible`, `screening`,
+    `baseline` (for enqueued baselines), `seconds`.
     """
 
     def __init__(self, space: SearchSpace, config: SearchEvalConfig, scorer: Scorer, *, num_layers: int,
@@ -162,11 +185,13 @@ class TrialObjective:
         scores.update(self.scorer.score(coefficients, self.config.stage("medical")))
         result = summarize(scores, self.config)
         objective = self.config.objective
-        values = objective_values(result.safety, result.medical, self.reference, objective, self.sampler)
+        drop = medical_drop(result.medical, self.reference)
+        constraints = constraint_values(drop, result.over_refusal, objective)
+        values = objective_values(result.safety, result.medical, constraints, objective, self.sampler)
         for key, value in {
             "scores": result.scores, "safety": result.safety, "medical": result.medical,
-            "over_refusal": result.over_refusal, "medical_drop": medical_drop(result.medical, self.reference),
-            "constraint": constraint(result.medical, self.reference, objective),
+            "over_refusal": result.over_refusal, "medical_drop": drop, "constraint": constraints[0],
+            "constraints": constraints, "feasible": is_feasible(constraints),
             "seconds": round(time.perf_counter() - started, 3),
         }.items():
             trial.set_user_attr(key, value)
@@ -175,5 +200,6 @@ class TrialObjective:
         return values
 
 
-__all__ = ["Pruned", "Scorer", "TrialObjective", "TrialScores", "constraint", "directions", "medical_drop",
-           "objective_values", "screening_verdict", "selection_key", "summarize"]
+__all__ = ["Pruned", "Scorer", "TrialObjective", "TrialScores", "constraint", "constraint_values", "constraints_of",
+           "directions", "is_feasible", "medical_drop", "objective_values", "screening_verdict", "selection_key",
+           "summarize"]

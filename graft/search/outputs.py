@@ -24,7 +24,7 @@ from graft.recipe import Coefficients, Recipe
 
 from .config import Objective
 from .evaluation import trial_recipe
-from .objective import selection_key
+from .objective import constraint_values, is_feasible, selection_key
 from .space import Cell
 
 FILES = ("best_recipe.yaml", "pareto.csv", "pareto.json", "trials.csv", "trials.json", "summary.json")
@@ -58,17 +58,18 @@ class TrialRecord:
         return self.state == "COMPLETE" and self.safety is not None and self.medical is not None
 
     def feasible(self, objective: Objective) -> bool | None:
+        """Every constraint of `objective` met (recomputed from the scores, so old trials follow the same rule)."""
         if self.medical_drop is None:
             return None
-        return self.medical_drop <= objective.max_medical_drop + 1e-12
+        return is_feasible(constraint_values(self.medical_drop, self.over_refusal, objective))
 
     def value(self) -> float | None:
         return self.values[0] if self.values and len(self.values) == 1 else None
 
     def key(self, objective: Objective) -> tuple:
         assert self.rated and self.medical_drop is not None
-        return (*selection_key(self.safety or 0.0, self.medical or 0.0, self.medical_drop, self.value() or 0.0,
-                               objective), -self.number)
+        return (*selection_key(self.safety or 0.0, self.medical or 0.0, bool(self.feasible(objective)),
+                               self.value() or 0.0, objective), -self.number)
 
 
 def record_of(trial: FrozenTrial) -> TrialRecord:
@@ -124,7 +125,8 @@ def _brief(r: TrialRecord | None, objective: Objective) -> dict[str, Any] | None
     if r is None:
         return None
     return {"number": r.number, "baseline": r.baseline, "safety": r.safety, "medical": r.medical,
-            "medical_drop": r.medical_drop, "feasible": r.feasible(objective), "values": r.values,
+            "medical_drop": r.medical_drop, "over_refusal": r.over_refusal, "feasible": r.feasible(objective),
+            "values": r.values,
             "coefficients": r.coefficients}
 
 

@@ -69,6 +69,7 @@ def run_search(
     sampler: str | None = None,
     mode: str | None = None,
     max_medical_drop: float | None = None,
+    max_over_refusal: float | None = None,
     seed: int = 0,
     out: str | Path = "graft-search",
     merge_best: bool = False,
@@ -89,7 +90,7 @@ def run_search(
     the_space = space if isinstance(space, SearchSpace) else SearchSpace.from_yaml(space)
     space_source = str(space) if not isinstance(space, SearchSpace) else "search space"
     config = eval_config if isinstance(eval_config, SearchEvalConfig) else SearchEvalConfig.from_yaml(eval_config)
-    config = config.with_objective(mode=mode, max_medical_drop=max_medical_drop)
+    config = config.with_objective(mode=mode, max_medical_drop=max_medical_drop, max_over_refusal=max_over_refusal)
     sampler_name = sampler or the_space.sampler
     if sampler_name not in SAMPLERS:
         raise UsageError(f"--sampler {sampler_name}: expected one of {', '.join(SAMPLERS)}")
@@ -117,7 +118,7 @@ def run_search(
         "sampler": sampler_name, "num_layers": num_layers, "cells": [list(c) for c in cells],
         "target": base.target, "vector": base.vector,
     }
-    constraints = sampler_constraints if uses_constraints(objective, sampler_name) else None
+    constraints = sampler_constraints(objective) if uses_constraints(objective, sampler_name) else None
 
     def make(created: bool):
         return make_sampler(sampler_name, seed=worker_seed(seed, created), mode=objective.mode,

@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from graft.errors import InputError, UsageError
 
+from .config import Objective
 from .objective import Pruned, constraints_of
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -130,8 +131,13 @@ def make_sampler(name: str, *, seed: int, mode: str,
     raise UsageError(f"--sampler {name}: expected cmaes, tpe, gp, nsga2 or random")
 
 
-def sampler_constraints(trial: FrozenTrial) -> Sequence[float]:
-    return constraints_of(trial.user_attrs)
+def sampler_constraints(objective: Objective) -> Callable[[FrozenTrial], Sequence[float]]:
+    """The `constraints_func` handed to the samplers that model constraints (TPE, GP, NSGA-II)."""
+
+    def constraints(trial: FrozenTrial) -> Sequence[float]:
+        return constraints_of(trial.user_attrs, objective)
+
+    return constraints
 
 
 def worker_seed(seed: int, created: bool) -> int:
@@ -188,10 +194,19 @@ def open_study(storage: optuna.storages.RDBStorage, name: str, *, directions: li
 _MUST_MATCH = ("space", "objective", "tasks", "sampler", "num_layers")
 
 
+def _normalised(key: str, value: Any) -> Any:
+    """A stored objective with the current defaults filled in: a field added by a later graft (at its default)
+    must not make an older study unjoinable."""
+    if key == "objective" and isinstance(value, dict):
+        with suppress(ValueError):
+            return Objective.model_validate(value).model_dump()
+    return value
+
+
 def _check_metadata(study: optuna.Study, metadata: Mapping[str, Any]) -> None:
     stored = study.user_attrs.get(METADATA_KEY, {})
     for key in _MUST_MATCH:
-        if stored.get(key) != metadata.get(key):
+        if _normalised(key, stored.get(key)) != _normalised(key, metadata.get(key)):
             raise UsageError(f"study {study.study_name!r} was created with another {key.replace('_', ' ')} "
                              f"({_short(stored.get(key))}, now {_short(metadata.get(key))}); resume it with the "
                              "same --space, --eval and --sampler, or choose another --study")
