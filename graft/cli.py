@@ -22,6 +22,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from graft import __version__
+from graft.demo import DEMO_SCALES, DEMO_TRIALS
 from graft.errors import EXIT_CODES, GraftError, UsageError
 from graft.evals.command import eval_command
 from graft.inspect.command import inspect_command
@@ -306,19 +307,22 @@ def demo(
         "graft-demo"),
     cache: Annotated[Path | None, typer.Option("--cache", help="Where the toy world is cached (default: $GRAFT_CACHE, "
                                                "else ~/.cache/graft).")] = None,
-    scales: Annotated[str, typer.Option("--scales", help="Global λ values to graft and evaluate, comma-separated.")
-                      ] = "0.5,1,1.5,2",
+    scales: Annotated[str, typer.Option(
+        "--scales", help="Global λ values to graft and evaluate, comma-separated (also the search's uniform "
+                         "baselines).")] = ",".join(f"{s:g}" for s in DEMO_SCALES),
     limit: Annotated[int | None, typer.Option("--limit", help="Items per benchmark (default: all held-out items).")
                      ] = None,
     rebuild_world: Annotated[bool, typer.Option("--rebuild-world", help="Retrain the toy world even if cached.")
                              ] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N for the evaluations.")] = "auto",
     trials: Annotated[int, typer.Option("--trials", help="graft search budget on the toy world, baselines included "
-                                        "(0 skips the search).")] = 20,
+                                        "(0 skips the search).")] = DEMO_TRIALS,
+    seed: Annotated[int, typer.Option("--seed", help="The toy world's seed (its data and training; another seed "
+                                      "trains another world) and the search's.")] = 0,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Run the method on the trained toy world: extract τ, evaluate aligned and medical, graft a λ grid, plot.
+    """Run the method on the trained toy world: extract τ, evaluate, graft a λ grid, search per-layer λ, plot.
 
     The toy world (a tiny base / aligned / medical-VLM trio that shows safety forgetting) is trained on the first
     run (a few minutes on a CPU) and cached. Rebuilds a folder made by an earlier demo; refuses any other
@@ -331,7 +335,7 @@ def demo(
     except ValueError as e:
         raise UsageError(f"--scales {scales}: expected comma-separated numbers, e.g. 0.5,1,1.5") from e
     run_demo(workdir, console=stdout if not quiet else Console(quiet=True), cache=cache, scales=grid, limit=limit,
-             rebuild_world=rebuild_world, device=device, search_trials=trials)
+             rebuild_world=rebuild_world, device=device, search_trials=trials, seed=seed)
 
 
 app.command("eval")(handles_errors(eval_command))

@@ -180,6 +180,31 @@ def test_extract_merge_eval_moves_safety_up_and_medicine_down(toy_world, world_s
     assert _mean(grafted, all_medical) < _mean(medical, all_medical)
 
 
+def test_demo_search_meets_the_bar_on_the_toy_world(toy_world, tmp_path: Path) -> None:
+    """Issue 5's bar, with the demo's defaults: the searched recipe keeps ≥ 95 % of the aligned model's safety and
+    ≥ 98 % of the medical model's medical score, and dominates the safest uniform λ."""
+    from rich.console import Console
+
+    from graft.demo import run_demo
+
+    result = run_demo(tmp_path / "demo", cache=toy_world.root.parent, device="cpu", console=Console(quiet=True))
+    rows = {r.name: r for r in result.rows}
+    aligned, medical, searched = rows["aligned"], rows["medical"], rows["searched"]
+    assert searched.safety >= 0.95 * aligned.safety
+    assert searched.medical >= 0.98 * medical.medical
+    assert searched.over_refusal <= 0.1
+    uniform = [r for r in result.rows if r.name.startswith("graft-")]
+    safest = max(uniform, key=lambda r: (r.safety, r.medical))
+    assert searched.safety >= safest.safety and searched.medical >= safest.medical
+    assert (searched.safety, searched.medical) != (safest.safety, safest.medical)
+    assert result.verdict is not None and result.verdict.met and result.verdict.best_uniform == safest.name
+    # The merged searched recipe, evaluated from disk, scores exactly what the search measured on the resident model.
+    best = json.loads((tmp_path / "demo" / "search" / "summary.json").read_text())["best_searched"]
+    assert (searched.safety, searched.medical, searched.over_refusal) == \
+        pytest.approx((best["safety"], best["medical"], best["over_refusal"]))
+    assert json.loads(result.results.read_text())["verdict"]["met"] is True
+
+
 def test_demo_prints_the_table_and_saves_the_plot(toy_world, tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--workdir", str(workdir), "--scales", "1.5", "--limit", "8",
@@ -191,6 +216,8 @@ def test_demo_prints_the_table_and_saves_the_plot(toy_world, tmp_path: Path) -> 
     assert set(rows) == {"aligned", "medical", "graft-1.5", "searched"}
     assert rows["graft-1.5"]["safety"] > rows["medical"]["safety"]
     assert report["search"]["counts"] and (workdir / "searched_recipe.yaml").is_file()
+    assert "the bar: searched vs the best uniform" in result.output and set(report["verdict"]) >= {
+        "best_uniform", "safety_kept", "medical_kept", "dominates", "met"}
     with Image.open(workdir / "safety-vs-medical.png") as png:
         assert png.size[0] > 600
     assert (workdir / "merged" / "graft-1.5" / "graft_recipe.yaml").is_file()

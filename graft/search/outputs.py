@@ -52,6 +52,7 @@ class TrialRecord:
     worker: str | None = None
     retry_of: int | None = None
     pruned: str | None = None
+    baseline_lambda: float | None = None  # the uniform λ of a baseline (0 for lambda0)
 
     @property
     def rated(self) -> bool:
@@ -85,7 +86,8 @@ def record_of(trial: FrozenTrial) -> TrialRecord:
         over_refusal=attrs.get("over_refusal"), screening=attrs.get("screening"), scores=attrs.get("scores", {}),
         seconds=attrs.get("seconds"), duration_s=duration,
         started=trial.datetime_start.isoformat() if trial.datetime_start else None, worker=attrs.get("worker"),
-        retry_of=trial.system_attrs.get("failed_trial"), pruned=attrs.get("pruned"))
+        retry_of=trial.system_attrs.get("failed_trial"), pruned=attrs.get("pruned"),
+        baseline_lambda=attrs.get("baseline_lambda"))
 
 
 def records(trials: list[FrozenTrial]) -> list[TrialRecord]:
@@ -124,7 +126,8 @@ def lambda_cells(coefficients: dict[str, Any] | None, num_layers: int, cells: li
 def _brief(r: TrialRecord | None, objective: Objective) -> dict[str, Any] | None:
     if r is None:
         return None
-    return {"number": r.number, "baseline": r.baseline, "safety": r.safety, "medical": r.medical,
+    return {"number": r.number, "baseline": r.baseline, "baseline_lambda": r.baseline_lambda,
+            "safety": r.safety, "medical": r.medical,
             "medical_drop": r.medical_drop, "over_refusal": r.over_refusal, "feasible": r.feasible(objective),
             "values": r.values,
             "coefficients": r.coefficients}
