@@ -24,6 +24,9 @@ def eval_command(
     limit: int = typer.Option(None, "--limit", help="Screen on N items per task, stratified by category."),
     fraction: float = typer.Option(None, "--fraction", help="Screen on this share of each task (0-1]."),
     seed: int = typer.Option(0, "--seed", help="Seed of the screening subset (--limit/--fraction)."),
+    rest: bool = typer.Option(False, "--rest",
+                              help="Score the items the --limit/--fraction subset leaves out instead: report on "
+                                   "what a search (which scored the subset) never saw."),
     judge: str = typer.Option("keyword", "--judge",
                               help="keyword | guard:PATH (Llama-Guard/Qwen3Guard) | openai:MODEL@BASE_URL "
                                    "(key from $OPENAI_API_KEY)."),
@@ -52,7 +55,8 @@ def eval_command(
     if out.exists() and not force:
         raise UsageError(f"{out}: exists; pass --force to overwrite or choose another --out")
     results = evaluate(
-        model, tasks=tasks, suite=suite, data=data, limit=limit, fraction=fraction, seed=seed, judge=judge,
+        model, tasks=tasks, suite=suite, data=data, limit=limit, fraction=fraction, seed=seed, rest=rest,
+        judge=judge,
         mc_mode=mc_mode, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, dtype=dtype,
         font=str(font) if font else None, system_prompt=system_prompt, full_replies=full_replies, cache=cache, out=out,
         progress=console.print,

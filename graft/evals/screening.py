@@ -2,7 +2,9 @@
 
 A subset keeps each category's share of the benchmark (largest-remainder allocation, at least one item per
 category when the budget allows) and draws items inside a category with a generator seeded by
-(seed, benchmark, category), so adding a category or a benchmark never changes another one's draw.
+(seed, benchmark, category), so adding a category or a benchmark never changes another one's draw. `rest=True`
+gives every item that subset leaves out: a search scores the subset, the report scores the rest, and no item is in
+both.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from .loaders import Item
 
 
 def stratified_subset(items: Sequence[Item], limit: int | None = None, fraction: float | None = None,
-                      seed: int = 0) -> list[Item]:
+                      seed: int = 0, *, rest: bool = False) -> list[Item]:
     if limit is not None and fraction is not None:
         raise UsageError("give --limit or --fraction, not both")
     if limit is None and fraction is None:
+        if rest:
+            raise UsageError("--rest scores the items a --limit/--fraction subset leaves out: give one of them")
         return list(items)
     if fraction is not None and not 0 < fraction <= 1:
         raise UsageError(f"--fraction {fraction}: expected a number in (0, 1]")
@@ -57,7 +61,13 @@ def stratified_subset(items: Sequence[Item], limit: int | None = None, fraction:
     for c in cats:
         rng = random.Random(f"{seed}:{items[0].benchmark}:{c}")
         chosen += rng.sample(groups[c], take[c])
-    return [items[i] for i in sorted(chosen)]
+    if not rest:
+        return [items[i] for i in sorted(chosen)]
+    left = sorted(set(range(len(items))) - set(chosen))
+    if not left:
+        raise UsageError(f"--rest: the subset takes all {len(items)} items of {items[0].benchmark}; lower "
+                         "--limit/--fraction")
+    return [items[i] for i in left]
 
 
 class VerdictCache:

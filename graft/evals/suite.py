@@ -86,6 +86,7 @@ def evaluate(
     limit: int | None = None,
     fraction: float | None = None,
     seed: int = 0,
+    rest: bool = False,
     judge: JudgeConfig | str = "keyword",
     mc_mode: Literal["loglik", "generate"] = "loglik",
     max_new_tokens: int | None = None,
@@ -103,9 +104,12 @@ def evaluate(
     """Evaluate a model folder (or a loaded `Engine`, e.g. a resident graft in a search) on tasks or a suite.
 
     `cache` is a SQLite file of finished per-sample records keyed by the weights' identity: `cache_key` when
-    given (e.g. a search's recipe hash, which costs nothing), else a content hash of every weight.
+    given (e.g. a search's recipe hash, which costs nothing), else a content hash of every weight. `rest` scores
+    the items the limit/fraction subset leaves out instead (report on what a search did not see).
     """
     names, explicit = resolve_tasks(tasks, suite)
+    if rest and limit is None and fraction is None:
+        raise UsageError("--rest scores the items a --limit/--fraction subset leaves out: give one of them")
     data = _data_config(data)
     judge_cfg = JudgeConfig.parse(judge) if isinstance(judge, str) else judge
     if mc_mode not in ("loglik", "generate"):
@@ -137,6 +141,8 @@ def evaluate(
     for task in run:
         if task.benchmark not in loaded:
             loaded[task.benchmark] = LOADERS[task.benchmark](data.source(task.benchmark))
+    subsets = {b: stratified_subset(items, limit=limit, fraction=fraction, seed=seed, rest=rest)
+               for b, items in loaded.items()}
     bs = batch_size or engine.batch_size
     generates = any(t.kind in ("benign", "safety", "vqa") or mc_mode == "generate" for t in run)
     if generates and not engine.has_chat_template:
@@ -159,7 +165,7 @@ def evaluate(
 
     for task in run:
         t0 = time.perf_counter()
-        items = stratified_subset(loaded[task.benchmark], limit=limit, fraction=fraction, seed=seed)
+        items = subsets[task.benchmark]
         settings = {"kind": task.kind, "figstep": task.figstep, "cap": caps[task.kind], "mc_mode": mc_mode,
                     "judge": the_judge.describe() if (the_judge and task.kind == "safety") else None,
                     "font": font, "system_prompt": system_prompt, "full_replies": full_replies}
@@ -196,6 +202,7 @@ def evaluate(
                      "chat_template": engine.has_chat_template, "content_hash": model_hash}
     results.judge = the_judge.describe() if the_judge else {"name": judge_cfg.kind, "used": False}
     results.config = {"tasks": [t.name for t in run], "limit": limit, "fraction": fraction, "seed": seed,
+                      "rest": rest,
                       "mc_mode": mc_mode, "max_new_tokens": caps,
                       "system_prompt": system_prompt, "full_replies": full_replies,
                       "batch_size": bs,

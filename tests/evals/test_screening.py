@@ -40,6 +40,20 @@ def test_seeded_and_independent_per_category():
     assert [i.id for i in more if i.category == "a"] == [i.id for i in base if i.category == "a"]
 
 
+def test_rest_is_exactly_the_complement_of_the_subset():
+    items = _items({"a": 50, "b": 30, "c": 20})
+    for kwargs in ({"fraction": 0.3, "seed": 4}, {"limit": 7, "seed": 0}):
+        sub = stratified_subset(items, **kwargs)
+        rest = stratified_subset(items, rest=True, **kwargs)
+        assert not {i.id for i in sub} & {i.id for i in rest}
+        assert sorted(sub + rest, key=items.index) == items  # together: every item once, rest in file order
+        assert rest == [i for i in items if i not in sub]
+    with pytest.raises(UsageError, match="give one of them"):
+        stratified_subset(items, rest=True)
+    with pytest.raises(UsageError, match="takes all 100 items of bench"):
+        stratified_subset(items, limit=100, rest=True)
+
+
 def test_bad_arguments():
     items = _items({"a": 3})
     with pytest.raises(UsageError, match="not both"):

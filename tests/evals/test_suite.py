@@ -84,6 +84,22 @@ def test_limit_is_stratified_and_cache_reuses_verdicts(tiny_llama, tmp_path):
     assert changed.model["content_hash"] != first.model["content_hash"]
 
 
+def test_rest_scores_the_items_the_subset_leaves_out(tiny_llama):
+    engine = Engine.load(tiny_llama, device="cpu")
+    subset = evaluate(engine, tasks=["catqa"], data=fixture_data(), fraction=0.5, seed=3, max_new_tokens=3)
+    rest = evaluate(engine, tasks=["catqa"], data=fixture_data(), fraction=0.5, seed=3, rest=True, max_new_tokens=3)
+    every = evaluate(engine, tasks=["catqa"], data=fixture_data(), max_new_tokens=3)
+    ids = {s["id"] for s in subset.samples}
+    assert ids.isdisjoint(s["id"] for s in rest.samples)
+    assert sorted(ids | {s["id"] for s in rest.samples}) == sorted(s["id"] for s in every.samples)
+    # The scores add up: the two parts' refusals are all of the full run's.
+    n_sub, n_rest = subset.benchmarks["catqa"]["n"], rest.benchmarks["catqa"]["n"]
+    assert n_sub + n_rest == every.benchmarks["catqa"]["n"]
+    assert subset.score("catqa") * n_sub + rest.score("catqa") * n_rest == \
+        pytest.approx(every.score("catqa") * (n_sub + n_rest))
+    assert rest.config["rest"] is True
+
+
 def test_generation_mode_mc(tiny_llava):
     res = evaluate(tiny_llava, tasks=["medqa", "pubmedqa"], data=fixture_data(), mc_mode="generate",
                    max_new_tokens=4, device="cpu")
@@ -109,6 +125,8 @@ def test_usage_errors(tiny_llama):
         evaluate(tiny_llama, tasks="medqa", data={"catqa": str(FIXTURES / "catqa/catqa_english.json")})
     with pytest.raises(UsageError, match="--mc-mode vote"):
         evaluate(tiny_llama, tasks="medqa", data=fixture_data(), mc_mode="vote")
+    with pytest.raises(UsageError, match="--rest scores the items a --limit/--fraction subset leaves out"):
+        evaluate(tiny_llama, tasks="medqa", data=fixture_data(), rest=True)
     with pytest.raises(UsageError, match="--limit 0"):
         evaluate(tiny_llama, tasks="medqa", data=fixture_data(), limit=0, device="cpu")
     with pytest.raises(UsageError, match="--dtype fp8"):
