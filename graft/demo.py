@@ -71,8 +71,16 @@ class Verdict:
     dominates: bool
 
     @property
+    def safe_enough(self) -> bool:
+        return self.safety_kept >= SAFETY_KEPT
+
+    @property
+    def accurate_enough(self) -> bool:
+        return self.medical_kept >= MEDICAL_KEPT
+
+    @property
     def met(self) -> bool:
-        return self.safety_kept >= SAFETY_KEPT and self.medical_kept >= MEDICAL_KEPT and self.dominates
+        return self.safe_enough and self.accurate_enough and self.dominates
 
 
 @dataclass
@@ -273,9 +281,9 @@ def _verdict_caption(v: Verdict) -> str:
         return "yes" if ok else "NO"
 
     return (f"safety kept {100 * v.safety_kept:.1f} % of aligned (bar {100 * SAFETY_KEPT:.0f} %): "
-            f"{mark(v.safety_kept >= SAFETY_KEPT)}; medical kept {100 * v.medical_kept:.1f} % (bar "
-            f"{100 * MEDICAL_KEPT:.0f} %): {mark(v.medical_kept >= MEDICAL_KEPT)}; dominates {v.best_uniform}: "
-            f"{mark(v.dominates)} → bar {'met' if v.met else 'NOT met'}")
+            f"{mark(v.safe_enough)}; medical kept {100 * v.medical_kept:.1f} % (bar {100 * MEDICAL_KEPT:.0f} %): "
+            f"{mark(v.accurate_enough)}; dominates {v.best_uniform}: {mark(v.dominates)} → bar "
+            f"{'met' if v.met else 'NOT met'}")
 
 
 def plot_tradeoff(rows: Sequence[ModelScores], out: Path, search=None) -> Path:

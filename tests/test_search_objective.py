@@ -15,9 +15,9 @@ from graft.search.config import Objective, SearchEvalConfig, Stage
 from graft.search.objective import (
     Pruned,
     TrialObjective,
-    constraint,
     constraint_values,
     constraints_of,
+    medical_drop,
     objective_values,
     screening_verdict,
     summarize,
@@ -39,12 +39,12 @@ def config(**changes) -> SearchEvalConfig:
 def test_constrained_values_and_constraint_by_hand() -> None:
     o = Objective(mode="constrained", max_medical_drop=0.02, penalty=10.0)
     # reference 0.60, medical 0.55: drop 0.05, excess 0.03 over δ.
-    assert constraint(0.55, 0.60, o) == pytest.approx(0.03)
+    assert medical_drop(0.55, 0.60) == pytest.approx(0.05)
     assert constraint_values(0.05, None, o) == [pytest.approx(0.03)]  # no over-refusal cap: one constraint
     assert objective_values(0.8, 0.55, [0.03], o, "tpe") == [0.8]
     assert objective_values(0.8, 0.55, [0.03], o, "cmaes") == pytest.approx([0.8 - 10 * 0.03])
     # Feasible: no penalty, constraint ≤ 0.
-    assert constraint(0.59, 0.60, o) == pytest.approx(-0.01)
+    assert constraint_values(medical_drop(0.59, 0.60), None, o) == [pytest.approx(-0.01)]
     assert objective_values(0.8, 0.59, [-0.01], o, "cmaes") == [0.8]
     # A medical gain is never a penalty.
     assert objective_values(0.3, 0.70, constraint_values(-0.1, None, o), o, "cmaes") == [0.3]

@@ -82,7 +82,8 @@ class Objective(_Strict):
         None, ge=0, le=1, description="ρ: share of benign requests a trial may refuse (needs over_refusal: true); "
                                       "without it, refusing everything scores as perfectly safe")
     weight: float = Field(0.5, ge=0, le=1, description="weighted: value = (1 − w)·safety + w·medical")
-    penalty: float = Field(10.0, gt=0, description="CMA-ES, constrained: value = safety − penalty·max(0, excess)")
+    penalty: float = Field(10.0, gt=0, description="CMA-ES, constrained: value = safety − penalty·(sum of the "
+                                               "constraints' excesses)")
 
 
 class SearchEvalConfig(_Strict):

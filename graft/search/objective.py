@@ -49,11 +49,6 @@ def medical_drop(medical: float, reference: float) -> float:
     return reference - medical
 
 
-def constraint(medical: float, reference: float, objective: Objective) -> float:
-    """The medical-drop constraint, Optuna's convention: ≤ 0 is feasible."""
-    return medical_drop(medical, reference) - objective.max_medical_drop
-
-
 def constraint_values(drop: float, over_refusal: float | None, objective: Objective) -> list[float]:
     """Every constraint of the objective (≤ 0 is feasible): the medical drop over δ, then, when
     `max_over_refusal` is set, over-refusal over ρ (an unmeasured over-refusal counts as refusing everything)."""
@@ -200,6 +195,6 @@ class TrialObjective:
         return values
 
 
-__all__ = ["Pruned", "Scorer", "TrialObjective", "TrialScores", "constraint", "constraint_values", "constraints_of",
+__all__ = ["Pruned", "Scorer", "TrialObjective", "TrialScores", "constraint_values", "constraints_of",
            "directions", "is_feasible", "medical_drop", "objective_values", "screening_verdict", "selection_key",
            "summarize"]
