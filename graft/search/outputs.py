@@ -126,11 +126,9 @@ def lambda_cells(coefficients: dict[str, Any] | None, num_layers: int, cells: li
 def _brief(r: TrialRecord | None, objective: Objective) -> dict[str, Any] | None:
     if r is None:
         return None
-    return {"number": r.number, "baseline": r.baseline, "baseline_lambda": r.baseline_lambda,
-            "safety": r.safety, "medical": r.medical,
-            "medical_drop": r.medical_drop, "over_refusal": r.over_refusal, "feasible": r.feasible(objective),
-            "values": r.values,
-            "coefficients": r.coefficients}
+    return {"number": r.number, "baseline": r.baseline, "baseline_lambda": r.baseline_lambda, "safety": r.safety,
+            "medical": r.medical, "medical_drop": r.medical_drop, "over_refusal": r.over_refusal,
+            "feasible": r.feasible(objective), "values": r.values, "coefficients": r.coefficients}
 
 
 def _gain(best: TrialRecord | None, other: TrialRecord | None) -> dict[str, float | None] | None:
