@@ -11,8 +11,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
+import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,8 +45,64 @@ FLOAT_TAGS = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit safetensors itself enforces
 
+log = logging.getLogger(__name__)
+
 if sys.byteorder != "little":  # safetensors stores little-endian; graft copies raw bytes
     raise ImportError("graft supports little-endian machines only")
+
+
+def containment_root(root: Path) -> Path:
+    """The folder a model folder's symlinks may point into: the folder itself, or for a Hugging Face cache
+    snapshot (models--org--name/snapshots/REV, whose files link to ../../blobs) the repository's cache folder."""
+    root = root.resolve()
+    return root.parent.parent if root.parent.name == "snapshots" else root
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_regular(path: Path, within: Path | None = None) -> os.stat_result:
+    """Refuse, without opening it, anything but a regular file (a FIFO would block forever) and a symlink that
+    leads out of `within` (an input folder never hands graft a file from elsewhere)."""
+    try:
+        if within is not None:
+            real = path.resolve()
+            if real != within and within not in real.parents:
+                how = f"a symlink to {real}" if path.is_symlink() else f"resolves to {real}"
+                raise InputError(f"{path}: {how}, outside the model folder; graft never follows paths out of an "
+                                 "input (copy the file in)")
+        info = os.stat(path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror}); check the path and permissions") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path}: {_kind(info.st_mode)}, not a regular file; graft reads only regular files")
+    return info
+
+
+def open_regular(path: Path, within: Path | None = None) -> int:
+    """A read-only descriptor on a regular file: checked before opening, opened non-blocking (a FIFO swapped in
+    between cannot hang us) and checked again on the descriptor."""
+    check_regular(path, within)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open ({exc.strerror})") from exc
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise InputError(f"{path}: {_kind(mode)}, not a regular file; graft reads only regular files")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def read_regular_text(path: Path, within: Path | None = None) -> str:
+    with os.fdopen(open_regular(path, within), "r", encoding="utf-8") as handle:
+        return handle.read()
 
 
 @dataclass(frozen=True)
@@ -97,11 +155,12 @@ class ShardHeader:
     tensors: tuple[TensorInfo, ...]
 
 
-def read_shard_header(file: Path) -> ShardHeader:
+def read_shard_header(file: Path, within: Path | None = None) -> ShardHeader:
     """Parse and validate a safetensors header; every check names the file and says what to do."""
+    fd = open_regular(file, within)
     try:
-        size = file.stat().st_size
-        with open(file, "rb") as handle:
+        size = os.fstat(fd).st_size
+        with os.fdopen(fd, "rb") as handle:
             prefix = handle.read(8)
             if len(prefix) < 8:
                 raise InputError(f"{file}: truncated: shorter than the 8-byte safetensors header; re-download it")
@@ -175,8 +234,9 @@ class Checkpoint:
             raise InputError(f"{root}: no such {role} folder; check the path (or pass a Hugging Face hub id)")
         if not root.is_dir():
             raise InputError(f"{root}: the {role} must be a model folder, not a file")
-        index_file, files, index_metadata, weight_map = _locate_weights(root, role)
-        shards = tuple(read_shard_header(f) for f in files)
+        within = containment_root(root)
+        index_file, files, index_metadata, weight_map = _locate_weights(root, role, within)
+        shards = tuple(read_shard_header(f, within) for f in files)
         tensors: dict[str, TensorInfo] = {}
         for shard in shards:
             for info in shard.tensors:
@@ -195,7 +255,7 @@ class Checkpoint:
         if not path.exists():
             return {}
         try:
-            return json.loads(path.read_text())
+            return json.loads(read_regular_text(path, containment_root(self.root)))
         except ValueError as exc:
             raise InputError(f"{path}: not valid JSON; fix or re-download it") from exc
 
@@ -214,10 +274,16 @@ class Checkpoint:
         Weights in any other format are left out: a stale pickle next to grafted safetensors would be a trap.
         """
         weights = {f.resolve() for f in self.weight_files}
+        within = containment_root(self.root)
         keep = []
-        for path in sorted(self.root.rglob("*")):
+        for path in sorted(_walk_files(self.root)):
             rel = path.relative_to(self.root)
-            if rel.parts[0].startswith(".") or not path.is_file() or path.resolve() in weights:
+            if rel.parts[0].startswith(".") or path.resolve() in weights:
+                continue
+            try:
+                check_regular(path, within)
+            except InputError as exc:
+                log.warning("skipped %s", exc)
                 continue
             if path.suffix in (*PICKLE_SUFFIXES, ".safetensors", ".gguf", ".h5", ".msgpack"):
                 continue
@@ -273,8 +339,16 @@ class Checkpoint:
         return iter(self.tensors.values())
 
 
+def _walk_files(root: Path) -> Iterator[Path]:
+    """Every non-folder entry under `root`, never descending through a symlinked folder."""
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        base = Path(folder)
+        yield from (base / name for name in files)
+        yield from (base / name for name in dirs if (base / name).is_symlink())
+
+
 def _locate_weights(
-    root: Path, role: str
+    root: Path, role: str, within: Path
 ) -> tuple[Path | None, list[Path], dict[str, object], dict[str, str] | None]:
     """Find the index or the single file; refuse pickles with the way to convert them."""
     indexes = sorted(root.glob("*.safetensors.index.json"))
@@ -285,14 +359,14 @@ def _locate_weights(
         raise InputError(f"{root}: several safetensors indexes ({names}); keep one or point graft at a folder with one")
     if index is not None:
         try:
-            data = json.loads(index.read_text())
+            data = json.loads(read_regular_text(index, within))
             weight_map: dict[str, str] = dict(data["weight_map"])
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{index}: not a valid safetensors index (needs a 'weight_map' object)") from exc
         files = []
         for name in dict.fromkeys(weight_map.values()):
             shard = root / name
-            if not shard.is_file():
+            if not os.path.lexists(shard):
                 tensor = next(t for t, f in weight_map.items() if f == name)
                 raise InputError(
                     f"{index}: names shard {name!r} (for tensor {tensor!r}) but {shard} does not exist; "

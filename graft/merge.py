@@ -20,7 +20,8 @@ import torch
 from graft.checkpoint import DTYPES, Checkpoint, TensorInfo
 from graft.devices import resolve_device
 from graft.errors import UsageError
-from graft.hub import resolve_model
+from graft.guard import OutputFolder
+from graft.hub import pin, resolve_model
 from graft.modelcard import model_card
 from graft.ops import graft_rows, orthogonal_graft_rows, projection_coefficient, projection_terms
 from graft.pipeline import prefetch
@@ -29,7 +30,6 @@ from graft.recipe import Recipe
 from graft.vector import SafetyVector
 from graft.writer import (
     BackgroundWriter,
-    OutputFolder,
     OutputTensor,
     ShardWriter,
     parse_size,
@@ -85,6 +85,10 @@ def merge(
     if not recipe.out:
         raise UsageError("no output folder: pass --out or set `out` in the recipe")
     started = time.perf_counter()
+    # The recipe stored in the output (and its model card) names every input so it rebuilds from any folder.
+    recipe = recipe.model_copy(update={
+        "target": pin(recipe.target), "vector": pin(recipe.vector),
+        "options": recipe.options.model_copy(update={"origin": pin(recipe.options.origin)})})
     plan = open_plan(recipe)
     try:
         plan.check()
@@ -92,7 +96,7 @@ def merge(
         layout = output_layout(plan)
         total = sum(t.nbytes for shard in layout.values() for t in shard.tensors)
         inputs = [plan.target.root, plan.vector.root] + ([plan.origin.root] if plan.origin else [])
-        folder = OutputFolder(Path(recipe.out), inputs=inputs, force=force)
+        folder = OutputFolder(Path(recipe.out), inputs=inputs, force=force, kind="merge")
         side_files = plan.target.non_weight_files()
         folder.check_free_space(total + sum((plan.target.root / rel).stat().st_size for rel in side_files))
         if on_plan:

@@ -10,6 +10,8 @@ from collections import Counter
 from graft import __version__
 from graft.plan import GraftPlan
 
+REPRODUCE = "graft merge --recipe graft_recipe.yaml --out rebuilt"
+
 
 def model_card(plan: GraftPlan) -> str:
     recipe = plan.recipe
@@ -60,7 +62,8 @@ def model_card(plan: GraftPlan) -> str:
         lines.append(f"- grown vocabulary: only the vector's rows were grafted in {names}")
     stored = recipe.model_copy(update={"out": None})
     lines += ["", "## Recipe", "", "```yaml", stored.to_yaml().rstrip(), "```", "",
-              f"Reproduce with `graft merge --recipe graft_recipe.yaml` (graft {__version__}).", ""]
+              f"Reproduce with `{REPRODUCE}`, run in this folder (graft {__version__}; the recipe names its inputs "
+              "by absolute path or hub id, so it rebuilds the same bytes from anywhere).", ""]
     return "\n".join(lines)
 
 

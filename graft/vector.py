@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,12 +22,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from graft import __version__
-from graft.checkpoint import DTYPES, Checkpoint, TensorInfo, sha256_file
+from graft.checkpoint import DTYPES, Checkpoint, TensorInfo, containment_root, read_regular_text, sha256_file
 from graft.errors import IncompatibleError, InputError, UsageError
+from graft.guard import OutputFolder
 from graft.mapping import Group, find_backbone_prefix, layer_index, module_group
 from graft.writer import (
     BackgroundWriter,
-    OutputFolder,
     OutputTensor,
     ShardWriter,
     parse_size,
@@ -91,12 +92,15 @@ class SafetyVector:
 
     @classmethod
     def open(cls, path: str | Path) -> SafetyVector:
-        root = Path(path)
+        root = Path(path).expanduser()
         manifest_path = root / MANIFEST
-        if not manifest_path.is_file():
+        if not root.exists():
+            raise InputError(f"{path}: no such vector folder; check the path or create one with `graft extract`")
+        if not os.path.lexists(manifest_path):
             raise InputError(f"{root}: not a graft vector folder (no {MANIFEST}); create one with `graft extract`")
         try:
-            manifest = VectorManifest.model_validate(json.loads(manifest_path.read_text()))
+            manifest = VectorManifest.model_validate(json.loads(read_regular_text(manifest_path,
+                                                                                  containment_root(root))))
         except ValueError as exc:
             detail = str(exc).splitlines()[0] if not isinstance(exc, ValidationError) else _first_error(exc)
             raise InputError(f"{manifest_path}: invalid vector manifest ({detail})") from exc
@@ -185,7 +189,7 @@ def extract_vector(
             raise IncompatibleError(f"{base.root} and {aligned.root} share no floating-point tensors")
         storage = {n: STORAGE_DTYPES[dtype] or base.tensors[n].dtype for n in names}
         outputs = [OutputTensor(n, storage[n], base.tensors[n].shape) for n in names]
-        folder = OutputFolder(Path(out), inputs=[base.root, aligned.root], force=force)
+        folder = OutputFolder(Path(out), inputs=[base.root, aligned.root], force=force, kind="vector")
         folder.check_free_space(sum(t.nbytes for t in outputs))
         prefix = find_backbone_prefix({n: base.tensors[n].shape for n in names})
         hashes = ThreadPoolExecutor(max_workers=1) if hash_sources else None

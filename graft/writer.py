@@ -3,7 +3,7 @@
 Every output shard's header is computed before its data, since names, dtypes and shapes are known from the plan;
 tensors are then appended in order, so a shard never has to be held in memory. Writes happen in a background
 thread so disk writes overlap reading and computing. The whole folder is built beside its destination and renamed
-into place only when complete.
+into place only when complete (`graft.guard.OutputFolder`).
 """
 
 from __future__ import annotations
@@ -12,18 +12,17 @@ import errno
 import json
 import os
 import queue
-import shutil
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from graft.checkpoint import DTYPES
 from graft.errors import OutputError
+from graft.guard import count_written
 
-HEADROOM_BYTES = 4 * 2**20  # shard headers, index, model card, recipe: small next to any real model
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -160,7 +159,8 @@ class ShardWriter:
         done = 0
         try:
             while done < nbytes:
-                got = os.copy_file_range(src_fd, self._fd, nbytes - done, offset + done)
+                got = os.copy_file_range(src_fd, self._fd, min(nbytes - done, 1 << 20), offset + done)
+                count_written(got)
                 if got == 0:
                     raise OutputError(f"{self.path}: source ended early while copying; the input may be truncated")
                 done += got
@@ -197,87 +197,13 @@ class ShardWriter:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
+            count_written(written)
 
     def close(self) -> None:
         complete = self._pending == 0 and self._next >= len(self.tensors) - 1
         os.close(self._fd)
         if not complete:
             raise RuntimeError(f"internal: {self.path} closed before all tensors were written")
-
-
-@dataclass
-class OutputFolder:
-    """A folder built in a hidden sibling and renamed into place at the end: all or nothing.
-
-    Refuses to replace an existing folder without `force`, and refuses any destination that is, contains or lies
-    inside one of the inputs, so nothing a user owns can be overwritten by accident.
-    """
-
-    destination: Path
-    inputs: Iterable[Path] = ()
-    force: bool = False
-    staging: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.destination = Path(self.destination).absolute()
-        for src in self.inputs:
-            src = Path(src).resolve()
-            dest = self.destination.resolve()
-            if dest == src or src in dest.parents or dest in src.parents:
-                raise OutputError(f"{self.destination}: overlaps input {src}; choose an --out outside every input")
-        if self.destination.exists() and not self.force:
-            raise OutputError(f"{self.destination}: already exists; pass --force to replace it or choose another --out")
-        if self.destination.exists() and not self.destination.is_dir():
-            raise OutputError(f"{self.destination}: exists and is not a folder; remove it or choose another --out")
-        parent = self.destination.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"{parent}: cannot create the output's parent folder ({exc.strerror})") from exc
-        self.staging = parent / f".{self.destination.name}.graft-partial-{os.getpid()}"
-
-    def check_free_space(self, needed: int) -> None:
-        """Refuse up front when the output (tensor bytes + headers and small files) cannot fit."""
-        needed += HEADROOM_BYTES
-        free = shutil.disk_usage(self.destination.parent).free
-        if free < needed:
-            raise OutputError(
-                f"{self.destination.parent}: {human_size(needed)} needed but only {human_size(free)} free; "
-                "free space or choose another --out"
-            )
-
-    def __enter__(self) -> Path:
-        if self.staging.exists():
-            shutil.rmtree(self.staging)
-        self.staging.mkdir()
-        return self.staging
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if exc_type is None:
-            try:
-                self._commit()
-                return
-            except OSError as commit_error:
-                exc = commit_error
-        shutil.rmtree(self.staging, ignore_errors=True)
-        # Any write in the staging folder (shards, index, side files, manifest) that hits a full disk is the
-        # user's problem to fix, not a bug: say so in one line.
-        if isinstance(exc, OSError):
-            if exc.errno == errno.ENOSPC:
-                raise OutputError(f"{self.destination.parent}: disk full while writing {self.destination.name}; "
-                                  "free space or choose another --out") from exc
-            if exc_type is None:
-                raise OutputError(f"{self.destination}: could not move the finished output into place "
-                                  f"({exc.strerror})") from exc
-
-    def _commit(self) -> None:
-        previous = None
-        if self.destination.exists():
-            previous = self.destination.parent / f".{self.destination.name}.graft-replaced-{os.getpid()}"
-            os.rename(self.destination, previous)
-        os.rename(self.staging, self.destination)
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
 
 
 def write_index(folder: Path, index_name: str, weight_map: dict[str, str], metadata: dict[str, object]) -> None:

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner, Result
 
+import graft.guard
 import graft.writer
 from graft.checkpoint import Checkpoint
 from graft.cli import app
@@ -530,13 +531,15 @@ def test_existing_output_that_is_a_file(m: Models, outdir: Path) -> None:
 
 @pytest.mark.parametrize("command", ["merge", "extract"])
 def test_force_replaces_existing_output(m: Models, outdir: Path, command: str) -> None:
+    """--force replaces a previous graft output (here one with a stray file added), never a user's folder."""
     out = outdir / "result"
-    _existing(out)
-    before = tree_hash(m.base, m.aligned, m.target, m.vector)
     args = merge_args(m.target, m.vector, out) if command == "merge" else extract_args(m.base, m.aligned, out)
+    assert cli(*args).exit_code == 0
+    (out / "precious.txt").write_text("stale")
+    before = tree_hash(m.base, m.aligned, m.target, m.vector)
     result = cli(*args, "--force")
     assert result.exit_code == 0, result.stderr
-    assert not (out / "precious.txt").exists() and not (out / "sub").exists()
+    assert not (out / "precious.txt").exists()
     expected = "model.safetensors.index.json" if command == "merge" else "vector.json"
     assert (out / expected).is_file()
     assert sorted(p.name for p in outdir.iterdir()) == ["result"]  # replaced folder removed, no staging
@@ -564,7 +567,7 @@ def test_merge_output_overlapping_an_input(m: Models, where: str) -> None:
     assert "--out" in line
     assert tree_hash(m.target, m.vector) == before  # nothing created inside the inputs either
     for folder in (m.target, m.vector, m.target.parent):
-        assert not [p for p in folder.iterdir() if ".graft-" in p.name]
+        assert not [p for p in folder.iterdir() if ".graft-partial" in p.name or ".graft-replaced" in p.name]
 
 
 @pytest.mark.parametrize("where", ["inside-base", "is-aligned"])
@@ -632,7 +635,7 @@ def _room_before_first_pass_through(target: Path) -> int:
 
 def _plenty_of_space(monkeypatch: pytest.MonkeyPatch) -> None:
     """The up-front check believes there is room (another writer fills the disk after it, or the fs lies)."""
-    monkeypatch.setattr(graft.writer.shutil, "disk_usage", lambda _p: shutil._ntuple_diskusage(10**12, 0, 10**12))
+    monkeypatch.setattr(graft.guard.shutil, "disk_usage", lambda _p: shutil._ntuple_diskusage(10**12, 0, 10**12))
 
 
 def test_merge_onto_a_small_disk_is_refused_up_front(m: Models, tmpfs: Callable[[int], Path]) -> None:
@@ -770,7 +773,7 @@ def test_disk_full_while_writing_the_small_files(
 def test_free_space_is_checked_before_writing(
     m: Models, outdir: Path, monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
-    monkeypatch.setattr(graft.writer.shutil, "disk_usage", lambda _p: shutil._ntuple_diskusage(10**12, 10**12, 1000))
+    monkeypatch.setattr(graft.guard.shutil, "disk_usage", lambda _p: shutil._ntuple_diskusage(10**12, 10**12, 1000))
     opened: list[str] = []
     real_init = graft.writer.ShardWriter.__init__
 

@@ -113,7 +113,8 @@ def test_local_folder_that_looks_like_a_hub_id_wins(
 @pytest.mark.parametrize("spec", ["/no/such/folder", "./org/name", "../org/name", "~/no-such-graft-model", "x"])
 def test_missing_paths_are_not_sent_to_the_hub(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
     _forbid_download(monkeypatch)
-    assert resolve_model(spec) == Path(spec).expanduser()
+    with pytest.raises(InputError, match="no such model folder"):
+        resolve_model(spec)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Write an inspection report folder: CSV tables, PNG figures and a small JSON index, all or nothing.
 
-The folder is built beside the destination and renamed into place (`graft.writer.OutputFolder`), so a report is
+The folder is built beside the destination and renamed into place (`graft.guard.OutputFolder`), so a report is
 never half written; an existing non-empty folder is replaced only with `force`.
 """
 
@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from graft import __version__
 from graft.errors import UsageError
-from graft.writer import OutputFolder
+from graft.guard import OutputFolder
 
 from .plots import depth_plot, heatmap, importance_plot, plottable
 from .scores import cell_order
@@ -58,7 +58,7 @@ def write_report(
     destination = Path(out_dir)
     empty_folder = destination.is_dir() and not any(destination.iterdir())
     layers = combine(scores, lambdas)
-    folder = OutputFolder(destination, inputs=[Path(p) for p in inputs], force=force or empty_folder)
+    folder = OutputFolder(destination, inputs=[Path(p) for p in inputs], force=force or empty_folder, kind="inspect")
     written: list[str] = []
     with folder as staging:
 

@@ -1,0 +1,503 @@
+"""Decide whether graft may write a path, and write it atomically: nothing a user owns is ever lost.
+
+Every file and folder graft writes goes through here. The rules:
+
+- never an input, nor a path inside one, nor a folder that holds one (compared by device and inode, so a symlink or a
+  bind-mount alias of an input is caught, and by resolved path for what does not exist yet);
+- never an existing path without ``force``, and ``force`` replaces only graft's own outputs: a folder holding the
+  marker file graft writes into every output folder (or an empty folder), a file graft recorded as written (a hidden
+  ``.NAME.graft`` beside it holding its sha256, or any file in a graft output folder);
+- built beside the destination under a hidden ``.NAME.graft-partial-PID`` name and moved into place in one atomic
+  rename that cannot replace what appeared meanwhile (``renameat2`` with RENAME_NOREPLACE), or that swaps with the
+  very output that was checked (RENAME_EXCHANGE), so the destination is always absent, the previous complete output
+  or the new one;
+- staging left by a process that died (SIGKILL, power loss) is removed by the next writer to the same folder. The
+  owner of a staging folder holds an ``flock`` on a file inside it, so a dead owner is recognised even when its PID
+  has been reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from graft.errors import OutputError
+
+log = logging.getLogger(__name__)
+
+MARKER = ".graft-output"  # in every output folder graft makes: what --force may replace
+OWNER = ".graft-owner"  # inside a staging folder while its writer lives (flock held)
+FILE_RECORD = ".{name}.graft"  # beside a single output file: its sha256, so --force knows it is graft's
+STAGING_RE = re.compile(r"^\.(?P<name>.+)\.graft-(?P<what>partial|replaced)-(?P<pid>\d+)$")
+
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+_AT_FDCWD = -100
+
+
+# -- a tiny, test-only fault hook: SIGKILL this process once N units were written (bytes; a commit step is one) ----
+_KILL_AFTER = int(os.environ.get("GRAFT_TEST_KILL_AFTER", "-1"))
+_written = [0]
+
+
+def count_written(nbytes: int) -> None:
+    """Called by every writer; only does anything under the test suite's GRAFT_TEST_KILL_AFTER."""
+    if _KILL_AFTER >= 0:
+        _written[0] += nbytes
+        if _written[0] >= _KILL_AFTER:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- identity of paths ------------------------------------------------------------------------------------------------
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _self_and_ancestors(path: Path) -> list[Path]:
+    path = Path(os.path.abspath(path))
+    chain = [path, *path.parents]
+    resolved = path.resolve()
+    return chain + [p for p in (resolved, *resolved.parents) if p not in chain]
+
+
+def overlapping_input(destination: Path, inputs: Iterable[str | Path]) -> Path | None:
+    """The input that `destination` is, lies inside, or contains (by inode and by resolved path), if any."""
+    dest_chain = _self_and_ancestors(destination)
+    dest_ids = {i for i in map(_identity, dest_chain) if i is not None}
+    dest_id = _identity(destination)
+    dest_resolved = destination.resolve()
+    for src in inputs:
+        src = Path(src).expanduser()
+        if not os.path.lexists(src):
+            continue
+        src_id = _identity(src)
+        src_resolved = src.resolve()
+        if src_id is not None and src_id in dest_ids:  # destination is the input or inside it
+            return src
+        if dest_resolved == src_resolved or src_resolved in dest_resolved.parents:
+            return src
+        if dest_id is not None and dest_id in {_identity(p) for p in _self_and_ancestors(src)}:
+            return src  # destination holds the input
+        if dest_resolved in src_resolved.parents:
+            return src
+    return None
+
+
+# -- what graft owns ------------------------------------------------------------------------------------------------
+def is_graft_folder(path: Path) -> bool:
+    marker = path / MARKER
+    return path.is_dir() and not path.is_symlink() and marker.is_file() and not marker.is_symlink()
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(FILE_RECORD.format(name=path.name))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_graft_file(path: Path) -> bool:
+    """A regular file graft wrote and nobody changed since (or any file inside a graft output folder)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    if is_graft_folder(path.parent):
+        return True
+    record = _record_path(path)
+    try:
+        return not record.is_symlink() and json.loads(record.read_text()).get("sha256") == sha256_of(path)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _replaceable(path: Path, folder: bool) -> str | None:
+    """Why `path` may not be replaced under --force (None: it may)."""
+    if folder:
+        if path.is_symlink() or not path.is_dir():
+            return "exists and is not a folder; remove it or choose another --out"
+        if is_graft_folder(path) or not any(path.iterdir()):
+            return None
+        return (f"exists and is not a graft output (no {MARKER} file in it); --force replaces only graft's own "
+                "outputs: remove it yourself or choose another --out")
+    if path.is_dir():
+        return "exists and is a folder; choose a file name"
+    if is_graft_file(path):
+        return None
+    return ("exists and was not written by graft (or was changed since); --force replaces only graft's own "
+            "outputs: remove it yourself or choose another path")
+
+
+def check_destination(path: str | Path, inputs: Iterable[str | Path] = (), *, force: bool = False,
+                      folder: bool = True, flag: str = "--out") -> Path:
+    """The absolute destination graft may write, or an OutputError saying why not.
+
+    A symlink at the destination stands for the place it points to (which is replaced, the link kept); a dangling
+    one is refused, since where it would lead is not what the user named.
+    """
+    destination = Path(os.path.abspath(Path(path).expanduser()))
+    if destination.is_symlink():
+        if not destination.exists():
+            raise OutputError(f"{destination}: a dangling symlink; remove it or choose another {flag}")
+        destination = destination.resolve()
+    inputs = list(inputs)
+    overlap = overlapping_input(destination, inputs)
+    if overlap is not None:
+        raise OutputError(f"{destination}: overlaps input {overlap}; choose an {flag} outside every input")
+    if os.path.lexists(destination):
+        if not force:
+            raise OutputError(f"{destination}: already exists; pass --force to replace a previous graft output, "
+                              f"or choose another {flag}")
+        why = _replaceable(destination, folder)
+        if why:
+            raise OutputError(f"{destination}: {why}")
+    return destination
+
+
+# -- atomic renames -------------------------------------------------------------------------------------------------
+def _renameat2():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _renameat2()
+
+
+def _rename2(src: Path, dst: Path, flags: int) -> bool:
+    """renameat2(src, dst, flags); False where the kernel, libc or file system lacks it (the caller falls back)."""
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Move src to dst only if nothing is at dst: FileExistsError otherwise, never a replacement."""
+    if _rename2(src, dst, _RENAME_NOREPLACE):
+        return
+    if src.is_dir() and not src.is_symlink():
+        if os.path.lexists(dst):  # the narrowest check we can make; rename itself refuses a non-empty folder
+            raise FileExistsError(errno.EEXIST, "exists", str(dst))
+        os.rename(src, dst)
+    else:
+        os.link(src, dst)  # fails with EEXIST atomically
+        os.unlink(src)
+
+
+def _swap(staging: Path, destination: Path, expected: tuple[int, int] | None) -> Path | None:
+    """Put `staging` at `destination`, replacing the checked output `expected`; returns where the old one now is
+    (to be removed), or None. Refuses if what is at `destination` is no longer what was checked."""
+    if expected is None or not os.path.lexists(destination):
+        rename_noreplace(staging, destination)
+        return None
+    if _identity(destination) != expected:
+        raise FileExistsError(errno.EEXIST, "changed while graft was writing", str(destination))
+    if _rename2(staging, destination, _RENAME_EXCHANGE):
+        if _identity(staging) != expected:  # someone swapped it in the instant between check and exchange
+            _rename2(staging, destination, _RENAME_EXCHANGE)
+            raise FileExistsError(errno.EEXIST, "changed while graft was writing", str(destination))
+        return staging
+    old = destination.with_name(f".{destination.name}.graft-replaced-{os.getpid()}")
+    os.rename(destination, old)
+    count_written(1)
+    if _identity(old) != expected:
+        os.rename(old, destination)
+        raise FileExistsError(errno.EEXIST, "changed while graft was writing", str(destination))
+    rename_noreplace(staging, destination)
+    return old
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+# -- staging owners, and what dead ones left ------------------------------------------------------------------------
+def _start_time(pid: int) -> str | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[19]  # field 22 of stat(5): start time in clock ticks since boot
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner_record() -> dict[str, object]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid())}
+
+
+def _is_stale(entry: Path, pid: int) -> bool:
+    owner = entry / OWNER
+    if entry.is_dir() and not entry.is_symlink() and owner.is_file():
+        try:
+            record = json.loads(owner.read_text())
+        except (OSError, ValueError):
+            record = {}
+        if record.get("host") not in (None, socket.gethostname()):
+            return False  # another machine's writer on a shared file system: not ours to judge
+        try:
+            fd = os.open(owner, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True  # nobody holds the lock: the owner is gone (locks die with their process)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+    if pid == os.getpid():
+        return True  # an earlier attempt of this very process (a failed run inside a long-lived Python)
+    return not _alive(pid)
+
+
+def clean_stale(parent: Path, name: str | None = None) -> list[Path]:
+    """Remove staging left in `parent` by writers that died (for `name` only when given); restore a previous output
+    a dead writer had moved aside and not yet replaced. Returns what was removed or restored."""
+    done: list[Path] = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return done
+    for entry in entries:
+        match = STAGING_RE.match(entry.name)
+        if not match or (name is not None and match["name"] != name):
+            continue
+        if not _is_stale(entry, int(match["pid"])):
+            continue
+        home = parent / match["name"]
+        if match["what"] == "replaced" and not os.path.lexists(home):
+            try:
+                rename_noreplace(entry, home)
+                log.warning("%s: restored the previous output a killed graft had moved aside", home)
+                done.append(entry)
+                continue
+            except OSError:
+                pass
+        _remove(entry)
+        done.append(entry)
+    return done
+
+
+# -- the two writers ------------------------------------------------------------------------------------------------
+@dataclass
+class OutputFolder:
+    """A folder built in a hidden sibling and moved into place at the end: all or nothing, never over what a user
+    owns. `kind` is stored in the folder's marker (what made it)."""
+
+    destination: Path
+    inputs: Iterable[Path] = ()
+    force: bool = False
+    kind: str = "output"
+    staging: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inputs = list(self.inputs)
+        self.destination = check_destination(self.destination, self.inputs, force=self.force, folder=True)
+        self._replacing = _identity(self.destination) if os.path.lexists(self.destination) else None
+        parent = self.destination.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{parent}: cannot create the output's parent folder ({exc.strerror})") from exc
+        clean_stale(parent, self.destination.name)
+        self.staging = parent / f".{self.destination.name}.graft-partial-{os.getpid()}"
+        self._lock: int | None = None
+
+    def check_free_space(self, needed: int, headroom: int = 4 * 2**20) -> None:
+        from graft.writer import human_size
+
+        needed += headroom
+        free = shutil.disk_usage(self.destination.parent).free
+        if free < needed:
+            raise OutputError(
+                f"{self.destination.parent}: {human_size(needed)} needed but only {human_size(free)} free; "
+                "free space or choose another --out"
+            )
+
+    def __enter__(self) -> Path:
+        try:
+            if os.path.lexists(self.staging):
+                _remove(self.staging)
+            self.staging.mkdir()
+            owner = self.staging / OWNER
+            self._lock = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+            os.write(self._lock, json.dumps(_owner_record()).encode())
+            (self.staging / MARKER).write_text(json.dumps({"format": "graft-output", "kind": self.kind}) + "\n")
+        except OSError as exc:
+            self._abandon()
+            self._raise(exc, committing=False)
+        return self.staging
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None:
+            try:
+                self._commit()
+                return
+            except OSError as commit_error:
+                exc = commit_error
+            except BaseException:
+                self._abandon()
+                raise
+        self._abandon()
+        if isinstance(exc, OSError):
+            self._raise(exc, committing=exc_type is None)
+
+    def _raise(self, exc: OSError, *, committing: bool) -> None:
+        """Any write in the staging folder that hits a full disk is the user's to fix, not a bug: one line."""
+        if exc.errno == errno.ENOSPC:
+            raise OutputError(f"{self.destination}: disk full while writing; free space or choose another --out"
+                              ) from exc
+        if not committing:
+            raise OutputError(f"{self.staging}: cannot write ({exc.strerror}); choose another --out") from exc
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise OutputError(
+                f"{self.destination}: appeared or changed while graft was writing; it was left untouched "
+                "and the new output discarded; rerun with another --out (or --force over a graft output)"
+            ) from exc
+        raise OutputError(f"{self.destination}: could not move the finished output into place "
+                          f"({exc.strerror})") from exc
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def _abandon(self) -> None:
+        self._release()
+        _remove(self.staging)
+
+    def _commit(self) -> None:
+        count_written(1)
+        if self._replacing is not None and os.path.lexists(self.destination):
+            why = _replaceable(self.destination, folder=True)
+            if why:
+                raise FileExistsError(errno.EEXIST, why, str(self.destination))
+        (self.staging / OWNER).unlink()
+        self._release()
+        count_written(1)
+        old = _swap(self.staging, self.destination, self._replacing)
+        count_written(1)
+        if old is not None:
+            _remove(old)
+        count_written(1)
+
+
+def write_file(path: str | Path, data: str | bytes, *, inputs: Iterable[str | Path] = (), force: bool = False,
+               flag: str = "--out") -> Path:
+    """Write one file atomically under the rules above; returns its absolute path."""
+    destination = check_destination(path, inputs, force=force, folder=False, flag=flag)
+    expected = _identity(destination) if os.path.lexists(destination) else None
+    parent = destination.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{parent}: cannot create the folder ({exc.strerror})") from exc
+    clean_stale(parent, destination.name)
+    staging = parent / f".{destination.name}.graft-partial-{os.getpid()}"
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        if os.path.lexists(staging):
+            _remove(staging)
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(raw)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        count_written(len(raw))
+        old = _swap(staging, destination, expected)
+        if old is not None:
+            _remove(old)
+    except OSError as exc:
+        _remove(staging)
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
+            raise OutputError(f"{destination}: appeared or changed while graft was writing; it was left untouched; "
+                              f"rerun with another {flag}") from exc
+        if exc.errno == errno.ENOSPC:
+            raise OutputError(f"{destination}: disk full while writing; free space or choose another {flag}") from exc
+        raise OutputError(f"{destination}: cannot write ({exc.strerror})") from exc
+    if not is_graft_folder(parent):
+        record = _record_path(destination)
+        with contextlib.suppress(OSError):  # without the record a later --force refuses to replace it: safe
+            record.write_text(json.dumps({"sha256": hashlib.sha256(raw).hexdigest()}) + "\n")
+    return destination
+
+
+def make_output_folder(path: str | Path, inputs: Iterable[str | Path] = (), *, kind: str, force: bool = False,
+                       reuse: bool = False, flag: str = "--out") -> Path:
+    """Create (or, with `reuse`, keep using) a folder that graft fills file by file (a search, the demo): refused if
+    it is or overlaps an input, or exists without being a graft output (an empty folder is fine)."""
+    destination = Path(os.path.abspath(Path(path).expanduser()))
+    if destination.is_symlink() and destination.exists():
+        destination = destination.resolve()
+    overlap = overlapping_input(destination, list(inputs))
+    if overlap is not None:
+        raise OutputError(f"{destination}: overlaps input {overlap}; choose an {flag} outside every input")
+    if os.path.lexists(destination):
+        if destination.is_symlink() or not destination.is_dir():
+            raise OutputError(f"{destination}: exists and is not a folder; choose another {flag}")
+        if any(destination.iterdir()) and not is_graft_folder(destination):
+            raise OutputError(f"{destination}: a non-empty folder that graft did not make (no {MARKER}); "
+                              f"choose another {flag}")
+        if is_graft_folder(destination) and not reuse:
+            if not force:
+                raise OutputError(f"{destination}: already exists; pass --force to replace a previous graft output, "
+                                  f"or choose another {flag}")
+            shutil.rmtree(destination)
+    try:
+        destination.mkdir(parents=True, exist_ok=True)
+        marker = destination / MARKER
+        if not marker.exists():
+            marker.write_text(json.dumps({"format": "graft-output", "kind": kind}) + "\n")
+    except OSError as exc:
+        raise OutputError(f"{destination}: cannot create it ({exc.strerror})") from exc
+    return destination
+
+
+__all__ = ["MARKER", "OutputFolder", "check_destination", "clean_stale", "count_written", "is_graft_file",
+           "is_graft_folder", "make_output_folder", "overlapping_input", "rename_noreplace", "write_file"]
