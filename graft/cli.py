@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +27,7 @@ from graft import __version__
 from graft.demo import DEMO_SCALES, DEMO_TRIALS
 from graft.errors import EXIT_CODES, GraftError, UsageError
 from graft.evals.command import eval_command
+from graft.guard import write_file
 from graft.inspect.command import inspect_command
 from graft.recipe import Recipe
 from graft.search.command import search_command
@@ -45,7 +48,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 # -- options declared once, shared by the commands that take them ----------------------------------------------
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors and the final path only.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More detail; tracebacks for unexpected errors.")]
-Force = Annotated[bool, typer.Option("--force", help="Replace an existing output folder (atomically, at the end).")]
+Force = Annotated[bool, typer.Option(
+    "--force", help="Replace a previous graft output (atomically, at the end); never a folder or file graft did not "
+                    "write, nor an input.")]
 RecipeOpt = Annotated[Path | None, typer.Option("--recipe", "-r", help="Recipe YAML; flags override its fields.")]
 TargetOpt = Annotated[str | None, typer.Option("--target", "-t", help="Target model folder or hub id.")]
 VectorOpt = Annotated[str | None, typer.Option("--vector", help="Vector folder written by `graft extract`.")]
@@ -128,6 +133,9 @@ def _failures(verbose: bool):
     except GraftError as exc:
         stderr.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
+    except Terminated as exc:
+        stderr.print(f"[bold red]terminated[/] ({signal.Signals(exc.signum).name}): no output was left behind")
+        raise typer.Exit(128 + exc.signum) from None
     except KeyboardInterrupt:
         stderr.print("[bold red]interrupted[/]: no output was left behind")
         raise typer.Exit(130) from None
@@ -141,11 +149,41 @@ def _failures(verbose: bool):
         raise typer.Exit(1) from None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP) as an interrupt: the same clean-up as Ctrl-C runs (staging removed), then a non-zero exit."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _terminations():
+    """Turn SIGTERM/SIGHUP into `Terminated` in the main thread, once (a second signal during clean-up is ignored,
+    so the clean-up finishes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def handles_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        logging.basicConfig(level=logging.INFO if kwargs.get("verbose") else logging.WARNING)
-        with _failures(bool(kwargs.get("verbose"))):
+        logging.basicConfig(level=logging.INFO if kwargs.get("verbose") else logging.WARNING,
+                            format="%(levelname)s: %(message)s")
+        with _failures(bool(kwargs.get("verbose"))), _terminations():
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -223,6 +261,7 @@ def plan(
     orthogonalize: OrthoOpt = None,
     list_all: Annotated[bool, typer.Option("--list", help="List every tensor with its action and λ.")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full plan as JSON to this file.")] = None,
+    force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -236,7 +275,10 @@ def plan(
     the_plan = open_plan(spec)
     try:
         if json_out:
-            json_out.write_text(json.dumps(plan_as_dict(the_plan), indent=2) + "\n")
+            inputs = [the_plan.target.root, the_plan.vector.root, *([the_plan.origin.root] if the_plan.origin else []),
+                      *([recipe] if recipe else [])]
+            write_file(json_out, json.dumps(plan_as_dict(the_plan), indent=2) + "\n", inputs=inputs, force=force,
+                       flag="--json")
         if not quiet:
             print_plan(the_plan, stdout, list_all=list_all)
         the_plan.check()

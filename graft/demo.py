@@ -12,8 +12,8 @@ of the medical model's medical score, and dominates the best uniform λ (at leas
 
 from __future__ import annotations
 
+import io
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from graft.errors import OutputError
+from graft.guard import make_output_folder, write_file
 
 DEMO_SCALES = (0.5, 1.0, 1.5, 2.0)  # the global-λ grid, which is also the search's uniform baselines
 DEMO_TRIALS = 60  # search budget, baselines included (λ = 0 and the uniform grid)
@@ -37,7 +37,6 @@ DEMO_SPACE = {
     "groups": {group: {"low": 0.0, "high": 2.0} for group in ("attn", "mlp", "norm", "embed", "head")},
     "baselines": {"uniform": list(DEMO_SCALES)},
 }
-MARKER = ".graft-demo"
 SAFETY_TASKS = ("catqa", "hexphi", "medsafetybench")
 FIGSTEP_TASKS = ("catqa-figstep", "hexphi-figstep", "medsafetybench-figstep")
 TEXT_MEDICAL = ("pubmedqa", "medqa", "medbullets4", "medbullets5")
@@ -107,14 +106,10 @@ def score_row(name: str, scale: float | None, benchmarks: dict[str, dict], secon
                        medical=mean(TEXT_MEDICAL + IMAGE_MEDICAL), tasks=s, seconds=round(seconds, 1))
 
 
-def prepare_workdir(workdir: Path) -> None:
-    """A previous demo folder is rebuilt; any other non-empty folder is refused, never deleted."""
-    if workdir.exists() and any(workdir.iterdir()):
-        if not (workdir / MARKER).exists():
-            raise OutputError(f"{workdir}: exists and was not made by graft demo; choose another --workdir")
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / MARKER).write_text("made by `graft demo`; the demo deletes and rebuilds this folder\n")
+def prepare_workdir(workdir: Path, inputs: Sequence[Path] = ()) -> Path:
+    """A previous demo folder is rebuilt; any other non-empty folder (or one holding the toy world) is refused,
+    never deleted."""
+    return make_output_folder(workdir, inputs, kind="demo", force=True, flag="--workdir")
 
 
 def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | None = None,
@@ -127,14 +122,13 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
     from graft.evals import evaluate
     from graft.merge import merge
     from graft.recipe import Recipe
-    from graft.toy.world import WorldSpec, build_world
+    from graft.toy.world import WorldSpec, build_world, default_cache
     from graft.vector import extract_vector
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     console = console or Console()
-    workdir = Path(workdir)
-    prepare_workdir(workdir)
+    workdir = prepare_workdir(Path(workdir), [Path(cache) if cache else default_cache()])
     t0 = time.perf_counter()
     say = _stepper(console, t0)
 
@@ -181,7 +175,7 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
             recipe = Recipe.parse({"target": str(world.medical), "vector": str(vector), "coefficients": best,
                                    "out": str(workdir / "merged" / "searched")})
             rows.append(run_eval("searched", merge(recipe).out, all_tasks, None))
-            (workdir / "searched_recipe.yaml").write_text(recipe.model_copy(update={"out": None}).to_yaml())
+            write_file(workdir / "searched_recipe.yaml", recipe.model_copy(update={"out": None}).to_yaml(), force=True)
             verdict = judge_bar(rows)
         say(f"search summary → {search.out / 'summary.json'}")
 
@@ -191,11 +185,11 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
         console.print(verdict_table(rows, verdict))
     plot = plot_tradeoff(rows, workdir / "safety-vs-medical.png", search=search)
     results = workdir / "results.json"
-    results.write_text(json.dumps({"world": str(world.root), "vector": str(vector), "limit": limit,
+    write_file(results, json.dumps({"world": str(world.root), "vector": str(vector), "limit": limit,
                                    "rows": [asdict(r) for r in rows],
                                    "verdict": {**asdict(verdict), "met": verdict.met} if verdict else None,
                                    "search": search.summary if search else None,
-                                   "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
+                                   "seconds": round(time.perf_counter() - t0, 1)}, indent=2), force=True)
     console.print(f"plot → {plot}\ntable → {results}\n"
                   f"Each merged folder is a normal Hugging Face model with graft_recipe.yaml and a model card.")
     say("done")
@@ -326,7 +320,8 @@ def plot_tradeoff(rows: Sequence[ModelScores], out: Path, search=None) -> Path:
               title="trade-off: up and right is better")
     right.legend(fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
+    write_file(out, image.getvalue(), force=True)
     plt.close(fig)
     return out

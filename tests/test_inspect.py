@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from graft.checkpoint import Checkpoint
 from graft.cli import app
 from graft.errors import InputError, OutputError, UsageError
+from graft.guard import MARKER
 from graft.inspect import (
     combine,
     lambdas,
@@ -374,7 +375,7 @@ def test_report_files_reload_and_the_folder_is_atomic(make_world, tmp_path: Path
     report = write_report(out, scores=scores, lambdas=lam, tensors=tensors, importance=importance,
                           sources={"vector": str(world.vector)}, inputs=[world.vector, world.target])
     assert report.out == out.absolute()
-    assert sorted(p.name for p in out.iterdir()) == sorted(report.files)
+    assert sorted(p.name for p in out.iterdir() if p.name != MARKER) == sorted(report.files)  # + the graft marker
     layers = pd.read_csv(out / "layers.csv")
     expected = combine(scores, lam)
     np.testing.assert_allclose(layers["update_ratio"], expected["lam"].abs() * expected["ratio"], rtol=1e-12)
@@ -494,7 +495,7 @@ def test_cli_reads_a_graft_search_study(make_world, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [
-    (["--vector", "{tmp}/missing"], 3, "not a graft vector folder"),
+    (["--vector", "{tmp}/missing"], 3, "no such vector folder"),
     (["--recipe", "{tmp}/none.yaml"], 2, "cannot read recipe"),
     (["--vector", "{vector}", "--origin", "{origin}"], 2, "--origin needs --target"),
     (["--vector", "{vector}", "--target", "{target}", "--origin", "{other_origin}"], 4, "origin has no tensor"),

@@ -402,7 +402,7 @@ def test_cli_exit_codes_for_bad_input(make_world, tmp_path: Path) -> None:
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    assert_error(search(out=foreign), 5, "not a graft search's output")
+    assert_error(search(out=foreign), 5, "graft did not make")
     assert_error(search("--storage", "redis://localhost"), 2, "--storage redis://")
 
 

@@ -9,8 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from graft.errors import UsageError
-
 from .tasks import SUITES, TASKS, samples_path
 
 
@@ -46,20 +44,19 @@ def eval_command(
                                       help="With the keyword judge, generate to the cap even after a refusal "
                                            "phrase (the verdict is the same; replies in the log are longer)."),
     cache: Path = typer.Option(None, "--cache", help="SQLite verdict cache keyed by model content hash and item."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
+    force: bool = typer.Option(False, "--force", help="Replace --out (and its samples) if an earlier graft eval "
+                                                      "wrote them; never a file graft did not write."),
 ) -> None:
     """Score a model on safety (1 - ASR) and medical benchmarks."""
     from .suite import evaluate  # loads transformers: only when the command runs, not for every `graft` call
 
     console = Console(stderr=True)
-    if out.exists() and not force:
-        raise UsageError(f"{out}: exists; pass --force to overwrite or choose another --out")
     results = evaluate(
         model, tasks=tasks, suite=suite, data=data, limit=limit, fraction=fraction, seed=seed, rest=rest,
         judge=judge,
         mc_mode=mc_mode, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, dtype=dtype,
         font=str(font) if font else None, system_prompt=system_prompt, full_replies=full_replies, cache=cache, out=out,
-        progress=console.print,
+        force=force, progress=console.print,
     )
     table = Table("task", "score", "n", "metric", "items/s")
     for name, b in results.benchmarks.items():

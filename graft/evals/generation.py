@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,11 +95,19 @@ class Engine:
         """
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
-        path = Path(path)
+        from graft.checkpoint import Checkpoint, containment_root, read_regular_text
+        from graft.hub import resolve_model
+
+        path = resolve_model(path, role="model")
+        if not path.is_dir():
+            raise InputError(f"{path}: the model must be a model folder, not a file")
         config_file = path / "config.json"
-        if not config_file.is_file():
+        if not os.path.lexists(config_file):
             raise InputError(f"{path}: no config.json (expected a Hugging Face model folder)")
-        config = json.loads(config_file.read_text(encoding="utf-8"))
+        # graft's own header check first: pickled-only weights, FIFOs, links out of the folder and corrupt shards are
+        # refused here, in one line, before transformers sees the folder (which would unpickle a .bin).
+        Checkpoint.open(path, role="model").close()
+        config = json.loads(read_regular_text(config_file, containment_root(path)))
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         multimodal = "vision_config" in config
@@ -106,7 +115,8 @@ class Engine:
         try:
             # On CUDA, load straight onto the device (no full copy in host memory first).
             placement = {"device_map": str(dev)} if dev.type == "cuda" else {}
-            model = auto.from_pretrained(path, dtype=dt, trust_remote_code=trust_remote_code, **placement)
+            model = auto.from_pretrained(path, dtype=dt, trust_remote_code=trust_remote_code, use_safetensors=True,
+                                         **placement)
         except ValueError as e:
             arch = ", ".join(config.get("architectures") or ["unknown"])
             raise IncompatibleError(

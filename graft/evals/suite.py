@@ -11,7 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from graft.errors import IncompatibleError, InputError, OutputError, UsageError
+from graft.errors import GraftError, IncompatibleError, InputError, UsageError
+from graft.guard import check_destination, write_file
 
 from . import figstep, scoring
 from .config import DataConfig, JudgeConfig
@@ -41,22 +42,13 @@ class EvalResults(BaseModel):
     def score(self, task: str) -> float:
         return self.benchmarks[task]["score"]
 
-    def write(self, out: str | Path, force: bool = True) -> tuple[Path, Path]:
+    def write(self, out: str | Path, force: bool = False, inputs: Sequence[str | Path] = ()) -> tuple[Path, Path]:
+        """results.json and the samples beside it, each atomically, under graft's output rules (never an input,
+        never over a file graft did not write)."""
         out = Path(out)
-        samples = samples_path(out)
-        if not force and out.exists():
-            raise OutputError(f"{out}: exists; pass --force to overwrite")
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_text(self.model_dump_json(indent=2), encoding="utf-8")
-            tmp.replace(out)
-            with samples.open("w", encoding="utf-8") as f:
-                for s in self.samples:
-                    f.write(json.dumps(s, ensure_ascii=False) + "\n")
-        except OSError as e:
-            raise OutputError(f"{out}: cannot write results ({e.strerror})") from e
-        return out, samples
+        samples = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in self.samples)
+        written = write_file(samples_path(out), samples, inputs=inputs, force=force)
+        return write_file(out, self.model_dump_json(indent=2), inputs=inputs, force=force), written
 
 
 
@@ -99,6 +91,7 @@ def evaluate(
     cache: str | Path | None = None,
     cache_key: str | None = None,
     out: str | Path | None = None,
+    force: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> EvalResults:
     """Evaluate a model folder (or a loaded `Engine`, e.g. a resident graft in a search) on tasks or a suite.
@@ -106,11 +99,20 @@ def evaluate(
     `cache` is a SQLite file of finished per-sample records keyed by the weights' identity: `cache_key` when
     given (e.g. a search's recipe hash, which costs nothing), else a content hash of every weight. `rest` scores
     the items the limit/fraction subset leaves out instead (report on what a search did not see).
+
+    With `out` and no `cache`, finished tasks are kept in OUT-stem.partial.sqlite (a verdict cache, so keyed on
+    the weights' content, the task, each item and every generation and judge setting) until the results are
+    written: a run that fails keeps them, and rerunning the same command scores only what is missing.
     """
     names, explicit = resolve_tasks(tasks, suite)
     if rest and limit is None and fraction is None:
         raise UsageError("--rest scores the items a --limit/--fraction subset leaves out: give one of them")
+    data_file = Path(data) if isinstance(data, (str, Path)) else None
     data = _data_config(data)
+    inputs = _inputs(model, data, font) + ([data_file] if data_file else [])
+    if out is not None:  # refuse a destination that cannot be written before any work, not after
+        for path in (Path(out), samples_path(Path(out))):
+            check_destination(path, inputs, force=force, folder=False)
     judge_cfg = JudgeConfig.parse(judge) if isinstance(judge, str) else judge
     if mc_mode not in ("loglik", "generate"):
         raise UsageError(f"--mc-mode {mc_mode}: expected loglik or generate")
@@ -160,8 +162,12 @@ def evaluate(
         "mc": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["mc"],
         "vqa": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["vqa"],
     }
-    store = VerdictCache(cache) if cache else None
+    resume = partial_path(Path(out)) if out is not None and not cache else None
+    if resume is not None and not resume.exists():
+        check_destination(resume, inputs, folder=False)
+    store = VerdictCache(cache or resume) if (cache or resume) else None
     model_hash = (cache_key or engine.fingerprint()) if store else None
+    finished: list[str] = []
 
     for task in run:
         t0 = time.perf_counter()
@@ -173,8 +179,16 @@ def evaluate(
         cached = store.get_many(keys) if store else {}
         todo = [i for i, it in enumerate(items) if not store or keys[i] not in cached]
         say(f"{task.name}: {len(items)} items ({len(items) - len(todo)} cached)")
-        fresh, n_tokens = _run_task(task, [items[i] for i in todo], engine, the_judge, keyword, caps[task.kind],
-                                    mc_mode, font, system_prompt, early_stop, model_judge, bs)
+        kept = (f"; the {len(finished)} finished task(s) ({', '.join(finished)}) are kept in {store.path}: rerun "
+                "the same command to score only what is missing") if store and finished else ""
+        try:
+            fresh, n_tokens = _run_task(task, [items[i] for i in todo], engine, the_judge, keyword,
+                                        caps[task.kind], mc_mode, font, system_prompt, early_stop, model_judge, bs)
+        except GraftError as exc:
+            raise type(exc)(f"task {task.name}: {exc}{kept}") from exc
+        except Exception:
+            say(f"task {task.name} failed{kept}")
+            raise
         records: list[dict] = []
         by_index = dict(zip(todo, fresh, strict=True))
         for i, _it in enumerate(items):
@@ -192,6 +206,7 @@ def evaluate(
                                      "generated_tokens": n_tokens, "cached": len(items) - len(todo)}
         results.samples += [{"task": task.name, **r} for r in records]
         say(f"{task.name}: score {results.benchmarks[task.name]['score']:.4f} ({seconds:.1f}s)")
+        finished.append(task.name)
     if store:
         store.close()
 
@@ -209,8 +224,23 @@ def evaluate(
                       "figstep_font": str(figstep.load_font(font).path) if any(t.figstep for t in run) else None,
                       "data": {t.benchmark: str(data.source(t.benchmark)) for t in run}}
     if out is not None:
-        results.write(out)
+        results.write(out, force=force, inputs=inputs)
+        if resume is not None:
+            resume.unlink(missing_ok=True)
     return results
+
+
+def partial_path(out: Path) -> Path:
+    """Where `evaluate(out=...)` keeps finished tasks until the results are written."""
+    return out.with_name(out.stem + ".partial.sqlite")
+
+
+def _inputs(model: str | Path | Engine, data: DataConfig, font: str | None) -> list[Path]:
+    """What an evaluation reads, so its outputs never land on (or in) any of it."""
+    paths = [Path(model)] if not isinstance(model, Engine) else []
+    paths += [src for name in type(data).model_fields if isinstance(src := getattr(data, name), Path)]
+    paths += [Path(font)] if font else []
+    return [p for p in paths if p.exists()]
 
 
 def _data_config(data: DataConfig | str | Path | dict | None) -> DataConfig:

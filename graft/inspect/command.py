@@ -15,9 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from graft.errors import UsageError
+from graft.errors import InputError, UsageError
 
 stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
 
 
 def inspect_command(
@@ -82,12 +83,17 @@ def inspect_command(
     scores, tensors = layer_table(stats), tensor_table(stats)
 
     lam_table = importance = None
+    no_importance = None
     if choice is not None:
         lam_recipe = spec.model_copy(update={"coefficients": choice.coefficients})
         opened = SafetyVector.open(spec.vector)
         num_layers = opened.manifest.num_layers
         opened.close()
-        importance = importance_of(opened_study, num_layers=num_layers)
+        try:
+            importance = importance_of(opened_study, num_layers=num_layers)
+        except InputError as exc:  # e.g. flat scores (zero total variance): the rest of the report still holds
+            no_importance = str(exc)
+            stderr.print(f"[yellow]warning:[/] no parameter importances in the report: {exc}", soft_wrap=True)
     else:
         lam_recipe = spec if recipe is not None else None
     if lam_recipe is not None:
@@ -98,6 +104,8 @@ def inspect_command(
     if choice is not None:
         sources.update(storage=storage, study=choice.study, trial=choice.trial, trial_chosen_as=choice.reason,
                        coefficients=choice.coefficients.model_dump(mode="json"))
+        if no_importance:
+            sources["importance"] = f"not computed: {no_importance}"
     elif lam_recipe is not None:
         sources["coefficients"] = lam_recipe.coefficients.model_dump(mode="json")
     report = None

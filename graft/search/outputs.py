@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import pandas as pd
 from optuna.trial import FrozenTrial
 
-from graft.errors import OutputError
+from graft.guard import write_file
 from graft.recipe import Coefficients, Recipe
 
 from .config import Objective
@@ -177,13 +176,7 @@ def _row(r: TrialRecord, num_layers: int, cells: list[Cell], objective: Objectiv
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({exc.strerror})") from exc
+    write_file(path, text, force=True)  # inside the search's own folder: graft's files, replaced atomically
 
 
 def _json(data: Any) -> str:

@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from graft.errors import OutputError, UsageError
 from graft.evals.tasks import TASKS
+from graft.guard import make_output_folder
 from graft.hub import looks_like_hub_id
 from graft.recipe import Recipe
 
@@ -109,7 +110,7 @@ def run_search(
         raise UsageError(f"--trials {trials}: a study starts with {len(baselines)} baselines (λ = 0 and "
                          f"{len(baselines) - 1} uniform); ask for more trials or shorten baselines.uniform")
 
-    out = _prepare_out(Path(out), study)
+    out = _prepare_out(Path(out), study, [base.target, base.vector, base.options.origin])
     url = storage or f"sqlite:///{(out / DB_FILE).resolve()}"
     rdb = open_storage(url, heartbeat_interval=heartbeat, grace_period=grace_period)
     metadata = {
@@ -224,13 +225,10 @@ def _vector_layout(vector: str) -> tuple[int, list[Cell]]:
         opened.close()
 
 
-def _prepare_out(out: Path, study: str) -> Path:
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise OutputError(f"--out {out}: a non-empty folder that is not a graft search's output; choose another")
+def _prepare_out(out: Path, study: str, inputs: list[str | None]) -> Path:
+    # A rerun joins the study in the same folder, so an earlier search's folder is reused, never replaced.
+    out = make_output_folder(out, [p for p in inputs if p and Path(p).exists()], kind="search", reuse=True)
     try:
-        out.mkdir(parents=True, exist_ok=True)
         marker = out / MARKER
         if not marker.exists():
             marker.write_text(json.dumps({"format": "graft-search", "study": study}, indent=2) + "\n")

@@ -9,7 +9,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from graft.errors import GraftError, IncompatibleError, InputError, UsageError
+from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
 from graft.evals import Engine, evaluate, fixture_data
 from graft.evals.command import eval_command
 from graft.evals.config import FIXTURES
@@ -174,7 +174,7 @@ def test_cli_fraction_and_existing_output(tiny_llama, tmp_path):
     assert res["benchmarks"]["hexphi"]["n"] == round(0.5 * res["benchmarks"]["hexphi"]["total_items"])
     assert res["judge"]["name"] == "keyword" and res["config"]["fraction"] == 0.5
     again = CliRunner().invoke(_app(), args)
-    assert isinstance(again.exception, UsageError) and "--force" in str(again.exception)
+    assert isinstance(again.exception, OutputError) and "--force" in str(again.exception)
 
 
 def test_refusal_early_stop_keeps_every_verdict(qwen):
