@@ -42,23 +42,27 @@ log = logging.getLogger(__name__)
 MARKER = ".graft-output"  # in every output folder graft makes: what --force may replace
 OWNER = ".graft-owner"  # inside a staging folder while its writer lives (flock held)
 FILE_RECORD = ".{name}.graft"  # beside a single output file: its sha256, so --force knows it is graft's
-STAGING_RE = re.compile(r"^\.(?P<name>.+)\.graft-(?P<what>partial|replaced)-(?P<pid>\d+)$")
+STAGING_RE = re.compile(r"^\.(?P<name>.+)\.graft-(?P<what>partial|replaced)-(?P<pid>\d+)(?:-\d+)?$")
 
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _AT_FDCWD = -100
 
 
-# -- a tiny, test-only fault hook: SIGKILL this process once N units were written (bytes; a commit step is one) ----
+# -- a tiny, test-only fault hook: signal this process (SIGKILL unless GRAFT_TEST_KILL_SIGNAL names another) once
+# GRAFT_TEST_KILL_AFTER units were written (bytes; each commit step counts one) -------------------------------------
 _KILL_AFTER = int(os.environ.get("GRAFT_TEST_KILL_AFTER", "-1"))
+_KILL_SIGNAL = getattr(signal, "SIG" + os.environ.get("GRAFT_TEST_KILL_SIGNAL", "KILL"), signal.SIGKILL)
 _written = [0]
+_staged = [0]
 
 
 def count_written(nbytes: int) -> None:
-    """Called by every writer; only does anything under the test suite's GRAFT_TEST_KILL_AFTER."""
+    """Called by every writer; does nothing unless the test suite set GRAFT_TEST_KILL_AFTER."""
     if _KILL_AFTER >= 0:
         _written[0] += nbytes
         if _written[0] >= _KILL_AFTER:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), _KILL_SIGNAL)
+            _written[0] = -(2**62)  # once
 
 
 # -- identity of paths ------------------------------------------------------------------------------------------------
@@ -227,7 +231,7 @@ def _swap(staging: Path, destination: Path, expected: tuple[int, int] | None) ->
             _rename2(staging, destination, _RENAME_EXCHANGE)
             raise FileExistsError(errno.EEXIST, "changed while graft was writing", str(destination))
         return staging
-    old = destination.with_name(f".{destination.name}.graft-replaced-{os.getpid()}")
+    old = destination.with_name(f".{destination.name}.graft-replaced-{os.getpid()}")  # pid alone: restorable
     os.rename(destination, old)
     count_written(1)
     if _identity(old) != expected:
@@ -243,6 +247,12 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(OSError):
             path.unlink()
+
+
+def _staging_name(destination: Path) -> Path:
+    """Hidden, beside the destination, unique per writer in this process (the PID tells others whose it is)."""
+    _staged[0] += 1
+    return destination.with_name(f".{destination.name}.graft-partial-{os.getpid()}-{_staged[0]}")
 
 
 # -- staging owners, and what dead ones left ------------------------------------------------------------------------
@@ -288,8 +298,6 @@ def _is_stale(entry: Path, pid: int) -> bool:
             return False
         finally:
             os.close(fd)
-    if pid == os.getpid():
-        return True  # an earlier attempt of this very process (a failed run inside a long-lived Python)
     return not _alive(pid)
 
 
@@ -343,7 +351,7 @@ class OutputFolder:
         except OSError as exc:
             raise OutputError(f"{parent}: cannot create the output's parent folder ({exc.strerror})") from exc
         clean_stale(parent, self.destination.name)
-        self.staging = parent / f".{self.destination.name}.graft-partial-{os.getpid()}"
+        self.staging = _staging_name(self.destination)
         self._lock: int | None = None
 
     def check_free_space(self, needed: int, headroom: int = 4 * 2**20) -> None:
@@ -437,7 +445,7 @@ def write_file(path: str | Path, data: str | bytes, *, inputs: Iterable[str | Pa
     except OSError as exc:
         raise OutputError(f"{parent}: cannot create the folder ({exc.strerror})") from exc
     clean_stale(parent, destination.name)
-    staging = parent / f".{destination.name}.graft-partial-{os.getpid()}"
+    staging = _staging_name(destination)
     raw = data.encode("utf-8") if isinstance(data, str) else data
     try:
         if os.path.lexists(staging):
