@@ -280,11 +280,12 @@ class Checkpoint:
             rel = path.relative_to(self.root)
             if rel.parts[0].startswith(".") or path.resolve() in weights:
                 continue
-            try:
-                check_regular(path, within)
-            except InputError as exc:
-                log.warning("skipped %s", exc)
+            real = path.resolve()
+            if real != within and within not in real.parents:
+                log.warning("%s: not copied: it links to %s, outside the model folder (graft never follows links "
+                            "out of an input)", path, real)
                 continue
+            check_regular(path, within)  # a FIFO, socket or device among the side files is refused, never read
             if path.suffix in (*PICKLE_SUFFIXES, ".safetensors", ".gguf", ".h5", ".msgpack"):
                 continue
             if path.name.endswith(".safetensors.index.json"):

@@ -178,12 +178,25 @@ def _terminations():
             signal.signal(sig, old)
 
 
+@contextmanager
+def _warnings_to_stderr(verbose: bool):
+    """graft's log records as one `warning: ...` line each on the stderr of this call."""
+    log = logging.getLogger("graft")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+
+
 def handles_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        logging.basicConfig(level=logging.INFO if kwargs.get("verbose") else logging.WARNING,
-                            format="%(levelname)s: %(message)s")
-        with _failures(bool(kwargs.get("verbose"))), _terminations():
+        verbose = bool(kwargs.get("verbose"))
+        with _failures(verbose), _terminations(), _warnings_to_stderr(verbose):
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

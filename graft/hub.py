@@ -38,8 +38,8 @@ def looks_like_hub_id(spec: str) -> bool:
 def pin(spec: str | None) -> str | None:
     """How a stored recipe names an input so it means the same from any folder: a hub id as is, a local path
     absolute and resolved."""
-    if spec is None or (looks_like_hub_id(spec) and not Path(spec).expanduser().exists()):
-        return spec
+    if spec is None or not Path(spec).expanduser().exists():
+        return spec  # a hub id, or a missing path that the error should name as the user typed it
     return str(Path(spec).expanduser().resolve())
 
 

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from graft.checkpoint import Checkpoint
 from graft.errors import GraftError, IncompatibleError, InputError, UsageError
 from graft.guard import check_destination, write_file
 
@@ -117,8 +118,11 @@ def evaluate(
     if mc_mode not in ("loglik", "generate"):
         raise UsageError(f"--mc-mode {mc_mode}: expected loglik or generate")
     say = progress or (lambda _msg: None)
-    if judge_cfg.kind == "guard" and not (Path(judge_cfg.model) / "config.json").is_file():
-        raise InputError(f"--judge guard:{judge_cfg.model}: no config.json there (a Llama-Guard/Qwen3Guard folder)")
+    if judge_cfg.kind == "guard":
+        if not (Path(judge_cfg.model) / "config.json").is_file():
+            raise InputError(f"--judge guard:{judge_cfg.model}: no config.json there (a Llama-Guard/Qwen3Guard "
+                             "folder)")
+        Checkpoint.open(Path(judge_cfg.model), role="judge").close()  # pickles, FIFOs...: refused before any work
 
     engine = model if isinstance(model, Engine) else Engine.load(model, device=device, dtype=dtype,
                                                                   batch_size=batch_size)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from tests.test_bad_input import (  # noqa: F401  (fixtures are found by name)
+    INDEX,
     Models,
     assert_error,
     built,
