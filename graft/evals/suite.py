@@ -12,8 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from graft.checkpoint import Checkpoint
-from graft.errors import GraftError, IncompatibleError, InputError, UsageError
-from graft.guard import check_destination, write_file
+from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
+from graft.guard import check_destination, overlapping_input, write_file
 
 from . import figstep, scoring
 from .config import DataConfig, JudgeConfig
@@ -166,6 +166,8 @@ def evaluate(
         "mc": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["mc"],
         "vqa": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["vqa"],
     }
+    if cache and (overlap := overlapping_input(Path(cache), inputs)) is not None:
+        raise OutputError(f"--cache {cache}: overlaps input {overlap}; keep the verdict cache outside every input")
     resume = partial_path(Path(out)) if out is not None and not cache else None
     if resume is not None and not resume.exists():
         check_destination(resume, inputs, folder=False)
