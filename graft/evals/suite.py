@@ -114,6 +114,8 @@ def evaluate(
     if out is not None:  # refuse a destination that cannot be written before any work, not after
         for path in (Path(out), samples_path(Path(out))):
             check_destination(path, inputs, force=force, folder=False)
+    if cache and (overlap := overlapping_input(Path(cache), inputs)) is not None:
+        raise OutputError(f"--cache {cache}: overlaps input {overlap}; keep the verdict cache outside every input")
     judge_cfg = JudgeConfig.parse(judge) if isinstance(judge, str) else judge
     if mc_mode not in ("loglik", "generate"):
         raise UsageError(f"--mc-mode {mc_mode}: expected loglik or generate")
@@ -166,8 +168,6 @@ def evaluate(
         "mc": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["mc"],
         "vqa": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["vqa"],
     }
-    if cache and (overlap := overlapping_input(Path(cache), inputs)) is not None:
-        raise OutputError(f"--cache {cache}: overlaps input {overlap}; keep the verdict cache outside every input")
     resume = partial_path(Path(out)) if out is not None and not cache else None
     if resume is not None and not resume.exists():
         check_destination(resume, inputs, folder=False)

@@ -232,7 +232,9 @@ def test_eval_results_never_land_in_the_model_or_over_a_user_file(m: Models, out
     assert_error(cli("eval", m.target, "--tasks", "catqa", "--data", data, "--out", mine, "--force"), 5,
                  "not written by graft")
     assert mine.read_text() == "my results"
-    assert file_hashes(m.target) == before
+    assert_error(cli("eval", m.target, "--tasks", "catqa", "--data", data, "--out", outdir / "r.json", "--cache",
+                     m.target / "verdicts.sqlite"), 5, "--cache", "overlaps input")
+    assert file_hashes(m.target) == before and not (m.target / "verdicts.sqlite").exists()
 
 
 def test_inspect_and_extract_outputs_inside_an_input_are_refused(m: Models) -> None:
