@@ -110,6 +110,14 @@ def is_graft_folder(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and marker.is_file() and not marker.is_symlink()
 
 
+def folder_kind(path: Path) -> str | None:
+    """What made a graft output folder (merge, vector, inspect, search, demo), from its marker."""
+    try:
+        return json.loads((path / MARKER).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _record_path(path: Path) -> Path:
     return path.with_name(FILE_RECORD.format(name=path.name))
 
@@ -491,6 +499,9 @@ def make_output_folder(path: str | Path, inputs: Iterable[str | Path] = (), *, k
             raise OutputError(f"{destination}: exists and is not a folder; choose another {flag}")
         if any(destination.iterdir()) and not is_graft_folder(destination):
             raise OutputError(f"{destination}: a non-empty folder that graft did not make (no {MARKER}); "
+                              f"choose another {flag}")
+        if is_graft_folder(destination) and folder_kind(destination) != kind:
+            raise OutputError(f"{destination}: a graft {folder_kind(destination)} output, not a {kind}'s; "
                               f"choose another {flag}")
         if is_graft_folder(destination) and not reuse:
             if not force:

@@ -170,7 +170,8 @@ class Recipe(_Strict):
         def fix(value: str | None, *, may_be_hub_id: bool = True) -> str | None:
             if value is None or Path(value).expanduser().is_absolute():
                 return value
-            if may_be_hub_id and looks_like_hub_id(value) and not (folder / value).exists():
+            # `org/name` is a hub id unless the recipe's folder has an `org/` (then it is a local path, maybe a typo)
+            if may_be_hub_id and looks_like_hub_id(value) and not (folder / value.split("/")[0]).exists():
                 return value
             return str(folder / value)
 

@@ -232,3 +232,12 @@ def test_a_hub_id_without_a_local_lookalike_still_goes_to_the_hub(tmp_path: Path
     assert looks_like_hub_id("Qwen/Qwen2.5-VL-7B-Instruct") and looks_like_hub_id("mistralai/Mistral-7B-v0.1")
     cli(*plan_args("org/name", tmp_path))
     assert no_hub == ["org/name"]
+
+
+def test_a_mistyped_path_in_a_recipe_is_no_such_folder(m: Models, tmp_path: Path, no_hub: list[str]) -> None:
+    """Recipe paths resolve against the recipe's folder: `models/targt` there, beside a `models/`, is local."""
+    (tmp_path / "models").mkdir()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"graft_recipe: 1\ntarget: models/targt\nvector: {m.vector}\nout: merged\n")
+    assert_error(cli("merge", "--recipe", recipe, "-q"), 3, "targt", "no such")
+    assert no_hub == [] and not (tmp_path / "merged").exists()

@@ -340,3 +340,11 @@ def test_sigkill_at_any_byte_leaves_nothing_or_a_complete_output(m: Models, outd
     assert cli(*merge_args(m.target, m.vector, out, "--force")).exit_code == 0
     assert {str(Path(k).relative_to(out)): v for k, v in file_hashes(out).items()} == new
     assert not leftovers(outdir)
+
+
+def test_demo_and_search_never_take_over_another_commands_output(m: Models, outdir: Path) -> None:
+    merged = outdir / "merged"
+    assert cli(*merge_args(m.target, m.vector, merged)).exit_code == 0
+    before = file_hashes(merged)
+    assert_error(cli("demo", "--workdir", merged, "--trials", "0"), 5, "graft merge output")
+    assert file_hashes(merged) == before
