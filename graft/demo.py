@@ -22,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from graft.guard import make_output_folder, write_file
+from graft.guard import adopt_legacy_folder, make_output_folder, write_file
 
 DEMO_SCALES = (0.5, 1.0, 1.5, 2.0)  # the global-λ grid, which is also the search's uniform baselines
 DEMO_TRIALS = 60  # search budget, baselines included (λ = 0 and the uniform grid)
@@ -109,6 +109,7 @@ def score_row(name: str, scale: float | None, benchmarks: dict[str, dict], secon
 def prepare_workdir(workdir: Path, inputs: Sequence[Path] = ()) -> Path:
     """A previous demo folder is rebuilt; any other non-empty folder (or one holding the toy world) is refused,
     never deleted."""
+    adopt_legacy_folder(workdir, ".graft-demo", kind="demo")
     return make_output_folder(workdir, inputs, kind="demo", force=True, flag="--workdir")
 
 

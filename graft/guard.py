@@ -484,6 +484,16 @@ def write_file(path: str | Path, data: str | bytes, *, inputs: Iterable[str | Pa
     return destination
 
 
+def adopt_legacy_folder(path: Path, legacy_marker: str, *, kind: str) -> None:
+    """A folder made by a graft older than the shared marker (it holds `legacy_marker`, as a demo or search folder
+    did) counts as that kind of graft output."""
+    legacy = path / legacy_marker
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if (path.is_dir() and not path.is_symlink() and legacy.is_file() and not legacy.is_symlink()
+                and "graft" in legacy.read_text()[:4096] and not (path / MARKER).exists()):
+            (path / MARKER).write_text(json.dumps({"format": "graft-output", "kind": kind}) + "\n")
+
+
 def make_output_folder(path: str | Path, inputs: Iterable[str | Path] = (), *, kind: str, force: bool = False,
                        reuse: bool = False, flag: str = "--out") -> Path:
     """Create (or, with `reuse`, keep using) a folder that graft fills file by file (a search, the demo): refused if

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from graft.errors import OutputError, UsageError
 from graft.evals.tasks import TASKS
-from graft.guard import make_output_folder
+from graft.guard import adopt_legacy_folder, make_output_folder
 from graft.hub import looks_like_hub_id
 from graft.recipe import Recipe
 
@@ -227,6 +227,7 @@ def _vector_layout(vector: str) -> tuple[int, list[Cell]]:
 
 def _prepare_out(out: Path, study: str, inputs: list[str | None]) -> Path:
     # A rerun joins the study in the same folder, so an earlier search's folder is reused, never replaced.
+    adopt_legacy_folder(out, MARKER, kind="search")
     out = make_output_folder(out, [p for p in inputs if p and Path(p).exists()], kind="search", reuse=True)
     try:
         marker = out / MARKER
