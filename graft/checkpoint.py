@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from graft.errors import InputError
+from graft.schema import load_json_file, load_json_text, shown
 
 # safetensors dtype tag -> (torch dtype, bytes per element). From the safetensors format specification.
 DTYPES: dict[str, tuple[torch.dtype, int]] = {
@@ -36,12 +37,17 @@ DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "I8": (torch.int8, 1),
     "U8": (torch.uint8, 1),
     "BOOL": (torch.bool, 1),
+    "U16": (torch.uint16, 2),
+    "U32": (torch.uint32, 4),
+    "U64": (torch.uint64, 8),
 }
 TAG_OF_DTYPE = {torch_dtype: tag for tag, (torch_dtype, _) in DTYPES.items()}
 FLOAT_TAGS = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit safetensors itself enforces
+MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
+# Every dtype string the format defines (graft reads the ones in DTYPES; the rest are refused as unsupported).
+SAFETENSORS_DTYPES = frozenset({*DTYPES, "U16", "U32", "U64", "F4", "F6_E2M3", "F6_E3M2", "F8_E8M0", "C64"})
 
 if sys.byteorder != "little":  # safetensors stores little-endian; graft copies raw bytes
     raise ImportError("graft supports little-endian machines only")
@@ -98,7 +104,11 @@ class ShardHeader:
 
 
 def read_shard_header(file: Path) -> ShardHeader:
-    """Parse and validate a safetensors header; every check names the file and says what to do."""
+    """Parse and validate a safetensors header to the format's rules, as the safetensors library checks them:
+    a UTF-8 JSON object; `__metadata__` (optional) a str -> str map; every other key a tensor with a known dtype
+    string, a shape of non-negative integers and two non-negative integer data offsets whose span is exactly
+    shape × itemsize; the spans, sorted, contiguous from 0 and covering the data section exactly. Every refusal
+    names the file (and the tensor or field) and says what to do."""
     try:
         size = file.stat().st_size
         with open(file, "rb") as handle:
@@ -114,44 +124,93 @@ def read_shard_header(file: Path) -> ShardHeader:
             raw = handle.read(header_len)
     except OSError as exc:
         raise InputError(f"{file}: cannot read ({exc.strerror}); check the path and permissions") from exc
-    try:
-        header = json.loads(raw)
-        if not isinstance(header, dict):
-            raise ValueError("not an object")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{file}: corrupt safetensors header (not valid JSON); re-download or re-save it") from exc
-
+    header = _header_object(file, raw)
     data_start = 8 + header_len
     data_size = size - data_start
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = _header_metadata(file, header.pop("__metadata__", None))
     tensors = [_tensor_info(file, name, entry, data_start) for name, entry in header.items()]
-    tensors.sort(key=lambda info: info.offset)
+    tensors.sort(key=lambda info: (info.offset, info.offset + info.nbytes))
     end = data_start
     for info in tensors:
-        if info.offset != end and info.nbytes:
-            raise InputError(f"{file}: corrupt header: tensor {info.name!r} does not start where the previous ends")
-        end = max(end, info.offset + info.nbytes)
+        if info.offset != end:
+            raise InputError(f"{file}: corrupt header: tensor {info.name!r} does not start where the previous ends "
+                             "(data offsets must be contiguous from 0); re-download or re-save it")
+        end = info.offset + info.nbytes
     if end - data_start > data_size:
         last = tensors[-1].name if tensors else "?"
         raise InputError(
             f"{file}: truncated: tensor data needs {end - data_start} bytes but the file holds {data_size} "
             f"(last tensor {last!r}); re-download or re-save it"
         )
-    return ShardHeader(file=file, metadata=dict(metadata), tensors=tuple(tensors))
+    if end - data_start < data_size:
+        raise InputError(f"{file}: corrupt: {data_size - (end - data_start)} bytes after the last tensor's data "
+                         "(safetensors requires the data section to be covered exactly); re-download or re-save it")
+    return ShardHeader(file=file, metadata=metadata, tensors=tuple(tensors))
+
+
+def _header_object(file: Path, raw: bytes) -> dict[str, object]:
+    corrupt = f"{file}: corrupt safetensors header"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{corrupt} (not UTF-8); re-download or re-save it") from exc
+    if not text.startswith("{"):
+        raise InputError(f"{corrupt} (not valid JSON: must start with '{{'); re-download or re-save it")
+    try:
+        header = load_json_text(text)
+    except ValueError as exc:
+        raise InputError(f"{corrupt} (not valid JSON: {exc}); re-download or re-save it") from exc
+    if not isinstance(header, dict):
+        raise InputError(f"{corrupt} (not valid JSON: not an object); re-download or re-save it")
+    return header
+
+
+def _header_metadata(file: Path, metadata: object) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InputError(f"{file}: corrupt header: __metadata__ must be an object of strings, got "
+                         f"{type(metadata).__name__}; re-save the file")
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise InputError(f"{file}: corrupt header: __metadata__[{key!r}] must be a string, got "
+                             f"{type(value).__name__} (safetensors cannot load such a file); re-save it")
+    return dict(metadata)
+
+
+def _is_count(value: object) -> bool:
+    """A JSON unsigned integer as safetensors reads one (usize): not a bool, a float, negative or over 2^64."""
+    return type(value) is int and 0 <= value < 2**64
 
 
 def _tensor_info(file: Path, name: str, entry: object, data_start: int) -> TensorInfo:
-    try:
-        dtype = entry["dtype"]  # type: ignore[index]
-        shape = tuple(int(d) for d in entry["shape"])  # type: ignore[index]
-        begin, stop = (int(x) for x in entry["data_offsets"])  # type: ignore[index]
-    except (TypeError, KeyError, ValueError) as exc:
-        raise InputError(f"{file}: corrupt header entry for tensor {name!r}; re-download or re-save it") from exc
+    def corrupt(field_name: str, what: str) -> InputError:
+        return InputError(f"{file}: corrupt header: tensor {name!r} {field_name} {what}; re-download or re-save it")
+
+    if not isinstance(entry, dict):
+        raise corrupt("entry", f"must be an object with dtype, shape and data_offsets, got {type(entry).__name__}")
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in entry:
+            raise corrupt(key, "is missing")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        raise corrupt("dtype", f"must be a safetensors dtype string (F32, BF16, ...), got {_short(dtype)}")
     if dtype not in DTYPES:
         raise InputError(f"{file}: tensor {name!r} has dtype {dtype!r}, which graft does not support")
-    if any(d < 0 for d in shape) or stop - begin != math.prod(shape) * DTYPES[dtype][1]:
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise corrupt("shape", f"must be a list of non-negative integers, got {_short(shape)}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(x) for x in offsets)):
+        raise corrupt("data_offsets", f"must be two non-negative integers, got {_short(offsets)}")
+    begin, stop = offsets
+    nbytes = math.prod(shape) * DTYPES[dtype][1]
+    if stop < begin or stop - begin != nbytes or nbytes >= 2**64:
         raise InputError(f"{file}: corrupt header: tensor {name!r} byte range does not match shape {list(shape)}")
-    return TensorInfo(name, dtype, shape, file, data_start + begin, stop - begin)
+    return TensorInfo(name, dtype, tuple(shape), file, data_start + begin, stop - begin)
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value) if isinstance(value, str | int | float | bool | type(None)) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass
@@ -185,7 +244,9 @@ class Checkpoint:
                 tensors[info.name] = info
         if weight_map is not None:
             _check_index_agrees(index_file, weight_map, tensors)
-        return cls(root, shards, tensors, index_file, index_metadata)
+        opened = cls(root, shards, tensors, index_file, index_metadata)
+        _ = opened.config  # validated at the boundary, before any heavy work
+        return opened
 
     # -- metadata -------------------------------------------------------------------------------------------
     @functools.cached_property
@@ -194,10 +255,20 @@ class Checkpoint:
         path = self.root / "config.json"
         if not path.exists():
             return {}
-        try:
-            return json.loads(path.read_text())
-        except ValueError as exc:
-            raise InputError(f"{path}: not valid JSON; fix or re-download it") from exc
+        config = load_json_file(path, "config.json")
+        if not isinstance(config, dict):
+            raise InputError(f"{path}: must be a JSON object of settings, got a {type(config).__name__}; "
+                             "fix or re-download it")
+        for key in ("text_config", "vision_config"):
+            if config.get(key) is not None and not isinstance(config[key], dict):
+                raise InputError(f"{path}: {key} must be an object, got {type(config[key]).__name__}")
+        for key in ("model_type", "architectures"):
+            value = config.get(key)
+            if value is not None and not (isinstance(value, str) if key == "model_type" else
+                                          isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise InputError(f"{path}: {key} must be {'a string' if key == 'model_type' else 'a list of strings'}"
+                                 f", got {shown(value)}")
+        return config
 
     @property
     def nbytes(self) -> int:
@@ -284,11 +355,7 @@ def _locate_weights(
         names = ", ".join(p.name for p in indexes)
         raise InputError(f"{root}: several safetensors indexes ({names}); keep one or point graft at a folder with one")
     if index is not None:
-        try:
-            data = json.loads(index.read_text())
-            weight_map: dict[str, str] = dict(data["weight_map"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{index}: not a valid safetensors index (needs a 'weight_map' object)") from exc
+        weight_map, index_metadata = _read_index(index)
         files = []
         for name in dict.fromkeys(weight_map.values()):
             shard = root / name
@@ -299,7 +366,7 @@ def _locate_weights(
                     "re-download the missing shard"
                 )
             files.append(shard)
-        return index, files, dict(data.get("metadata") or {}), weight_map
+        return index, files, index_metadata, weight_map
     files = sorted(root.glob("*.safetensors"))
     if files:
         return None, files, {}, None
@@ -310,6 +377,23 @@ def _locate_weights(
             "an environment you trust: load with transformers and save_pretrained(..., safe_serialization=True)"
         )
     raise InputError(f"{root}: no *.safetensors weights found in this {role} folder")
+
+
+def _read_index(index: Path) -> tuple[dict[str, str], dict[str, object]]:
+    """A safetensors index to its schema: {"metadata": object (optional), "weight_map": {tensor: shard file}},
+    shard files named as plain files of the folder (no path, so an index cannot point outside it)."""
+    data = load_json_file(index, "the safetensors index")
+    if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
+        raise InputError(f"{index}: not a valid safetensors index (needs a 'weight_map' object)")
+    metadata = data.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InputError(f"{index}: metadata must be an object, got {type(metadata).__name__}; fix or re-download it")
+    weight_map = data["weight_map"]
+    for tensor, file in weight_map.items():
+        if not isinstance(file, str) or not file or file != Path(file).name or file in (".", ".."):
+            raise InputError(f"{index}: weight_map[{tensor!r}] must be the file name of a shard in this folder, "
+                             f"got {shown(file)}; fix or re-download it")
+    return dict(weight_map), dict(metadata or {})
 
 
 def _check_index_agrees(index: Path | None, weight_map: dict[str, str], tensors: dict[str, TensorInfo]) -> None:

@@ -8,22 +8,22 @@ not hold exactly). It is an artefact people share, so it must say on its own wha
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from graft import __version__
-from graft.checkpoint import DTYPES, Checkpoint, TensorInfo, sha256_file
+from graft.checkpoint import DTYPES, FLOAT_TAGS, Checkpoint, TensorInfo, sha256_file
 from graft.errors import IncompatibleError, InputError, UsageError
 from graft.mapping import Group, find_backbone_prefix, layer_index, module_group
+from graft.schema import FiniteFloat, describe_validation_error, load_json_file
 from graft.writer import (
     BackgroundWriter,
     OutputFolder,
@@ -55,14 +55,25 @@ class SourceInfo(_Frozen):
     sha256: dict[str, str] | None = None  # weight file name -> content hash (the hub's LFS oid)
 
 
+Count = Annotated[int, Field(ge=0)]
+
+
 class VectorTensor(_Frozen):
-    shape: list[int]
+    shape: list[Count]
     dtype: str
-    layer: int | None
+    layer: Count | None
     group: Group
-    norm: float
-    rel_norm: float | None
-    inexact: int  # elements whose fp32 difference the storage dtype rounds
+    norm: FiniteFloat
+    rel_norm: FiniteFloat | None
+    inexact: Count  # elements whose fp32 difference the storage dtype rounds
+
+    @field_validator("dtype")
+    @classmethod
+    def _float_dtype(cls, value: str) -> str:
+        if value not in FLOAT_TAGS:
+            raise ValueError(f"must be a floating-point safetensors dtype ({', '.join(sorted(FLOAT_TAGS))}), "
+                             f"got {value!r}")
+        return value
 
 
 class VectorManifest(_Frozen):
@@ -74,11 +85,18 @@ class VectorManifest(_Frozen):
     aligned: SourceInfo
     dtype: str  # "auto" (each tensor in its source dtype) or the storage dtype asked for
     backbone_prefix: str
-    num_layers: int
+    num_layers: Annotated[int, Field(ge=1)]
     tensors: dict[str, VectorTensor]
-    total_norm: float
-    inexact_elements: int
-    total_elements: int
+    total_norm: FiniteFloat
+    inexact_elements: Count
+    total_elements: Count
+
+    @model_validator(mode="after")
+    def _layers_in_range(self) -> VectorManifest:
+        for name, tensor in self.tensors.items():
+            if tensor.layer is not None and tensor.layer >= self.num_layers:
+                raise ValueError(f"tensors.{name}.layer: {tensor.layer} but num_layers is {self.num_layers}")
+        return self
 
 
 @dataclass
@@ -95,16 +113,17 @@ class SafetyVector:
         manifest_path = root / MANIFEST
         if not manifest_path.is_file():
             raise InputError(f"{root}: not a graft vector folder (no {MANIFEST}); create one with `graft extract`")
+        raw = load_json_file(manifest_path, "the vector manifest")
         try:
-            manifest = VectorManifest.model_validate(json.loads(manifest_path.read_text()))
-        except ValueError as exc:
-            detail = str(exc).splitlines()[0] if not isinstance(exc, ValidationError) else _first_error(exc)
-            raise InputError(f"{manifest_path}: invalid vector manifest ({detail})") from exc
+            manifest = VectorManifest.model_validate(raw)
+        except ValidationError as exc:
+            raise InputError(f"{manifest_path}: invalid vector manifest: {describe_validation_error(exc)}") from exc
         checkpoint = Checkpoint.open(root, role="vector")
-        for name, entry in manifest.tensors.items():
-            info = checkpoint.tensors.get(name)
-            if info is None or list(info.shape) != entry.shape:
-                raise InputError(f"{root}: {MANIFEST} lists tensor {name!r} but the shards do not hold it as described")
+        try:
+            _check_shards_match(manifest_path, manifest, checkpoint)
+        except BaseException:
+            checkpoint.close()
+            raise
         return cls(root, manifest, checkpoint)
 
     @property
@@ -115,9 +134,18 @@ class SafetyVector:
         self.checkpoint.close()
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+def _check_shards_match(manifest_path: Path, manifest: VectorManifest, checkpoint: Checkpoint) -> None:
+    """Every τ tensor as the manifest describes it (name, dtype, shape), from headers before any data is read: a
+    shard whose bytes are not what the manifest says would otherwise be grafted as if they were."""
+    for name, entry in manifest.tensors.items():
+        info = checkpoint.tensors.get(name)
+        if info is None:
+            raise InputError(f"{manifest_path}: lists tensor {name!r} but no vector shard holds it; re-extract")
+        if list(info.shape) != entry.shape or info.dtype != entry.dtype:
+            raise InputError(
+                f"{info.file}: tensor {name!r} is {info.dtype} {list(info.shape)} but {MANIFEST} says {entry.dtype} "
+                f"{entry.shape}; the vector folder is inconsistent: re-extract it"
+            )
 
 
 def structural_config(config: dict[str, object], prefix: str = "") -> dict[str, object]:
