@@ -308,6 +308,18 @@ class Checkpoint:
         shape = (stop - start, *info.row_shape) if info.shape else ()
         return buffer.view(info.torch_dtype).reshape(shape)
 
+    def read_elements(self, name: str, start: int = 0, stop: int | None = None, *, pin: bool = False
+                      ) -> torch.Tensor:
+        """Elements [start, stop) of the flattened (C-order) tensor, 1-D, in its stored dtype, in a fresh buffer.
+
+        The unit graft streams in: a flat range costs exactly its bytes whatever the tensor's shape (a [1, 32M]
+        row is no bigger a read than a [32M, 1] column)."""
+        info = self.tensors[name]
+        stop = info.numel if stop is None else stop
+        buffer = torch.empty((stop - start) * info.itemsize, dtype=torch.uint8, pin_memory=pin)
+        self._pread_into(info, info.offset + start * info.itemsize, buffer)
+        return buffer.view(info.torch_dtype)
+
     def read(self, name: str) -> torch.Tensor:
         return self.read_rows(name)
 

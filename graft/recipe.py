@@ -145,6 +145,8 @@ class Options(_Strict):
     origin: str | None = None
     orthogonalize: bool = False
     chunk_size: str | None = None  # None: 8MB on CPU, 64MB on CUDA (see merge.default_chunk_bytes)
+    strict: bool = False  # plan warnings are errors (exit 4): a CI job can gate on them
+    allow_partial: bool = False  # graft even when a donor layer lands in a target layer of another structure
 
     @field_validator("shard_size", "chunk_size")
     @classmethod

@@ -201,11 +201,16 @@ def extract_vector(
     hash_sources: bool = True,
     kind: str = "safety",
     chunk_size: str = "8MB",
+    allow_nonfinite: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> ExtractResult:
-    """Stream τ = aligned − base tensor by tensor (in row chunks) into a new vector folder."""
+    """Stream τ = aligned − base tensor by tensor (in flat element chunks) into a new vector folder.
+
+    Every chunk of both sources is checked for NaN/Inf as it streams by (the check is cheap next to the read), so
+    a vector is never written from non-finite weights unless `allow_nonfinite` says so."""
     if dtype not in STORAGE_DTYPES:
         raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(STORAGE_DTYPES)}")
+    shard_bytes, chunk_bytes = _size("--shard-size", shard_size), _size("--chunk-size", chunk_size)
     with Checkpoint.open(base_path, role="base") as base, Checkpoint.open(aligned_path, role="aligned") as aligned:
         names = check_same_architecture(base, aligned, shared_only=shared_only)
         skipped = [n for n in base.tensors if n in aligned.tensors and not base.tensors[n].is_float]
@@ -223,8 +228,8 @@ def extract_vector(
                 futures[role] = {f.name: hashes.submit(sha256_file, f) for f in ckpt.weight_files}
         try:
             with folder as staging:
-                stats = _write_difference(base, aligned, outputs, staging, parse_size(shard_size),
-                                          parse_size(chunk_size), progress)
+                stats = _write_difference(base, aligned, outputs, staging, shard_bytes, chunk_bytes, progress,
+                                          allow_nonfinite)
                 manifest = VectorManifest(
                     graft_version=__version__,
                     kind=kind,
@@ -243,6 +248,19 @@ def extract_vector(
             if hashes:
                 hashes.shutdown(wait=True, cancel_futures=True)
     return ExtractResult(folder.destination, manifest, skipped)
+
+
+def _size(flag: str, text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from exc
+
+
+def _require_finite(values: torch.Tensor, info: TensorInfo) -> None:
+    if not bool(torch.isfinite(values).all()):
+        raise InputError(f"{info.file}: tensor {info.name!r} holds NaN or infinite values; a task vector from it "
+                         "would be garbage (repair or re-download the file, or pass --allow-nonfinite)")
 
 
 def _rel(name: str, prefix: str) -> str:
@@ -270,6 +288,7 @@ def _write_difference(
     shard_bytes: int,
     chunk_bytes: int,
     progress: Callable[[int], None] | None,
+    allow_nonfinite: bool = False,
 ) -> dict[str, tuple[float, float, int]]:
     """Write every τ tensor; return per tensor (‖τ‖ as stored, ‖θ_base‖, inexact element count)."""
     shards = split_into_shards(outputs, shard_bytes)
@@ -286,19 +305,29 @@ def _write_difference(
                 target_dtype = DTYPES[tensor.dtype][0]
                 sq_tau = sq_base = 0.0
                 inexact = 0
-                step = max(1, chunk_bytes // max(1, info.row_nbytes))
-                for start in range(0, info.rows, step):
-                    stop = min(info.rows, start + step)
-                    b = base.read_rows(tensor.name, start, stop).float()
-                    diff = aligned.read_rows(tensor.name, start, stop).float().sub_(b)
+                step = max(1, chunk_bytes // info.itemsize)  # flat element ranges: bounded whatever the shape
+                for start in range(0, info.numel, step):
+                    stop = min(info.numel, start + step)
+                    b_raw = base.read_elements(tensor.name, start, stop)
+                    a_raw = aligned.read_elements(tensor.name, start, stop)
+                    if not allow_nonfinite:
+                        _require_finite(b_raw, info)
+                        _require_finite(a_raw, aligned.tensors[tensor.name])
+                    b = b_raw.float()
+                    diff = a_raw.float().sub_(b)
                     stored = diff.to(target_dtype)
+                    if not allow_nonfinite and not bool(torch.isfinite(stored).all()):
+                        raise IncompatibleError(
+                            f"tensor {tensor.name!r}: τ = aligned − base is not finite in {tensor.dtype} (it "
+                            "overflows); store it wider with --dtype float32, or pass --allow-nonfinite"
+                        )
                     back = stored.float()
                     inexact += int(torch.count_nonzero(back != diff))
                     sq_tau += float(torch.linalg.vector_norm(back, dtype=torch.float64)) ** 2
                     sq_base += float(torch.linalg.vector_norm(b, dtype=torch.float64)) ** 2
                     writer.submit(out.write, stored)
                     if progress:
-                        progress(2 * (stop - start) * info.row_nbytes)
+                        progress(2 * (stop - start) * info.itemsize)
                 stats[tensor.name] = (math.sqrt(sq_tau), math.sqrt(sq_base), inexact)
             writer.submit(out.close)
         writer.close()

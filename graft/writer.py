@@ -242,6 +242,23 @@ class OutputFolder:
         except OSError as exc:
             raise OutputError(f"{parent}: cannot create the output's parent folder ({exc.strerror})") from exc
         self.staging = parent / f".{self.destination.name}.graft-partial-{os.getpid()}"
+        self._check_writable(parent)
+
+    def _check_writable(self, parent: Path) -> None:
+        """Say so up front when the output cannot be created at all: a name too long for the file system (with
+        the staging folder's suffix) or a parent folder graft may not write into."""
+        try:
+            name_max = os.pathconf(parent, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            name_max = 255
+        longest = max(len(self.staging.name.encode()), len(f".{self.destination.name}.graft-replaced-{os.getpid()}"
+                                                              .encode()))
+        if longest > name_max:
+            raise OutputError(f"{self.destination}: the output name is too long for this file system "
+                              f"({len(self.destination.name.encode())} bytes; at most {name_max - 30}); "
+                              "choose a shorter --out")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"{parent}: cannot write into this folder (permission denied); choose another --out")
 
     def check_free_space(self, needed: int) -> None:
         """Refuse up front when the output (tensor bytes + headers and small files) cannot fit."""
@@ -254,9 +271,13 @@ class OutputFolder:
             )
 
     def __enter__(self) -> Path:
-        if self.staging.exists():
-            shutil.rmtree(self.staging)
-        self.staging.mkdir()
+        try:
+            if self.staging.exists():
+                shutil.rmtree(self.staging)
+            self.staging.mkdir()
+        except OSError as exc:
+            raise OutputError(f"{self.destination.parent}: cannot create the output folder there ({exc.strerror}); "
+                              "choose another --out") from exc
         return self.staging
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
