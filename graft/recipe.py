@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from graft.errors import UsageError
 from graft.hub import looks_like_hub_id
 from graft.mapping import GROUPS, Group, Rule
-from graft.schema import FiniteFloat, describe_validation_error
+from graft.schema import FiniteFloat, describe_validation_error, load_yaml_file
 from graft.writer import parse_size
 
 RECIPE_VERSION = 1
@@ -177,12 +177,7 @@ class Recipe(_Strict):
     @classmethod
     def from_yaml(cls, path: str | Path) -> Recipe:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read recipe ({exc.strerror})") from exc
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        data = load_yaml_file(path, "recipe") or {}
         recipe = cls.parse(data, source=str(path))
         return recipe.with_paths_relative_to(path.parent)
 

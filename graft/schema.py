@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, ValidationError
 
-from graft.errors import GraftError, InputError
+from graft.errors import GraftError, InputError, UsageError
 
 
 def _refuse_constant(name: str) -> object:
@@ -44,6 +44,25 @@ def load_json_file(path: Path, what: str, error: type[GraftError] = InputError) 
         raise error(f"{path}: {what} is not UTF-8 text; fix or re-download it") from exc
     except ValueError as exc:
         raise error(f"{path}: {what} is not valid JSON ({exc}); fix or re-download it") from exc
+
+
+def load_yaml_file(path: Path, what: str, error: type[GraftError] = UsageError) -> Any:
+    """A YAML file's value (safe_load: plain data only), or `error` naming the file: unreadable, not UTF-8, not
+    valid YAML, or nested beyond reason."""
+    import yaml
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: {what} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    except RecursionError:
+        raise error(f"{path}: not valid YAML (nested too deeply)") from None
 
 
 def _finite(value: float) -> float:
@@ -116,4 +135,4 @@ def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
     return "; ".join(parts[:limit]) + more
 
 
-__all__ = ["FiniteFloat", "describe_validation_error", "load_json_file", "load_json_text", "shown"]
+__all__ = ["FiniteFloat", "describe_validation_error", "load_json_file", "load_json_text", "load_yaml_file", "shown"]

@@ -9,7 +9,6 @@ encoding, right padding, no attention mask), so multiple-choice scores equal lm-
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from transformers import StoppingCriteria
 
 from graft.devices import resolve_device
 from graft.errors import IncompatibleError, InputError, UsageError
+from graft.schema import load_json_file
 
 from .vlm_inputs import load_processor
 
@@ -98,7 +98,9 @@ class Engine:
         config_file = path / "config.json"
         if not config_file.is_file():
             raise InputError(f"{path}: no config.json (expected a Hugging Face model folder)")
-        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config = load_json_file(config_file, "config.json")
+        if not isinstance(config, dict):
+            raise InputError(f"{config_file}: must be a JSON object of settings, got a {type(config).__name__}")
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         multimodal = "vision_config" in config

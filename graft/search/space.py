@@ -17,13 +17,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal, Protocol, get_args
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from graft.errors import UsageError
 from graft.mapping import Group
 from graft.recipe import DEFAULT_GROUP_FACTORS, Coefficients
-from graft.schema import FiniteFloat, describe_validation_error
+from graft.schema import FiniteFloat, describe_validation_error, load_yaml_file
 
 SPACE_VERSION = 1
 SamplerName = Literal["cmaes", "tpe", "gp", "nsga2", "random"]
@@ -149,12 +148,7 @@ class SearchSpace(_Strict):
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchSpace:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read search space ({exc.strerror})") from exc
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        data = load_yaml_file(path, "search space")
         return cls.parse(data, source=str(path))
 
     @classmethod
