@@ -207,7 +207,8 @@ def extract(
         table.add_row("vector", str(result.out))
         table.add_row("tensors", f"{len(manifest.tensors)} ({manifest.num_layers} layers, backbone "
                                  f"'{manifest.backbone_prefix}')")
-        table.add_row("‖τ‖", f"{manifest.total_norm:.6g}")
+        table.add_row("‖τ‖", f"{manifest.total_norm:.6g}" if manifest.total_norm is not None else
+                      "not finite (τ holds NaN/Inf)")
         share = manifest.inexact_elements / max(1, manifest.total_elements)
         table.add_row("inexact in storage dtype", f"{manifest.inexact_elements} of {manifest.total_elements} "
                                                   f"elements ({share:.3%}); use --dtype float32 for exact τ")

@@ -63,7 +63,7 @@ class VectorTensor(_Frozen):
     dtype: str
     layer: Count | None
     group: Group
-    norm: FiniteFloat
+    norm: FiniteFloat | None  # None: τ holds NaN/Inf (extracted with --allow-nonfinite)
     rel_norm: FiniteFloat | None
     inexact: Count  # elements whose fp32 difference the storage dtype rounds
 
@@ -87,7 +87,7 @@ class VectorManifest(_Frozen):
     backbone_prefix: str
     num_layers: Annotated[int, Field(ge=1)]
     tensors: dict[str, VectorTensor]
-    total_norm: FiniteFloat
+    total_norm: FiniteFloat | None  # None: some τ holds NaN/Inf (extracted with --allow-nonfinite)
     inexact_elements: Count
     total_elements: Count
 
@@ -239,7 +239,7 @@ def extract_vector(
                     backbone_prefix=prefix,
                     num_layers=1 + max((layer_index(_rel(n, prefix)) or 0) for n in names),
                     tensors={n: _describe(n, storage[n], base.tensors[n], prefix, stats[n]) for n in names},
-                    total_norm=math.sqrt(sum(s[0] ** 2 for s in stats.values())),
+                    total_norm=_finite_or_none(math.sqrt(sum(s[0] ** 2 for s in stats.values()))),
                     inexact_elements=sum(s[2] for s in stats.values()),
                     total_elements=sum(base.tensors[n].numel for n in names),
                 )
@@ -263,6 +263,10 @@ def _require_finite(values: torch.Tensor, info: TensorInfo) -> None:
                          "would be garbage (repair or re-download the file, or pass --allow-nonfinite)")
 
 
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 def _rel(name: str, prefix: str) -> str:
     return name[len(prefix):] if prefix and name.startswith(prefix) else name
 
@@ -270,8 +274,10 @@ def _rel(name: str, prefix: str) -> str:
 def _describe(name: str, dtype: str, info: TensorInfo, prefix: str, stat: tuple[float, float, int]) -> VectorTensor:
     norm, base_norm, inexact = stat
     rel = _rel(name, prefix)
+    finite = math.isfinite(norm) and math.isfinite(base_norm)
     return VectorTensor(shape=list(info.shape), dtype=dtype, layer=layer_index(rel), group=module_group(rel),
-                        norm=norm, rel_norm=(norm / base_norm) if base_norm > 0 else None, inexact=inexact)
+                        norm=norm if math.isfinite(norm) else None,
+                        rel_norm=(norm / base_norm) if finite and base_norm > 0 else None, inexact=inexact)
 
 
 def _source(ckpt: Checkpoint, hashes: dict[str, str] | None) -> SourceInfo:

@@ -272,14 +272,15 @@ def _fail_silent_trials(study: optuna.Study) -> None:
     Optuna never finds stale (it only compares heartbeats): a resumed study would wait on it forever. Such a trial
     older than the grace period is failed here, and retried through the same callback as a stale one."""
     storage = study._storage
-    interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
-    if not interval or not hasattr(storage, "scoped_session"):
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache
+    interval = backend.get_heartbeat_interval() if hasattr(backend, "get_heartbeat_interval") else None
+    if not interval or not hasattr(backend, "scoped_session"):
         return
     from optuna.storages._rdb import models  # Optuna keeps heartbeats in its own table; no public query for it
 
-    grace = timedelta(seconds=storage.grace_period or 2 * interval)
+    grace = timedelta(seconds=backend.grace_period or 2 * interval)
     now = datetime.now()  # datetime_start is the asking worker's local clock, as Optuna records it
-    session = storage.scoped_session()
+    session = backend.scoped_session()
     try:
         silent = [t.trial_id for t in session.query(models.TrialModel)
                   .filter(models.TrialModel.study_id == study._study_id)
@@ -287,8 +288,8 @@ def _fail_silent_trials(study: optuna.Study) -> None:
                   if not t.heartbeats and t.datetime_start is not None and now - t.datetime_start > grace]
     finally:
         session.close()
-    callback = getattr(storage, "get_heartbeat_stale_trial_callback", None)
-    callback = callback() if callback else storage.get_failed_trial_callback()
+    callback = getattr(backend, "get_heartbeat_stale_trial_callback", None)
+    callback = callback() if callback else backend.get_failed_trial_callback()
     for trial_id in silent:
         if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
             continue  # another worker got there first
