@@ -371,7 +371,7 @@ def _locate_weights(
         files = []
         for name in dict.fromkeys(weight_map.values()):
             shard = root / name
-            if not shard.is_file():
+            if not _is_file(shard):
                 tensor = next(t for t, f in weight_map.items() if f == name)
                 raise InputError(
                     f"{index}: names shard {name!r} (for tensor {tensor!r}) but {shard} does not exist; "
@@ -389,6 +389,13 @@ def _locate_weights(
             "an environment you trust: load with transformers and save_pretrained(..., safe_serialization=True)"
         )
     raise InputError(f"{root}: no *.safetensors weights found in this {role} folder")
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system, a permission problem: not a shard we can read
+        return False
 
 
 def _read_index(index: Path) -> tuple[dict[str, str], dict[str, object]]:

@@ -118,6 +118,13 @@ def evaluate(
     if judge_cfg.kind == "guard" and not (Path(judge_cfg.model) / "config.json").is_file():
         raise InputError(f"--judge guard:{judge_cfg.model}: no config.json there (a Llama-Guard/Qwen3Guard folder)")
 
+    # Read and check the text benchmarks before loading any model, so a malformed file fails in seconds (image
+    # tasks wait: a text-only model skips them, and their data is then never read).
+    loaded: dict[str, list[Item]] = {}
+    for name in names:
+        task = TASKS[name]
+        if not task.needs_image and getattr(data, task.benchmark) is not None and task.benchmark not in loaded:
+            loaded[task.benchmark] = LOADERS[task.benchmark](data.source(task.benchmark))
     engine = model if isinstance(model, Engine) else Engine.load(model, device=device, dtype=dtype,
                                                                   batch_size=batch_size)
     results = EvalResults()
@@ -137,7 +144,6 @@ def evaluate(
         data.source(task.benchmark)  # explicit task without data: a clear UsageError now, before any work
         run.append(task)
     # Read and check every benchmark before generating anything, so a malformed file fails in seconds.
-    loaded: dict[str, list[Item]] = {}
     for task in run:
         if task.benchmark not in loaded:
             loaded[task.benchmark] = LOADERS[task.benchmark](data.source(task.benchmark))
