@@ -1,6 +1,6 @@
 """Execute a graft plan as a streamed merge to disk.
 
-Work is cut into row chunks of bounded size (so peak memory is a few chunks, whatever the model or shard size);
+Work is cut into flat element chunks of bounded size (peak memory is a few chunks, whatever the model or shape);
 a reader thread prefetches the next chunks while the main thread computes and a writer thread appends results to
 the output shard, whose header was written up front. Tensors that are not grafted are copied as raw byte ranges
 in the kernel (`copy_file_range`) and never enter Python memory.

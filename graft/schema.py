@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, ValidationError
+from pydantic import AfterValidator, BeforeValidator, ValidationError
 
 from graft.errors import GraftError, InputError, UsageError
 
@@ -71,7 +71,13 @@ def _finite(value: float) -> float:
     return value
 
 
-FiniteFloat = Annotated[float, AfterValidator(_finite)]
+def _not_bool(value: object) -> object:
+    if isinstance(value, bool):  # YAML's yes/no/true are not coefficients
+        raise ValueError(f"must be a number, got {value}")
+    return value
+
+
+FiniteFloat = Annotated[float, BeforeValidator(_not_bool), AfterValidator(_finite)]
 """A float that refuses nan and ±inf (including the YAML spellings .nan / .inf and the strings 'nan' / 'inf')."""
 
 
