@@ -176,9 +176,11 @@ def _write_shards(
     actions = {a.target: a for a in plan.actions}
     pin = device.type == "cuda"
     writer = BackgroundWriter()
+    opened: list[ShardWriter] = []
     try:
         for file, shard in layout.items():
             out = ShardWriter(staging / file, shard.tensors, shard.metadata)
+            opened.append(out)
             pieces = (p for t in shard.tensors for p in _pieces(plan, actions[t.name], t, chunk_bytes, pin))
             for piece in prefetch(pieces, depth=2):
                 if isinstance(piece, _Copy):
@@ -193,6 +195,8 @@ def _write_shards(
         writer.close()
     except BaseException:
         writer.abort()
+        for out in opened:
+            out.discard()
         raise
 
 

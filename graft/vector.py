@@ -302,9 +302,11 @@ def _write_difference(
     stats: dict[str, tuple[float, float, int]] = {}
     writer = BackgroundWriter()
     weight_map: dict[str, str] = {}
+    opened: list[ShardWriter] = []
     try:
         for shard, file in zip(shards, files, strict=True):
             out = ShardWriter(staging / file, shard, {"format": "pt", "producer": "graft"})
+            opened.append(out)
             for tensor in shard:
                 weight_map[tensor.name] = file
                 info = base.tensors[tensor.name]
@@ -339,6 +341,8 @@ def _write_difference(
         writer.close()
     except BaseException:
         writer.abort()
+        for out in opened:
+            out.discard()
         raise
     if len(files) > 1:
         write_index(staging, "vector.safetensors.index.json", weight_map,

@@ -144,10 +144,12 @@ class ShardWriter:
         self.tensors = list(tensors)
         self._next = 0
         self._pending = self.tensors[0].nbytes if self.tensors else 0
+        self._fd = -1
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             self._write_all(encode_header(self.tensors, metadata))
         except OSError as exc:
+            self.discard()
             _raise_write_error(exc, path)
 
     def write(self, data: torch.Tensor | bytes | memoryview) -> None:
@@ -205,9 +207,16 @@ class ShardWriter:
             written = os.write(self._fd, view)
             view = view[written:]
 
+    def discard(self) -> None:
+        """Close the file without checks (the output is being abandoned): no descriptor outlives a failure."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
     def close(self) -> None:
         complete = self._pending == 0 and self._next >= len(self.tensors) - 1
         os.close(self._fd)
+        self._fd = -1
         if not complete:
             raise RuntimeError(f"internal: {self.path} closed before all tensors were written")
 

@@ -10,6 +10,7 @@ traceback, the inputs byte-for-byte unchanged, no output or staging folder left.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -109,6 +110,9 @@ def test_a_finite_lambda_that_overflows_the_output_writes_nothing(m: Models, out
     assert lines[0].startswith("warning: λ = ") and "far outside what a graft uses" in lines[0]
     assert lines[-1].startswith("error: tensor ") and "not finite" in lines[-1] and "Traceback" not in result.output
     assert_no_output(outdir / "merged")
+    # The abandoned shard's descriptor is closed too (a long-lived process must not leak one per failure).
+    open_files = [os.readlink(fd) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink()]
+    assert not [f for f in open_files if str(outdir) in f], open_files
 
 
 def test_a_large_lambda_is_warned_about_and_strict_refuses_it(m: Models, outdir: Path) -> None:
