@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from pathlib import Path
 import torch
 
 from graft.errors import InputError
+from graft.regular_files import check_regular, containment_root, open_regular
+from graft.schema import load_json_file, load_json_text, shown
 
 # safetensors dtype tag -> (torch dtype, bytes per element). From the safetensors format specification.
 DTYPES: dict[str, tuple[torch.dtype, int]] = {
@@ -38,71 +39,22 @@ DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "I8": (torch.int8, 1),
     "U8": (torch.uint8, 1),
     "BOOL": (torch.bool, 1),
+    "U16": (torch.uint16, 2),
+    "U32": (torch.uint32, 4),
+    "U64": (torch.uint64, 8),
 }
 TAG_OF_DTYPE = {torch_dtype: tag for tag, (torch_dtype, _) in DTYPES.items()}
 FLOAT_TAGS = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit safetensors itself enforces
+MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
+# Every dtype string the format defines (graft reads the ones in DTYPES; the rest are refused as unsupported).
+SAFETENSORS_DTYPES = frozenset({*DTYPES, "U16", "U32", "U64", "F4", "F6_E2M3", "F6_E3M2", "F8_E8M0", "C64"})
 
 log = logging.getLogger(__name__)
 
 if sys.byteorder != "little":  # safetensors stores little-endian; graft copies raw bytes
     raise ImportError("graft supports little-endian machines only")
-
-
-def containment_root(root: Path) -> Path:
-    """The folder a model folder's symlinks may point into: the folder itself, or for a Hugging Face cache
-    snapshot (models--org--name/snapshots/REV, whose files link to ../../blobs) the repository's cache folder."""
-    root = root.resolve()
-    return root.parent.parent if root.parent.name == "snapshots" else root
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-def check_regular(path: Path, within: Path | None = None) -> os.stat_result:
-    """Refuse, without opening it, anything but a regular file (a FIFO would block forever) and a symlink that
-    leads out of `within` (an input folder never hands graft a file from elsewhere)."""
-    try:
-        if within is not None:
-            real = path.resolve()
-            if real != within and within not in real.parents:
-                how = f"a symlink to {real}" if path.is_symlink() else f"resolves to {real}"
-                raise InputError(f"{path}: {how}, outside the model folder; graft never follows paths out of an "
-                                 "input (copy the file in)")
-        info = os.stat(path)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror}); check the path and permissions") from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{path}: {_kind(info.st_mode)}, not a regular file; graft reads only regular files")
-    return info
-
-
-def open_regular(path: Path, within: Path | None = None) -> int:
-    """A read-only descriptor on a regular file: checked before opening, opened non-blocking (a FIFO swapped in
-    between cannot hang us) and checked again on the descriptor."""
-    check_regular(path, within)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot open ({exc.strerror})") from exc
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise InputError(f"{path}: {_kind(mode)}, not a regular file; graft reads only regular files")
-    os.set_blocking(fd, True)
-    return fd
-
-
-def read_regular_text(path: Path, within: Path | None = None) -> str:
-    with os.fdopen(open_regular(path, within), "r", encoding="utf-8") as handle:
-        return handle.read()
 
 
 @dataclass(frozen=True)
@@ -156,7 +108,11 @@ class ShardHeader:
 
 
 def read_shard_header(file: Path, within: Path | None = None) -> ShardHeader:
-    """Parse and validate a safetensors header; every check names the file and says what to do."""
+    """Parse and validate a safetensors header to the format's rules, as the safetensors library checks them:
+    a UTF-8 JSON object; `__metadata__` (optional) a str -> str map; every other key a tensor with a known dtype
+    string, a shape of non-negative integers and two non-negative integer data offsets whose span is exactly
+    shape × itemsize; the spans, sorted, contiguous from 0 and covering the data section exactly. Every refusal
+    names the file (and the tensor or field) and says what to do. The file must be regular (inside `within`)."""
     fd = open_regular(file, within)
     try:
         size = os.fstat(fd).st_size
@@ -173,44 +129,93 @@ def read_shard_header(file: Path, within: Path | None = None) -> ShardHeader:
             raw = handle.read(header_len)
     except OSError as exc:
         raise InputError(f"{file}: cannot read ({exc.strerror}); check the path and permissions") from exc
-    try:
-        header = json.loads(raw)
-        if not isinstance(header, dict):
-            raise ValueError("not an object")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{file}: corrupt safetensors header (not valid JSON); re-download or re-save it") from exc
-
+    header = _header_object(file, raw)
     data_start = 8 + header_len
     data_size = size - data_start
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = _header_metadata(file, header.pop("__metadata__", None))
     tensors = [_tensor_info(file, name, entry, data_start) for name, entry in header.items()]
-    tensors.sort(key=lambda info: info.offset)
+    tensors.sort(key=lambda info: (info.offset, info.offset + info.nbytes))
     end = data_start
     for info in tensors:
-        if info.offset != end and info.nbytes:
-            raise InputError(f"{file}: corrupt header: tensor {info.name!r} does not start where the previous ends")
-        end = max(end, info.offset + info.nbytes)
+        if info.offset != end:
+            raise InputError(f"{file}: corrupt header: tensor {info.name!r} does not start where the previous ends "
+                             "(data offsets must be contiguous from 0); re-download or re-save it")
+        end = info.offset + info.nbytes
     if end - data_start > data_size:
         last = tensors[-1].name if tensors else "?"
         raise InputError(
             f"{file}: truncated: tensor data needs {end - data_start} bytes but the file holds {data_size} "
             f"(last tensor {last!r}); re-download or re-save it"
         )
-    return ShardHeader(file=file, metadata=dict(metadata), tensors=tuple(tensors))
+    if end - data_start < data_size:
+        raise InputError(f"{file}: corrupt: {data_size - (end - data_start)} bytes after the last tensor's data "
+                         "(safetensors requires the data section to be covered exactly); re-download or re-save it")
+    return ShardHeader(file=file, metadata=metadata, tensors=tuple(tensors))
+
+
+def _header_object(file: Path, raw: bytes) -> dict[str, object]:
+    corrupt = f"{file}: corrupt safetensors header"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{corrupt} (not UTF-8); re-download or re-save it") from exc
+    if not text.startswith("{"):
+        raise InputError(f"{corrupt} (not valid JSON: must start with '{{'); re-download or re-save it")
+    try:
+        header = load_json_text(text)
+    except ValueError as exc:
+        raise InputError(f"{corrupt} (not valid JSON: {exc}); re-download or re-save it") from exc
+    if not isinstance(header, dict):
+        raise InputError(f"{corrupt} (not valid JSON: not an object); re-download or re-save it")
+    return header
+
+
+def _header_metadata(file: Path, metadata: object) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InputError(f"{file}: corrupt header: __metadata__ must be an object of strings, got "
+                         f"{type(metadata).__name__}; re-save the file")
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise InputError(f"{file}: corrupt header: __metadata__[{key!r}] must be a string, got "
+                             f"{type(value).__name__} (safetensors cannot load such a file); re-save it")
+    return dict(metadata)
+
+
+def _is_count(value: object) -> bool:
+    """A JSON unsigned integer as safetensors reads one (usize): not a bool, a float, negative or over 2^64."""
+    return type(value) is int and 0 <= value < 2**64
 
 
 def _tensor_info(file: Path, name: str, entry: object, data_start: int) -> TensorInfo:
-    try:
-        dtype = entry["dtype"]  # type: ignore[index]
-        shape = tuple(int(d) for d in entry["shape"])  # type: ignore[index]
-        begin, stop = (int(x) for x in entry["data_offsets"])  # type: ignore[index]
-    except (TypeError, KeyError, ValueError) as exc:
-        raise InputError(f"{file}: corrupt header entry for tensor {name!r}; re-download or re-save it") from exc
+    def corrupt(field_name: str, what: str) -> InputError:
+        return InputError(f"{file}: corrupt header: tensor {name!r} {field_name} {what}; re-download or re-save it")
+
+    if not isinstance(entry, dict):
+        raise corrupt("entry", f"must be an object with dtype, shape and data_offsets, got {type(entry).__name__}")
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in entry:
+            raise corrupt(key, "is missing")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        raise corrupt("dtype", f"must be a safetensors dtype string (F32, BF16, ...), got {_short(dtype)}")
     if dtype not in DTYPES:
         raise InputError(f"{file}: tensor {name!r} has dtype {dtype!r}, which graft does not support")
-    if any(d < 0 for d in shape) or stop - begin != math.prod(shape) * DTYPES[dtype][1]:
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise corrupt("shape", f"must be a list of non-negative integers, got {_short(shape)}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(x) for x in offsets)):
+        raise corrupt("data_offsets", f"must be two non-negative integers, got {_short(offsets)}")
+    begin, stop = offsets
+    nbytes = math.prod(shape) * DTYPES[dtype][1]
+    if stop < begin or stop - begin != nbytes or nbytes >= 2**64:
         raise InputError(f"{file}: corrupt header: tensor {name!r} byte range does not match shape {list(shape)}")
-    return TensorInfo(name, dtype, shape, file, data_start + begin, stop - begin)
+    return TensorInfo(name, dtype, tuple(shape), file, data_start + begin, stop - begin)
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value) if isinstance(value, str | int | float | bool | type(None)) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass
@@ -245,7 +250,9 @@ class Checkpoint:
                 tensors[info.name] = info
         if weight_map is not None:
             _check_index_agrees(index_file, weight_map, tensors)
-        return cls(root, shards, tensors, index_file, index_metadata)
+        opened = cls(root, shards, tensors, index_file, index_metadata)
+        _ = opened.config  # validated at the boundary, before any heavy work
+        return opened
 
     # -- metadata -------------------------------------------------------------------------------------------
     @functools.cached_property
@@ -254,10 +261,20 @@ class Checkpoint:
         path = self.root / "config.json"
         if not path.exists():
             return {}
-        try:
-            return json.loads(read_regular_text(path, containment_root(self.root)))
-        except ValueError as exc:
-            raise InputError(f"{path}: not valid JSON; fix or re-download it") from exc
+        config = load_json_file(path, "config.json", within=containment_root(self.root))
+        if not isinstance(config, dict):
+            raise InputError(f"{path}: must be a JSON object of settings, got a {type(config).__name__}; "
+                             "fix or re-download it")
+        for key in ("text_config", "vision_config"):
+            if config.get(key) is not None and not isinstance(config[key], dict):
+                raise InputError(f"{path}: {key} must be an object, got {type(config[key]).__name__}")
+        for key in ("model_type", "architectures"):
+            value = config.get(key)
+            if value is not None and not (isinstance(value, str) if key == "model_type" else
+                                          isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise InputError(f"{path}: {key} must be {'a string' if key == 'model_type' else 'a list of strings'}"
+                                 f", got {shown(value)}")
+        return config
 
     @property
     def nbytes(self) -> int:
@@ -303,6 +320,18 @@ class Checkpoint:
         self._pread_into(info, info.offset + start * info.row_nbytes, buffer)
         shape = (stop - start, *info.row_shape) if info.shape else ()
         return buffer.view(info.torch_dtype).reshape(shape)
+
+    def read_elements(self, name: str, start: int = 0, stop: int | None = None, *, pin: bool = False
+                      ) -> torch.Tensor:
+        """Elements [start, stop) of the flattened (C-order) tensor, 1-D, in its stored dtype, in a fresh buffer.
+
+        The unit graft streams in: a flat range costs exactly its bytes whatever the tensor's shape (a [1, 32M]
+        row is no bigger a read than a [32M, 1] column)."""
+        info = self.tensors[name]
+        stop = info.numel if stop is None else stop
+        buffer = torch.empty((stop - start) * info.itemsize, dtype=torch.uint8, pin_memory=pin)
+        self._pread_into(info, info.offset + start * info.itemsize, buffer)
+        return buffer.view(info.torch_dtype)
 
     def read(self, name: str) -> torch.Tensor:
         return self.read_rows(name)
@@ -359,22 +388,18 @@ def _locate_weights(
         names = ", ".join(p.name for p in indexes)
         raise InputError(f"{root}: several safetensors indexes ({names}); keep one or point graft at a folder with one")
     if index is not None:
-        try:
-            data = json.loads(read_regular_text(index, within))
-            weight_map: dict[str, str] = dict(data["weight_map"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{index}: not a valid safetensors index (needs a 'weight_map' object)") from exc
+        weight_map, index_metadata = _read_index(index, within)
         files = []
         for name in dict.fromkeys(weight_map.values()):
             shard = root / name
-            if not os.path.lexists(shard):
+            if not os.path.lexists(shard):  # a FIFO or a link out is refused by name when opened
                 tensor = next(t for t, f in weight_map.items() if f == name)
                 raise InputError(
                     f"{index}: names shard {name!r} (for tensor {tensor!r}) but {shard} does not exist; "
                     "re-download the missing shard"
                 )
             files.append(shard)
-        return index, files, dict(data.get("metadata") or {}), weight_map
+        return index, files, index_metadata, weight_map
     files = sorted(root.glob("*.safetensors"))
     if files:
         return None, files, {}, None
@@ -385,6 +410,23 @@ def _locate_weights(
             "an environment you trust: load with transformers and save_pretrained(..., safe_serialization=True)"
         )
     raise InputError(f"{root}: no *.safetensors weights found in this {role} folder")
+
+
+def _read_index(index: Path, within: Path) -> tuple[dict[str, str], dict[str, object]]:
+    """A safetensors index to its schema: {"metadata": object (optional), "weight_map": {tensor: shard file}},
+    shard files named as plain files of the folder (no path, so an index cannot point outside it)."""
+    data = load_json_file(index, "the safetensors index", within=within)
+    if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
+        raise InputError(f"{index}: not a valid safetensors index (needs a 'weight_map' object)")
+    metadata = data.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InputError(f"{index}: metadata must be an object, got {type(metadata).__name__}; fix or re-download it")
+    weight_map = data["weight_map"]
+    for tensor, file in weight_map.items():
+        if not isinstance(file, str) or not file or file != Path(file).name or file in (".", ".."):
+            raise InputError(f"{index}: weight_map[{tensor!r}] must be the file name of a shard in this folder, "
+                             f"got {shown(file)}; fix or re-download it")
+    return dict(weight_map), dict(metadata or {})
 
 
 def _check_index_agrees(index: Path | None, weight_map: dict[str, str], tensors: dict[str, TensorInfo]) -> None:

@@ -46,7 +46,7 @@ stdout = Console(highlight=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 # -- options declared once, shared by the commands that take them ----------------------------------------------
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors and the final path only.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors, warnings and the final path only.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More detail; tracebacks for unexpected errors.")]
 Force = Annotated[bool, typer.Option(
     "--force", help="Replace a previous graft output (atomically, at the end); never a folder or file graft did not "
@@ -68,6 +68,10 @@ ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Never g
 OriginOpt = Annotated[str | None, typer.Option("--origin", help="Model the target was fine-tuned from.")]
 OrthoOpt = Annotated[bool | None, typer.Option(
     "--orthogonalize/--no-orthogonalize", help="Project τ off τ_med = target − origin, per tensor (needs --origin).")]
+StrictOpt = Annotated[bool | None, typer.Option(
+    "--strict", help="Treat every plan warning as an error (exit 4), e.g. to gate a CI job.")]
+PartialOpt = Annotated[bool | None, typer.Option(
+    "--allow-partial", help="Graft even when a vector layer lands in a target layer of another structure.")]
 
 
 def _floats(text: str | None, flag: str) -> list[float] | None:
@@ -112,7 +116,8 @@ def build_recipe(recipe: Path | None, **flags: Any) -> Recipe:
     for key in ("include", "exclude"):
         if flags.get(key):
             mapping[key] = [*getattr(base.mapping, key), *flags[key]]
-    options = {k: flags[k] for k in ("dtype", "shard_size", "device", "origin", "orthogonalize", "chunk_size")
+    options = {k: flags[k] for k in ("dtype", "shard_size", "device", "origin", "orthogonalize", "chunk_size",
+                                     "strict", "allow_partial")
                if flags.get(k) is not None}
     top = {k: flags[k] for k in ("target", "vector", "out") if flags.get(k) is not None}
     changes: dict[str, Any] = {**top}
@@ -202,6 +207,11 @@ def handles_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _warn(note: str) -> None:
+    """A plan warning: printed whatever -q says (only --strict changes what it does)."""
+    stderr.print(f"[bold yellow]warning:[/] {note}", soft_wrap=True)
+
+
 def _progress(quiet: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -224,6 +234,9 @@ def extract(
     hash_sources: Annotated[bool, typer.Option(
         "--hash/--no-hash", help="Record sha256 of every source weight file in vector.json.")] = True,
     kind: Annotated[str, typer.Option(help="Label stored in the manifest (safety, or e.g. resta).")] = "safety",
+    allow_nonfinite: Annotated[bool, typer.Option(
+        "--allow-nonfinite", help="Extract even when a source tensor holds NaN/Inf or τ overflows its storage dtype "
+                                  "(refused by default).")] = False,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -238,14 +251,15 @@ def extract(
         task = progress.add_task("extract", total=None)
         result = extract_vector(base_path, aligned_path, out, dtype=dtype, shard_size=shard_size, force=force,
                                 shared_only=shared_only, hash_sources=hash_sources, kind=kind,
-                                progress=lambda n: progress.advance(task, n))
+                                allow_nonfinite=allow_nonfinite, progress=lambda n: progress.advance(task, n))
     manifest = result.manifest
     if not quiet:
         table = Table(title="graft extract", show_header=False)
         table.add_row("vector", str(result.out))
         table.add_row("tensors", f"{len(manifest.tensors)} ({manifest.num_layers} layers, backbone "
                                  f"'{manifest.backbone_prefix}')")
-        table.add_row("‖τ‖", f"{manifest.total_norm:.6g}")
+        table.add_row("‖τ‖", f"{manifest.total_norm:.6g}" if manifest.total_norm is not None else
+                      "not finite (τ holds NaN/Inf)")
         share = manifest.inexact_elements / max(1, manifest.total_elements)
         table.add_row("inexact in storage dtype", f"{manifest.inexact_elements} of {manifest.total_elements} "
                                                   f"elements ({share:.3%}); use --dtype float32 for exact τ")
@@ -272,19 +286,22 @@ def plan(
     exclude: ExcludeOpt = None,
     origin: OriginOpt = None,
     orthogonalize: OrthoOpt = None,
+    strict: StrictOpt = None,
+    allow_partial: PartialOpt = None,
     list_all: Annotated[bool, typer.Option("--list", help="List every tensor with its action and λ.")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full plan as JSON to this file.")] = None,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Show what a merge would do, from headers only; exit 4 if anything is incompatible."""
-    from graft.merge import close_plan, open_plan
+    """Show what a merge would do, from headers only; exit 4 if anything is incompatible (or, with --strict,
+    questionable)."""
+    from graft.merge import check_warnings, close_plan, open_plan
     from graft.report import plan_as_dict, print_plan
 
     spec = build_recipe(recipe, target=target, vector=vector, scale=scale, layers=layers, blocks=blocks,
                         control_points=control_points, group=group, map=map, include=include, exclude=exclude,
-                        origin=origin, orthogonalize=orthogonalize)
+                        origin=origin, orthogonalize=orthogonalize, strict=strict, allow_partial=allow_partial)
     the_plan = open_plan(spec)
     try:
         if json_out:
@@ -295,6 +312,7 @@ def plan(
         if not quiet:
             print_plan(the_plan, stdout, list_all=list_all)
         the_plan.check()
+        check_warnings(the_plan, _warn if quiet else None)  # without -q the plan table lists them
     finally:
         close_plan(the_plan)
 
@@ -323,6 +341,8 @@ def merge(
     device: Annotated[str | None, typer.Option(help="Compute device: auto, cpu or cuda.")] = None,
     chunk_size: Annotated[str | None, typer.Option(
         help="Bytes of a tensor processed at once (bounds memory); default 8MB on CPU, 64MB on CUDA.")] = None,
+    strict: StrictOpt = None,
+    allow_partial: PartialOpt = None,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -334,7 +354,8 @@ def merge(
     spec = build_recipe(recipe, target=target, vector=vector, out=out_dir, scale=scale, layers=layers,
                         blocks=blocks, control_points=control_points, group=group, map=map, include=include,
                         exclude=exclude, origin=origin, orthogonalize=orthogonalize, dtype=dtype,
-                        shard_size=shard_size, device=device, chunk_size=chunk_size)
+                        shard_size=shard_size, device=device, chunk_size=chunk_size, strict=strict,
+                        allow_partial=allow_partial)
     with _progress(quiet) as progress:
         task = progress.add_task("merge", total=None)
 
@@ -343,7 +364,8 @@ def merge(
             if verbose:
                 print_plan_summary(the_plan, stderr)
 
-        result = run_merge(spec, force=force, progress=lambda n: progress.advance(task, n), on_plan=started)
+        result = run_merge(spec, force=force, progress=lambda n: progress.advance(task, n), on_plan=started,
+                           on_warning=_warn)
     if quiet:
         stdout.print(str(result.out))
         return

@@ -186,6 +186,22 @@ def check_destination(path: str | Path, inputs: Iterable[str | Path] = (), *, fo
     return destination
 
 
+def check_writable(destination: Path, staging: Path, flag: str = "--out") -> None:
+    """Say so up front when the output cannot be created at all: a name too long for the file system (the hidden
+    staging sibling's, which is longer) or a parent folder graft may not write into."""
+    parent = destination.parent
+    try:
+        name_max = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    if len(staging.name.encode()) > name_max:
+        room = name_max - (len(staging.name.encode()) - len(destination.name.encode()))
+        raise OutputError(f"{destination}: the output name is too long for this file system "
+                          f"({len(destination.name.encode())} bytes; at most {room}); choose a shorter {flag}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{parent}: cannot write into this folder (permission denied); choose another {flag}")
+
+
 # -- atomic renames -------------------------------------------------------------------------------------------------
 def _renameat2():
     try:
@@ -360,6 +376,7 @@ class OutputFolder:
             raise OutputError(f"{parent}: cannot create the output's parent folder ({exc.strerror})") from exc
         clean_stale(parent, self.destination.name)
         self.staging = _staging_name(self.destination)
+        check_writable(self.destination, self.staging)
         self._lock: int | None = None
 
     def check_free_space(self, needed: int, headroom: int = 4 * 2**20) -> None:
@@ -454,6 +471,7 @@ def write_file(path: str | Path, data: str | bytes, *, inputs: Iterable[str | Pa
         raise OutputError(f"{parent}: cannot create the folder ({exc.strerror})") from exc
     clean_stale(parent, destination.name)
     staging = _staging_name(destination)
+    check_writable(destination, staging, flag)
     raw = data.encode("utf-8") if isinstance(data, str) else data
     try:
         if os.path.lexists(staging):

@@ -44,6 +44,50 @@ GROUP_PATTERNS: tuple[tuple[Group, re.Pattern[str]], ...] = (
 )
 
 
+# Config keys (at the top level or in text_config) listing decoder layers a family *inserts* into the donor's stack:
+# the donor's layer k is then the target's k-th layer that is not in the list. Llama-3.2-Vision (mllama) inserts
+# cross-attention layers into Llama-3.1's decoder this way. A new family that declares inserted layers is a row here.
+INSERTED_LAYER_KEYS = ("cross_attention_layers",)
+
+
+def inserted_layers(config: Mapping[str, object]) -> tuple[str, list[int]] | None:
+    """(the config key, the inserted layer indices) when the config declares any, else None."""
+    text = config.get("text_config")
+    for node, prefix in ((text, "text_config."), (config, "")):
+        if not isinstance(node, Mapping):
+            continue
+        for key in INSERTED_LAYER_KEYS:
+            value = node.get(key)
+            if value:
+                if not isinstance(value, list) or not all(type(v) is int and v >= 0 for v in value):
+                    raise ValueError(f"{prefix}{key} must be a list of layer indices, got {value!r}")
+                return prefix + key, sorted(set(value))
+    return None
+
+
+def donor_layer_map(inserted: Sequence[int], total_layers: int) -> dict[int, int]:
+    """Donor layer k -> the target's k-th layer that is not an inserted one."""
+    skip = set(inserted)
+    return dict(enumerate(i for i in range(total_layers) if i not in skip))
+
+
+def relocate(relative_name: str, layer_map: Mapping[int, int] | None) -> str:
+    """'layers.3.mlp.up_proj.weight' with {3: 4} -> 'layers.4.mlp.up_proj.weight' (names outside layers unchanged)."""
+    if not layer_map:
+        return relative_name
+    match = _LAYER_INDEX.match(relative_name)
+    if not match or int(match.group(1)) not in layer_map:
+        return relative_name
+    start, stop = match.span(1)
+    return f"{relative_name[:start]}{layer_map[int(match.group(1))]}{relative_name[stop:]}"
+
+
+def layer_suffix(relative_name: str) -> str | None:
+    """'layers.3.mlp.up_proj.weight' -> 'mlp.up_proj.weight': what a tensor is within its layer."""
+    match = _LAYER_INDEX.match(relative_name)
+    return relative_name[match.end():] if match else None
+
+
 def module_group(relative_name: str) -> Group:
     for group, pattern in GROUP_PATTERNS:
         if pattern.search(relative_name):
@@ -131,12 +175,17 @@ def match_names(
     donor: Mapping[str, tuple[int, ...]],
     target: Mapping[str, tuple[int, ...]],
     rules: Sequence[Rule] = (),
+    layer_map: Mapping[int, int] | None = None,
 ) -> NameMatch:
-    """Pair every donor tensor with the target tensor that carries the same weights, from names and shapes."""
+    """Pair every donor tensor with the target tensor that carries the same weights, from names and shapes.
+
+    `layer_map` sends donor layer k to another target layer (a target that inserts layers into the donor's
+    stack); the pair keeps the donor's layer index, which is what λ is indexed by."""
     donor_prefix = find_backbone_prefix(donor)
     donor_root = ancestors(donor_prefix)[0] if donor_prefix else ""
     relative = {name: _relative(name, donor_prefix, donor_root) for name in donor}
-    target_prefix = _best_target_prefix(relative, donor, target)
+    placed = {name: relocate(rel, layer_map) for name, rel in relative.items()}
+    target_prefix = _best_target_prefix(placed, donor, target)
 
     pairs: list[Pair] = []
     unmatched: list[str] = []
@@ -145,7 +194,7 @@ def match_names(
     for name, rel in relative.items():
         candidate = _ruled(name, rules) if rules else None
         if candidate is None or candidate not in target:
-            candidate = _auto_target(name, rel, donor_prefix, target_prefix, target)
+            candidate = _auto_target(name, placed[name], donor_prefix, target_prefix, target)
         if candidate is None or candidate in taken:
             unmatched.append(name)
             continue

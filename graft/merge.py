@@ -1,6 +1,6 @@
 """Execute a graft plan as a streamed merge to disk.
 
-Work is cut into row chunks of bounded size (so peak memory is a few chunks, whatever the model or shard size);
+Work is cut into flat element chunks of bounded size (peak memory is a few chunks, whatever the model or shape);
 a reader thread prefetches the next chunks while the main thread computes and a writer thread appends results to
 the output shard, whose header was written up front. Tensors that are not grafted are copied as raw byte ranges
 in the kernel (`copy_file_range`) and never enter Python memory.
@@ -9,6 +9,7 @@ in the kernel (`copy_file_range`) and never enter Python memory.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ import torch
 
 from graft.checkpoint import DTYPES, Checkpoint, TensorInfo
 from graft.devices import resolve_device
-from graft.errors import UsageError
+from graft.errors import IncompatibleError, InputError, UsageError
 from graft.guard import OutputFolder
 from graft.hub import pin, resolve_model
 from graft.modelcard import model_card
@@ -70,6 +71,17 @@ def open_plan(recipe: Recipe) -> GraftPlan:
     return build_plan(target, vector, recipe, origin)
 
 
+def check_warnings(plan: GraftPlan, on_warning: Callable[[str], None] | None) -> None:
+    """Report each plan warning; under `options.strict` refuse instead (exit 4), so CI can gate on them."""
+    notes = plan.warnings()
+    if notes and plan.recipe.options.strict:
+        more = f" (+{len(notes) - 1} more warnings)" if len(notes) > 1 else ""
+        raise IncompatibleError(f"{notes[0]}{more} [--strict: warnings are errors]")
+    for note in notes:
+        if on_warning:
+            on_warning(note)
+
+
 def close_plan(plan: GraftPlan) -> None:
     plan.target.close()
     plan.vector.close()
@@ -80,8 +92,11 @@ def close_plan(plan: GraftPlan) -> None:
 def merge(
     recipe: Recipe, *, force: bool = False, progress: Callable[[int], None] | None = None,
     on_plan: Callable[[GraftPlan, int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> MergeResult:
-    """Graft `recipe.vector` into `recipe.target`, writing a complete HF folder at `recipe.out` (atomically)."""
+    """Graft `recipe.vector` into `recipe.target`, writing a complete HF folder at `recipe.out` (atomically).
+
+    Every plan warning goes to `on_warning` (the CLI prints it); with `options.strict` a warning is an error."""
     if not recipe.out:
         raise UsageError("no output folder: pass --out or set `out` in the recipe")
     started = time.perf_counter()
@@ -92,6 +107,7 @@ def merge(
     plan = open_plan(recipe)
     try:
         plan.check()
+        check_warnings(plan, on_warning)
         device = resolve_device(recipe.options.device)
         layout = output_layout(plan)
         total = sum(t.nbytes for shard in layout.values() for t in shard.tensors)
@@ -146,13 +162,15 @@ class _Copy:
 
 @dataclass(frozen=True)
 class _GraftChunk:
-    theta: torch.Tensor
-    tau: torch.Tensor | None  # None: only cast theta to out_dtype
+    theta: torch.Tensor  # a flat range of the target tensor's elements
+    tau: torch.Tensor | None  # the same range of τ; None: only cast theta to out_dtype
     origin: torch.Tensor | None
     lam: float
     coeff: float
     out_dtype: torch.dtype
     nbytes_in: int
+    target: TensorInfo
+    donor: TensorInfo | None  # where τ comes from (named when it holds non-finite values)
 
 
 def _write_shards(
@@ -162,9 +180,11 @@ def _write_shards(
     actions = {a.target: a for a in plan.actions}
     pin = device.type == "cuda"
     writer = BackgroundWriter()
+    opened: list[ShardWriter] = []
     try:
         for file, shard in layout.items():
             out = ShardWriter(staging / file, shard.tensors, shard.metadata)
+            opened.append(out)
             pieces = (p for t in shard.tensors for p in _pieces(plan, actions[t.name], t, chunk_bytes, pin))
             for piece in prefetch(pieces, depth=2):
                 if isinstance(piece, _Copy):
@@ -179,47 +199,63 @@ def _write_shards(
         writer.close()
     except BaseException:
         writer.abort()
+        for out in opened:
+            out.discard()
         raise
+
+
+def chunk_elements(chunk_bytes: int, info: TensorInfo) -> int:
+    """Elements per chunk: `--chunk-size` bounds the bytes of a chunk of the stored tensor, whatever its shape."""
+    return max(1, chunk_bytes // info.itemsize)
+
+
+def grafted_elements(action: TensorAction, info: TensorInfo) -> int:
+    """The flat prefix of the target tensor that is grafted: all of it, or the donor's rows of a grown vocabulary
+    (rows × the elements of one row, since only the first dimension grew)."""
+    if not action.graft:
+        return 0
+    return info.numel if action.rows is None else action.rows * math.prod(info.row_shape)
 
 
 def _pieces(
     plan: GraftPlan, action: TensorAction, out: OutputTensor, chunk_bytes: int, pin: bool
 ) -> Iterator[_Copy | _GraftChunk]:
-    """The reads that produce one output tensor, in order: byte copies and chunks to compute."""
+    """The reads that produce one output tensor, in order: byte copies and flat element ranges to compute."""
     target = plan.target
     info = target.tensors[action.target]
     out_dtype = DTYPES[out.dtype][0]
     same_dtype = out.dtype == info.dtype
-    grafted_rows = (action.rows if action.rows is not None else info.rows) if action.graft else 0
-    step = max(1, chunk_bytes // max(1, info.row_nbytes))
-    coeff = _orthogonal_coefficient(plan, action, grafted_rows, step) if action.origin else 0.0
-    for start in range(0, grafted_rows, step):
-        stop = min(grafted_rows, start + step)
-        theta = target.read_rows(info.name, start, stop, pin=pin)
-        tau = plan.vector.checkpoint.read_rows(action.donor or "", start, stop, pin=pin)
-        origin = plan.origin.read_rows(action.origin, start, stop, pin=pin) if plan.origin and action.origin else None
-        yield _GraftChunk(theta, tau, origin, action.lam, coeff, out_dtype, (stop - start) * info.row_nbytes)
-    if grafted_rows < info.rows:
-        start = grafted_rows
+    grafted = grafted_elements(action, info)
+    step = chunk_elements(chunk_bytes, info)
+    donor = plan.vector.checkpoint.tensors[action.donor] if action.graft and action.donor else None
+    coeff = _orthogonal_coefficient(plan, action, grafted, step) if action.origin else 0.0
+    for start in range(0, grafted, step):
+        stop = min(grafted, start + step)
+        theta = target.read_elements(info.name, start, stop, pin=pin)
+        tau = plan.vector.checkpoint.read_elements(action.donor or "", start, stop, pin=pin)
+        origin = (plan.origin.read_elements(action.origin, start, stop, pin=pin)
+                  if plan.origin and action.origin else None)
+        yield _GraftChunk(theta, tau, origin, action.lam, coeff, out_dtype, (stop - start) * info.itemsize,
+                          info, donor)
+    if grafted < info.numel:
         if same_dtype:
-            offset = info.offset + start * info.row_nbytes
-            yield _Copy(info.file, offset, info.nbytes - start * info.row_nbytes)
+            yield _Copy(info.file, info.offset + grafted * info.itemsize, info.nbytes - grafted * info.itemsize)
         else:
-            for begin in range(start, info.rows, step):
-                stop = min(info.rows, begin + step)
-                rows = target.read_rows(info.name, begin, stop, pin=pin)
-                yield _GraftChunk(rows, None, None, 0.0, 0.0, out_dtype, (stop - begin) * info.row_nbytes)
+            for begin in range(grafted, info.numel, step):
+                stop = min(info.numel, begin + step)
+                theta = target.read_elements(info.name, begin, stop, pin=pin)
+                yield _GraftChunk(theta, None, None, 0.0, 0.0, out_dtype, (stop - begin) * info.itemsize, info, None)
 
 
-def _orthogonal_coefficient(plan: GraftPlan, action: TensorAction, rows: int, step: int) -> float:
-    """First pass over one tensor: c = ⟨τ,τ_med⟩/⟨τ_med,τ_med⟩ over the grafted rows (which the origin must have)."""
+def _orthogonal_coefficient(plan: GraftPlan, action: TensorAction, elements: int, step: int) -> float:
+    """First pass over one tensor: c = ⟨τ,τ_med⟩/⟨τ_med,τ_med⟩ over the grafted elements (which the origin has)."""
     assert plan.origin is not None and action.origin is not None and action.donor is not None
     dot = sq = 0.0
-    for start in range(0, rows, step):
-        stop = min(rows, start + step)
-        d, s = projection_terms(plan.target.read_rows(action.target, start, stop),
-                                plan.vector.checkpoint.read_rows(action.donor, start, stop),
-                                plan.origin.read_rows(action.origin, start, stop))
+    for start in range(0, elements, step):
+        stop = min(elements, start + step)
+        d, s = projection_terms(plan.target.read_elements(action.target, start, stop),
+                                plan.vector.checkpoint.read_elements(action.donor, start, stop),
+                                plan.origin.read_elements(action.origin, start, stop))
         dot += d
         sq += s
     return projection_coefficient(dot, sq)
@@ -228,14 +264,38 @@ def _orthogonal_coefficient(plan: GraftPlan, action: TensorAction, rows: int, st
 def _compute_chunk(chunk: _GraftChunk, device: torch.device) -> torch.Tensor:
     theta = chunk.theta.to(device, non_blocking=True)
     if chunk.tau is None:
-        return theta.to(chunk.out_dtype).cpu()
+        result = theta.to(chunk.out_dtype)
+        if not bool(torch.isfinite(result).all()) and bool(torch.isfinite(theta).all()):
+            raise IncompatibleError(
+                f"{chunk.target.file}: tensor {chunk.target.name!r} overflows {_dtype_name(chunk.out_dtype)} "
+                "when cast; choose a wider --dtype (or auto)"
+            )
+        return result.cpu()
     tau = chunk.tau.to(device, non_blocking=True)
+    _require_finite(theta, chunk.target, "target")
+    _require_finite(tau, chunk.donor or chunk.target, "vector")
     if chunk.origin is None:
         result = graft_rows(theta, tau, chunk.lam, chunk.out_dtype)
     else:
         origin = chunk.origin.to(device, non_blocking=True)
         result = orthogonal_graft_rows(theta, tau, origin, chunk.lam, chunk.coeff, chunk.out_dtype)
+    if not bool(torch.isfinite(result).all()):
+        raise IncompatibleError(
+            f"tensor {chunk.target.name!r}: θ + λ·τ with λ = {chunk.lam:g} is not finite in "
+            f"{_dtype_name(chunk.out_dtype)} (it overflows); lower λ or choose a wider --dtype. Nothing was written"
+        )
     return result.cpu()
+
+
+def _require_finite(values: torch.Tensor, info: TensorInfo, role: str) -> None:
+    """NaN/Inf in an input would silently poison the graft: refuse, naming the file and the tensor."""
+    if not bool(torch.isfinite(values).all()):
+        raise InputError(f"{info.file}: {role} tensor {info.name!r} holds NaN or infinite values; graft refuses "
+                         "to propagate them (repair or re-download the file)")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 # -- the rest of the folder -----------------------------------------------------------------------------------------
@@ -279,4 +339,5 @@ def _set_config_dtype(config_path: Path, dtype: str) -> None:
     config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
-__all__ = ["RECIPE_FILE", "MergeResult", "merge", "open_plan", "output_layout"]
+__all__ = ["RECIPE_FILE", "MergeResult", "check_warnings", "chunk_elements", "grafted_elements", "merge", "open_plan",
+           "output_layout"]

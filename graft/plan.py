@@ -7,14 +7,25 @@ disagree on which tensor gets which λ.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
 from graft.checkpoint import Checkpoint
-from graft.errors import IncompatibleError
-from graft.mapping import Group, Mismatch, NameMatch, match_names, module_group
-from graft.recipe import Recipe
+from graft.errors import IncompatibleError, InputError
+from graft.mapping import (
+    Group,
+    Mismatch,
+    NameMatch,
+    donor_layer_map,
+    inserted_layers,
+    layer_index,
+    match_names,
+    module_group,
+    split_backbone,
+)
+from graft.recipe import LARGE_LAMBDA, Recipe
 from graft.vector import SafetyVector
 
 Reason = Literal["grafted", "no partner in the vector", "vision tower / projector", "excluded by rule", "λ = 0"]
@@ -43,6 +54,7 @@ class GraftPlan:
     layer_factors: list[float]
     mismatches: list[Mismatch] = field(default_factory=list)
     origin: Checkpoint | None = None
+    inserted: tuple[str, list[int]] | None = None  # config key and layer indices the target inserts
 
     @property
     def grafted(self) -> list[TensorAction]:
@@ -65,6 +77,8 @@ class GraftPlan:
             f"shape mismatch: vector {m.donor} {list(m.donor_shape)} vs target {m.target} {list(m.target_shape)}"
             for m in self.mismatches
         ]
+        if not self.recipe.options.allow_partial:
+            problems += self.structure_problems()
         # All λ = 0 is a valid plan (a copy of the target: the search's first baseline); no partner at all is not.
         if not any(a.donor for a in self.actions) and not problems:
             problems.append(
@@ -73,9 +87,49 @@ class GraftPlan:
             )
         return problems
 
+    def structure_problems(self) -> list[str]:
+        """Donor layers whose tensors land in a target layer of another structure: some of the layer's tensors
+        find a partner there and others do not (an inserted cross-attention layer, a different block design), or
+        whole donor layers find no target layer while others do (a different depth). Either grafts τ of one kind
+        of layer into another, silently."""
+        by_layer: dict[int, list[str]] = {}
+        for name, entry in self.vector.manifest.tensors.items():
+            if entry.layer is not None:
+                by_layer.setdefault(entry.layer, []).append(name)
+        placed = {p.donor: p.target for p in self.match.pairs} | {m.donor: m.target for m in self.mismatches}
+        problems, homeless = [], []
+        for layer, names in sorted(by_layer.items()):
+            landed = [n for n in names if n in placed]
+            if not landed:
+                homeless.append(layer)
+                continue
+            missing = [n for n in names if n not in placed]
+            if missing:
+                where = sorted({layer_index(split[1]) for n in landed if (split := split_backbone(placed[n]))} - {None})
+                problems.append(
+                    f"vector layer {layer} lands in target layer {', '.join(map(str, where)) or '?'} of another "
+                    f"structure: {len(missing)} of its {len(names)} tensors have no partner there (e.g. {missing[0]}); "
+                    "the layers do not correspond (pass --allow-partial to graft anyway)"
+                )
+        if homeless and len(homeless) < len(by_layer):
+            problems.append(
+                f"vector layers {_span(homeless)} have no partner layer in the target while the others do: the two "
+                "stacks differ in depth (pass --allow-partial to graft anyway)"
+            )
+        return problems
+
     def warnings(self) -> list[str]:
-        """Things that do not stop a merge but deserve a look."""
+        """Things that do not stop a merge but deserve a look (`--strict` makes them errors)."""
         notes = []
+        large = [a for a in self.grafted if abs(a.lam) > LARGE_LAMBDA]
+        if large:
+            worst = max(large, key=lambda a: abs(a.lam))
+            notes.append(f"λ = {worst.lam:g} on {worst.target} ({len(large)} tensors with |λ| > {LARGE_LAMBDA:g}) is "
+                         "far outside what a graft uses; check the coefficients")
+        for key in ("include", "exclude"):
+            for pattern in getattr(self.recipe.mapping, key):
+                if not any(re.search(pattern, name) for name in self.target.tensors):
+                    notes.append(f"mapping.{key} {pattern!r} matches no tensor of the target; check the regex")
         donor_family = self.vector.manifest.base.model_type or ""
         config = self.target.config
         text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
@@ -98,7 +152,8 @@ class GraftPlan:
 def build_plan(target: Checkpoint, vector: SafetyVector, recipe: Recipe, origin: Checkpoint | None = None) -> GraftPlan:
     target_shapes = {name: info.shape for name, info in target.tensors.items()}
     rules = [rule.to_rule() for rule in recipe.mapping.rules]
-    match = match_names(vector.shapes, target_shapes, rules)
+    inserted, layer_map = _inserted_layers(target)
+    match = match_names(vector.shapes, target_shapes, rules, layer_map)
     layer_factors = recipe.coefficients.layer_factors(vector.manifest.num_layers)
     origin_of = _origin_names(origin, target_shapes) if origin is not None else {}
     selected = recipe.mapping.selects
@@ -119,6 +174,11 @@ def build_plan(target: Checkpoint, vector: SafetyVector, recipe: Recipe, origin:
         elif lam == 0.0:
             actions.append(TensorAction(name, False, "λ = 0", **common))
         else:
+            info = target.tensors[name]
+            if not info.is_float:
+                raise InputError(f"{info.file}: target tensor {name!r} is {info.dtype}, not floating point, but the "
+                                 f"vector's {pair.donor!r} would be grafted into it; exclude it (--exclude) or fix "
+                                 "the mapping")
             origin_name = origin_of.get(name) if origin is not None else None
             if origin is not None and origin_name is None:
                 raise IncompatibleError(
@@ -127,7 +187,30 @@ def build_plan(target: Checkpoint, vector: SafetyVector, recipe: Recipe, origin:
                 )
             actions.append(TensorAction(name, True, "grafted", lam=lam, origin=origin_name, **common))
     mismatches = [m for m in match.mismatches if selected(m.target)]
-    return GraftPlan(target, vector, recipe, match, actions, layer_factors, mismatches, origin)
+    return GraftPlan(target, vector, recipe, match, actions, layer_factors, mismatches, origin, inserted)
+
+
+def _inserted_layers(target: Checkpoint) -> tuple[tuple[str, list[int]] | None, dict[int, int] | None]:
+    """What the target's config says about layers it inserts into the donor's stack, and the donor -> target layer
+    map that follows (None when it declares none)."""
+    config = target.config
+    try:
+        inserted = inserted_layers(config)
+    except ValueError as exc:
+        raise InputError(f"{target.root / 'config.json'}: {exc}") from exc
+    if inserted is None:
+        return None, None
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    total = text.get("num_hidden_layers")  # type: ignore[union-attr]
+    if type(total) is not int or total <= max(inserted[1]):
+        indices = {layer_index(split[1]) for n in target.tensors if (split := split_backbone(n))} - {None}
+        total = 1 + max(indices, default=max(inserted[1]))  # type: ignore[type-var]
+    return inserted, donor_layer_map(inserted[1], total)
+
+
+def _span(layers: list[int]) -> str:
+    return f"{layers[0]}–{layers[-1]}" if len(layers) > 1 and layers[-1] - layers[0] == len(layers) - 1 else \
+        ", ".join(map(str, layers))
 
 
 def _origin_names(origin: Checkpoint, target_shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:

@@ -13,6 +13,7 @@ only their group factor and the scale apply.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -24,8 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from graft.errors import UsageError
 from graft.hub import looks_like_hub_id
 from graft.mapping import GROUPS, Group, Rule
+from graft.schema import FiniteFloat, describe_validation_error, load_yaml_file
+from graft.writer import parse_size
 
 RECIPE_VERSION = 1
+# |λ| beyond this is far outside what a graft uses (τ is a fine-tuning difference): worth a warning.
+LARGE_LAMBDA = 10.0
 DEFAULT_GROUP_FACTORS: dict[Group, float] = {g: (0.0 if g == "vision" else 1.0) for g in GROUPS}
 
 
@@ -34,11 +39,11 @@ class _Strict(BaseModel):
 
 
 class Coefficients(_Strict):
-    scale: float = 1.0
-    layers: list[float] | None = None
-    blocks: Annotated[list[float], Field(min_length=1)] | None = None
-    control_points: Annotated[list[float], Field(min_length=1)] | None = None
-    groups: dict[Group, float] = Field(default_factory=dict)
+    scale: FiniteFloat = 1.0
+    layers: list[FiniteFloat] | None = None
+    blocks: Annotated[list[FiniteFloat], Field(min_length=1)] | None = None
+    control_points: Annotated[list[FiniteFloat], Field(min_length=1)] | None = None
+    groups: dict[Group, FiniteFloat] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_layer_rule(self) -> Coefficients:
@@ -75,7 +80,12 @@ class Coefficients(_Strict):
 
     def lam(self, layer: int | None, group: Group, layer_factors: list[float]) -> float:
         factor = 1.0 if layer is None else layer_factors[layer]
-        return self.scale * factor * self.group_factor(group)
+        value = self.scale * factor * self.group_factor(group)
+        if not math.isfinite(value):  # finite factors whose product overflows
+            where = f"layer {layer}, group {group}" if layer is not None else f"group {group}"
+            raise UsageError(f"coefficients: λ for {where} is {value} (scale × layer × group factor overflows); "
+                             f"use factors of a sensible size (|λ| ≤ {LARGE_LAMBDA:g} in practice)")
+        return value
 
 
 class MapRule(_Strict):
@@ -90,6 +100,16 @@ class MapRule(_Strict):
         except re.error as exc:
             raise ValueError(f"not a valid regular expression: {exc}") from exc
         return value
+
+    @model_validator(mode="after")
+    def _replacement_fits(self) -> MapRule:
+        """A bad group reference in `replace` (\\9, \\g<x>) would only fail while merging: check it now, on a
+        pattern with the same groups that always matches."""
+        try:
+            re.compile(f"(?:{self.match})|").match("").expand(self.replace)  # type: ignore[union-attr]
+        except (re.error, IndexError) as exc:
+            raise ValueError(f"replace {self.replace!r} does not fit match {self.match!r}: {exc}") from exc
+        return self
 
     def to_rule(self) -> Rule:
         return Rule(self.match, self.replace)
@@ -125,6 +145,15 @@ class Options(_Strict):
     origin: str | None = None
     orthogonalize: bool = False
     chunk_size: str | None = None  # None: 8MB on CPU, 64MB on CUDA (see merge.default_chunk_bytes)
+    strict: bool = False  # plan warnings are errors (exit 4): a CI job can gate on them
+    allow_partial: bool = False  # graft even when a donor layer lands in a target layer of another structure
+
+    @field_validator("shard_size", "chunk_size")
+    @classmethod
+    def _is_size(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)  # its ValueError says what a size looks like
+        return value
 
     @model_validator(mode="after")
     def _origin_for_orthogonal(self) -> Options:
@@ -148,12 +177,7 @@ class Recipe(_Strict):
     @classmethod
     def from_yaml(cls, path: str | Path) -> Recipe:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read recipe ({exc.strerror})") from exc
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        data = load_yaml_file(path, "recipe") or {}
         recipe = cls.parse(data, source=str(path))
         return recipe.with_paths_relative_to(path.parent)
 
@@ -194,14 +218,4 @@ class Recipe(_Strict):
         return Recipe.parse(data, source="command-line options")
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line: the field path and what is wrong with it (pydantic's own words). A check across fields has no
-    path; its message names the fields itself."""
-    parts = []
-    for err in exc.errors():
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        if err["loc"]:
-            parts.append(f"{'.'.join(str(p) for p in err['loc'])}: {msg}")
-        else:
-            parts.append(msg.removeprefix("Value error, "))
-    return "; ".join(parts)
+__all__ = ["LARGE_LAMBDA", "Coefficients", "MappingRules", "Options", "Recipe", "describe_validation_error"]

@@ -20,6 +20,7 @@ shapes, no per-family table), and every matched pair is verified byte for byte a
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from graft.checkpoint import Checkpoint
 from graft.devices import resolve_device
 from graft.errors import IncompatibleError, UsageError
 from graft.mapping import GROUPS, match_names
-from graft.merge import _orthogonal_coefficient, close_plan, default_chunk_bytes, open_plan
+from graft.merge import _orthogonal_coefficient, chunk_elements, close_plan, default_chunk_bytes, open_plan
 from graft.ops import graft_rows, orthogonal_tau
 from graft.plan import GraftPlan, TensorAction, build_plan
 from graft.recipe import Coefficients, Recipe
@@ -325,9 +326,9 @@ def _make_slots(candidates: GraftPlan, model: torch.nn.Module, device: torch.dev
         orig = stored[:rows].clone() if rows < info.rows else stored  # a grown vocabulary's new rows never change
         tau = candidates.vector.checkpoint.read(action.donor or "")
         if action.origin is not None and candidates.origin is not None:
-            # merge's own coefficient pass, with the row chunks merge would use: the same c, bit for bit.
-            step = max(1, merge_chunk_bytes // max(1, info.row_nbytes))
-            coeff = _orthogonal_coefficient(candidates, action, rows, step)
+            # merge's own coefficient pass, with the element chunks merge would use: the same c, bit for bit.
+            coeff = _orthogonal_coefficient(candidates, action, rows * math.prod(info.row_shape),
+                                            chunk_elements(merge_chunk_bytes, info))
             tau = orthogonal_tau(orig, tau, candidates.origin.read_rows(action.origin, 0, rows), coeff)
         out = param.data[:rows] if param.dim() else param.data
         slots.append(_Slot(action, name, out, _resident(orig, device, offload), _resident(tau, device, offload),

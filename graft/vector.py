@@ -8,7 +8,6 @@ not hold exactly). It is an artefact people share, so it must say on its own wha
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -16,16 +15,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from graft import __version__
-from graft.checkpoint import DTYPES, Checkpoint, TensorInfo, containment_root, read_regular_text, sha256_file
+from graft.checkpoint import DTYPES, FLOAT_TAGS, Checkpoint, TensorInfo, sha256_file
 from graft.errors import IncompatibleError, InputError, UsageError
 from graft.guard import OutputFolder
 from graft.mapping import Group, find_backbone_prefix, layer_index, module_group
+from graft.regular_files import containment_root
+from graft.schema import FiniteFloat, describe_validation_error, load_json_file
 from graft.writer import (
     BackgroundWriter,
     OutputTensor,
@@ -56,14 +57,25 @@ class SourceInfo(_Frozen):
     sha256: dict[str, str] | None = None  # weight file name -> content hash (the hub's LFS oid)
 
 
+Count = Annotated[int, Field(ge=0)]
+
+
 class VectorTensor(_Frozen):
-    shape: list[int]
+    shape: list[Count]
     dtype: str
-    layer: int | None
+    layer: Count | None
     group: Group
-    norm: float
-    rel_norm: float | None
-    inexact: int  # elements whose fp32 difference the storage dtype rounds
+    norm: FiniteFloat | None  # None: τ holds NaN/Inf (extracted with --allow-nonfinite)
+    rel_norm: FiniteFloat | None
+    inexact: Count  # elements whose fp32 difference the storage dtype rounds
+
+    @field_validator("dtype")
+    @classmethod
+    def _float_dtype(cls, value: str) -> str:
+        if value not in FLOAT_TAGS:
+            raise ValueError(f"must be a floating-point safetensors dtype ({', '.join(sorted(FLOAT_TAGS))}), "
+                             f"got {value!r}")
+        return value
 
 
 class VectorManifest(_Frozen):
@@ -75,11 +87,18 @@ class VectorManifest(_Frozen):
     aligned: SourceInfo
     dtype: str  # "auto" (each tensor in its source dtype) or the storage dtype asked for
     backbone_prefix: str
-    num_layers: int
+    num_layers: Annotated[int, Field(ge=1)]
     tensors: dict[str, VectorTensor]
-    total_norm: float
-    inexact_elements: int
-    total_elements: int
+    total_norm: FiniteFloat | None  # None: some τ holds NaN/Inf (extracted with --allow-nonfinite)
+    inexact_elements: Count
+    total_elements: Count
+
+    @model_validator(mode="after")
+    def _layers_in_range(self) -> VectorManifest:
+        for name, tensor in self.tensors.items():
+            if tensor.layer is not None and tensor.layer >= self.num_layers:
+                raise ValueError(f"tensors.{name}.layer: {tensor.layer} but num_layers is {self.num_layers}")
+        return self
 
 
 @dataclass
@@ -98,17 +117,17 @@ class SafetyVector:
             raise InputError(f"{path}: no such vector folder; check the path or create one with `graft extract`")
         if not os.path.lexists(manifest_path):
             raise InputError(f"{root}: not a graft vector folder (no {MANIFEST}); create one with `graft extract`")
+        raw = load_json_file(manifest_path, "the vector manifest", within=containment_root(root))
         try:
-            manifest = VectorManifest.model_validate(json.loads(read_regular_text(manifest_path,
-                                                                                  containment_root(root))))
-        except ValueError as exc:
-            detail = str(exc).splitlines()[0] if not isinstance(exc, ValidationError) else _first_error(exc)
-            raise InputError(f"{manifest_path}: invalid vector manifest ({detail})") from exc
+            manifest = VectorManifest.model_validate(raw)
+        except ValidationError as exc:
+            raise InputError(f"{manifest_path}: invalid vector manifest: {describe_validation_error(exc)}") from exc
         checkpoint = Checkpoint.open(root, role="vector")
-        for name, entry in manifest.tensors.items():
-            info = checkpoint.tensors.get(name)
-            if info is None or list(info.shape) != entry.shape:
-                raise InputError(f"{root}: {MANIFEST} lists tensor {name!r} but the shards do not hold it as described")
+        try:
+            _check_shards_match(manifest_path, manifest, checkpoint)
+        except BaseException:
+            checkpoint.close()
+            raise
         return cls(root, manifest, checkpoint)
 
     @property
@@ -119,9 +138,18 @@ class SafetyVector:
         self.checkpoint.close()
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+def _check_shards_match(manifest_path: Path, manifest: VectorManifest, checkpoint: Checkpoint) -> None:
+    """Every τ tensor as the manifest describes it (name, dtype, shape), from headers before any data is read: a
+    shard whose bytes are not what the manifest says would otherwise be grafted as if they were."""
+    for name, entry in manifest.tensors.items():
+        info = checkpoint.tensors.get(name)
+        if info is None:
+            raise InputError(f"{manifest_path}: lists tensor {name!r} but no vector shard holds it; re-extract")
+        if list(info.shape) != entry.shape or info.dtype != entry.dtype:
+            raise InputError(
+                f"{info.file}: tensor {name!r} is {info.dtype} {list(info.shape)} but {MANIFEST} says {entry.dtype} "
+                f"{entry.shape}; the vector folder is inconsistent: re-extract it"
+            )
 
 
 def structural_config(config: dict[str, object], prefix: str = "") -> dict[str, object]:
@@ -177,11 +205,16 @@ def extract_vector(
     hash_sources: bool = True,
     kind: str = "safety",
     chunk_size: str = "8MB",
+    allow_nonfinite: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> ExtractResult:
-    """Stream τ = aligned − base tensor by tensor (in row chunks) into a new vector folder."""
+    """Stream τ = aligned − base tensor by tensor (in flat element chunks) into a new vector folder.
+
+    Every chunk of both sources is checked for NaN/Inf as it streams by (the check is cheap next to the read), so
+    a vector is never written from non-finite weights unless `allow_nonfinite` says so."""
     if dtype not in STORAGE_DTYPES:
         raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(STORAGE_DTYPES)}")
+    shard_bytes, chunk_bytes = _size("--shard-size", shard_size), _size("--chunk-size", chunk_size)
     with Checkpoint.open(base_path, role="base") as base, Checkpoint.open(aligned_path, role="aligned") as aligned:
         names = check_same_architecture(base, aligned, shared_only=shared_only)
         skipped = [n for n in base.tensors if n in aligned.tensors and not base.tensors[n].is_float]
@@ -199,8 +232,8 @@ def extract_vector(
                 futures[role] = {f.name: hashes.submit(sha256_file, f) for f in ckpt.weight_files}
         try:
             with folder as staging:
-                stats = _write_difference(base, aligned, outputs, staging, parse_size(shard_size),
-                                          parse_size(chunk_size), progress)
+                stats = _write_difference(base, aligned, outputs, staging, shard_bytes, chunk_bytes, progress,
+                                          allow_nonfinite)
                 manifest = VectorManifest(
                     graft_version=__version__,
                     kind=kind,
@@ -210,7 +243,7 @@ def extract_vector(
                     backbone_prefix=prefix,
                     num_layers=1 + max((layer_index(_rel(n, prefix)) or 0) for n in names),
                     tensors={n: _describe(n, storage[n], base.tensors[n], prefix, stats[n]) for n in names},
-                    total_norm=math.sqrt(sum(s[0] ** 2 for s in stats.values())),
+                    total_norm=_finite_or_none(math.sqrt(sum(s[0] ** 2 for s in stats.values()))),
                     inexact_elements=sum(s[2] for s in stats.values()),
                     total_elements=sum(base.tensors[n].numel for n in names),
                 )
@@ -221,6 +254,23 @@ def extract_vector(
     return ExtractResult(folder.destination, manifest, skipped)
 
 
+def _size(flag: str, text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from exc
+
+
+def _require_finite(values: torch.Tensor, info: TensorInfo) -> None:
+    if not bool(torch.isfinite(values).all()):
+        raise InputError(f"{info.file}: tensor {info.name!r} holds NaN or infinite values; a task vector from it "
+                         "would be garbage (repair or re-download the file, or pass --allow-nonfinite)")
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 def _rel(name: str, prefix: str) -> str:
     return name[len(prefix):] if prefix and name.startswith(prefix) else name
 
@@ -228,8 +278,10 @@ def _rel(name: str, prefix: str) -> str:
 def _describe(name: str, dtype: str, info: TensorInfo, prefix: str, stat: tuple[float, float, int]) -> VectorTensor:
     norm, base_norm, inexact = stat
     rel = _rel(name, prefix)
+    finite = math.isfinite(norm) and math.isfinite(base_norm)
     return VectorTensor(shape=list(info.shape), dtype=dtype, layer=layer_index(rel), group=module_group(rel),
-                        norm=norm, rel_norm=(norm / base_norm) if base_norm > 0 else None, inexact=inexact)
+                        norm=norm if math.isfinite(norm) else None,
+                        rel_norm=(norm / base_norm) if finite and base_norm > 0 else None, inexact=inexact)
 
 
 def _source(ckpt: Checkpoint, hashes: dict[str, str] | None) -> SourceInfo:
@@ -246,6 +298,7 @@ def _write_difference(
     shard_bytes: int,
     chunk_bytes: int,
     progress: Callable[[int], None] | None,
+    allow_nonfinite: bool = False,
 ) -> dict[str, tuple[float, float, int]]:
     """Write every τ tensor; return per tensor (‖τ‖ as stored, ‖θ_base‖, inexact element count)."""
     shards = split_into_shards(outputs, shard_bytes)
@@ -253,33 +306,47 @@ def _write_difference(
     stats: dict[str, tuple[float, float, int]] = {}
     writer = BackgroundWriter()
     weight_map: dict[str, str] = {}
+    opened: list[ShardWriter] = []
     try:
         for shard, file in zip(shards, files, strict=True):
             out = ShardWriter(staging / file, shard, {"format": "pt", "producer": "graft"})
+            opened.append(out)
             for tensor in shard:
                 weight_map[tensor.name] = file
                 info = base.tensors[tensor.name]
                 target_dtype = DTYPES[tensor.dtype][0]
                 sq_tau = sq_base = 0.0
                 inexact = 0
-                step = max(1, chunk_bytes // max(1, info.row_nbytes))
-                for start in range(0, info.rows, step):
-                    stop = min(info.rows, start + step)
-                    b = base.read_rows(tensor.name, start, stop).float()
-                    diff = aligned.read_rows(tensor.name, start, stop).float().sub_(b)
+                step = max(1, chunk_bytes // info.itemsize)  # flat element ranges: bounded whatever the shape
+                for start in range(0, info.numel, step):
+                    stop = min(info.numel, start + step)
+                    b_raw = base.read_elements(tensor.name, start, stop)
+                    a_raw = aligned.read_elements(tensor.name, start, stop)
+                    if not allow_nonfinite:
+                        _require_finite(b_raw, info)
+                        _require_finite(a_raw, aligned.tensors[tensor.name])
+                    b = b_raw.float()
+                    diff = a_raw.float().sub_(b)
                     stored = diff.to(target_dtype)
+                    if not allow_nonfinite and not bool(torch.isfinite(stored).all()):
+                        raise IncompatibleError(
+                            f"tensor {tensor.name!r}: τ = aligned − base is not finite in {tensor.dtype} (it "
+                            "overflows); store it wider with --dtype float32, or pass --allow-nonfinite"
+                        )
                     back = stored.float()
                     inexact += int(torch.count_nonzero(back != diff))
                     sq_tau += float(torch.linalg.vector_norm(back, dtype=torch.float64)) ** 2
                     sq_base += float(torch.linalg.vector_norm(b, dtype=torch.float64)) ** 2
                     writer.submit(out.write, stored)
                     if progress:
-                        progress(2 * (stop - start) * info.row_nbytes)
+                        progress(2 * (stop - start) * info.itemsize)
                 stats[tensor.name] = (math.sqrt(sq_tau), math.sqrt(sq_base), inexact)
             writer.submit(out.close)
         writer.close()
     except BaseException:
         writer.abort()
+        for out in opened:
+            out.discard()
         raise
     if len(files) > 1:
         write_index(staging, "vector.safetensors.index.json", weight_map,

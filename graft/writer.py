@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import queue
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,18 +26,24 @@ from graft.guard import count_written
 
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_SIZE = re.compile(r"^(\d{1,15}(?:\.\d{1,9})?)([A-Z]*)$")  # a plain decimal: no nan, inf, exponent or sign
 
 
 def parse_size(text: str | int) -> int:
-    """'5GB' -> 5_000_000_000 bytes (KB/MB/GB are powers of 10, KiB/MiB/GiB of 2, as in transformers)."""
-    if isinstance(text, int):
+    """'5GB' -> 5_000_000_000 bytes (KB/MB/GB are powers of 10, KiB/MiB/GiB of 2, as in transformers).
+
+    A positive whole number of bytes or refused with ValueError: 'lots', 'nanGB', '-1MB', '0' are not sizes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text <= 0:
+            raise ValueError(f"{text!r} is not a size; use e.g. 5GB, 500MB or 2GiB")
         return text
-    cleaned = text.strip().upper().replace(" ", "")
-    number = cleaned.rstrip("KMGTIB")
-    unit = cleaned[len(number):]
-    if unit not in SIZE_UNITS or not number:
+    match = _SIZE.match(str(text).strip().upper().replace(" ", ""))
+    if not match or match.group(2) not in SIZE_UNITS:
         raise ValueError(f"{text!r} is not a size; use e.g. 5GB, 500MB or 2GiB")
-    return int(float(number) * SIZE_UNITS[unit])
+    nbytes = int(float(match.group(1)) * SIZE_UNITS[match.group(2)])
+    if nbytes <= 0:
+        raise ValueError(f"{text!r} is not a size (at least one byte); use e.g. 5GB, 500MB or 2GiB")
+    return nbytes
 
 
 def human_size(nbytes: float) -> str:
@@ -136,10 +143,12 @@ class ShardWriter:
         self.tensors = list(tensors)
         self._next = 0
         self._pending = self.tensors[0].nbytes if self.tensors else 0
+        self._fd = -1
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             self._write_all(encode_header(self.tensors, metadata))
         except OSError as exc:
+            self.discard()
             _raise_write_error(exc, path)
 
     def write(self, data: torch.Tensor | bytes | memoryview) -> None:
@@ -199,9 +208,16 @@ class ShardWriter:
             view = view[written:]
             count_written(written)
 
+    def discard(self) -> None:
+        """Close the file without checks (the output is being abandoned): no descriptor outlives a failure."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
     def close(self) -> None:
         complete = self._pending == 0 and self._next >= len(self.tensors) - 1
         os.close(self._fd)
+        self._fd = -1
         if not complete:
             raise RuntimeError(f"internal: {self.path} closed before all tensors were written")
 

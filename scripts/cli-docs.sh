@@ -2,7 +2,7 @@
 # Regenerate docs/cli.md from the commands' --help (run after changing a flag; tests/test_docs.py checks it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source .venv/bin/activate
+[[ -n "${VIRTUAL_ENV:-}" ]] || source .venv/bin/activate
 {
   echo '# Command-line reference'
   echo

@@ -74,7 +74,12 @@ def test_plan_exits_4_and_names_the_problem(make_world, tmp_path: Path) -> None:
 
 def test_plan_warns_about_a_vector_of_another_family(make_world) -> None:
     world, other = make_world("llava"), make_world("qwen2_vl")  # toy shapes coincide; the families do not
+    # Qwen2 layers hold q/k/v biases that Llama layers lack: the layers do not correspond, so the plan is refused...
     result = runner.invoke(app, ["plan", "-t", str(world.target), "--vector", str(other.vector)])
+    assert result.exit_code == 4
+    assert "of another structure" in result.stderr and "self_attn.k_proj.bias" in result.stderr
+    # ...unless asked for, and then the family warning is still there.
+    result = runner.invoke(app, ["plan", "-t", str(world.target), "--vector", str(other.vector), "--allow-partial"])
     assert result.exit_code == 0
     assert "warning: the vector comes from qwen2 models but the target's language model is llama" in result.stdout
 

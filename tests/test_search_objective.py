@@ -177,19 +177,19 @@ def test_stage_batches_group_tasks_by_subset_size() -> None:
 
 # -- eval config validation -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"safety": ["pubmedqa"]}, "safety: Value error, pubmedqa cannot score safety"),
-    ({"medical": ["catqa"]}, "medical: Value error, catqa cannot score medical skill"),
+    ({"safety": ["pubmedqa"]}, "safety: pubmedqa cannot score safety"),
+    ({"medical": ["catqa"]}, "medical: catqa cannot score medical skill"),
     ({"safety": ["catqa", "nope"]}, "unknown task(s) nope"),
     ({"limit": 4, "fraction": 0.5}, "give limit or fraction, not both"),
     ({"limits": {"vqarad": 3}}, "limits names vqarad"),
-    ({"objective": {"mode": "lexicographic"}}, "objective.mode: Input should be 'constrained'"),
-    ({"objective": {"weight": 2}}, "objective.weight: Input should be less than or equal to 1"),
+    ({"objective": {"mode": "lexicographic"}}, "objective.mode: must be one of 'constrained'"),
+    ({"objective": {"weight": 2}}, "objective.weight: must be ≤ 1.0, got 2"),
     ({"screening": {"tasks": ["medqa"]}}, "medqa cannot score screening safety"),
-    ({"judge": "gpt4"}, "judge: Value error, judge 'gpt4': expected 'keyword'"),
+    ({"judge": "gpt4"}, "judge: judge 'gpt4': expected 'keyword'"),
     ({"temperature": 0}, "temperature: unknown field"),
     ({"objective": {"max_over_refusal": 0.1}}, "objective.max_over_refusal needs over_refusal: true"),
     ({"over_refusal": True, "objective": {"max_over_refusal": 1.5}},
-     "objective.max_over_refusal: Input should be less than or equal to 1"),
+     "objective.max_over_refusal: must be ≤ 1.0, got 1.5"),
 ])
 def test_eval_config_errors(changes: dict, message: str) -> None:
     with pytest.raises(UsageError) as info:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from graft.errors import InputError, UsageError
+from graft.schema import describe_validation_error, load_yaml_file
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -59,10 +59,7 @@ class DataConfig(BaseModel):
         path = Path(path)
         if not path.is_file():
             raise InputError(f"{path}: data config not found (a YAML mapping benchmark -> path or hub id)")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise UsageError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        raw = load_yaml_file(path, "data config") or {}
         if not isinstance(raw, dict):
             raise UsageError(f"{path}: expected a mapping benchmark -> path, got {type(raw).__name__}")
         return cls.from_mapping(raw, base=path.parent, origin=str(path))
@@ -77,10 +74,8 @@ class DataConfig(BaseModel):
         try:
             return cls.model_validate(resolved)
         except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
             allowed = ", ".join(cls.model_fields)
-            raise UsageError(f"{origin}: field '{where}': {err['msg']} (benchmarks: {allowed})") from e
+            raise UsageError(f"{origin}: {describe_validation_error(e)} (benchmarks: {allowed})") from e
 
 
 def fixture_data() -> DataConfig:

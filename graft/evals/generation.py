@@ -9,7 +9,6 @@ encoding, right padding, no attention mask), so multiple-choice scores equal lm-
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from transformers import StoppingCriteria
 
 from graft.devices import resolve_device
 from graft.errors import IncompatibleError, InputError, UsageError
+from graft.schema import load_json_file
 
 from .vlm_inputs import load_processor
 
@@ -95,8 +95,9 @@ class Engine:
         """
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
-        from graft.checkpoint import Checkpoint, containment_root, read_regular_text
+        from graft.checkpoint import Checkpoint
         from graft.hub import resolve_model
+        from graft.regular_files import containment_root
 
         path = resolve_model(path, role="model")
         if not path.is_dir():
@@ -107,7 +108,9 @@ class Engine:
         # graft's own header check first: pickled-only weights, FIFOs, links out of the folder and corrupt shards are
         # refused here, in one line, before transformers sees the folder (which would unpickle a .bin).
         Checkpoint.open(path, role="model").close()
-        config = json.loads(read_regular_text(config_file, containment_root(path)))
+        config = load_json_file(config_file, "config.json", within=containment_root(path))
+        if not isinstance(config, dict):
+            raise InputError(f"{config_file}: must be a JSON object of settings, got a {type(config).__name__}")
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         multimodal = "vision_config" in config

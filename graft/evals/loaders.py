@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 from PIL import Image
 
 from graft.errors import InputError
+from graft.schema import load_json_text
 
 from .config import HubSource, Source
 
@@ -81,29 +81,57 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> InputError:
+    return InputError(f"{path}: not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8")
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from e
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from e
+
+
+def _json(path: Path) -> Any:
+    try:
+        return load_json_text(_text(path))
+    except ValueError as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from e
+
+
 def _read_jsonl(path: Path) -> Rows:
-    with path.open(encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not valid JSON ({e.msg}); expected one JSON object a line") from e
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            yield f"{path}:{n}", row
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = load_json_text(line)
+                except ValueError as e:
+                    raise InputError(f"{path}:{n}: not valid JSON ({e}); expected one JSON object a line") from e
+                if not isinstance(row, dict):
+                    raise InputError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+                yield f"{path}:{n}", row
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from e
 
 
 def _read_csv(path: Path, header: bool = True) -> Rows:
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        if header:
-            for n, row in enumerate(csv.DictReader(f), 2):
-                yield f"{path}:{n}", row
-        else:
-            for n, cells in enumerate(csv.reader(f), 1):
-                if cells:
-                    yield f"{path}:{n}", {"instruction": cells[0]}
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            if header:
+                for n, row in enumerate(csv.DictReader(f), 2):
+                    yield f"{path}:{n}", row
+            else:
+                for n, cells in enumerate(csv.reader(f), 1):
+                    if cells:
+                        yield f"{path}:{n}", {"instruction": cells[0]}
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from e
+    except csv.Error as e:
+        raise InputError(f"{path}: not a readable CSV file ({e})") from e
 
 
 def _read_parquet(path: Path) -> Rows:
@@ -132,12 +160,17 @@ def _read_hub(src: HubSource) -> Rows:
         yield f"{src.hub}[{src.split}]:{n}", dict(row)
 
 
-def _field(loc: str, row: Row, name: str, kind: type = str) -> Any:
+def _field(loc: str, row: Row, name: str, kind: type | tuple[type, ...] = str) -> Any:
+    if not isinstance(row, dict):
+        raise InputError(f"{loc}: expected an object with field '{name}', got {type(row).__name__}")
     value = row.get(name)
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if name in row and (value is None or (isinstance(value, str) and not value.strip())):
+        raise InputError(f"{loc}: field '{name}' is empty")
+    if value is None:
         raise InputError(f"{loc}: missing field '{name}' (found fields: {', '.join(map(str, row)) or 'none'})")
     if not isinstance(value, kind):
-        raise InputError(f"{loc}: field '{name}' should be {kind.__name__}, got {type(value).__name__}")
+        want = " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+        raise InputError(f"{loc}: field '{name}' should be {want}, got {type(value).__name__}")
     return value
 
 
@@ -233,10 +266,7 @@ def load_pubmedqa(src: Source) -> list[Item]:
             return _read_jsonl(p)
         if p.suffix == ".parquet":
             return _read_parquet(p)
-        try:
-            data = json.loads(p.read_text(encoding="utf-8-sig"))
-        except json.JSONDecodeError as e:
-            raise InputError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from e
+        data = _json(p)
         if not isinstance(data, dict):
             raise InputError(f"{p}: expected a JSON object keyed by PMID (ori_pqal.json layout)")
         return ((f"{p}:PMID {k}", {"pubid": k, **v} if isinstance(v, dict) else {"pubid": k}) for k, v in data.items())
@@ -351,10 +381,9 @@ def load_vqarad(src: Source) -> list[Item]:
 
 
 def _read_osf_vqarad(path: Path) -> Rows:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
+    data = _json(path)
+    if not isinstance(data, list):
+        raise InputError(f"{path}: expected a JSON list of items (the OSF VQA-RAD release), got {type(data).__name__}")
     images = path.parent / "VQA_RAD Image Folder"
     for n, row in enumerate(data):
         loc = f"{path}:item {n}"

@@ -126,6 +126,13 @@ def evaluate(
                              "folder)")
         Checkpoint.open(Path(judge_cfg.model), role="judge").close()  # pickles, FIFOs...: refused before any work
 
+    # Read and check the text benchmarks before loading any model, so a malformed file fails in seconds (image
+    # tasks wait: a text-only model skips them, and their data is then never read).
+    loaded: dict[str, list[Item]] = {}
+    for name in names:
+        task = TASKS[name]
+        if not task.needs_image and getattr(data, task.benchmark) is not None and task.benchmark not in loaded:
+            loaded[task.benchmark] = LOADERS[task.benchmark](data.source(task.benchmark))
     engine = model if isinstance(model, Engine) else Engine.load(model, device=device, dtype=dtype,
                                                                   batch_size=batch_size)
     results = EvalResults()
@@ -145,7 +152,6 @@ def evaluate(
         data.source(task.benchmark)  # explicit task without data: a clear UsageError now, before any work
         run.append(task)
     # Read and check every benchmark before generating anything, so a malformed file fails in seconds.
-    loaded: dict[str, list[Item]] = {}
     for task in run:
         if task.benchmark not in loaded:
             loaded[task.benchmark] = LOADERS[task.benchmark](data.source(task.benchmark))

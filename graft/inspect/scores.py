@@ -124,8 +124,9 @@ def _from_manifest(vector: SafetyVector) -> list[TensorStats]:
     """Vector-only mode: ‖τ‖ and ‖θ_base‖ = ‖τ‖ / rel_norm, both recorded by `graft extract`; nothing is read."""
     stats = []
     for name, entry in vector.manifest.tensors.items():
-        base_sq = (entry.norm / entry.rel_norm) ** 2 if entry.rel_norm else 0.0
-        stats.append(TensorStats(name, name, entry.layer, entry.group, tuple(entry.shape), entry.norm**2, base_sq))
+        norm = entry.norm if entry.norm is not None else math.nan  # τ holds NaN/Inf: no norm to show
+        base_sq = (norm / entry.rel_norm) ** 2 if entry.rel_norm else 0.0
+        stats.append(TensorStats(name, name, entry.layer, entry.group, tuple(entry.shape), norm**2, base_sq))
     return stats
 
 

@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from graft.errors import UsageError
 from graft.evals.config import JudgeConfig
 from graft.evals.tasks import TASKS
-from graft.recipe import describe_validation_error
+from graft.schema import describe_validation_error, load_yaml_file
 
 EVAL_VERSION = 1
 Mode = Literal["constrained", "pareto", "weighted"]
@@ -142,12 +141,7 @@ class SearchEvalConfig(_Strict):
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchEvalConfig:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read the search eval config ({exc.strerror})") from exc
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        data = load_yaml_file(path, "the search eval config")
         config = cls.parse(data, source=str(path))
         if not Path(config.data).expanduser().is_absolute():
             config = config.model_copy(update={"data": str(path.parent / config.data)})

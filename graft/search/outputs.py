@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -217,6 +218,13 @@ def write_outputs(out: Path, trials: list[FrozenTrial], *, base: Recipe, objecti
             f"medical {best.medical:.4f} (drop {best.medical_drop:+.4f} from λ = 0)")})
         _atomic_write(recipe_file, "# Written by `graft search`; build it with: graft merge --recipe "
                       f"{recipe_file.name} --out DIR\n" + recipe.to_yaml())
+    # A best trial with λ = 0 on every tensor is the target itself: the recipe grafts nothing. Say so.
+    unchanged = best is not None and best.coefficients is not None and not any(
+        lambda_cells(best.coefficients, num_layers, cells).values())
+    summary["best_is_target"] = unchanged
+    if unchanged:
+        print(f"warning: the best trial ({best.number}) has λ = 0 everywhere: {recipe_file.name} reproduces the "  # type: ignore[union-attr]
+              "target unchanged (no coefficients tried beat it under the objective)", file=sys.stderr)
     summary["files"] = {name: str(out / name) for name in FILES if (out / name).exists()}
     _atomic_write(out / "summary.json", _json(summary))
     return summary

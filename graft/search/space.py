@@ -17,12 +17,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal, Protocol, get_args
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from graft.errors import UsageError
 from graft.mapping import Group
-from graft.recipe import DEFAULT_GROUP_FACTORS, Coefficients, describe_validation_error
+from graft.recipe import DEFAULT_GROUP_FACTORS, Coefficients
+from graft.schema import FiniteFloat, describe_validation_error, load_yaml_file
 
 SPACE_VERSION = 1
 SamplerName = Literal["cmaes", "tpe", "gp", "nsga2", "random"]
@@ -47,15 +47,18 @@ class _Strict(BaseModel):
 class Range(_Strict):
     """A searched value: uniform (or log-uniform) over [low, high], optionally on a grid of `step`."""
 
-    low: float
-    high: float
-    step: float | None = Field(None, gt=0)
+    low: FiniteFloat
+    high: FiniteFloat
+    step: FiniteFloat | None = Field(None, gt=0)
     log: bool = False
 
     @model_validator(mode="after")
     def _sane(self) -> Range:
         if not self.high > self.low:
             raise ValueError(f"high ({self.high}) must be greater than low ({self.low})")
+        if self.step is not None and self.step > self.high - self.low:
+            raise ValueError(f"step ({self.step}) is larger than the range [{self.low}, {self.high}]; "
+                             "it would collapse the range to one point")
         if self.log and (self.low <= 0 or self.step is not None):
             raise ValueError("log ranges need low > 0 and no step")
         return self
@@ -78,15 +81,14 @@ def _value(raw: object) -> object:
     if isinstance(raw, bool):
         raise ValueError("expected a number (fixed) or {low: .., high: ..} (searched)")
     if isinstance(raw, int | float):
+        if not math.isfinite(raw):
+            raise ValueError(f"must be a finite number, got {raw}")
         return float(raw)
     if isinstance(raw, dict):
         try:
             return Range.model_validate(raw)
         except ValidationError as exc:
-            raise ValueError("; ".join(
-                (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
-                + ("unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, "))
-                for e in exc.errors())) from None
+            raise ValueError(describe_validation_error(exc)) from None
     if isinstance(raw, Range):
         return raw
     raise ValueError("expected a number (fixed) or {low: .., high: ..} (searched)")
@@ -113,7 +115,7 @@ class Depth(Range):
 class Baselines(_Strict):
     """Enqueued before any sampled trial: λ = 0 (the target itself, always) and a uniform-λ grid."""
 
-    uniform: list[float] = Field(default_factory=lambda: list(DEFAULT_UNIFORM_GRID))
+    uniform: list[FiniteFloat] = Field(default_factory=lambda: list(DEFAULT_UNIFORM_GRID))
 
     @field_validator("uniform")
     @classmethod
@@ -146,12 +148,7 @@ class SearchSpace(_Strict):
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchSpace:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read search space ({exc.strerror})") from exc
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        data = load_yaml_file(path, "search space")
         return cls.parse(data, source=str(path))
 
     @classmethod

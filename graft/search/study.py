@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import optuna
@@ -263,6 +264,37 @@ def budget_state(study: optuna.Study) -> BudgetState:
 def fail_stale(study: optuna.Study) -> None:
     with quiet_optuna():
         optuna.storages.fail_stale_trials(study)
+        _fail_silent_trials(study)
+
+
+def _fail_silent_trials(study: optuna.Study) -> None:
+    """A worker killed between `ask()` and its first heartbeat leaves a RUNNING trial with no heartbeat row, which
+    Optuna never finds stale (it only compares heartbeats): a resumed study would wait on it forever. Such a trial
+    older than the grace period is failed here, and retried through the same callback as a stale one."""
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache
+    interval = backend.get_heartbeat_interval() if hasattr(backend, "get_heartbeat_interval") else None
+    if not interval or not hasattr(backend, "scoped_session"):
+        return
+    from optuna.storages._rdb import models  # Optuna keeps heartbeats in its own table; no public query for it
+
+    grace = timedelta(seconds=backend.grace_period or 2 * interval)
+    now = datetime.now()  # datetime_start is the asking worker's local clock, as Optuna records it
+    session = backend.scoped_session()
+    try:
+        silent = [t.trial_id for t in session.query(models.TrialModel)
+                  .filter(models.TrialModel.study_id == study._study_id)
+                  .filter(models.TrialModel.state == TrialState.RUNNING).all()
+                  if not t.heartbeats and t.datetime_start is not None and now - t.datetime_start > grace]
+    finally:
+        session.close()
+    callback = getattr(backend, "get_heartbeat_stale_trial_callback", None)
+    callback = callback() if callback else backend.get_failed_trial_callback()
+    for trial_id in silent:
+        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            continue  # another worker got there first
+        if callback is not None:
+            callback(study, storage.get_trial(trial_id))
 
 
 def claim(study: optuna.Study, storage: optuna.storages.RDBStorage, budget: int) -> optuna.Trial | str:

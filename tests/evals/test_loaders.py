@@ -146,7 +146,7 @@ def test_data_yaml_relative_paths_and_unknown_keys(tmp_path):
     assert cfg.catqa == tmp_path / "sub/catqa.json"
     assert cfg.medqa == HubSource(hub="some/dataset", split="test")
     (tmp_path / "bad.yaml").write_text("catqa: a.json\ncatqaa: b.json\n")
-    with pytest.raises(UsageError, match="field 'catqaa'"):
+    with pytest.raises(UsageError, match="catqaa: unknown field"):
         DataConfig.from_yaml(tmp_path / "bad.yaml")
     with pytest.raises(UsageError, match="no data for benchmark 'vqarad'"):
         cfg.source("vqarad")

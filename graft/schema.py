@@ -1,0 +1,153 @@
+"""The boundary every user file crosses: JSON parsed strictly, schema errors turned into one line of plain words.
+
+Every JSON/YAML file a user hands graft (headers, indexes, configs, manifests, recipes, spaces, eval configs) is
+parsed here or validated by a pydantic model whose errors `describe_validation_error` words, so a message names
+the file and the field (`recipe.yaml: coefficients.scale: must be a finite number, got nan`) and never shows
+pydantic's internals. Coefficients are `FiniteFloat`s: NaN or ±inf anywhere a λ enters is refused at the border.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, ValidationError
+
+from graft.errors import GraftError, InputError, UsageError
+from graft.regular_files import read_regular_bytes
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def load_json_text(text: str) -> Any:
+    """Parse JSON as the format defines it: no NaN/Infinity literals; absurd nesting is an error, not a crash."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _read_bytes(path: Path, what: str, error: type[GraftError], within: Path | None = None) -> bytes:
+    """A user file's bytes, refused (as `error`) when it is missing, unreadable or not a regular file."""
+    try:
+        return read_regular_bytes(path, within)
+    except InputError as exc:
+        if error is InputError:
+            raise
+        raise error(f"{exc} ({what})") from exc
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror}); check the path and permissions") from exc
+
+
+def load_json_file(path: Path, what: str, error: type[GraftError] = InputError, within: Path | None = None) -> Any:
+    """A JSON file's value, or `error` naming the file: unreadable, not a regular file (inside `within`, when
+    given), not UTF-8, or not valid JSON."""
+    raw = _read_bytes(path, what, error, within)
+    try:
+        return load_json_text(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: {what} is not UTF-8 text; fix or re-download it") from exc
+    except ValueError as exc:
+        raise error(f"{path}: {what} is not valid JSON ({exc}); fix or re-download it") from exc
+
+
+def load_yaml_file(path: Path, what: str, error: type[GraftError] = UsageError) -> Any:
+    """A YAML file's value (safe_load: plain data only), or `error` naming the file: unreadable, not UTF-8, not
+    valid YAML, or nested beyond reason."""
+    import yaml
+
+    try:
+        text = _read_bytes(path, what, error).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: {what} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    except RecursionError:
+        raise error(f"{path}: not valid YAML (nested too deeply)") from None
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value}")
+    return value
+
+
+def _not_bool(value: object) -> object:
+    if isinstance(value, bool):  # YAML's yes/no/true are not coefficients
+        raise ValueError(f"must be a number, got {value}")
+    return value
+
+
+FiniteFloat = Annotated[float, BeforeValidator(_not_bool), AfterValidator(_finite)]
+"""A float that refuses nan and ±inf (including the YAML spellings .nan / .inf and the strings 'nan' / 'inf')."""
+
+
+def shown(value: object) -> str:
+    """A short rendering of a user's value for a message."""
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    if isinstance(value, dict | list | tuple):
+        text = json.dumps(value, default=str) if len(str(value)) < 60 else f"a {type(value).__name__}"
+    else:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_KIND = {
+    "float": "a number", "int": "an integer", "bool": "true or false", "string": "a string", "dict": "a mapping",
+    "list": "a list", "model": "a mapping", "model_attributes": "a mapping", "tuple": "a list",
+}
+
+
+def _words(err: dict[str, Any]) -> str:
+    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "missing (required)"
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error") or err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    stem = kind.split("_")[0]
+    if kind.endswith(("_type", "_parsing")) or kind in ("int_from_float", "finite_number"):
+        want = "a finite number" if kind == "finite_number" else _KIND.get(stem, stem)
+        if kind == "int_from_float":
+            want = "a whole number"
+        return f"must be {want}, got {shown(got)}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '?')}, got {shown(got)}"
+    bounds = {"greater_than": ">", "greater_than_equal": "≥", "less_than": "<", "less_than_equal": "≤"}
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "?")
+        return f"must be {bounds[kind]} {limit}, got {shown(got)}"
+    if kind in ("too_short", "too_long"):
+        return f"needs {'at least' if kind == 'too_short' else 'at most'} " \
+               f"{ctx.get('min_length', ctx.get('max_length', '?'))} entries"
+    msg = str(err["msg"])
+    msg = msg.replace("Input should be", "must be")
+    return f"{msg[:1].lower()}{msg[1:]}, got {shown(got)}"
+
+
+def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
+    """One line: each wrong field's dotted path and what is wrong with it, in plain words. A check across fields
+    has no path; its message names the fields itself."""
+    parts = []
+    seen = set()
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "union[")))
+        text = f"{where}: {_words(err)}" if where else _words(err)
+        if text not in seen:
+            seen.add(text)
+            parts.append(text)
+    more = f" (+{len(parts) - limit} more)" if len(parts) > limit else ""
+    return "; ".join(parts[:limit]) + more
+
+
+__all__ = ["FiniteFloat", "describe_validation_error", "load_json_file", "load_json_text", "load_yaml_file", "shown"]
