@@ -424,7 +424,8 @@ def _read_index(index: Path, within: Path) -> tuple[dict[str, str], dict[str, ob
     weight_map = data["weight_map"]
     for tensor, file in weight_map.items():
         if not isinstance(file, str) or not file or file != Path(file).name or file in (".", ".."):
-            raise InputError(f"{index}: weight_map[{tensor!r}] must be the file name of a shard in this folder, "
+            where = " (a path: outside the model folder, which graft never reads)" if isinstance(file, str) else ""
+            raise InputError(f"{index}: weight_map[{tensor!r}] must be the file name of a shard in this folder{where}, "
                              f"got {shown(file)}; fix or re-download it")
     return dict(weight_map), dict(metadata or {})
 
