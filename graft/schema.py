@@ -141,7 +141,7 @@ def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
     parts = []
     seen = set()
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "union[")))
+        where = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "union[", "[key]")))
         text = f"{where}: {_words(err)}" if where else _words(err)
         if text not in seen:
             seen.add(text)
