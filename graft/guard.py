@@ -484,9 +484,12 @@ def write_file(path: str | Path, data: str | bytes, *, inputs: Iterable[str | Pa
         finally:
             os.close(fd)
         count_written(len(raw))
-        old = _swap(staging, destination, expected)
-        if old is not None:
-            _remove(old)
+        if force and is_graft_folder(parent):
+            os.replace(staging, destination)  # graft's own folder (e.g. search workers sharing one): last one wins
+        else:
+            old = _swap(staging, destination, expected)
+            if old is not None:
+                _remove(old)
     except OSError as exc:
         _remove(staging)
         if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
