@@ -32,7 +32,8 @@ Source = Path | HubSource
 
 
 class DataConfig(BaseModel):
-    """One entry per benchmark; a benchmark left out cannot be evaluated. FigStep tasks reuse the text sources."""
+    """One entry per benchmark; a benchmark left out cannot be evaluated. FigStep tasks reuse the text sources and
+    render their images, unless `figstep` names a folder of ready-made ones."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -45,6 +46,8 @@ class DataConfig(BaseModel):
     medbullets4: Source | None = None
     medbullets5: Source | None = None
     vqarad: Source | None = None
+    figstep: Path | None = Field(None, description="folder of FigStep images named <item id>.png, used instead of "
+                                                   "rendering them (e.g. a toy world's own typeset)")
 
     def source(self, benchmark: str) -> Source:
         src = getattr(self, benchmark, None)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
+from PIL import Image
 from pydantic import BaseModel, Field
 
 from graft.checkpoint import Checkpoint
@@ -157,6 +158,7 @@ def evaluate(
             loaded[task.benchmark] = LOADERS[task.benchmark](data.source(task.benchmark))
     subsets = {b: stratified_subset(items, limit=limit, fraction=fraction, seed=seed, rest=rest)
                for b, items in loaded.items()}
+    figstep_images = _figstep_images(data, [t for t in run if t.figstep], subsets)
     bs = batch_size or engine.batch_size
     generates = any(t.kind in ("benign", "safety", "vqa") or mc_mode == "generate" for t in run)
     if generates and not engine.has_chat_template:
@@ -186,7 +188,8 @@ def evaluate(
         items = subsets[task.benchmark]
         settings = {"kind": task.kind, "figstep": task.figstep, "cap": caps[task.kind], "mc_mode": mc_mode,
                     "judge": the_judge.describe() if (the_judge and task.kind == "safety") else None,
-                    "font": font, "system_prompt": system_prompt, "full_replies": full_replies}
+                    "font": font, "system_prompt": system_prompt, "full_replies": full_replies,
+                    "figstep_images": str(figstep_images) if (task.figstep and figstep_images) else None}
         keys = [VerdictCache.key(model_hash, task.name, it, settings) for it in items] if store else []
         cached = store.get_many(keys) if store else {}
         todo = [i for i, it in enumerate(items) if not store or keys[i] not in cached]
@@ -195,7 +198,8 @@ def evaluate(
                 "the same command to score only what is missing") if store and finished else ""
         try:
             fresh, n_tokens = _run_task(task, [items[i] for i in todo], engine, the_judge, keyword,
-                                        caps[task.kind], mc_mode, font, system_prompt, early_stop, model_judge, bs)
+                                        caps[task.kind], mc_mode, font, system_prompt, early_stop, model_judge, bs,
+                                        figstep_images)
         except GraftError as exc:
             raise type(exc)(f"task {task.name}: {exc}{kept}") from exc
         except Exception:
@@ -233,7 +237,9 @@ def evaluate(
                       "mc_mode": mc_mode, "max_new_tokens": caps,
                       "system_prompt": system_prompt, "full_replies": full_replies,
                       "batch_size": bs,
-                      "figstep_font": str(figstep.load_font(font).path) if any(t.figstep for t in run) else None,
+                      "figstep_font": (str(figstep.load_font(font).path)
+                                       if any(t.figstep for t in run) and not figstep_images else None),
+                      "figstep_images": str(figstep_images) if figstep_images else None,
                       "data": {t.benchmark: str(data.source(t.benchmark)) for t in run}}
     if out is not None:
         results.write(out, force=force, inputs=inputs)
@@ -265,6 +271,35 @@ def _data_config(data: DataConfig | str | Path | dict | None) -> DataConfig:
     return DataConfig.from_yaml(data)
 
 
+def _figstep_images(data: DataConfig, tasks: list[Task], subsets: dict[str, list[Item]]) -> Path | None:
+    """The folder of ready-made FigStep images when the data config names one (checked for every item the FigStep
+    tasks will score, before any generation), else None: the images are rendered."""
+    if not tasks or data.figstep is None:
+        return None
+    folder = Path(data.figstep)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: FigStep image folder not found (data.yaml 'figstep'); remove the entry to "
+                         "render the images instead")
+    for task in tasks:
+        for it in subsets[task.benchmark]:
+            if not (folder / f"{it.id}.png").is_file():
+                raise InputError(f"{folder / (it.id + '.png')}: missing FigStep image for {task.name} item {it.id} "
+                                 "(the 'figstep' folder needs one <item id>.png per item; remove the entry to "
+                                 "render them instead)")
+    return folder
+
+
+def _figstep_image(item: Item, folder: Path | None, font: str | None):
+    if folder is None:
+        return figstep.render(item.prompt, font)
+    path = folder / f"{item.id}.png"
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read this FigStep image ({e})") from e
+
+
 def _summary(benchmarks: dict[str, dict]) -> dict[str, float | None]:
     def mean(names: list[str]) -> float | None:
         vals = [benchmarks[n]["score"] for n in names if n in benchmarks]
@@ -277,14 +312,15 @@ def _summary(benchmarks: dict[str, dict]) -> dict[str, float | None]:
 
 def _run_task(task: Task, items: list[Item], engine: Engine, judge, keyword: KeywordJudge, cap: int,
               mc_mode: str, font: str | None, system: str | None,
-              refusal_stop: Callable[[str], bool] | None, model_judge: bool, bs: int) -> tuple[list[dict], int]:
+              refusal_stop: Callable[[str], bool] | None, model_judge: bool, bs: int,
+              figstep_images: Path | None = None) -> tuple[list[dict], int]:
     """Fresh per-sample records for `items` (already screened, not cached), and the tokens generated."""
     if not items:
         return [], 0
     base = [{"id": it.id, "category": it.category} for it in items]
     if task.kind in ("safety", "benign"):
         if task.figstep:
-            reqs = [Request(figstep.FIGSTEP_PROMPT, image=figstep.render(it.prompt, font), system=system)
+            reqs = [Request(figstep.FIGSTEP_PROMPT, image=_figstep_image(it, figstep_images, font), system=system)
                     for it in items]
         else:
             reqs = [Request(it.prompt, system=system) for it in items]
@@ -301,6 +337,8 @@ def _run_task(task: Task, items: list[Item], engine: Engine, judge, keyword: Key
             if task.figstep:
                 rec["figstep_text"] = figstep.typeset(figstep.to_statement(it.prompt))
                 rec["text_prompt"] = figstep.FIGSTEP_PROMPT
+                if figstep_images:
+                    rec["figstep_image"] = str(figstep_images / f"{it.id}.png")
             rec["verdict"] = verdicts[i].to_dict() if verdicts else {"refused": refusals[i] is not None,
                                                                      "detail": refusals[i] or ""}
             recs.append(rec)

@@ -29,6 +29,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("hexphi-figstep", "hexphi", "safety", figstep=True),
     Task("medsafetybench-figstep", "medsafetybench", "safety", figstep=True),
     Task("benign", "benign", "benign"),
+    Task("benign-figstep", "benign", "benign", figstep=True),
     Task("pubmedqa", "pubmedqa", "mc"),
     Task("medqa", "medqa", "mc"),
     Task("medbullets4", "medbullets4", "mc"),

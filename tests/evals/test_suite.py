@@ -25,8 +25,8 @@ def qwen(tiny_qwen2vl):
 def test_all_suite_on_a_vlm(qwen, tmp_path):
     res = evaluate(qwen, suite="all", data=fixture_data(), max_new_tokens=6, out=tmp_path / "r.json")
     assert set(res.benchmarks) == {"catqa", "hexphi", "medsafetybench", "catqa-figstep", "hexphi-figstep",
-                                   "medsafetybench-figstep", "benign", "pubmedqa", "medqa", "medbullets4",
-                                   "medbullets5", "vqarad"}
+                                   "medsafetybench-figstep", "benign", "benign-figstep", "pubmedqa", "medqa",
+                                   "medbullets4", "medbullets5", "vqarad"}
     written = json.loads((tmp_path / "r.json").read_text())
     assert written["model"]["class"] == "Qwen2VLForConditionalGeneration"
     assert written["judge"]["name"] == "keyword"
@@ -62,7 +62,7 @@ def test_text_model_rejects_figstep_when_named_and_skips_it_in_a_suite(tiny_llam
     with pytest.raises(IncompatibleError, match="'catqa-figstep' needs an image-text model"):
         evaluate(engine, tasks="catqa,catqa-figstep", data=fixture_data())
     res = evaluate(engine, suite="safety", data=fixture_data(), limit=2, max_new_tokens=3)
-    assert set(res.skipped) == {"catqa-figstep", "hexphi-figstep", "medsafetybench-figstep"}
+    assert set(res.skipped) == {"catqa-figstep", "hexphi-figstep", "medsafetybench-figstep", "benign-figstep"}
     assert {"catqa", "hexphi", "medsafetybench", "benign"} == set(res.benchmarks)
 
 
