@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from graft.cli import app
 from graft.errors import UsageError
+from graft.evals.screening import Split
 from graft.recipe import Coefficients, Recipe
 from graft.search import run_search
 from graft.search.config import Stage
@@ -364,14 +365,33 @@ def test_cli_search_with_the_real_suite_scores_lambda0_as_the_target_itself(make
                                  "--dtype", "float32", "--heartbeat", "5"])
     assert result.exit_code == 0, result.output
     assert "best uniform λ" in result.output and "3 complete" in result.output
+    assert "HELD-OUT" in result.output and "in sample" in result.output
     study = load_study(out)
     assert len(finished(study)) == 3
     assert (out / "verdicts.sqlite").stat().st_size > 0
     lambda0 = study.trials[0].user_attrs
+    # Trials are scored on the search part (holdout 0.5 by default, split seed = seed 0), limit 2 within it.
+    search_part, held_part = Split(0.5, 0, "search"), Split(0.5, 0, "heldout")
     reference = evaluate(world.target, tasks=["catqa", "pubmedqa"], data=FIXTURE_DATA, limit=2, max_new_tokens=4,
-                         dtype="float32")
+                         dtype="float32", split=search_part)
     assert lambda0["scores"] == {"catqa": reference.score("catqa"), "pubmedqa": reference.score("pubmedqa")}
     assert Recipe.from_yaml(out / "best_recipe.yaml").options.dtype == "float32"  # the weights evaluated
+    # The report: λ = 0 on every held-out item, none of which the search saw; figures recomputed from the items.
+    summary = json.loads((out / "summary.json").read_text())
+    items = json.loads((out / "heldout.json").read_text())["models"]["lambda0"]
+    held = evaluate(world.target, tasks=["catqa", "pubmedqa"], data=FIXTURE_DATA, max_new_tokens=4,
+                    dtype="float32", split=held_part)
+    for task in ("catqa", "pubmedqa"):
+        ids = {str(s["id"]) for s in held.samples if s["task"] == task}
+        assert set(items["held_out"][task]) == ids
+        assert not ids & set(items["in_sample"][task])
+        assert sum(items["held_out"][task].values()) / len(ids) == pytest.approx(held.score(task))
+    figures = summary["report"]["models"]["lambda0"]["held_out"]
+    assert figures["safety"]["value"] == pytest.approx(held.score("catqa"))
+    assert figures["medical"]["value"] == pytest.approx(held.score("pubmedqa"))
+    n = figures["medical"]["n"]
+    p = held.score("pubmedqa")
+    assert figures["medical"]["se"] == pytest.approx((p * (1 - p) / n) ** 0.5)
 
 
 # -- exit codes for bad input --------------------------------------------------------------------------------------
