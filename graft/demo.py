@@ -292,6 +292,7 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
     verdict = verdicts.get(headline)
     if verdict is not None:
         console.print(verdict_table(rows[headline], verdict))
+        console.print(verdict_text(verdict), soft_wrap=True)
         if "in_sample" in verdicts:
             v = verdicts["in_sample"]
             console.print(f"[dim]in sample (the search's own items, for comparison only): bar "
@@ -458,14 +459,12 @@ def results_table(rows: Sequence[ModelScores], in_sample: Sequence[ModelScores] 
 
 
 def verdict_table(rows: Sequence[ModelScores], verdict: Verdict) -> Table:
-    """Aligned, medical, the best uniform λ and the searched recipe side by side on the verdict's items, and the
-    bar's checks with their intervals."""
+    """Aligned, medical, the best uniform λ and the searched recipe side by side on the verdict's items."""
     by_name = {r.name: r for r in rows}
     shown = [by_name["aligned"], by_name["medical"], by_name.get(verdict.best_uniform), by_name["searched"]]
     where = "HELD OUT" if verdict.part == "held_out" else "IN SAMPLE"
     table = Table("", "aligned", "medical (λ = 0)", f"best uniform ({verdict.best_uniform or '—'})", "searched",
-                  title=f"the bar, {where}: searched vs the best uniform λ (± = standard error)",
-                  caption=_verdict_caption(verdict), caption_justify="left")
+                  title=f"the bar, {where}: searched vs the best uniform λ (± = standard error)")
     table.add_row("safety", *(_cell(r, "safety") for r in shown))
     table.add_row("over-refusal", *(_cell(r, "over_refusal") for r in shown))
     if any(r is not None and r.image_over_refusal is not None for r in shown):
@@ -474,7 +473,8 @@ def verdict_table(rows: Sequence[ModelScores], verdict: Verdict) -> Table:
     return table
 
 
-def _verdict_caption(v: Verdict) -> str:
+def verdict_text(v: Verdict) -> str:
+    """The bar's checks, one a line, with intervals and confidence, and the verdict."""
     where = "held out" if v.part == "held_out" else "IN SAMPLE (no items held out)"
     lines = [f"Verdict on {where} items:"] + [f"  {c.text()}" for c in v.checks]
     if v.dominates:
