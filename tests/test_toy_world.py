@@ -204,7 +204,7 @@ def test_demo_verdict_is_held_out_and_recomputes_from_the_items(toy_world, tmp_p
     the verdict come from the other part (no item in both); the verdict's figures recompute from the per-item
     records; the merged searched recipe scores on disk what the search's report measured on the resident model."""
     workdir = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--workdir", str(workdir), "--scales", "1,1.5", "--trials", "7",
+    result = CliRunner().invoke(app, ["demo", "--workdir", str(workdir), "--scales", "1", "--trials", "5",
                                       "--cache", str(toy_world.root.parent), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())  # rich wraps lines at the terminal's width
@@ -214,7 +214,7 @@ def test_demo_verdict_is_held_out_and_recomputes_from_the_items(toy_world, tmp_p
     assert report["headline_part"] == "held_out" and report["split"] == {"holdout": 0.5, "seed": 0}
     evals = workdir / "evals"
     held = {m: _samples(evals / f"{m}.held_out.samples.jsonl") for m in ("aligned", "medical", "searched",
-                                                                          "graft-1", "graft-1.5")}
+                                                                          "graft-1")}
     inside = {m: _samples(evals / f"{m}.in_sample.samples.jsonl") for m in ("medical", "searched")}
     search_items = json.loads((workdir / "search" / "heldout.json").read_text())["models"]
     for task, ids in held["medical"].items():
@@ -240,7 +240,7 @@ def test_demo_verdict_is_held_out_and_recomputes_from_the_items(toy_world, tmp_p
         return (_task_mean(o, SAFETY), _task_mean(o, medical_tasks), 1 - _task_mean(o, ["benign"]))
 
     s = figures(held["searched"])
-    as_good = sorted(m for m in ("graft-1", "graft-1.5") if (lambda u: u[0] >= s[0] and u[1] >= s[1]
+    as_good = sorted(m for m in ("graft-1",) if (lambda u: u[0] >= s[0] and u[1] >= s[1]
                                                              and u[2] <= s[2])(figures(held[m])))
     assert sorted(verdict["uniform_at_least_as_good"]) == as_good
     assert verdict["met"] == (all(c["met"] for c in checks.values()) and not as_good)
@@ -250,12 +250,12 @@ def test_demo_verdict_is_held_out_and_recomputes_from_the_items(toy_world, tmp_p
     assert summary["report"]["split"] == {"holdout": 0.5, "seed": 0}
     # The table, the plot and the files.
     rows = {r["name"]: r for r in report["rows"]["held_out"]}
-    assert set(rows) == {"aligned", "medical", "graft-1", "graft-1.5", "searched"}
+    assert set(rows) == {"aligned", "medical", "graft-1", "searched"}
     assert all(r["se"]["safety"] is not None for r in rows.values())
     with Image.open(workdir / "safety-vs-medical.png") as png:
         assert png.size[0] > 600
     assert (workdir / "searched_recipe.yaml").is_file()
-    assert (workdir / "merged" / "graft-1.5" / "graft_recipe.yaml").is_file()
+    assert (workdir / "merged" / "graft-1" / "graft_recipe.yaml").is_file()
 
 
 def test_demo_rebuilds_its_folder_and_refuses_a_strangers(toy_world, tmp_path: Path) -> None:
