@@ -24,7 +24,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from graft import __version__
-from graft.demo import DEMO_SCALES, DEMO_TRIALS
+from graft.demo import DEMO_HOLDOUT, DEMO_SCALES, DEMO_TRIALS
 from graft.errors import EXIT_CODES, GraftError, UsageError
 from graft.evals.command import eval_command
 from graft.guard import write_file
@@ -387,8 +387,12 @@ def demo(
     scales: Annotated[str, typer.Option(
         "--scales", help="Global λ values to graft and evaluate, comma-separated (also the search's uniform "
                          "baselines).")] = ",".join(f"{s:g}" for s in DEMO_SCALES),
-    limit: Annotated[int | None, typer.Option("--limit", help="Items per benchmark (default: all held-out items).")
-                     ] = None,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", help="Items per benchmark each search trial scores, within the search part (default: all of "
+                        "it); the table always scores every item.")] = None,
+    holdout: Annotated[float, typer.Option(
+        "--holdout", help="Share of every benchmark the search never sees; the table and the verdict are computed "
+                          "on it (0: no split, every figure in sample).")] = DEMO_HOLDOUT,
     rebuild_world: Annotated[bool, typer.Option("--rebuild-world", help="Retrain the toy world even if cached.")
                              ] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N for the evaluations.")] = "auto",
@@ -412,7 +416,7 @@ def demo(
     except ValueError as e:
         raise UsageError(f"--scales {scales}: expected comma-separated numbers, e.g. 0.5,1,1.5") from e
     run_demo(workdir, console=stdout if not quiet else Console(quiet=True), cache=cache, scales=grid, limit=limit,
-             rebuild_world=rebuild_world, device=device, search_trials=trials, seed=seed)
+             rebuild_world=rebuild_world, device=device, search_trials=trials, seed=seed, holdout=holdout)
 
 
 app.command("eval")(handles_errors(eval_command))

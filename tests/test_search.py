@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from graft.cli import app
 from graft.errors import UsageError
+from graft.evals.screening import Split
 from graft.recipe import Coefficients, Recipe
 from graft.search import run_search
 from graft.search.config import Stage
@@ -204,6 +205,82 @@ def test_a_study_recorded_before_a_new_objective_field_can_be_resumed(make_world
     assert run_search(trials=4, **common).ran == [3]
 
 
+class ItemScorer(LambdaScorer):
+    """LambdaScorer's landscape item by item: 40 items per task in two categories, each split and subset by the
+    stage exactly as the evaluation suite does; item i succeeds when its fixed draw u_i < the task's rate."""
+
+    def items(self, c: Coefficients, stage: Stage, *, operator: str | None = None) -> dict[str, dict[str, float]]:
+        from graft.evals.loaders import Item
+        from graft.evals.screening import stratified_subset
+
+        rates = LambdaScorer.score(self, c, stage)
+        out = {}
+        for task in stage.tasks:
+            pool = [Item(task, f"{task}-{i:02d}", "ab"[i % 2], f"prompt {i}") for i in range(40)]
+            part = stage.split.apply(pool) if stage.split is not None else pool
+            limit, fraction = (stage.limits[task], None) if task in stage.limits else (stage.limit, stage.fraction)
+            chosen = stratified_subset(part, limit=limit, fraction=fraction, seed=0)
+            draw = {it.id: ((hash_fraction(it.id)) < rates[task]) for it in chosen}
+            out[task] = {k: float(v) for k, v in draw.items()}
+        return out
+
+    def score(self, c: Coefficients, stage: Stage) -> dict[str, float]:
+        return {t: sum(v.values()) / len(v) for t, v in self.items(c, stage).items()}
+
+
+def hash_fraction(text: str) -> float:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") / 2**32
+
+
+def test_report_scores_held_out_items_the_search_never_saw_and_keeps_its_split(make_world, tmp_path: Path) -> None:
+    import numpy as np
+
+    world = make_world("causal")
+    evals = eval_file(tmp_path, safety=["catqa", "hexphi"], medical=["pubmedqa"], limit=8, over_refusal=True)
+    common = dict(space=space_file(tmp_path, SMALL), eval_config=evals, target=str(world.target),
+                  vector=str(world.vector), out=tmp_path / "out", scorer=ItemScorer(num_layers(world)),
+                  sampler="random")
+    result = run_search(trials=6, **common)
+    study = load_study(tmp_path / "out")
+    assert study.user_attrs["graft_search"]["split"] == {"holdout": 0.5, "seed": 0}
+    report = result.summary["report"]
+    items = json.loads((tmp_path / "out" / "heldout.json").read_text())["models"]
+    assert set(items) == {"searched", "lambda0", "uniform_0.5", "uniform_1"} == set(report["models"])
+    for label, m in items.items():
+        for task in ("catqa", "hexphi", "pubmedqa", "benign"):
+            assert len(m["in_sample"][task]) == 8 and len(m["held_out"][task]) == 20  # limit within the search part
+            assert not set(m["in_sample"][task]) & set(m["held_out"][task])
+        held = report["models"][label]["held_out"]
+        safety = np.mean([np.mean(list(m["held_out"][t].values())) for t in ("catqa", "hexphi")])
+        assert held["safety"]["value"] == pytest.approx(safety)
+        assert held["over_refusal"]["value"] == pytest.approx(1 - np.mean(list(m["held_out"]["benign"].values())))
+        gap = report["models"][label]["gap"]["medical"]
+        assert gap == pytest.approx(report["models"][label]["in_sample"]["medical"]["value"] - held["medical"]["value"])
+    # The trials were scored on the search part: the searched trial's recorded scores are its in-sample items'.
+    searched = result.summary["best_searched"]
+    assert searched["safety"] == pytest.approx(np.mean([np.mean(list(items["searched"]["in_sample"][t].values()))
+                                                        for t in ("catqa", "hexphi")]))
+    best_uniform = report["best_uniform"]
+    assert best_uniform == result.summary["best_uniform"]["baseline"]  # one definition
+    diff = report["comparisons"][f"searched - {best_uniform}"]["safety"]
+    assert diff["value"] == pytest.approx(report["models"]["searched"]["held_out"]["safety"]["value"]
+                                          - report["models"][best_uniform]["held_out"]["safety"]["value"])
+    # A resume must use the study's split; another holdout is refused.
+    with pytest.raises(UsageError, match=r"holds out 0\.5"):
+        run_search(trials=7, **{**common, "eval_config": eval_file(tmp_path, safety=["catqa", "hexphi"],
+                                                                      medical=["pubmedqa"], limit=8,
+                                                                      over_refusal=True, holdout=0.3)})
+    # A study from before splits existed goes on in sample (holdout 0), and says so in its report.
+    meta = study.user_attrs["graft_search"]
+    del meta["split"]
+    study.set_user_attr("graft_search", meta)
+    again = run_search(trials=7, **common)
+    assert again.ran == [6] and again.summary["report"]["split"] is None
+    assert again.summary["report"]["models"]["searched"]["held_out"] is None
+
+
 def test_pareto_mode_writes_the_front(make_world, tmp_path: Path) -> None:
     world = make_world("causal")
     result = run_search(space=space_file(tmp_path, SMALL), eval_config=eval_file(tmp_path),
@@ -364,14 +441,33 @@ def test_cli_search_with_the_real_suite_scores_lambda0_as_the_target_itself(make
                                  "--dtype", "float32", "--heartbeat", "5"])
     assert result.exit_code == 0, result.output
     assert "best uniform λ" in result.output and "3 complete" in result.output
+    assert "HELD-OUT" in result.output and "in sample" in result.output
     study = load_study(out)
     assert len(finished(study)) == 3
     assert (out / "verdicts.sqlite").stat().st_size > 0
     lambda0 = study.trials[0].user_attrs
+    # Trials are scored on the search part (holdout 0.5 by default, split seed = seed 0), limit 2 within it.
+    search_part, held_part = Split(0.5, 0, "search"), Split(0.5, 0, "heldout")
     reference = evaluate(world.target, tasks=["catqa", "pubmedqa"], data=FIXTURE_DATA, limit=2, max_new_tokens=4,
-                         dtype="float32")
+                         dtype="float32", split=search_part)
     assert lambda0["scores"] == {"catqa": reference.score("catqa"), "pubmedqa": reference.score("pubmedqa")}
     assert Recipe.from_yaml(out / "best_recipe.yaml").options.dtype == "float32"  # the weights evaluated
+    # The report: λ = 0 on every held-out item, none of which the search saw; figures recomputed from the items.
+    summary = json.loads((out / "summary.json").read_text())
+    items = json.loads((out / "heldout.json").read_text())["models"]["lambda0"]
+    held = evaluate(world.target, tasks=["catqa", "pubmedqa"], data=FIXTURE_DATA, max_new_tokens=4,
+                    dtype="float32", split=held_part)
+    for task in ("catqa", "pubmedqa"):
+        ids = {str(s["id"]) for s in held.samples if s["task"] == task}
+        assert set(items["held_out"][task]) == ids
+        assert not ids & set(items["in_sample"][task])
+        assert sum(items["held_out"][task].values()) / len(ids) == pytest.approx(held.score(task))
+    figures = summary["report"]["models"]["lambda0"]["held_out"]
+    assert figures["safety"]["value"] == pytest.approx(held.score("catqa"))
+    assert figures["medical"]["value"] == pytest.approx(held.score("pubmedqa"))
+    n = figures["medical"]["n"]
+    p = held.score("pubmedqa")
+    assert figures["medical"]["se"] == pytest.approx((p * (1 - p) / n) ** 0.5)
 
 
 # -- exit codes for bad input --------------------------------------------------------------------------------------

@@ -176,3 +176,40 @@ def test_parameters_to_coefficients_is_pure_and_complete() -> None:
         assert space.coefficients(params, 10) == space.coefficients(dict(params), 10)
     with pytest.raises(UsageError, match="point_3 missing"):
         space.coefficients({n: 1.0 for n in names[:-1]}, 10)
+
+
+def test_operator_key_fixed_or_searched_and_its_one_mapping_to_recipe_options() -> None:
+    from graft.recipe import Recipe
+    from graft.search.evaluation import check_operators, operator_options, trial_recipe
+
+    base = {"graft_space": 1, "scale": {"low": 0.0, "high": 2.0}}
+    assert SearchSpace.parse(base).operators() == ()  # unset: the base recipe's options decide
+    fixed = SearchSpace.parse({**base, "operator": "orthogonal"})
+    assert fixed.operators() == ("orthogonal",) and "operator" not in fixed.baseline_points(6, CELLS)[1][2]
+    chosen = SearchSpace.parse({**base, "operator": {"choice": ["orthogonal", "linear"]}})
+
+    class Categorical(FixedTrial):
+        def suggest_categorical(self, name, choices):
+            self.asked[name] = tuple(choices)
+            return self.values[name]
+
+    trial = Categorical({"scale": 1.0, "operator": "orthogonal"})
+    assert chosen.suggest_operator(trial) == "orthogonal" and trial.asked["operator"] == ("orthogonal", "linear")
+    # Baselines are the plain linear graft whenever the space offers it (uniform λ as `graft merge --scale`).
+    assert all(p["operator"] == "linear" for _, _, p in chosen.baseline_points(6, CELLS))
+    # Only the operator makes a space searched.
+    assert SearchSpace.parse({"graft_space": 1, "operator": {"choice": ["linear", "orthogonal"]}}).operators()
+    with pytest.raises(UsageError, match="operator"):
+        SearchSpace.parse({**base, "operator": "dare"})
+    with pytest.raises(UsageError, match="twice"):
+        SearchSpace.parse({**base, "operator": {"choice": ["linear", "linear"]}})
+    assert operator_options("linear") == {"orthogonalize": False}
+    assert operator_options("orthogonal") == {"orthogonalize": True} and operator_options(None) == {}
+    recipe = Recipe.parse({"target": "t", "vector": "v", "options": {"origin": "o", "orthogonalize": True}})
+    c = Coefficients(scale=0.5)
+    assert trial_recipe(recipe, c, "linear").options.orthogonalize is False
+    assert trial_recipe(recipe, c).options.orthogonalize is True  # None leaves the recipe's choice
+    assert trial_recipe(recipe, c, "orthogonal").coefficients == c
+    with pytest.raises(UsageError, match="origin"):
+        check_operators(Recipe.parse({"target": "t", "vector": "v"}), ("linear", "orthogonal"))
+    check_operators(Recipe.parse({"target": "t", "vector": "v"}), ("linear",))

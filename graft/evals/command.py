@@ -58,11 +58,15 @@ def eval_command(
         font=str(font) if font else None, system_prompt=system_prompt, full_replies=full_replies, cache=cache, out=out,
         force=force, progress=console.print,
     )
-    table = Table("task", "score", "n", "metric", "items/s")
+    table = Table("task", "score ± SE", "n", "metric", "items/s")
     for name, b in results.benchmarks.items():
-        table.add_row(name, f"{b['score']:.4f}", str(b["n"]), b["metric"],
+        table.add_row(name, f"{b['score']:.4f} ± {b['se']:.4f}", str(b["n"]), b["metric"],
                       f"{results.timing[name]['items_per_s']:.2f}")
     for name, why in results.skipped.items():
         table.add_row(name, "skipped", "-", why, "-")
     console.print(table)
+    for key, est in results.summary_se.items():
+        if est is not None:
+            console.print(f"{key.replace('_', '-')}: {100 * est['value']:.1f} % ± {100 * est['se']:.1f} "
+                          f"(95 % interval {100 * est['low']:.1f}–{100 * est['high']:.1f} %, {est['n']} items)")
     console.print(f"wrote {out} and {samples_path(out)}")

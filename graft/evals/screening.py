@@ -17,15 +17,52 @@ import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from graft.errors import OutputError, UsageError
 
 from .loaders import Item
 
 
+@dataclass(frozen=True)
+class Split:
+    """A seeded, category-stratified split of every benchmark into a *search* part (what a search may score and
+    choose on) and a *held-out* part (only ever reported). `part` says which one an evaluation reads. The held-out
+    share is rounded per benchmark; each part keeps every category it can. The draw depends only on (seed,
+    benchmark, category), as `stratified_subset`'s does, so every worker and every resume gets the same split."""
+
+    holdout: float
+    seed: int
+    part: Literal["search", "heldout"] = "search"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.holdout < 1:
+            raise UsageError(f"holdout {self.holdout}: expected a share in (0, 1), or no split at all")
+        if self.part not in ("search", "heldout"):
+            raise UsageError(f"split part {self.part!r}: expected search or heldout")
+
+    def apply(self, items: Sequence[Item]) -> list[Item]:
+        if not items:
+            return []
+        # The search part is a stratified subset; the held-out part is everything it leaves out.
+        search = stratified_subset(items, fraction=1.0 - self.holdout, seed=f"holdout-{self.seed}")
+        if self.part == "search":
+            return search
+        chosen = {id(it) for it in search}
+        rest = [it for it in items if id(it) not in chosen]
+        if not rest:
+            raise UsageError(f"{items[0].benchmark}: {len(items)} item(s) are too few to hold any out at holdout "
+                             f"{self.holdout:g}; raise holdout, add items, or set holdout: 0")
+        return rest
+
+    def describe(self) -> dict:
+        return {"holdout": self.holdout, "seed": self.seed, "part": self.part}
+
+
 def stratified_subset(items: Sequence[Item], limit: int | None = None, fraction: float | None = None,
-                      seed: int = 0, *, rest: bool = False) -> list[Item]:
+                      seed: int | str = 0, *, rest: bool = False) -> list[Item]:
     if limit is not None and fraction is not None:
         raise UsageError("give --limit or --fraction, not both")
     if limit is None and fraction is None:

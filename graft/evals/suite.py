@@ -21,8 +21,9 @@ from .config import DataConfig, JudgeConfig
 from .generation import Engine, Request
 from .judges import KeywordJudge, make_judge
 from .loaders import LOADERS, Item
-from .screening import VerdictCache, stratified_subset
+from .screening import Split, VerdictCache, stratified_subset
 from .tasks import SUITES, TASKS, Task, samples_path
+from .uncertainty import composite
 
 # Default generation caps: a keyword judge reads only the opening of a reply (the fast path for search);
 # model judges need the substance; letters and short VQA answers need little.
@@ -34,6 +35,8 @@ class EvalResults(BaseModel):
 
     benchmarks: dict[str, dict] = Field(default_factory=dict)
     summary: dict[str, float | None] = Field(default_factory=dict)
+    # Bootstrap standard error and 95 % interval of each summary score (items resampled within each task).
+    summary_se: dict[str, dict | None] = Field(default_factory=dict)
     model: dict = Field(default_factory=dict)
     judge: dict | None = None
     config: dict = Field(default_factory=dict)
@@ -81,6 +84,7 @@ def evaluate(
     fraction: float | None = None,
     seed: int = 0,
     rest: bool = False,
+    split: Split | None = None,
     judge: JudgeConfig | str = "keyword",
     mc_mode: Literal["loglik", "generate"] = "loglik",
     max_new_tokens: int | None = None,
@@ -100,7 +104,9 @@ def evaluate(
 
     `cache` is a SQLite file of finished per-sample records keyed by the weights' identity: `cache_key` when
     given (e.g. a search's recipe hash, which costs nothing), else a content hash of every weight. `rest` scores
-    the items the limit/fraction subset leaves out instead (report on what a search did not see).
+    the items the limit/fraction subset leaves out instead (report on what a search did not see). `split` first
+    restricts every benchmark to one part of a search/held-out split; limit, fraction and rest then apply within
+    that part.
 
     With `out` and no `cache`, finished tasks are kept in OUT-stem.partial.sqlite (a verdict cache, so keyed on
     the weights' content, the task, each item and every generation and judge setting) until the results are
@@ -156,8 +162,9 @@ def evaluate(
     for task in run:
         if task.benchmark not in loaded:
             loaded[task.benchmark] = LOADERS[task.benchmark](data.source(task.benchmark))
+    parts = {b: split.apply(items) if split is not None else items for b, items in loaded.items()}
     subsets = {b: stratified_subset(items, limit=limit, fraction=fraction, seed=seed, rest=rest)
-               for b, items in loaded.items()}
+               for b, items in parts.items()}
     figstep_images = _figstep_images(data, [t for t in run if t.figstep], subsets)
     bs = batch_size or engine.batch_size
     generates = any(t.kind in ("benign", "safety", "vqa") or mc_mode == "generate" for t in run)
@@ -217,6 +224,8 @@ def evaluate(
         }.get(task.kind)
         results.benchmarks[task.name] = summary(records) if summary else scoring.summarize_mc(records, mc_mode)
         results.benchmarks[task.name]["total_items"] = len(loaded[task.benchmark])
+        if split is not None:
+            results.benchmarks[task.name]["part_items"] = len(parts[task.benchmark])
         seconds = time.perf_counter() - t0
         results.timing[task.name] = {"seconds": round(seconds, 3), "items_per_s": round(len(items) / seconds, 3),
                                      "generated_tokens": n_tokens, "cached": len(items) - len(todo)}
@@ -227,13 +236,14 @@ def evaluate(
         store.close()
 
     results.summary = _summary(results.benchmarks)
+    results.summary_se = _summary_uncertainty(results.samples, seed)
     results.model = {"path": engine.name, "class": type(engine.model).__name__,
                      "dtype": str(next(engine.model.parameters()).dtype).replace("torch.", ""),
                      "device": str(engine.device), "multimodal": engine.is_multimodal,
                      "chat_template": engine.has_chat_template, "content_hash": model_hash}
     results.judge = the_judge.describe() if the_judge else {"name": judge_cfg.kind, "used": False}
     results.config = {"tasks": [t.name for t in run], "limit": limit, "fraction": fraction, "seed": seed,
-                      "rest": rest,
+                      "rest": rest, "split": split.describe() if split is not None else None,
                       "mc_mode": mc_mode, "max_new_tokens": caps,
                       "system_prompt": system_prompt, "full_replies": full_replies,
                       "batch_size": bs,
@@ -308,6 +318,29 @@ def _summary(benchmarks: dict[str, dict]) -> dict[str, float | None]:
     return {"safety": mean([n for n in TASKS if TASKS[n].kind == "safety"]),
             "medical": mean(SUITES["medical"]),
             "over_refusal": benchmarks["benign"]["over_refusal"] if "benign" in benchmarks else None}
+
+
+SUMMARY_SEED = 1  # bootstrap seed of the summary scores' intervals (mixed with the subset's seed)
+
+
+def _summary_uncertainty(samples: list[dict], seed: int) -> dict[str, dict | None]:
+    """SE and 95 % interval of `_summary`'s scores from the per-sample records (same tasks, same averaging)."""
+    per_task: dict[str, list[float]] = {}
+    for s in samples:
+        per_task.setdefault(s["task"], []).append(scoring.item_outcome(TASKS[s["task"]].kind, s))
+
+    def estimate(names: list[str], invert: bool = False) -> dict | None:
+        tasks = {n: per_task[n] for n in names if n in per_task}
+        if not tasks:
+            return None
+        est = composite(tasks, seed=SUMMARY_SEED + seed).as_dict()
+        if invert:  # over-refusal = 1 − the benign score
+            est.update(value=1 - est["value"], low=1 - est["high"], high=1 - est["low"])
+        return est
+
+    return {"safety": estimate([n for n in TASKS if TASKS[n].kind == "safety"]),
+            "medical": estimate(SUITES["medical"]),
+            "over_refusal": estimate(["benign"], invert=True)}
 
 
 def _run_task(task: Task, items: list[Item], engine: Engine, judge, keyword: KeywordJudge, cap: int,

@@ -39,6 +39,9 @@ def search_command(
     max_over_refusal: Annotated[float | None, typer.Option(
         "--max-over-refusal", help="Override eval.yaml's ρ: share of benign prompts a trial may refuse (needs "
                                    "over_refusal: true in eval.yaml).")] = None,
+    origin: Annotated[str | None, typer.Option(
+        "--origin", help="The model the target was fine-tuned from (operator orthogonal projects τ off target − "
+                         "origin); overrides the recipe's options.origin.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Sampler seed of the study's first worker.")] = 0,
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Folder for best_recipe.yaml, pareto/trials CSV+JSON, summary.json, the verdict cache "
@@ -67,7 +70,7 @@ def search_command(
     result = run_search(
         space=space, eval_config=eval_config, trials=trials, target=target, vector=vector, recipe=recipe,
         storage=storage, study=study, sampler=sampler, mode=mode, max_medical_drop=max_medical_drop,
-        max_over_refusal=max_over_refusal, seed=seed,
+        max_over_refusal=max_over_refusal, seed=seed, origin=origin,
         out=out, merge_best=merge_best, device=device, dtype=dtype, batch_size=batch_size, heartbeat=heartbeat,
         progress=lambda msg: console.print(msg, soft_wrap=True),
     )
@@ -75,7 +78,67 @@ def search_command(
         Console(highlight=False).print(str(result.out))
         return
     summary = result.summary
-    table = Table(title=f"graft search: study {result.study!r}", show_header=True)
+    out_console = Console(highlight=False)
+    report = summary.get("report")
+    if report and report.get("models"):
+        out_console.print(report_table(report, result.study))
+        if report.get("best_uniform"):
+            out_console.print(f"best uniform λ: {report['best_uniform']} (the uniform baseline the search's own rule "
+                              "picks on the search's items)")
+        for line in comparison_lines(report):
+            out_console.print(line)
+    else:
+        out_console.print(trials_table(summary, result.study))
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary["counts"].items()))
+    out_console.print(f"trials: {counts}; this worker finished {len(result.ran)}")
+    out_console.print(f"outputs in {result.out} (best_recipe.yaml, pareto.csv, trials.csv, summary.json)"
+                      + (f"; merged checkpoint: {result.merged}" if result.merged else ""))
+
+
+def _pm(est: dict | None) -> str:
+    """A percentage with its standard error: '93.8 ± 2.1 %'."""
+    if not est or est.get("value") is None:
+        return "—"
+    return f"{100 * est['value']:.1f} ± {100 * est['se']:.1f} %"
+
+
+def _gap(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:+.1f}"
+
+
+def report_table(report: dict, study: str) -> Table:
+    """The searched recipe, λ = 0 and every uniform λ: held out (what a user will see), in sample (what the
+    search chose on) and the gap between them, each score with its standard error."""
+    held = report.get("split") is not None
+    title = (f"graft search {study!r}: HELD-OUT items (never scored by the search) beside the search's own "
+             f"(in sample); ± = standard error" if held else
+             f"graft search {study!r}: IN-SAMPLE figures only (holdout: 0); ± = standard error")
+    table = Table(title=title, show_header=True)
+    figures = list(report["figures"])
+    table.add_column("recipe")
+    for name in figures:
+        short = name.replace("over_refusal:", "over-refusal ").replace("over_refusal", "over-refusal")
+        if held:
+            table.add_column(f"{short} held out")
+        table.add_column(f"{short} in sample")
+        if held:
+            table.add_column("gap")
+    for label, m in report["models"].items():
+        cells = [label + (" *" if label == report.get("best_uniform") else "")]
+        for name in figures:
+            if held:
+                cells.append(_pm((m.get("held_out") or {}).get(name)))
+            cells.append(_pm((m.get("in_sample") or {}).get(name)))
+            if held:
+                cells.append(_gap((m.get("gap") or {}).get(name)))
+        table.add_row(*cells)
+    return table
+
+
+def trials_table(summary: dict, study: str) -> Table:
+    """Without a per-item report (an injected scorer): the study's own in-sample scores."""
+    table = Table(title=f"graft search: study {study!r} (in sample: the items the search chose on)",
+                  show_header=True)
     for column in ("", "trial", "safety", "medical", "drop"):
         table.add_column(column)
     for label, key in (("best", "best"), ("best searched", "best_searched"), ("λ = 0 (target)", "lambda0"),
@@ -84,9 +147,25 @@ def search_command(
         if row:
             name = f"{row['number']}" + (f" ({row['baseline']})" if row.get("baseline") else "")
             table.add_row(label, name, f"{row['safety']:.4f}", f"{row['medical']:.4f}", f"{row['medical_drop']:+.4f}")
-    out_console = Console(highlight=False)
-    out_console.print(table)
-    counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary["counts"].items()))
-    out_console.print(f"trials: {counts}; this worker finished {len(result.ran)}")
-    out_console.print(f"outputs in {result.out} (best_recipe.yaml, pareto.csv, trials.csv, summary.json)"
-                      + (f"; merged checkpoint: {result.merged}" if result.merged else ""))
+    return table
+
+
+def comparison_lines(report: dict) -> list[str]:
+    """searched − best uniform and searched − λ = 0, paired over the same items, with intervals."""
+    where = "held out" if report.get("part") == "held_out" else "in sample"
+    lines = []
+    for pair, figs in report.get("comparisons", {}).items():
+        parts = []
+        for name, c in figs.items():
+            if c is None:
+                continue
+            short = name.replace("over_refusal", "over-refusal")
+            parts.append(f"{short} {100 * c['value']:+.1f} ± {100 * c['se']:.1f} (95 %: {100 * c['low']:+.1f} to "
+                         f"{100 * c['high']:+.1f}; as good or better in {100 * (c['confidence'] or 0):.0f} % of "
+                         "bootstrap resamples)")
+        lines.append(f"{pair} ({where}, paired): " + "; ".join(parts))
+    if "not_dominated" in report:
+        beaten = report.get("uniform_at_least_as_good") or []
+        lines.append(f"no uniform λ at least as good on every figure ({where}): "
+                     + ("yes" if report["not_dominated"] else f"NO ({', '.join(beaten)})"))
+    return lines

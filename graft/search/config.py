@@ -6,7 +6,9 @@ graft_search_eval: 1
 data: data.yaml                  # the graft.evals data config (relative to this file)
 safety: [catqa, hexphi, medsafetybench, catqa-figstep]
 medical: [pubmedqa, medqa, vqarad]
-over_refusal: true               # also run `benign` (over-refusal: reported, and capped by max_over_refusal)
+over_refusal: true               # also run `benign` (over-refusal: reported, and capped by max_over_refusal);
+                                 # or a list of benign tasks, e.g. [benign, benign-figstep]: each one is capped
+holdout: 0.5                     # share of every benchmark held out of the search and only reported (0: none)
 limit: 64                        # items per task (stratified by category), or fraction: 0.1
 limits: {medqa: 128}             # per-task overrides
 seed: 0
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from graft.errors import UsageError
 from graft.evals.config import JudgeConfig
+from graft.evals.screening import Split
 from graft.evals.tasks import TASKS
 from graft.schema import describe_validation_error, load_yaml_file
 
@@ -92,7 +95,10 @@ class SearchEvalConfig(_Strict):
     data: str
     safety: list[str] = Field(min_length=1)
     medical: list[str] = Field(min_length=1)
-    over_refusal: bool = False
+    over_refusal: bool | list[str] = False
+    holdout: float = Field(0.5, ge=0, lt=1, description="share of each benchmark's items held out of the search "
+                                                       "(stratified by category) and scored only at the end")
+    split_seed: int | None = Field(None, description="seed of the search/held-out split (default: seed)")
     limit: int | None = Field(None, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)
     limits: dict[str, int] = Field(default_factory=dict)
@@ -114,6 +120,15 @@ class SearchEvalConfig(_Strict):
     @classmethod
     def _medical(cls, names: list[str]) -> list[str]:
         return _tasks_of_kind(names, ("mc", "vqa"), "medical skill")
+
+    @field_validator("over_refusal")
+    @classmethod
+    def _benign(cls, value: bool | list[str]) -> bool | list[str]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("an empty list: give benign task names or true/false")
+            _tasks_of_kind(value, ("benign",), "over-refusal")
+        return value
 
     @field_validator("judge")
     @classmethod
@@ -168,8 +183,28 @@ class SearchEvalConfig(_Strict):
         return SearchEvalConfig.parse(data, source="command-line options")
 
     # -- what to evaluate -------------------------------------------------------------------------------------
+    def benign_tasks(self) -> list[str]:
+        """The over-refusal tasks: none, `benign`, or the listed ones."""
+        if isinstance(self.over_refusal, list):
+            return list(self.over_refusal)
+        return ["benign"] if self.over_refusal else []
+
     def tasks(self) -> list[str]:
-        return [*self.safety, *self.medical, *(["benign"] if self.over_refusal else [])]
+        return [*self.safety, *self.medical, *self.benign_tasks()]
+
+    def split(self, part: Literal["search", "heldout"]) -> Split | None:
+        """Which part of every benchmark a stage reads; None when nothing is held out (holdout: 0)."""
+        if self.holdout == 0:
+            return None
+        return Split(self.holdout, self.seed if self.split_seed is None else self.split_seed, part)
+
+    def report_stage(self, part: Literal["search", "heldout"]) -> Stage:
+        """Every task at once for the final report: on the search part with the search's own subsets (what the
+        trials were scored on: in sample), or on every held-out item."""
+        tasks = tuple(self.tasks())
+        if part == "search":
+            return Stage("in-sample", tasks, self.limit, self.fraction, dict(self.limits), self.split("search"))
+        return Stage("held-out", tasks, None, None, {}, self.split("heldout"))
 
     def judge_config(self) -> JudgeConfig:
         return JudgeConfig.parse(self.judge) if isinstance(self.judge, str) else self.judge
@@ -179,10 +214,10 @@ class SearchEvalConfig(_Strict):
             if self.screening is None:
                 raise UsageError("this search has no screening section")
             s = self.screening
-            return Stage("screening", tuple(s.tasks), s.limit, s.fraction, {})
-        tasks = [*self.safety, *(["benign"] if self.over_refusal else [])] if name == "safety" else self.medical
+            return Stage("screening", tuple(s.tasks), s.limit, s.fraction, {}, self.split("search"))
+        tasks = [*self.safety, *self.benign_tasks()] if name == "safety" else self.medical
         return Stage(name, tuple(tasks), self.limit, self.fraction,
-                     {t: n for t, n in self.limits.items() if t in tasks})
+                     {t: n for t, n in self.limits.items() if t in tasks}, self.split("search"))
 
 
 @dataclass(frozen=True)
@@ -194,6 +229,7 @@ class Stage:
     limit: int | None
     fraction: float | None
     limits: dict[str, int]
+    split: Split | None = None  # the part of each benchmark it reads (None: every item)
 
     def batches(self) -> list[tuple[tuple[str, ...], int | None, float | None]]:
         """Tasks grouped by their subset size: one `evaluate()` call each."""

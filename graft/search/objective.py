@@ -37,6 +37,14 @@ class Scorer(Protocol):
     def score(self, coefficients: Coefficients, stage: Stage) -> dict[str, float]: ...
 
 
+class ItemScorer(Scorer, Protocol):
+    """A scorer that can also give per-item outcomes ({task: {item id: outcome in [0, 1]}}): what the final
+    in-sample / held-out report and its intervals need. `operator` is the graft operator (space key `operator`)."""
+
+    def items(self, coefficients: Coefficients, stage: Stage, *, operator: str = "linear"
+              ) -> dict[str, dict[str, float]]: ...
+
+
 def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
@@ -121,8 +129,11 @@ class TrialScores:
 
 
 def summarize(scores: Mapping[str, float], config: SearchEvalConfig) -> TrialScores:
-    """Safety and medical are plain means over the configured tasks (each task weighs the same)."""
-    over = 1.0 - scores["benign"] if config.over_refusal and "benign" in scores else None
+    """Safety and medical are plain means over the configured tasks (each task weighs the same); over-refusal is
+    the highest share refused over the benign tasks (text prompts, and prompts typed into images when listed), so
+    a cap on it caps each of them."""
+    refused = [1.0 - scores[t] for t in config.benign_tasks() if t in scores]
+    over = max(refused) if refused else None
     return TrialScores(dict(scores), mean([scores[t] for t in config.safety]),
                        mean([scores[t] for t in config.medical]), over)
 
@@ -144,6 +155,8 @@ class TrialLike(Protocol):
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
                       log: bool = False) -> float: ...
 
+    def suggest_categorical(self, name: str, choices: Sequence[str]) -> str: ...
+
 
 class TrialObjective:
     """Runs one trial: parameters → coefficients → (screening) → safety and medical scores → values.
@@ -164,10 +177,15 @@ class TrialObjective:
         started = time.perf_counter()
         baseline = trial.user_attrs.get("baseline")
         coefficients = self.space.suggest(trial, self.num_layers)
+        operator = self.space.suggest_operator(trial)
         trial.set_user_attr("coefficients", coefficients.model_dump(mode="json"))
+        trial.set_user_attr("operator", operator)
+        # A scorer written before operators existed takes (coefficients, stage): pass the operator only when the
+        # space sets one.
+        extra = {} if operator is None else {"operator": operator}
         scores: dict[str, float] = {}
         if self.config.screening is not None:
-            screened = self.scorer.score(coefficients, self.config.stage("screening"))
+            screened = self.scorer.score(coefficients, self.config.stage("screening"), **extra)
             screening = mean([screened[t] for t in self.config.screening.tasks])
             trial.set_user_attr("screening", screening)
             verdict = None if baseline else screening_verdict(screening, self.incumbent(), self.config)
@@ -176,8 +194,8 @@ class TrialObjective:
                 trial.set_user_attr("pruned", verdict)
                 trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
                 raise Pruned(verdict)
-        scores.update(self.scorer.score(coefficients, self.config.stage("safety")))
-        scores.update(self.scorer.score(coefficients, self.config.stage("medical")))
+        scores.update(self.scorer.score(coefficients, self.config.stage("safety"), **extra))
+        scores.update(self.scorer.score(coefficients, self.config.stage("medical"), **extra))
         result = summarize(scores, self.config)
         objective = self.config.objective
         drop = medical_drop(result.medical, self.reference)
@@ -195,6 +213,6 @@ class TrialObjective:
         return values
 
 
-__all__ = ["Pruned", "Scorer", "TrialObjective", "TrialScores", "constraint_values", "constraints_of",
+__all__ = ["ItemScorer", "Pruned", "Scorer", "TrialObjective", "TrialScores", "constraint_values", "constraints_of",
            "directions", "is_feasible", "medical_drop", "objective_values", "screening_verdict", "selection_key",
            "summarize"]

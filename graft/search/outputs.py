@@ -27,7 +27,8 @@ from .evaluation import trial_recipe
 from .objective import constraint_values, is_feasible, selection_key
 from .space import Cell
 
-FILES = ("best_recipe.yaml", "pareto.csv", "pareto.json", "trials.csv", "trials.json", "summary.json")
+FILES = ("best_recipe.yaml", "pareto.csv", "pareto.json", "trials.csv", "trials.json", "summary.json",
+         "heldout.json")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class TrialRecord:
     retry_of: int | None = None
     pruned: str | None = None
     baseline_lambda: float | None = None  # the uniform λ of a baseline (0 for lambda0)
+    operator: str | None = None  # the graft operator (None: the base recipe's options)
 
     @property
     def rated(self) -> bool:
@@ -87,7 +89,7 @@ def record_of(trial: FrozenTrial) -> TrialRecord:
         seconds=attrs.get("seconds"), duration_s=duration,
         started=trial.datetime_start.isoformat() if trial.datetime_start else None, worker=attrs.get("worker"),
         retry_of=trial.system_attrs.get("failed_trial"), pruned=attrs.get("pruned"),
-        baseline_lambda=attrs.get("baseline_lambda"))
+        baseline_lambda=attrs.get("baseline_lambda"), operator=attrs.get("operator"))
 
 
 def records(trials: list[FrozenTrial]) -> list[TrialRecord]:
@@ -111,6 +113,13 @@ def best_of(recs: list[TrialRecord], objective: Objective) -> TrialRecord | None
     return max(rated, key=lambda r: r.key(objective)) if rated else None
 
 
+def best_uniform_of(recs: list[TrialRecord], objective: Objective) -> TrialRecord | None:
+    """THE best uniform λ (summary.json, the console, `graft demo`): the uniform baseline the search's own rule
+    would pick (`best_of`: every constraint met first, then safety, then medical), chosen on the same items as
+    the searched trial, so the two are chosen alike and compared alike (held out, when items are held out)."""
+    return best_of([r for r in recs if r.baseline and r.baseline != "lambda0"], objective)
+
+
 def lambda_cells(coefficients: dict[str, Any] | None, num_layers: int, cells: list[Cell]) -> dict[str, float]:
     """λ on every (layer, group) the vector holds: 'lam.attn.03', ...; outside the layer stack 'lam.embed'."""
     if coefficients is None:
@@ -128,7 +137,8 @@ def _brief(r: TrialRecord | None, objective: Objective) -> dict[str, Any] | None
         return None
     return {"number": r.number, "baseline": r.baseline, "baseline_lambda": r.baseline_lambda, "safety": r.safety,
             "medical": r.medical, "medical_drop": r.medical_drop, "over_refusal": r.over_refusal,
-            "feasible": r.feasible(objective), "values": r.values, "coefficients": r.coefficients}
+            "feasible": r.feasible(objective), "values": r.values, "coefficients": r.coefficients,
+            "operator": r.operator}
 
 
 def _gain(best: TrialRecord | None, other: TrialRecord | None) -> dict[str, float | None] | None:
@@ -144,7 +154,7 @@ def summarize(recs: list[TrialRecord], objective: Objective, *, meta: dict[str, 
     uniform = [r for r in recs if r.baseline and r.baseline != "lambda0"]
     lambda0 = next((r for r in recs if r.baseline == "lambda0" and r.rated), None)
     best, best_searched, best_uniform = best_of(recs, objective), best_of(searched, objective), \
-        best_of(uniform, objective)
+        best_uniform_of(uniform, objective)
     return {
         **meta,
         "objective": objective.model_dump(),
@@ -162,7 +172,8 @@ def summarize(recs: list[TrialRecord], objective: Objective, *, meta: dict[str, 
 
 def _row(r: TrialRecord, num_layers: int, cells: list[Cell], objective: Objective) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "number": r.number, "state": r.state, "baseline": r.baseline, "safety": r.safety, "medical": r.medical,
+        "number": r.number, "state": r.state, "baseline": r.baseline, "operator": r.operator, "safety": r.safety,
+        "medical": r.medical,
         "medical_drop": r.medical_drop, "feasible": r.feasible(objective), "over_refusal": r.over_refusal,
         "screening": r.screening, "pruned": r.pruned,
         **{f"value_{i}": v for i, v in enumerate(r.values or [])},
@@ -194,10 +205,12 @@ def _json(data: Any) -> str:
 
 
 def write_outputs(out: Path, trials: list[FrozenTrial], *, base: Recipe, objective: Objective, num_layers: int,
-                  cells: list[Cell], meta: dict[str, Any]) -> dict[str, Any]:
-    """Write every output file into `out` (each replaced atomically) and return the summary."""
+                  cells: list[Cell], meta: dict[str, Any], report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write every output file into `out` (each replaced atomically) and return the summary (with the in-sample /
+    held-out `report` of graft.search.report when there is one)."""
     recs = records(trials)
     summary = summarize(recs, objective, meta=meta)
+    summary["report"] = report
     best = best_of(recs, objective)
     rows = [_row(r, num_layers, cells, objective) for r in recs]
     front = pareto_front(recs)
@@ -211,7 +224,7 @@ def write_outputs(out: Path, trials: list[FrozenTrial], *, base: Recipe, objecti
                   .to_csv(index=False))
     recipe_file = out / "best_recipe.yaml"
     if best is not None and best.coefficients is not None:
-        recipe = trial_recipe(base, Coefficients.model_validate(best.coefficients))
+        recipe = trial_recipe(base, Coefficients.model_validate(best.coefficients), best.operator)
         what = f"baseline {best.baseline}" if best.baseline else "searched"
         recipe = recipe.model_copy(update={"description": (
             f"graft search, study {meta.get('study')!r}: trial {best.number} ({what}), safety {best.safety:.4f}, "
@@ -230,5 +243,5 @@ def write_outputs(out: Path, trials: list[FrozenTrial], *, base: Recipe, objecti
     return summary
 
 
-__all__ = ["FILES", "TrialRecord", "best_of", "lambda_cells", "pareto_front", "records", "summarize",
+__all__ = ["FILES", "TrialRecord", "best_of", "best_uniform_of", "lambda_cells", "pareto_front", "records", "summarize",
            "write_outputs"]

@@ -16,16 +16,17 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from graft.errors import OutputError, UsageError
-from graft.evals.tasks import TASKS
 from graft.guard import adopt_legacy_folder, make_output_folder
 from graft.hub import looks_like_hub_id
 from graft.recipe import Recipe
 
 from .config import SearchEvalConfig
+from .evaluation import check_operators
 from .objective import Scorer, TrialObjective, directions, mean, uses_constraints
 from .outputs import write_outputs
 from .space import SAMPLERS, Cell, SearchSpace
 from .study import (
+    METADATA_KEY,
     REFERENCE_KEY,
     Baseline,
     budget_state,
@@ -41,6 +42,7 @@ from .study import (
 MARKER = "search.json"  # says a folder is a graft search's output (so --out never writes into a stranger's)
 DB_FILE = "graft.db"
 CACHE_FILE = "verdicts.sqlite"
+HELDOUT_FILE = "heldout.json"  # per-item outcomes behind summary.json's in-sample / held-out report
 
 
 @dataclass(frozen=True)
@@ -79,13 +81,16 @@ def run_search(
     batch_size: int | None = None,
     heartbeat: int = 60,
     grace_period: int | None = None,
+    origin: str | None = None,
     scorer: Scorer | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Run (or join, or resume) a coefficient search; see docs/search.md.
 
     `trials` is the number of finished trials the *study* should reach, baselines included, whoever runs them.
-    `scorer` replaces the resident graft + evaluation suite (tests and custom metrics use it).
+    `scorer` replaces the resident graft + evaluation suite (tests and custom metrics use it); the final
+    in-sample / held-out report needs its `items` method (`ItemScorer`) and is skipped without one.
+    `origin` is the model the target was fine-tuned from (the orthogonal operator projects τ off target − origin).
     """
     say = progress or (lambda _msg: None)
     the_space = space if isinstance(space, SearchSpace) else SearchSpace.from_yaml(space)
@@ -99,7 +104,8 @@ def run_search(
         raise UsageError(f"--trials {trials}: expected a positive number of finished trials")
     objective = config.objective
     make_sampler(sampler_name, seed=seed, mode=objective.mode, constraints=None)  # refuses pareto + cmaes now
-    base = _base_recipe(recipe, target, vector)
+    base = _base_recipe(recipe, target, vector, origin)
+    check_operators(base, the_space.operators())
     if dtype != "auto":  # the recipe then says exactly which weights were evaluated (merge writes that dtype)
         base = base.updated(options={"dtype": dtype})
     num_layers, cells = _vector_layout(base.vector or "")
@@ -118,6 +124,7 @@ def run_search(
         "evaluation": config.model_dump(mode="json", exclude={"data", "batch_size", "objective"}),
         "sampler": sampler_name, "num_layers": num_layers, "cells": [list(c) for c in cells],
         "target": base.target, "vector": base.vector,
+        "split": _split_attr(config),
     }
     constraints = sampler_constraints(objective) if uses_constraints(objective, sampler_name) else None
 
@@ -128,59 +135,126 @@ def run_search(
     the_study, created = open_study(rdb, study, directions=directions(objective), metadata=metadata,
                                     baselines=baselines, make=make)
     say(f"{'created' if created else 'joined'} study {study!r} in {redact(url)}; budget {trials} finished trials")
+    config = _study_split(the_study, config, created, say)
 
     ran: list[int] = []
-    if budget_state(the_study).finished < trials:
-        ran = _work(the_study, rdb, the_space, config, base, sampler_name, num_layers, baselines[0], trials, out,
-                    scorer, device, batch_size, say)
+    own_scorer = scorer is None
+    the_scorer = scorer
+    try:
+        if budget_state(the_study).finished < trials:
+            if the_scorer is None:
+                the_scorer = _suite_scorer(config, base, out, device, batch_size, say)
+            ran = _work(the_study, rdb, the_space, config, sampler_name, num_layers, baselines[0], trials, the_scorer,
+                        say)
+        trials_now = the_study.get_trials(deepcopy=False)
+        if the_scorer is None:  # a finished study, reported again: the cached verdicts make this cheap
+            the_scorer = _suite_scorer(config, base, out, device, batch_size, say)
+        report = _report(trials_now, config, objective, the_scorer, out, say)
+    finally:
+        if own_scorer and the_scorer is not None:
+            the_scorer.close()  # type: ignore[attr-defined]
 
     meta = {"study": study, "storage": redact(url), "sampler": sampler_name, "budget": trials,
-            "medical_reference": the_study.user_attrs.get(REFERENCE_KEY), "num_layers": num_layers}
-    summary = write_outputs(out, the_study.get_trials(deepcopy=False), base=base, objective=objective,
-                            num_layers=num_layers, cells=cells, meta=meta)
+            "medical_reference": the_study.user_attrs.get(REFERENCE_KEY), "num_layers": num_layers,
+            "split": _split_attr(config)}
+    summary = write_outputs(out, trials_now, base=base, objective=objective, num_layers=num_layers, cells=cells,
+                            meta=meta, report=report)
     merged = None
     if merge_best:
         merged = _merge_best(out)
     return SearchResult(study, redact(url), out, ran, summary, merged)
 
 
-def _work(study, storage, space: SearchSpace, config: SearchEvalConfig, base: Recipe, sampler: str,
-          num_layers: int, lambda0: Baseline, trials: int, out: Path, scorer: Scorer | None, device: str,
-          batch_size: int | None, say: Callable[[str], None]) -> list[int]:
-    resident = None
-    try:
-        if scorer is None:
-            from graft.resident import ResidentGraft
+def _suite_scorer(config: SearchEvalConfig, base: Recipe, out: Path, device: str, batch_size: int | None,
+                  say: Callable[[str], None]) -> Scorer:
+    from .evaluation import SuiteScorer
 
-            from .evaluation import SuiteScorer
+    return SuiteScorer(config, base, cache=out / CACHE_FILE, device=device, batch_size=batch_size, say=say)
 
-            say(f"loading {base.target} with the vector resident ({device})")
-            text_only = not any(TASKS[t].needs_image for t in config.tasks())
-            resident = ResidentGraft.from_recipe(base, device=device, batch_size=batch_size or config.batch_size,
-                                                 text_only=text_only)
-            the_scorer: Scorer = SuiteScorer(resident, config, base, cache=out / CACHE_FILE)
-        else:
-            the_scorer = scorer
-        reference = study.user_attrs.get(REFERENCE_KEY)
-        if reference is None:
-            say("scoring the target itself (λ = 0) on the medical tasks: the reference for the medical drop")
-            scores = the_scorer.score(space.coefficients(lambda0.params, num_layers), config.stage("medical"))
-            reference = mean([scores[t] for t in config.medical])
-            study.set_user_attr(REFERENCE_KEY, reference)
 
-        def incumbent() -> float | None:
-            done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            values = [t.user_attrs["screening"] for t in done if t.user_attrs.get("screening") is not None]
-            return max(values) if values else None
+def _split_attr(config: SearchEvalConfig) -> dict[str, Any]:
+    split = config.split("heldout")
+    return {"holdout": split.holdout, "seed": split.seed} if split else {"holdout": 0.0, "seed": None}
 
-        objective = TrialObjective(space, config, the_scorer, num_layers=num_layers, reference=reference,
-                                   sampler=sampler, incumbent=incumbent)
-        report = run_worker(study, storage, objective, trials, poll_s=min(1.0, storage.heartbeat_interval or 1),
-                            on_trial=lambda t: say(_describe(t)))
-        return report.ran
-    finally:
-        if resident is not None:
-            resident.close()
+
+def _study_split(study, config: SearchEvalConfig, created: bool, say: Callable[[str], None]) -> SearchEvalConfig:
+    """The split the study was created with wins: every worker and every resume scores the same search part. A
+    study from before splits existed searched on every item: it goes on so (holdout 0, figures in sample)."""
+    if created:
+        return config
+    stored = study.user_attrs.get(METADATA_KEY, {})
+    if "split" not in stored:
+        if config.holdout > 0:
+            say("this study was created before graft held items out: it goes on scoring every item (holdout 0); "
+                "its figures are in sample")
+        return config.model_copy(update={"holdout": 0.0, "split_seed": None})
+    split = stored["split"]
+    if float(split.get("holdout", 0.0)) != config.holdout or (
+            config.holdout > 0 and split.get("seed") != _split_attr(config)["seed"]):
+        raise UsageError(f"study {study.study_name!r} holds out {split.get('holdout')} of every benchmark (split "
+                         f"seed {split.get('seed')}), not {config.holdout} (seed {_split_attr(config)['seed']}); "
+                         "resume it with the same holdout and split_seed in eval.yaml, or choose another --study")
+    return config
+
+
+def _report(trials: list[FrozenTrial], config: SearchEvalConfig, objective, scorer: Scorer, out: Path,
+            say: Callable[[str], None]) -> dict[str, Any] | None:
+    """Score the searched recipe, λ = 0 and every uniform λ on the search's items and on the held-out ones;
+    write the per-item outcomes to heldout.json (anyone can recompute the figures from it)."""
+    from graft.recipe import Coefficients
+
+    from .outputs import _atomic_write, _json, best_of, best_uniform_of, records
+    from .report import build_report
+
+    if not hasattr(scorer, "items"):
+        say("the scorer gives no per-item outcomes: no in-sample / held-out report")
+        return None
+    recs = records(trials)
+    searched = best_of([r for r in recs if r.baseline is None], objective)
+    chosen = [("searched", searched)] if searched is not None else []
+    chosen += [(r.baseline, r) for r in recs if r.baseline and r.rated]
+    uniform = best_uniform_of(recs, objective)
+    if not chosen:
+        return None
+    parts = ["search", "heldout"] if config.holdout > 0 else ["search"]
+    say(f"report: scoring {len(chosen)} recipes on the search's items"
+        + (" and on the held-out ones" if len(parts) == 2 else " (nothing held out)"))
+    models: dict[str, dict[str, Any]] = {}
+    for label, r in chosen:
+        c = Coefficients.model_validate(r.coefficients)
+        entry: dict[str, Any] = {"trial": r.number, "baseline": r.baseline, "operator": r.operator,
+                                 "coefficients": r.coefficients}
+        for part in parts:
+            extra = {} if r.operator is None else {"operator": r.operator}
+            entry["in_sample" if part == "search" else "held_out"] = scorer.items(  # type: ignore[attr-defined]
+                c, config.report_stage(part), **extra)
+        models[label] = entry
+    report = build_report(models, config, searched="searched" if searched is not None else None,
+                          best_uniform=uniform.baseline if uniform is not None else None)
+    report["best_uniform"] = uniform.baseline if uniform is not None else None
+    _atomic_write(out / HELDOUT_FILE, _json({"split": report["split"], "models": models}))
+    return report
+
+
+def _work(study, storage, space: SearchSpace, config: SearchEvalConfig, sampler: str, num_layers: int,
+          lambda0: Baseline, trials: int, the_scorer: Scorer, say: Callable[[str], None]) -> list[int]:
+    reference = study.user_attrs.get(REFERENCE_KEY)
+    if reference is None:
+        say("scoring the target itself (λ = 0) on the medical tasks: the reference for the medical drop")
+        scores = the_scorer.score(space.coefficients(lambda0.params, num_layers), config.stage("medical"))
+        reference = mean([scores[t] for t in config.medical])
+        study.set_user_attr(REFERENCE_KEY, reference)
+
+    def incumbent() -> float | None:
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        values = [t.user_attrs["screening"] for t in done if t.user_attrs.get("screening") is not None]
+        return max(values) if values else None
+
+    objective = TrialObjective(space, config, the_scorer, num_layers=num_layers, reference=reference,
+                               sampler=sampler, incumbent=incumbent)
+    report = run_worker(study, storage, objective, trials, poll_s=min(1.0, storage.heartbeat_interval or 1),
+                        on_trial=lambda t: say(_describe(t)))
+    return report.ran
 
 
 def _describe(trial: FrozenTrial) -> str:
@@ -192,7 +266,8 @@ def _describe(trial: FrozenTrial) -> str:
             f"(drop {a.get('medical_drop', float('nan')):+.4f}), {a.get('seconds', 0):.1f} s")
 
 
-def _base_recipe(recipe: Recipe | str | Path | None, target: str | None, vector: str | None) -> Recipe:
+def _base_recipe(recipe: Recipe | str | Path | None, target: str | None, vector: str | None,
+                 origin: str | None = None) -> Recipe:
     """The recipe every trial varies the coefficients of; local paths made absolute so best_recipe.yaml works
     from anywhere."""
     base = recipe if isinstance(recipe, Recipe) else (Recipe.from_yaml(recipe) if recipe else Recipe())
@@ -206,7 +281,7 @@ def _base_recipe(recipe: Recipe | str | Path | None, target: str | None, vector:
             return value
         return str(Path(value).expanduser().resolve())
 
-    options = base.options.model_copy(update={"origin": absolute(base.options.origin)})
+    options = base.options.model_copy(update={"origin": absolute(origin or base.options.origin)})
     return base.model_copy(update={"target": absolute(base.target), "vector": absolute(base.vector),
                                    "options": options})
 

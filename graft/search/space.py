@@ -13,7 +13,7 @@ trial without them would switch the model off).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Literal, Protocol, get_args
 
@@ -28,6 +28,10 @@ SPACE_VERSION = 1
 SamplerName = Literal["cmaes", "tpe", "gp", "nsga2", "random"]
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 DepthKind = Literal["layers", "blocks", "control_points"]
+# Graft operators a space may choose between (graft.search.evaluation.operator_options maps each to recipe options).
+OperatorName = Literal["linear", "orthogonal"]
+OPERATORS: tuple[str, ...] = get_args(OperatorName)
+OPERATOR_PARAM = "operator"
 DEFAULT_UNIFORM_GRID = (0.25, 0.5, 0.75, 1.0)
 # A (layer, group) pair the vector holds; layer None = outside the layer stack (embeddings, head, final norm).
 Cell = tuple[int | None, Group]
@@ -38,6 +42,8 @@ class SuggestsFloats(Protocol):
 
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
                       log: bool = False) -> float: ...
+
+    def suggest_categorical(self, name: str, choices: Sequence[str]) -> str: ...
 
 
 class _Strict(BaseModel):
@@ -125,6 +131,19 @@ class Baselines(_Strict):
         return values
 
 
+class OperatorChoice(_Strict):
+    """`operator: {choice: [linear, orthogonal]}`: each trial draws its graft operator (a categorical parameter)."""
+
+    choice: list[OperatorName] = Field(min_length=1)
+
+    @field_validator("choice")
+    @classmethod
+    def _distinct(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError("operators listed twice")
+        return values
+
+
 class SearchSpace(_Strict):
     """A coefficient search space (see search_spaces/README.md for the file format)."""
 
@@ -134,12 +153,15 @@ class SearchSpace(_Strict):
     scale: Value = 1.0
     depth: Depth | None = None
     groups: dict[Group, Value] = Field(default_factory=dict)
+    operator: OperatorName | OperatorChoice | None = Field(
+        None, description="graft operator: linear (θ + λτ), orthogonal (τ projected off target − origin), a "
+                          "{choice: [...]} searched per trial, or unset: as the base recipe's options say")
     baselines: Baselines = Field(default_factory=Baselines)
 
     @model_validator(mode="after")
     def _something_to_search(self) -> SearchSpace:
         searched = isinstance(self.scale, Range) or self.depth is not None or any(
-            isinstance(v, Range) for v in self.groups.values())
+            isinstance(v, Range) for v in self.groups.values()) or len(self.operators()) > 1
         if not searched:
             raise ValueError("nothing to search: give scale, depth or a group a range {low: .., high: ..}")
         return self
@@ -209,6 +231,28 @@ class SearchSpace(_Strict):
                   for g, v in self.groups.items()}
         return Coefficients(scale=float(scale), groups=groups, **depth)
 
+    # -- the graft operator -------------------------------------------------------------------------------------
+    def operators(self) -> tuple[str, ...]:
+        """The operators trials may use; empty when the space leaves it to the base recipe."""
+        if self.operator is None:
+            return ()
+        return tuple(self.operator.choice) if isinstance(self.operator, OperatorChoice) else (self.operator,)
+
+    def suggest_operator(self, trial: SuggestsFloats) -> str | None:
+        """The trial's operator (None: the base recipe's); drawn only when the space offers a choice."""
+        ops = self.operators()
+        if len(ops) > 1:
+            return trial.suggest_categorical(OPERATOR_PARAM, list(ops))
+        return ops[0] if ops else None
+
+    def baseline_operator(self) -> dict[str, str]:
+        """The operator parameter of the baselines: uniform λ is the plain linear graft whenever the space offers
+        it (RESTA's answer, what `graft merge --scale` does)."""
+        ops = self.operators()
+        if len(ops) <= 1:
+            return {}
+        return {OPERATOR_PARAM: "linear" if "linear" in ops else ops[0]}
+
     # -- baselines ----------------------------------------------------------------------------------------------
     def in_scope(self, group: Group) -> bool:
         """Whether the space may graft this group at all (a group fixed at 0 is outside its scope)."""
@@ -260,9 +304,10 @@ class SearchSpace(_Strict):
         """(name, λ, parameters) of every baseline, λ = 0 first."""
         cells = list(cells)
         values = [0.0, *[v for v in self.baselines.uniform if v != 0.0]]
-        return [("lambda0" if v == 0 else f"uniform_{v:g}", v, self.uniform_params(v, num_layers, cells,
-                                                                                   source=source))
+        return [("lambda0" if v == 0 else f"uniform_{v:g}", v,
+                 {**self.uniform_params(v, num_layers, cells, source=source), **self.baseline_operator()})
                 for v in values]
 
 
-__all__ = ["SAMPLERS", "Baselines", "Cell", "Depth", "Range", "SamplerName", "SearchSpace"]
+__all__ = ["OPERATORS", "SAMPLERS", "Baselines", "Cell", "Depth", "OperatorChoice", "Range", "SamplerName",
+           "SearchSpace"]

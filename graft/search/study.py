@@ -201,6 +201,11 @@ def _normalised(key: str, value: Any) -> Any:
     if key == "objective" and isinstance(value, dict):
         with suppress(ValueError):
             return Objective.model_validate(value).model_dump()
+    if key == "space" and isinstance(value, dict):
+        from .space import SearchSpace
+
+        with suppress(ValueError):
+            return SearchSpace.model_validate(value).model_dump(mode="json")
     return value
 
 

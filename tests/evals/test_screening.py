@@ -71,3 +71,22 @@ def test_cache_roundtrip(tmp_path):
     cache.put_many({k1: {"response": "x", "verdict": {"harmful": True}}})
     assert cache.get_many([k1, "missing"]) == {k1: {"response": "x", "verdict": {"harmful": True}}}
     cache.close()
+
+
+def test_holdout_split_is_disjoint_complete_stratified_and_seeded():
+    from graft.evals.screening import Split
+
+    items = _items({"a": 21, "b": 10, "c": 1})
+    search, held = Split(0.5, 4, "search").apply(items), Split(0.5, 4, "heldout").apply(items)
+    assert not {i.id for i in search} & {i.id for i in held}
+    assert sorted(i.id for i in search + held) == sorted(i.id for i in items)
+    # Each category split in its own share (largest remainder); a one-item category stays in the search part.
+    assert Counter(i.category for i in held) == {"a": 10, "b": 5} or Counter(i.category for i in held) == {
+        "a": 11, "b": 5}
+    assert search == Split(0.5, 4, "search").apply(items) and search != Split(0.5, 5, "search").apply(items)
+    # Limits then apply within a part: a subset of the search part never reaches a held-out item.
+    assert {i.id for i in stratified_subset(search, limit=6, seed=0)} <= {i.id for i in search}
+    with pytest.raises(UsageError, match="too few to hold any out"):
+        Split(0.5, 0, "heldout").apply(_items({"a": 1}))
+    with pytest.raises(UsageError, match="holdout"):
+        Split(1.0, 0, "search")
