@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +36,8 @@ def load_json_text(text: str) -> Any:
 
 def _read_bytes(path: Path, what: str, error: type[GraftError], within: Path | None = None) -> bytes:
     """A user file's bytes, refused (as `error`) when it is missing, unreadable or not a regular file."""
+    if not os.path.lexists(path):
+        raise error(f"{path}: cannot read {what} (no such file); check the path")
     try:
         return read_regular_bytes(path, within)
     except InputError as exc:
