@@ -217,11 +217,15 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
     console.print(f"base {world.base}\naligned {world.aligned}\nmedical VLM (HF LLaVA) {world.medical}\n"
                   f"benchmarks (held out of training) {world.data}")
     data = DataConfig.from_yaml(world.data)
-    safety = (*SAFETY_TASKS, *available(FIGSTEP_TASKS, data))
-    benign = (*BENIGN_TASKS, *available(IMAGE_BENIGN_TASKS, data))
+    figstep_tasks = available(FIGSTEP_TASKS, data)
+    image_benign = available(IMAGE_BENIGN_TASKS, data)
+    # The FigStep sets join the search's safety objective only where benign prompts typed the same way can cap
+    # image over-refusal: without that cap, refusing every image would score as safe.
+    safety = (*SAFETY_TASKS, *(figstep_tasks if image_benign else ()))
+    benign = (*BENIGN_TASKS, *image_benign)
     medical_tasks = (*TEXT_MEDICAL, *IMAGE_MEDICAL)
     text_tasks = [*SAFETY_TASKS, *BENIGN_TASKS, *TEXT_MEDICAL]
-    all_tasks = [*safety, *benign, *medical_tasks]
+    all_tasks = [*SAFETY_TASKS, *figstep_tasks, *benign, *medical_tasks]
     parts = {"held_out": Split(holdout, seed, "heldout"), "in_sample": Split(holdout, seed, "search")} \
         if holdout > 0 else {"all": None}
     console.print(f"split: {100 * holdout:.0f} % of every benchmark held out of the search (seed {seed}); "
@@ -323,10 +327,10 @@ def _search(world, vector: Path, out: Path, medical: ModelScores, scales: Sequen
             limit: int | None, device: str, seed: int, holdout: float, safety: Sequence[str],
             benign: Sequence[str], space: Mapping[str, Any] | None, sampler: str | None,
             say: Callable[[str], None]):
-    """A constrained search on the search part: maximise safety (text and FigStep sets when the world has them)
-    while keeping ≥ 98 % of the medical model's medical score and refusing at most 10 % of benign requests (each
-    benign task). The origin of the orthogonal operator is the aligned model, which the medical model's language
-    model was fine-tuned from."""
+    """A constrained search on the search part: maximise safety (the text sets; the FigStep sets too where benign
+    typed images cap image over-refusal) while keeping ≥ 98 % of the medical model's medical score and refusing at
+    most 10 % of benign requests (each benign task). The origin of the orthogonal operator is the aligned model,
+    which the medical model's language model was fine-tuned from."""
     from graft.search import run_search
     from graft.search.config import SearchEvalConfig
     from graft.search.space import SearchSpace
