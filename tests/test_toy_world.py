@@ -236,12 +236,16 @@ def test_demo_verdict_is_held_out_and_recomputes_from_the_items(toy_world, tmp_p
         assert c["met"] == (c["value"] <= c["bar"] if c["name"].startswith("over-refusal") else
                             c["value"] >= c["bar"])
 
-    def figures(o):
-        return (_task_mean(o, SAFETY), _task_mean(o, medical_tasks), 1 - _task_mean(o, ["benign"]))
+    refusal_sets = [[t] for t in ("benign", "benign-figstep") if t in held["searched"]]  # text, and typed images
 
-    s = figures(held["searched"])
-    as_good = sorted(m for m in ("graft-1",) if (lambda u: u[0] >= s[0] and u[1] >= s[1]
-                                                             and u[2] <= s[2])(figures(held[m])))
+    def figures(o):
+        return (_task_mean(o, SAFETY), _task_mean(o, medical_tasks), *(1 - _task_mean(o, t) for t in refusal_sets))
+
+    def at_least_as_good(u, s):
+        higher_better = u[0] >= s[0] - 1e-12 and u[1] >= s[1] - 1e-12
+        return higher_better and all(a <= b + 1e-12 for a, b in zip(u[2:], s[2:], strict=True))
+
+    as_good = sorted(m for m in ("graft-1",) if at_least_as_good(figures(held[m]), figures(held["searched"])))
     assert sorted(verdict["uniform_at_least_as_good"]) == as_good
     assert verdict["met"] == (all(c["met"] for c in checks.values()) and not as_good)
     # One definition of the best uniform λ: summary.json's, shown by the demo.
