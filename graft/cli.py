@@ -343,6 +343,9 @@ def merge(
         help="Bytes of a tensor processed at once (bounds memory); default 8MB on CPU, 64MB on CUDA.")] = None,
     strict: StrictOpt = None,
     allow_partial: PartialOpt = None,
+    results: Annotated[Path | None, typer.Option(
+        "--results", help="A `graft eval` results.json of this graft: its scores go into the model card "
+                          "(model-index).")] = None,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -365,7 +368,7 @@ def merge(
                 print_plan_summary(the_plan, stderr)
 
         result = run_merge(spec, force=force, progress=lambda n: progress.advance(task, n), on_plan=started,
-                           on_warning=_warn)
+                           on_warning=_warn, results=results)
     if quiet:
         stdout.print(str(result.out))
         return
