@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from graft.display import shown
+
 from .tasks import SUITES, TASKS, samples_path
 
 
@@ -65,4 +67,4 @@ def eval_command(
     for name, why in results.skipped.items():
         table.add_row(name, "skipped", "-", why, "-")
     console.print(table)
-    console.print(f"wrote {out} and {samples_path(out)}")
+    console.print(f"wrote {shown(out)} and {shown(samples_path(out))}")

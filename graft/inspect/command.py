@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from graft.display import shown
 from graft.errors import UsageError
 
 stdout = Console(highlight=False)
@@ -69,7 +70,7 @@ def inspect_command(
         on_warning=lambda note: stderr.print(f"[yellow]warning:[/] {note}", soft_wrap=True))
     if quiet:
         if found.report is not None:
-            stdout.print(str(found.report.out))
+            stdout.print(shown(found.report.out))
         return
     choice = found.choice
     if choice is not None:
@@ -77,7 +78,7 @@ def inspect_command(
                      f"{_fmt(choice.safety)}, medical {_fmt(choice.medical)})")
     _print_top(found.table(), top, with_target=found.with_target)
     if found.report is not None:
-        stdout.print(f"wrote {len(found.report.files)} files to {found.report.out}")
+        stdout.print(f"wrote {len(found.report.files)} files to {shown(found.report.out)}")
 
 
 def _fmt(value: Any) -> str:
