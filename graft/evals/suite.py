@@ -94,12 +94,14 @@ def evaluate(
     out: str | Path | None = None,
     force: bool = False,
     progress: Callable[[str], None] | None = None,
+    trust_remote_code: bool = False,
 ) -> EvalResults:
     """Evaluate a model folder (or a loaded `Engine`, e.g. a resident graft in a search) on tasks or a suite.
 
     `cache` is a SQLite file of finished per-sample records keyed by the weights' identity: `cache_key` when
     given (e.g. a search's recipe hash, which costs nothing), else a content hash of every weight. `rest` scores
     the items the limit/fraction subset leaves out instead (report on what a search did not see).
+    `trust_remote_code` lets transformers run Python code shipped in the model folder: only for a folder you trust.
 
     With `out` and no `cache`, finished tasks are kept in OUT-stem.partial.sqlite (a verdict cache, so keyed on
     the weights' content, the task, each item and every generation and judge setting) until the results are
@@ -134,7 +136,8 @@ def evaluate(
         if not task.needs_image and getattr(data, task.benchmark) is not None and task.benchmark not in loaded:
             loaded[task.benchmark] = LOADERS[task.benchmark](data.source(task.benchmark))
     engine = model if isinstance(model, Engine) else Engine.load(model, device=device, dtype=dtype,
-                                                                  batch_size=batch_size)
+                                                                  batch_size=batch_size,
+                                                                  trust_remote_code=trust_remote_code)
     results = EvalResults()
     run: list[Task] = []
     for name in names:

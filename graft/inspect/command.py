@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -95,11 +96,14 @@ def _print_top(table: Any, top: int, *, with_target: bool) -> None:
     theta = "‖θ‖" if with_target else "‖θ_base‖"
     title = f"top {len(shown)} of {len(table)} layer × group cells by {'|λ|·' if key == 'update_ratio' else ''}" \
             f"‖τ‖/{theta}"
+    # Headers break at spaces and cells fold, so an 80-column terminal shows every column whole (never "…").
     columns = [("layer", "layer"), ("group", "group"), ("n_tensors", "tensors"), ("tau_norm", "‖τ‖"),
-               ("ratio", f"‖τ‖/{theta}"), ("cos_tau_med", "cos(τ,τ_med)"), ("safelora_score", "Safe-LoRA"),
-               ("lam", "λ"), ("update_ratio", "|λ|·ratio")]
+               ("ratio", f"‖τ‖/ {theta}"), ("cos_tau_med", "cos(τ, τ_med)"), ("safelora_score", "Safe- LoRA"),
+               ("lam", "λ"), ("update_ratio", "|λ|· ratio")]
     columns = [(c, h) for c, h in columns if c in table.columns and (c in ("layer", "group") or table[c].notna().any())]
-    out = Table(*(h for _, h in columns), title=title)
+    out = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for _, header in columns:
+        out.add_column(header, overflow="fold")
     for _, row in shown.iterrows():
         cells = []
         for column, _ in columns:
