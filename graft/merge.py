@@ -60,7 +60,17 @@ def default_chunk_bytes(device: torch.device) -> int:
 
 
 def open_plan(recipe: Recipe) -> GraftPlan:
-    """Open the recipe's inputs (headers only) and build the plan; the caller closes plan.target etc."""
+    """Open the recipe's inputs (headers only) and build the plan; the caller closes it with `close_plan`.
+
+    Example::
+
+        import graft
+        plan = graft.open_plan(graft.Recipe(target="med-model", vector="vectors/safety"))
+        try:
+            print(len(plan.grafted), plan.problems(), plan.warnings())
+        finally:
+            graft.close_plan(plan)
+    """
     if not recipe.target or not recipe.vector:
         raise UsageError("a merge needs a target and a vector (--target/--vector or the recipe's target/vector)")
     target = Checkpoint.open(resolve_model(recipe.target, role="target"), role="target")

@@ -103,6 +103,12 @@ def evaluate(
     the items the limit/fraction subset leaves out instead (report on what a search did not see).
     `trust_remote_code` lets transformers run Python code shipped in the model folder: only for a folder you trust.
 
+    Example::
+
+        import graft
+        results = graft.evaluate("merged", suite="medical", data="data.yaml", limit=50)
+        results.benchmarks["pubmedqa"]["score"]
+
     With `out` and no `cache`, finished tasks are kept in OUT-stem.partial.sqlite (a verdict cache, so keyed on
     the weights' content, the task, each item and every generation and judge setting) until the results are
     written: a run that fails keeps them, and rerunning the same command scores only what is missing.
