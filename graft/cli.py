@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import signal
 import sys
 import threading
@@ -25,6 +26,7 @@ from rich.table import Table
 
 from graft import __version__
 from graft.demo import DEMO_HOLDOUT, DEMO_SCALES, DEMO_TRIALS
+from graft.display import shown
 from graft.errors import EXIT_CODES, GraftError, UsageError
 from graft.evals.command import eval_command
 from graft.guard import write_file
@@ -36,7 +38,8 @@ from graft.writer import human_size
 app = typer.Typer(
     name="graft",
     help="Graft a safety task vector layer-wise into (medical, multimodal) LLM checkpoints.\n\n"
-    "Exit codes: " + "; ".join(f"{code} {text.split(':')[0]}" for code, text in EXIT_CODES.items()),
+    "Exit codes: " + "; ".join(f"{code} {re.split(r' [(]|:', text, maxsplit=1)[0]}"
+                               for code, text in EXIT_CODES.items()),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -255,7 +258,7 @@ def extract(
     manifest = result.manifest
     if not quiet:
         table = Table(title="graft extract", show_header=False)
-        table.add_row("vector", str(result.out))
+        table.add_row("vector", shown(result.out))
         table.add_row("tensors", f"{len(manifest.tensors)} ({manifest.num_layers} layers, backbone "
                                  f"'{manifest.backbone_prefix}')")
         table.add_row("‖τ‖", f"{manifest.total_norm:.6g}" if manifest.total_norm is not None else
@@ -267,7 +270,7 @@ def extract(
             table.add_row("skipped (not floating point)", ", ".join(result.skipped[:5]))
         stdout.print(table)
     else:
-        stdout.print(str(result.out))
+        stdout.print(shown(result.out))
 
 
 @app.command()
@@ -343,6 +346,9 @@ def merge(
         help="Bytes of a tensor processed at once (bounds memory); default 8MB on CPU, 64MB on CUDA.")] = None,
     strict: StrictOpt = None,
     allow_partial: PartialOpt = None,
+    results: Annotated[Path | None, typer.Option(
+        "--results", help="A `graft eval` results.json of this graft: its scores go into the model card "
+                          "(model-index).")] = None,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -365,12 +371,12 @@ def merge(
                 print_plan_summary(the_plan, stderr)
 
         result = run_merge(spec, force=force, progress=lambda n: progress.advance(task, n), on_plan=started,
-                           on_warning=_warn)
+                           on_warning=_warn, results=results)
     if quiet:
-        stdout.print(str(result.out))
+        stdout.print(shown(result.out))
         return
     table = Table(title="graft merge", show_header=False)
-    table.add_row("output", str(result.out))
+    table.add_row("output", shown(result.out))
     table.add_row("tensors", f"{result.grafted} grafted, {result.copied} copied unchanged")
     table.add_row("written", f"{human_size(result.bytes_written)} in {result.seconds:.1f} s on {result.device}")
     stdout.print(table)

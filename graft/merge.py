@@ -23,7 +23,7 @@ from graft.devices import resolve_device
 from graft.errors import IncompatibleError, InputError, UsageError
 from graft.guard import OutputFolder
 from graft.hub import pin, resolve_model
-from graft.modelcard import model_card
+from graft.modelcard import load_card_results, model_card
 from graft.ops import graft_rows, orthogonal_graft_rows, projection_coefficient, projection_terms
 from graft.pipeline import prefetch
 from graft.plan import GraftPlan, TensorAction, build_plan
@@ -60,7 +60,17 @@ def default_chunk_bytes(device: torch.device) -> int:
 
 
 def open_plan(recipe: Recipe) -> GraftPlan:
-    """Open the recipe's inputs (headers only) and build the plan; the caller closes plan.target etc."""
+    """Open the recipe's inputs (headers only) and build the plan; the caller closes it with `close_plan`.
+
+    Example::
+
+        import graft
+        plan = graft.open_plan(graft.Recipe(target="med-model", vector="vectors/safety"))
+        try:
+            print(len(plan.grafted), plan.problems(), plan.warnings())
+        finally:
+            graft.close_plan(plan)
+    """
     if not recipe.target or not recipe.vector:
         raise UsageError("a merge needs a target and a vector (--target/--vector or the recipe's target/vector)")
     target = Checkpoint.open(resolve_model(recipe.target, role="target"), role="target")
@@ -92,13 +102,21 @@ def close_plan(plan: GraftPlan) -> None:
 def merge(
     recipe: Recipe, *, force: bool = False, progress: Callable[[int], None] | None = None,
     on_plan: Callable[[GraftPlan, int], None] | None = None,
-    on_warning: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None, results: str | Path | None = None,
 ) -> MergeResult:
     """Graft `recipe.vector` into `recipe.target`, writing a complete HF folder at `recipe.out` (atomically).
 
-    Every plan warning goes to `on_warning` (the CLI prints it); with `options.strict` a warning is an error."""
+    Every plan warning goes to `on_warning` (the CLI prints it); with `options.strict` a warning is an error.
+    `results` (a `graft eval` results.json) puts its scores in the model card, as the Hub's model-index.
+
+    Example::
+
+        import graft
+        graft.run_merge(graft.Recipe(target="med-model", vector="vector", out="merged", coefficients={"scale": 0.8}))
+    """
     if not recipe.out:
         raise UsageError("no output folder: pass --out or set `out` in the recipe")
+    scores = load_card_results(results) if results is not None else None
     started = time.perf_counter()
     # The recipe stored in the output (and its model card) names every input so it rebuilds from any folder.
     recipe = recipe.model_copy(update={
@@ -112,6 +130,7 @@ def merge(
         layout = output_layout(plan)
         total = sum(t.nbytes for shard in layout.values() for t in shard.tensors)
         inputs = [plan.target.root, plan.vector.root] + ([plan.origin.root] if plan.origin else [])
+        inputs += [Path(results)] if results is not None else []
         folder = OutputFolder(Path(recipe.out), inputs=inputs, force=force, kind="merge")
         side_files = plan.target.non_weight_files()
         folder.check_free_space(total + sum((plan.target.root / rel).stat().st_size for rel in side_files))
@@ -121,7 +140,7 @@ def merge(
             chunk = recipe.options.chunk_size
             chunk_bytes = parse_size(chunk) if chunk else default_chunk_bytes(device)
             _write_shards(plan, layout, staging, device, chunk_bytes, progress)
-            _write_folder_files(plan, layout, staging, recipe, side_files)
+            _write_folder_files(plan, layout, staging, recipe, side_files, scores)
         return MergeResult(folder.destination, len(plan.grafted), len(plan.copied), total,
                            time.perf_counter() - started, str(device))
     finally:
@@ -300,7 +319,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 # -- the rest of the folder -----------------------------------------------------------------------------------------
 def _write_folder_files(
-    plan: GraftPlan, layout: dict[str, ShardLayout], staging: Path, recipe: Recipe, side_files: list[Path]
+    plan: GraftPlan, layout: dict[str, ShardLayout], staging: Path, recipe: Recipe, side_files: list[Path],
+    scores: dict[str, dict[str, object]] | None = None,
 ) -> None:
     target = plan.target
     mirrored = recipe.options.shard_size is None
@@ -318,7 +338,7 @@ def _write_folder_files(
         _set_config_dtype(staging / "config.json", recipe.options.dtype)
     # The copy inside the output omits `out`: the folder's bytes must not depend on where it was written.
     (staging / RECIPE_FILE).write_text(recipe.model_copy(update={"out": None}).to_yaml())
-    (staging / "README.md").write_text(model_card(plan))
+    (staging / "README.md").write_text(model_card(plan, scores))
 
 
 def _set_config_dtype(config_path: Path, dtype: str) -> None:

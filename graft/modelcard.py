@@ -1,33 +1,98 @@
-"""The model card (README.md) a merged folder carries: what was grafted into what, from which sources, how.
+"""The model card (README.md) a merged folder carries: what was grafted into what, from which sources, how, and
+(when a `graft eval` results file is given) how it scored, in the Hub's metadata format.
 
-Deterministic text (no timestamps), so the same inputs and recipe give a byte-identical output folder.
+Deterministic text (no timestamps, no output path), so the same inputs and recipe give a byte-identical folder.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from graft import __version__
+from graft.errors import InputError
+from graft.hub import looks_like_hub_id
 from graft.plan import GraftPlan
+from graft.regular_files import read_regular_bytes
+from graft.vector import SourceInfo
 
 REPRODUCE = "graft merge --recipe graft_recipe.yaml --out rebuilt"
+TAGS = ["graft", "safety", "merge", "task-arithmetic"]
 
 
-def model_card(plan: GraftPlan) -> str:
+def load_card_results(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The per-benchmark scores of a `graft eval` results file (results.json), checked before a merge starts:
+    {task: {"score": float, "n": int, "metric": str}}."""
+    path = Path(path)
+    flag = f"--results {path}"
+    try:
+        data = json.loads(read_regular_bytes(path))
+    except InputError as exc:  # missing, unreadable or not a regular file: named by the reader
+        raise InputError(f"--results: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{flag}: not JSON ({exc}); give the results.json `graft eval --out` wrote") from exc
+    benchmarks = data.get("benchmarks") if isinstance(data, dict) else None
+    if not isinstance(benchmarks, dict) or not benchmarks:
+        raise InputError(f"{flag}: no 'benchmarks' mapping; give the results.json `graft eval --out` wrote")
+    scores = {}
+    for name, entry in benchmarks.items():
+        score = entry.get("score") if isinstance(entry, dict) else None
+        n, metric = (entry.get("n"), entry.get("metric")) if isinstance(entry, dict) else (None, None)
+        if (isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score)
+                or not isinstance(n, int) or isinstance(n, bool) or not isinstance(metric, str)):
+            raise InputError(f"{flag}: benchmarks.{name} needs a finite 'score', an integer 'n' and a 'metric'")
+        scores[str(name)] = {"score": float(score), "n": n, "metric": metric}
+    return scores
+
+
+def hub_id(spec: str | None) -> str | None:
+    """The target's hub id when it came from the hub; None for a local folder (never a path in the card)."""
+    if not spec or Path(spec).expanduser().exists() or not looks_like_hub_id(spec):
+        return None
+    return spec
+
+
+def card_metadata(plan: GraftPlan, results: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The card's YAML header, in the fields the Hub reads (base_model, base_model_relation, tags, model-index)."""
+    meta: dict[str, Any] = {}
+    base = hub_id(plan.recipe.target)
+    if base is not None:
+        meta["base_model"] = base
+        meta["base_model_relation"] = "merge"
+    meta["tags"] = list(TAGS)
+    if results:
+        meta["model-index"] = [{"name": _title(plan), "results": [
+            {"task": {"type": "text-generation", "name": entry["metric"]},
+             "dataset": {"name": name, "type": name},
+             "metrics": [{"type": "score", "name": entry["metric"], "value": entry["score"]}]}
+            for name, entry in sorted(results.items())]}]
+    return meta
+
+
+def model_card(plan: GraftPlan, results: dict[str, dict[str, Any]] | None = None) -> str:
     recipe = plan.recipe
     manifest = plan.vector.manifest
     coeff = recipe.coefficients
     lams = [a.lam for a in plan.grafted]
     by_group = Counter(a.group for a in plan.grafted)
     reasons = plan.reasons()
-    base_model = recipe.target or str(plan.target.root)
+    target = recipe.target or str(plan.target.root)
+    stored_as = Counter(t.dtype for t in manifest.tensors.values())
+    storage = ", ".join(f"{dtype} ({n} tensors)" if len(stored_as) > 1 else dtype
+                        for dtype, n in sorted(stored_as.items()))
+    if manifest.dtype == "auto":
+        storage += ", each tensor in its source dtype"
     lines = [
         "---",
-        f"base_model: {base_model}",
-        "tags: [graft, safety, task-arithmetic, merge]",
+        yaml.safe_dump(card_metadata(plan, results), sort_keys=False, allow_unicode=True).rstrip(),
         "---",
         "",
-        f"# {plan.target.root.name} + safety vector (graft {__version__})",
+        f"# {_title(plan)}",
         "",
         "This checkpoint was produced by graft: the safety task vector "
         "τ = θ_aligned − θ_base was grafted layer-wise into the target, θ' = θ_target + λ(layer, group) · τ "
@@ -35,10 +100,11 @@ def model_card(plan: GraftPlan) -> str:
         "",
         "## Sources",
         "",
-        f"- target: `{base_model}`",
-        f"- vector: `{recipe.vector}` ({manifest.kind}, {len(manifest.tensors)} tensors, stored as {manifest.dtype})",
-        f"  - aligned: `{manifest.aligned.path}`",
-        f"  - base: `{manifest.base.path}`",
+        f"- target: `{target}`",
+        f"- vector: `{recipe.vector}` ({manifest.kind}, {len(manifest.tensors)} tensors, stored as {storage}; "
+        f"extracted by graft {manifest.graft_version})",
+        *_source_lines("aligned", manifest.aligned),
+        *_source_lines("base", manifest.base),
     ]
     if plan.origin is not None:
         lines.append(f"- origin (orthogonalized against θ_target − θ_origin): `{recipe.options.origin}`")
@@ -60,11 +126,30 @@ def model_card(plan: GraftPlan) -> str:
     if partial:
         names = ", ".join(a.target for a in partial)
         lines.append(f"- grown vocabulary: only the vector's rows were grafted in {names}")
+    if results:
+        lines += ["", "## Evaluation", "",
+                  "Scores of a `graft eval` results file given to `graft merge --results` (graft does not check "
+                  "which weights it scored; higher is better for every score).", "",
+                  "| task | score | metric | items |", "|---|---|---|---|"]
+        lines += [f"| {name} | {e['score']:.4f} | {e['metric']} | {e['n']} |" for name, e in sorted(results.items())]
     stored = recipe.model_copy(update={"out": None})
     lines += ["", "## Recipe", "", "```yaml", stored.to_yaml().rstrip(), "```", "",
               f"Reproduce with `{REPRODUCE}`, run in this folder (graft {__version__}; the recipe names its inputs "
-              "by absolute path or hub id, so it rebuilds the same bytes from anywhere).", ""]
+              "by absolute path or hub id, so it rebuilds the same bytes from anywhere; add `--results` again for "
+              "the scores).", ""]
     return "\n".join(lines)
+
+
+def _title(plan: GraftPlan) -> str:
+    name = hub_id(plan.recipe.target) or plan.target.root.name
+    return f"{name.split('/')[-1]} + safety vector (graft {__version__})"
+
+
+def _source_lines(role: str, source: SourceInfo) -> list[str]:
+    lines = [f"  - {role}: `{source.path}`" + (f" ({source.model_type})" if source.model_type else "")]
+    for file, digest in sorted((source.sha256 or {}).items()):
+        lines.append(f"    - `{file}` sha256 `{digest}`")
+    return lines
 
 
 def _layer_rule(plan: GraftPlan) -> str:

@@ -7,6 +7,7 @@ from collections import Counter
 from rich.console import Console
 from rich.table import Table
 
+from graft.display import shown
 from graft.plan import GraftPlan
 
 
@@ -31,8 +32,8 @@ def plan_as_dict(plan: GraftPlan) -> dict[str, object]:
 
 def print_plan_summary(plan: GraftPlan, console: Console) -> None:
     table = Table(title="graft plan", show_header=False)
-    table.add_row("target", f"{plan.target.root}  (backbone prefix '{plan.match.target_prefix}')")
-    table.add_row("vector", f"{plan.vector.root}  (backbone prefix '{plan.match.donor_prefix}', "
+    table.add_row("target", f"{shown(plan.target.root)}  (backbone prefix '{plan.match.target_prefix}')")
+    table.add_row("vector", f"{shown(plan.vector.root)}  (backbone prefix '{plan.match.donor_prefix}', "
                             f"{len(plan.layer_factors)} layers)")
     grafted = plan.grafted
     by_group = Counter(a.group for a in grafted)
@@ -49,9 +50,9 @@ def print_plan_summary(plan: GraftPlan, console: Console) -> None:
         table.add_row("grown vocabulary", f"{a.target}: rows 0..{a.rows - 1} grafted, {total - a.rows} new rows "
                                           "pass through unchanged")
     if plan.unmatched_donor:
-        shown = ", ".join(plan.unmatched_donor[:6])
+        names = ", ".join(plan.unmatched_donor[:6])
         more = f" (+{len(plan.unmatched_donor) - 6} more)" if len(plan.unmatched_donor) > 6 else ""
-        table.add_row("vector tensors with no target", f"{shown}{more}")
+        table.add_row("vector tensors with no target", f"{names}{more}")
     console.print(table)
 
 

@@ -211,7 +211,13 @@ def extract_vector(
     """Stream τ = aligned − base tensor by tensor (in flat element chunks) into a new vector folder.
 
     Every chunk of both sources is checked for NaN/Inf as it streams by (the check is cheap next to the read), so
-    a vector is never written from non-finite weights unless `allow_nonfinite` says so."""
+    a vector is never written from non-finite weights unless `allow_nonfinite` says so.
+
+    Example::
+
+        import graft
+        vector = graft.extract_vector("models/base", "models/aligned", "vectors/safety", dtype="float32").out
+    """
     if dtype not in STORAGE_DTYPES:
         raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(STORAGE_DTYPES)}")
     shard_bytes, chunk_bytes = _size("--shard-size", shard_size), _size("--chunk-size", chunk_size)

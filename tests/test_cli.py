@@ -103,3 +103,7 @@ def test_help_lists_commands_and_exit_codes() -> None:
     assert result.exit_code == 0
     for word in ("extract", "plan", "merge", "demo", "Exit codes"):
         assert word in result.stdout
+    codes = " ".join(result.stdout.split("Exit codes:", 1)[1].split("\n\n", 1)[0].split())
+    assert codes.startswith("0 success; 1 unexpected error; 2 usage error; 3 input error; 4 incompatible inputs; "
+                            "5 output error")
+    assert codes.count("(") == codes.count(")")

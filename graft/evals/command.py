@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from graft.display import shown
+
 from .tasks import SUITES, TASKS, samples_path
 
 
@@ -46,17 +48,23 @@ def eval_command(
     cache: Path = typer.Option(None, "--cache", help="SQLite verdict cache keyed by model content hash and item."),
     force: bool = typer.Option(False, "--force", help="Replace --out (and its samples) if an earlier graft eval "
                                                       "wrote them; never a file graft did not write."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Run the Python code a model folder ships (custom architectures); "
+                                                "off by default, only for a folder you trust."),
 ) -> None:
     """Score a model on safety (1 - ASR) and medical benchmarks."""
     from .suite import evaluate  # loads transformers: only when the command runs, not for every `graft` call
 
     console = Console(stderr=True)
+    if trust_remote_code:
+        console.print(f"[bold yellow]warning:[/] --trust-remote-code: Python code in {shown(model)} will run",
+                      soft_wrap=True)
     results = evaluate(
         model, tasks=tasks, suite=suite, data=data, limit=limit, fraction=fraction, seed=seed, rest=rest,
         judge=judge,
         mc_mode=mc_mode, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, dtype=dtype,
         font=str(font) if font else None, system_prompt=system_prompt, full_replies=full_replies, cache=cache, out=out,
-        force=force, progress=console.print,
+        force=force, progress=console.print, trust_remote_code=trust_remote_code,
     )
     table = Table("task", "score ± SE", "n", "metric", "items/s")
     for name, b in results.benchmarks.items():
@@ -69,4 +77,4 @@ def eval_command(
         if est is not None:
             console.print(f"{key.replace('_', '-')}: {100 * est['value']:.1f} % ± {100 * est['se']:.1f} "
                           f"(95 % interval {100 * est['low']:.1f}–{100 * est['high']:.1f} %, {est['n']} items)")
-    console.print(f"wrote {out} and {samples_path(out)}")
+    console.print(f"wrote {shown(out)} and {shown(samples_path(out))}")

@@ -99,6 +99,7 @@ def evaluate(
     out: str | Path | None = None,
     force: bool = False,
     progress: Callable[[str], None] | None = None,
+    trust_remote_code: bool = False,
 ) -> EvalResults:
     """Evaluate a model folder (or a loaded `Engine`, e.g. a resident graft in a search) on tasks or a suite.
 
@@ -107,6 +108,13 @@ def evaluate(
     the items the limit/fraction subset leaves out instead (report on what a search did not see). `split` first
     restricts every benchmark to one part of a search/held-out split; limit, fraction and rest then apply within
     that part.
+    `trust_remote_code` lets transformers run Python code shipped in the model folder: only for a folder you trust.
+
+    Example::
+
+        import graft
+        results = graft.evaluate("merged", suite="medical", data="data.yaml", limit=50)
+        results.benchmarks["pubmedqa"]["score"]
 
     With `out` and no `cache`, finished tasks are kept in OUT-stem.partial.sqlite (a verdict cache, so keyed on
     the weights' content, the task, each item and every generation and judge setting) until the results are
@@ -141,7 +149,8 @@ def evaluate(
         if not task.needs_image and getattr(data, task.benchmark) is not None and task.benchmark not in loaded:
             loaded[task.benchmark] = LOADERS[task.benchmark](data.source(task.benchmark))
     engine = model if isinstance(model, Engine) else Engine.load(model, device=device, dtype=dtype,
-                                                                  batch_size=batch_size)
+                                                                  batch_size=batch_size,
+                                                                  trust_remote_code=trust_remote_code)
     results = EvalResults()
     run: list[Task] = []
     for name in names:

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from graft.errors import InputError, UsageError
+from graft.display import shown
+from graft.errors import UsageError
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -59,70 +61,25 @@ def inspect_command(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks for unexpected errors.")] = False,
 ) -> None:
     """Per-layer × per-group scores of τ (‖τ‖, ‖τ‖/‖θ‖, cos with τ_med, Safe-LoRA), λ and study importances."""
-    from graft.cli import build_recipe
-    from graft.vector import SafetyVector
+    from .run import inspect_vector
 
-    from .recipe_lambdas import lambdas
-    from .report import combine, write_report
-    from .scores import layer_table, score_tensors, tensor_table
-    from .study import choice_of, importance_of, open_study
-
-    spec = build_recipe(recipe, target=target, vector=vector, origin=origin, map=map)
-    if (study is not None or trial is not None) and storage is None:
-        raise UsageError("--study/--trial need --storage, the study's optuna storage (e.g. sqlite:///search.db)")
     if top < 0:
         raise UsageError(f"--top {top}: must be 0 or more")
-    opened_study = open_study(storage, study) if storage is not None else None
-    choice = choice_of(opened_study, trial) if opened_study is not None else None
-    if choice is not None and not spec.vector and choice.vector:  # a `graft search` study names what it searched
-        spec = spec.model_copy(update={"vector": choice.vector, "target": spec.target or choice.target})
-    if not spec.vector:
-        raise UsageError("--vector is required (or a --recipe or `graft search` study that names a vector)")
-    stats = score_tensors(spec.vector, spec.target, spec.options.origin, spec.mapping, device=device,
-                          chunk_size=chunk_size, safelora=safelora)
-    scores, tensors = layer_table(stats), tensor_table(stats)
-
-    lam_table = importance = None
-    no_importance = None
-    if choice is not None:
-        lam_recipe = spec.model_copy(update={"coefficients": choice.coefficients})
-        opened = SafetyVector.open(spec.vector)
-        num_layers = opened.manifest.num_layers
-        opened.close()
-        try:
-            importance = importance_of(opened_study, num_layers=num_layers)
-        except InputError as exc:  # e.g. flat scores (zero total variance): the rest of the report still holds
-            no_importance = str(exc)
-            stderr.print(f"[yellow]warning:[/] no parameter importances in the report: {exc}", soft_wrap=True)
-    else:
-        lam_recipe = spec if recipe is not None else None
-    if lam_recipe is not None:
-        lam_table = lambdas(lam_recipe)  # planned as `graft merge --recipe` would (vector names without a target)
-
-    sources: dict[str, Any] = {"vector": spec.vector, "target": spec.target, "origin": spec.options.origin,
-                               "recipe": str(recipe) if recipe else None}
-    if choice is not None:
-        sources.update(storage=storage, study=choice.study, trial=choice.trial, trial_chosen_as=choice.reason,
-                       coefficients=choice.coefficients.model_dump(mode="json"))
-        if no_importance:
-            sources["importance"] = f"not computed: {no_importance}"
-    elif lam_recipe is not None:
-        sources["coefficients"] = lam_recipe.coefficients.model_dump(mode="json")
-    report = None
-    if out is not None:
-        inputs = [p for p in (spec.vector, spec.target, spec.options.origin) if p and Path(p).exists()]
-        report = write_report(out, scores=scores, lambdas=lam_table, tensors=tensors, importance=importance,
-                              sources=sources, inputs=inputs, force=force)
+    found = inspect_vector(
+        vector, target=target, origin=origin, recipe=recipe, map=map, study=study, storage=storage, trial=trial,
+        out=out, safelora=safelora, device=device, chunk_size=chunk_size, force=force,
+        on_warning=lambda note: stderr.print(f"[yellow]warning:[/] {note}", soft_wrap=True))
     if quiet:
-        if report is not None:
-            stdout.print(str(report.out))
+        if found.report is not None:
+            stdout.print(shown(found.report.out))
         return
+    choice = found.choice
     if choice is not None:
         stdout.print(f"λ from study {choice.study!r}, trial {choice.trial} ({choice.reason}; safety "
                      f"{_fmt(choice.safety)}, medical {_fmt(choice.medical)})")
-    _print_top(combine(scores, lam_table), top, with_target=spec.target is not None)
-    if report is not None:
-        stdout.print(f"wrote {len(report.files)} files to {report.out}")
+    _print_top(found.table(), top, with_target=found.with_target)
+    if found.report is not None:
+        stdout.print(f"wrote {len(found.report.files)} files to {shown(found.report.out)}")
 
 
 def _fmt(value: Any) -> str:
@@ -139,11 +96,14 @@ def _print_top(table: Any, top: int, *, with_target: bool) -> None:
     theta = "‖θ‖" if with_target else "‖θ_base‖"
     title = f"top {len(shown)} of {len(table)} layer × group cells by {'|λ|·' if key == 'update_ratio' else ''}" \
             f"‖τ‖/{theta}"
+    # Headers break at spaces and cells fold, so an 80-column terminal shows every column whole (never "…").
     columns = [("layer", "layer"), ("group", "group"), ("n_tensors", "tensors"), ("tau_norm", "‖τ‖"),
-               ("ratio", f"‖τ‖/{theta}"), ("cos_tau_med", "cos(τ,τ_med)"), ("safelora_score", "Safe-LoRA"),
-               ("lam", "λ"), ("update_ratio", "|λ|·ratio")]
+               ("ratio", f"‖τ‖/ {theta}"), ("cos_tau_med", "cos(τ, τ_med)"), ("safelora_score", "Safe- LoRA"),
+               ("lam", "λ"), ("update_ratio", "|λ|· ratio")]
     columns = [(c, h) for c, h in columns if c in table.columns and (c in ("layer", "group") or table[c].notna().any())]
-    out = Table(*(h for _, h in columns), title=title)
+    out = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for _, header in columns:
+        out.add_column(header, overflow="fold")
     for _, row in shown.iterrows():
         cells = []
         for column, _ in columns:
