@@ -2,7 +2,8 @@
 each grafted parameter to θ + λ·τ in place, with no disk I/O.
 
 Why: a trial that wrote a merged checkpoint and reloaded it would spend tens of seconds on I/O for a 7B model; a
-resident re-graft is one pass over memory (DESIGN.md: ≈14 ms on an H100), so trial time is evaluation time.
+resident re-graft is one pass over memory (≈14 ms for 7B bf16 on an H100: docs/architecture.md), so trial time is
+evaluation time.
 
 What it guarantees: after `apply(c)` every parameter of the live model is bit-identical to the same tensor of
 `from_pretrained(graft merge output)` for the recipe `recipe(c)`. That holds because the pieces are merge's own:

@@ -22,7 +22,7 @@ from graft.recipe import Recipe
 from graft.toy.layouts import LAYOUTS
 from tests.conftest import ALL_LAYOUTS
 
-# layout -> (LM body prefix on disk, head tensor on disk): the table of DESIGN.md, as data written independently.
+# layout -> (LM body prefix on disk, head tensor on disk): docs/architecture.md's layout table, as independent data.
 EXPECTED_NAMES = {
     "causal": ("model.", "lm_head.weight"),
     "qwen2_vl": ("model.", "lm_head.weight"),
