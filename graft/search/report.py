@@ -47,7 +47,7 @@ def figures(outcomes: ItemOutcomes, groups: Mapping[str, Sequence[str]], *, seed
             out[name] = None
             continue
         est = composite(lists, seed=seed).as_dict()
-        if name.startswith("over_refusal"):
+        if "over_refusal" in name:
             est.update(value=1 - est["value"], low=1 - est["high"], high=1 - est["low"])
         out[name] = est
     return out
@@ -85,7 +85,7 @@ def dominated_by(searched: Mapping[str, Any], others: Mapping[str, Mapping[str, 
         for name, est in searched.items():
             if est is None or o.get(name) is None:
                 continue
-            better = o[name]["value"] <= est["value"] if name.startswith("over_refusal") else \
+            better = o[name]["value"] <= est["value"] if "over_refusal" in name else \
                 o[name]["value"] >= est["value"]
             if not better:
                 return False
@@ -119,7 +119,7 @@ def build_report(models: Mapping[str, Mapping[str, Any]], config: SearchEvalConf
             if other and other in models and other != searched and s:
                 o = models[other].get(part) or {}
                 comparisons[f"{searched} - {other}"] = {
-                    name: compare(s, o, tasks, invert=name.startswith("over_refusal"))
+                    name: compare(s, o, tasks, invert="over_refusal" in name)
                     for name, tasks in groups.items()}
         uniform = {label: out["models"][label][part] for label, m in models.items()
                    if m.get("baseline") and m.get("baseline") != "lambda0" and out["models"][label][part]}
