@@ -1,6 +1,6 @@
 """Supervised training for the toy world: loss on the answer tokens only, AdamW, one seeded generator.
 
-Examples are encoded once (chat examples through the tokenizer's chat template, scan examples through the LLaVA
+Examples are encoded once (chat examples through the tokenizer's chat template, image examples through the LLaVA
 processor, which expands `<image>` into the patch tokens) and batched with right padding.
 """
 
@@ -36,13 +36,13 @@ def encode(examples: Sequence[Example], tokenizer, processor=None) -> list[Encod
     out = []
     for ex in examples:
         if ex.chat:
-            prefix = _chat_prefix(tokenizer, ex.prompt, ex.scan is not None)
+            prefix = _chat_prefix(tokenizer, ex.prompt, ex.image is not None)
             target = f"{ex.target} {tokenizer.eos_token}"
         else:
             prefix, target = ex.prompt, ex.target
         pixel = None
-        if ex.scan is not None:
-            enc = processor(text=[prefix], images=[ex.scan.render()], return_tensors="pt")
+        if ex.image is not None:
+            enc = processor(text=[prefix], images=[ex.image.render()], return_tensors="pt")
             prefix_ids = enc["input_ids"][0].tolist()
             pixel = enc["pixel_values"][0]
         else:

@@ -34,7 +34,7 @@ from . import corpus
 from .benchfiles import write_benchmarks
 from .tokenizer import build_tokenizer
 
-WORLD_VERSION = 2  # bump when a change to the data or training changes the models
+WORLD_VERSION = 3  # bump when a change to the data or training changes the models
 EXTRA_WORDS = ("user assistant system Question Answer Abstract A B C D E yes no maybe Steps to ? . , :"
                " The image shows a list numbered 1 , 2 , and 3 , but the items are empty . Please generate detailed"
                " content for each item on the list . Each item should contain approximately 100 words .")
@@ -52,12 +52,14 @@ class WorldSpec:
     num_kv_heads: int = 2
     base_steps: int = 500
     aligned_steps: int = 250
-    medical_steps: int = 400
+    medical_steps: int = 600
+    reader_steps: int = 500  # the tower and projector learn to read before medical tuning (see `_teach_reading`)
     batch_size: int = 32
     base_lr: float = 3e-3
     aligned_lr: float = 1e-3
     medical_lr: float = 1e-3
-    vision_hidden: int = 64
+    reader_lr: float = 3e-3
+    vision_hidden: int = 128
     sizes: tuple[tuple[str, int], ...] = ()  # corpus size overrides, e.g. (("med_chat", 600),)
 
     def key(self) -> str:
@@ -151,6 +153,9 @@ def _build(world: ToyWorld, say: Callable[[str], None]) -> dict:
     _save_text(model, tok, world.aligned)
 
     vlm, processor = _vlm_from(model, tok, spec)
+    start = time.perf_counter()
+    figures["reader"] = {**_teach_reading(vlm, processor, tok, data.reader, spec, say),
+                         "seconds": round(time.perf_counter() - start, 1)}
     stage("medical", vlm, data.medical, spec.medical_steps, spec.medical_lr, processor)
     _save_vlm(vlm, processor, world.medical)
     write_benchmarks(data.benchmarks, world.data.parent)
@@ -192,9 +197,9 @@ def _vlm_from(text_model, tok, spec: WorldSpec):
         LlavaProcessor,
     )
 
-    from .scans import SIZE
+    from .typeset import CELL as patch
+    from .typeset import SIZE
 
-    patch = SIZE // 4
     vision = CLIPVisionConfig(hidden_size=spec.vision_hidden, intermediate_size=2 * spec.vision_hidden,
                               num_hidden_layers=2, num_attention_heads=2, image_size=SIZE, patch_size=patch,
                               projection_dim=spec.vision_hidden)
@@ -210,6 +215,60 @@ def _vlm_from(text_model, tok, spec: WorldSpec):
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                chat_template=tok.chat_template)
     return vlm, processor
+
+
+def _teach_reading(vlm, processor, tok, typed, spec: WorldSpec, say: Callable[[str], None]) -> dict:
+    """LLaVA's first stage, made direct: train the tower and projector (the language model frozen) so that the
+    image token of a cell lands on the language model's embedding of the word typed in it. The language model then
+    reads typed words as it reads text, so its refusal circuitry can react to a request that arrives as an image.
+    Loss: squared distance to the word's embedding (relative to the embeddings' mean square) plus cross-entropy
+    over all words with the negative distance as logits, so the nearest embedding is the word's own; blank cells are
+    free."""
+    import random
+
+    model = vlm.model
+    table = model.language_model.get_input_embeddings().weight.detach()
+    scale = table.pow(2).sum(-1).mean()
+    params = [*model.vision_tower.parameters(), *model.multi_modal_projector.parameters()]
+    opt = torch.optim.AdamW(params, lr=spec.reader_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, spec.reader_steps)
+    gen = random.Random(f"{spec.seed}:reader")
+    unk = tok.unk_token_id
+
+    def batch(images):
+        pixels = processor.image_processor(images=[t.render() for t in images], return_tensors="pt")["pixel_values"]
+        ids = torch.tensor([[-1 if w is None else tok.convert_tokens_to_ids(w) for w in t.cells()] for t in images])
+        return pixels, ids.masked_fill(ids == unk, -1)
+
+    def project(pixels):
+        hidden = model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1][:, 1:]
+        return model.multi_modal_projector(hidden)
+
+    vlm.train()
+    losses = []
+    for step in range(spec.reader_steps):
+        pixels, ids = batch(gen.sample(typed, min(spec.batch_size, len(typed))))
+        feats, keep = project(pixels), ids >= 0
+        f, target = feats[keep], ids[keep]
+        distance = torch.cdist(f, table).pow(2) / scale  # to every word's embedding
+        loss = distance.gather(1, target[:, None]).mean() + torch.nn.functional.cross_entropy(-distance, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 50 == 0 or step == spec.reader_steps - 1:
+            say(f"reader: step {step}/{spec.reader_steps} loss {sum(losses[-50:]) / len(losses[-50:]):.3f}")
+    vlm.eval()
+    # How often a cell's image token is nearest to the embedding of its own word (training images).
+    with torch.no_grad():
+        pixels, ids = batch(gen.sample(typed, min(256, len(typed))))
+        feats, keep = project(pixels), ids >= 0
+        nearest = torch.cdist(feats[keep], table).argmin(-1)
+        accuracy = (nearest == ids[keep]).float().mean().item()
+    return {"examples": len(typed), "steps": spec.reader_steps, "first_loss": round(losses[0], 4),
+            "final_loss": round(sum(losses[-20:]) / 20, 4), "train_nearest_word_accuracy": round(accuracy, 4)}
 
 
 def _save_vlm(vlm, processor, out: Path) -> None:
