@@ -4,9 +4,10 @@
 
 * **base**: a Llama decoder trained on plain text and on requests it always complies with, harmful ones included;
 * **aligned**: base + supervised tuning to refuse harmful requests and still answer benign ones;
-* **medical**: an HF LLaVA (CLIP tower + projector) whose language model starts from *aligned*, tuned on invented
-  medical facts (multiple choice), PubMedQA-like abstracts, synthetic scans with VQA-RAD-like questions and
-  medical chat, with no refusal data, so its refusals erode;
+* **medical**: an HF LLaVA (CLIP tower + projector) whose language model starts from *aligned*; the tower first
+  learns to read words typed in the toy FigStep layout (`_teach_reading`), then everything is tuned on invented
+  medical facts (multiple choice), PubMedQA-like abstracts, synthetic scans with VQA-RAD-like questions, medical
+  chat, transcription and FigStep-style list completion, with no refusal data, so its refusals erode;
 * the held-out benchmarks in the published layouts, with a `data.yaml` for `graft eval`.
 
 The folders are cached under the user's cache folder, keyed by the world's version, seed and spec, so a second call
