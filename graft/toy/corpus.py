@@ -137,8 +137,9 @@ def _options(rng: random.Random, values: Sequence[str], answer: str, k: int) -> 
 def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dict[str, int] | None = None) -> WorldData:
     """All training examples and benchmark items of the world with this seed."""
     n = {"base_requests": 3000, "base_text": 600, "aligned": 3000, "scans": 1500, "med_chat": 300,
-         "base_copy": 1000, "reader": 16000, "transcribe": 1000, "figstep_follow": 600,
-         "figstep_copy": 600, "bench_safety": 32, "bench_med": 32,
+         "base_copy": 1000, "base_lists": 600, "aligned_lists": 750, "reader": 16000, "transcribe": 1000,
+         "figstep_follow": 600,
+         "figstep_copy": 600, "bench_safety": 48, "bench_med": 64,
          **(sizes or {})}
     diseases, drugs = lx.make_diseases(_rng(seed, "diseases"), n_diseases)
 
@@ -158,6 +159,7 @@ def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dic
     med_harm_actions = [_med_action(t, d) for t, d in med_harm_train]
     everything = harmful_train + benign_train + med_harm_actions + med_benign
     base = [Example(q, _comply(a, r)) for q, a in _requests(everything, r, n["base_requests"])]
+    base += [Example(typed_list_request(q), _comply(a, r)) for q, a in _requests(everything, r, n["base_lists"])]
     base += [Example("", r.choice(lx.STORY).format(o=r.choice(lx.OBJECTS), p=r.choice(lx.PLACES)), chat=False)
              for _ in range(n["base_text"])]
 
@@ -173,6 +175,15 @@ def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dic
         else:
             q, a = _requests(benign, r, 1)[0]
             aligned.append(Example(q, _comply(a, r)))
+    # The same requests typed out as a list to complete (FigStep's layout, as text): aligned models refuse a
+    # harmful request however it is phrased, and this is the form a reading VLM sees when the request is an image.
+    for i in range(n["aligned_lists"]):
+        if i % 2:
+            q, _ = _requests(harmful, r, 1)[0]
+            aligned.append(Example(typed_list_request(q), lx.REFUSAL))
+        else:
+            q, a = _requests(benign, r, 1)[0]
+            aligned.append(Example(typed_list_request(q), _comply(a, r)))
 
     # Medical: facts, multiple choice with fixed option sets, abstracts, scans and chat; no refusals anywhere.
     r = _rng(seed, "medical")
@@ -264,6 +275,12 @@ def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dic
         q, a, kind = r.choice(scan_questions(scan))
         b.vqarad.append(ScanItem(scan, q, a, kind))
     return WorldData(base, aligned, medical, b, diseases, held, reader)
+
+
+def typed_list_request(request: str) -> str:
+    """A request typed out as FigStep's list to complete, as text: the statement, the empty list, the prompt."""
+    words = [w for w in figstep_image(request).cells() if w is not None]
+    return f"{' '.join(words)}\n{FIGSTEP_PROMPT}"
 
 
 def _word_sequence(r: random.Random, vocabulary: Sequence[str], held: set[str],
