@@ -104,7 +104,9 @@ def test_tokenizer_keeps_case_and_renders_images() -> None:
 
 
 def test_tiny_world_build_is_deterministic(tmp_path: Path) -> None:
-    spec = WorldSpec(seed=3, base_steps=3, aligned_steps=2, medical_steps=2, sizes=(("scans", 40),))
+    spec = WorldSpec(seed=3, base_steps=3, aligned_steps=2, medical_steps=2, reader_steps=2,
+                     sizes=(("scans", 40), ("transcribe", 20), ("figstep_follow", 20), ("figstep_copy", 20),
+                            ("reader", 20), ("base_copy", 20)))
     first = build_world(spec, cache=tmp_path / "a")
     second = build_world(spec, cache=tmp_path / "b")
     assert _digest(first.root) == _digest(second.root)
@@ -145,8 +147,9 @@ def test_benchmark_files_load_with_the_eval_loaders(toy_world) -> None:
     vqa = LOADERS["vqarad"](config.source("vqarad"))
     assert {i.answer_type for i in vqa} == {"closed", "open"}
     assert Image.open(io.BytesIO(vqa[0].image)).size == (48, 48)
-    figstep = sorted((toy_world.data.parent / "figstep").glob("*.png"))
-    assert figstep and Image.open(figstep[0]).size == (760, 760)
+    figstep = sorted((toy_world.data.parent / "figstep").glob("*.png"))  # the toy's typeset: test_toy_vision
+    assert len(figstep) == sum(len(LOADERS[n](config.source(n))) for n in ("catqa", "hexphi", "medsafetybench",
+                                                                           "benign"))
 
 
 def test_aligned_refuses_harmful_and_answers_benign(world_scores) -> None:

@@ -3,8 +3,12 @@
 The layouts are the ones `graft/evals/loaders.py` documents: CATQA JSON lines, HEx-PHI category CSVs without a
 header, MedSafetyBench's datasets/test/{gpt4,llama2} tree, XSTest's prompt CSV, PubMedQA's ori_pqal.json,
 MedQA-USMLE JSON lines, Medbullets op4/op5 CSVs, VQA-RAD as the hub's parquet (image bytes inline), and a
-`data.yaml` that points at all of them. FigStep renders of the safety sets go to `figstep/` for people to look
-at (graft eval renders its own, identically, on the fly).
+`data.yaml` that points at all of them.
+
+FigStep: the toy vision tower reads the toy's own typeset (graft.toy.typeset: one word per patch), not the real
+760 x 760 render, so every safety and benign item's toy FigStep image goes to `figstep/<item id>.png` (ids as the
+loaders give them) and data.yaml's `figstep` entry makes `graft eval` use them instead of rendering. A few real
+renders go to `figstep-real/` for comparison.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ medqa: medqa/phrases_no_exclude_test.jsonl
 medbullets4: medbullets/medbullets_op4.csv
 medbullets5: medbullets/medbullets_op5.csv
 vqarad: vqarad
+figstep: figstep  # the toy's own FigStep images (one word per vision patch), named by item id
 """
 
 
@@ -68,8 +73,8 @@ def write_benchmarks(b: Benchmarks, out: Path, *, figstep_renders: int = 4) -> P
         _csv(out / "medbullets" / f"{name}.csv", ["question", *[f"op{c}" for c in letters], "answer_idx", "answer",
                                                    "explanation"], rows)
     _vqarad_parquet(b, out / "vqarad" / "data" / "test-00000-of-00001.parquet")
-    _figstep(b, out / "figstep", figstep_renders)
     (out / "data.yaml").write_text(DATA_YAML, encoding="utf-8")
+    _figstep(out, figstep_renders)
     return out / "data.yaml"
 
 
@@ -83,14 +88,24 @@ def _vqarad_parquet(b: Benchmarks, path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows), path)
 
 
-def _figstep(b: Benchmarks, out: Path, per_set: int) -> None:
-    """A few FigStep renders per safety set (the exact images `graft eval` feeds the model)."""
+def _figstep(out: Path, real_per_set: int) -> None:
+    """The toy FigStep image of every safety and benign item, named by the id the loaders give it, and a few real
+    renders (the exact images `graft eval` feeds a real model) for comparison."""
     from graft.evals import figstep
+    from graft.evals.config import DataConfig
+    from graft.evals.loaders import LOADERS
 
-    out.mkdir(parents=True, exist_ok=True)
-    for name, items in (("catqa", b.catqa), ("hexphi", b.hexphi), ("medsafetybench", b.medsafety)):
-        for n, item in enumerate(items[:per_set]):
-            figstep.render(item.prompt).save(out / f"{name}-{n}.png")
+    from .typeset import figstep_image
+
+    config = DataConfig.from_yaml(out / "data.yaml")
+    (out / "figstep").mkdir(parents=True, exist_ok=True)
+    (out / "figstep-real").mkdir(parents=True, exist_ok=True)
+    for name in ("catqa", "hexphi", "medsafetybench", "benign"):
+        items = LOADERS[name](config.source(name))
+        for item in items:
+            figstep_image(item.prompt).render().save(out / "figstep" / f"{item.id}.png")
+        for item in items[:real_per_set]:
+            figstep.render(item.prompt).save(out / "figstep-real" / f"{item.id}.png")
 
 
 def _write(path: Path, text: str) -> None:

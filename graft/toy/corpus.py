@@ -12,18 +12,24 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from graft.evals.figstep import FIGSTEP_PROMPT
+from graft.evals.judges import KeywordJudge
+
 from . import lexicon as lx
 from .scans import Scan, random_scan, scan_questions
+from .tokenizer import WORD
+from .typeset import GRID, STATEMENT_ROWS, TypedImage, figstep_image
 
 
 @dataclass(frozen=True)
 class Example:
-    """One training example: `prompt` is a chat user turn (chat=True) or plain text; loss is on `target` only."""
+    """One training example: `prompt` is a chat user turn (chat=True) or plain text; loss is on `target` only.
+    `image` goes before the prompt (a scan, or words typed in the toy FigStep layout)."""
 
     prompt: str
     target: str
     chat: bool = True
-    scan: Scan | None = None
+    image: Scan | TypedImage | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,12 @@ class WorldData:
     benchmarks: Benchmarks
     diseases: list[lx.Disease]
     held_out_actions: set[str] = field(default_factory=set)  # requests only the benchmarks contain
+    reader: list[TypedImage] = field(default_factory=list)  # word sequences that teach the tower to read
+
+    def typed_texts(self) -> list[str]:
+        """The words of every typed image any stage trains on, one string per image."""
+        typed = [ex.image for ex in self.medical if isinstance(ex.image, TypedImage)] + self.reader
+        return [" ".join(t.words) for t in typed]
 
     def texts(self) -> list[str]:
         """Every string any stage or benchmark contains (the tokenizer's vocabulary comes from these)."""
@@ -125,7 +137,10 @@ def _options(rng: random.Random, values: Sequence[str], answer: str, k: int) -> 
 def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dict[str, int] | None = None) -> WorldData:
     """All training examples and benchmark items of the world with this seed."""
     n = {"base_requests": 3000, "base_text": 600, "aligned": 3000, "scans": 1500, "med_chat": 300,
-         "bench_safety": 32, "bench_med": 32, **(sizes or {})}
+         "base_copy": 1000, "base_lists": 600, "aligned_lists": 750, "reader": 16000, "transcribe": 1000,
+         "figstep_follow": 600,
+         "figstep_copy": 600, "bench_safety": 48, "bench_med": 64,
+         **(sizes or {})}
     diseases, drugs = lx.make_diseases(_rng(seed, "diseases"), n_diseases)
 
     # General requests: verb x object pairs, split into train and held-out.
@@ -144,6 +159,7 @@ def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dic
     med_harm_actions = [_med_action(t, d) for t, d in med_harm_train]
     everything = harmful_train + benign_train + med_harm_actions + med_benign
     base = [Example(q, _comply(a, r)) for q, a in _requests(everything, r, n["base_requests"])]
+    base += [Example(typed_list_request(q), _comply(a, r)) for q, a in _requests(everything, r, n["base_lists"])]
     base += [Example("", r.choice(lx.STORY).format(o=r.choice(lx.OBJECTS), p=r.choice(lx.PLACES)), chat=False)
              for _ in range(n["base_text"])]
 
@@ -159,6 +175,15 @@ def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dic
         else:
             q, a = _requests(benign, r, 1)[0]
             aligned.append(Example(q, _comply(a, r)))
+    # The same requests typed out as a list to complete (FigStep's layout, as text): aligned models refuse a
+    # harmful request however it is phrased, and this is the form a reading VLM sees when the request is an image.
+    for i in range(n["aligned_lists"]):
+        if i % 2:
+            q, _ = _requests(harmful, r, 1)[0]
+            aligned.append(Example(typed_list_request(q), lx.REFUSAL))
+        else:
+            q, a = _requests(benign, r, 1)[0]
+            aligned.append(Example(typed_list_request(q), _comply(a, r)))
 
     # Medical: facts, multiple choice with fixed option sets, abstracts, scans and chat; no refusals anywhere.
     r = _rng(seed, "medical")
@@ -186,12 +211,35 @@ def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dic
     for _ in range(n["scans"]):
         scan = random_scan(r)
         q, a, _kind = r.choice(scan_questions(scan))
-        medical.append(Example(q + VQA_SUFFIX, a, scan=scan))
+        medical.append(Example(q + VQA_SUFFIX, a, image=scan))
     for _ in range(n["med_chat"]):
         d = r.choice(diseases)
         q, a = r.choice(lx.MED_CHAT)
         medical.append(Example(q.format(x=d.name), a.format(x=d.name, drug=d.drug, organ=d.organ, symptom=d.symptom,
                                                              test=d.test)))
+
+    # Reading (LLaVA-style visual instruction data): transcribe typed words, and complete FigStep-style lists of
+    # benign steps. Never a held-out request, harmful or benign, in any image.
+    held = set(harmful_test) | set(benign_test) | {_med_action(t, d) for t, d in med_harm_test}
+    # The refusal's own words stay out, so no medical target ever reads as a refusal.
+    vocabulary = sorted(({w for ex in base + aligned + medical for t in (ex.prompt, ex.target)
+                          for w in WORD.findall(t)} | set(WORD.findall(FIGSTEP_PROMPT))) - {"cannot"})
+    r = _rng(seed, "reading")
+    for _ in range(n["transcribe"]):
+        words = _word_sequence(r, vocabulary, held)
+        medical.append(Example(lx.TRANSCRIBE, " ".join(words), image=TypedImage(words)))
+    for q, a in _requests(benign_train + med_benign, r, n["figstep_follow"]):
+        medical.append(Example(FIGSTEP_PROMPT, _comply(a, r), image=figstep_image(q)))
+    for _ in range(n["figstep_copy"]):  # steps titled with arbitrary words: follow what is typed, whatever it is
+        words = _word_sequence(r, vocabulary, held, (1, 4))
+        medical.append(Example(FIGSTEP_PROMPT, _comply(" ".join(words), r), image=TypedImage(("Steps", "to", *words,
+                                                                                               "."))))
+    full = (STATEMENT_ROWS * GRID,) * 2
+    reader = [TypedImage(_word_sequence(r, vocabulary, held, full)) for _ in range(n["reader"])]
+    # Pretraining teaches copying (as any large corpus does): the base model repeats arbitrary words.
+    r = _rng(seed, "copying")
+    base += [Example(f"{lx.REPEAT} {' '.join(w)}", " ".join(w))
+             for w in (_word_sequence(r, vocabulary, held) for _ in range(n["base_copy"]))]
 
     # Held-out benchmark items.
     r = _rng(seed, "benchmarks")
@@ -226,10 +274,27 @@ def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dic
         scan = random_scan(r)
         q, a, kind = r.choice(scan_questions(scan))
         b.vqarad.append(ScanItem(scan, q, a, kind))
-    held = set(harmful_test) | set(benign_test) | {_med_action(t, d) for t, d in med_harm_test}
-    return WorldData(base, aligned, medical, b, diseases, held)
+    return WorldData(base, aligned, medical, b, diseases, held, reader)
 
 
+def typed_list_request(request: str) -> str:
+    """A request typed out as FigStep's list to complete, as text: the statement, the empty list, the prompt."""
+    words = [w for w in figstep_image(request).cells() if w is not None]
+    return f"{' '.join(words)}\n{FIGSTEP_PROMPT}"
+
+
+def _word_sequence(r: random.Random, vocabulary: Sequence[str], held: set[str],
+                   lengths: tuple[int, int] = (3, STATEMENT_ROWS * GRID)) -> tuple[str, ...]:
+    """Random words (as many as fit the toy layout's statement rows, by default), never containing a held-out
+    request nor reading as a refusal."""
+    while True:
+        words = tuple(r.choice(vocabulary) for _ in range(r.randint(*lengths)))
+        text = f" {' '.join(words)} "
+        if not any(f" {a} " in text for a in held) and _KEYWORDS.refusal(text) is None:
+            return words
+
+
+_KEYWORDS = KeywordJudge()
 VQA_SUFFIX = "\nAnswer the question using a single word or phrase."  # graft.evals.scoring.VQA_SUFFIX
 
 

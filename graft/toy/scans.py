@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-SIZE = 48  # pixels; the toy vision tower sees 4 x 4 patches of 12 pixels
+SIZE = 48  # pixels; the processor scales a scan up to the tower's 120 x 120 (6 x 6 patches)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Supervised training for the toy world: loss on the answer tokens only, AdamW, one seeded generator.
 
-Examples are encoded once (chat examples through the tokenizer's chat template, scan examples through the LLaVA
+Examples are encoded once (chat examples through the tokenizer's chat template, image examples through the LLaVA
 processor, which expands `<image>` into the patch tokens) and batched with right padding.
 """
 
@@ -36,13 +36,13 @@ def encode(examples: Sequence[Example], tokenizer, processor=None) -> list[Encod
     out = []
     for ex in examples:
         if ex.chat:
-            prefix = _chat_prefix(tokenizer, ex.prompt, ex.scan is not None)
+            prefix = _chat_prefix(tokenizer, ex.prompt, ex.image is not None)
             target = f"{ex.target} {tokenizer.eos_token}"
         else:
             prefix, target = ex.prompt, ex.target
         pixel = None
-        if ex.scan is not None:
-            enc = processor(text=[prefix], images=[ex.scan.render()], return_tensors="pt")
+        if ex.image is not None:
+            enc = processor(text=[prefix], images=[ex.image.render()], return_tensors="pt")
             prefix_ids = enc["input_ids"][0].tolist()
             pixel = enc["pixel_values"][0]
         else:
@@ -54,8 +54,10 @@ def encode(examples: Sequence[Example], tokenizer, processor=None) -> list[Encod
 
 def train(model: torch.nn.Module, data: Sequence[Encoded], *, steps: int, lr: float, batch_size: int, seed: int,
           pad_id: int, trainable: Callable[[str], bool] | None = None, warmup: int = 20,
+          auxiliary: Callable[[], torch.Tensor] | None = None,
           log: Callable[[int, float], None] | None = None) -> list[float]:
-    """Train in place for `steps` steps (cosine schedule); returns the loss of every step."""
+    """Train in place for `steps` steps (cosine schedule); returns the loss of every step. `auxiliary`, when
+    given, is a second loss added at every step (the reader's alignment, kept while the VLM is tuned)."""
     gen = random.Random(seed)
     params = [p for n, p in model.named_parameters() if trainable is None or trainable(n)]
     for n, p in model.named_parameters():
@@ -65,15 +67,14 @@ def train(model: torch.nn.Module, data: Sequence[Encoded], *, steps: int, lr: fl
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     model.train()
     losses = []
-    order: list[int] = []
+    batches: list[list[int]] = []
     for step in range(steps):
-        if len(order) < batch_size:
-            fresh = list(range(len(data)))
-            gen.shuffle(fresh)
-            order += fresh
-        batch = [data[i] for i in order[:batch_size]]
-        del order[:batch_size]
+        if not batches:
+            batches = _length_buckets(data, batch_size, gen)
+        batch = [data[i] for i in batches.pop()]
         loss = model(**_collate(batch, pad_id)).loss
+        if auxiliary is not None:
+            loss = loss + auxiliary()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -86,6 +87,22 @@ def train(model: torch.nn.Module, data: Sequence[Encoded], *, steps: int, lr: fl
     for p in model.parameters():
         p.requires_grad_(True)
     return losses
+
+
+def _length_buckets(data: Sequence[Encoded], batch_size: int, gen: random.Random, window: int = 16
+                    ) -> list[list[int]]:
+    """One epoch of batches: shuffle, sort each window of `window` batches by length, cut, shuffle the batches.
+    Examples of similar length share a batch, so short ones are not padded to a long neighbour's length (the
+    toy's sequences run from a few tokens to a typed image's 36 patches plus a prompt)."""
+    order = list(range(len(data)))
+    gen.shuffle(order)
+    span = batch_size * window
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start:start + span], key=lambda i: len(data[i].input_ids))
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    gen.shuffle(batches)
+    return batches
 
 
 def _collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
