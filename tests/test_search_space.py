@@ -39,7 +39,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_every_shipped_space_loads_and_expresses_its_baselines() -> None:
     assert {p.stem for p in SHIPPED} >= {"global", "layerwise", "blockwise", "smooth", "attn_mlp",
-                                         "layerwise_groups"}
+                                         "layerwise_groups", "smooth_groups"}
     for path in SHIPPED:
         space = SearchSpace.from_yaml(path)
         space.check(6, source=str(path))
@@ -64,10 +64,10 @@ def test_baseline_points_give_exactly_their_lambda_on_every_tensor(path: Path) -
             assert by_hand == pytest.approx(lam if in_scope else 0.0, abs=1e-12), (path.stem, lam, layer, group)
 
 
-def test_the_demo_searches_the_shipped_layerwise_groups_space() -> None:
+def test_the_demo_searches_the_shipped_smooth_groups_space() -> None:
     from graft.demo import DEMO_SPACE
 
-    shipped = SearchSpace.from_yaml(ROOT / "search_spaces" / "layerwise_groups.yaml")
+    shipped = SearchSpace.from_yaml(ROOT / "search_spaces" / "smooth_groups.yaml")
     assert SearchSpace.parse(DEMO_SPACE) == shipped
     assert set(shipped.ranges(6)) == {f"layer_{i}" for i in range(6)} | {
         f"group_{g}" for g in ("attn", "mlp", "norm", "embed", "head")}
