@@ -69,7 +69,7 @@ def test_the_demo_searches_the_shipped_smooth_groups_space() -> None:
 
     shipped = SearchSpace.from_yaml(ROOT / "search_spaces" / "smooth_groups.yaml")
     assert SearchSpace.parse(DEMO_SPACE) == shipped
-    assert set(shipped.ranges(6)) == {f"layer_{i}" for i in range(6)} | {
+    assert set(shipped.ranges(6)) == {f"point_{i}" for i in range(3)} | {
         f"group_{g}" for g in ("attn", "mlp", "norm", "embed", "head")}
 
 
