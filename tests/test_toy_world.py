@@ -226,6 +226,11 @@ def test_demo_verdict_is_held_out_and_recomputes_from_the_items(toy_world, tmp_p
         assert set(search_items["searched"]["in_sample"][task]) == set(inside["medical"][task])
         # ...and the resident graft's held-out verdicts equal those of the merged folder, item by item.
         assert search_items["searched"]["held_out"][task] == held["searched"][task]
+    # The FigStep columns are held out too: the searched row's figure recomputes from the held-out items.
+    figstep = ["catqa-figstep", "hexphi-figstep", "medsafetybench-figstep"]
+    assert {*figstep, "benign-figstep"} <= set(held["searched"])
+    searched_row = next(r for r in report["rows"]["held_out"] if r["name"] == "searched")
+    assert searched_row["figstep"] == pytest.approx(_task_mean(held["searched"], figstep))
     verdict = report["verdict"]["held_out"]
     checks = {c["name"]: c for c in verdict["checks"]}
     medical_tasks = [*TEXT_MEDICAL, "vqarad"]
