@@ -457,10 +457,10 @@ def push(
     result = push_folder(folder, repo_id, private=private, revision=revision, commit_message=commit_message,
                          token=token)
     if quiet:
-        stdout.print(result.url or result.repo_id)
+        stdout.print(result.url or result.repo_id, soft_wrap=True)
         return
     where = f"{result.repo_id}" + (f" (branch {result.revision})" if result.revision else "")
-    stdout.print(f"pushed {shown(folder)} ({result.kind}) to {where}: {result.url or result.commit}")
+    stdout.print(f"pushed {shown(folder)} ({result.kind}) to {where}: {result.url or result.commit}", soft_wrap=True)
 
 
 @app.command()
