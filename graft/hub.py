@@ -113,9 +113,11 @@ def missing_local(spec: str | Path, role: str) -> InputError:
     return InputError(f"{spec}: no such {role} folder; check the path (a hub id is org/name)")
 
 
-def resolve_model(spec: str | Path, *, role: str = "model", revision: str | None = None) -> Path:
-    """A local folder as is; otherwise a hub id downloaded (or found in the HF cache when offline)."""
-    return _resolve(spec, role=role, revision=revision, patterns=ALLOW_PATTERNS)
+def resolve_model(spec: str | Path, *, role: str = "model", revision: str | None = None,
+                  patterns: list[str] | None = None) -> Path:
+    """A local folder as is; otherwise a hub id downloaded (or found in the HF cache when offline). `patterns`
+    narrows the download further (never widens it past safetensors and small text files)."""
+    return _resolve(spec, role=role, revision=revision, patterns=patterns or ALLOW_PATTERNS)
 
 
 def resolve_vector(spec: str | Path, *, revision: str | None = None) -> Path:
