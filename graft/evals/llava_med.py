@@ -67,13 +67,16 @@ class PlaceholderEmbedding(torch.nn.Embedding):
 
 
 def load(path: Path, config: dict, *, dtype: torch.dtype, placement: dict, text_only: bool):
-    """(model, tokenizer, processor or None) for an original-layout LLaVA folder."""
+    """(model, tokenizer, processor or None) for an original-layout LLaVA folder; `text_only` loads the language
+    model alone (no vision tower config needed)."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
     from graft.checkpoint import Checkpoint
 
     with Checkpoint.open(path, role="model") as ckpt:
         shapes = {name: tuple(info.shape) for name, info in ckpt.tensors.items()}
+    if text_only:  # the language model alone: its tensors already carry the names transformers loads
+        return _load_text_only(path, config, dtype=dtype, placement=placement)
     _check_supported(path, config, shapes)
     tower = _tower_folder(path, config)
     vision = _vision_config(path, config, tower, shapes)
@@ -96,6 +99,29 @@ def load(path: Path, config: dict, *, dtype: torch.dtype, placement: dict, text_
     model.get_input_embeddings().__class__ = PlaceholderEmbedding
     processor = None if text_only else _processor(config, tower, tokenizer, llava)
     return model, tokenizer, processor
+
+
+def _load_text_only(path: Path, config: dict, *, dtype: torch.dtype, placement: dict):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    text = text_config(config)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report lists every vision tensor as unexpected; checked below
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(path, config=text, dtype=dtype, use_safetensors=True,
+                                                           output_loading_info=True, **placement)
+    except (ValueError, RuntimeError) as exc:
+        raise IncompatibleError(f"{path}: cannot load its language model ({str(exc).splitlines()[0]})") from exc
+    finally:
+        hf_logging.set_verbosity(level)
+    vision = ("model.vision_tower.", "model.mm_projector.")
+    left = sorted(info["missing_keys"]) + sorted(k for k in info["unexpected_keys"] if not k.startswith(vision))
+    left += sorted(info["mismatched_keys"])
+    if left:
+        raise IncompatibleError(f"{path}: the language model of the original LLaVA layout did not load "
+                                f"({len(left)} tensors unmatched, e.g. {left[0]})")
+    return model, AutoTokenizer.from_pretrained(path, config=text), None
 
 
 def text_config(config: dict):
