@@ -138,6 +138,7 @@ def _resolve(spec: str | Path, *, role: str, revision: str | None, patterns: lis
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         HfHubHTTPError,
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -145,6 +146,8 @@ def _resolve(spec: str | Path, *, role: str, revision: str | None, patterns: lis
 
     try:
         return Path(snapshot_download(repo_id=repo, revision=revision, allow_patterns=patterns))
+    except HFValidationError as exc:
+        raise InputError(f"{spec}: no such local folder, and not a valid hub id ({exc})") from exc
     except RepositoryNotFoundError as exc:
         raise InputError(f"{spec}: no such local folder, and no such hub repository (or it is gated: log in with "
                          "`hf auth login` or set HF_TOKEN)") from exc

@@ -85,7 +85,7 @@ def push(folder: str | Path, repo_id: str, *, private: bool = True, revision: st
     kind = check_pushable(path)
     secret = hub_token(token)
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 
     api = HfApi(token=secret)
     message = commit_message or f"Upload {PUSHABLE[kind]} made with graft"
@@ -95,6 +95,8 @@ def push(folder: str | Path, repo_id: str, *, private: bool = True, revision: st
             api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
         info: Any = api.upload_folder(repo_id=repo_id, folder_path=path, repo_type="model", revision=revision,
                                       commit_message=message, ignore_patterns=IGNORE)
+    except HFValidationError as exc:
+        raise UsageError(f"{repo_id}: not a valid hub repository id ({exc})") from exc
     except RepositoryNotFoundError as exc:
         raise InputError(f"{repo_id}: no such hub repository, or this token may not write to it "
                          "(check the name and the token's permissions)") from exc

@@ -321,6 +321,11 @@ def test_revision_usage_errors(models: SimpleNamespace, monkeypatch: pytest.Monk
     assert not (tmp_path / "out").exists()
 
 
+def test_invalid_hub_id_is_an_input_error(tmp_path: Path) -> None:
+    result = cli("plan", "-t", "org/na--me", "--vector", tmp_path)
+    assert result.exit_code == 3 and "not a valid hub id" in result.stderr and result.stderr.count("\n") == 1
+
+
 def test_revision_not_found(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def fail(**kwargs: object) -> str:
         raise RevisionNotFoundError("404 Revision Not Found", response=_fake_response(404))

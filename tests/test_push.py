@@ -13,7 +13,7 @@ import huggingface_hub
 import huggingface_hub.constants
 import pytest
 from huggingface_hub import ModelCard
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import filter_repo_objects
 from typer.testing import CliRunner, Result
 
@@ -218,6 +218,8 @@ def test_bad_repo_id(merged: Path) -> None:
     one_line_error(cli("push", merged, "not a repo"), 2, "org/name")
     one_line_error(cli("push", merged, "org/m", "--branch", "bad branch"), 2, "--revision")
     assert FakeApi.calls == []
+    FakeApi.fail = {"create_repo": HFValidationError("Cannot have -- or .. in repo_id: 'org/a--b'.")}
+    one_line_error(cli("push", merged, "org/a--b"), 2, "not a valid hub repository id")
 
 
 @pytest.mark.parametrize(
