@@ -20,7 +20,6 @@ Faithful to the original where it matters for scores:
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -191,8 +190,11 @@ def _vision_config(path: Path, config: dict, tower: Path, shapes: dict[str, tupl
     layers, MLP width)."""
     from transformers import CLIPVisionConfig
 
-    raw = json.loads((tower / "config.json").read_text())
-    vision = CLIPVisionConfig(**raw.get("vision_config", raw))
+    try:  # a CLIPConfig (as published) or a CLIPVisionConfig; from_pretrained takes the vision part of either
+        vision = CLIPVisionConfig.from_pretrained(tower)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise InputError(f"{tower / 'config.json'}: not a CLIP vision config ({str(exc).splitlines()[0]}); "
+                         f"mm_vision_tower {config['mm_vision_tower']} must name a CLIP tower") from exc
     layers = {int(m.group(1)) for n in shapes if (m := re.match(re.escape(TOWER) + r"encoder\.layers\.(\d+)\.", n))}
     patch = shapes.get(TOWER + "embeddings.patch_embedding.weight")
     positions = shapes.get(TOWER + "embeddings.position_embedding.weight")
