@@ -181,6 +181,14 @@ def test_not_a_graft_output(make_world, tmp_path: Path) -> None:
     assert FakeApi.calls == []
 
 
+def test_other_graft_outputs_are_not_pushed(merged: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    shutil.copytree(merged, report)
+    (report / MARKER).write_text(json.dumps({"format": "graft-output", "kind": "inspect"}) + "\n")
+    one_line_error(cli("push", report, "org/m"), 3, "a graft inspect output", "only merged models and vectors")
+    assert FakeApi.calls == []
+
+
 def test_incomplete_merged_folder(merged: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(merged, broken)
