@@ -55,8 +55,17 @@ Force = Annotated[bool, typer.Option(
     "--force", help="Replace a previous graft output (atomically, at the end); never a folder or file graft did not "
                     "write, nor an input.")]
 RecipeOpt = Annotated[Path | None, typer.Option("--recipe", "-r", help="Recipe YAML; flags override its fields.")]
-TargetOpt = Annotated[str | None, typer.Option("--target", "-t", help="Target model folder or hub id.")]
-VectorOpt = Annotated[str | None, typer.Option("--vector", help="Vector folder written by `graft extract`.")]
+TargetOpt = Annotated[str | None, typer.Option(
+    "--target", "-t", help="Target model folder or hub id (org/name, optionally org/name@REVISION).")]
+VectorOpt = Annotated[str | None, typer.Option(
+    "--vector", help="Vector folder written by `graft extract`, or a hub repository holding one (org/name).")]
+TargetRevisionOpt = Annotated[str | None, typer.Option(
+    "--target-revision", help="Branch, tag or commit of a hub target (same as --target org/name@REV).")]
+VectorRevisionOpt = Annotated[str | None, typer.Option(
+    "--vector-revision", help="Branch, tag or commit of a hub vector (same as --vector org/name@REV).")]
+PushOpt = Annotated[str | None, typer.Option(
+    "--push-to-hub", help="After a successful write, push the output to this hub repository (org/name, created "
+                          "private; see `graft push`).")]
 ScaleOpt = Annotated[float | None, typer.Option("--scale", "-s", help="Global λ scale.")]
 LayersOpt = Annotated[str | None, typer.Option("--layers", help="Per-layer factors, one per layer: '0,0.5,1,...'.")]
 BlocksOpt = Annotated[str | None, typer.Option("--blocks", help="Per-block factors over contiguous layer blocks.")]
@@ -131,6 +140,28 @@ def build_recipe(recipe: Path | None, **flags: Any) -> Recipe:
     if options:
         changes["options"] = options
     return base.updated(**changes) if changes else base
+
+
+def with_revisions(spec: Recipe, target_revision: str | None, vector_revision: str | None) -> Recipe:
+    """The recipe with `--target-revision`/`--vector-revision` folded into its hub ids (`org/name@REV`)."""
+    from graft.hub import with_revision
+
+    if target_revision is None and vector_revision is None:
+        return spec
+    return spec.model_copy(update={"target": with_revision(spec.target, target_revision, "--target-revision"),
+                                   "vector": with_revision(spec.vector, vector_revision, "--vector-revision")})
+
+
+def _push_after(folder: Path, repo_id: str | None, quiet: bool) -> None:
+    """`--push-to-hub`: the same push as `graft push`, once the output is committed."""
+    if repo_id is None:
+        return
+    from graft.publish import push as push_folder
+
+    result = push_folder(folder, repo_id)
+    if not quiet:
+        stderr.print(f"pushed {shown(folder)} to {result.url or result.repo_id} (private unless it existed)",
+                     soft_wrap=True)
 
 
 @contextmanager
@@ -237,6 +268,11 @@ def extract(
     hash_sources: Annotated[bool, typer.Option(
         "--hash/--no-hash", help="Record sha256 of every source weight file in vector.json.")] = True,
     kind: Annotated[str, typer.Option(help="Label stored in the manifest (safety, or e.g. resta).")] = "safety",
+    base_revision: Annotated[str | None, typer.Option(
+        "--base-revision", help="Branch, tag or commit of a hub base (same as --base org/name@REV).")] = None,
+    aligned_revision: Annotated[str | None, typer.Option(
+        "--aligned-revision", help="Branch, tag or commit of a hub aligned model.")] = None,
+    push_to_hub: PushOpt = None,
     allow_nonfinite: Annotated[bool, typer.Option(
         "--allow-nonfinite", help="Extract even when a source tensor holds NaN/Inf or τ overflows its storage dtype "
                                   "(refused by default).")] = False,
@@ -245,11 +281,15 @@ def extract(
     verbose: Verbose = False,
 ) -> None:
     """Extract the task vector τ = ALIGNED − BASE, streamed tensor by tensor, into a vector folder."""
-    from graft.hub import resolve_model
+    from graft.hub import resolve_model, with_revision
     from graft.vector import extract_vector
 
-    base_path = resolve_model(base, role="base")
-    aligned_path = resolve_model(aligned, role="aligned")
+    if push_to_hub is not None:
+        from graft.publish import hub_token
+
+        hub_token(None)  # no token: refused before hours of work, not after
+    base_path = resolve_model(with_revision(base, base_revision, "--base-revision"), role="base")
+    aligned_path = resolve_model(with_revision(aligned, aligned_revision, "--aligned-revision"), role="aligned")
     with _progress(quiet) as progress:
         task = progress.add_task("extract", total=None)
         result = extract_vector(base_path, aligned_path, out, dtype=dtype, shard_size=shard_size, force=force,
@@ -271,6 +311,7 @@ def extract(
         stdout.print(table)
     else:
         stdout.print(shown(result.out))
+    _push_after(result.out, push_to_hub, quiet)
 
 
 @app.command()
@@ -279,6 +320,8 @@ def plan(
     recipe: RecipeOpt = None,
     target: TargetOpt = None,
     vector: VectorOpt = None,
+    target_revision: TargetRevisionOpt = None,
+    vector_revision: VectorRevisionOpt = None,
     scale: ScaleOpt = None,
     layers: LayersOpt = None,
     blocks: BlocksOpt = None,
@@ -305,7 +348,7 @@ def plan(
     spec = build_recipe(recipe, target=target, vector=vector, scale=scale, layers=layers, blocks=blocks,
                         control_points=control_points, group=group, map=map, include=include, exclude=exclude,
                         origin=origin, orthogonalize=orthogonalize, strict=strict, allow_partial=allow_partial)
-    the_plan = open_plan(spec)
+    the_plan = open_plan(with_revisions(spec, target_revision, vector_revision))
     try:
         if json_out:
             inputs = [the_plan.target.root, the_plan.vector.root, *([the_plan.origin.root] if the_plan.origin else []),
@@ -327,6 +370,8 @@ def merge(
     target: TargetOpt = None,
     vector: VectorOpt = None,
     out_dir: Annotated[str | None, typer.Option("--out", "-o", help="Output folder (created atomically).")] = None,
+    target_revision: TargetRevisionOpt = None,
+    vector_revision: VectorRevisionOpt = None,
     scale: ScaleOpt = None,
     layers: LayersOpt = None,
     blocks: BlocksOpt = None,
@@ -349,6 +394,7 @@ def merge(
     results: Annotated[Path | None, typer.Option(
         "--results", help="A `graft eval` results.json of this graft: its scores go into the model card "
                           "(model-index).")] = None,
+    push_to_hub: PushOpt = None,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -362,6 +408,11 @@ def merge(
                         exclude=exclude, origin=origin, orthogonalize=orthogonalize, dtype=dtype,
                         shard_size=shard_size, device=device, chunk_size=chunk_size, strict=strict,
                         allow_partial=allow_partial)
+    spec = with_revisions(spec, target_revision, vector_revision)
+    if push_to_hub is not None:
+        from graft.publish import hub_token
+
+        hub_token(None)  # no token: refused before the merge, not after
     with _progress(quiet) as progress:
         task = progress.add_task("merge", total=None)
 
@@ -374,12 +425,42 @@ def merge(
                            on_warning=_warn, results=results)
     if quiet:
         stdout.print(shown(result.out))
+    else:
+        table = Table(title="graft merge", show_header=False)
+        table.add_row("output", shown(result.out))
+        table.add_row("tensors", f"{result.grafted} grafted, {result.copied} copied unchanged")
+        table.add_row("written", f"{human_size(result.bytes_written)} in {result.seconds:.1f} s on {result.device}")
+        stdout.print(table)
+    _push_after(result.out, push_to_hub, quiet)
+
+
+@app.command()
+@handles_errors
+def push(
+    folder: Annotated[Path, typer.Argument(help="A folder written by `graft merge` or `graft extract`.")],
+    repo_id: Annotated[str, typer.Argument(help="Hub repository to create or update: org/name.")],
+    private: Annotated[bool, typer.Option(
+        "--private/--public", help="Visibility of a repository this creates (an existing one keeps its own).")
+                       ] = True,
+    revision: Annotated[str | None, typer.Option(
+        "--revision", "--branch", help="Branch to push to (created from the default branch when missing).")] = None,
+    commit_message: Annotated[str | None, typer.Option("--commit-message", "-m", help="The hub commit's message.")
+                              ] = None,
+    token: Annotated[str | None, typer.Option(
+        "--token", help="Hub token with write access (default: $HF_TOKEN, else the `hf auth login` cache).")] = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Publish a merged model or a vector folder to the Hugging Face hub (only a complete graft output)."""
+    from graft.publish import push as push_folder
+
+    result = push_folder(folder, repo_id, private=private, revision=revision, commit_message=commit_message,
+                         token=token)
+    if quiet:
+        stdout.print(result.url or result.repo_id, soft_wrap=True)
         return
-    table = Table(title="graft merge", show_header=False)
-    table.add_row("output", shown(result.out))
-    table.add_row("tensors", f"{result.grafted} grafted, {result.copied} copied unchanged")
-    table.add_row("written", f"{human_size(result.bytes_written)} in {result.seconds:.1f} s on {result.device}")
-    stdout.print(table)
+    where = f"{result.repo_id}" + (f" (branch {result.revision})" if result.revision else "")
+    stdout.print(f"pushed {shown(folder)} ({result.kind}) to {where}: {result.url or result.commit}", soft_wrap=True)
 
 
 @app.command()

@@ -1,24 +1,70 @@
-"""Turn a user's model argument (local folder or Hugging Face hub id) into a local folder.
+"""Turn a user's model or vector argument (local folder or Hugging Face hub id) into a local folder.
 
 Only safetensors weights and small text files are fetched: pickled weights are never downloaded, let alone loaded.
 A name that looks like a local path (``./x``, ``/x``, ``~/x``, ``models/targt`` when ``models/`` exists, ``a/b/c``,
 ``x.safetensors``) is never sent to the hub: a typo gets "no such folder", not a download attempt.
+
+A hub id may carry a revision (branch, tag or commit) after ``@``: ``org/name@v1.0`` — the form huggingface_hub's own
+file system uses — so a recipe pins one string. The commit a download resolved to is read back from the cache
+layout (``models--org--name/snapshots/<commit>``), so outputs record the exact commit without asking the hub again.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from graft.errors import InputError
+from graft.errors import InputError, UsageError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+REVISION = re.compile(r"^[\w.\-/]+$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
 ALLOW_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "*.txt", "*.model", "*.md"]
+# A vector repository: the manifest, τ's shards and the card; nothing else is needed to graft.
+VECTOR_PATTERNS = ["vector.json", "vector*.safetensors", "vector.safetensors.index.json", "README.md"]
 # Endings that name a file, never a hub repository (whose names may well hold dots: Qwen2.5-7B, v0.1).
 FILE_EXTENSIONS = frozenset({
     "safetensors", "json", "yaml", "yml", "bin", "pt", "pth", "ckpt", "pkl", "pickle", "gguf", "h5", "msgpack",
     "txt", "md", "csv", "jsonl", "db", "sqlite", "zip", "tar", "gz", "py", "npz", "npy", "onnx",
 })
+
+
+@dataclass(frozen=True)
+class HubRef:
+    """Where a folder came from on the hub: the repository and (when known) the commit it resolved to."""
+
+    repo_id: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        return self.repo_id + (f"@{self.revision}" if self.revision else "")
+
+
+def split_revision(spec: str) -> tuple[str, str | None]:
+    """`org/name@rev` → (`org/name`, `rev`); anything else (a path, a plain id) → (spec, None)."""
+    text = str(spec)
+    if "@" not in text:
+        return text, None
+    repo, revision = text.split("@", 1)
+    if HUB_ID.match(repo) and revision and REVISION.match(revision) and not looks_local(repo):
+        return repo, revision
+    return text, None
+
+
+def with_revision(spec: str | None, revision: str | None, flag: str) -> str | None:
+    """A spec with a `--*-revision` flag folded in (`org/name` + `v1` → `org/name@v1`); refuses a local folder or a
+    second, different revision."""
+    if spec is None or revision is None:
+        return spec
+    repo, existing = split_revision(spec)
+    if not looks_like_hub_id(repo):
+        raise UsageError(f"{flag} {revision}: {spec} is not a hub id (org/name); a revision applies only to the hub")
+    if existing is not None and existing != revision:
+        raise UsageError(f"{flag} {revision}: {spec} already names revision {existing}; give one of them")
+    if not REVISION.match(revision):
+        raise UsageError(f"{flag} {revision!r}: not a branch, tag or commit name")
+    return f"{repo}@{revision}"
 
 
 def looks_local(spec: str) -> bool:
@@ -32,13 +78,33 @@ def looks_local(spec: str) -> bool:
 
 
 def looks_like_hub_id(spec: str) -> bool:
-    return bool(HUB_ID.match(str(spec))) and not looks_local(str(spec))
+    repo, _ = split_revision(str(spec))
+    return bool(HUB_ID.match(repo)) and not looks_local(repo)
 
 
-def pin(spec: str | None) -> str | None:
-    """How a stored recipe names an input so it means the same from any folder: a hub id as is, a local path
-    absolute and resolved."""
-    if spec is None or not Path(spec).expanduser().exists():
+def hub_source(path: str | Path) -> HubRef | None:
+    """The repository and commit of a folder inside huggingface_hub's cache (`.../models--org--name/snapshots/
+    <commit>`), else None. Repository ids never hold `--`, so the folder name maps back to exactly one id."""
+    folder = Path(path)
+    storage = folder.parent.parent
+    if folder.parent.name != "snapshots" or not storage.name.startswith("models--"):
+        return None
+    parts = storage.name.removeprefix("models--").split("--")
+    if len(parts) != 2 or not all(parts):
+        return None
+    return HubRef("/".join(parts), folder.name if COMMIT.match(folder.name) else None)
+
+
+def pin(spec: str | None, resolved: str | Path | None = None) -> str | None:
+    """How a stored recipe names an input so it means the same from any folder and at any later time: a hub id at
+    the commit it resolved to (`org/name@<sha>`), a local path absolute and resolved."""
+    if spec is None:
+        return None
+    if not Path(spec).expanduser().exists():
+        if resolved is not None and looks_like_hub_id(spec):
+            source = hub_source(resolved)
+            if source is not None and source.revision is not None:
+                return f"{split_revision(spec)[0]}@{source.revision}"
         return spec  # a hub id, or a missing path that the error should name as the user typed it
     return str(Path(spec).expanduser().resolve())
 
@@ -47,24 +113,51 @@ def missing_local(spec: str | Path, role: str) -> InputError:
     return InputError(f"{spec}: no such {role} folder; check the path (a hub id is org/name)")
 
 
-def resolve_model(spec: str | Path, *, role: str = "model", revision: str | None = None) -> Path:
-    """A local folder as is; otherwise a hub id downloaded (or found in the HF cache when offline)."""
+def resolve_model(spec: str | Path, *, role: str = "model", revision: str | None = None,
+                  patterns: list[str] | None = None) -> Path:
+    """A local folder as is; otherwise a hub id downloaded (or found in the HF cache when offline). `patterns`
+    narrows the download further (never widens it past safetensors and small text files)."""
+    return _resolve(spec, role=role, revision=revision, patterns=patterns or ALLOW_PATTERNS)
+
+
+def resolve_vector(spec: str | Path, *, revision: str | None = None) -> Path:
+    """A vector folder as is; otherwise a hub repository holding vector.json and τ's shards."""
+    return _resolve(spec, role="vector", revision=revision, patterns=VECTOR_PATTERNS)
+
+
+def _resolve(spec: str | Path, *, role: str, revision: str | None, patterns: list[str]) -> Path:
     path = Path(spec).expanduser()
     if path.exists() or path.is_symlink():
         return path
     if not looks_like_hub_id(str(spec)):
         raise missing_local(spec, role)
+    repo, pinned = split_revision(str(spec))
+    if revision is not None and pinned is not None and revision != pinned:
+        raise UsageError(f"{spec}: names revision {pinned}, but {revision} was asked for; give one of them")
+    revision = revision or pinned
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
-        return Path(snapshot_download(repo_id=str(spec), revision=revision, allow_patterns=ALLOW_PATTERNS))
+        return Path(snapshot_download(repo_id=repo, revision=revision, allow_patterns=patterns))
+    except HFValidationError as exc:
+        raise InputError(f"{spec}: no such local folder, and not a valid hub id ({exc})") from exc
     except RepositoryNotFoundError as exc:
-        raise InputError(f"{spec}: no such local folder, and no such hub repository (or it is gated)") from exc
+        raise InputError(f"{spec}: no such local folder, and no such hub repository (or it is gated: log in with "
+                         "`hf auth login` or set HF_TOKEN)") from exc
+    except RevisionNotFoundError as exc:
+        raise InputError(f"{spec}: the hub repository {repo} has no revision {revision!r} (a branch, tag or "
+                         "commit)") from exc
     except LocalEntryNotFoundError as exc:
         raise InputError(
             f"{spec}: not a local folder, and the hub is unreachable with no cached copy; "
-            "download it first (huggingface-cli download) or pass a local path"
+            "download it first (hf download) or pass a local path"
         ) from exc
     except (HfHubHTTPError, OSError) as exc:
         raise InputError(f"{spec}: could not fetch the {role} from the hub ({exc.__class__.__name__}: {exc})") from exc

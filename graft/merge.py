@@ -124,6 +124,11 @@ def merge(
         "options": recipe.options.model_copy(update={"origin": pin(recipe.options.origin)})})
     plan = open_plan(recipe)
     try:
+        # A hub input is stored at the commit it resolved to: the recipe rebuilds the same bytes after the repo moves.
+        plan.recipe = recipe = recipe.model_copy(update={
+            "target": pin(recipe.target, plan.target.root), "vector": pin(recipe.vector, plan.vector.root),
+            "options": recipe.options.model_copy(update={
+                "origin": pin(recipe.options.origin, plan.origin.root if plan.origin else None)})})
         plan.check()
         check_warnings(plan, on_warning)
         device = resolve_device(recipe.options.device)

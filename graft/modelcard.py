@@ -16,7 +16,7 @@ import yaml
 
 from graft import __version__
 from graft.errors import InputError
-from graft.hub import looks_like_hub_id
+from graft.hub import looks_like_hub_id, split_revision
 from graft.plan import GraftPlan
 from graft.regular_files import read_regular_bytes
 from graft.vector import SourceInfo
@@ -51,10 +51,11 @@ def load_card_results(path: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def hub_id(spec: str | None) -> str | None:
-    """The target's hub id when it came from the hub; None for a local folder (never a path in the card)."""
+    """The target's hub id (without its revision: the Hub's base_model is a repository) when it came from the hub;
+    None for a local folder (never a path in the card)."""
     if not spec or Path(spec).expanduser().exists() or not looks_like_hub_id(spec):
         return None
-    return spec
+    return split_revision(spec)[0]
 
 
 def card_metadata(plan: GraftPlan, results: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -146,7 +147,8 @@ def _title(plan: GraftPlan) -> str:
 
 
 def _source_lines(role: str, source: SourceInfo) -> list[str]:
-    lines = [f"  - {role}: `{source.path}`" + (f" ({source.model_type})" if source.model_type else "")]
+    name = (source.hub + (f"@{source.revision}" if source.revision else "")) if source.hub else source.path
+    lines = [f"  - {role}: `{name}`" + (f" ({source.model_type})" if source.model_type else "")]
     for file, digest in sorted((source.sha256 or {}).items()):
         lines.append(f"    - `{file}` sha256 `{digest}`")
     return lines

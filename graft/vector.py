@@ -55,6 +55,8 @@ class SourceInfo(_Frozen):
     model_type: str | None = None
     architectures: list[str] | None = None
     sha256: dict[str, str] | None = None  # weight file name -> content hash (the hub's LFS oid)
+    hub: str | None = None  # the hub repository the source was downloaded from
+    revision: str | None = None  # the commit it resolved to
 
 
 Count = Annotated[int, Field(ge=0)]
@@ -111,10 +113,15 @@ class SafetyVector:
 
     @classmethod
     def open(cls, path: str | Path) -> SafetyVector:
+        from graft.hub import looks_like_hub_id, resolve_vector
+
         root = Path(path).expanduser()
+        if not root.exists() and not root.is_symlink():
+            if not looks_like_hub_id(str(path)):
+                raise InputError(f"{path}: no such vector folder; check the path or create one with `graft extract` "
+                                 "(a vector on the hub is org/name)")
+            root = resolve_vector(str(path))
         manifest_path = root / MANIFEST
-        if not root.exists():
-            raise InputError(f"{path}: no such vector folder; check the path or create one with `graft extract`")
         if not os.path.lexists(manifest_path):
             raise InputError(f"{root}: not a graft vector folder (no {MANIFEST}); create one with `graft extract`")
         raw = load_json_file(manifest_path, "the vector manifest", within=containment_root(root))
@@ -291,9 +298,13 @@ def _describe(name: str, dtype: str, info: TensorInfo, prefix: str, stat: tuple[
 
 
 def _source(ckpt: Checkpoint, hashes: dict[str, str] | None) -> SourceInfo:
+    from graft.hub import hub_source
+
     config = ckpt.config
+    origin = hub_source(ckpt.root)
     return SourceInfo(path=str(ckpt.root), model_type=config.get("model_type"),  # type: ignore[arg-type]
-                      architectures=config.get("architectures"), sha256=hashes)  # type: ignore[arg-type]
+                      architectures=config.get("architectures"), sha256=hashes,  # type: ignore[arg-type]
+                      hub=origin.repo_id if origin else None, revision=origin.revision if origin else None)
 
 
 def _write_difference(

@@ -15,13 +15,23 @@ from types import SimpleNamespace
 import huggingface_hub
 import huggingface_hub.constants
 import pytest
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+import yaml
+from huggingface_hub import ModelCard
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import filter_repo_objects
 from typer.testing import CliRunner, Result
 
 from graft.cli import app
 from graft.errors import InputError
-from graft.hub import ALLOW_PATTERNS, looks_like_hub_id, resolve_model
+from graft.hub import (
+    ALLOW_PATTERNS,
+    VECTOR_PATTERNS,
+    HubRef,
+    hub_source,
+    looks_like_hub_id,
+    resolve_model,
+    split_revision,
+)
 from graft.toy.layouts import TextSpec, build_target, build_text_pair
 from graft.vector import extract_vector
 
@@ -254,3 +264,113 @@ def test_hub_errors_become_input_errors(
     result = cli("plan", "-t", REPO, "--vector", tmp_path)
     assert result.exit_code == 3, result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and REPO in result.stderr
+
+
+# -- revisions ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("spec", "split"),
+    [("org/name@v1.0", ("org/name", "v1.0")), (f"org/name@{COMMIT}", ("org/name", COMMIT)),
+     ("org/name@refs/pr/3", ("org/name", "refs/pr/3")), ("org/name", ("org/name", None)),
+     ("./org/name@v1", ("./org/name@v1", None)), ("/abs/x@v1", ("/abs/x@v1", None)), ("org/name@", ("org/name@", None)),
+     ("org/name@a b", ("org/name@a b", None))],
+)
+def test_split_revision(spec: str, split: tuple[str, str | None]) -> None:
+    assert split_revision(spec) == split
+    assert looks_like_hub_id(spec) is (split[1] is not None or looks_like_hub_id(split[0]))
+
+
+def test_hub_source_reads_the_cache_layout(models: SimpleNamespace, offline: Path) -> None:
+    snapshot = _cache_repo(offline, "my-org/model.v2", models.target)
+    assert hub_source(snapshot) == HubRef("my-org/model.v2", COMMIT)
+    assert hub_source(models.target) is None
+
+
+def test_revision_reaches_snapshot_download(models: SimpleNamespace, monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    calls: list[dict[str, object]] = []
+
+    def fake(**kwargs: object) -> str:
+        calls.append(kwargs)
+        return str(models.vector if kwargs["allow_patterns"] == VECTOR_PATTERNS else models.target)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    result = cli("plan", "-t", "org/name@v1", "--vector", "org/vec", "--vector-revision", "refs/pr/2", "-q")
+    assert result.exit_code == 0, result.output
+    assert [(c["repo_id"], c["revision"]) for c in calls] == [("org/name", "v1"), ("org/vec", "refs/pr/2")]
+    assert calls[1]["allow_patterns"] == VECTOR_PATTERNS
+    assert not any(p.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")) for p in VECTOR_PATTERNS)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [(["-t", "org/name@v1", "--target-revision", "v2"], 2, ["--target-revision v2", "already names revision v1"]),
+     (["-t", "{target}", "--target-revision", "v2"], 2, ["--target-revision v2", "not a hub id"]),
+     (["-t", "./org/name", "--target-revision", "v2"], 2, ["not a hub id"]),
+     (["-t", "./missing-target"], 3, ["./missing-target", "no such target folder"])],
+    ids=["two-revisions", "local-folder", "local-looking", "missing-local"],
+)
+def test_revision_usage_errors(models: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                               args: list[str], code: int, words: list[str]) -> None:
+    _forbid_download(monkeypatch)
+    args = [a.format(target=models.target) for a in args]
+    result = cli("merge", *args, "--vector", models.vector, "-o", tmp_path / "out")
+    assert result.exit_code == code, result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    for word in words:
+        assert word in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_hub_id_is_an_input_error(tmp_path: Path) -> None:
+    result = cli("plan", "-t", "org/na--me", "--vector", tmp_path)
+    assert result.exit_code == 3 and "not a valid hub id" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_revision_not_found(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def fail(**kwargs: object) -> str:
+        raise RevisionNotFoundError("404 Revision Not Found", response=_fake_response(404))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fail)
+    result = cli("plan", "-t", "org/name", "--target-revision", "nope", "--vector", tmp_path)
+    assert result.exit_code == 3 and "has no revision 'nope'" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_merge_pins_the_resolved_commit(models: SimpleNamespace, offline: Path, tmp_path: Path) -> None:
+    """A branch name resolves (offline, through refs/main) to a commit; the stored recipe names that commit, the
+    card's base_model the bare repository, and the stored recipe rebuilds the same bytes."""
+    _cache_repo(offline, REPO, models.target)
+    _cache_repo(offline, "org/vec", models.vector, commit="e" * 40)
+    out = tmp_path / "merged"
+    result = cli("merge", "-t", REPO, "--target-revision", "main", "--vector", "org/vec", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    stored = yaml.safe_load((out / "graft_recipe.yaml").read_text())
+    assert stored["target"] == f"{REPO}@{COMMIT}" and stored["vector"] == "org/vec@" + "e" * 40
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == REPO and f"`{REPO}@{COMMIT}`" in card.text
+    rebuilt = tmp_path / "rebuilt"
+    result = cli("merge", "--recipe", out / "graft_recipe.yaml", "-o", rebuilt, "-q")
+    assert result.exit_code == 0, result.output
+    assert tree_hash(out) == {k.replace(str(rebuilt), str(out)): v for k, v in tree_hash(rebuilt).items()}
+
+
+def test_extract_records_hub_sources(models: SimpleNamespace, offline: Path, tmp_path: Path) -> None:
+    _cache_repo(offline, "org/base", models.base)
+    _cache_repo(offline, "org/aligned", models.aligned, commit="f" * 40)
+    out = tmp_path / "vec"
+    result = cli("extract", "-b", "org/base", "--base-revision", COMMIT, "-a", "org/aligned@main", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "vector.json").read_text())
+    assert (manifest["base"]["hub"], manifest["base"]["revision"]) == ("org/base", COMMIT)
+    assert (manifest["aligned"]["hub"], manifest["aligned"]["revision"]) == ("org/aligned", "f" * 40)
+    merged = tmp_path / "merged"
+    assert cli("merge", "-t", models.target, "--vector", out, "-o", merged, "-q").exit_code == 0
+    text = (merged / "README.md").read_text()
+    assert f"base: `org/base@{COMMIT}`" in text and "aligned: `org/aligned@" + "f" * 40 + "`" in text
+
+
+def test_local_vector_names_never_reach_the_hub(models: SimpleNamespace, monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    _forbid_download(monkeypatch)
+    for spec in ("./vec", "vectors/safety/v1", "vec.safetensors"):
+        result = cli("plan", "-t", models.target, "--vector", spec)
+        assert result.exit_code == 3 and "no such vector folder" in result.stderr, result.output

@@ -252,10 +252,23 @@ def test_tied_pair_stored_twice_is_untied_like_the_merged_reload(vector: str, ti
     assert not same_bytes(state["lm_head.weight"], state["model.language_model.embed_tokens.weight"])
 
 
-def test_llava_med_is_a_clear_incompatible_error(make_world) -> None:
+def test_llava_med_original_layout_text_only_equals_merge(make_world, tmp_path: Path) -> None:
+    """LLaVA-Med's original layout: its language model is loaded alone (no vision tower config needed, nothing
+    asked of the hub), and a trial's weights equal the merged folder's, loaded the same way."""
+    from graft.evals.generation import Engine
+
     world = make_world("llava_med")
-    with pytest.raises(IncompatibleError, match=r"cannot be loaded.*needs a model transformers can load"):
-        ResidentGraft.from_recipe(base_recipe(world), device="cpu")
+    recipe = base_recipe(world)
+    with ResidentGraft.from_recipe(recipe, device="cpu", text_only=True) as resident:
+        assert type(resident.engine.model).__name__ == "MistralForCausalLM"
+        resident.apply(TRIAL)
+        state = snapshot(resident)
+    out = merge(recipe.model_copy(update={"coefficients": TRIAL, "out": str(tmp_path / "merged")})).out
+    reference = Engine.load(out, device="cpu", dtype="bfloat16", text_only=True).model.state_dict()
+    assert_same_weights(state, reference)
+    grafted = changed(state, Engine.load(world.target, device="cpu", dtype="bfloat16", text_only=True)
+                      .model.state_dict())
+    assert any("embed_tokens" in name for name in grafted) and any(".mlp." in name for name in grafted)
 
 
 def test_a_wrong_name_mapping_is_caught_by_the_byte_check(make_world, monkeypatch) -> None:

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import huggingface_hub.constants
 import optuna
 import pandas as pd
 import pytest
@@ -556,3 +557,29 @@ def test_interrupted_trial_is_queued_again_and_a_crashing_one_stops_the_worker(t
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]  # a bug is not retried
     report = run_worker(study, storage, lambda t: [t.suggest_float("x", 0.0, 1.0)], 3)
     assert len(report.ran) == 3 and len(finished(study)) == 3
+
+
+def test_search_on_hub_ids_pins_their_commits(make_world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Target and vector named by hub id (a cache folder built here, hub offline): the search runs, and the recipes
+    it writes name the commits the ids resolved to, so a later merge grafts exactly the weights it scored."""
+    from tests.test_hub import COMMIT, _cache_repo
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    world = make_world("causal")
+    _cache_repo(cache, "org/med", world.target)
+    _cache_repo(cache, "org/vec", world.vector, commit="e" * 40)
+    space = space_file(tmp_path, SMALL.replace("uniform: [0.5, 1.0]", "uniform: [1.0]"))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["search", "--target", "org/med", "--target-revision", "main", "--vector", "org/vec",
+                                 "--space", str(space), "--eval", str(eval_file(tmp_path)), "--trials", "3",
+                                 "--out", str(out), "--dtype", "float32", "--merge-best"])
+    assert result.exit_code == 0, result.output
+    best = Recipe.from_yaml(out / "best_recipe.yaml")
+    assert (best.target, best.vector) == (f"org/med@{COMMIT}", "org/vec@" + "e" * 40)
+    assert yaml.safe_load((out / "merged" / "graft_recipe.yaml").read_text())["target"] == f"org/med@{COMMIT}"
+    result = runner.invoke(app, ["search", "--target", "./org/med", "--vector", "org/vec", "--space", str(space),
+                                 "--eval", str(eval_file(tmp_path)), "--trials", "3", "--out", str(tmp_path / "o2")])
+    assert result.exit_code == 3 and "no such target folder" in result.output, result.output

@@ -15,7 +15,8 @@ from .tasks import SUITES, TASKS, samples_path
 
 
 def eval_command(
-    model: Path = typer.Argument(..., help="Model folder: causal LM, Qwen2-VL/Qwen2.5-VL or HF LLaVA."),
+    model: str = typer.Argument(..., help="Model folder or hub id (org/name[@REVISION]): causal LM, "
+                                          "Qwen2-VL/Qwen2.5-VL, HF LLaVA or LLaVA-Med (llava_mistral)."),
     tasks: str = typer.Option(None, "--tasks", help=f"Comma-separated tasks: {', '.join(TASKS)}."),
     suite: str = typer.Option(None, "--suite", help=f"A task group instead of --tasks: {', '.join(SUITES)}."),
     data: Path = typer.Option(..., "--data", help="YAML mapping each benchmark to a local path or a hub id."),
@@ -48,13 +49,18 @@ def eval_command(
     cache: Path = typer.Option(None, "--cache", help="SQLite verdict cache keyed by model content hash and item."),
     force: bool = typer.Option(False, "--force", help="Replace --out (and its samples) if an earlier graft eval "
                                                       "wrote them; never a file graft did not write."),
+    revision: str = typer.Option(None, "--revision", help="Branch, tag or commit of a hub model (the commit it "
+                                                          "resolves to is recorded in the results)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
                                            help="Run the Python code a model folder ships (custom architectures); "
                                                 "off by default, only for a folder you trust."),
 ) -> None:
     """Score a model on safety (1 - ASR) and medical benchmarks."""
+    from graft.hub import with_revision
+
     from .suite import evaluate  # loads transformers: only when the command runs, not for every `graft` call
 
+    model = with_revision(model, revision, "--revision") or model
     console = Console(stderr=True)
     if trust_remote_code:
         console.print(f"[bold yellow]warning:[/] --trust-remote-code: Python code in {shown(model)} will run",

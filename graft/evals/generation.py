@@ -22,6 +22,7 @@ from graft.devices import resolve_device
 from graft.errors import IncompatibleError, InputError, UsageError
 from graft.schema import load_json_file
 
+from . import llava_med
 from .vlm_inputs import load_processor
 
 
@@ -113,11 +114,17 @@ class Engine:
             raise InputError(f"{config_file}: must be a JSON object of settings, got a {type(config).__name__}")
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
+        # On CUDA, load straight onto the device (no full copy in host memory first).
+        placement = {"device_map": str(dev)} if dev.type == "cuda" else {}
+        if llava_med.is_original_llava(config):
+            model, tokenizer, processor = llava_med.load(path, config, dtype=dt, placement=placement,
+                                                         text_only=text_only)
+            model.to(dev)
+            return cls(model, tokenizer, processor, batch_size=batch_size or (32 if dev.type == "cuda" else 8),
+                       name=str(path))
         multimodal = "vision_config" in config
         auto = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
         try:
-            # On CUDA, load straight onto the device (no full copy in host memory first).
-            placement = {"device_map": str(dev)} if dev.type == "cuda" else {}
             model = auto.from_pretrained(path, dtype=dt, trust_remote_code=trust_remote_code, use_safetensors=True,
                                          **placement)
         except ValueError as e:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from graft.checkpoint import Checkpoint
 from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
 from graft.guard import check_destination, overlapping_input, write_file
+from graft.hub import hub_source
 
 from . import figstep, scoring
 from .config import DataConfig, JudgeConfig
@@ -151,6 +152,9 @@ def evaluate(
     engine = model if isinstance(model, Engine) else Engine.load(model, device=device, dtype=dtype,
                                                                   batch_size=batch_size,
                                                                   trust_remote_code=trust_remote_code)
+    if out is not None and not isinstance(model, Engine) and Path(engine.name).is_dir():
+        for path in (Path(out), samples_path(Path(out))):  # a hub model's cache copy is an input too
+            check_destination(path, [Path(engine.name)], force=force, folder=False)
     results = EvalResults()
     run: list[Task] = []
     for name in names:
@@ -246,7 +250,9 @@ def evaluate(
 
     results.summary = _summary(results.benchmarks)
     results.summary_se = _summary_uncertainty(results.samples, seed)
+    origin = hub_source(engine.name)
     results.model = {"path": engine.name, "class": type(engine.model).__name__,
+                     "hub": origin.repo_id if origin else None, "revision": origin.revision if origin else None,
                      "dtype": str(next(engine.model.parameters()).dtype).replace("torch.", ""),
                      "device": str(engine.device), "multimodal": engine.is_multimodal,
                      "chat_template": engine.has_chat_template, "content_hash": model_hash}

@@ -21,7 +21,12 @@ def search_command(
     trials: Annotated[int, typer.Option(
         "--trials", help="Finished trials the study should reach (baselines included), shared by all workers.")],
     target: Annotated[str | None, typer.Option("--target", "-t", help="Target model folder or hub id.")] = None,
-    vector: Annotated[str | None, typer.Option("--vector", help="Vector folder written by `graft extract`.")] = None,
+    vector: Annotated[str | None, typer.Option(
+        "--vector", help="Vector folder written by `graft extract`, or a hub repository holding one.")] = None,
+    target_revision: Annotated[str | None, typer.Option(
+        "--target-revision", help="Branch, tag or commit of a hub target (same as --target org/name@REV).")] = None,
+    vector_revision: Annotated[str | None, typer.Option(
+        "--vector-revision", help="Branch, tag or commit of a hub vector (same as --vector org/name@REV).")] = None,
     recipe: Annotated[Path | None, typer.Option(
         "--recipe", "-r", help="Base recipe (mapping rules, options); its coefficients are what is searched.")] = None,
     storage: Annotated[str | None, typer.Option(
@@ -63,8 +68,12 @@ def search_command(
     """Search λ per layer/block/group with Optuna: restore safety, keep medical skill."""
     import optuna
 
+    from graft.hub import with_revision
+
     from .run import run_search
 
+    target = with_revision(target, target_revision, "--target-revision")
+    vector = with_revision(vector, vector_revision, "--vector-revision")
     console = Console(stderr=True, highlight=False, quiet=quiet)
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     result = run_search(

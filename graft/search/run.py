@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from graft.errors import OutputError, UsageError
 from graft.guard import adopt_legacy_folder, make_output_folder
-from graft.hub import looks_like_hub_id
+from graft.hub import looks_like_hub_id, pin, resolve_model, resolve_vector
 from graft.recipe import Recipe
 
 from .config import SearchEvalConfig
@@ -276,13 +276,18 @@ def _base_recipe(recipe: Recipe | str | Path | None, target: str | None, vector:
     if not base.target or not base.vector:
         raise UsageError("a search needs a target and a vector (--target/--vector or the recipe's target/vector)")
 
-    def absolute(value: str | None) -> str | None:
-        if value is None or (looks_like_hub_id(value) and not Path(value).exists()):
+    def absolute(value: str | None, role: str) -> str | None:
+        if value is None:
             return value
+        if looks_like_hub_id(value) and not Path(value).exists():
+            # Pinned to the commit the hub resolves now: every trial (and every worker that joins) grafts the same
+            # weights even if the branch moves during the search.
+            found = resolve_vector(value) if role == "vector" else resolve_model(value, role=role)
+            return pin(value, found)
         return str(Path(value).expanduser().resolve())
 
-    options = base.options.model_copy(update={"origin": absolute(origin or base.options.origin)})
-    return base.model_copy(update={"target": absolute(base.target), "vector": absolute(base.vector),
+    options = base.options.model_copy(update={"origin": absolute(origin or base.options.origin, "origin")})
+    return base.model_copy(update={"target": absolute(base.target, "target"), "vector": absolute(base.vector, "vector"),
                                    "options": options})
 
 

@@ -1,0 +1,116 @@
+"""`graft push`: publish a merged model folder or a vector folder to the Hugging Face hub.
+
+Only a complete graft output is pushed: the folder must carry graft's marker, open cleanly as what its marker says
+(every shard the index names, readable headers, a valid manifest) and hold no staging left by an unfinished write.
+Everything is checked before the first request, so a refused push never leaves a half-made repository behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from graft.errors import InputError, UsageError
+from graft.guard import MARKER, OWNER, STAGING_RE, folder_kind, is_graft_folder
+from graft.hub import HUB_ID, REVISION
+
+PUSHABLE = {"merge": "merged model", "vector": "vector"}
+# graft's bookkeeping stays home: the marker only means something to `--force` on this machine.
+IGNORE = [MARKER]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    repo_id: str
+    kind: str  # "merge" or "vector"
+    revision: str | None  # the branch pushed to (None: the default branch)
+    commit: str | None  # the commit the hub made
+    url: str | None
+
+
+def check_pushable(folder: str | Path) -> str:
+    """The folder's kind ("merge" or "vector") when it is a complete graft output; one-line InputError otherwise."""
+    path = Path(folder).expanduser()
+    if not path.exists():
+        raise InputError(f"{folder}: no such folder; give a folder written by `graft merge` or `graft extract`")
+    if STAGING_RE.match(path.name):
+        raise InputError(f"{folder}: a staging folder of an unfinished graft write, not an output; push the "
+                         "finished folder (rerun the command that made it)")
+    if not is_graft_folder(path):
+        raise InputError(f"{folder}: not a graft output (no {MARKER} file); only folders written by `graft merge` "
+                         "or `graft extract` are pushed")
+    kind = folder_kind(path)
+    if kind not in PUSHABLE:
+        raise InputError(f"{folder}: a graft {kind or 'unknown'} output; only merged models and vectors are pushed")
+    for entry in path.rglob("*"):
+        if entry.name == OWNER or STAGING_RE.match(entry.name):
+            raise InputError(f"{entry}: staging of an unfinished graft write inside {folder}; rerun the command "
+                             "that made the folder (with --force) before pushing it")
+        if entry.is_symlink():
+            raise InputError(f"{entry}: a symbolic link; graft outputs hold regular files only (rerun the command)")
+    if kind == "merge":
+        from graft.checkpoint import Checkpoint
+        from graft.merge import RECIPE_FILE
+
+        for name in ("config.json", RECIPE_FILE, "README.md"):
+            if not (path / name).is_file():
+                raise InputError(f"{path / name}: missing from the merged folder; rerun `graft merge` (with --force)")
+        Checkpoint.open(path, role="merged").close()  # every shard the index names, headers readable
+    else:
+        from graft.vector import SafetyVector
+
+        SafetyVector.open(path).close()  # manifest valid and every tensor it lists present
+    return kind
+
+
+def hub_token(token: str | None) -> str:
+    """The token from --token, HF_TOKEN or the cached `hf auth login`; a clear error when there is none."""
+    from huggingface_hub import get_token
+
+    found = token or get_token()
+    if not found:
+        raise UsageError("no Hugging Face token: run `hf auth login`, set HF_TOKEN, or pass --token")
+    return found
+
+
+def push(folder: str | Path, repo_id: str, *, private: bool = True, revision: str | None = None,
+         commit_message: str | None = None, token: str | None = None) -> PushResult:
+    """Create the repository if needed (private unless asked otherwise) and upload the folder in one commit."""
+    if not HUB_ID.match(repo_id):
+        raise UsageError(f"{repo_id}: not a hub repository id; use org/name (or user/name)")
+    if revision is not None and not REVISION.match(revision):
+        raise UsageError(f"--revision {revision!r}: not a branch name")
+    path = Path(folder).expanduser()
+    kind = check_pushable(path)
+    secret = hub_token(token)
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+
+    api = HfApi(token=secret)
+    message = commit_message or f"Upload {PUSHABLE[kind]} made with graft"
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
+        info: Any = api.upload_folder(repo_id=repo_id, folder_path=path, repo_type="model", revision=revision,
+                                      commit_message=message, ignore_patterns=IGNORE)
+    except HFValidationError as exc:
+        raise UsageError(f"{repo_id}: not a valid hub repository id ({exc})") from exc
+    except RepositoryNotFoundError as exc:
+        raise InputError(f"{repo_id}: no such hub repository, or this token may not write to it "
+                         "(check the name and the token's permissions)") from exc
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise InputError(f"{repo_id}: the hub refused this token ({status}); use a token with write access "
+                             "(`hf auth login`, HF_TOKEN or --token)") from exc
+        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise InputError(f"{repo_id}: the hub refused the push ({first})") from exc
+    except OSError as exc:
+        raise InputError(f"{repo_id}: could not reach the hub ({exc.__class__.__name__}: {exc})") from exc
+    return PushResult(repo_id=repo_id, kind=kind, revision=revision, commit=getattr(info, "oid", None),
+                      url=getattr(info, "commit_url", None))
+
+
+__all__ = ["PushResult", "check_pushable", "hub_token", "push"]
