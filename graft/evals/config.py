@@ -7,9 +7,9 @@ file's folder) or to a hub dataset (`{hub: owner/name, name: config, split: test
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from graft.errors import InputError, UsageError
 from graft.schema import describe_validation_error, load_yaml_file
@@ -32,30 +32,62 @@ Source = Path | HubSource
 
 
 class DataConfig(BaseModel):
-    """One entry per benchmark; a benchmark left out cannot be evaluated. FigStep tasks reuse the text sources and
-    render their images, unless `figstep` names a folder of ready-made ones."""
+    """Where each benchmark's data lives: `data.yaml` is a flat mapping benchmark -> source, checked against the
+    benchmark registry (graft.evals.benchmarks), plus `figstep`, a folder of ready-made FigStep images. A benchmark
+    left out cannot be evaluated. FigStep tasks reuse the text sources and render their images, unless `figstep`
+    names a folder of ready-made ones."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    catqa: Source | None = None
-    hexphi: Source | None = None
-    medsafetybench: Source | None = None
-    benign: Source | None = Field(None, description="XSTest-style benign prompts for over-refusal")
-    pubmedqa: Source | None = None
-    medqa: Source | None = None
-    medbullets4: Source | None = None
-    medbullets5: Source | None = None
-    vqarad: Source | None = None
+    benchmarks: dict[str, Source] = Field(default_factory=dict, description="benchmark name -> local path or hub")
     figstep: Path | None = Field(None, description="folder of FigStep images named <item id>.png, used instead of "
                                                    "rendering them (e.g. a toy world's own typeset)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, raw: Any) -> Any:
+        """Accept the data.yaml layout (benchmark keys beside `figstep`) and refuse a name no benchmark has."""
+        if not isinstance(raw, dict) or "benchmarks" in raw:
+            return raw
+        from .benchmarks import BENCHMARKS
+
+        unknown = [k for k in raw if k != "figstep" and k not in BENCHMARKS]
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown field; known benchmarks: {', '.join(BENCHMARKS)} "
+                             "(and figstep, a folder of FigStep images)")
+        return {"benchmarks": {k: _source(k, v) for k, v in raw.items() if k != "figstep" and v is not None},
+                "figstep": raw.get("figstep")}
+
+    @model_serializer(mode="wrap")
+    def _as_yaml(self, handler: Any) -> dict:
+        """Dumped in the data.yaml layout (benchmark keys beside `figstep`), so a dump reloads as it was."""
+        out = handler(self)
+        return {**out.pop("benchmarks"), **out}
+
+    def get(self, benchmark: str) -> Source | None:
+        """The source of `benchmark`, or None when data.yaml has no entry for it."""
+        return self.benchmarks.get(benchmark)
+
+    def __getattr__(self, name: str) -> Any:
+        # `config.catqa` (the layout before the registry) reads the entry; None for a benchmark left out.
+        from .benchmarks import BENCHMARKS
+
+        if name in BENCHMARKS:
+            return self.__dict__["benchmarks"].get(name)
+        return super().__getattr__(name)
+
     def source(self, benchmark: str) -> Source:
-        src = getattr(self, benchmark, None)
+        src = self.get(benchmark)
         if src is None:
             raise UsageError(
                 f"no data for benchmark '{benchmark}' in the data config: add a line '{benchmark}: PATH' to data.yaml"
             )
         return src
+
+    def paths(self) -> list[Path]:
+        """Every local path the config names (what an evaluation reads, so its outputs never land there)."""
+        local = [src for src in self.benchmarks.values() if isinstance(src, Path)]
+        return local + ([self.figstep] if self.figstep is not None else [])
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> DataConfig:
@@ -77,8 +109,20 @@ class DataConfig(BaseModel):
         try:
             return cls.model_validate(resolved)
         except ValidationError as e:
-            allowed = ", ".join(cls.model_fields)
-            raise UsageError(f"{origin}: {describe_validation_error(e)} (benchmarks: {allowed})") from e
+            raise UsageError(f"{origin}: {describe_validation_error(e)}") from e
+
+
+def _source(key: str, value: Any) -> Source:
+    """One data.yaml entry as a path or a hub source, with an error that names the key in plain words."""
+    if isinstance(value, (str, Path)) and str(value).strip():
+        return Path(value)
+    if isinstance(value, dict):
+        try:
+            return HubSource.model_validate(value)
+        except ValidationError as e:
+            raise ValueError(f"{key}: {describe_validation_error(e)}") from None
+    raise ValueError(f"{key}: expected a path or a hub source {{hub: owner/name, split: test}}, "
+                     f"got {type(value).__name__}")
 
 
 def fixture_data() -> DataConfig:

@@ -17,10 +17,11 @@ from graft.errors import GraftError, IncompatibleError, InputError, OutputError,
 from graft.guard import check_destination, overlapping_input, write_file
 
 from . import figstep, scoring
+from .benchmarks import benchmark
 from .config import DataConfig, JudgeConfig
 from .generation import Engine, Request
 from .judges import KeywordJudge, make_judge
-from .loaders import LOADERS, Item
+from .loaders import Item
 from .screening import Split, VerdictCache, stratified_subset
 from .tasks import SUITES, TASKS, Task, samples_path
 from .uncertainty import composite
@@ -146,8 +147,8 @@ def evaluate(
     loaded: dict[str, list[Item]] = {}
     for name in names:
         task = TASKS[name]
-        if not task.needs_image and getattr(data, task.benchmark) is not None and task.benchmark not in loaded:
-            loaded[task.benchmark] = LOADERS[task.benchmark](data.source(task.benchmark))
+        if not task.needs_image and data.get(task.benchmark) is not None and task.benchmark not in loaded:
+            loaded[task.benchmark] = benchmark(task.benchmark).load(data.source(task.benchmark))
     engine = model if isinstance(model, Engine) else Engine.load(model, device=device, dtype=dtype,
                                                                   batch_size=batch_size,
                                                                   trust_remote_code=trust_remote_code)
@@ -162,7 +163,7 @@ def evaluate(
                 raise IncompatibleError(msg)
             results.skipped[name] = "text-only model"
             continue
-        if getattr(data, task.benchmark) is None and not explicit:
+        if data.get(task.benchmark) is None and not explicit:
             results.skipped[name] = f"no '{task.benchmark}' entry in the data config"
             continue
         data.source(task.benchmark)  # explicit task without data: a clear UsageError now, before any work
@@ -170,7 +171,7 @@ def evaluate(
     # Read and check every benchmark before generating anything, so a malformed file fails in seconds.
     for task in run:
         if task.benchmark not in loaded:
-            loaded[task.benchmark] = LOADERS[task.benchmark](data.source(task.benchmark))
+            loaded[task.benchmark] = benchmark(task.benchmark).load(data.source(task.benchmark))
     parts = {b: split.apply(items) if split is not None else items for b, items in loaded.items()}
     subsets = {b: stratified_subset(items, limit=limit, fraction=fraction, seed=seed, rest=rest)
                for b, items in parts.items()}
@@ -275,7 +276,7 @@ def partial_path(out: Path) -> Path:
 def _inputs(model: str | Path | Engine, data: DataConfig, font: str | None) -> list[Path]:
     """What an evaluation reads, so its outputs never land on (or in) any of it."""
     paths = [Path(model)] if not isinstance(model, Engine) else []
-    paths += [src for name in type(data).model_fields if isinstance(src := getattr(data, name), Path)]
+    paths += data.paths()
     paths += [Path(font)] if font else []
     return [p for p in paths if p.exists()]
 
@@ -390,7 +391,7 @@ def _run_task(task: Task, items: list[Item], engine: Engine, judge, keyword: Key
         gens = engine.generate(reqs, max_new_tokens=cap, batch_size=bs)
         recs = []
         for i, it in enumerate(items):
-            s = scoring.score_vqa(it, gens[i].text)
+            s = benchmark(it.benchmark).score_answer(it, gens[i].text)
             recs.append({**base[i], "prompt": reqs[i].prompt, "response": gens[i].text, "answer": it.answer,
                          "verdict": s, **s})
         return recs, sum(g.n_tokens for g in gens)
