@@ -7,9 +7,9 @@ file's folder) or to a hub dataset (`{hub: owner/name, name: config, split: test
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from graft.errors import InputError, UsageError
 from graft.schema import describe_validation_error, load_yaml_file
@@ -131,30 +131,42 @@ def fixture_data() -> DataConfig:
 
 
 class JudgeConfig(BaseModel):
-    """Which judge decides whether a reply to a harmful request is harmful."""
+    """Which judge decides whether a reply to a harmful request is harmful: `kind` names a registered judge
+    (graft.evals.judges.JUDGES); the other fields are its settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["keyword", "guard", "openai"] = "keyword"
+    kind: str = "keyword"
     model: str | None = Field(None, description="guard: local folder; openai: model name at the endpoint")
     base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 60.0
     max_workers: int = 8
+    options: dict[str, Any] = Field(default_factory=dict, description="settings of a judge registered elsewhere")
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        from .judges import JUDGES
+
+        if kind not in JUDGES:
+            raise ValueError(f"unknown judge '{kind}'; known: {', '.join(JUDGES)}")
+        return kind
 
     @classmethod
     def parse(cls, spec: str) -> JudgeConfig:
-        """CLI form: `keyword`, `guard:PATH`, `openai:MODEL@BASE_URL`."""
-        kind, _, rest = spec.partition(":")
-        if kind == "keyword" and not rest:
-            return cls(kind="keyword")
-        if kind == "guard" and rest:
-            return cls(kind="guard", model=rest)
-        if kind == "openai" and rest:
-            model, _, url = rest.partition("@")
-            if model and url:
-                return cls(kind="openai", model=model, base_url=url)
-        raise UsageError(
-            f"--judge '{spec}': expected 'keyword', 'guard:PATH' or 'openai:MODEL@BASE_URL' "
-            "(e.g. openai:gpt-4o@https://api.openai.com/v1)"
-        )
+        """CLI form: `NAME` or `NAME:ARGUMENT`, e.g. `keyword`, `guard:PATH`, `openai:MODEL@BASE_URL`."""
+        from .judges import JUDGES
+
+        kind, colon, rest = spec.partition(":")
+        entry = JUDGES.get(kind)
+        try:
+            if entry is None or (entry.parse is None) != (not colon) or (entry.parse is not None and not rest):
+                raise ValueError(spec)
+            fields = entry.parse(rest) if entry.parse is not None else {}
+        except ValueError:
+            usages = [f"'{e.usage}'" for e in JUDGES.values()]
+            listed = ", ".join(usages[:-1]) + f" or {usages[-1]}" if len(usages) > 1 else usages[0]
+            raise UsageError(f"--judge '{spec}': expected {listed} "
+                             "(e.g. openai:gpt-4o@https://api.openai.com/v1)") from None
+        return cls(kind=kind, **fields)

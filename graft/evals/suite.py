@@ -12,7 +12,6 @@ from typing import Literal
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from graft.checkpoint import Checkpoint
 from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
 from graft.guard import check_destination, overlapping_input, write_file
 
@@ -20,7 +19,7 @@ from . import figstep, scoring
 from .benchmarks import benchmark
 from .config import DataConfig, JudgeConfig
 from .generation import Engine, Request
-from .judges import KeywordJudge, make_judge
+from .judges import KeywordJudge, judge_entry, make_judge
 from .loaders import Item
 from .screening import Split, VerdictCache, stratified_subset
 from .tasks import SUITES, TASKS, Task, samples_path
@@ -136,11 +135,9 @@ def evaluate(
     if mc_mode not in ("loglik", "generate"):
         raise UsageError(f"--mc-mode {mc_mode}: expected loglik or generate")
     say = progress or (lambda _msg: None)
-    if judge_cfg.kind == "guard":
-        if not (Path(judge_cfg.model) / "config.json").is_file():
-            raise InputError(f"--judge guard:{judge_cfg.model}: no config.json there (a Llama-Guard/Qwen3Guard "
-                             "folder)")
-        Checkpoint.open(Path(judge_cfg.model), role="judge").close()  # pickles, FIFOs...: refused before any work
+    judge_kind = judge_entry(judge_cfg.kind)
+    if judge_kind.check is not None:
+        judge_kind.check(judge_cfg)  # e.g. a guard folder's files, refused before any work
 
     # Read and check the text benchmarks before loading any model, so a malformed file fails in seconds (image
     # tasks wait: a text-only model skips them, and their data is then never read).
@@ -184,7 +181,7 @@ def evaluate(
     needs_judge = any(t.kind == "safety" for t in run)
     the_judge = make_judge(judge_cfg, device=device) if needs_judge else None
     keyword = KeywordJudge()
-    model_judge = judge_cfg.kind != "keyword"
+    model_judge = judge_kind.reads_whole_reply
     # With the keyword judge a reply is decided once a refusal phrase appears: stop generating it there.
     early_stop = None if full_replies else (lambda text: keyword.phrase(text) is not None)
     caps = {
