@@ -1,5 +1,5 @@
 """The benchmark registry: every benchmark graft can evaluate is one `Benchmark` declaration here (or one
-`register(...)` call in your own code). Everything else is derived from the registry: the `data.yaml` keys
+`register_benchmark(...)` call in your own code). Everything else is derived from the registry: the `data.yaml` keys
 (graft.evals.config), the tasks and suites (graft.evals.tasks, including the `NAME-figstep` variants), the loader
 the suite calls, and how a multiple-choice or VQA reply is prompted and scored.
 
@@ -76,7 +76,7 @@ class Benchmark:
 BENCHMARKS: dict[str, Benchmark] = {}
 
 
-def register(bench: Benchmark, *, replace: bool = False) -> Benchmark:
+def register_benchmark(bench: Benchmark, *, replace: bool = False) -> Benchmark:
     """Add a benchmark: its `data.yaml` key, its task(s) and its suite membership exist from now on."""
     if bench.name in BENCHMARKS and not replace:
         raise UsageError(f"benchmark '{bench.name}' is already registered (pass replace=True to redefine it)")
@@ -89,8 +89,8 @@ def register(bench: Benchmark, *, replace: bool = False) -> Benchmark:
     return bench
 
 
-def unregister(name: str) -> None:
-    """Remove a benchmark registered with `register` (tests, notebooks)."""
+def unregister_benchmark(name: str) -> None:
+    """Remove a benchmark registered with `register_benchmark` (tests, notebooks)."""
     if BENCHMARKS.pop(name, None) is None:
         raise UsageError(f"benchmark '{name}' is not registered; known: {', '.join(BENCHMARKS)}")
     _rebuild()
@@ -140,6 +140,6 @@ for _bench in (
     Benchmark("vqarad", "vqa", loaders.load_vqarad,
               about="VQA-RAD parquet (image, question, answer) or the OSF JSON beside its image folder"),
 ):
-    register(_bench)
+    register_benchmark(_bench)
 
-__all__ = ["BENCHMARKS", "Benchmark", "benchmark", "register", "unregister"]
+__all__ = ["BENCHMARKS", "Benchmark", "benchmark", "register_benchmark", "unregister_benchmark"]

@@ -16,6 +16,7 @@ from graft.errors import GraftError, IncompatibleError, InputError, OutputError,
 from graft.guard import check_destination, overlapping_input, write_file
 
 from . import figstep, scoring
+from .backend import GenerationBackend
 from .benchmarks import benchmark
 from .config import DataConfig, JudgeConfig
 from .generation import Engine, Request
@@ -75,7 +76,7 @@ def resolve_tasks(tasks: Sequence[str] | str | None, suite: str | None) -> tuple
 
 
 def evaluate(
-    model: str | Path | Engine,
+    model: str | Path | GenerationBackend,
     tasks: Sequence[str] | str | None = None,
     suite: str | None = None,
     data: DataConfig | str | Path | dict | None = None,
@@ -101,7 +102,8 @@ def evaluate(
     progress: Callable[[str], None] | None = None,
     trust_remote_code: bool = False,
 ) -> EvalResults:
-    """Evaluate a model folder (or a loaded `Engine`, e.g. a resident graft in a search) on tasks or a suite.
+    """Evaluate a model folder (or a loaded `GenerationBackend`: an `Engine`, e.g. a resident graft's in a search)
+    on tasks or a suite.
 
     `cache` is a SQLite file of finished per-sample records keyed by the weights' identity: `cache_key` when
     given (e.g. a search's recipe hash, which costs nothing), else a content hash of every weight. `rest` scores
@@ -146,9 +148,9 @@ def evaluate(
         task = TASKS[name]
         if not task.needs_image and data.get(task.benchmark) is not None and task.benchmark not in loaded:
             loaded[task.benchmark] = benchmark(task.benchmark).load(data.source(task.benchmark))
-    engine = model if isinstance(model, Engine) else Engine.load(model, device=device, dtype=dtype,
-                                                                  batch_size=batch_size,
-                                                                  trust_remote_code=trust_remote_code)
+    engine: GenerationBackend = (Engine.load(model, device=device, dtype=dtype, batch_size=batch_size,
+                                             trust_remote_code=trust_remote_code)
+                                 if isinstance(model, (str, Path)) else model)
     results = EvalResults()
     run: list[Task] = []
     for name in names:
@@ -244,10 +246,7 @@ def evaluate(
 
     results.summary = _summary(results.benchmarks)
     results.summary_se = _summary_uncertainty(results.samples, seed)
-    results.model = {"path": engine.name, "class": type(engine.model).__name__,
-                     "dtype": str(next(engine.model.parameters()).dtype).replace("torch.", ""),
-                     "device": str(engine.device), "multimodal": engine.is_multimodal,
-                     "chat_template": engine.has_chat_template, "content_hash": model_hash}
+    results.model = {**engine.describe(), "content_hash": model_hash}
     results.judge = the_judge.describe() if the_judge else {"name": judge_cfg.kind, "used": False}
     results.config = {"tasks": [t.name for t in run], "limit": limit, "fraction": fraction, "seed": seed,
                       "rest": rest, "split": split.describe() if split is not None else None,
@@ -270,9 +269,9 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.stem + ".partial.sqlite")
 
 
-def _inputs(model: str | Path | Engine, data: DataConfig, font: str | None) -> list[Path]:
+def _inputs(model: str | Path | GenerationBackend, data: DataConfig, font: str | None) -> list[Path]:
     """What an evaluation reads, so its outputs never land on (or in) any of it."""
-    paths = [Path(model)] if not isinstance(model, Engine) else []
+    paths = [Path(model)] if isinstance(model, (str, Path)) else []
     paths += data.paths()
     paths += [Path(font)] if font else []
     return [p for p in paths if p.exists()]
@@ -350,7 +349,7 @@ def _summary_uncertainty(samples: list[dict], seed: int) -> dict[str, dict | Non
             "over_refusal": estimate(["benign"], invert=True)}
 
 
-def _run_task(task: Task, items: list[Item], engine: Engine, judge, keyword: KeywordJudge, cap: int,
+def _run_task(task: Task, items: list[Item], engine: GenerationBackend, judge, keyword: KeywordJudge, cap: int,
               mc_mode: str, font: str | None, system: str | None,
               refusal_stop: Callable[[str], bool] | None, model_judge: bool, bs: int,
               figstep_images: Path | None = None) -> tuple[list[dict], int]:

@@ -40,7 +40,7 @@ SPACE_VERSION = 1
 
 def _known_sampler(name: str) -> str:
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler '{name}'; known: {', '.join(SAMPLERS)}")
+        raise ValueError(f"must be one of {', '.join(repr(n) for n in SAMPLERS)} (graft.search.samplers)")
     return name
 
 
