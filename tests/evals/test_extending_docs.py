@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner, Result
 
+from graft.cli import app
 from graft.evals import evaluate, fixture_data
 from graft.evals.benchmarks import BENCHMARKS, _rebuild
 from graft.evals.config import FIXTURES
@@ -120,36 +120,32 @@ def test_added_judge_is_used_end_to_end(doc_folder, tiny_llama):
     assert results.benchmarks["catqa"]["score"] == pytest.approx(1 - harmful / 4)
 
 
-def _graft(args: list[str], cwd: Path, plugins: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "GRAFT_PLUGINS"}
-    env["PYTHONPATH"] = str(ROOT)
-    if plugins is not None:
-        env["GRAFT_PLUGINS"] = plugins
-    return subprocess.run([sys.executable, "-m", "graft.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+def _graft(args: list[str], plugins: str | None) -> Result:
+    """`graft ARGS` (the real command, in this process) with $GRAFT_PLUGINS set or unset."""
+    return CliRunner().invoke(app, args, env={"GRAFT_PLUGINS": plugins})
 
 
 def test_graft_eval_finds_the_plugins_and_refuses_them_unregistered(doc_folder, tiny_llama):
     data = doc_folder / "data.yaml"
     data.write_text(data.read_text() + f"catqa: {FIXTURES / 'catqa' / 'catqa_english.json'}\n")
+    # Not registered yet: the data.yaml entry is refused in one line, exit 2, nothing written.
+    refused = _graft(["eval", str(tiny_llama), "--tasks", "catqa", "--data", "data.yaml", "--out", "r2.json"], None)
+    assert refused.exit_code == 2, refused.output
+    lines = [line for line in refused.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "medmcqa: unknown field; known benchmarks: catqa" in lines[0], refused.output
+    assert not (doc_folder / "r2.json").exists()
+
+    missing = _graft(["eval", "--help"], "no_such_plugin")
+    assert missing.exit_code == 2
+    assert "cannot import plugin 'no_such_plugin'" in missing.output and "Traceback" not in missing.output
+
     args = ["eval", str(tiny_llama), "--tasks", "medmcqa,catqa", "--data", "data.yaml", "--out", "r.json",
             "--judge", "regex:(?i)cannot", "--limit", "2", "--device", "cpu", "--max-new-tokens", "4"]
-    done = _graft(args, doc_folder, "my_benchmarks,my_judges")
-    assert done.returncode == 0, done.stderr
+    done = _graft(args, "my_benchmarks,my_judges")
+    assert done.exit_code == 0, done.output
     results = json.loads((doc_folder / "r.json").read_text())
     assert set(results["benchmarks"]) == {"medmcqa", "catqa"}
     assert results["judge"]["name"] == "regex" and results["judge"]["version"] == "1"
-
-    refused = _graft(["eval", str(tiny_llama), "--tasks", "catqa", "--data", "data.yaml", "--out", "r2.json"],
-                     doc_folder, None)
-    assert refused.returncode == 2, refused.stderr
-    lines = [line for line in refused.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "medmcqa: unknown field; known benchmarks: catqa" in lines[0], refused.stderr
-    assert not (doc_folder / "r2.json").exists()
-
-    missing = _graft(["eval", "--help"], doc_folder, "no_such_plugin")
-    assert missing.returncode == 2
-    assert "cannot import plugin 'no_such_plugin'" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_layout_mapping_example_runs_and_its_three_forms_agree(doc_folder):
