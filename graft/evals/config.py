@@ -47,15 +47,18 @@ class DataConfig(BaseModel):
     @classmethod
     def _flat(cls, raw: Any) -> Any:
         """Accept the data.yaml layout (benchmark keys beside `figstep`) and refuse a name no benchmark has."""
-        if not isinstance(raw, dict) or "benchmarks" in raw:
+        if not isinstance(raw, dict):
             return raw
         from .benchmarks import BENCHMARKS
 
-        unknown = [k for k in raw if k != "figstep" and k not in BENCHMARKS]
+        nested = isinstance(raw.get("benchmarks"), dict)
+        entries = raw["benchmarks"] if nested else {k: v for k, v in raw.items() if k != "figstep"}
+        extra = [k for k in raw if k not in ("benchmarks", "figstep")] if nested else []
+        unknown = extra + [k for k in entries if k not in BENCHMARKS]
         if unknown:
             raise ValueError(f"{unknown[0]}: unknown field; known benchmarks: {', '.join(BENCHMARKS)} "
                              "(and figstep, a folder of FigStep images)")
-        return {"benchmarks": {k: _source(k, v) for k, v in raw.items() if k != "figstep" and v is not None},
+        return {"benchmarks": {k: _source(k, v) for k, v in entries.items() if v is not None},
                 "figstep": raw.get("figstep")}
 
     @model_serializer(mode="wrap")

@@ -17,10 +17,10 @@ from typer.testing import CliRunner, Result
 
 from graft.cli import app
 from graft.evals import evaluate, fixture_data
-from graft.evals.benchmarks import BENCHMARKS, _rebuild
+from graft.evals.benchmarks import BENCHMARKS, unregister_benchmark
 from graft.evals.config import FIXTURES
 from graft.evals.generation import Engine
-from graft.evals.judges import JUDGES
+from graft.evals.judges import JUDGES, unregister_judge
 from graft.evals.tasks import SUITES, TASKS
 from graft.mapping import Rule
 from graft.recipe import MappingRules
@@ -62,11 +62,10 @@ def doc_folder(tmp_path, monkeypatch):
     finally:
         for mod in PLUGIN_MODULES:
             sys.modules.pop(mod, None)
-        BENCHMARKS.clear()
-        BENCHMARKS.update(benchmarks)
-        JUDGES.clear()
-        JUDGES.update(judges)
-        _rebuild()
+        for name in [n for n in BENCHMARKS if n not in benchmarks]:
+            unregister_benchmark(name)
+        for name in [n for n in JUDGES if n not in judges]:
+            unregister_judge(name)
 
 
 def run_doc_tests(module: str) -> int:

@@ -13,7 +13,15 @@ from graft.evals.backend import GenerationBackend
 from graft.evals.benchmarks import BENCHMARKS, Benchmark, benchmark, register_benchmark, unregister_benchmark
 from graft.evals.config import FIXTURES, DataConfig, HubSource, JudgeConfig
 from graft.evals.generation import Engine
-from graft.evals.judges import JUDGES, JudgeEntry, KeywordJudge, judge_entry, make_judge, register_judge
+from graft.evals.judges import (
+    JUDGES,
+    JudgeEntry,
+    KeywordJudge,
+    judge_entry,
+    make_judge,
+    register_judge,
+    unregister_judge,
+)
 from graft.evals.loaders import Item, load_catqa, load_pubmedqa
 from graft.evals.scoring import ABSTRACT_YES_NO_MAYBE, LETTERED, extract_choice, mc_context, mc_targets
 from graft.evals.tasks import SUITES, TASKS
@@ -30,8 +38,8 @@ def scratch_registry():
     yield
     for name in [n for n in BENCHMARKS if n not in benchmarks]:
         unregister_benchmark(name)
-    JUDGES.clear()
-    JUDGES.update(judges)
+    for name in [n for n in JUDGES if n not in judges]:
+        unregister_judge(name)
 
 
 # -- benchmarks -------------------------------------------------------------------------------------------------
