@@ -82,9 +82,11 @@ class DataConfig(BaseModel):
     def source(self, benchmark: str) -> Source:
         src = self.get(benchmark)
         if src is None:
-            raise UsageError(
-                f"no data for benchmark '{benchmark}' in the data config: add a line '{benchmark}: PATH' to data.yaml"
-            )
+            from .benchmarks import BENCHMARKS
+
+            about = BENCHMARKS[benchmark].about if benchmark in BENCHMARKS else ""
+            raise UsageError(f"no data for benchmark '{benchmark}' in the data config: add a line "
+                             f"'{benchmark}: PATH' to data.yaml" + (f" (PATH: {about})" if about else ""))
         return src
 
     def paths(self) -> list[Path]:

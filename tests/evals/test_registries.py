@@ -120,6 +120,8 @@ def test_data_yaml_keeps_its_layout():
     partial = DataConfig.from_mapping({"medqa": {"hub": "o/n", "split": "test"}, "figstep": "imgs"})
     assert partial.get("catqa") is None and partial.catqa is None and partial.medqa == HubSource(hub="o/n")
     assert partial.paths() == [Path("imgs")]
+    with pytest.raises(UsageError, match=r"add a line 'pubmedqa: PATH' to data.yaml \(PATH: PubMedQA ori_pqal"):
+        partial.source("pubmedqa")  # the declaration says which published file to point at
 
 
 @pytest.mark.parametrize(("raw", "message"), [
