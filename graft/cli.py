@@ -522,6 +522,10 @@ def main_callback(
     version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True)] = False,
 ) -> None:
     """graft: parameter-space model surgery for safety."""
+    from graft.plugins import load_plugins
+
+    with _failures(False):  # benchmarks and judges registered in $GRAFT_PLUGINS or by installed packages
+        load_plugins()
 
 
 def main() -> None:

@@ -63,7 +63,7 @@ def available(tasks: Sequence[str], data: Any) -> tuple[str, ...]:
     present in some worlds, not in others)."""
     from graft.evals.tasks import TASKS
 
-    return tuple(t for t in tasks if t in TASKS and getattr(data, TASKS[t].benchmark, None) is not None)
+    return tuple(t for t in tasks if t in TASKS and data.get(TASKS[t].benchmark) is not None)
 
 
 @dataclass

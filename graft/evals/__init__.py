@@ -14,6 +14,9 @@ _EXPORTS = {
     "DataConfig": "config", "HubSource": "config", "JudgeConfig": "config", "fixture_data": "config",
     "Engine": "generation", "Generation": "generation", "Request": "generation",
     "EvalResults": "suite", "evaluate": "suite", "SUITES": "tasks", "TASKS": "tasks",
+    "BENCHMARKS": "benchmarks", "Benchmark": "benchmarks", "register_benchmark": "benchmarks",
+    "JUDGES": "judges", "Judge": "judges", "JudgeEntry": "judges", "register_judge": "judges",
+    "GenerationBackend": "backend",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -7,9 +7,9 @@ file's folder) or to a hub dataset (`{hub: owner/name, name: config, split: test
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from graft.errors import InputError, UsageError
 from graft.schema import describe_validation_error, load_yaml_file
@@ -32,30 +32,67 @@ Source = Path | HubSource
 
 
 class DataConfig(BaseModel):
-    """One entry per benchmark; a benchmark left out cannot be evaluated. FigStep tasks reuse the text sources and
-    render their images, unless `figstep` names a folder of ready-made ones."""
+    """Where each benchmark's data lives: `data.yaml` is a flat mapping benchmark -> source, checked against the
+    benchmark registry (graft.evals.benchmarks), plus `figstep`, a folder of ready-made FigStep images. A benchmark
+    left out cannot be evaluated. FigStep tasks reuse the text sources and render their images, unless `figstep`
+    names a folder of ready-made ones."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    catqa: Source | None = None
-    hexphi: Source | None = None
-    medsafetybench: Source | None = None
-    benign: Source | None = Field(None, description="XSTest-style benign prompts for over-refusal")
-    pubmedqa: Source | None = None
-    medqa: Source | None = None
-    medbullets4: Source | None = None
-    medbullets5: Source | None = None
-    vqarad: Source | None = None
+    benchmarks: dict[str, Source] = Field(default_factory=dict, description="benchmark name -> local path or hub")
     figstep: Path | None = Field(None, description="folder of FigStep images named <item id>.png, used instead of "
                                                    "rendering them (e.g. a toy world's own typeset)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, raw: Any) -> Any:
+        """Accept the data.yaml layout (benchmark keys beside `figstep`) and refuse a name no benchmark has."""
+        if not isinstance(raw, dict):
+            return raw
+        from .benchmarks import BENCHMARKS
+
+        nested = isinstance(raw.get("benchmarks"), dict)
+        entries = raw["benchmarks"] if nested else {k: v for k, v in raw.items() if k != "figstep"}
+        extra = [k for k in raw if k not in ("benchmarks", "figstep")] if nested else []
+        unknown = extra + [k for k in entries if k not in BENCHMARKS]
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown field; known benchmarks: {', '.join(BENCHMARKS)} "
+                             "(and figstep, a folder of FigStep images)")
+        return {"benchmarks": {k: _source(k, v) for k, v in entries.items() if v is not None},
+                "figstep": raw.get("figstep")}
+
+    @model_serializer(mode="wrap")
+    def _as_yaml(self, handler: Any) -> dict:
+        """Dumped in the data.yaml layout (benchmark keys beside `figstep`), so a dump reloads as it was."""
+        out = handler(self)
+        return {**out.pop("benchmarks"), **out}
+
+    def get(self, benchmark: str) -> Source | None:
+        """The source of `benchmark`, or None when data.yaml has no entry for it."""
+        return self.benchmarks.get(benchmark)
+
+    def __getattr__(self, name: str) -> Any:
+        # `config.catqa` (the layout before the registry) reads the entry; None for a benchmark left out.
+        from .benchmarks import BENCHMARKS
+
+        if name in BENCHMARKS:
+            return self.__dict__["benchmarks"].get(name)
+        return super().__getattr__(name)
+
     def source(self, benchmark: str) -> Source:
-        src = getattr(self, benchmark, None)
+        src = self.get(benchmark)
         if src is None:
-            raise UsageError(
-                f"no data for benchmark '{benchmark}' in the data config: add a line '{benchmark}: PATH' to data.yaml"
-            )
+            from .benchmarks import BENCHMARKS
+
+            about = BENCHMARKS[benchmark].about if benchmark in BENCHMARKS else ""
+            raise UsageError(f"no data for benchmark '{benchmark}' in the data config: add a line "
+                             f"'{benchmark}: PATH' to data.yaml" + (f" (PATH: {about})" if about else ""))
         return src
+
+    def paths(self) -> list[Path]:
+        """Every local path the config names (what an evaluation reads, so its outputs never land there)."""
+        local = [src for src in self.benchmarks.values() if isinstance(src, Path)]
+        return local + ([self.figstep] if self.figstep is not None else [])
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> DataConfig:
@@ -77,8 +114,20 @@ class DataConfig(BaseModel):
         try:
             return cls.model_validate(resolved)
         except ValidationError as e:
-            allowed = ", ".join(cls.model_fields)
-            raise UsageError(f"{origin}: {describe_validation_error(e)} (benchmarks: {allowed})") from e
+            raise UsageError(f"{origin}: {describe_validation_error(e)}") from e
+
+
+def _source(key: str, value: Any) -> Source:
+    """One data.yaml entry as a path or a hub source, with an error that names the key in plain words."""
+    if isinstance(value, (str, Path)) and str(value).strip():
+        return Path(value)
+    if isinstance(value, dict):
+        try:
+            return HubSource.model_validate(value)
+        except ValidationError as e:
+            raise ValueError(f"{key}: {describe_validation_error(e)}") from None
+    raise ValueError(f"{key}: expected a path or a hub source {{hub: owner/name, split: test}}, "
+                     f"got {type(value).__name__}")
 
 
 def fixture_data() -> DataConfig:
@@ -87,30 +136,42 @@ def fixture_data() -> DataConfig:
 
 
 class JudgeConfig(BaseModel):
-    """Which judge decides whether a reply to a harmful request is harmful."""
+    """Which judge decides whether a reply to a harmful request is harmful: `kind` names a registered judge
+    (graft.evals.judges.JUDGES); the other fields are its settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["keyword", "guard", "openai"] = "keyword"
+    kind: str = "keyword"
     model: str | None = Field(None, description="guard: local folder; openai: model name at the endpoint")
     base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 60.0
     max_workers: int = 8
+    options: dict[str, Any] = Field(default_factory=dict, description="settings of a judge registered elsewhere")
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        from .judges import JUDGES
+
+        if kind not in JUDGES:
+            raise ValueError(f"unknown judge '{kind}'; known: {', '.join(JUDGES)}")
+        return kind
 
     @classmethod
     def parse(cls, spec: str) -> JudgeConfig:
-        """CLI form: `keyword`, `guard:PATH`, `openai:MODEL@BASE_URL`."""
-        kind, _, rest = spec.partition(":")
-        if kind == "keyword" and not rest:
-            return cls(kind="keyword")
-        if kind == "guard" and rest:
-            return cls(kind="guard", model=rest)
-        if kind == "openai" and rest:
-            model, _, url = rest.partition("@")
-            if model and url:
-                return cls(kind="openai", model=model, base_url=url)
-        raise UsageError(
-            f"--judge '{spec}': expected 'keyword', 'guard:PATH' or 'openai:MODEL@BASE_URL' "
-            "(e.g. openai:gpt-4o@https://api.openai.com/v1)"
-        )
+        """CLI form: `NAME` or `NAME:ARGUMENT`, e.g. `keyword`, `guard:PATH`, `openai:MODEL@BASE_URL`."""
+        from .judges import JUDGES
+
+        kind, colon, rest = spec.partition(":")
+        entry = JUDGES.get(kind)
+        try:
+            if entry is None or (entry.parse is None) != (not colon) or (entry.parse is not None and not rest):
+                raise ValueError(spec)
+            fields = entry.parse(rest) if entry.parse is not None else {}
+        except ValueError:
+            usages = [f"'{e.usage}'" for e in JUDGES.values()]
+            listed = ", ".join(usages[:-1]) + f" or {usages[-1]}" if len(usages) > 1 else usages[0]
+            raise UsageError(f"--judge '{spec}': expected {listed} "
+                             "(e.g. openai:gpt-4o@https://api.openai.com/v1)") from None
+        return cls(kind=kind, **fields)

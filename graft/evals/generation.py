@@ -72,7 +72,8 @@ class _StopWhen(StoppingCriteria):
 
 
 class Engine:
-    """A model with its tokenizer (and processor for image-text models), ready to generate and score."""
+    """A model with its tokenizer (and processor for image-text models), ready to generate and score: the
+    transformers implementation of graft.evals.backend.GenerationBackend."""
 
     def __init__(self, model, tokenizer, processor=None, batch_size: int = 8, name: str = "in-memory"):
         self.model = model.eval()
@@ -147,6 +148,12 @@ class Engine:
     @property
     def is_multimodal(self) -> bool:
         return self.processor is not None and getattr(self.processor, "image_processor", None) is not None
+
+    def describe(self) -> dict:
+        """What results.json records about the model (GenerationBackend.describe)."""
+        return {"path": self.name, "class": type(self.model).__name__,
+                "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+                "device": str(self.device), "multimodal": self.is_multimodal, "chat_template": self.has_chat_template}
 
     def fingerprint(self) -> str:
         """Content hash of the weights (names, dtypes, shapes, bytes): the key for cached verdicts."""

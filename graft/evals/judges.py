@@ -8,6 +8,9 @@
   "Safety: Safe|Unsafe|Controversial ..."), prompted with the conversation through its own chat template.
 - `OpenAIJudge`: any OpenAI-compatible /chat/completions endpoint scoring with the Qi et al. 1-5 harmfulness
   rubric; harmful = score 5 (their "harmfulness rate"), the mean score is reported too.
+
+Every judge is registered by name in `JUDGES` (`register_judge`): `--judge NAME[:ARGUMENT]`, eval.yaml's `judge`
+and `evaluate(judge=...)` find it there, and results.json records its `describe()` (name and version first).
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 from graft.errors import InputError, UsageError
 
@@ -38,6 +43,61 @@ class Verdict:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """What the suite needs of a judge: one verdict per (request, reply) pair, in order, and a description that
+    names it (`name`, `version`, and every setting that can change a verdict: it keys the verdict cache)."""
+
+    name: str
+    version: str
+
+    def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]: ...
+
+    def describe(self) -> dict: ...
+
+
+@dataclass(frozen=True)
+class JudgeEntry:
+    """A judge as the configuration finds it: `--judge NAME` or `--judge NAME:ARGUMENT`.
+
+    `parse` turns ARGUMENT into JudgeConfig fields (None: the judge takes no argument); `check` refuses a bad
+    config before any model is loaded; `build` makes the judge. `reads_whole_reply` False lets the suite stop a
+    reply as soon as a refusal phrase appears (only a judge that reads refusal phrases can afford that).
+    """
+
+    name: str
+    usage: str
+    build: Callable[[JudgeConfig, str], Judge]  # (config, device) -> judge
+    parse: Callable[[str], dict[str, Any]] | None = None
+    check: Callable[[JudgeConfig], None] | None = None
+    reads_whole_reply: bool = True
+
+
+JUDGES: dict[str, JudgeEntry] = {}
+
+
+def register_judge(entry: JudgeEntry, *, replace: bool = False) -> JudgeEntry:
+    """Make a judge available by name to the CLI, eval.yaml and `evaluate`."""
+    if entry.name in JUDGES and not replace:
+        raise UsageError(f"judge '{entry.name}' is already registered (pass replace=True to redefine it)")
+    if not re.match(r"^[a-z][a-z0-9_-]*$", entry.name):
+        raise UsageError(f"judge '{entry.name}': the name must be lower-case letters, digits, - or _")
+    JUDGES[entry.name] = entry
+    return entry
+
+
+def unregister_judge(name: str) -> None:
+    if JUDGES.pop(name, None) is None:
+        raise UsageError(f"judge '{name}' is not registered; known: {', '.join(JUDGES)}")
+
+
+def judge_entry(name: str) -> JudgeEntry:
+    try:
+        return JUDGES[name]
+    except KeyError:
+        raise UsageError(f"unknown judge '{name}'; known: {', '.join(e.usage for e in JUDGES.values())}") from None
 
 
 # GCG test prefixes (Zou et al. 2023, github.com/llm-attacks/llm-attacks, `test_prefixes`).
@@ -247,10 +307,30 @@ class OpenAIJudge:
             return list(pool.map(self._ask, prompts, responses))
 
 
-def make_judge(config: JudgeConfig, device: str = "auto"):
-    if config.kind == "keyword":
-        return KeywordJudge()
-    if config.kind == "guard":
-        return GuardJudge.load(config.model, device=device)
-    return OpenAIJudge(config.model, config.base_url, api_key=os.environ.get(config.api_key_env),
-                       timeout_s=config.timeout_s, max_workers=config.max_workers)
+def make_judge(config: JudgeConfig, device: str = "auto") -> Judge:
+    return judge_entry(config.kind).build(config, device)
+
+
+def _check_guard(config: JudgeConfig) -> None:
+    from graft.checkpoint import Checkpoint
+
+    if not (Path(config.model) / "config.json").is_file():
+        raise InputError(f"--judge guard:{config.model}: no config.json there (a Llama-Guard/Qwen3Guard folder)")
+    Checkpoint.open(Path(config.model), role="judge").close()  # pickles, FIFOs...: refused before any work
+
+
+def _parse_openai(rest: str) -> dict[str, Any]:
+    model, _, url = rest.partition("@")
+    if not (model and url):
+        raise ValueError("expected MODEL@BASE_URL")
+    return {"model": model, "base_url": url}
+
+
+register_judge(JudgeEntry("keyword", "keyword", lambda config, device: KeywordJudge(), reads_whole_reply=False))
+register_judge(JudgeEntry("guard", "guard:PATH", lambda config, device: GuardJudge.load(config.model, device=device),
+                          parse=lambda rest: {"model": rest}, check=_check_guard))
+register_judge(JudgeEntry(
+    "openai", "openai:MODEL@BASE_URL",
+    lambda config, device: OpenAIJudge(config.model, config.base_url, api_key=os.environ.get(config.api_key_env),
+                                       timeout_s=config.timeout_s, max_workers=config.max_workers),
+    parse=_parse_openai))

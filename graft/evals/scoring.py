@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 import string
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from .loaders import Item
 from .uncertainty import proportion
@@ -20,16 +21,84 @@ LETTERS = "ABCDE"
 
 
 # ------------------------------------------------------------------ multiple choice
-def mc_context(item: Item) -> str:
-    if item.benchmark == "pubmedqa":
-        return f"Abstract: {item.context}\nQuestion: {item.prompt}\nAnswer:"
+@dataclass(frozen=True)
+class ChoiceFormat:
+    """How a multiple-choice benchmark is asked and read: a benchmark declaration names one, so scoring never
+    branches on a benchmark's name.
+
+    `context` is the log-likelihood prompt and `targets` the continuations scored after it (" " + target);
+    `generation_prompt` asks for the answer in words and `extract` reads the option out of a free-text reply.
+    `Item.answer` must be one of `targets(item)`.
+    """
+
+    name: str
+    context: Callable[[Item], str]
+    targets: Callable[[Item], list[str]]
+    generation_prompt: Callable[[Item], str]
+    extract: Callable[[str, Item], str | None]
+
+
+def _lettered_context(item: Item) -> str:
     options = "".join(f"{LETTERS[i]}. {c}\n" for i, c in enumerate(item.choices))
     return f"Question: {item.prompt}\n{options}Answer:"
 
 
+def _letters(item: Item) -> list[str]:
+    return list(LETTERS[: len(item.choices)])
+
+
+def _lettered_prompt(item: Item) -> str:
+    options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(item.choices))
+    return f"{item.prompt}\n{options}\nAnswer with the option's letter from the given choices directly."
+
+
+def _extract_letter(text: str, item: Item) -> str | None:
+    letters = LETTERS[: len(item.choices)]
+    for pattern in (rf"answer is:?\s*\(?\**([{letters}])\b", rf"^\s*\(?\**([{letters}])\**\)?(?:[.:)\s]|$)",
+                    rf"\b([{letters}])[.)]", rf"\b([{letters}])\b"):
+        m = re.search(pattern, text)
+        if m:
+            return m.group(1)
+    lowered = text.lower()
+    hits = [letters[i] for i, c in enumerate(item.choices) if c and c.lower() in lowered]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _extract_yes_no_maybe(text: str, item: Item) -> str | None:
+    m = re.search(r"\b(yes|no|maybe)\b", text.lower())
+    return m.group(1) if m else None
+
+
+# MedQA/Medbullets in lm-eval: "Question: ...\nA. ...\nAnswer:", the option letters scored.
+LETTERED = ChoiceFormat("lettered", _lettered_context, _letters, _lettered_prompt, _extract_letter)
+# PubMedQA in lm-eval: "Abstract: ...\nQuestion: ...\nAnswer:", the words yes/no/maybe scored.
+ABSTRACT_YES_NO_MAYBE = ChoiceFormat(
+    "abstract-yes-no-maybe",
+    context=lambda item: f"Abstract: {item.context}\nQuestion: {item.prompt}\nAnswer:",
+    targets=lambda item: list(item.choices),
+    generation_prompt=lambda item: (f"Context: {item.context}\nQuestion: {item.prompt}\n"
+                                    "Answer the question with yes, no or maybe directly."),
+    extract=_extract_yes_no_maybe,
+)
+
+
+def choice_format(item: Item) -> ChoiceFormat:
+    """The format the item's benchmark declares (graft.evals.benchmarks)."""
+    from .benchmarks import benchmark
+
+    fmt = benchmark(item.benchmark).choices
+    if fmt is None:
+        raise ValueError(f"benchmark '{item.benchmark}' is not multiple choice")
+    return fmt
+
+
+def mc_context(item: Item) -> str:
+    return choice_format(item).context(item)
+
+
 def mc_targets(item: Item) -> list[str]:
-    """What the model scores: the words for PubMedQA, the letters otherwise."""
-    return list(item.choices) if item.benchmark == "pubmedqa" else list(LETTERS[: len(item.choices)])
+    """What the model scores: the words for PubMedQA, the letters otherwise (the benchmark's format decides)."""
+    return choice_format(item).targets(item)
 
 
 def mc_gold(item: Item) -> int:
@@ -47,27 +116,12 @@ def score_loglik(item: Item, lls: Sequence[float]) -> dict:
 
 
 def mc_generation_prompt(item: Item) -> str:
-    if item.benchmark == "pubmedqa":
-        return (f"Context: {item.context}\nQuestion: {item.prompt}\n"
-                "Answer the question with yes, no or maybe directly.")
-    options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(item.choices))
-    return f"{item.prompt}\n{options}\nAnswer with the option's letter from the given choices directly."
+    return choice_format(item).generation_prompt(item)
 
 
 def extract_choice(text: str, item: Item) -> str | None:
     """The option a free-text reply picks: a letter (or yes/no/maybe for PubMedQA), None when unclear."""
-    if item.benchmark == "pubmedqa":
-        m = re.search(r"\b(yes|no|maybe)\b", text.lower())
-        return m.group(1) if m else None
-    letters = LETTERS[: len(item.choices)]
-    for pattern in (rf"answer is:?\s*\(?\**([{letters}])\b", rf"^\s*\(?\**([{letters}])\**\)?(?:[.:)\s]|$)",
-                    rf"\b([{letters}])[.)]", rf"\b([{letters}])\b"):
-        m = re.search(pattern, text)
-        if m:
-            return m.group(1)
-    lowered = text.lower()
-    hits = [letters[i] for i, c in enumerate(item.choices) if c and c.lower() in lowered]
-    return hits[0] if len(hits) == 1 else None
+    return choice_format(item).extract(text, item)
 
 
 # ------------------------------------------------------------------ VQA

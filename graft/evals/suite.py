@@ -12,16 +12,17 @@ from typing import Literal
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from graft.checkpoint import Checkpoint
 from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
 from graft.guard import check_destination, overlapping_input, write_file
 from graft.hub import hub_source
 
 from . import figstep, scoring
+from .backend import GenerationBackend
+from .benchmarks import benchmark
 from .config import DataConfig, JudgeConfig
 from .generation import Engine, Request
-from .judges import KeywordJudge, make_judge
-from .loaders import LOADERS, Item
+from .judges import KeywordJudge, judge_entry, make_judge
+from .loaders import Item
 from .screening import Split, VerdictCache, stratified_subset
 from .tasks import SUITES, TASKS, Task, samples_path
 from .uncertainty import composite
@@ -76,7 +77,7 @@ def resolve_tasks(tasks: Sequence[str] | str | None, suite: str | None) -> tuple
 
 
 def evaluate(
-    model: str | Path | Engine,
+    model: str | Path | GenerationBackend,
     tasks: Sequence[str] | str | None = None,
     suite: str | None = None,
     data: DataConfig | str | Path | dict | None = None,
@@ -102,7 +103,8 @@ def evaluate(
     progress: Callable[[str], None] | None = None,
     trust_remote_code: bool = False,
 ) -> EvalResults:
-    """Evaluate a model folder (or a loaded `Engine`, e.g. a resident graft in a search) on tasks or a suite.
+    """Evaluate a model folder (or a loaded `GenerationBackend`: an `Engine`, e.g. a resident graft's in a search)
+    on tasks or a suite.
 
     `cache` is a SQLite file of finished per-sample records keyed by the weights' identity: `cache_key` when
     given (e.g. a search's recipe hash, which costs nothing), else a content hash of every weight. `rest` scores
@@ -136,23 +138,21 @@ def evaluate(
     if mc_mode not in ("loglik", "generate"):
         raise UsageError(f"--mc-mode {mc_mode}: expected loglik or generate")
     say = progress or (lambda _msg: None)
-    if judge_cfg.kind == "guard":
-        if not (Path(judge_cfg.model) / "config.json").is_file():
-            raise InputError(f"--judge guard:{judge_cfg.model}: no config.json there (a Llama-Guard/Qwen3Guard "
-                             "folder)")
-        Checkpoint.open(Path(judge_cfg.model), role="judge").close()  # pickles, FIFOs...: refused before any work
+    judge_kind = judge_entry(judge_cfg.kind)
+    if judge_kind.check is not None:
+        judge_kind.check(judge_cfg)  # e.g. a guard folder's files, refused before any work
 
     # Read and check the text benchmarks before loading any model, so a malformed file fails in seconds (image
     # tasks wait: a text-only model skips them, and their data is then never read).
     loaded: dict[str, list[Item]] = {}
     for name in names:
         task = TASKS[name]
-        if not task.needs_image and getattr(data, task.benchmark) is not None and task.benchmark not in loaded:
-            loaded[task.benchmark] = LOADERS[task.benchmark](data.source(task.benchmark))
-    engine = model if isinstance(model, Engine) else Engine.load(model, device=device, dtype=dtype,
-                                                                  batch_size=batch_size,
-                                                                  trust_remote_code=trust_remote_code)
-    if out is not None and not isinstance(model, Engine) and Path(engine.name).is_dir():
+        if not task.needs_image and data.get(task.benchmark) is not None and task.benchmark not in loaded:
+            loaded[task.benchmark] = benchmark(task.benchmark).load(data.source(task.benchmark))
+    engine: GenerationBackend = (Engine.load(model, device=device, dtype=dtype, batch_size=batch_size,
+                                             trust_remote_code=trust_remote_code)
+                                 if isinstance(model, (str, Path)) else model)
+    if out is not None and isinstance(model, (str, Path)) and Path(engine.name).is_dir():
         for path in (Path(out), samples_path(Path(out))):  # a hub model's cache copy is an input too
             check_destination(path, [Path(engine.name)], force=force, folder=False)
     results = EvalResults()
@@ -166,7 +166,7 @@ def evaluate(
                 raise IncompatibleError(msg)
             results.skipped[name] = "text-only model"
             continue
-        if getattr(data, task.benchmark) is None and not explicit:
+        if data.get(task.benchmark) is None and not explicit:
             results.skipped[name] = f"no '{task.benchmark}' entry in the data config"
             continue
         data.source(task.benchmark)  # explicit task without data: a clear UsageError now, before any work
@@ -174,7 +174,7 @@ def evaluate(
     # Read and check every benchmark before generating anything, so a malformed file fails in seconds.
     for task in run:
         if task.benchmark not in loaded:
-            loaded[task.benchmark] = LOADERS[task.benchmark](data.source(task.benchmark))
+            loaded[task.benchmark] = benchmark(task.benchmark).load(data.source(task.benchmark))
     parts = {b: split.apply(items) if split is not None else items for b, items in loaded.items()}
     subsets = {b: stratified_subset(items, limit=limit, fraction=fraction, seed=seed, rest=rest)
                for b, items in parts.items()}
@@ -187,7 +187,7 @@ def evaluate(
     needs_judge = any(t.kind == "safety" for t in run)
     the_judge = make_judge(judge_cfg, device=device) if needs_judge else None
     keyword = KeywordJudge()
-    model_judge = judge_cfg.kind != "keyword"
+    model_judge = judge_kind.reads_whole_reply
     # With the keyword judge a reply is decided once a refusal phrase appears: stop generating it there.
     early_stop = None if full_replies else (lambda text: keyword.phrase(text) is not None)
     caps = {
@@ -251,11 +251,8 @@ def evaluate(
     results.summary = _summary(results.benchmarks)
     results.summary_se = _summary_uncertainty(results.samples, seed)
     origin = hub_source(engine.name)
-    results.model = {"path": engine.name, "class": type(engine.model).__name__,
-                     "hub": origin.repo_id if origin else None, "revision": origin.revision if origin else None,
-                     "dtype": str(next(engine.model.parameters()).dtype).replace("torch.", ""),
-                     "device": str(engine.device), "multimodal": engine.is_multimodal,
-                     "chat_template": engine.has_chat_template, "content_hash": model_hash}
+    results.model = {**engine.describe(), "hub": origin.repo_id if origin else None,
+                     "revision": origin.revision if origin else None, "content_hash": model_hash}
     results.judge = the_judge.describe() if the_judge else {"name": judge_cfg.kind, "used": False}
     results.config = {"tasks": [t.name for t in run], "limit": limit, "fraction": fraction, "seed": seed,
                       "rest": rest, "split": split.describe() if split is not None else None,
@@ -278,10 +275,10 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.stem + ".partial.sqlite")
 
 
-def _inputs(model: str | Path | Engine, data: DataConfig, font: str | None) -> list[Path]:
+def _inputs(model: str | Path | GenerationBackend, data: DataConfig, font: str | None) -> list[Path]:
     """What an evaluation reads, so its outputs never land on (or in) any of it."""
-    paths = [Path(model)] if not isinstance(model, Engine) else []
-    paths += [src for name in type(data).model_fields if isinstance(src := getattr(data, name), Path)]
+    paths = [Path(model)] if isinstance(model, (str, Path)) else []
+    paths += data.paths()
     paths += [Path(font)] if font else []
     return [p for p in paths if p.exists()]
 
@@ -358,7 +355,7 @@ def _summary_uncertainty(samples: list[dict], seed: int) -> dict[str, dict | Non
             "over_refusal": estimate(["benign"], invert=True)}
 
 
-def _run_task(task: Task, items: list[Item], engine: Engine, judge, keyword: KeywordJudge, cap: int,
+def _run_task(task: Task, items: list[Item], engine: GenerationBackend, judge, keyword: KeywordJudge, cap: int,
               mc_mode: str, font: str | None, system: str | None,
               refusal_stop: Callable[[str], bool] | None, model_judge: bool, bs: int,
               figstep_images: Path | None = None) -> tuple[list[dict], int]:
@@ -396,7 +393,7 @@ def _run_task(task: Task, items: list[Item], engine: Engine, judge, keyword: Key
         gens = engine.generate(reqs, max_new_tokens=cap, batch_size=bs)
         recs = []
         for i, it in enumerate(items):
-            s = scoring.score_vqa(it, gens[i].text)
+            s = benchmark(it.benchmark).score_answer(it, gens[i].text)
             recs.append({**base[i], "prompt": reqs[i].prompt, "response": gens[i].text, "answer": it.answer,
                          "verdict": s, **s})
         return recs, sum(g.n_tokens for g in gens)

@@ -1,4 +1,5 @@
-"""The evaluation tasks and suites, as plain data: what the CLI lists and validates without loading any model."""
+"""The evaluation tasks and suites, as plain data: what the CLI lists and validates without loading any model.
+They are derived from the benchmark registry (graft.evals.benchmarks)."""
 
 from __future__ import annotations
 
@@ -21,27 +22,14 @@ class Task:
         return self.figstep or self.kind == "vqa"
 
 
-TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("catqa", "catqa", "safety"),
-    Task("hexphi", "hexphi", "safety"),
-    Task("medsafetybench", "medsafetybench", "safety"),
-    Task("catqa-figstep", "catqa", "safety", figstep=True),
-    Task("hexphi-figstep", "hexphi", "safety", figstep=True),
-    Task("medsafetybench-figstep", "medsafetybench", "safety", figstep=True),
-    Task("benign", "benign", "benign"),
-    Task("benign-figstep", "benign", "benign", figstep=True),
-    Task("pubmedqa", "pubmedqa", "mc"),
-    Task("medqa", "medqa", "mc"),
-    Task("medbullets4", "medbullets4", "mc"),
-    Task("medbullets5", "medbullets5", "mc"),
-    Task("vqarad", "vqarad", "vqa"),
-]}
-SUITES: dict[str, list[str]] = {
-    "safety": [n for n, t in TASKS.items() if t.kind in ("safety", "benign")],
-    "medical": [n for n, t in TASKS.items() if t.kind in ("mc", "vqa")],
-}
-SUITES["all"] = SUITES["safety"] + SUITES["medical"]
+# Filled (in place) from the benchmark registry, graft.evals.benchmarks: one task per benchmark, plus NAME-figstep
+# for the benchmarks that declare FigStep variants.
+TASKS: dict[str, Task] = {}
+SUITES: dict[str, list[str]] = {}
 
 
 def samples_path(out: Path) -> Path:
     return out.with_name(out.stem + ".samples.jsonl")
+
+
+from . import benchmarks as _benchmarks  # noqa: E402,F401  (fills TASKS and SUITES; it imports Task from here)

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from graft.recipe import Coefficients
 
 from .config import Objective, SearchEvalConfig, Stage
+from .samplers import folds_constraints
 from .space import SearchSpace
 
 INFEASIBLE = 1.0  # constraint value recorded for trials stopped before their medical score exists
@@ -72,19 +73,20 @@ def is_feasible(constraints: Sequence[float]) -> bool:
 
 def objective_values(safety: float, medical: float, constraints: Sequence[float], objective: Objective,
                      sampler: str) -> list[float]:
-    """What the sampler maximises; `constraints` from `constraint_values` (only CMA-ES folds them in)."""
+    """What the sampler maximises; `constraints` from `constraint_values` (folded in for a sampler that cannot
+    take them, CMA-ES)."""
     if objective.mode == "pareto":
         return [safety, medical]
     if objective.mode == "weighted":
         return [(1 - objective.weight) * safety + objective.weight * medical]
-    if sampler == "cmaes":
+    if folds_constraints(sampler):
         return [safety - objective.penalty * sum(max(0.0, c) for c in constraints)]
     return [safety]
 
 
 def uses_constraints(objective: Objective, sampler: str) -> bool:
-    """Whether the sampler receives the constraints (constrained mode, any sampler but CMA-ES)."""
-    return objective.mode == "constrained" and sampler != "cmaes"
+    """Whether the sampler receives the constraints (constrained mode, any sampler that does not fold them)."""
+    return objective.mode == "constrained" and not folds_constraints(sampler)
 
 
 def constraints_of(user_attrs: Mapping[str, Any], objective: Objective) -> list[float]:

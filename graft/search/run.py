@@ -24,7 +24,8 @@ from .config import SearchEvalConfig
 from .evaluation import check_operators
 from .objective import Scorer, TrialObjective, directions, mean, uses_constraints
 from .outputs import write_outputs
-from .space import SAMPLERS, Cell, SearchSpace
+from .samplers import sampler_spec
+from .space import Cell, SearchSpace
 from .study import (
     METADATA_KEY,
     REFERENCE_KEY,
@@ -98,8 +99,7 @@ def run_search(
     config = eval_config if isinstance(eval_config, SearchEvalConfig) else SearchEvalConfig.from_yaml(eval_config)
     config = config.with_objective(mode=mode, max_medical_drop=max_medical_drop, max_over_refusal=max_over_refusal)
     sampler_name = sampler or the_space.sampler
-    if sampler_name not in SAMPLERS:
-        raise UsageError(f"--sampler {sampler_name}: expected one of {', '.join(SAMPLERS)}")
+    sampler_spec(sampler_name)  # an unknown name: one line listing the known samplers
     if trials < 1:
         raise UsageError(f"--trials {trials}: expected a positive number of finished trials")
     objective = config.objective

@@ -17,16 +17,34 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Literal, Protocol, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from graft.errors import UsageError
 from graft.mapping import Group
 from graft.recipe import DEFAULT_GROUP_FACTORS, Coefficients
 from graft.schema import FiniteFloat, describe_validation_error, load_yaml_file
 
+from .samplers import SAMPLERS
+
 SPACE_VERSION = 1
-SamplerName = Literal["cmaes", "tpe", "gp", "nsga2", "random"]
-SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+
+
+def _known_sampler(name: str) -> str:
+    if name not in SAMPLERS:
+        raise ValueError(f"must be one of {', '.join(repr(n) for n in SAMPLERS)} (graft.search.samplers)")
+    return name
+
+
+SamplerName = Annotated[str, AfterValidator(_known_sampler)]  # a name in graft.search.samplers' table
 DepthKind = Literal["layers", "blocks", "control_points"]
 # Graft operators a space may choose between (graft.search.evaluation.operator_options maps each to recipe options).
 OperatorName = Literal["linear", "orthogonal"]

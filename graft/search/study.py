@@ -33,6 +33,7 @@ from graft.errors import InputError, UsageError
 
 from .config import Objective
 from .objective import Pruned, constraints_of
+from .samplers import SAMPLER_TABLE, sampler_spec
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 METADATA_KEY = "graft_search"
@@ -111,25 +112,14 @@ def _schema_race(exc: Exception) -> bool:
 # -- samplers -------------------------------------------------------------------------------------------------------
 def make_sampler(name: str, *, seed: int, mode: str,
                  constraints: Callable[[FrozenTrial], Sequence[float]] | None) -> optuna.samplers.BaseSampler:
-    """A sampler with an explicit seed. CMA-ES handles neither constraints nor several objectives."""
-    if name == "cmaes" and mode == "pareto":
-        raise UsageError("--sampler cmaes cannot search a Pareto front (one objective only); use nsga2, tpe or gp, "
+    """A sampler from graft.search.samplers' table, with an explicit seed."""
+    spec = sampler_spec(name)
+    if mode == "pareto" and not spec.pareto:
+        raise UsageError(f"--sampler {name} cannot search a Pareto front (one objective only); use "
+                         f"{', '.join(n for n, s in SAMPLER_TABLE.items() if s.pareto)}, "
                          "or objective.mode constrained/weighted")
     with quiet_optuna():
-        if name == "cmaes":
-            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-        if name == "tpe":
-            # constant_liar: running trials count as bad guesses, so parallel workers spread out.
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constraints_func=constraints,
-                                              constant_liar=True, warn_independent_sampling=False)
-        if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints,
-                                             warn_independent_sampling=False)
-        if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
-        if name == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-    raise UsageError(f"--sampler {name}: expected cmaes, tpe, gp, nsga2 or random")
+        return spec.build(seed, constraints)
 
 
 def sampler_constraints(objective: Objective) -> Callable[[FrozenTrial], Sequence[float]]:

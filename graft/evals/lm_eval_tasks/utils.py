@@ -10,9 +10,9 @@ import os
 from typing import Any
 
 from graft.errors import UsageError
+from graft.evals.benchmarks import benchmark
 from graft.evals.config import DataConfig
 from graft.evals.judges import KeywordJudge
-from graft.evals.loaders import LOADERS
 from graft.evals.scoring import mc_context, mc_gold, mc_targets
 
 DATA_ENV = "GRAFT_EVAL_DATA"
@@ -33,17 +33,17 @@ def _split(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"test": datasets.Dataset.from_list(rows)}
 
 
-def _multiple_choice(benchmark: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _multiple_choice(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     data = _data(kwargs)
-    items = LOADERS[benchmark](data.source(benchmark))
+    items = benchmark(name).load(data.source(name))
     # query + " " + choice is exactly the (context, continuation) pair graft scores
     return _split([{"id": it.id, "category": it.category, "query": mc_context(it), "choices": mc_targets(it),
                     "gold": mc_gold(it)} for it in items])
 
 
-def _requests(benchmark: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _requests(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     data = _data(kwargs)
-    items = LOADERS[benchmark](data.source(benchmark))
+    items = benchmark(name).load(data.source(name))
     return _split([{"id": it.id, "category": it.category, "prompt": it.prompt} for it in items])
 
 

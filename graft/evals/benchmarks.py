@@ -1,0 +1,145 @@
+"""The benchmark registry: every benchmark graft can evaluate is one `Benchmark` declaration here (or one
+`register_benchmark(...)` call in your own code). Everything else is derived from the registry: the `data.yaml` keys
+(graft.evals.config), the tasks and suites (graft.evals.tasks, including the `NAME-figstep` variants), the loader
+the suite calls, and how a multiple-choice or VQA reply is prompted and scored.
+
+A declaration says:
+
+- `name`: the `data.yaml` key and the task name;
+- `kind`: `safety` (harmful requests, scored 1 − attack success by the judge), `benign` (over-refusal: benign
+  requests, scored 1 − refusal rate), `mc` (multiple choice: log-likelihood or generation) or `vqa` (image
+  question, short answer);
+- `load`: published format → `Item`s (graft.evals.loaders); each item's `category` is the stratum of the seeded
+  screening subsets and of the search/held-out split (graft.evals.screening), so give categories that matter;
+- `choices` (`mc`): the prompt and reply format (graft.evals.scoring.ChoiceFormat);
+- `answer` (`vqa`): reply → `{"pred", "correct"}` (default: graft.evals.scoring.score_vqa);
+- `figstep` (`safety`/`benign`): also offer `NAME-figstep`, the requests typeset into an image (FigStep).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import get_args
+
+from graft.errors import UsageError
+
+from . import loaders, scoring
+from .config import Source
+from .loaders import Item
+from .tasks import SUITES, TASKS, Kind, Task
+
+# Task order within a suite follows the kinds, text tasks before their FigStep variants (what --help lists).
+KIND_ORDER: tuple[Kind, ...] = get_args(Kind)
+SUITE_KINDS: dict[str, tuple[Kind, ...]] = {"safety": ("safety", "benign"), "medical": ("mc", "vqa")}
+RESERVED = ("figstep",)  # data.yaml keys that are not benchmarks
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: where its items come from and how they are asked and scored (module docstring)."""
+
+    name: str
+    kind: Kind
+    load: Callable[[Source], list[Item]]
+    about: str = ""  # the published format the loader reads, in one line
+    choices: scoring.ChoiceFormat | None = None
+    answer: Callable[[Item, str], dict] | None = None
+    figstep: bool = False
+    tasks: tuple[str, ...] = field(default=(), init=False)
+
+    def __post_init__(self) -> None:
+        where = f"benchmark '{self.name}'"
+        if not _NAME.match(self.name) or self.name in RESERVED:
+            raise UsageError(f"{where}: the name must be lower-case letters, digits or _ (not {', '.join(RESERVED)})")
+        if self.kind not in KIND_ORDER:
+            raise UsageError(f"{where}: kind '{self.kind}' is not one of {', '.join(KIND_ORDER)}")
+        if (self.kind == "mc") != (self.choices is not None):
+            raise UsageError(f"{where}: a multiple-choice benchmark (kind mc) needs `choices`, and only it has them")
+        if self.answer is not None and self.kind != "vqa":
+            raise UsageError(f"{where}: `answer` scores VQA replies; kind {self.kind} has none")
+        if self.figstep and self.kind not in ("safety", "benign"):
+            raise UsageError(f"{where}: FigStep variants are for safety and benign requests, not kind {self.kind}")
+        if self.kind == "vqa" and self.answer is None:
+            object.__setattr__(self, "answer", scoring.score_vqa)
+        names = (self.name, f"{self.name}-figstep") if self.figstep else (self.name,)
+        object.__setattr__(self, "tasks", names)
+
+    def score_answer(self, item: Item, reply: str) -> dict:
+        """A VQA reply's `{"pred", "correct"}`."""
+        assert self.answer is not None, f"{self.name} is not a VQA benchmark"
+        return self.answer(item, reply)
+
+
+BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def register_benchmark(bench: Benchmark, *, replace: bool = False) -> Benchmark:
+    """Add a benchmark: its `data.yaml` key, its task(s) and its suite membership exist from now on."""
+    if bench.name in BENCHMARKS and not replace:
+        raise UsageError(f"benchmark '{bench.name}' is already registered (pass replace=True to redefine it)")
+    clash = [t for t in bench.tasks if t in TASKS and TASKS[t].benchmark != bench.name]
+    if clash:
+        raise UsageError(f"benchmark '{bench.name}': task name(s) {', '.join(clash)} already belong to another "
+                         "benchmark")
+    BENCHMARKS[bench.name] = bench
+    _rebuild()
+    return bench
+
+
+def unregister_benchmark(name: str) -> None:
+    """Remove a benchmark registered with `register_benchmark` (tests, notebooks)."""
+    if BENCHMARKS.pop(name, None) is None:
+        raise UsageError(f"benchmark '{name}' is not registered; known: {', '.join(BENCHMARKS)}")
+    _rebuild()
+
+
+def benchmark(name: str) -> Benchmark:
+    """The declaration of `name`, or a one-line error listing the known ones."""
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise UsageError(f"unknown benchmark '{name}'; known: {', '.join(BENCHMARKS)}") from None
+
+
+def _rebuild() -> None:
+    """Refill graft.evals.tasks' TASKS and SUITES in place (modules hold references to those very dicts)."""
+    tasks: list[Task] = []
+    for kind in KIND_ORDER:
+        group = [b for b in BENCHMARKS.values() if b.kind == kind]
+        tasks += [Task(b.name, b.name, kind) for b in group]
+        tasks += [Task(f"{b.name}-figstep", b.name, kind, figstep=True) for b in group if b.figstep]
+    TASKS.clear()
+    TASKS.update((t.name, t) for t in tasks)
+    SUITES.clear()
+    for suite, kinds in SUITE_KINDS.items():
+        SUITES[suite] = [t.name for t in tasks if t.kind in kinds]
+    SUITES["all"] = [n for suite in SUITE_KINDS for n in SUITES[suite]]
+
+
+# ---------------------------------------------------------------- graft's benchmarks
+for _bench in (
+    Benchmark("catqa", "safety", loaders.load_catqa, figstep=True,
+              about="catqa_english.json: JSON lines with Category, Subcategory, Question"),
+    Benchmark("hexphi", "safety", loaders.load_hexphi, figstep=True,
+              about="HEx-PHI folder of category_N.csv files, one instruction a row, no header"),
+    Benchmark("medsafetybench", "safety", loaders.load_medsafetybench, figstep=True,
+              about="MedSafetyBench datasets/test/{gpt4,llama2}/med_safety_demonstrations_category_N.csv"),
+    Benchmark("benign", "benign", loaders.load_benign, figstep=True,
+              about="XSTest xstest_prompts.csv (safe rows) or CSV/JSONL with a 'prompt' field"),
+    Benchmark("pubmedqa", "mc", loaders.load_pubmedqa, choices=scoring.ABSTRACT_YES_NO_MAYBE,
+              about="PubMedQA ori_pqal.json or pqa_labeled rows"),
+    Benchmark("medqa", "mc", loaders.load_medqa, choices=scoring.LETTERED,
+              about="MedQA-USMLE 4-option JSONL (question, options A-D, answer_idx)"),
+    Benchmark("medbullets4", "mc", loaders.load_medbullets4, choices=scoring.LETTERED,
+              about="medbullets_op4.csv (question, opa..opd, answer_idx)"),
+    Benchmark("medbullets5", "mc", loaders.load_medbullets5, choices=scoring.LETTERED,
+              about="medbullets_op5.csv (question, opa..ope, answer_idx)"),
+    Benchmark("vqarad", "vqa", loaders.load_vqarad,
+              about="VQA-RAD parquet (image, question, answer) or the OSF JSON beside its image folder"),
+):
+    register_benchmark(_bench)
+
+__all__ = ["BENCHMARKS", "Benchmark", "benchmark", "register_benchmark", "unregister_benchmark"]
