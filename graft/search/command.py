@@ -14,8 +14,23 @@ from .config import MODES
 from .space import SAMPLERS
 
 
+def _list_spaces(value: bool) -> None:
+    """`--list-spaces`: eager, so it answers before the options a search needs are asked for."""
+    if not value:
+        return
+    from .spaces import describe
+
+    table = Table("space", "sampler", "description", title="shipped search spaces (graft search --space NAME)")
+    for name, sampler, description in describe():
+        table.add_row(name, sampler, description)
+    Console(highlight=False, width=max(Console().width, 120)).print(table)
+    raise typer.Exit()
+
+
 def search_command(
-    space: Annotated[Path, typer.Option("--space", help="Search space YAML (see search_spaces/).")],
+    space: Annotated[Path, typer.Option(
+        "--space", help="Search space: a YAML file, or the name of a shipped one (see --list-spaces); a file that "
+                        "exists wins over a name.")],
     eval_config: Annotated[Path, typer.Option(
         "--eval", help="What each trial is scored on: data, safety/medical tasks, screening, objective (YAML).")],
     trials: Annotated[int, typer.Option(
@@ -57,14 +72,26 @@ def search_command(
     heartbeat: Annotated[int, typer.Option(
         "--heartbeat", help="Seconds between a running trial's heartbeats; a trial silent for twice this is "
                             "failed and retried by the next worker.")] = 60,
+    log: Annotated[list[str] | None, typer.Option(
+        "--log", help="Send the search to a tracker: mlflow (MLFLOW_TRACKING_URI) or wandb (WANDB_MODE=offline "
+                      "works); repeatable; adds to eval.yaml's log:. Needs graft[tracking].")] = None,
+    callback: Annotated[list[str] | None, typer.Option(
+        "--callback", help="module:function called as f(study, frozen_trial) after each trial this worker "
+                           "finishes (Optuna's callback signature); repeatable.")] = None,
+    list_spaces: Annotated[bool, typer.Option(
+        "--list-spaces", is_eager=True, callback=_list_spaces,
+        help="List the shipped search spaces (names for --space) and exit.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors and the output folder only.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Optuna's own log; tracebacks on errors.")] = False,
 ) -> None:
     """Search λ per layer/block/group with Optuna: restore safety, keep medical skill."""
     import optuna
 
+    from graft.tracking import load_callback
+
     from .run import run_search
 
+    callbacks = [load_callback(spec) for spec in callback or []]
     console = Console(stderr=True, highlight=False, quiet=quiet)
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     result = run_search(
@@ -72,7 +99,7 @@ def search_command(
         storage=storage, study=study, sampler=sampler, mode=mode, max_medical_drop=max_medical_drop,
         max_over_refusal=max_over_refusal, seed=seed, origin=origin,
         out=out, merge_best=merge_best, device=device, dtype=dtype, batch_size=batch_size, heartbeat=heartbeat,
-        progress=lambda msg: console.print(msg, soft_wrap=True),
+        progress=lambda msg: console.print(msg, soft_wrap=True), callbacks=callbacks, log=log or [],
     )
     if quiet:
         Console(highlight=False).print(str(result.out))
