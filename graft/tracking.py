@@ -109,8 +109,11 @@ class MlflowTracker:
 
     def __init__(self, name: str, params: Mapping[str, Any], *, tags: Mapping[str, str] | None = None,
                  lambdas: Callable[[dict | None], dict[str, float]] | None = None):
+        import logging
+
         from mlflow.tracking import MlflowClient
 
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its database-migration chatter in our console
         self.client = MlflowClient()
         experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", "graft")
         found = self.client.get_experiment_by_name(experiment)
