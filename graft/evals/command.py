@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from graft.display import shown
+from graft.progress import StepProgress
 
 from .tasks import SUITES, TASKS, samples_path
 
@@ -77,13 +78,17 @@ def eval_command(
     if trust_remote_code:
         console.print(f"[bold yellow]warning:[/] --trust-remote-code: Python code in {shown(model)} will run",
                       soft_wrap=True)
-    results = evaluate(
-        model, tasks=tasks, suite=suite, data=data, limit=limit, fraction=fraction, seed=seed, rest=rest,
-        judge=judge,
-        mc_mode=mc_mode, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, dtype=dtype,
-        font=str(font) if font else None, system_prompt=system_prompt, full_replies=full_replies, cache=cache, out=out,
-        force=force, progress=console.print, trust_remote_code=trust_remote_code, lm_eval_out=lm_eval_out,
-    )
+    bar = StepProgress(console, unit="items", title="eval")
+    try:
+        results = evaluate(
+            model, tasks=tasks, suite=suite, data=data, limit=limit, fraction=fraction, seed=seed, rest=rest,
+            judge=judge, mc_mode=mc_mode, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device,
+            dtype=dtype, font=str(font) if font else None, system_prompt=system_prompt, full_replies=full_replies,
+            cache=cache, out=out, force=force, progress=console.print, trust_remote_code=trust_remote_code,
+            lm_eval_out=lm_eval_out, bar=bar,
+        )
+    finally:
+        bar.stop()
     written = [out, samples_path(out), *([lm_eval_out] if lm_eval_out else [])]
     if loggers:
         log_results(loggers, results, written)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from graft.checkpoint import Checkpoint
 from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
 from graft.guard import check_destination, overlapping_input, write_file
+from graft.progress import StepProgress
 
 from . import figstep, scoring
 from .config import DataConfig, JudgeConfig
@@ -116,6 +117,7 @@ def evaluate(
     progress: Callable[[str], None] | None = None,
     trust_remote_code: bool = False,
     lm_eval_out: str | Path | None = None,
+    bar: StepProgress | None = None,
 ) -> EvalResults:
     """Evaluate a model folder (or a loaded `Engine`, e.g. a resident graft in a search) on tasks or a suite.
 
@@ -126,6 +128,7 @@ def evaluate(
     that part.
     `trust_remote_code` lets transformers run Python code shipped in the model folder: only for a folder you trust.
     `lm_eval_out` (with `out`) also writes the results in lm-eval's own layout there (`graft eval --format lm-eval`).
+    `bar` counts the items as tasks finish (graft.progress; the caller stops it).
 
     Example::
 
@@ -217,6 +220,8 @@ def evaluate(
     store = VerdictCache(cache or resume) if (cache or resume) else None
     model_hash = (cache_key or engine.fingerprint()) if store else None
     finished: list[str] = []
+    if bar is not None:
+        bar.start(sum(len(subsets[t.benchmark]) for t in run), len(run))
 
     for task in run:
         t0 = time.perf_counter()
@@ -261,6 +266,8 @@ def evaluate(
         results.samples += [{"task": task.name, **r} for r in records]
         say(f"{task.name}: score {results.benchmarks[task.name]['score']:.4f} ({seconds:.1f}s)")
         finished.append(task.name)
+        if bar is not None:
+            bar.advance(len(items), note=f"{task.name} done")
     if store:
         store.close()
 

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from graft.progress import StepProgress
+
 from .config import MODES
 from .space import SAMPLERS
 
@@ -90,17 +92,27 @@ def search_command(
     from graft.tracking import load_callback
 
     from .run import run_search
+    from .study import budget_state
 
     callbacks = [load_callback(spec) for spec in callback or []]
     console = Console(stderr=True, highlight=False, quiet=quiet)
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
-    result = run_search(
-        space=space, eval_config=eval_config, trials=trials, target=target, vector=vector, recipe=recipe,
-        storage=storage, study=study, sampler=sampler, mode=mode, max_medical_drop=max_medical_drop,
-        max_over_refusal=max_over_refusal, seed=seed, origin=origin,
-        out=out, merge_best=merge_best, device=device, dtype=dtype, batch_size=batch_size, heartbeat=heartbeat,
-        progress=lambda msg: console.print(msg, soft_wrap=True), callbacks=callbacks, log=log or [],
-    )
+    bar = StepProgress(console, unit="trials", title="search")
+
+    def tick(study, _trial) -> None:  # the study's finished trials, whoever ran them
+        bar.advance(done=budget_state(study).finished)
+
+    bar.start(trials)
+    try:
+        result = run_search(
+            space=space, eval_config=eval_config, trials=trials, target=target, vector=vector, recipe=recipe,
+            storage=storage, study=study, sampler=sampler, mode=mode, max_medical_drop=max_medical_drop,
+            max_over_refusal=max_over_refusal, seed=seed, origin=origin, out=out, merge_best=merge_best,
+            device=device, dtype=dtype, batch_size=batch_size, heartbeat=heartbeat, log=log or [],
+            callbacks=[*callbacks, tick], progress=lambda msg: console.print(msg, soft_wrap=True),
+        )
+    finally:
+        bar.stop()
     if quiet:
         Console(highlight=False).print(str(result.out))
         return

@@ -297,15 +297,40 @@ def _work(study, storage, space: SearchSpace, config: SearchEvalConfig, sampler:
     objective = TrialObjective(space, config, the_scorer, num_layers=num_layers, reference=reference,
                                sampler=sampler, incumbent=incumbent)
     report = run_worker(study, storage, objective, trials, poll_s=min(1.0, storage.heartbeat_interval or 1),
-                        on_trial=lambda t: _finished(study, t, say, hooks),
+                        on_trial=lambda t: _finished(study, t, say, hooks, config.objective),
                         record_constraints=config.objective.mode != "weighted")
     return report.ran
 
 
-def _finished(study, trial: FrozenTrial, say: Callable[[str], None], hooks: Sequence[TrialCallback]) -> None:
+def _finished(study, trial: FrozenTrial, say: Callable[[str], None], hooks: Sequence[TrialCallback],
+              objective) -> None:
     say(_describe(trial))
+    say(standing(study.get_trials(deepcopy=False), objective))
     for hook in hooks:
         hook(study, trial)
+
+
+def standing(trials: list[FrozenTrial], objective) -> str:
+    """The running best feasible searched trial beside the best uniform λ so far (in sample: the scores the search
+    chooses on), as one line."""
+    from .outputs import best_of, best_uniform_of, records
+
+    recs = records(trials)
+    searched = best_of([r for r in recs if r.baseline is None and r.rated and r.feasible(objective)], objective)
+    uniform = best_uniform_of(recs, objective)
+
+    def brief(r) -> str:
+        over = f", over-refusal {r.over_refusal:.3f}" if r.over_refusal is not None else ""
+        return f"safety {r.safety:.3f}, medical {r.medical:.3f}{over}"
+
+    parts = [f"best feasible searched: trial {searched.number} ({brief(searched)})" if searched else
+             "best feasible searched: none yet"]
+    if uniform is not None:
+        parts.append(f"best uniform λ: {uniform.baseline} ({brief(uniform)})")
+    if searched is not None and uniform is not None:
+        parts.append(f"searched − uniform: safety {searched.safety - uniform.safety:+.3f}, medical "
+                     f"{searched.medical - uniform.medical:+.3f}")
+    return "so far (in sample): " + "; ".join(parts)
 
 
 def _describe(trial: FrozenTrial) -> str:
