@@ -298,7 +298,7 @@ def _work(study, storage, space: SearchSpace, config: SearchEvalConfig, sampler:
                                sampler=sampler, incumbent=incumbent)
     report = run_worker(study, storage, objective, trials, poll_s=min(1.0, storage.heartbeat_interval or 1),
                         on_trial=lambda t: _finished(study, t, say, hooks, config.objective),
-                        record_constraints=config.objective.mode != "weighted")
+                        record_constraints=config.objective.mode == "constrained")
     return report.ran
 
 
