@@ -21,6 +21,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
@@ -170,7 +171,7 @@ def _failures(verbose: bool):
     try:
         yield
     except GraftError as exc:
-        stderr.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # a message may hold [...]
         raise typer.Exit(exc.exit_code) from None
     except Terminated as exc:
         stderr.print(f"[bold red]terminated[/] ({signal.Signals(exc.signum).name}): no output was left behind")
@@ -183,8 +184,8 @@ def _failures(verbose: bool):
     except Exception as exc:
         if verbose:
             stderr.print_exception()
-        stderr.print(f"[bold red]internal error:[/] {exc.__class__.__name__}: {exc} (rerun with -v for the traceback)",
-                  soft_wrap=True)
+        stderr.print(f"[bold red]internal error:[/] {exc.__class__.__name__}: {escape(str(exc))} (rerun with -v for "
+                     "the traceback)", soft_wrap=True)
         raise typer.Exit(1) from None
 
 

@@ -15,7 +15,13 @@ source .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # torch first and alone: a looser spec pulled in by another package would fetch a multi-GB CUDA build.
 python -c "import torch" 2>/dev/null || python -m pip install -q "$TORCH_SPEC"
-python -m pip install -q -e '.[dev]'
+# The dev extra holds the test tools and what the tests read back: build (the wheel smoke), optuna-dashboard,
+# optuna-integration, mlflow-skinny and wandb (graft[tracking]). uv installs them much faster when it is there.
+if command -v uv >/dev/null; then
+  uv pip install -q --python .venv/bin/python -e '.[dev]'
+else
+  python -m pip install -q -e '.[dev]'
+fi
 
 # FigStep renders in FreeMonoBold (Debian fonts-freefont-ttf); graft falls back to another bold monospace font
 # with a warning when it is missing, so this step is best effort.

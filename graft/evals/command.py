@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from graft.display import shown
+from graft.progress import StepProgress
 
 from .tasks import SUITES, TASKS, samples_path
 
@@ -54,24 +55,48 @@ def eval_command(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
                                            help="Run the Python code a model folder ships (custom architectures); "
                                                 "off by default, only for a folder you trust."),
+    fmt: str = typer.Option("graft", "--format",
+                               help="graft: results.json (graft's schema); lm-eval: also OUT-stem.lm-eval.json in "
+                                    "lm-eval's results layout (lm-eval's task names, acc/acc_stderr, ...)."),
+    log: list[str] = typer.Option(None, "--log", help="Send the results to a tracker: mlflow or wandb "
+                                                      "(repeatable; needs graft[tracking])."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no table: errors and the written "
+                                                            "files only."),
 ) -> None:
     """Score a model on safety (1 - ASR) and medical benchmarks."""
+    from graft.errors import UsageError
     from graft.hub import with_revision
+    from graft.tracking import check_loggers
 
     from .suite import evaluate  # loads transformers: only when the command runs, not for every `graft` call
 
     model = with_revision(model, revision, "--revision") or model
-    console = Console(stderr=True)
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    loggers = check_loggers(log or [])
+    lm_eval_out = lm_eval_path(out) if fmt == "lm-eval" else None
+    console = Console(stderr=True, quiet=quiet)
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" and the like
     if trust_remote_code:
         console.print(f"[bold yellow]warning:[/] --trust-remote-code: Python code in {shown(model)} will run",
                       soft_wrap=True)
-    results = evaluate(
-        model, tasks=tasks, suite=suite, data=data, limit=limit, fraction=fraction, seed=seed, rest=rest,
-        judge=judge,
-        mc_mode=mc_mode, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device, dtype=dtype,
-        font=str(font) if font else None, system_prompt=system_prompt, full_replies=full_replies, cache=cache, out=out,
-        force=force, progress=console.print, trust_remote_code=trust_remote_code,
-    )
+    bar = StepProgress(console, unit="items", title="eval")
+    try:
+        results = evaluate(
+            model, tasks=tasks, suite=suite, data=data, limit=limit, fraction=fraction, seed=seed, rest=rest,
+            judge=judge, mc_mode=mc_mode, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device,
+            dtype=dtype, font=str(font) if font else None, system_prompt=system_prompt, full_replies=full_replies,
+            cache=cache, out=out, force=force, progress=console.print, trust_remote_code=trust_remote_code,
+            lm_eval_out=lm_eval_out, bar=bar,
+        )
+    finally:
+        bar.stop()
+    written = [out, samples_path(out), *([lm_eval_out] if lm_eval_out else [])]
+    if loggers:
+        log_results(loggers, results, written)
     table = Table("task", "score ± SE", "n", "metric", "items/s")
     for name, b in results.benchmarks.items():
         table.add_row(name, f"{b['score']:.4f} ± {b['se']:.4f}", str(b["n"]), b["metric"],
@@ -83,4 +108,31 @@ def eval_command(
         if est is not None:
             console.print(f"{key.replace('_', '-')}: {100 * est['value']:.1f} % ± {100 * est['se']:.1f} "
                           f"(95 % interval {100 * est['low']:.1f}–{100 * est['high']:.1f} %, {est['n']} items)")
-    console.print(f"wrote {shown(out)} and {shown(samples_path(out))}")
+    Console(stderr=True, highlight=False).print("wrote " + ", ".join(shown(p) for p in written), soft_wrap=True)
+
+
+FORMATS = ("graft", "lm-eval")
+
+
+def lm_eval_path(out: Path) -> Path:
+    """Where `--format lm-eval` writes lm-eval's layout: beside results.json."""
+    return out.with_name(out.stem + ".lm-eval.json")
+
+
+def log_results(loggers: list[str], results, files: list[Path]) -> None:
+    """One tracker run per evaluation: its configuration as parameters, every score and standard error as
+    metrics, the written files as artifacts."""
+    from graft.tracking import flat, numbers, open_trackers
+
+    config = {k: v for k, v in results.config.items() if k not in ("task_configs", "data")}
+    params = {**flat("", config), **flat("model", results.model), **flat("judge", results.judge or {}),
+              **flat("version", results.versions)}
+    metrics: dict = {}
+    for task, bench in results.benchmarks.items():
+        metrics.update(numbers({f"{task}.{k}": v for k, v in bench.items()}))
+    metrics.update(numbers({f"summary.{k}": v for k, v in results.summary.items() if v is not None}))
+    for key, est in results.summary_se.items():
+        if est:
+            metrics.update(numbers({f"summary.{key}_stderr": est.get("se")}))
+    for tracker in open_trackers(loggers, f"graft eval {shown(Path(results.model.get('path', 'model')))}", params):
+        tracker.finish(metrics=metrics, files=files)

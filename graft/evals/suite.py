@@ -6,6 +6,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, Field
 from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
 from graft.guard import check_destination, overlapping_input, write_file
 from graft.hub import hub_source
+from graft.progress import StepProgress
 
 from . import figstep, scoring
 from .backend import GenerationBackend
@@ -22,6 +24,7 @@ from .benchmarks import benchmark
 from .config import DataConfig, JudgeConfig
 from .generation import Engine, Request
 from .judges import KeywordJudge, judge_entry, make_judge
+from .lm_eval_format import lm_eval_name, prompt_of, task_metrics, versions
 from .loaders import Item
 from .screening import Split, VerdictCache, stratified_subset
 from .tasks import SUITES, TASKS, Task, samples_path
@@ -44,18 +47,31 @@ class EvalResults(BaseModel):
     config: dict = Field(default_factory=dict)
     timing: dict[str, dict] = Field(default_factory=dict)
     skipped: dict[str, str] = Field(default_factory=dict)
+    versions: dict[str, str | None] = Field(default_factory=dict)  # graft and the libraries behind the scores
+    date: str | None = None  # when the evaluation started (UTC, ISO 8601)
     samples: list[dict] = Field(default_factory=list, exclude=True)
 
     def score(self, task: str) -> float:
         return self.benchmarks[task]["score"]
 
-    def write(self, out: str | Path, force: bool = False, inputs: Sequence[str | Path] = ()) -> tuple[Path, Path]:
-        """results.json and the samples beside it, each atomically, under graft's output rules (never an input,
-        never over a file graft did not write)."""
+    def write(self, out: str | Path, force: bool = False, inputs: Sequence[str | Path] = (),
+              lm_eval: str | Path | None = None) -> tuple[Path, Path]:
+        """results.json and the samples beside it (and, with `lm_eval`, the same results in lm-eval's layout), each
+        atomically, under graft's output rules (never an input, never over a file graft did not write)."""
         out = Path(out)
         samples = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in self.samples)
         written = write_file(samples_path(out), samples, inputs=inputs, force=force)
+        if lm_eval is not None:
+            write_file(Path(lm_eval), json.dumps(self.as_lm_eval(), indent=2, ensure_ascii=False) + "\n",
+                       inputs=inputs, force=force)
         return write_file(out, self.model_dump_json(indent=2), inputs=inputs, force=force), written
+
+    def as_lm_eval(self) -> dict:
+        """These results in lm-eval's layout (`lm_eval.utils.make_table` reads them): graft.evals.lm_eval_format."""
+        from .lm_eval_format import to_lm_eval
+
+        started = datetime.fromisoformat(self.date).timestamp() if self.date else None
+        return to_lm_eval(self, started=started)
 
 
 
@@ -102,6 +118,8 @@ def evaluate(
     force: bool = False,
     progress: Callable[[str], None] | None = None,
     trust_remote_code: bool = False,
+    lm_eval_out: str | Path | None = None,
+    bar: StepProgress | None = None,
 ) -> EvalResults:
     """Evaluate a model folder (or a loaded `GenerationBackend`: an `Engine`, e.g. a resident graft's in a search)
     on tasks or a suite.
@@ -112,6 +130,8 @@ def evaluate(
     restricts every benchmark to one part of a search/held-out split; limit, fraction and rest then apply within
     that part.
     `trust_remote_code` lets transformers run Python code shipped in the model folder: only for a folder you trust.
+    `lm_eval_out` (with `out`) also writes the results in lm-eval's own layout there (`graft eval --format lm-eval`).
+    `bar` counts the items as tasks finish (graft.progress; the caller stops it).
 
     Example::
 
@@ -129,8 +149,10 @@ def evaluate(
     data_file = Path(data) if isinstance(data, (str, Path)) else None
     data = _data_config(data)
     inputs = _inputs(model, data, font) + ([data_file] if data_file else [])
+    if lm_eval_out is not None and out is None:
+        raise UsageError("lm-eval results are written beside results.json: give out as well")
     if out is not None:  # refuse a destination that cannot be written before any work, not after
-        for path in (Path(out), samples_path(Path(out))):
+        for path in (Path(out), samples_path(Path(out)), *([Path(lm_eval_out)] if lm_eval_out else [])):
             check_destination(path, inputs, force=force, folder=False)
     if cache and (overlap := overlapping_input(Path(cache), inputs)) is not None:
         raise OutputError(f"--cache {cache}: overlaps input {overlap}; keep the verdict cache outside every input")
@@ -155,7 +177,7 @@ def evaluate(
     if out is not None and isinstance(model, (str, Path)) and Path(engine.name).is_dir():
         for path in (Path(out), samples_path(Path(out))):  # a hub model's cache copy is an input too
             check_destination(path, [Path(engine.name)], force=force, folder=False)
-    results = EvalResults()
+    results = EvalResults(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), versions=versions())
     run: list[Task] = []
     for name in names:
         task = TASKS[name]
@@ -202,6 +224,8 @@ def evaluate(
     store = VerdictCache(cache or resume) if (cache or resume) else None
     model_hash = (cache_key or engine.fingerprint()) if store else None
     finished: list[str] = []
+    if bar is not None:
+        bar.start(sum(len(subsets[t.benchmark]) for t in run), len(run))
 
     for task in run:
         t0 = time.perf_counter()
@@ -236,6 +260,7 @@ def evaluate(
             "vqa": scoring.summarize_vqa,
         }.get(task.kind)
         results.benchmarks[task.name] = summary(records) if summary else scoring.summarize_mc(records, mc_mode)
+        results.benchmarks[task.name].update(task_metrics(task.name, records))  # acc, acc_stderr, ... (lm-eval's)
         results.benchmarks[task.name]["total_items"] = len(loaded[task.benchmark])
         if split is not None:
             results.benchmarks[task.name]["part_items"] = len(parts[task.benchmark])
@@ -245,6 +270,8 @@ def evaluate(
         results.samples += [{"task": task.name, **r} for r in records]
         say(f"{task.name}: score {results.benchmarks[task.name]['score']:.4f} ({seconds:.1f}s)")
         finished.append(task.name)
+        if bar is not None:
+            bar.advance(len(items), note=f"{task.name} done")
     if store:
         store.close()
 
@@ -252,7 +279,8 @@ def evaluate(
     results.summary_se = _summary_uncertainty(results.samples, seed)
     origin = hub_source(engine.name)
     results.model = {**engine.describe(), "hub": origin.repo_id if origin else None,
-                     "revision": origin.revision if origin else None, "content_hash": model_hash}
+                     "revision": origin.revision if origin else None, "content_hash": model_hash,
+                     "tokens": _tokens(engine) if isinstance(engine, Engine) else None}
     results.judge = the_judge.describe() if the_judge else {"name": judge_cfg.kind, "used": False}
     results.config = {"tasks": [t.name for t in run], "limit": limit, "fraction": fraction, "seed": seed,
                       "rest": rest, "split": split.describe() if split is not None else None,
@@ -262,12 +290,25 @@ def evaluate(
                       "figstep_font": (str(figstep.load_font(font).path)
                                        if any(t.figstep for t in run) and not figstep_images else None),
                       "figstep_images": str(figstep_images) if figstep_images else None,
-                      "data": {t.benchmark: str(data.source(t.benchmark)) for t in run}}
+                      "data": {t.benchmark: str(data.source(t.benchmark)) for t in run},
+                      "task_configs": {t.name: {
+                          "lm_eval_name": lm_eval_name(t.name), "prompt": prompt_of(t.name, mc_mode),
+                          "system_prompt": system_prompt, "limit": limit, "fraction": fraction, "seed": seed,
+                          "rest": rest, "max_new_tokens": caps[t.kind] if t.kind != "mc" or mc_mode == "generate"
+                          else None, "judge": ({k: results.judge.get(k) for k in ("name", "version", "model")}
+                                               if t.kind == "safety" else None)} for t in run}}
     if out is not None:
-        results.write(out, force=force, inputs=inputs)
+        results.write(out, force=force, inputs=inputs, lm_eval=lm_eval_out)
         if resume is not None:
             resume.unlink(missing_ok=True)
     return results
+
+
+def _tokens(engine: Engine) -> dict:
+    """The tokenizer's special tokens and the context length (what lm-eval records beside its scores)."""
+    tok = engine.tokenizer
+    return {"pad": [tok.pad_token, tok.pad_token_id], "eos": [tok.eos_token, tok.eos_token_id],
+            "bos": [tok.bos_token, tok.bos_token_id], "max_length": engine.max_length()}
 
 
 def partial_path(out: Path) -> Path:

@@ -10,12 +10,29 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from graft.progress import StepProgress
+
 from .config import MODES
 from .space import SAMPLERS
 
 
+def _list_spaces(value: bool) -> None:
+    """`--list-spaces`: eager, so it answers before the options a search needs are asked for."""
+    if not value:
+        return
+    from .spaces import describe
+
+    table = Table("space", "sampler", "description", title="shipped search spaces (graft search --space NAME)")
+    for name, sampler, description in describe():
+        table.add_row(name, sampler, description)
+    Console(highlight=False, width=max(Console().width, 120)).print(table)
+    raise typer.Exit()
+
+
 def search_command(
-    space: Annotated[Path, typer.Option("--space", help="Search space YAML (see search_spaces/).")],
+    space: Annotated[Path, typer.Option(
+        "--space", help="Search space: a YAML file, or the name of a shipped one (see --list-spaces); a file that "
+                        "exists wins over a name.")],
     eval_config: Annotated[Path, typer.Option(
         "--eval", help="What each trial is scored on: data, safety/medical tasks, screening, objective (YAML).")],
     trials: Annotated[int, typer.Option(
@@ -62,6 +79,15 @@ def search_command(
     heartbeat: Annotated[int, typer.Option(
         "--heartbeat", help="Seconds between a running trial's heartbeats; a trial silent for twice this is "
                             "failed and retried by the next worker.")] = 60,
+    log: Annotated[list[str] | None, typer.Option(
+        "--log", help="Send the search to a tracker: mlflow (MLFLOW_TRACKING_URI) or wandb (WANDB_MODE=offline "
+                      "works); repeatable; adds to eval.yaml's log:. Needs graft[tracking].")] = None,
+    callback: Annotated[list[str] | None, typer.Option(
+        "--callback", help="module:function called as f(study, frozen_trial) after each trial this worker "
+                           "finishes (Optuna's callback signature); repeatable.")] = None,
+    list_spaces: Annotated[bool, typer.Option(
+        "--list-spaces", is_eager=True, callback=_list_spaces,
+        help="List the shipped search spaces (names for --space) and exit.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors and the output folder only.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Optuna's own log; tracebacks on errors.")] = False,
 ) -> None:
@@ -69,20 +95,32 @@ def search_command(
     import optuna
 
     from graft.hub import with_revision
+    from graft.tracking import load_callback
 
     from .run import run_search
+    from .study import budget_state
 
     target = with_revision(target, target_revision, "--target-revision")
     vector = with_revision(vector, vector_revision, "--vector-revision")
+    callbacks = [load_callback(spec) for spec in callback or []]
     console = Console(stderr=True, highlight=False, quiet=quiet)
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
-    result = run_search(
-        space=space, eval_config=eval_config, trials=trials, target=target, vector=vector, recipe=recipe,
-        storage=storage, study=study, sampler=sampler, mode=mode, max_medical_drop=max_medical_drop,
-        max_over_refusal=max_over_refusal, seed=seed, origin=origin,
-        out=out, merge_best=merge_best, device=device, dtype=dtype, batch_size=batch_size, heartbeat=heartbeat,
-        progress=lambda msg: console.print(msg, soft_wrap=True),
-    )
+    bar = StepProgress(console, unit="trials", title="search")
+
+    def tick(study, _trial) -> None:  # the study's finished trials, whoever ran them
+        bar.advance(done=budget_state(study).finished)
+
+    bar.start(trials)
+    try:
+        result = run_search(
+            space=space, eval_config=eval_config, trials=trials, target=target, vector=vector, recipe=recipe,
+            storage=storage, study=study, sampler=sampler, mode=mode, max_medical_drop=max_medical_drop,
+            max_over_refusal=max_over_refusal, seed=seed, origin=origin, out=out, merge_best=merge_best,
+            device=device, dtype=dtype, batch_size=batch_size, heartbeat=heartbeat, log=log or [],
+            callbacks=[*callbacks, tick], progress=lambda msg: console.print(msg, soft_wrap=True),
+        )
+    finally:
+        bar.stop()
     if quiet:
         Console(highlight=False).print(str(result.out))
         return

@@ -54,6 +54,17 @@ def directions(objective: Objective) -> list[str]:
     return ["maximize", "maximize"] if objective.mode == "pareto" else ["maximize"]
 
 
+def metric_names(objective: Objective, sampler: str) -> list[str]:
+    """What each objective value is, in the words of `directions` (Optuna's dashboard labels its axes with them)."""
+    if objective.mode == "pareto":
+        return ["safety", "medical"]
+    if objective.mode == "weighted":
+        return [f"weighted ({1 - objective.weight:g}·safety + {objective.weight:g}·medical)"]
+    if sampler == "cmaes":
+        return [f"safety − {objective.penalty:g}·constraint excess"]
+    return ["safety"]
+
+
 def medical_drop(medical: float, reference: float) -> float:
     return reference - medical
 
@@ -216,5 +227,5 @@ class TrialObjective:
 
 
 __all__ = ["ItemScorer", "Pruned", "Scorer", "TrialObjective", "TrialScores", "constraint_values", "constraints_of",
-           "directions", "is_feasible", "medical_drop", "objective_values", "screening_verdict", "selection_key",
-           "summarize"]
+           "directions", "is_feasible", "medical_drop", "metric_names", "objective_values", "screening_verdict",
+           "selection_key", "summarize"]

@@ -8,7 +8,7 @@ then the outputs are written from the study.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +19,15 @@ from graft.errors import OutputError, UsageError
 from graft.guard import adopt_legacy_folder, make_output_folder
 from graft.hub import looks_like_hub_id, pin, resolve_model, resolve_vector
 from graft.recipe import Recipe
+from graft.tracking import TrialCallback, check_loggers, flat, open_trackers
 
 from .config import SearchEvalConfig
 from .evaluation import check_operators
-from .objective import Scorer, TrialObjective, directions, mean, uses_constraints
-from .outputs import write_outputs
+from .objective import Scorer, TrialObjective, directions, mean, metric_names, uses_constraints
+from .outputs import lambda_cells, write_outputs
 from .samplers import sampler_spec
 from .space import Cell, SearchSpace
+from .spaces import resolve as resolve_space
 from .study import (
     METADATA_KEY,
     REFERENCE_KEY,
@@ -85,17 +87,24 @@ def run_search(
     origin: str | None = None,
     scorer: Scorer | None = None,
     progress: Callable[[str], None] | None = None,
+    callbacks: Sequence[TrialCallback] = (),
+    log: Sequence[str] = (),
 ) -> SearchResult:
     """Run (or join, or resume) a coefficient search; see docs/search.md.
 
+    `space` is a SearchSpace, a YAML file, or the name of a shipped space (`layerwise`; a file that exists wins).
     `trials` is the number of finished trials the *study* should reach, baselines included, whoever runs them.
     `scorer` replaces the resident graft + evaluation suite (tests and custom metrics use it); the final
     in-sample / held-out report needs its `items` method (`ItemScorer`) and is skipped without one.
     `origin` is the model the target was fine-tuned from (the orthogonal operator projects τ off target − origin).
+    `callbacks` are called as `callback(study, frozen_trial)` after every trial this worker finishes (Optuna's
+    callback signature: optuna-integration's MLflowCallback / WeightsAndBiasesCallback work as they are); `log`
+    names trackers (mlflow, wandb) to send the search to, besides eval.yaml's `log:` (graft.tracking).
     """
     say = progress or (lambda _msg: None)
-    the_space = space if isinstance(space, SearchSpace) else SearchSpace.from_yaml(space)
-    space_source = str(space) if not isinstance(space, SearchSpace) else "search space"
+    space_file = None if isinstance(space, SearchSpace) else resolve_space(space)
+    the_space = space if isinstance(space, SearchSpace) else SearchSpace.from_yaml(space_file)
+    space_source = str(space_file) if space_file is not None else "search space"
     config = eval_config if isinstance(eval_config, SearchEvalConfig) else SearchEvalConfig.from_yaml(eval_config)
     config = config.with_objective(mode=mode, max_medical_drop=max_medical_drop, max_over_refusal=max_over_refusal)
     sampler_name = sampler or the_space.sampler
@@ -103,6 +112,7 @@ def run_search(
     if trials < 1:
         raise UsageError(f"--trials {trials}: expected a positive number of finished trials")
     objective = config.objective
+    loggers = check_loggers([*log, *config.log], source="--log")  # a missing package fails before any work
     make_sampler(sampler_name, seed=seed, mode=objective.mode, constraints=None)  # refuses pareto + cmaes now
     base = _base_recipe(recipe, target, vector, origin)
     check_operators(base, the_space.operators())
@@ -121,7 +131,7 @@ def run_search(
     rdb = open_storage(url, heartbeat_interval=heartbeat, grace_period=grace_period)
     metadata = {
         "version": 1, "space": the_space.model_dump(mode="json"), "objective": objective.model_dump(),
-        "evaluation": config.model_dump(mode="json", exclude={"data", "batch_size", "objective"}),
+        "evaluation": config.model_dump(mode="json", exclude={"data", "batch_size", "objective", "log"}),
         "sampler": sampler_name, "num_layers": num_layers, "cells": [list(c) for c in cells],
         "target": base.target, "vector": base.vector,
         "split": _split_attr(config),
@@ -133,36 +143,69 @@ def run_search(
                             constraints=constraints)
 
     the_study, created = open_study(rdb, study, directions=directions(objective), metadata=metadata,
-                                    baselines=baselines, make=make)
+                                    baselines=baselines, make=make,
+                                    metric_names=metric_names(objective, sampler_name))
     say(f"{'created' if created else 'joined'} study {study!r} in {redact(url)}; budget {trials} finished trials")
     config = _study_split(the_study, config, created, say)
 
     ran: list[int] = []
     own_scorer = scorer is None
     the_scorer = scorer
+    trackers = open_trackers(loggers, f"graft search {study}", _tracked_params(metadata, trials, url, study, seed),
+                             tags={"study": study}, lambdas=lambda c: lambda_cells(c, num_layers, cells))
+    hooks = [*callbacks, *(t.trial for t in trackers)]
     try:
         if budget_state(the_study).finished < trials:
             if the_scorer is None:
                 the_scorer = _suite_scorer(config, base, out, device, batch_size, say)
             ran = _work(the_study, rdb, the_space, config, sampler_name, num_layers, baselines[0], trials, the_scorer,
-                        say)
+                        say, hooks)
         trials_now = the_study.get_trials(deepcopy=False)
         if the_scorer is None:  # a finished study, reported again: the cached verdicts make this cheap
             the_scorer = _suite_scorer(config, base, out, device, batch_size, say)
         report = _report(trials_now, config, objective, the_scorer, out, say)
+        meta = {"study": study, "storage": redact(url), "sampler": sampler_name, "budget": trials,
+                "medical_reference": the_study.user_attrs.get(REFERENCE_KEY), "num_layers": num_layers,
+                "split": _split_attr(config)}
+        summary = write_outputs(out, trials_now, base=base, objective=objective, num_layers=num_layers,
+                                cells=cells, meta=meta, report=report)
+    except BaseException:
+        for tracker in trackers:
+            tracker.fail()
+        raise
     finally:
         if own_scorer and the_scorer is not None:
             the_scorer.close()  # type: ignore[attr-defined]
-
-    meta = {"study": study, "storage": redact(url), "sampler": sampler_name, "budget": trials,
-            "medical_reference": the_study.user_attrs.get(REFERENCE_KEY), "num_layers": num_layers,
-            "split": _split_attr(config)}
-    summary = write_outputs(out, trials_now, base=base, objective=objective, num_layers=num_layers, cells=cells,
-                            meta=meta, report=report)
+    for tracker in trackers:
+        tracker.finish(metrics=_tracked_figures(summary),
+                       files=[out / name for name in ("best_recipe.yaml", "summary.json", "trials.csv")])
     merged = None
     if merge_best:
         merged = _merge_best(out)
     return SearchResult(study, redact(url), out, ran, summary, merged)
+
+
+def _tracked_params(metadata: dict[str, Any], trials: int, url: str, study: str, seed: int) -> dict[str, Any]:
+    """What a tracker shows as the search's parameters: the study's own metadata, flattened."""
+    return {**flat("", {k: v for k, v in metadata.items() if k != "cells"}), "budget": trials,
+            "storage": redact(url), "study": study, "seed": seed}
+
+
+def _tracked_figures(summary: dict[str, Any]) -> dict[str, Any]:
+    """The final figures a tracker shows: the best trial, λ = 0, the best uniform λ (in sample), and the held-out
+    report when there is one (`held_out.<recipe>.<figure>` and `..._stderr`)."""
+    figures: dict[str, Any] = {}
+    for key in ("best", "lambda0", "best_uniform"):
+        row = summary.get(key) or {}
+        for name in ("safety", "medical", "medical_drop", "over_refusal", "number"):
+            figures[f"{key}.{name}"] = row.get(name)
+    for label, model in ((summary.get("report") or {}).get("models") or {}).items():
+        for part in ("held_out", "in_sample"):
+            for name, est in (model.get(part) or {}).items():
+                if isinstance(est, dict):
+                    figures[f"{part}.{label}.{name}"] = est.get("value")
+                    figures[f"{part}.{label}.{name}_stderr"] = est.get("se")
+    return figures
 
 
 def _suite_scorer(config: SearchEvalConfig, base: Recipe, out: Path, device: str, batch_size: int | None,
@@ -237,7 +280,8 @@ def _report(trials: list[FrozenTrial], config: SearchEvalConfig, objective, scor
 
 
 def _work(study, storage, space: SearchSpace, config: SearchEvalConfig, sampler: str, num_layers: int,
-          lambda0: Baseline, trials: int, the_scorer: Scorer, say: Callable[[str], None]) -> list[int]:
+          lambda0: Baseline, trials: int, the_scorer: Scorer, say: Callable[[str], None],
+          hooks: Sequence[TrialCallback] = ()) -> list[int]:
     reference = study.user_attrs.get(REFERENCE_KEY)
     if reference is None:
         say("scoring the target itself (λ = 0) on the medical tasks: the reference for the medical drop")
@@ -253,8 +297,40 @@ def _work(study, storage, space: SearchSpace, config: SearchEvalConfig, sampler:
     objective = TrialObjective(space, config, the_scorer, num_layers=num_layers, reference=reference,
                                sampler=sampler, incumbent=incumbent)
     report = run_worker(study, storage, objective, trials, poll_s=min(1.0, storage.heartbeat_interval or 1),
-                        on_trial=lambda t: say(_describe(t)))
+                        on_trial=lambda t: _finished(study, t, say, hooks, config.objective),
+                        record_constraints=config.objective.mode == "constrained")
     return report.ran
+
+
+def _finished(study, trial: FrozenTrial, say: Callable[[str], None], hooks: Sequence[TrialCallback],
+              objective) -> None:
+    say(_describe(trial))
+    say(standing(study.get_trials(deepcopy=False), objective))
+    for hook in hooks:
+        hook(study, trial)
+
+
+def standing(trials: list[FrozenTrial], objective) -> str:
+    """The running best feasible searched trial beside the best uniform λ so far (in sample: the scores the search
+    chooses on), as one line."""
+    from .outputs import best_of, best_uniform_of, records
+
+    recs = records(trials)
+    searched = best_of([r for r in recs if r.baseline is None and r.rated and r.feasible(objective)], objective)
+    uniform = best_uniform_of(recs, objective)
+
+    def brief(r) -> str:
+        over = f", over-refusal {r.over_refusal:.3f}" if r.over_refusal is not None else ""
+        return f"safety {r.safety:.3f}, medical {r.medical:.3f}{over}"
+
+    parts = [f"best feasible searched: trial {searched.number} ({brief(searched)})" if searched else
+             "best feasible searched: none yet"]
+    if uniform is not None:
+        parts.append(f"best uniform λ: {uniform.baseline} ({brief(uniform)})")
+    if searched is not None and uniform is not None:
+        parts.append(f"searched − uniform: safety {searched.safety - uniform.safety:+.3f}, medical "
+                     f"{searched.medical - uniform.medical:+.3f}")
+    return "so far (in sample): " + "; ".join(parts)
 
 
 def _describe(trial: FrozenTrial) -> str:

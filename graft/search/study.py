@@ -49,6 +49,8 @@ def quiet_optuna():
         warnings.simplefilter("ignore", FutureWarning)
         # We run trials with our own loop (for the shared budget) and send the heartbeats ourselves.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
+        # CMA-ES folds the constraints into its value; they are recorded for the dashboard (`show_constraints`).
+        warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEsSampler", category=UserWarning)
         yield
 
 
@@ -152,7 +154,7 @@ class Baseline:
 
 def open_study(storage: optuna.storages.RDBStorage, name: str, *, directions: list[str], metadata: dict[str, Any],
                baselines: Sequence[Baseline], make: Callable[[bool], optuna.samplers.BaseSampler],
-               wait_s: float = 60.0) -> tuple[optuna.Study, bool]:
+               wait_s: float = 60.0, metric_names: Sequence[str] | None = None) -> tuple[optuna.Study, bool]:
     """Create the study (and enqueue its baselines) or join the existing one. Returns (study, created).
 
     Only the process whose `create_study` succeeds enqueues baselines, then marks the study ready; a joiner
@@ -166,6 +168,9 @@ def open_study(storage: optuna.storages.RDBStorage, name: str, *, directions: li
             study = optuna.load_study(study_name=name, storage=storage, sampler=make(False))
             created = False
     if created:
+        if metric_names:  # what Optuna's dashboard labels the objective values with
+            with quiet_optuna():
+                study.set_metric_names(list(metric_names))
         study.set_user_attr(METADATA_KEY, metadata)
         for b in baselines:
             study.enqueue_trial(b.params, user_attrs={"baseline": b.name, "baseline_lambda": b.lam})
@@ -368,6 +373,17 @@ def taken_over(storage: optuna.storages.RDBStorage, trial: optuna.Trial) -> bool
     return storage.get_trial(trial._trial_id).state.is_finished()
 
 
+CONSTRAINTS_KEY = "constraints"  # where Optuna (its samplers, best_trials, the dashboard) reads a trial's constraints
+
+
+def show_constraints(storage: optuna.storages.BaseStorage, trial: optuna.Trial) -> None:
+    """Record the trial's constraints where Optuna's own tools read them, whatever the sampler (CMA-ES and random
+    take no `constraints_func`, so Optuna would not record them): the dashboard then marks infeasible trials."""
+    values = trial.user_attrs.get("constraints")
+    if values is not None and not taken_over(storage, trial):
+        storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, [float(v) for v in values])
+
+
 @dataclass
 class WorkerReport:
     ran: list[int]  # trial numbers this worker finished (COMPLETE or PRUNED)
@@ -375,9 +391,11 @@ class WorkerReport:
 
 def run_worker(study: optuna.Study, storage: optuna.storages.RDBStorage,
                objective: Callable[[optuna.Trial], Sequence[float]], budget: int, *, poll_s: float = 1.0,
-               on_trial: Callable[[FrozenTrial], None] | None = None, worker: str | None = None) -> WorkerReport:
+               on_trial: Callable[[FrozenTrial], None] | None = None, worker: str | None = None,
+               record_constraints: bool = False) -> WorkerReport:
     """Run trials until the study has `budget` finished ones. Exceptions other than screening stops fail the
-    trial and propagate (a bug or a broken input should stop the worker, not burn the budget)."""
+    trial and propagate (a bug or a broken input should stop the worker, not burn the budget).
+    `record_constraints`: store each trial's constraints where Optuna's tools read them (`show_constraints`)."""
     report = WorkerReport([])
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"
     while True:
@@ -404,6 +422,8 @@ def run_worker(study: optuna.Study, storage: optuna.storages.RDBStorage,
                     continue  # another worker found its heartbeat stale and queued it again; go on
                 tell(study, trial, state=TrialState.FAIL)
                 raise
+        if record_constraints:
+            show_constraints(storage, trial)
         try:
             tell(study, trial, values, state=None if state == TrialState.COMPLETE else state)
         except ValueError:

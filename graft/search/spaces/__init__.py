@@ -1,0 +1,46 @@
+"""The search spaces graft ships (package data, so `pip install graft` has them): `--space NAME` finds one by name,
+`graft search --list-spaces` lists them. A checkout keeps the same files in `search_spaces/` (a test keeps the two
+identical), so `--space search_spaces/NAME.yaml` works there too; a path that exists always wins over a name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from graft.errors import UsageError
+from graft.schema import load_yaml_file
+
+
+def shipped() -> dict[str, Path]:
+    """Name → file of every shipped space, sorted by name."""
+    return {p.stem: p for p in sorted(Path(__file__).parent.glob("*.yaml"))}
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(name, sampler, description) of every shipped space: what `--list-spaces` prints."""
+    rows = []
+    for name, path in shipped().items():
+        data = load_yaml_file(path, "a shipped search space")
+        rows.append((name, str(data.get("sampler", "")), str(data.get("description", ""))))
+    return rows
+
+
+def resolve(space: str | Path) -> Path:
+    """A path that exists, else a shipped space's file by name (`layerwise` or `layerwise.yaml`). A value that
+    looks like a path (a folder part) is returned as it is, so a missing file is reported as one."""
+    path = Path(space).expanduser()
+    if path.exists():
+        return path
+    text = str(space)
+    if "/" in text or "\\" in text:
+        return path
+    name = text[:-5] if text.endswith(".yaml") else text
+    found = shipped()
+    if name in found:
+        return found[name]
+    if text.endswith((".yml", ".yaml")):
+        return path
+    raise UsageError(f"--space {text}: no such file and no shipped space of that name; shipped: "
+                     f"{', '.join(found)} (graft search --list-spaces), or give a YAML file")
+
+
+__all__ = ["describe", "resolve", "shipped"]

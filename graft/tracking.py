@@ -1,0 +1,204 @@
+"""Experiment tracking, opt in: `--log mlflow` / `--log wandb` (or `log:` in a search's eval.yaml) sends a search's
+or an evaluation's parameters, scores and recipe to the tracker a team already reads.
+
+Both trackers run offline: MLflow writes wherever `MLFLOW_TRACKING_URI` points (its default is a local
+`sqlite:///mlflow.db`); W&B honours `WANDB_MODE` (e.g. `offline`, then `wandb sync` later). Neither is imported
+unless asked for, and a missing one is a one-line usage error saying what to install.
+
+A search logs one parent run (its configuration, the final figures, `best_recipe.yaml` and `summary.json`) and,
+per finished trial, its parameters, λ per (layer, group) and scores: MLflow as a nested run per trial, W&B as one
+step per trial. `Tracker.trial` has Optuna's callback signature `(study, frozen_trial)`, so it runs through the
+same hook as `optuna-integration`'s callbacks and a user's own functions (`--callback module:function`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from graft.errors import UsageError
+
+LOGGERS: dict[str, tuple[str, str]] = {  # name -> (module to import, what to install)
+    "mlflow": ("mlflow", "pip install 'graft[tracking]' (or mlflow-skinny)"),
+    "wandb": ("wandb", "pip install 'graft[tracking]' (or wandb)"),
+}
+TrialCallback = Callable[[Any, Any], None]  # Optuna's (study, frozen_trial)
+
+
+class Tracker(Protocol):
+    def trial(self, study: Any, trial: Any) -> None: ...
+
+    def finish(self, *, metrics: Mapping[str, Any], files: Sequence[Path]) -> None: ...
+
+
+def check_loggers(names: Sequence[str], *, source: str = "--log") -> list[str]:
+    """Known and installed, or a usage error (exit 2) naming what to install."""
+    out = []
+    for name in names:
+        if name not in LOGGERS:
+            raise UsageError(f"{source} {name}: expected one of {', '.join(LOGGERS)}")
+        module, install = LOGGERS[name]
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise UsageError(f"{source} {name}: {module} is not installed; {install}") from exc
+        out.append(name)
+    return list(dict.fromkeys(out))
+
+
+def load_callback(spec: str) -> TrialCallback:
+    """`module:function` (a module importable from the current environment) → the function."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"--callback {spec}: expected module:function (e.g. mypackage.hooks:on_trial)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"--callback {spec}: cannot import {module_name} ({exc})") from exc
+    func = module
+    for part in attr.split("."):
+        func = getattr(func, part, None)
+        if func is None:
+            raise UsageError(f"--callback {spec}: {module_name} has no {attr}")
+    if not callable(func):
+        raise UsageError(f"--callback {spec}: {attr} is not callable")
+    return func  # type: ignore[return-value]
+
+
+def flat(prefix: str, data: Any) -> dict[str, Any]:
+    """Nested dicts → 'a.b.c' keys (what both trackers show as parameters)."""
+    if isinstance(data, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flat(f"{prefix}.{key}" if prefix else str(key), value))
+        return out
+    return {prefix: data}
+
+
+def numbers(data: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numeric entries (booleans as 0/1): what a tracker accepts as metrics."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, (bool, int, float)) and math.isfinite(value):  # booleans as 0/1
+            out[key] = float(value)
+    return out
+
+
+def trial_record(trial: Any, lambdas: Callable[[dict | None], dict[str, float]]) -> tuple[dict, dict]:
+    """(parameters, metrics) of a finished trial: its sampled parameters and λ per cell; scores and constraints."""
+    attrs = trial.user_attrs
+    params = {**{f"param.{k}": v for k, v in trial.params.items()}, **lambdas(attrs.get("coefficients"))}
+    if attrs.get("baseline"):
+        params["baseline"] = attrs["baseline"]
+    if attrs.get("operator"):
+        params["operator"] = attrs["operator"]
+    metrics = {k: attrs.get(k) for k in ("safety", "medical", "medical_drop", "over_refusal", "screening",
+                                         "feasible", "seconds")}
+    metrics.update({f"score.{t}": v for t, v in (attrs.get("scores") or {}).items()})
+    metrics.update({f"value_{i}": v for i, v in enumerate(trial.values or [])})
+    metrics["pruned"] = trial.state.name == "PRUNED"
+    return params, numbers(metrics)
+
+
+class MlflowTracker:
+    """A parent run with nested runs per trial, through `MlflowClient` (no global active run to leak)."""
+
+    def __init__(self, name: str, params: Mapping[str, Any], *, tags: Mapping[str, str] | None = None,
+                 lambdas: Callable[[dict | None], dict[str, float]] | None = None):
+        import logging
+
+        from mlflow.tracking import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its database-migration chatter in our console
+        self.client = MlflowClient()
+        experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", "graft")
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.run = self.client.create_run(self.experiment_id, run_name=name, tags={"graft": "1", **(tags or {})})
+        self.run_id = self.run.info.run_id
+        self.lambdas = lambdas or (lambda _c: {})
+        self._log(self.run_id, params=params)
+
+    def _log(self, run_id: str, *, params: Mapping[str, Any] = (), metrics: Mapping[str, float] = (),
+             step: int = 0) -> None:
+        from mlflow.entities import Metric, Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in dict(params).items() if v is not None]
+        now = _millis()
+        values = [Metric(k, float(v), now, step) for k, v in dict(metrics).items()]
+        for start in range(0, len(items), 100):  # MLflow caps a batch at 100 parameters and 1000 metrics
+            self.client.log_batch(run_id, params=items[start:start + 100])
+        for start in range(0, len(values), 1000):
+            self.client.log_batch(run_id, metrics=values[start:start + 1000])
+
+    def trial(self, study: Any, trial: Any) -> None:
+        params, metrics = trial_record(trial, self.lambdas)
+        child = self.client.create_run(self.experiment_id, run_name=f"trial {trial.number}",
+                                       tags={"mlflow.parentRunId": self.run_id, "trial": str(trial.number),
+                                             "state": trial.state.name})
+        self._log(child.info.run_id, params=params, metrics=metrics, step=trial.number)
+        self.client.set_terminated(child.info.run_id)
+        self._log(self.run_id, metrics={f"trial.{k}": v for k, v in metrics.items()}, step=trial.number)
+
+    def finish(self, *, metrics: Mapping[str, Any], files: Sequence[Path]) -> None:
+        self._log(self.run_id, metrics=numbers(metrics))
+        for path in files:
+            if Path(path).is_file():
+                self.client.log_artifact(self.run_id, str(path))
+        self.client.set_terminated(self.run_id)
+
+    def fail(self) -> None:
+        self.client.set_terminated(self.run_id, status="FAILED")
+
+
+class WandbTracker:
+    """One W&B run: the configuration as its config, one step per trial, the final figures as its summary."""
+
+    def __init__(self, name: str, params: Mapping[str, Any], *, tags: Mapping[str, str] | None = None,
+                 lambdas: Callable[[dict | None], dict[str, float]] | None = None):
+        import wandb
+
+        self.wandb = wandb
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "graft"), name=name,
+                              config={k: v for k, v in params.items() if v is not None},
+                              tags=[f"{k}:{v}" for k, v in (tags or {}).items()], reinit="create_new")
+        self.lambdas = lambdas or (lambda _c: {})
+        self._step = -1
+
+    def trial(self, study: Any, trial: Any) -> None:
+        params, metrics = trial_record(trial, self.lambdas)
+        self._step = max(self._step + 1, trial.number)  # W&B steps only go forward
+        self.run.log({**{f"trial/{k}": v for k, v in metrics.items()},
+                      **{f"trial/{k}": v for k, v in params.items() if isinstance(v, (int, float))},
+                      "trial/number": trial.number}, step=self._step)
+
+    def finish(self, *, metrics: Mapping[str, Any], files: Sequence[Path]) -> None:
+        self.run.summary.update(numbers(metrics))
+        for path in files:
+            if Path(path).is_file():
+                self.run.save(str(path), base_path=str(Path(path).parent), policy="now")
+        self.run.finish()
+
+    def fail(self) -> None:
+        self.run.finish(exit_code=1)
+
+
+def open_trackers(names: Sequence[str], name: str, params: Mapping[str, Any], *,
+                  tags: Mapping[str, str] | None = None,
+                  lambdas: Callable[[dict | None], dict[str, float]] | None = None) -> list[Any]:
+    kinds = {"mlflow": MlflowTracker, "wandb": WandbTracker}
+    return [kinds[n](name, params, tags=tags, lambdas=lambdas) for n in check_loggers(names)]
+
+
+def _millis() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+__all__ = ["LOGGERS", "MlflowTracker", "Tracker", "TrialCallback", "WandbTracker", "check_loggers", "flat",
+           "load_callback", "numbers", "open_trackers", "trial_record"]

@@ -1,0 +1,93 @@
+"""Progress: a rich bar on a terminal, one plain line per finished step elsewhere, nothing when quiet; the search's
+running best feasible trial beside the best uniform λ."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+from rich.console import Console
+from test_search import LambdaScorer, eval_file, load_study, num_layers, space_file
+from test_search_tools import SMALL
+
+from graft.progress import StepProgress
+from graft.search import run_search
+from graft.search.run import standing
+
+
+def console(terminal: bool, quiet: bool = False) -> tuple[Console, io.StringIO]:
+    buf = io.StringIO()
+    return Console(file=buf, force_terminal=terminal, quiet=quiet, width=120), buf
+
+
+def test_plain_lines_count_steps_and_units_with_rate_and_eta() -> None:
+    con, buf = console(terminal=False)
+    bar = StepProgress(con, unit="items", title="eval")
+    bar.start(30, steps_total=3)
+    for n in (10, 12, 8):
+        bar.advance(n)
+    bar.stop()
+    lines = buf.getvalue().splitlines()
+    assert [re.sub(r"[\d.]+ items/s, ETA .*", "R", line) for line in lines] == [
+        "eval: 1/3 tasks, 10/30 items, R", "eval: 2/3 tasks, 22/30 items, R", "eval: 3/3 tasks, 30/30 items, R"]
+    assert lines[-1].endswith("ETA 0 s") and "ETA" in lines[0]
+
+
+def test_terminal_gets_a_bar_and_quiet_gets_nothing() -> None:
+    con, buf = console(terminal=True)
+    bar = StepProgress(con, unit="trials", title="search")
+    bar.start(4)
+    bar.advance(done=2, note="trial 1")
+    con.print("a message above the bar")
+    bar.stop()
+    text = buf.getvalue()
+    assert "a message above the bar" in text and "2/4" in text and "trials/s" in text
+    quiet, qbuf = console(terminal=True, quiet=True)
+    bar = StepProgress(quiet, unit="items", title="eval")
+    bar.start(2, steps_total=1)
+    bar.advance(2)
+    bar.stop()
+    plain, pbuf = console(terminal=False, quiet=True)
+    bar = StepProgress(plain, unit="items", title="eval")
+    bar.start(2, steps_total=1)
+    bar.advance(2)
+    assert qbuf.getvalue() == "" and pbuf.getvalue() == ""
+
+
+def test_search_reports_the_running_best_feasible_trial_against_the_best_uniform(make_world, tmp_path: Path) -> None:
+    world = make_world("causal")
+    said: list[str] = []
+    run_search(space=space_file(tmp_path, SMALL), eval_config=eval_file(tmp_path), target=str(world.target),
+               vector=str(world.vector), out=tmp_path / "out", scorer=LambdaScorer(num_layers(world)), trials=7,
+               max_medical_drop=0.2, progress=said.append)
+    lines = [line for line in said if line.startswith("so far (in sample): ")]
+    study = load_study(tmp_path / "out")
+    assert len(lines) == 7
+    # Recomputed independently from the study: after each trial, the best feasible searched trial (drop ≤ δ) by
+    # safety, and the best uniform λ by the same rule.
+    reference = study.user_attrs["medical_reference"]
+    for k, line in enumerate(lines):
+        seen = study.trials[:k + 1]
+        feasible = [t for t in seen if "baseline" not in t.user_attrs and reference - t.user_attrs["medical"] <= 0.2]
+        uniform = [t for t in seen if t.user_attrs.get("baseline", "lambda0") != "lambda0"]
+        best = max(feasible, key=lambda t: (t.user_attrs["safety"], t.user_attrs["medical"], -t.number), default=None)
+        if best is None:
+            assert "best feasible searched: none yet" in line
+        else:
+            assert f"best feasible searched: trial {best.number} (safety {best.user_attrs['safety']:.3f}" in line
+        if uniform:
+            ok = [t for t in uniform if reference - t.user_attrs["medical"] <= 0.2]
+            pick = max(ok or uniform, key=lambda t: (bool(ok), t.user_attrs["safety"], t.user_attrs["medical"],
+                                                      -t.number))
+            assert f"best uniform λ: {pick.user_attrs['baseline']} (safety {pick.user_attrs['safety']:.3f}" in line
+            if best is not None:
+                gain = best.user_attrs["safety"] - pick.user_attrs["safety"]
+                assert f"searched − uniform: safety {gain:+.3f}" in line
+    assert lines[-1] == standing(study.trials, _objective(0.2))
+
+
+def _objective(delta: float):
+    from graft.search.config import Objective
+
+    return Objective(max_medical_drop=delta)
