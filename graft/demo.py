@@ -42,7 +42,7 @@ SEARCH_MEDICAL_KEPT = 0.98  # the search's own constraint (δ = 2 % of the medic
 # medical update. Chosen over one factor per layer × group by held-out figures on five worlds (docs/search.md).
 DEMO_SPACE = {
     "graft_space": 1, "sampler": "gp",
-    "description": "smooth depth profile (3 control points) x per-group factors (attn, mlp, norm, embed, head)",
+    "description": "3-point depth profile x per-group factors (attn, mlp, norm, embed, head)",
     "depth": {"kind": "control_points", "count": 3, "low": 0.0, "high": 2.0},
     "groups": {group: {"low": 0.0, "high": 2.0} for group in ("attn", "mlp", "norm", "embed", "head")},
     "baselines": {"uniform": list(DEMO_SCALES)},
