@@ -148,7 +148,7 @@ class OperatorSpec:
 
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
-            text = describe_validation_error(exc)
+            text = describe_validation_error(exc, limit=1)
             raise FieldError(where, text.removeprefix(f"{where}: ")) from None
         return cls(name, params)
 

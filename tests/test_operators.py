@@ -22,7 +22,16 @@ from graft.operators import Chunk, OperatorSpec, TensorRef
 from graft.recipe import Recipe
 from graft.resident import ResidentGraft
 from tests.test_merge import load_folder, target_name
-from tests.test_resident import OTHER, TRIAL, assert_same_weights, base_recipe, changed, merged_state, snapshot
+from tests.test_resident import (
+    OTHER,
+    TRIAL,
+    assert_same_weights,
+    base_recipe,
+    changed,
+    loaded_state,
+    merged_state,
+    snapshot,
+)
 
 LAM = 0.8
 M32 = np.uint64(0xFFFFFFFF)
@@ -194,3 +203,67 @@ def test_resident_switches_operator_in_place(make_world, tmp_path: Path) -> None
     with ResidentGraft.from_recipe(plain, device="cpu", text_only=True) as resident, \
             pytest.raises(UsageError, match="uses the origin"):
         resident.set_operator(OperatorSpec.parse("orthogonal"))
+
+
+# -- a search that chooses the operator ------------------------------------------------------------------------------
+class ResidentScorer:
+    """Grafts each trial on a real `ResidentGraft` (switching operators in place, as `SuiteScorer` does) and keeps
+    the weights it set; the scores favour DARE and, among DARE trials, a higher density (so the best trial is one)."""
+
+    def __init__(self, base: Recipe):
+        from graft.search.evaluation import trial_recipe
+
+        self.trial_recipe = trial_recipe
+        self.base = base
+        self.resident = ResidentGraft.from_recipe(base.updated(operator="orthogonal"), device="cpu", text_only=True)
+        self.weights: dict[str, dict[str, torch.Tensor]] = {}
+
+    def score(self, c, stage, *, operator=None) -> dict[str, float]:
+        recipe = self.trial_recipe(self.base, c, operator)
+        self.resident.set_operator(recipe.operator_spec)
+        self.resident.apply(c)
+        self.weights[recipe.model_dump_json()] = snapshot(self.resident)
+        spec = recipe.operator_spec
+        density = getattr(spec.params, "density", 0.0)
+        safety, medical = (0.9, 0.6 + 0.1 * density) if spec.name == "dare" else (0.1 + 0.1 * c.scale, 0.6)
+        return {t: safety if t == "catqa" else medical for t in stage.tasks}
+
+
+def test_search_chooses_the_operator_and_its_recipe_merges_to_the_trial_weights(make_world, tmp_path: Path) -> None:
+    from graft.search import run_search
+    from tests.test_search import eval_file, load_study, space_file
+
+    world = make_world("causal", dtype=torch.float32)
+    base = Recipe.parse({"target": str(world.target), "vector": str(world.vector),
+                         "options": {"origin": str(world.origin), "chunk_size": "2KB"}})
+    space = space_file(tmp_path, "graft_space: 1\nsampler: tpe\nscale: {low: 0.0, high: 1.5}\n"
+                       "operator:\n  choice: [linear, orthogonal, dare]\n"
+                       "  dare: {density: {low: 0.2, high: 0.9}, seed: 3}\nbaselines: {uniform: [1.0]}\n")
+    scorer = ResidentScorer(base)
+    out = tmp_path / "out"
+    try:
+        run_search(space=space, eval_config=eval_file(tmp_path), recipe=base, out=out, scorer=scorer, trials=12,
+                   seed=0)
+    finally:
+        scorer.resident.close()
+    study = load_study(out)
+    drawn = {t.params.get("operator") for t in study.trials}
+    assert {"linear", "orthogonal", "dare"} <= drawn
+    for t in study.trials:  # the density is a parameter of DARE trials only
+        assert ("dare.density" in t.params) == (t.params["operator"] == "dare"), t.params
+    best = Recipe.from_yaml(out / "best_recipe.yaml")
+    best_trial = max((t for t in study.trials if t.params["operator"] == "dare"),
+                     key=lambda t: t.params["dare.density"])
+    assert best.operator_spec == OperatorSpec.parse({"name": "dare", "density": best_trial.params["dare.density"],
+                                                     "seed": 3})
+    assert "operator:\n  name: dare\n  density: " in (out / "best_recipe.yaml").read_text()
+    merged = tmp_path / "merged"
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    cli = CliRunner().invoke(app, ["merge", "--recipe", str(out / "best_recipe.yaml"), "--out", str(merged), "-q"])
+    assert cli.exit_code == 0, cli.output
+    trial_weights = scorer.weights[best.model_copy(update={"description": None}).model_dump_json()]
+    reloaded = loaded_state(merged, "causal")
+    assert_same_weights(trial_weights, reloaded)
