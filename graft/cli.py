@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
@@ -70,7 +71,13 @@ IncludeOpt = Annotated[list[str] | None, typer.Option("--include", help="Only gr
 ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Never graft target tensors matching REGEX.")]
 OriginOpt = Annotated[str | None, typer.Option("--origin", help="Model the target was fine-tuned from.")]
 OrthoOpt = Annotated[bool | None, typer.Option(
-    "--orthogonalize/--no-orthogonalize", help="Project τ off τ_med = target − origin, per tensor (needs --origin).")]
+    "--orthogonalize/--no-orthogonalize", help="Project τ off τ_med = target − origin, per tensor (needs --origin); "
+                                               "the same as --operator orthogonal.")]
+OperatorOpt = Annotated[str | None, typer.Option(
+    "--operator", help="How τ enters the weights: linear (θ + λτ), orthogonal, dare, trim (see docs/extending.md).")]
+OperatorParamOpt = Annotated[list[str] | None, typer.Option(
+    "--operator-param", help="An operator parameter KEY=VALUE, e.g. density=0.3 (dare, trim), seed=1 (dare), "
+                             "elect_sign=true (trim); repeatable.")]
 StrictOpt = Annotated[bool | None, typer.Option(
     "--strict", help="Treat every plan warning as an error (exit 4), e.g. to gate a CI job.")]
 PartialOpt = Annotated[bool | None, typer.Option(
@@ -124,6 +131,11 @@ def build_recipe(recipe: Path | None, **flags: Any) -> Recipe:
                if flags.get(k) is not None}
     top = {k: flags[k] for k in ("target", "vector", "out") if flags.get(k) is not None}
     changes: dict[str, Any] = {**top}
+    operator = _operator_flags(base, flags.get("operator"), flags.get("operator_param"))
+    if operator is not None:
+        changes["operator"] = operator
+        if flags.get("orthogonalize") is None:  # the legacy flag follows the operator unless given
+            options["orthogonalize"] = operator["name"] == "orthogonal"
     if coefficients:
         changes["coefficients"] = coefficients
     if mapping:
@@ -131,6 +143,22 @@ def build_recipe(recipe: Path | None, **flags: Any) -> Recipe:
     if options:
         changes["options"] = options
     return base.updated(**changes) if changes else base
+
+
+def _operator_flags(base: Recipe, name: str | None, params: list[str] | None) -> dict[str, Any] | None:
+    """--operator NAME and --operator-param KEY=VALUE over the recipe's operator (values read as YAML scalars:
+    0.3, 7, true); None when neither is given. The recipe's parameters are kept when the name stays the same."""
+    if name is None and not params:
+        return None
+    current = base.operator_spec
+    chosen = name or current.name
+    values = current.params.model_dump(mode="json") if chosen == current.name else {}
+    for key, text in _pairs(params, "--operator-param", "="):
+        try:
+            values[key] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--operator-param {key}={text}: not a value ({exc})") from exc
+    return {"name": chosen, **values}
 
 
 @contextmanager
@@ -289,6 +317,8 @@ def plan(
     exclude: ExcludeOpt = None,
     origin: OriginOpt = None,
     orthogonalize: OrthoOpt = None,
+    operator: OperatorOpt = None,
+    operator_param: OperatorParamOpt = None,
     strict: StrictOpt = None,
     allow_partial: PartialOpt = None,
     list_all: Annotated[bool, typer.Option("--list", help="List every tensor with its action and λ.")] = False,
@@ -304,7 +334,8 @@ def plan(
 
     spec = build_recipe(recipe, target=target, vector=vector, scale=scale, layers=layers, blocks=blocks,
                         control_points=control_points, group=group, map=map, include=include, exclude=exclude,
-                        origin=origin, orthogonalize=orthogonalize, strict=strict, allow_partial=allow_partial)
+                        origin=origin, orthogonalize=orthogonalize, operator=operator,
+                        operator_param=operator_param, strict=strict, allow_partial=allow_partial)
     the_plan = open_plan(spec)
     try:
         if json_out:
@@ -337,6 +368,8 @@ def merge(
     exclude: ExcludeOpt = None,
     origin: OriginOpt = None,
     orthogonalize: OrthoOpt = None,
+    operator: OperatorOpt = None,
+    operator_param: OperatorParamOpt = None,
     dtype: Annotated[str | None, typer.Option(
         help="Output dtype: auto (the target's), bfloat16, float16, float32.")] = None,
     shard_size: Annotated[str | None, typer.Option(
@@ -359,7 +392,8 @@ def merge(
 
     spec = build_recipe(recipe, target=target, vector=vector, out=out_dir, scale=scale, layers=layers,
                         blocks=blocks, control_points=control_points, group=group, map=map, include=include,
-                        exclude=exclude, origin=origin, orthogonalize=orthogonalize, dtype=dtype,
+                        exclude=exclude, origin=origin, orthogonalize=orthogonalize, operator=operator,
+                        operator_param=operator_param, dtype=dtype,
                         shard_size=shard_size, device=device, chunk_size=chunk_size, strict=strict,
                         allow_partial=allow_partial)
     with _progress(quiet) as progress:

@@ -254,10 +254,11 @@ class Recipe(_Strict):
         return yaml.safe_dump(data, sort_keys=False)
 
     def updated(self, **changes: object) -> Recipe:
-        """A copy with some fields replaced (nested models given as dicts of their own changes), re-validated."""
+        """A copy with some fields replaced (nested models given as dicts of their own changes; `operator` whole),
+        re-validated."""
         data = self.model_dump()
         for key, value in changes.items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
+            if isinstance(value, dict) and isinstance(data.get(key), dict) and key != "operator":
                 data[key] = {**data[key], **value}
             else:
                 data[key] = value

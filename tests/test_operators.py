@@ -267,3 +267,50 @@ def test_search_chooses_the_operator_and_its_recipe_merges_to_the_trial_weights(
     trial_weights = scorer.weights[best.model_copy(update={"description": None}).model_dump_json()]
     reloaded = loaded_state(merged, "causal")
     assert_same_weights(trial_weights, reloaded)
+
+
+# -- the command line, plan and model card read the operator's declared parameters ----------------------------------
+def test_cli_operator_flags_plan_and_model_card(make_world, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    world = make_world("causal", dtype=torch.float32)
+    runner = CliRunner()
+    common = ["--target", str(world.target), "--vector", str(world.vector), "--scale", "0.8"]
+    flags = runner.invoke(app, ["merge", *common, "--operator", "dare", "--operator-param", "density=0.3",
+                                "--operator-param", "seed=7", "--out", str(tmp_path / "flags"), "-q"])
+    assert flags.exit_code == 0, flags.output
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"target: {world.target}\nvector: {world.vector}\ncoefficients: {{scale: 0.8}}\n"
+                      "operator: {name: dare, density: 0.3, seed: 7}\n")
+    from_file = runner.invoke(app, ["merge", "--recipe", str(recipe), "--out", str(tmp_path / "file"), "-q"])
+    assert from_file.exit_code == 0, from_file.output
+    assert (tmp_path / "flags" / "model.safetensors").read_bytes() == \
+        (tmp_path / "file" / "model.safetensors").read_bytes()
+    card = (tmp_path / "flags" / "README.md").read_text()
+    assert "- operator: dare (density 0.3, seed 7): drops each entry of τ" in card
+    stored = Recipe.from_yaml(tmp_path / "flags" / "graft_recipe.yaml")
+    assert stored.operator_spec == OperatorSpec.parse({"name": "dare", "density": 0.3, "seed": 7})
+    # a flag over the recipe's operator keeps its other parameters; another operator starts afresh
+    changed_seed = runner.invoke(app, ["plan", "--recipe", str(recipe), "--operator-param", "seed=8", "--json",
+                                       str(tmp_path / "plan.json")])
+    assert changed_seed.exit_code == 0, changed_seed.output
+    assert "dare (density 0.3, seed 8)" in changed_seed.output
+    assert json.loads((tmp_path / "plan.json").read_text())["operator"] == {"name": "dare", "density": 0.3,
+                                                                            "seed": 8}
+    for extra, message in [(["--operator-param", "density=1.5"], "operator.density: must be in (0, 1], got 1.5"),
+                           (["--operator", "trim"], "operator.density: missing (required)"),
+                           (["--operator", "ties"], "unknown operator 'ties'"),
+                           (["--operator-param", "density"], "--operator-param 'density': expected the form"),
+                           (["--operator", "orthogonal"], "needs options.origin")]:
+        bad = runner.invoke(app, ["merge", "--recipe", str(recipe), *extra, "--out", str(tmp_path / "bad")])
+        assert bad.exit_code == 2 and message in bad.output, (extra, bad.output)
+        assert not (tmp_path / "bad").exists()
+    # the legacy flag still works and names the operator in the card
+    legacy = runner.invoke(app, ["merge", *common, "--origin", str(world.origin), "--orthogonalize",
+                                 "--out", str(tmp_path / "legacy"), "-q"])
+    assert legacy.exit_code == 0, legacy.output
+    assert "- operator: orthogonal: τ projected off" in (tmp_path / "legacy" / "README.md").read_text()
