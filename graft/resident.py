@@ -78,10 +78,10 @@ class ResidentGraft:
     """Target loaded once; pristine tensors and τ resident; each trial sets param = orig + λ·τ in place.
 
     Memory: besides the model, `resident_bytes` = the pristine copy and τ of every tensor a trial may graft, i.e.
-    about two extra copies of the grafted tensors (three when τ is fp32 over a bf16 target, as in the orthogonal
-    variant or a vector extracted with --dtype float32). A 7B bf16 model grafted everywhere: 13.5 GB of model plus
-    27 GB resident. `offload=True` keeps them in pinned host memory instead (CUDA only): the GPU then holds only the
-    model, and each trial streams them over PCIe (≈0.5–1 s for 7B instead of ≈14 ms).
+    about two extra copies of the grafted tensors (three when τ is fp32 over a bf16 target, as with every
+    operator but linear or a vector extracted with --dtype float32). A 7B bf16 model grafted everywhere: 13.5 GB of
+    model plus 27 GB resident. `offload=True` keeps them in pinned host memory instead (CUDA only): the GPU then
+    holds only the model, and each trial streams them over PCIe (≈0.5–1 s for 7B instead of ≈14 ms).
 
     Speed: `graft_rows` as merge runs it is five elementwise passes with fp32 temporaries (≈4× the `torch.add`
     floor on a CPU, with cache-sized chunks; ≈7× its memory traffic on a GPU). `fused=True` compiles that same function
