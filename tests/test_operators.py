@@ -314,3 +314,17 @@ def test_cli_operator_flags_plan_and_model_card(make_world, tmp_path: Path) -> N
                                  "--out", str(tmp_path / "legacy"), "-q"])
     assert legacy.exit_code == 0, legacy.output
     assert "- operator: orthogonal: τ projected off" in (tmp_path / "legacy" / "README.md").read_text()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("which", list(SPECS))
+def test_cuda_merge_equals_cpu_merge_for_every_operator(which: str, make_world, tmp_path: Path) -> None:
+    world = make_world("llava", extra_vocab=8)
+    outputs = []
+    for device in ("cpu", "cuda"):
+        recipe = Recipe.parse({"target": str(world.target), "vector": str(world.vector), "operator": SPECS[which],
+                               "out": str(tmp_path / device), "coefficients": {"scale": LAM},
+                               "options": {"origin": str(world.origin), "device": device, "chunk_size": "2KB"}})
+        outputs.append(merge(recipe).out)
+    for file in sorted(outputs[0].glob("*.safetensors")):
+        assert file.read_bytes() == (outputs[1] / file.name).read_bytes(), file.name
