@@ -171,13 +171,6 @@ class OperatorSpec:
         return f"{self.name}{args}: {OPERATORS[self.name].summary}"
 
 
-LINEAR = OperatorSpec("linear", OperatorParams())
-
-
-def known(name: str) -> bool:
-    return name in OPERATORS
-
-
 # -- the operators ----------------------------------------------------------------------------------------------------
 class NoParams(OperatorParams):
     pass
@@ -193,6 +186,9 @@ class Linear(GraftOperator[NoParams]):
 
     def transform(self, chunk: Chunk, tensor: TensorRef, state: Any) -> torch.Tensor:
         return chunk.tau
+
+
+LINEAR = OperatorSpec("linear", NoParams())  # what a recipe without `operator` grafts with
 
 
 @register

@@ -167,6 +167,7 @@ def test_operator_parameters_are_validated_with_the_field_named(tmp_path: Path) 
     assert legacy.operator_spec == Recipe.parse({"operator": "orthogonal", "options": {"origin": "o"}}).operator_spec
     assert "operator: linear\n" in Recipe.parse({"operator": "linear"}).to_yaml()
     assert "operator:" not in Recipe().to_yaml()  # recipes without the key dump as before
+    assert Recipe().operator_spec == OperatorSpec.parse("linear")  # no key: linear, equal to the named one
 
 
 # -- merge = resident, bit for bit ----------------------------------------------------------------------------------
