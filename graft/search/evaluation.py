@@ -46,8 +46,12 @@ def check_operators(base: Recipe, operators: Iterable[str | OperatorSpec]) -> No
 
 
 def recipe_key(base: Recipe, coefficients: Coefficients, *, engine: str = "", operator: Operator = None) -> str:
-    """Identity of the weights a trial evaluates (plus where and how they run, which can change replies)."""
-    blob = json.dumps([trial_recipe(base, coefficients, operator).model_dump(mode="json"), engine], sort_keys=True)
+    """Identity of the weights a trial evaluates (plus where and how they run, which can change replies). A recipe
+    without an operator key hashes as it did before the key existed, so earlier verdict caches stay valid."""
+    data = trial_recipe(base, coefficients, operator).model_dump(mode="json")
+    if data.get("operator") is None:
+        data.pop("operator", None)
+    blob = json.dumps([data, engine], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
