@@ -36,7 +36,7 @@ def print_plan_summary(plan: GraftPlan, console: Console) -> None:
     table.add_row("target", f"{shown(plan.target.root)}  (backbone prefix '{plan.match.target_prefix}')")
     table.add_row("vector", f"{shown(plan.vector.root)}  (backbone prefix '{plan.match.donor_prefix}', "
                             f"{len(plan.layer_factors)} layers)")
-    table.add_row("operator", plan.recipe.operator_spec.describe())
+    table.add_row("f(τ)", plan.recipe.operator_spec.describe())  # the operator: θ + λ·f(τ)
     grafted = plan.grafted
     by_group = Counter(a.group for a in grafted)
     table.add_row("grafted", f"{len(grafted)} tensors: " + ", ".join(f"{g} {n}" for g, n in sorted(by_group.items())))
