@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -80,7 +81,13 @@ IncludeOpt = Annotated[list[str] | None, typer.Option("--include", help="Only gr
 ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Never graft target tensors matching REGEX.")]
 OriginOpt = Annotated[str | None, typer.Option("--origin", help="Model the target was fine-tuned from.")]
 OrthoOpt = Annotated[bool | None, typer.Option(
-    "--orthogonalize/--no-orthogonalize", help="Project τ off τ_med = target − origin, per tensor (needs --origin).")]
+    "--orthogonalize/--no-orthogonalize", help="Project τ off τ_med = target − origin, per tensor (needs --origin); "
+                                               "the same as --operator orthogonal.")]
+OperatorOpt = Annotated[str | None, typer.Option(
+    "--operator", help="How τ enters the weights: linear (θ + λτ), orthogonal, dare, trim (see docs/extending.md).")]
+OperatorParamOpt = Annotated[list[str] | None, typer.Option(
+    "--operator-param", help="An operator parameter KEY=VALUE, e.g. density=0.3 (dare, trim), seed=1 (dare), "
+                             "elect_sign=true (trim); repeatable.")]
 StrictOpt = Annotated[bool | None, typer.Option(
     "--strict", help="Treat every plan warning as an error (exit 4), e.g. to gate a CI job.")]
 PartialOpt = Annotated[bool | None, typer.Option(
@@ -134,6 +141,11 @@ def build_recipe(recipe: Path | None, **flags: Any) -> Recipe:
                if flags.get(k) is not None}
     top = {k: flags[k] for k in ("target", "vector", "out") if flags.get(k) is not None}
     changes: dict[str, Any] = {**top}
+    operator = _operator_flags(base, flags.get("operator"), flags.get("operator_param"))
+    if operator is not None:
+        changes["operator"] = operator
+        if flags.get("orthogonalize") is None:  # the legacy flag follows the operator unless given
+            options["orthogonalize"] = operator["name"] == "orthogonal"
     if coefficients:
         changes["coefficients"] = coefficients
     if mapping:
@@ -163,6 +175,22 @@ def _push_after(folder: Path, repo_id: str | None, quiet: bool) -> None:
     if not quiet:
         stderr.print(f"pushed {shown(folder)} to {result.url or result.repo_id} (private unless it existed)",
                      soft_wrap=True)
+
+
+def _operator_flags(base: Recipe, name: str | None, params: list[str] | None) -> dict[str, Any] | None:
+    """--operator NAME and --operator-param KEY=VALUE over the recipe's operator (values read as YAML scalars:
+    0.3, 7, true); None when neither is given. The recipe's parameters are kept when the name stays the same."""
+    if name is None and not params:
+        return None
+    current = base.operator_spec
+    chosen = name or current.name
+    values = current.params.model_dump(mode="json") if chosen == current.name else {}
+    for key, text in _pairs(params, "--operator-param", "="):
+        try:
+            values[key] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--operator-param {key}={text}: not a value ({exc})") from exc
+    return {"name": chosen, **values}
 
 
 @contextmanager
@@ -333,6 +361,8 @@ def plan(
     exclude: ExcludeOpt = None,
     origin: OriginOpt = None,
     orthogonalize: OrthoOpt = None,
+    operator: OperatorOpt = None,
+    operator_param: OperatorParamOpt = None,
     strict: StrictOpt = None,
     allow_partial: PartialOpt = None,
     list_all: Annotated[bool, typer.Option("--list", help="List every tensor with its action and λ.")] = False,
@@ -348,7 +378,8 @@ def plan(
 
     spec = build_recipe(recipe, target=target, vector=vector, scale=scale, layers=layers, blocks=blocks,
                         control_points=control_points, group=group, map=map, include=include, exclude=exclude,
-                        origin=origin, orthogonalize=orthogonalize, strict=strict, allow_partial=allow_partial)
+                        origin=origin, orthogonalize=orthogonalize, operator=operator,
+                        operator_param=operator_param, strict=strict, allow_partial=allow_partial)
     the_plan = open_plan(with_revisions(spec, target_revision, vector_revision))
     try:
         if json_out:
@@ -383,6 +414,8 @@ def merge(
     exclude: ExcludeOpt = None,
     origin: OriginOpt = None,
     orthogonalize: OrthoOpt = None,
+    operator: OperatorOpt = None,
+    operator_param: OperatorParamOpt = None,
     dtype: Annotated[str | None, typer.Option(
         help="Output dtype: auto (the target's), bfloat16, float16, float32.")] = None,
     shard_size: Annotated[str | None, typer.Option(
@@ -406,7 +439,8 @@ def merge(
 
     spec = build_recipe(recipe, target=target, vector=vector, out=out_dir, scale=scale, layers=layers,
                         blocks=blocks, control_points=control_points, group=group, map=map, include=include,
-                        exclude=exclude, origin=origin, orthogonalize=orthogonalize, dtype=dtype,
+                        exclude=exclude, origin=origin, orthogonalize=orthogonalize, operator=operator,
+                        operator_param=operator_param, dtype=dtype,
                         shard_size=shard_size, device=device, chunk_size=chunk_size, strict=strict,
                         allow_partial=allow_partial)
     spec = with_revisions(spec, target_revision, vector_revision)
@@ -462,6 +496,53 @@ def push(
         return
     where = f"{result.repo_id}" + (f" (branch {result.revision})" if result.revision else "")
     stdout.print(f"pushed {shown(folder)} ({result.kind}) to {where}: {result.url or result.commit}", soft_wrap=True)
+
+
+@app.command("recipe")
+@handles_errors
+def recipe_command(
+    from_scores: Annotated[Path, typer.Option(
+        "--from-scores", help="A `graft inspect --target T --origin O --out DIR` report folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Recipe YAML to write.")],
+    metric: Annotated[str, typer.Option(
+        help="Score of each layer × group cell: cos_tau_med (cosine between τ and the target's own update), "
+             "safelora_score, safelora_min, ratio or tau_norm.")] = "cos_tau_med",
+    threshold: Annotated[float, typer.Option(help="Graft a cell when its score is below this (see --above).")] = 0.0,
+    above: Annotated[bool, typer.Option("--above", help="Graft cells whose score is above the threshold instead.")
+                     ] = False,
+    scale: Annotated[float, typer.Option("--scale", "-s", help="λ of every selected cell.")] = 1.0,
+    groups: Annotated[str, typer.Option(
+        help="Module groups that may be selected, comma-separated (the others get factor 0).")] = "attn,mlp",
+    target: TargetOpt = None,
+    vector: VectorOpt = None,
+    origin: OriginOpt = None,
+    force: Force = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Write a recipe that grafts τ only into the layer × group cells whose inspect score crosses a threshold
+    (SafeMERGE-style selection); use it with `graft merge --recipe` or as `graft search --recipe` to search λ
+    inside the selection."""
+    from graft.inspect.select import recipe_from_scores
+
+    chosen = tuple(g.strip() for g in groups.split(",") if g.strip())
+    selection = recipe_from_scores(from_scores, metric=metric, threshold=threshold, above=above, scale=scale,
+                                   groups=chosen, target=target, vector=vector, origin=origin)
+    recipe = selection.recipe
+    inputs = [from_scores, *(p for p in (recipe.target, recipe.vector, recipe.options.origin) if p)]
+    written = write_file(out, f"# Written by `graft recipe --from-scores`; {recipe.description}\n" + recipe.to_yaml(),
+                         inputs=inputs, force=force)
+    if quiet:
+        stdout.print(shown(written))
+        return
+    table = Table(title="graft recipe", show_header=False)
+    table.add_row("recipe", shown(written))
+    table.add_row("selected", f"{len(selection.cells)} of {selection.scored} scored cells, "
+                              f"{len(selection.tensors)} tensors")
+    table.add_row("cells", ", ".join(f"{'-' if layer is None else layer}:{group} ({score:.3g})"
+                                     for layer, group, score in selection.cells[:12])
+                  + (f" (+{len(selection.cells) - 12} more)" if len(selection.cells) > 12 else ""))
+    stdout.print(table)
 
 
 @app.command()

@@ -24,7 +24,8 @@ from graft.errors import IncompatibleError, InputError, UsageError
 from graft.guard import OutputFolder
 from graft.hub import pin, resolve_model
 from graft.modelcard import load_card_results, model_card
-from graft.ops import graft_rows, orthogonal_graft_rows, projection_coefficient, projection_terms
+from graft.operators import Chunk, Chunks, GraftOperator, TensorRef
+from graft.ops import graft_rows
 from graft.pipeline import prefetch
 from graft.plan import GraftPlan, TensorAction, build_plan
 from graft.recipe import Recipe
@@ -76,7 +77,7 @@ def open_plan(recipe: Recipe) -> GraftPlan:
     target = Checkpoint.open(resolve_model(recipe.target, role="target"), role="target")
     vector = SafetyVector.open(recipe.vector)
     origin = None
-    if recipe.options.orthogonalize:
+    if recipe.operator_spec.uses_origin:
         origin = Checkpoint.open(resolve_model(recipe.options.origin or "", role="origin"), role="origin")
     return build_plan(target, vector, recipe, origin)
 
@@ -190,7 +191,10 @@ class _GraftChunk:
     tau: torch.Tensor | None  # the same range of τ; None: only cast theta to out_dtype
     origin: torch.Tensor | None
     lam: float
-    coeff: float
+    start: int  # the range's first flat index
+    operator: GraftOperator | None
+    tensor: TensorRef | None
+    state: object  # the operator's pre-pass result for this tensor
     out_dtype: torch.dtype
     nbytes_in: int
     target: TensorInfo
@@ -252,15 +256,17 @@ def _pieces(
     grafted = grafted_elements(action, info)
     step = chunk_elements(chunk_bytes, info)
     donor = plan.vector.checkpoint.tensors[action.donor] if action.graft and action.donor else None
-    coeff = _orthogonal_coefficient(plan, action, grafted, step) if action.origin else 0.0
+    operator = plan.operator
+    tensor = TensorRef(action.donor or "", action.target, grafted)
+    state = operator.prepare(tensor, tensor_chunks(plan, action, grafted, step)) if grafted else None
     for start in range(0, grafted, step):
         stop = min(grafted, start + step)
         theta = target.read_elements(info.name, start, stop, pin=pin)
         tau = plan.vector.checkpoint.read_elements(action.donor or "", start, stop, pin=pin)
         origin = (plan.origin.read_elements(action.origin, start, stop, pin=pin)
                   if plan.origin and action.origin else None)
-        yield _GraftChunk(theta, tau, origin, action.lam, coeff, out_dtype, (stop - start) * info.itemsize,
-                          info, donor)
+        yield _GraftChunk(theta, tau, origin, action.lam, start, operator, tensor, state, out_dtype,
+                          (stop - start) * info.itemsize, info, donor)
     if grafted < info.numel:
         if same_dtype:
             yield _Copy(info.file, info.offset + grafted * info.itemsize, info.nbytes - grafted * info.itemsize)
@@ -268,21 +274,29 @@ def _pieces(
             for begin in range(grafted, info.numel, step):
                 stop = min(info.numel, begin + step)
                 theta = target.read_elements(info.name, begin, stop, pin=pin)
-                yield _GraftChunk(theta, None, None, 0.0, 0.0, out_dtype, (stop - begin) * info.itemsize, info, None)
+                yield _GraftChunk(theta, None, None, 0.0, begin, None, None, None, out_dtype,
+                                  (stop - begin) * info.itemsize, info, None)
 
 
-def _orthogonal_coefficient(plan: GraftPlan, action: TensorAction, elements: int, step: int) -> float:
-    """First pass over one tensor: c = ⟨τ,τ_med⟩/⟨τ_med,τ_med⟩ over the grafted elements (which the origin has)."""
-    assert plan.origin is not None and action.origin is not None and action.donor is not None
-    dot = sq = 0.0
-    for start in range(0, elements, step):
-        stop = min(elements, start + step)
-        d, s = projection_terms(plan.target.read_elements(action.target, start, stop),
-                                plan.vector.checkpoint.read_elements(action.donor, start, stop),
-                                plan.origin.read_elements(action.origin, start, stop))
-        dot += d
-        sq += s
-    return projection_coefficient(dot, sq)
+def tensor_chunks(plan: GraftPlan, action: TensorAction, elements: int, step: int) -> Chunks:
+    """The grafted elements of one tensor as the operator's pre-pass reads them: flat ranges of `step` elements
+    from disk, τ always, θ and θ_origin when the operator uses the origin. The resident graft reads its pre-pass
+    through this same function with merge's step, so an order-dependent sum (orthogonal's, in fp64) is the same."""
+    assert action.donor is not None
+    sides = plan.origin is not None and action.origin is not None
+
+    def chunks() -> Iterator[Chunk]:
+        for start in range(0, elements, step):
+            stop = min(elements, start + step)
+            tau = plan.vector.checkpoint.read_elements(action.donor or "", start, stop)
+            if not sides:
+                yield Chunk(start, tau)
+                continue
+            assert plan.origin is not None and action.origin is not None
+            yield Chunk(start, tau, plan.target.read_elements(action.target, start, stop),
+                        plan.origin.read_elements(action.origin, start, stop))
+
+    return chunks
 
 
 def _compute_chunk(chunk: _GraftChunk, device: torch.device) -> torch.Tensor:
@@ -298,11 +312,11 @@ def _compute_chunk(chunk: _GraftChunk, device: torch.device) -> torch.Tensor:
     tau = chunk.tau.to(device, non_blocking=True)
     _require_finite(theta, chunk.target, "target")
     _require_finite(tau, chunk.donor or chunk.target, "vector")
-    if chunk.origin is None:
-        result = graft_rows(theta, tau, chunk.lam, chunk.out_dtype)
-    else:
-        origin = chunk.origin.to(device, non_blocking=True)
-        result = orthogonal_graft_rows(theta, tau, origin, chunk.lam, chunk.coeff, chunk.out_dtype)
+    origin = chunk.origin.to(device, non_blocking=True) if chunk.origin is not None else None
+    assert chunk.operator is not None and chunk.tensor is not None
+    effective = chunk.operator.transform(Chunk(chunk.start, tau, theta if origin is not None else None, origin),
+                                         chunk.tensor, chunk.state)
+    result = graft_rows(theta, effective, chunk.lam, chunk.out_dtype)
     if not bool(torch.isfinite(result).all()):
         raise IncompatibleError(
             f"tensor {chunk.target.name!r}: θ + λ·τ with λ = {chunk.lam:g} is not finite in "
@@ -365,4 +379,4 @@ def _set_config_dtype(config_path: Path, dtype: str) -> None:
 
 
 __all__ = ["RECIPE_FILE", "MergeResult", "check_warnings", "chunk_elements", "grafted_elements", "merge", "open_plan",
-           "output_layout"]
+           "output_layout", "tensor_chunks"]

@@ -96,8 +96,9 @@ def model_card(plan: GraftPlan, results: dict[str, dict[str, Any]] | None = None
         f"# {_title(plan)}",
         "",
         "This checkpoint was produced by graft: the safety task vector "
-        "τ = θ_aligned − θ_base was grafted layer-wise into the target, θ' = θ_target + λ(layer, group) · τ "
-        "(fp32 compute, one cast). Tensors without a partner in τ are byte-for-byte the target's.",
+        "τ = θ_aligned − θ_base was grafted layer-wise into the target, θ' = θ_target + λ(layer, group) · f(τ), "
+        "f the graft operator below (fp32 compute, one cast). Tensors without a partner in τ are byte-for-byte the "
+        "target's.",
         "",
         "## Sources",
         "",
@@ -107,12 +108,14 @@ def model_card(plan: GraftPlan, results: dict[str, dict[str, Any]] | None = None
         *_source_lines("aligned", manifest.aligned),
         *_source_lines("base", manifest.base),
     ]
+    spec = recipe.operator_spec
     if plan.origin is not None:
-        lines.append(f"- origin (orthogonalized against θ_target − θ_origin): `{recipe.options.origin}`")
+        lines.append(f"- origin (τ_med = θ_target − θ_origin, used by operator {spec.name}): `{recipe.options.origin}`")
     lines += [
         "",
         "## Coefficients",
         "",
+        f"- operator: {spec.describe()}",
         f"- scale: {coeff.scale}",
         f"- per-layer rule: {_layer_rule(plan)}",
         f"- group factors: {', '.join(f'{g}={coeff.group_factor(g)}' for g in sorted(by_group))}",

@@ -16,14 +16,6 @@ def graft_rows(theta: torch.Tensor, tau: torch.Tensor, lam: float, out_dtype: to
     return update.add_(theta.to(torch.float32)).to(out_dtype)
 
 
-def orthogonal_graft_rows(
-    theta: torch.Tensor, tau: torch.Tensor, theta_origin: torch.Tensor, lam: float, coeff: float,
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    """θ + λ·(τ − c·τ_med) with τ_med = θ − θ_origin and c from `projection_terms` over the whole tensor."""
-    return graft_rows(theta, orthogonal_tau(theta, tau, theta_origin, coeff), lam, out_dtype)
-
-
 def orthogonal_tau(theta: torch.Tensor, tau: torch.Tensor, theta_origin: torch.Tensor, coeff: float) -> torch.Tensor:
     """τ − c·τ_med in fp32: the projected τ, which the resident graft computes once and then grafts per trial."""
     tau_med = theta.to(torch.float32) - theta_origin.to(torch.float32)

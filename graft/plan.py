@@ -25,6 +25,7 @@ from graft.mapping import (
     module_group,
     split_backbone,
 )
+from graft.operators import GraftOperator
 from graft.recipe import LARGE_LAMBDA, Recipe
 from graft.vector import SafetyVector
 
@@ -41,7 +42,7 @@ class TensorAction:
     layer: int | None = None
     group: Group | None = None
     rows: int | None = None  # grafted rows when fewer than the tensor's (a grown vocabulary); None = all
-    origin: str | None = None  # origin tensor for the orthogonal variant
+    origin: str | None = None  # origin tensor, for an operator that uses the target's own update (orthogonal)
 
 
 @dataclass
@@ -55,6 +56,11 @@ class GraftPlan:
     mismatches: list[Mismatch] = field(default_factory=list)
     origin: Checkpoint | None = None
     inserted: tuple[str, list[int]] | None = None  # config key and layer indices the target inserts
+
+    @property
+    def operator(self) -> GraftOperator:
+        """The recipe's graft operator, which the merge and the resident graft both run (graft.operators)."""
+        return self.recipe.operator_spec.build()
 
     @property
     def grafted(self) -> list[TensorAction]:

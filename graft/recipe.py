@@ -20,11 +20,22 @@ from typing import Annotated, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    InstanceOf,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from graft.errors import UsageError
 from graft.hub import looks_like_hub_id
 from graft.mapping import GROUPS, Group, Rule
+from graft.operators import LINEAR, OperatorSpec
 from graft.schema import FiniteFloat, describe_validation_error, load_yaml_file
 from graft.writer import parse_size
 
@@ -162,6 +173,16 @@ class Options(_Strict):
         return self
 
 
+def _operator(raw: object) -> OperatorSpec | None:
+    return None if raw is None else OperatorSpec.parse(raw)
+
+
+# `operator: NAME` or `{name: NAME, PARAM: VALUE, ...}` (graft.operators); None: the legacy spelling decides
+# (options.orthogonalize: true is `operator: orthogonal`, else linear).
+OperatorField = Annotated[InstanceOf[OperatorSpec] | None, BeforeValidator(_operator),
+                          PlainSerializer(lambda spec: None if spec is None else spec.to_data())]
+
+
 class Recipe(_Strict):
     """A graft recipe. Relative paths are resolved against the recipe file's folder."""
 
@@ -171,8 +192,33 @@ class Recipe(_Strict):
     vector: str | None = None
     out: str | None = None
     coefficients: Coefficients = Field(default_factory=Coefficients)
+    operator: OperatorField = None
     mapping: MappingRules = Field(default_factory=MappingRules)
     options: Options = Field(default_factory=Options)
+
+    @model_validator(mode="after")
+    def _operator_fits_options(self) -> Recipe:
+        spec = self.operator
+        if spec is not None and self.options.orthogonalize and spec.name != "orthogonal":
+            raise ValueError(f"operator {spec.name} and options.orthogonalize: true disagree; drop orthogonalize "
+                             "(it is the old spelling of operator: orthogonal)")
+        if spec is not None and spec.uses_origin and not self.options.origin:
+            raise ValueError(f"operator {spec.name} needs options.origin (the model the target was fine-tuned "
+                             "from)")
+        return self
+
+    @property
+    def operator_spec(self) -> OperatorSpec:
+        """The operator this recipe grafts with: `operator`, else orthogonal when options.orthogonalize, else
+        linear."""
+        if self.operator is not None:
+            return self.operator
+        return OperatorSpec.parse("orthogonal") if self.options.orthogonalize else LINEAR
+
+    def with_operator(self, spec: OperatorSpec) -> Recipe:
+        """A copy grafting with `spec` (options.orthogonalize kept in step, the legacy spelling of orthogonal)."""
+        options = self.options.model_copy(update={"orthogonalize": spec.name == "orthogonal"})
+        return self.model_copy(update={"operator": spec, "options": options})
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Recipe:
@@ -208,10 +254,11 @@ class Recipe(_Strict):
         return yaml.safe_dump(data, sort_keys=False)
 
     def updated(self, **changes: object) -> Recipe:
-        """A copy with some fields replaced (nested models given as dicts of their own changes), re-validated."""
+        """A copy with some fields replaced (nested models given as dicts of their own changes; `operator` whole),
+        re-validated."""
         data = self.model_dump()
         for key, value in changes.items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
+            if isinstance(value, dict) and isinstance(data.get(key), dict) and key != "operator":
                 data[key] = {**data[key], **value}
             else:
                 data[key] = value

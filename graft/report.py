@@ -18,6 +18,7 @@ def plan_as_dict(plan: GraftPlan) -> dict[str, object]:
         "backbone": {"vector_prefix": plan.match.donor_prefix, "target_prefix": plan.match.target_prefix},
         "num_layers": len(plan.layer_factors),
         "layer_factors": plan.layer_factors,
+        "operator": plan.recipe.operator_spec.to_data(),
         "counts": dict(plan.reasons()),
         "tensors": [
             {"target": a.target, "action": "graft" if a.graft else "copy", "reason": a.reason, "vector": a.donor,
@@ -35,6 +36,7 @@ def print_plan_summary(plan: GraftPlan, console: Console) -> None:
     table.add_row("target", f"{shown(plan.target.root)}  (backbone prefix '{plan.match.target_prefix}')")
     table.add_row("vector", f"{shown(plan.vector.root)}  (backbone prefix '{plan.match.donor_prefix}', "
                             f"{len(plan.layer_factors)} layers)")
+    table.add_row("f(τ)", plan.recipe.operator_spec.describe())  # the operator: θ + λ·f(τ)
     grafted = plan.grafted
     by_group = Counter(a.group for a in grafted)
     table.add_row("grafted", f"{len(grafted)} tensors: " + ", ".join(f"{g} {n}" for g, n in sorted(by_group.items())))

@@ -11,7 +11,8 @@ What it guarantees: after `apply(c)` every parameter of the live model is bit-id
 * the plan is `build_plan` on the recipe's target, vector, mapping rules and origin (so merge, search and inspect
   agree on which tensor gets which λ), and λ per trial is `Coefficients.layer_factors` + `Coefficients.lam`;
 * the arithmetic is `ops.graft_rows` (fp32, one cast), λ = 0 copies the pristine tensor (as merge copies it);
-* the orthogonal variant's projected τ is computed once at load with merge's coefficient pass and `ops.orthogonal_tau`.
+* the operator (graft.operators) is merge's: its effective τ is computed once at load (and again by
+  `set_operator`) by the same `prepare` over merge's own element chunks and the same `transform`.
 
 Names: merge works on on-disk names, but transformers 5 renames keys when it loads (Qwen2-VL's `model.layers.N.*`
 becomes `model.language_model.layers.N.*`, LLaVA's `language_model.model.*` becomes `model.language_model.*`) and
@@ -21,7 +22,6 @@ shapes, no per-family table), and every matched pair is verified byte for byte a
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,8 +33,16 @@ from graft.checkpoint import Checkpoint
 from graft.devices import resolve_device
 from graft.errors import IncompatibleError, UsageError
 from graft.mapping import GROUPS, match_names
-from graft.merge import _orthogonal_coefficient, chunk_elements, close_plan, default_chunk_bytes, open_plan
-from graft.ops import graft_rows, orthogonal_tau
+from graft.merge import (
+    chunk_elements,
+    close_plan,
+    default_chunk_bytes,
+    grafted_elements,
+    open_plan,
+    tensor_chunks,
+)
+from graft.operators import Chunk, GraftOperator, OperatorSpec, TensorRef
+from graft.ops import graft_rows
 from graft.plan import GraftPlan, TensorAction, build_plan
 from graft.recipe import Coefficients, Recipe
 from graft.writer import parse_size
@@ -58,7 +66,7 @@ class _Slot:
     param_name: str
     out: torch.Tensor  # the parameter's grafted rows: a view of its data, so writes land in the live model
     orig: torch.Tensor  # the pristine rows, in the target's stored dtype
-    tau: torch.Tensor  # τ for those rows (the projected τ, fp32, in the orthogonal variant)
+    tau: torch.Tensor  # the operator's effective τ for those rows (τ as stored for linear, else fp32)
     step: int  # elements per chunk of the unfused `apply`
 
     @property
@@ -70,10 +78,10 @@ class ResidentGraft:
     """Target loaded once; pristine tensors and τ resident; each trial sets param = orig + λ·τ in place.
 
     Memory: besides the model, `resident_bytes` = the pristine copy and τ of every tensor a trial may graft, i.e.
-    about two extra copies of the grafted tensors (three when τ is fp32 over a bf16 target, as in the orthogonal
-    variant or a vector extracted with --dtype float32). A 7B bf16 model grafted everywhere: 13.5 GB of model plus
-    27 GB resident. `offload=True` keeps them in pinned host memory instead (CUDA only): the GPU then holds only the
-    model, and each trial streams them over PCIe (≈0.5–1 s for 7B instead of ≈14 ms).
+    about two extra copies of the grafted tensors (three when τ is fp32 over a bf16 target, as with every
+    operator but linear or a vector extracted with --dtype float32). A 7B bf16 model grafted everywhere: 13.5 GB of
+    model plus 27 GB resident. `offload=True` keeps them in pinned host memory instead (CUDA only): the GPU then
+    holds only the model, and each trial streams them over PCIe (≈0.5–1 s for 7B instead of ≈14 ms).
 
     Speed: `graft_rows` as merge runs it is five elementwise passes with fp32 temporaries (≈4× the `torch.add`
     floor on a CPU, with cache-sized chunks; ≈7× its memory traffic on a GPU). `fused=True` compiles that same function
@@ -85,8 +93,9 @@ class ResidentGraft:
     """
 
     def __init__(self, recipe: Recipe, plan: GraftPlan, engine: Engine, slots: list[_Slot], dtype_name: str,
-                 num_layers: int, fused: bool = False):
+                 num_layers: int, fused: bool = False, offload: bool = False):
         self._recipe = recipe
+        self._offload = offload
         self._plan = plan
         self._engine: Engine | None = engine
         self._slots = slots
@@ -129,7 +138,30 @@ class ResidentGraft:
         except BaseException:
             close_plan(plan)
             raise
-        return cls(recipe, plan, engine, slots, dtype_name, plan.vector.manifest.num_layers, fused)
+        return cls(recipe, plan, engine, slots, dtype_name, plan.vector.manifest.num_layers, fused, offload)
+
+    def set_operator(self, spec: OperatorSpec) -> None:
+        """Graft with another operator from now on: every slot's effective τ is recomputed from the files (τ is
+        re-read, so it costs one pass over the grafted tensors, not a reload of the model). An operator that uses
+        the origin needs a resident loaded from a recipe whose operator used it too (the origin is then open)."""
+        self._check_open()
+        if spec == self._recipe.operator_spec:
+            return
+        operator = spec.build()
+        if operator.uses_origin and self._plan.origin is None:
+            raise UsageError(f"operator {spec.name} uses the origin, but this ResidentGraft was loaded without one; "
+                             "load it from a recipe whose operator uses the origin")
+        device = self.engine.device
+        step = _merge_chunk_bytes(self._recipe)
+        for slot in self._slots:
+            slot.tau = _resident(_effective_tau(self._plan, slot.action, operator, step), torch.device(device),
+                                 self._offload)
+        self._recipe = self._recipe.with_operator(spec)
+
+    @property
+    def operator(self) -> OperatorSpec:
+        """The operator the resident tensors hold the effective τ of."""
+        return self._recipe.operator_spec
 
     # ------------------------------------------------------------------ trials
     def apply(self, coefficients: Coefficients) -> None:
@@ -298,10 +330,8 @@ def _make_slots(candidates: GraftPlan, model: torch.nn.Module, device: torch.dev
     _untie_grafted(model, names, {a.target for a in grafted})
     params = dict(model.named_parameters(remove_duplicate=False))
     owner: dict[int, str] = {}
-    recipe = candidates.recipe
-    merge_chunk = recipe.options.chunk_size
-    merge_chunk_bytes = parse_size(merge_chunk) if merge_chunk else default_chunk_bytes(
-        resolve_device(recipe.options.device))
+    merge_bytes = _merge_chunk_bytes(candidates.recipe)
+    operator = candidates.operator
     slots = []
     for action in grafted:
         name = names.get(action.target)
@@ -325,16 +355,44 @@ def _make_slots(candidates: GraftPlan, model: torch.nn.Module, device: torch.dev
             )
         rows = action.rows if action.rows is not None else info.rows
         orig = stored[:rows].clone() if rows < info.rows else stored  # a grown vocabulary's new rows never change
-        tau = candidates.vector.checkpoint.read(action.donor or "")
-        if action.origin is not None and candidates.origin is not None:
-            # merge's own coefficient pass, with the element chunks merge would use: the same c, bit for bit.
-            coeff = _orthogonal_coefficient(candidates, action, rows * math.prod(info.row_shape),
-                                            chunk_elements(merge_chunk_bytes, info))
-            tau = orthogonal_tau(orig, tau, candidates.origin.read_rows(action.origin, 0, rows), coeff)
+        tau = _effective_tau(candidates, action, operator, merge_bytes)
         out = param.data[:rows] if param.dim() else param.data
         slots.append(_Slot(action, name, out, _resident(orig, device, offload), _resident(tau, device, offload),
                            max(1, step_bytes // info.itemsize)))
     return slots
+
+
+def _merge_chunk_bytes(recipe: Recipe) -> int:
+    """The element chunks `graft merge` would use for this recipe (the pre-pass reads the same ones)."""
+    chunk = recipe.options.chunk_size
+    return parse_size(chunk) if chunk else default_chunk_bytes(resolve_device(recipe.options.device))
+
+
+def _effective_tau(plan: GraftPlan, action: TensorAction, operator: GraftOperator, merge_bytes: int) -> torch.Tensor:
+    """The operator's effective τ of one tensor's grafted rows, as merge computes it chunk by chunk: the same
+    pre-pass over merge's element chunks, then `transform` over flat ranges (elementwise, so any ranges give the
+    same bytes; bounded ranges bound the temporaries)."""
+    info = plan.target.tensors[action.target]
+    elements = grafted_elements(action, info)
+    step = chunk_elements(merge_bytes, info)
+    tensor = TensorRef(action.donor or "", action.target, elements)
+    state = operator.prepare(tensor, tensor_chunks(plan, action, elements, step))
+    tau = plan.vector.checkpoint.read(action.donor or "").reshape(-1)[:elements]
+    theta = origin = None
+    if operator.uses_origin and plan.origin is not None and action.origin is not None:
+        theta = plan.target.read(action.target).reshape(-1)[:elements]
+        origin = plan.origin.read(action.origin).reshape(-1)[:elements]
+    out: torch.Tensor | None = None
+    for start in range(0, elements, step):
+        stop = min(elements, start + step)
+        piece = operator.transform(Chunk(start, tau[start:stop], None if theta is None else theta[start:stop],
+                                         None if origin is None else origin[start:stop]), tensor, state)
+        if out is None:
+            out = torch.empty(elements, dtype=piece.dtype)
+        out[start:stop] = piece
+    assert out is not None
+    rows = action.rows if action.rows is not None else info.rows
+    return out.view(rows, *info.row_shape) if info.shape else out.view(())
 
 
 def _resident(tensor: torch.Tensor, device: torch.device, offload: bool) -> torch.Tensor:

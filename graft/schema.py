@@ -145,6 +145,9 @@ def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
     seen = set()
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "union[", "[key]")))
+        inner = getattr((err.get("ctx") or {}).get("error"), "path", None)  # a nested field named by its validator
+        if inner:
+            where = f"{where}.{inner}" if where else str(inner)
         text = f"{where}: {_words(err)}" if where else _words(err)
         if text not in seen:
             seen.add(text)

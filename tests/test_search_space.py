@@ -180,7 +180,7 @@ def test_parameters_to_coefficients_is_pure_and_complete() -> None:
 
 def test_operator_key_fixed_or_searched_and_its_one_mapping_to_recipe_options() -> None:
     from graft.recipe import Recipe
-    from graft.search.evaluation import check_operators, operator_options, trial_recipe
+    from graft.search.evaluation import check_operators, trial_recipe
 
     base = {"graft_space": 1, "scale": {"low": 0.0, "high": 2.0}}
     assert SearchSpace.parse(base).operators() == ()  # unset: the base recipe's options decide
@@ -199,17 +199,53 @@ def test_operator_key_fixed_or_searched_and_its_one_mapping_to_recipe_options() 
     assert all(p["operator"] == "linear" for _, _, p in chosen.baseline_points(6, CELLS))
     # Only the operator makes a space searched.
     assert SearchSpace.parse({"graft_space": 1, "operator": {"choice": ["linear", "orthogonal"]}}).operators()
-    with pytest.raises(UsageError, match="operator"):
+    with pytest.raises(UsageError, match=r"operator\.density: missing"):  # dare has a required parameter
         SearchSpace.parse({**base, "operator": "dare"})
     with pytest.raises(UsageError, match="twice"):
         SearchSpace.parse({**base, "operator": {"choice": ["linear", "linear"]}})
-    assert operator_options("linear") == {"orthogonalize": False}
-    assert operator_options("orthogonal") == {"orthogonalize": True} and operator_options(None) == {}
     recipe = Recipe.parse({"target": "t", "vector": "v", "options": {"origin": "o", "orthogonalize": True}})
     c = Coefficients(scale=0.5)
     assert trial_recipe(recipe, c, "linear").options.orthogonalize is False
+    assert trial_recipe(recipe, c, "linear").operator_spec.name == "linear"
     assert trial_recipe(recipe, c).options.orthogonalize is True  # None leaves the recipe's choice
     assert trial_recipe(recipe, c, "orthogonal").coefficients == c
     with pytest.raises(UsageError, match="origin"):
         check_operators(Recipe.parse({"target": "t", "vector": "v"}), ("linear", "orthogonal"))
     check_operators(Recipe.parse({"target": "t", "vector": "v"}), ("linear",))
+
+
+def test_operator_parameters_are_searched_only_in_the_trials_that_draw_the_operator() -> None:
+    space = SearchSpace.parse({"graft_space": 1, "operator": {
+        "choice": ["linear", "dare", "trim"], "dare": {"density": {"low": 0.1, "high": 0.9}, "seed": 5},
+        "trim": {"density": 0.3}}})
+
+    class Recording(FixedTrial):
+        def suggest_categorical(self, name, choices):
+            self.asked[name] = tuple(choices)
+            return self.values[name]
+
+        def suggest_float(self, name, low, high, *, step=None, log=False):
+            self.asked[name] = (low, high)
+            return self.values[name]
+
+    dare = Recording({"operator": "dare", "dare.density": 0.42})
+    assert space.suggest_operator(dare) == {"name": "dare", "density": 0.42, "seed": 5}
+    assert dare.asked == {"operator": ("linear", "dare", "trim"), "dare.density": (0.1, 0.9)}
+    linear = Recording({"operator": "linear"})
+    assert space.suggest_operator(linear) == "linear" and "dare.density" not in linear.asked
+    assert space.suggest_operator(Recording({"operator": "trim"})) == {"name": "trim", "density": 0.3}
+    # one operator with a searched parameter is a search by itself
+    assert SearchSpace.parse({"graft_space": 1, "operator": {"choice": ["dare"],
+                                                             "dare": {"density": {"low": 0.2, "high": 1.0}}}})
+    for bad, message in [
+        ({"choice": ["linear", "dare"], "dare": {"density": {"low": 0.1, "high": 1.5}}},
+         "space.yaml: operator.dare.density: must be in (0, 1], got 1.5"),
+        ({"choice": ["linear"], "dare": {"density": 0.5}}, "operator.dare: parameters for 'dare', which is not in"),
+        ({"choice": ["dare"], "dare": {"seed": {"low": 0, "high": 3}, "density": 0.3}},
+         "operator.dare.seed: only number (float) parameters can be searched"),
+        ({"choice": ["dare"]}, "operator.dare.density: missing (required)"),
+        ({"choice": ["ties"]}, "operator.choice.0: unknown operator 'ties'"),
+    ]:
+        with pytest.raises(UsageError) as caught:
+            SearchSpace.parse({"graft_space": 1, "operator": bad}, source="space.yaml")
+        assert message in str(caught.value), (bad, str(caught.value))

@@ -7,56 +7,59 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from graft.errors import IncompatibleError, UsageError
 from graft.evals.tasks import TASKS
+from graft.operators import OperatorSpec
 from graft.recipe import Coefficients, Recipe
 
 from .config import SearchEvalConfig, Stage
 
-
-def operator_options(operator: str | None) -> dict[str, Any]:
-    """The operator seam: a search space's `operator` → the recipe `options` the merge and resident engines read.
-    None leaves the base recipe's options as they are. A new operator is one more entry here (and its name in
-    `graft.search.space.OPERATORS`)."""
-    if operator is None:
-        return {}
-    if operator == "linear":
-        return {"orthogonalize": False}
-    if operator == "orthogonal":
-        return {"orthogonalize": True}
-    raise UsageError(f"operator {operator!r}: expected linear or orthogonal")
+Operator = str | dict[str, Any] | None  # a trial's operator: a name, {name: NAME, PARAM: value, ...}, or None
 
 
-def trial_recipe(base: Recipe, coefficients: Coefficients, operator: str | None = None) -> Recipe:
+def trial_recipe(base: Recipe, coefficients: Coefficients, operator: Operator = None) -> Recipe:
     """The recipe a trial stands for: the base recipe (target, vector, mapping, options) with its coefficients and
-    its operator's options."""
+    its operator (None leaves the base recipe's). The operator is read by graft.operators, the one seam both
+    engines share, so nothing here knows what any operator does."""
     recipe = base.model_copy(update={"coefficients": coefficients, "out": None})
-    options = operator_options(operator)
-    return recipe.model_copy(update={"options": recipe.options.model_copy(update=options)}) if options else recipe
+    if operator is None:
+        return recipe
+    try:
+        spec = OperatorSpec.parse(operator)
+    except ValueError as exc:
+        raise UsageError(f"operator {operator!r}: {exc}") from None
+    return recipe.with_operator(spec)
 
 
-def check_operators(base: Recipe, operators: tuple[str, ...]) -> None:
-    """Fail before any trial when an operator cannot run on this base recipe."""
-    needs_origin = any(operator_options(op).get("orthogonalize") for op in operators) or (
-        not operators and base.options.orthogonalize)
-    if needs_origin and not base.options.origin:
-        raise UsageError("operator orthogonal projects τ off target − origin: give the origin (--origin, or the "
-                         "recipe's options.origin: the model the target was fine-tuned from)")
+def check_operators(base: Recipe, operators: Iterable[str | OperatorSpec]) -> None:
+    """Fail before any trial when an operator cannot run on this base recipe (one that uses the origin without
+    one)."""
+    specs = [OperatorSpec.parse(op) for op in operators] or [base.operator_spec]
+    needs = [spec.name for spec in specs if spec.uses_origin]
+    if needs and not base.options.origin:
+        raise UsageError(f"operator {needs[0]} uses the target's own update (target − origin): give the origin "
+                         "(--origin, or the recipe's options.origin: the model the target was fine-tuned from)")
 
 
-def recipe_key(base: Recipe, coefficients: Coefficients, *, engine: str = "", operator: str | None = None) -> str:
-    """Identity of the weights a trial evaluates (plus where and how they run, which can change replies)."""
-    blob = json.dumps([trial_recipe(base, coefficients, operator).model_dump(mode="json"), engine], sort_keys=True)
+def recipe_key(base: Recipe, coefficients: Coefficients, *, engine: str = "", operator: Operator = None) -> str:
+    """Identity of the weights a trial evaluates (plus where and how they run, which can change replies). A recipe
+    without an operator key hashes as it did before the key existed, so earlier verdict caches stay valid."""
+    data = trial_recipe(base, coefficients, operator).model_dump(mode="json")
+    if data.get("operator") is None:
+        data.pop("operator", None)
+    blob = json.dumps([data, engine], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class SuiteScorer:
-    """`ItemScorer` over `graft.resident.ResidentGraft`s and `graft.evals.evaluate`. One resident per operator
-    (the orthogonal one holds the projected τ), loaded on first use: a space that chooses between two operators
-    holds two (memory: see `ResidentGraft`)."""
+    """`ItemScorer` over `graft.resident.ResidentGraft`s and `graft.evals.evaluate`. At most two residents, loaded
+    on first use: one for operators that use the origin (its checkpoint open) and one for those that do not; a
+    trial with another operator than the resident's last recomputes its effective τ in place
+    (`ResidentGraft.set_operator`: one pass over the grafted tensors, no model reload)."""
 
     def __init__(self, config: SearchEvalConfig, base: Recipe, cache: str | Path | None, *, device: str = "auto",
                  batch_size: int | None = None, say: Any = None):
@@ -70,13 +73,14 @@ class SuiteScorer:
         self._residents: dict[bool, Any] = {}
         self._applied: dict[bool, Coefficients | None] = {}
 
-    def _resident(self, operator: str | None) -> tuple[Any, Recipe]:
+    def _resident(self, operator: Operator) -> tuple[Any, Recipe]:
         from graft.resident import ResidentGraft
 
         recipe = trial_recipe(self.base, Coefficients(), operator)
-        key = recipe.options.orthogonalize
+        spec = recipe.operator_spec
+        key = spec.uses_origin
         if key not in self._residents:
-            what = " (τ orthogonalised against target − origin)" if key else ""
+            what = f" (operator {spec.name}, with the origin)" if key else ""
             self.say(f"loading {self.base.target} with the vector resident{what} ({self.device})")
             text_only = not any(TASKS[t].needs_image for t in self.config.tasks())
             resident = ResidentGraft.from_recipe(recipe.model_copy(update={"coefficients": self.base.coefficients}),
@@ -89,16 +93,20 @@ class SuiteScorer:
                 raise IncompatibleError(f"{self.config.data}: task(s) {', '.join(needs_image)} need an image-text "
                                         f"model but {engine.name} is text-only; drop them from eval.yaml")
             self._residents[key], self._applied[key] = resident, None
-        return self._residents[key], recipe
+        resident = self._residents[key]
+        if resident.operator != spec:
+            self._applied[key] = None
+            resident.set_operator(spec)
+        return resident, recipe
 
-    def items(self, coefficients: Coefficients, stage: Stage, *, operator: str | None = None
+    def items(self, coefficients: Coefficients, stage: Stage, *, operator: Operator = None
               ) -> dict[str, dict[str, float]]:
         """Per-item outcomes ({task: {item id: outcome}}) of the trial's weights on the stage's tasks and part."""
         from graft.evals import evaluate
         from graft.evals.scoring import item_outcome
 
         resident, recipe = self._resident(operator)
-        key = recipe.options.orthogonalize
+        key = recipe.operator_spec.uses_origin
         if coefficients != self._applied[key]:
             self._applied[key] = None  # a failed apply leaves the weights unknown
             resident.apply(coefficients)
@@ -121,7 +129,7 @@ class SuiteScorer:
                 task[name] = item_outcome(TASKS[sample["task"]].kind, sample)
         return out
 
-    def score(self, coefficients: Coefficients, stage: Stage, *, operator: str | None = None) -> dict[str, float]:
+    def score(self, coefficients: Coefficients, stage: Stage, *, operator: Operator = None) -> dict[str, float]:
         return {task: sum(v.values()) / len(v) for task, v in
                 self.items(coefficients, stage, operator=operator).items()}
 
@@ -131,4 +139,4 @@ class SuiteScorer:
         self._residents.clear()
 
 
-__all__ = ["SuiteScorer", "check_operators", "operator_options", "recipe_key", "trial_recipe"]
+__all__ = ["Operator", "SuiteScorer", "check_operators", "recipe_key", "trial_recipe"]

@@ -42,7 +42,7 @@ class ItemScorer(Scorer, Protocol):
     """A scorer that can also give per-item outcomes ({task: {item id: outcome in [0, 1]}}): what the final
     in-sample / held-out report and its intervals need. `operator` is the graft operator (space key `operator`)."""
 
-    def items(self, coefficients: Coefficients, stage: Stage, *, operator: str = "linear"
+    def items(self, coefficients: Coefficients, stage: Stage, *, operator: str | dict[str, Any] | None = None
               ) -> dict[str, dict[str, float]]: ...
 
 

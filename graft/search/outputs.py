@@ -54,7 +54,7 @@ class TrialRecord:
     retry_of: int | None = None
     pruned: str | None = None
     baseline_lambda: float | None = None  # the uniform λ of a baseline (0 for lambda0)
-    operator: str | None = None  # the graft operator (None: the base recipe's options)
+    operator: str | dict[str, Any] | None = None  # the graft operator: a name or {name, params} (None: the recipe's)
 
     @property
     def rated(self) -> bool:
@@ -172,7 +172,9 @@ def summarize(recs: list[TrialRecord], objective: Objective, *, meta: dict[str, 
 
 def _row(r: TrialRecord, num_layers: int, cells: list[Cell], objective: Objective) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "number": r.number, "state": r.state, "baseline": r.baseline, "operator": r.operator, "safety": r.safety,
+        "number": r.number, "state": r.state, "baseline": r.baseline,
+        "operator": json.dumps(r.operator, sort_keys=True) if isinstance(r.operator, dict) else r.operator,
+        "safety": r.safety,
         "medical": r.medical,
         "medical_drop": r.medical_drop, "feasible": r.feasible(objective), "over_refusal": r.over_refusal,
         "screening": r.screening, "pruned": r.pruned,

@@ -115,7 +115,7 @@ def run_search(
     loggers = check_loggers([*log, *config.log], source="--log")  # a missing package fails before any work
     make_sampler(sampler_name, seed=seed, mode=objective.mode, constraints=None)  # refuses pareto + cmaes now
     base = _base_recipe(recipe, target, vector, origin)
-    check_operators(base, the_space.operators())
+    check_operators(base, the_space.operator_probes())
     if dtype != "auto":  # the recipe then says exactly which weights were evaluated (merge writes that dtype)
         base = base.updated(options={"dtype": dtype})
     num_layers, cells = _vector_layout(base.vector or "")

@@ -30,6 +30,8 @@ from pydantic import (
 
 from graft.errors import UsageError
 from graft.mapping import Group
+from graft.operators import OPERATORS as REGISTERED
+from graft.operators import FieldError, OperatorSpec
 from graft.recipe import DEFAULT_GROUP_FACTORS, Coefficients
 from graft.schema import FiniteFloat, describe_validation_error, load_yaml_file
 
@@ -46,9 +48,6 @@ def _known_sampler(name: str) -> str:
 
 SamplerName = Annotated[str, AfterValidator(_known_sampler)]  # a name in graft.search.samplers' table
 DepthKind = Literal["layers", "blocks", "control_points"]
-# Graft operators a space may choose between (graft.search.evaluation.operator_options maps each to recipe options).
-OperatorName = Literal["linear", "orthogonal"]
-OPERATORS: tuple[str, ...] = get_args(OperatorName)
 OPERATOR_PARAM = "operator"
 DEFAULT_UNIFORM_GRID = (0.25, 0.5, 0.75, 1.0)
 # A (layer, group) pair the vector holds; layer None = outside the layer stack (embeddings, head, final norm).
@@ -149,9 +148,31 @@ class Baselines(_Strict):
         return values
 
 
-class OperatorChoice(_Strict):
-    """`operator: {choice: [linear, orthogonal]}`: each trial draws its graft operator (a categorical parameter)."""
+def _operator_name(name: object) -> str:
+    if not isinstance(name, str) or name not in REGISTERED:
+        raise ValueError(f"unknown operator {name!r}; known: {', '.join(REGISTERED)}")
+    return name
 
+
+OperatorName = Annotated[str, AfterValidator(_operator_name)]
+
+
+def _param_value(raw: object) -> object:
+    """An operator parameter: fixed (any value its parameters accept) or a searched range of numbers."""
+    if isinstance(raw, dict):
+        try:
+            return Range.model_validate(raw)
+        except ValidationError as exc:
+            raise ValueError(describe_validation_error(exc)) from None
+    return raw
+
+
+class OperatorChoice(_Strict):
+    """`operator: {choice: [linear, orthogonal, dare], dare: {density: {low: 0.1, high: 0.9}, seed: 0}}`: each
+    trial draws its graft operator (a categorical parameter when there is more than one) and then the parameters
+    of the operator drawn (each a number or a searched range; searched only in the trials that drew it)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
     choice: list[OperatorName] = Field(min_length=1)
 
     @field_validator("choice")
@@ -160,6 +181,53 @@ class OperatorChoice(_Strict):
         if len(set(values)) != len(values):
             raise ValueError("operators listed twice")
         return values
+
+    @model_validator(mode="after")
+    def _params_fit(self) -> OperatorChoice:
+        extra = dict(self.model_extra or {})
+        for name, values in extra.items():
+            if name not in self.choice:
+                raise FieldError(name, f"parameters for {name!r}, which is not in choice {self.choice}")
+            if not isinstance(values, dict):
+                raise FieldError(name, "expected a mapping of its parameters, e.g. {density: {low: 0.1, high: 0.9}}")
+            for key, value in values.items():
+                try:
+                    values[key] = _param_value(value)
+                except ValueError as exc:
+                    raise FieldError(f"{name}.{key}", str(exc)) from None
+                field = REGISTERED[name].Params.model_fields.get(key)
+                if isinstance(values[key], Range) and field is None:
+                    raise FieldError(f"{name}.{key}", "unknown field")
+                if isinstance(values[key], Range) and field is not None and field.annotation is not float:
+                    raise FieldError(f"{name}.{key}", "only number (float) parameters can be searched; fix its value")
+        for name in self.choice:  # every corner of every range must be a valid parameter set
+            fixed = self.params(name)
+            ranges = {k: v for k, v in fixed.items() if isinstance(v, Range)}
+            for corner in ({k: r.low for k, r in ranges.items()}, {k: r.high for k, r in ranges.items()}):
+                try:
+                    OperatorSpec.parse({"name": name, **fixed, **corner})
+                except FieldError as exc:
+                    raise FieldError(f"{name}.{exc.path}", str(exc)) from None
+        return self
+
+    def params(self, name: str) -> dict[str, object]:
+        """The declared parameters of operator `name` in this space: fixed values and searched `Range`s."""
+        return dict((self.model_extra or {}).get(name) or {})
+
+
+def _operator_key(raw: object) -> object:
+    """The space's `operator`: a name or a choice, each checked on its own (one message, not one per form)."""
+    if isinstance(raw, dict):
+        try:
+            return OperatorChoice.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            inner = getattr((err.get("ctx") or {}).get("error"), "path", None)
+            where = ".".join(str(p) for p in err["loc"]) + (f".{inner}" if inner else "")
+            raise FieldError(where.strip("."), describe_validation_error(exc, limit=1).split(": ", 1)[-1]) from None
+    if raw is not None and not isinstance(raw, str):
+        raise ValueError("expected an operator name or {choice: [...], NAME: {PARAM: value or {low, high}}}")
+    return raw
 
 
 class SearchSpace(_Strict):
@@ -171,15 +239,24 @@ class SearchSpace(_Strict):
     scale: Value = 1.0
     depth: Depth | None = None
     groups: dict[Group, Value] = Field(default_factory=dict)
-    operator: OperatorName | OperatorChoice | None = Field(
-        None, description="graft operator: linear (θ + λτ), orthogonal (τ projected off target − origin), a "
-                          "{choice: [...]} searched per trial, or unset: as the base recipe's options say")
+    operator: Annotated[OperatorName | OperatorChoice | None, BeforeValidator(_operator_key)] = Field(
+        None, description="graft operator (graft.operators): a name (linear, orthogonal: one without required "
+                          "parameters), {choice: [...], NAME: {PARAM: value or range}} drawn per trial, or unset: "
+                          "as the base recipe says")
     baselines: Baselines = Field(default_factory=Baselines)
+
+    @field_validator("operator")
+    @classmethod
+    def _complete(cls, value: object) -> object:
+        if isinstance(value, str):
+            OperatorSpec.parse(value)  # a bare name: the operator must need no parameters
+        return value
 
     @model_validator(mode="after")
     def _something_to_search(self) -> SearchSpace:
         searched = isinstance(self.scale, Range) or self.depth is not None or any(
-            isinstance(v, Range) for v in self.groups.values()) or len(self.operators()) > 1
+            isinstance(v, Range) for v in self.groups.values()) or len(self.operators()) > 1 or any(
+            isinstance(v, Range) for name in self.operators() for v in self.operator_params(name).values())
         if not searched:
             raise ValueError("nothing to search: give scale, depth or a group a range {low: .., high: ..}")
         return self
@@ -256,12 +333,28 @@ class SearchSpace(_Strict):
             return ()
         return tuple(self.operator.choice) if isinstance(self.operator, OperatorChoice) else (self.operator,)
 
-    def suggest_operator(self, trial: SuggestsFloats) -> str | None:
-        """The trial's operator (None: the base recipe's); drawn only when the space offers a choice."""
+    def operator_params(self, name: str) -> dict[str, object]:
+        """Operator `name`'s parameters in this space (fixed values and searched `Range`s)."""
+        return self.operator.params(name) if isinstance(self.operator, OperatorChoice) else {}
+
+    def suggest_operator(self, trial: SuggestsFloats) -> str | dict[str, object] | None:
+        """The trial's operator (None: the base recipe's): drawn only when the space offers a choice, then its
+        searched parameters (Optuna names `NAME.PARAM`, suggested only in trials that drew NAME). A name alone
+        when the operator has no parameters here, else {name: NAME, PARAM: value, ...} (the recipe's spelling)."""
         ops = self.operators()
-        if len(ops) > 1:
-            return trial.suggest_categorical(OPERATOR_PARAM, list(ops))
-        return ops[0] if ops else None
+        if not ops:
+            return None
+        name = trial.suggest_categorical(OPERATOR_PARAM, list(ops)) if len(ops) > 1 else ops[0]
+        params = {key: value.suggest(trial, f"{name}.{key}") if isinstance(value, Range) else value
+                  for key, value in self.operator_params(name).items()}
+        return {"name": name, **params} if params else name
+
+    def operator_probes(self) -> list[OperatorSpec]:
+        """One valid parameter set of every operator the space may draw (each range at its low end): enough to
+        check before any trial what the operators need (the origin)."""
+        return [OperatorSpec.parse({"name": name, **{k: v.low if isinstance(v, Range) else v
+                                                     for k, v in self.operator_params(name).items()}})
+                if self.operator_params(name) else OperatorSpec.parse(name) for name in self.operators()]
 
     def baseline_operator(self) -> dict[str, str]:
         """The operator parameter of the baselines: uniform λ is the plain linear graft whenever the space offers
@@ -327,5 +420,5 @@ class SearchSpace(_Strict):
                 for v in values]
 
 
-__all__ = ["OPERATORS", "SAMPLERS", "Baselines", "Cell", "Depth", "OperatorChoice", "Range", "SamplerName",
+__all__ = ["SAMPLERS", "Baselines", "Cell", "Depth", "OperatorChoice", "Range", "SamplerName",
            "SearchSpace"]

@@ -1,0 +1,117 @@
+"""Score-based layer selection (SafeMERGE-style): a recipe that grafts τ only into the (layer, group) cells whose
+`graft inspect` score crosses a threshold.
+
+SafeMERGE grafts safety only where the fine-tune drifted from it: a layer whose update has a low similarity to the
+safety direction. `graft inspect` already scores every cell: `cos_tau_med` (cosine between τ and the target's own
+update τ_med = θ_target − θ_origin; negative where the fine-tune moved against τ) and `safelora_score` (Safe LoRA's
+projection similarity). A cell is selected when its score is below the threshold (or above it, `above=True`); cells
+without a score (no origin, 1-D tensors for Safe LoRA) never are.
+
+The selection is written as `mapping.include`: one anchored pattern per target tensor of the selected cells (names
+from the report's tensors.csv), so the recipe is exact in every layout, and it also works as a search prior: `graft
+search --recipe selected.yaml --space ...` searches λ inside the selected cells only, since every trial is the base
+recipe with new coefficients and keeps its mapping.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from graft.errors import InputError, UsageError
+from graft.mapping import GROUPS
+from graft.recipe import Recipe
+
+SCORE_METRICS = ("cos_tau_med", "safelora_score", "safelora_min", "ratio", "tau_norm")
+
+
+@dataclass(frozen=True)
+class Selection:
+    recipe: Recipe
+    cells: list[tuple[int | None, str, float]]  # (layer, group, score) of every selected cell
+    scored: int  # cells of the chosen groups with a score
+    tensors: list[str]  # the target tensors the recipe grafts
+
+
+def recipe_from_scores(
+    report: str | Path, *, metric: str = "cos_tau_med", threshold: float = 0.0, above: bool = False,
+    scale: float = 1.0, groups: tuple[str, ...] = ("attn", "mlp"), target: str | None = None,
+    vector: str | None = None, origin: str | None = None,
+) -> Selection:
+    """The recipe grafting `scale`·τ into every cell of `groups` whose `metric` is below `threshold` (above it with
+    `above`), from a `graft inspect --out` folder. Target, vector and origin default to the ones it scored."""
+    folder = Path(report)
+    if metric not in SCORE_METRICS:
+        raise UsageError(f"--metric {metric}: expected one of {', '.join(SCORE_METRICS)}")
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown or not groups:
+        raise UsageError(f"--groups {','.join(groups)}: expected groups among {', '.join(GROUPS)}")
+    if not math.isfinite(threshold) or not math.isfinite(scale):
+        raise UsageError("--threshold and --scale must be finite numbers")
+    layers, tensors, sources = _read_report(folder)
+    if metric not in layers.columns:
+        raise InputError(f"{folder / 'layers.csv'}: no {metric!r} column; rerun `graft inspect` (with --origin for "
+                         "cos_tau_med and safelora_score)")
+    chosen = layers[layers["group"].isin(groups)]
+    scored = chosen[chosen[metric].notna()]
+    if scored.empty:
+        raise InputError(f"{folder / 'layers.csv'}: no {', '.join(groups)} cell has a {metric} score; "
+                         "rerun `graft inspect` with --target and --origin (and --safelora for safelora_*)")
+    hit = scored[scored[metric] > threshold] if above else scored[scored[metric] < threshold]
+    side = ">" if above else "<"
+    if hit.empty:
+        raise UsageError(f"no {', '.join(groups)} cell has {metric} {side} {threshold:g} (scores range "
+                         f"{scored[metric].min():.4g} .. {scored[metric].max():.4g}); change --threshold")
+    cells = [(None if pd.isna(r.layer) else int(r.layer), str(r.group), float(getattr(r, metric)))
+             for r in hit.itertuples()]
+    keys = {(layer, group) for layer, group, _ in cells}
+    names = [str(r.tensor) for r in tensors.itertuples()
+             if (None if pd.isna(r.layer) else int(r.layer), str(r.group)) in keys]
+    spec = {
+        "description": f"graft recipe --from-scores: {len(cells)} of {len(scored)} scored {'/'.join(groups)} cells "
+                       f"with {metric} {side} {threshold:g}",
+        "target": target or _source(sources, "target", folder),
+        "vector": vector or _source(sources, "vector", folder),
+        "coefficients": {"scale": scale, "groups": {g: (1.0 if g in groups else 0.0) for g in GROUPS}},
+        "mapping": {"include": [f"^{re.escape(name)}$" for name in names]},
+    }
+    if origin or sources.get("origin"):
+        spec["options"] = {"origin": origin or _source(sources, "origin", folder)}
+    return Selection(Recipe.parse(spec, source="graft recipe --from-scores"), cells, len(scored), names)
+
+
+def _read_report(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, object]]:
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder; give the --out folder of `graft inspect`")
+    paths = {name: folder / name for name in ("layers.csv", "tensors.csv", "inspect.json")}
+    for path in paths.values():
+        if not path.is_file():
+            raise InputError(f"{path}: missing; give the --out folder of `graft inspect --target T --origin O`")
+    try:
+        layers = pd.read_csv(paths["layers.csv"])
+        tensors = pd.read_csv(paths["tensors.csv"])
+        index = json.loads(paths["inspect.json"].read_text())
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise InputError(f"{folder}: not a readable `graft inspect` report ({exc})") from exc
+    for frame, name, needed in ((layers, "layers.csv", ("layer", "group")),
+                                (tensors, "tensors.csv", ("tensor", "layer", "group"))):
+        missing = [c for c in needed if c not in frame.columns]
+        if missing:
+            raise InputError(f"{folder / name}: no column {missing[0]!r}; not a `graft inspect` report")
+    sources = index.get("sources") if isinstance(index, dict) else None
+    return layers, tensors, sources if isinstance(sources, dict) else {}
+
+
+def _source(sources: dict[str, object], key: str, folder: Path) -> str:
+    value = sources.get(key)
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{folder / 'inspect.json'}: names no {key}; pass --{key}")
+    return value
+
+
+__all__ = ["SCORE_METRICS", "Selection", "recipe_from_scores"]

@@ -1,0 +1,104 @@
+"""`graft recipe --from-scores`: a recipe grafting only the layer × group cells whose inspect score crosses a
+threshold, checked against cosines computed here from the weights, merged, and used as a search's base recipe."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from graft.cli import app
+from graft.recipe import Recipe
+from tests.test_merge import load_folder, target_name
+from tests.test_search import LambdaScorer, eval_file, num_layers, space_file
+
+runner = CliRunner()
+
+
+def cell_of(name: str) -> tuple[int, str] | None:
+    """(layer, group) of a Llama-style attention or MLP weight, from its name."""
+    found = re.search(r"layers\.(\d+)\.(self_attn|mlp)\.", name)
+    return (int(found.group(1)), "attn" if found.group(2) == "self_attn" else "mlp") if found else None
+
+
+def test_recipe_from_cosine_scores_grafts_exactly_the_selected_cells(make_world, tmp_path: Path) -> None:
+    world = make_world("causal", dtype=torch.float32, vector_dtype="float32")
+    report = tmp_path / "report"
+    done = runner.invoke(app, ["inspect", "--vector", str(world.vector), "--target", str(world.target), "--origin",
+                               str(world.origin), "--no-safelora", "--out", str(report), "-q"])
+    assert done.exit_code == 0, done.output
+    # cos(τ, τ_med) per cell, from the weights
+    target, origin, tau = load_folder(world.target), load_folder(world.origin), load_folder(world.vector)
+    sums: dict[tuple[int, str], list[float]] = {}
+    members: dict[tuple[int, str], list[str]] = {}
+    for donor, t in tau.items():
+        name = target_name("causal", donor)
+        cell = cell_of(name)
+        if cell is None:
+            continue
+        med = target[name].double().numpy() - origin[name].double().numpy()
+        t64 = t.double().numpy()
+        acc = sums.setdefault(cell, [0.0, 0.0, 0.0])
+        acc[0] += float((t64 * med).sum())
+        acc[1] += float((t64 * t64).sum())
+        acc[2] += float((med * med).sum())
+        members.setdefault(cell, []).append(name)
+    cosine = {cell: d / np.sqrt(a * b) for cell, (d, a, b) in sums.items()}
+    threshold = float(np.median(list(cosine.values())))
+    expected = {n for cell, c in cosine.items() if c < threshold for n in members[cell]}
+    assert 0 < len(expected) < sum(len(v) for v in members.values())
+
+    recipe_file = tmp_path / "selected.yaml"
+    done = runner.invoke(app, ["recipe", "--from-scores", str(report), "--metric", "cos_tau_med", "--threshold",
+                               repr(threshold), "--scale", "0.9", "--out", str(recipe_file)])
+    assert done.exit_code == 0, done.output
+    recipe = Recipe.from_yaml(recipe_file)
+    assert recipe.coefficients.scale == 0.9 and recipe.options.origin == str(world.origin)
+    merged = tmp_path / "merged"
+    assert runner.invoke(app, ["merge", "--recipe", str(recipe_file), "--out", str(merged), "-q"]).exit_code == 0
+    out = load_folder(merged)
+    changed = {n for n in target if not torch.equal(out[n], target[n])}
+    assert changed == expected
+    name = sorted(expected)[0]
+    donor = next(d for d in tau if target_name("causal", d) == name)
+    want = target[name].numpy() + tau[donor].numpy() * np.float32(0.9)
+    assert out[name].numpy().tobytes() == want.astype(np.float32).tobytes()
+
+    # as a search prior: every trial keeps the selection (the base recipe's mapping), whatever λ it draws
+    search = tmp_path / "search"
+    space = space_file(tmp_path, "graft_space: 1\nsampler: random\nscale: {low: 0.0, high: 1.5}\n"
+                       "groups: {attn: 1.0, mlp: 1.0, norm: 0.0, embed: 0.0, head: 0.0}\n"
+                       "baselines: {uniform: [1.0]}\n")
+    from graft.search import run_search
+
+    run_search(space=space, eval_config=eval_file(tmp_path), recipe=recipe_file, out=search,
+               scorer=LambdaScorer(num_layers(world)), trials=4, seed=1)
+    best = yaml.safe_load((search / "best_recipe.yaml").read_text())
+    assert best["mapping"]["include"] == yaml.safe_load(recipe_file.read_text())["mapping"]["include"]
+    again = tmp_path / "again"
+    done = runner.invoke(app, ["merge", "--recipe", str(search / "best_recipe.yaml"), "--scale", "1.0", "--out",
+                               str(again), "-q"])
+    assert done.exit_code == 0, done.output
+    regrafted = load_folder(again)
+    assert {n for n in target if not torch.equal(regrafted[n], target[n])} == expected
+
+    # bad input: one line, the documented exit code, nothing written
+    for extra, code, message in [
+        (["--threshold", "-5"], 2, "no attn, mlp cell has cos_tau_med < -5"),
+        (["--metric", "nope"], 2, "--metric nope: expected one of"),
+        (["--groups", "attn,brain"], 2, "--groups attn,brain"),
+    ]:
+        bad = runner.invoke(app, ["recipe", "--from-scores", str(report), *extra, "--out", str(tmp_path / "b.yaml")])
+        assert bad.exit_code == code and message in bad.output, (extra, bad.output)
+    plain = tmp_path / "plain-report"
+    assert runner.invoke(app, ["inspect", "--vector", str(world.vector), "--target", str(world.target),
+                               "--out", str(plain), "-q"]).exit_code == 0
+    bad = runner.invoke(app, ["recipe", "--from-scores", str(plain), "--out", str(tmp_path / "b.yaml")])
+    assert bad.exit_code == 3 and "has a cos_tau_med score" in bad.output, bad.output
+    bad = runner.invoke(app, ["recipe", "--from-scores", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b.yaml")])
+    assert bad.exit_code == 3 and "not a folder" in bad.output, bad.output
+    assert not (tmp_path / "b.yaml").exists()
