@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from graft.cli import build_recipe
 from graft.errors import UsageError
 from graft.recipe import Coefficients, Recipe
+from graft.recipe_flags import build_recipe
 
 
 def test_unknown_field_is_named() -> None:

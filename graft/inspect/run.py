@@ -63,7 +63,7 @@ def inspect_vector(
         found = graft.inspect_vector("vector", target="med-model", origin="med-base")
         found.table().sort_values("ratio", ascending=False).head()
     """
-    from graft.cli import build_recipe
+    from graft.recipe_flags import build_recipe
     from graft.vector import SafetyVector
 
     from .recipe_lambdas import lambdas
