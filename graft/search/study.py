@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import optuna
@@ -33,6 +33,7 @@ from graft.errors import InputError, UsageError
 
 from .config import Objective
 from .objective import Pruned, constraints_of
+from .optuna_internals import rdb_backend, running_trials_without_heartbeat, study_storage, trial_id
 from .samplers import SAMPLER_TABLE, sampler_spec
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -271,30 +272,19 @@ def _fail_silent_trials(study: optuna.Study) -> None:
     """A worker killed between `ask()` and its first heartbeat leaves a RUNNING trial with no heartbeat row, which
     Optuna never finds stale (it only compares heartbeats): a resumed study would wait on it forever. Such a trial
     older than the grace period is failed here, and retried through the same callback as a stale one."""
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache
+    storage = study_storage(study)
+    backend = rdb_backend(storage)
     interval = backend.get_heartbeat_interval() if hasattr(backend, "get_heartbeat_interval") else None
-    if not interval or not hasattr(backend, "scoped_session"):
+    if not interval:
         return
-    from optuna.storages._rdb import models  # Optuna keeps heartbeats in its own table; no public query for it
-
-    grace = timedelta(seconds=backend.grace_period or 2 * interval)
-    now = datetime.now()  # datetime_start is the asking worker's local clock, as Optuna records it
-    session = backend.scoped_session()
-    try:
-        silent = [t.trial_id for t in session.query(models.TrialModel)
-                  .filter(models.TrialModel.study_id == study._study_id)
-                  .filter(models.TrialModel.state == TrialState.RUNNING).all()
-                  if not t.heartbeats and t.datetime_start is not None and now - t.datetime_start > grace]
-    finally:
-        session.close()
+    silent = running_trials_without_heartbeat(study, timedelta(seconds=backend.grace_period or 2 * interval))
     callback = getattr(backend, "get_heartbeat_stale_trial_callback", None)
     callback = callback() if callback else backend.get_failed_trial_callback()
-    for trial_id in silent:
-        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+    for silent_id in silent:
+        if not storage.set_trial_state_values(silent_id, state=TrialState.FAIL):
             continue  # another worker got there first
         if callback is not None:
-            callback(study, storage.get_trial(trial_id))
+            callback(study, storage.get_trial(silent_id))
 
 
 @contextmanager
@@ -332,7 +322,7 @@ def _claim(study: optuna.Study, storage: optuna.storages.RDBStorage, budget: int
         return "wait"
     with quiet_optuna():
         trial = study.ask()
-    storage.record_heartbeat(trial._trial_id)  # at once: a trial with no heartbeat is never found stale
+    storage.record_heartbeat(trial_id(trial))  # at once: a trial with no heartbeat is never found stale
     if budget_state(study).rank(trial.number) < budget:
         return trial
     release(study, storage, trial)
@@ -348,7 +338,7 @@ def tell(study: optuna.Study, trial: optuna.Trial, values: Sequence[float] | Non
 def release(study: optuna.Study, storage: optuna.storages.RDBStorage, trial: optuna.Trial) -> None:
     """Give back a trial claimed past the budget; if it carried fixed parameters (a baseline, a retry), they go
     back into the queue under a new number."""
-    frozen = storage.get_trial(trial._trial_id)
+    frozen = storage.get_trial(trial_id(trial))
     trial.set_user_attr("released", True)
     tell(study, trial, state=TrialState.FAIL)
     if frozen.params or "fixed_params" in frozen.system_attrs or frozen.user_attrs:
@@ -364,13 +354,13 @@ def retry_later(study: optuna.Study, storage: optuna.storages.RDBStorage, trial:
     callback = getter()
     if callback is not None:
         with quiet_optuna():
-            callback(study, storage.get_trial(trial._trial_id))
+            callback(study, storage.get_trial(trial_id(trial)))
 
 
 def taken_over(storage: optuna.storages.RDBStorage, trial: optuna.Trial) -> bool:
     """Whether the trial was finished behind this worker's back (failed as stale by another one, which has
     queued its parameters again): this worker's result for it is then dropped."""
-    return storage.get_trial(trial._trial_id).state.is_finished()
+    return storage.get_trial(trial_id(trial)).state.is_finished()
 
 
 CONSTRAINTS_KEY = "constraints"  # where Optuna (its samplers, best_trials, the dashboard) reads a trial's constraints
@@ -381,7 +371,7 @@ def show_constraints(storage: optuna.storages.BaseStorage, trial: optuna.Trial) 
     take no `constraints_func`, so Optuna would not record them): the dashboard then marks infeasible trials."""
     values = trial.user_attrs.get("constraints")
     if values is not None and not taken_over(storage, trial):
-        storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, [float(v) for v in values])
+        storage.set_trial_system_attr(trial_id(trial), CONSTRAINTS_KEY, [float(v) for v in values])
 
 
 @dataclass
@@ -408,7 +398,7 @@ def run_worker(study: optuna.Study, storage: optuna.storages.RDBStorage,
         trial = claimed
         trial.set_user_attr("worker", worker)
         state, values = TrialState.COMPLETE, None
-        with Heartbeat(storage, trial._trial_id):
+        with Heartbeat(storage, trial_id(trial)):
             try:
                 values = list(objective(trial))
             except Pruned:
@@ -432,7 +422,7 @@ def run_worker(study: optuna.Study, storage: optuna.storages.RDBStorage,
             continue
         report.ran.append(trial.number)
         if on_trial is not None:
-            on_trial(storage.get_trial(trial._trial_id))
+            on_trial(storage.get_trial(trial_id(trial)))
 
 
 __all__ = ["Baseline", "budget_state", "claim", "make_sampler", "open_storage", "open_study", "run_worker"]
