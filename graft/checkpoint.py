@@ -21,35 +21,13 @@ from pathlib import Path
 
 import torch
 
+from graft.dtypes import FLOAT_TAGS, SAFETENSORS_TAGS, TAGS
 from graft.errors import InputError
 from graft.regular_files import check_regular, containment_root, open_regular
 from graft.schema import load_json_file, load_json_text, shown
 
-# safetensors dtype tag -> (torch dtype, bytes per element). From the safetensors format specification.
-DTYPES: dict[str, tuple[torch.dtype, int]] = {
-    "F64": (torch.float64, 8),
-    "F32": (torch.float32, 4),
-    "F16": (torch.float16, 2),
-    "BF16": (torch.bfloat16, 2),
-    "F8_E4M3": (torch.float8_e4m3fn, 1),
-    "F8_E5M2": (torch.float8_e5m2, 1),
-    "I64": (torch.int64, 8),
-    "I32": (torch.int32, 4),
-    "I16": (torch.int16, 2),
-    "I8": (torch.int8, 1),
-    "U8": (torch.uint8, 1),
-    "BOOL": (torch.bool, 1),
-    "U16": (torch.uint16, 2),
-    "U32": (torch.uint32, 4),
-    "U64": (torch.uint64, 8),
-}
-TAG_OF_DTYPE = {torch_dtype: tag for tag, (torch_dtype, _) in DTYPES.items()}
-FLOAT_TAGS = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
-
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
-# Every dtype string the format defines (graft reads the ones in DTYPES; the rest are refused as unsupported).
-SAFETENSORS_DTYPES = frozenset({*DTYPES, "U16", "U32", "U64", "F4", "F6_E2M3", "F6_E3M2", "F8_E8M0", "C64"})
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +48,11 @@ class TensorInfo:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype][0]
+        return TAGS[self.dtype][0]
 
     @property
     def itemsize(self) -> int:
-        return DTYPES[self.dtype][1]
+        return TAGS[self.dtype][1]
 
     @property
     def numel(self) -> int:
@@ -198,16 +176,16 @@ def _tensor_info(file: Path, name: str, entry: object, data_start: int) -> Tenso
         if key not in entry:
             raise corrupt(key, "is missing")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_TAGS:
         raise corrupt("dtype", f"must be a safetensors dtype string (F32, BF16, ...), got {_short(dtype)}")
-    if dtype not in DTYPES:
+    if dtype not in TAGS:
         raise InputError(f"{file}: tensor {name!r} has dtype {dtype!r}, which graft does not support")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise corrupt("shape", f"must be a list of non-negative integers, got {_short(shape)}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(x) for x in offsets)):
         raise corrupt("data_offsets", f"must be two non-negative integers, got {_short(offsets)}")
     begin, stop = offsets
-    nbytes = math.prod(shape) * DTYPES[dtype][1]
+    nbytes = math.prod(shape) * TAGS[dtype][1]
     if stop < begin or stop - begin != nbytes or nbytes >= 2**64:
         raise InputError(f"{file}: corrupt header: tensor {name!r} byte range does not match shape {list(shape)}")
     return TensorInfo(name, dtype, tuple(shape), file, data_start + begin, stop - begin)

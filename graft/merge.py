@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from graft.checkpoint import DTYPES, Checkpoint, TensorInfo
+from graft.checkpoint import Checkpoint, TensorInfo
 from graft.devices import resolve_device
+from graft.dtypes import CAST_NAMES, TAGS
 from graft.errors import IncompatibleError, InputError, UsageError
 from graft.guard import OutputFolder
 from graft.hub import pin, resolve_model
@@ -41,7 +42,7 @@ from graft.writer import (
 )
 
 RECIPE_FILE = "graft_recipe.yaml"
-OUT_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+OUT_DTYPES = CAST_NAMES  # the output dtype a recipe names -> its safetensors tag
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,7 @@ def _pieces(
     """The reads that produce one output tensor, in order: byte copies and flat element ranges to compute."""
     target = plan.target
     info = target.tensors[action.target]
-    out_dtype = DTYPES[out.dtype][0]
+    out_dtype = TAGS[out.dtype][0]
     same_dtype = out.dtype == info.dtype
     grafted = grafted_elements(action, info)
     step = chunk_elements(chunk_bytes, info)

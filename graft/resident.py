@@ -31,6 +31,7 @@ import torch
 
 from graft.checkpoint import Checkpoint
 from graft.devices import resolve_device
+from graft.dtypes import CAST_NAMES, torch_dtype_named
 from graft.errors import IncompatibleError, UsageError
 from graft.mapping import GROUPS, match_names
 from graft.merge import (
@@ -50,7 +51,6 @@ from graft.writer import parse_size
 if TYPE_CHECKING:
     from graft.evals.generation import Engine
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _STORED_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 # Rows per step of `apply`, in bytes of the pristine tensor. On CPU, 2 MB keeps graft_rows' fp32 temporaries in
 # cache (measured 2.2× the `torch.add` floor against 20–40× for whole tensors); on CUDA, large steps keep the
@@ -208,7 +208,7 @@ class ResidentGraft:
 
     @property
     def dtype(self) -> torch.dtype:
-        return DTYPES[self._dtype_name]
+        return torch_dtype_named(self._dtype_name)
 
     @property
     def param_names(self) -> dict[str, str]:
@@ -287,12 +287,12 @@ def _stored_dtype_name(target: Checkpoint) -> str:
 def _engine_dtype(target: Checkpoint, recipe: Recipe, dtype: str) -> str:
     if dtype == "auto":
         name = recipe.options.dtype if recipe.options.dtype != "auto" else _stored_dtype_name(target)
-        if name not in DTYPES:
+        if name not in CAST_NAMES:
             raise IncompatibleError(f"{target.root}: weights are stored as {name}, which transformers cannot load "
-                                    f"as is; pass dtype= one of {', '.join(DTYPES)}")
+                                    f"as is; pass dtype= one of {', '.join(CAST_NAMES)}")
         return name
-    if dtype not in DTYPES:
-        raise UsageError(f"dtype {dtype!r}: expected auto, {', '.join(DTYPES)}")
+    if dtype not in CAST_NAMES:
+        raise UsageError(f"dtype {dtype!r}: expected auto, {', '.join(CAST_NAMES)}")
     return dtype
 
 

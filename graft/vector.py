@@ -21,7 +21,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from graft import __version__
-from graft.checkpoint import DTYPES, FLOAT_TAGS, Checkpoint, TensorInfo, sha256_file
+from graft.checkpoint import Checkpoint, TensorInfo, sha256_file
+from graft.dtypes import CAST_NAMES, FLOAT_TAGS, TAGS
 from graft.errors import IncompatibleError, InputError, UsageError
 from graft.guard import OutputFolder
 from graft.mapping import Group, find_backbone_prefix, layer_index, module_group
@@ -40,7 +41,7 @@ from graft.writer import (
 MANIFEST = "vector.json"
 FORMAT = "graft-vector"
 FORMAT_VERSION = 1
-STORAGE_DTYPES = {"auto": None, "bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+STORAGE_DTYPES = {"auto": None, **CAST_NAMES}
 
 # Config keys that decide tensor shapes and structure; anything else (ids, dtype, generation knobs) may differ.
 _STRUCTURAL_KEY = re.compile(r"^(model_type|vocab_size|tie_word_embeddings|head_dim|num_\w+|\w+_size|\w+_dim)$")
@@ -331,7 +332,7 @@ def _write_difference(
             for tensor in shard:
                 weight_map[tensor.name] = file
                 info = base.tensors[tensor.name]
-                target_dtype = DTYPES[tensor.dtype][0]
+                target_dtype = TAGS[tensor.dtype][0]
                 sq_tau = sq_base = 0.0
                 inexact = 0
                 step = max(1, chunk_bytes // info.itemsize)  # flat element ranges: bounded whatever the shape

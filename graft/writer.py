@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from graft.checkpoint import DTYPES
+from graft.dtypes import TAGS
 from graft.errors import OutputError
 from graft.guard import count_written
 
@@ -62,7 +62,7 @@ class OutputTensor:
 
     @property
     def nbytes(self) -> int:
-        n = DTYPES[self.dtype][1]
+        n = TAGS[self.dtype][1]
         for d in self.shape:
             n *= d
         return n

@@ -19,6 +19,7 @@ from PIL import Image
 from transformers import StoppingCriteria
 
 from graft.devices import resolve_device
+from graft.dtypes import ALIASES, CAST_NAMES, torch_dtype_named
 from graft.errors import IncompatibleError, InputError, UsageError
 from graft.schema import load_json_file
 
@@ -45,11 +46,9 @@ class Generation:
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":  # bf16 where it is fast, fp32 on CPU (bf16 matmuls there are slow and lossy)
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in table:
+    if ALIASES.get(dtype, dtype) not in CAST_NAMES:
         raise UsageError(f"--dtype {dtype}: expected auto, float32, bfloat16 or float16")
-    return table[dtype]
+    return torch_dtype_named(dtype)
 
 
 class _StopWhen(StoppingCriteria):

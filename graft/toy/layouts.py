@@ -25,7 +25,7 @@ import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from graft.checkpoint import TAG_OF_DTYPE
+from graft.dtypes import TAG_OF_DTYPE
 from graft.writer import OutputTensor, parse_size, shard_names, split_into_shards, write_index
 
 __all__ = [
