@@ -511,6 +511,22 @@ def demo(
              rebuild_world=rebuild_world, device=device, search_trials=trials, seed=seed, holdout=holdout)
 
 
+@app.command("examples")
+@handles_errors
+def examples_command(
+    out: Annotated[Path, typer.Argument(help="A new folder for the example recipes, search eval config and CI job.")],
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Copy the example configs shipped with graft (recipes, a `graft search` eval config pointed at the installed
+    benchmark fixtures, a CI merge job) into a new folder, to start from."""
+    from graft.examples import copy_examples
+
+    written = copy_examples(out, force=force)
+    for path in written:
+        stdout.print(shown(path) if quiet else f"wrote {shown(path)}")
+
+
 app.command("eval")(handles_errors(eval_command))
 app.command("inspect")(handles_errors(inspect_command))
 app.command("search")(handles_errors(search_command))

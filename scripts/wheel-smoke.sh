@@ -41,4 +41,14 @@ from graft.search.space import SearchSpace
 space = SearchSpace.from_yaml(resolve("layerwise"))  # a shipped space loads by name from the installed wheel
 assert space.sampler == "cmaes", space.sampler
 PY
-echo "wheel smoke: $(basename "$WHEEL") installs and runs outside the checkout (graft --help, --list-spaces)"
+"$WORK/venv/bin/graft" examples "$WORK/examples" -q >/dev/null  # the shipped example configs, copied out
+"$WORK/venv/bin/python" - "$WORK/examples" <<'PY'
+import sys
+from pathlib import Path
+
+from graft.search.config import SearchEvalConfig
+
+config = SearchEvalConfig.from_yaml(Path(sys.argv[1]) / "search" / "eval.yaml")  # points at the wheel's fixtures
+assert Path(config.data).is_file(), config.data
+PY
+echo "wheel smoke: $(basename "$WHEEL") installs and runs outside the checkout (graft --help, --list-spaces, examples)"

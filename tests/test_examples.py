@@ -48,3 +48,38 @@ def test_ci_workflow_steps_plan_and_merge_the_checked_in_recipe(make_world, tmp_
     shard.write_bytes(shard.read_bytes()[:-10])
     result = subprocess.run([graft, *shlex.split(steps[0])[1:]], cwd=repo, capture_output=True, text=True)
     assert result.returncode == 3 and "truncated" in result.stderr
+
+
+def test_the_shipped_examples_are_the_checkouts() -> None:
+    """`graft/examples/` (package data) holds exactly the files of `examples/` (what the docs point at)."""
+    from graft.examples import HERE, shipped
+
+    ours = {p.relative_to(ROOT / "examples") for p in (ROOT / "examples").rglob("*") if p.suffix in (".yaml", ".yml")}
+    assert set(shipped()) == ours
+    for rel in ours:
+        assert (HERE / rel).read_bytes() == (ROOT / "examples" / rel).read_bytes(), rel
+
+
+def test_graft_examples_copies_them_out_with_the_fixtures_found(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+    from graft.search.config import SearchEvalConfig
+
+    out = tmp_path / "mine"
+    result = CliRunner().invoke(app, ["examples", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*.y*ml")} == {
+        "ci/graft-merge.yml", "ci/recipe.yaml", "recipes/layerwise.yaml", "recipes/llava-med.yaml", "search/eval.yaml"}
+    config = SearchEvalConfig.from_yaml(out / "search" / "eval.yaml")
+    assert Path(config.data).resolve() == (ROOT / "graft" / "evals" / "fixtures" / "data.yaml").resolve()
+    for path in (out / "recipes").glob("*.yaml"):
+        Recipe.from_yaml(path)
+    # a user's folder is never written into; a second copy needs --force
+    mine = tmp_path / "user"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    refused = CliRunner().invoke(app, ["examples", str(mine)])
+    assert refused.exit_code == 5 and "did not make" in refused.output and (mine / "notes.txt").read_text() == "keep"
+    assert CliRunner().invoke(app, ["examples", str(out)]).exit_code == 5
+    assert CliRunner().invoke(app, ["examples", str(out), "--force"]).exit_code == 0
