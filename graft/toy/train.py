@@ -75,18 +75,23 @@ def train(model: torch.nn.Module, data: Sequence[Encoded], *, steps: int, lr: fl
         loss = model(**_collate(batch, pad_id)).loss
         if auxiliary is not None:
             loss = loss + auxiliary()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(optimiser_step(loss, opt, sched, params))
         if log and (step % 50 == 0 or step == steps - 1):
             log(step, sum(losses[-50:]) / len(losses[-50:]))
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
     return losses
+
+
+def optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, sched, params: Sequence[torch.Tensor]) -> float:
+    """One clipped step (gradient norm 1) and a scheduler step; returns the loss. Every toy stage steps this way."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    return loss.item()
 
 
 def _length_buckets(data: Sequence[Encoded], batch_size: int, gen: random.Random, window: int = 16

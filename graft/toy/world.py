@@ -270,6 +270,8 @@ class _ReaderLoss:
 
 def _teach_reading(vlm, reader: _ReaderLoss, spec: WorldSpec, say: Callable[[str], None]) -> dict:
     """Train the tower and projector alone (the language model frozen) on `reader`'s loss."""
+    from .train import optimiser_step
+
     model = vlm.model
     params = [*model.vision_tower.parameters(), *model.multi_modal_projector.parameters()]
     opt = torch.optim.AdamW(params, lr=spec.reader_lr, weight_decay=0.0)
@@ -277,13 +279,7 @@ def _teach_reading(vlm, reader: _ReaderLoss, spec: WorldSpec, say: Callable[[str
     vlm.train()
     losses = []
     for step in range(spec.reader_steps):
-        loss = reader()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(optimiser_step(reader(), opt, sched, params))
         if step % 50 == 0 or step == spec.reader_steps - 1:
             say(f"reader: step {step}/{spec.reader_steps} loss {sum(losses[-50:]) / len(losses[-50:]):.3f}")
     vlm.eval()
