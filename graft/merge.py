@@ -27,12 +27,11 @@ from graft.hub import pin, resolve_model
 from graft.modelcard import load_card_results, model_card
 from graft.operators import Chunk, Chunks, GraftOperator, TensorRef
 from graft.ops import graft_rows
-from graft.pipeline import prefetch
+from graft.pipeline import BackgroundWriter, prefetch
 from graft.plan import GraftPlan, TensorAction, build_plan
 from graft.recipe import Recipe
 from graft.vector import SafetyVector
 from graft.writer import (
-    BackgroundWriter,
     OutputTensor,
     ShardWriter,
     parse_size,

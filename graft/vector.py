@@ -26,10 +26,10 @@ from graft.dtypes import CAST_NAMES, FLOAT_TAGS, TAGS
 from graft.errors import IncompatibleError, InputError, UsageError
 from graft.guard import OutputFolder
 from graft.mapping import Group, find_backbone_prefix, layer_index, module_group
+from graft.pipeline import BackgroundWriter
 from graft.regular_files import containment_root
 from graft.schema import FiniteFloat, describe_validation_error, load_json_file
 from graft.writer import (
-    BackgroundWriter,
     OutputTensor,
     ShardWriter,
     parse_size,

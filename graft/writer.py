@@ -11,9 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import queue
 import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,53 +84,6 @@ def _raise_write_error(exc: OSError, path: Path) -> None:
     if exc.errno == errno.ENOSPC:
         raise OutputError(f"{path}: disk full while writing; free space or choose another --out") from exc
     raise OutputError(f"{path}: write failed ({exc.strerror})") from exc
-
-
-class BackgroundWriter:
-    """A single thread that performs writes queued by the main thread, in order.
-
-    The queue is bounded so a slow disk throttles the producer instead of letting buffers pile up in memory.
-    The first error is re-raised in the main thread at the next `submit` or at `close`.
-    """
-
-    def __init__(self, depth: int = 4) -> None:
-        self._queue: queue.Queue[tuple | None] = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="graft-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, fn, *args) -> None:
-        self._check()
-        self._queue.put((fn, args))
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self._check()
-
-    def abort(self) -> None:
-        """Stop after the current job, dropping the rest (used when the main thread fails)."""
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        self._queue.put(None)
-        self._thread.join()
-
-    def _check(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
-            if self._error is not None:
-                continue
-            fn, args = job
-            try:
-                fn(*args)
-            except BaseException as exc:  # re-raised in the main thread
-                self._error = exc
 
 
 class ShardWriter:
