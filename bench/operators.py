@@ -5,7 +5,7 @@
 
 Why: `orthogonal` and `trim` read every grafted tensor more than once (a whole-tensor pre-pass before the chunks are
 applied: orthogonal one pass over τ, θ and θ_origin; trim three over τ), and `dare` hashes every element index.
-This measures the wall time of `graft.merge.merge` per operator on the same inputs (warm page cache: one untimed
+This measures the wall time of `graft.engines.merge.merge` per operator on the same inputs (warm page cache: one untimed
 linear merge first), so the price of each pre-pass is a number, not a guess. Single run per operator, best of
 `--repeat`; inputs are written with deterministic seeds.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from graft.merge import merge
+from graft.engines.merge import merge
 from graft.recipe import Recipe
 from graft.vector import extract_vector
 

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import torch
 
+from graft.engines.merge import merge
+from graft.engines.resident import ResidentGraft
 from graft.evals.generation import Engine
-from graft.merge import merge
 from graft.recipe import Coefficients, Recipe
-from graft.resident import ResidentGraft
 from graft.vector import extract_vector
 
 _spec = importlib.util.spec_from_file_location("bench_merge", Path(__file__).with_name("merge.py"))

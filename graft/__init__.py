@@ -15,8 +15,8 @@ parses flags and prints)::
     graft.inspect_vector("vector", target="med-model").table()              # graft inspect
 
 Names resolve on first use, so `import graft` (and every `graft` command's start-up) loads neither torch nor
-transformers. (`graft.merge`, `graft.plan`, `graft.search` and `graft.inspect` are the modules these live in;
-the functions carry names of their own so that importing a module never hides a function.)
+transformers. (`graft.engines.merge`, `graft.engines.plan`, `graft.search` and `graft.inspect` are the modules
+these live in; the functions carry names of their own so that importing a module never hides a function.)
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ __version__ = "0.1.0"
 # public name -> (module, attribute in that module)
 _API = {
     "extract_vector": ("graft.vector", "extract_vector"),
-    "open_plan": ("graft.merge", "open_plan"),
-    "close_plan": ("graft.merge", "close_plan"),
-    "run_merge": ("graft.merge", "merge"),
+    "open_plan": ("graft.engines.merge", "open_plan"),
+    "close_plan": ("graft.engines.merge", "close_plan"),
+    "run_merge": ("graft.engines.merge", "merge"),
     "evaluate": ("graft.evals.suite", "evaluate"),
     "run_search": ("graft.search.run", "run_search"),
     "inspect_vector": ("graft.inspect.run", "inspect_vector"),
@@ -43,11 +43,11 @@ __all__ = ["GraftError", "Recipe", "__version__", "close_plan", "evaluate", "ext
            "open_plan", "run_merge", "run_search"]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` below imports on first use
+    from graft.engines.merge import close_plan, open_plan
+    from graft.engines.merge import merge as run_merge
     from graft.errors import GraftError
     from graft.evals.suite import evaluate
     from graft.inspect.run import inspect_vector
-    from graft.merge import close_plan, open_plan
-    from graft.merge import merge as run_merge
     from graft.recipe import Recipe
     from graft.search.run import run_search
     from graft.vector import extract_vector

@@ -1,4 +1,4 @@
-"""The `graft` command line: a thin layer over the Python API (graft.vector, graft.plan, graft.merge).
+"""The `graft` command line: a thin layer over the Python API (graft.vector, graft.engines.plan, graft.engines.merge).
 
 Exit codes: 0 success, 1 unexpected error (a bug), 2 usage error (bad flag or recipe), 3 input error (missing,
 corrupt or unsupported file), 4 incompatible inputs (architectures, names or shapes), 5 output error (exists,
@@ -30,12 +30,12 @@ from graft.demo import DEMO_HOLDOUT, DEMO_SCALES, DEMO_TRIALS
 from graft.display import shown
 from graft.errors import EXIT_CODES, GraftError, UsageError
 from graft.evals.command import eval_command
-from graft.guard import write_file
 from graft.inspect.command import inspect_command
+from graft.io.guard import write_file
+from graft.io.writer import human_size
 from graft.recipe import Recipe
 from graft.recipe_flags import build_recipe
 from graft.search.command import search_command
-from graft.writer import human_size
 
 app = typer.Typer(
     name="graft",
@@ -96,7 +96,7 @@ PartialOpt = Annotated[bool | None, typer.Option(
 
 def with_revisions(spec: Recipe, target_revision: str | None, vector_revision: str | None) -> Recipe:
     """The recipe with `--target-revision`/`--vector-revision` folded into its hub ids (`org/name@REV`)."""
-    from graft.hub import with_revision
+    from graft.io.hub import with_revision
 
     if target_revision is None and vector_revision is None:
         return spec
@@ -108,7 +108,7 @@ def _push_after(folder: Path, repo_id: str | None, quiet: bool) -> None:
     """`--push-to-hub`: the same push as `graft push`, once the output is committed."""
     if repo_id is None:
         return
-    from graft.publish import push as push_folder
+    from graft.io.publish import push as push_folder
 
     result = push_folder(folder, repo_id)
     if not quiet:
@@ -233,11 +233,11 @@ def extract(
     verbose: Verbose = False,
 ) -> None:
     """Extract the task vector τ = ALIGNED − BASE, streamed tensor by tensor, into a vector folder."""
-    from graft.hub import resolve_model, with_revision
+    from graft.io.hub import resolve_model, with_revision
     from graft.vector import extract_vector
 
     if push_to_hub is not None:
-        from graft.publish import hub_token
+        from graft.io.publish import hub_token
 
         hub_token(None)  # no token: refused before hours of work, not after
     base_path = resolve_model(with_revision(base, base_revision, "--base-revision"), role="base")
@@ -296,7 +296,7 @@ def plan(
 ) -> None:
     """Show what a merge would do, from headers only; exit 4 if anything is incompatible (or, with --strict,
     questionable)."""
-    from graft.merge import check_warnings, close_plan, open_plan
+    from graft.engines.merge import check_warnings, close_plan, open_plan
     from graft.report import plan_as_dict, print_plan
 
     spec = build_recipe(recipe, target=target, vector=vector, scale=scale, layers=layers, blocks=blocks,
@@ -357,7 +357,7 @@ def merge(
     verbose: Verbose = False,
 ) -> None:
     """Graft the vector into the target: θ' = θ + λ(layer, group)·τ, streamed to a new HF folder."""
-    from graft.merge import merge as run_merge
+    from graft.engines.merge import merge as run_merge
     from graft.report import print_plan_summary
 
     spec = build_recipe(recipe, target=target, vector=vector, out=out_dir, scale=scale, layers=layers,
@@ -368,7 +368,7 @@ def merge(
                         allow_partial=allow_partial)
     spec = with_revisions(spec, target_revision, vector_revision)
     if push_to_hub is not None:
-        from graft.publish import hub_token
+        from graft.io.publish import hub_token
 
         hub_token(None)  # no token: refused before the merge, not after
     with _progress(quiet) as progress:
@@ -410,7 +410,7 @@ def push(
     verbose: Verbose = False,
 ) -> None:
     """Publish a merged model or a vector folder to the Hugging Face hub (only a complete graft output)."""
-    from graft.publish import push as push_folder
+    from graft.io.publish import push as push_folder
 
     result = push_folder(folder, repo_id, private=private, revision=revision, commit_message=commit_message,
                          token=token)

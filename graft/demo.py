@@ -28,7 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from graft.guard import adopt_legacy_folder, make_output_folder, write_file
+from graft.io.guard import adopt_legacy_folder, make_output_folder, write_file
 
 DEMO_SCALES = (0.5, 1.0, 1.5, 2.0)  # the global-λ grid, which is also the search's uniform baselines
 DEMO_TRIALS = 60  # search budget, baselines included (λ = 0 and the uniform grid)
@@ -193,10 +193,10 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
     demo's search space (a `graft_space` mapping)."""
     import transformers
 
+    from graft.engines.merge import merge
     from graft.evals import evaluate
     from graft.evals.config import DataConfig
     from graft.evals.screening import Split
-    from graft.merge import merge
     from graft.recipe import Recipe
     from graft.toy.world import WorldSpec, build_world, default_cache
     from graft.vector import extract_vector

@@ -15,10 +15,10 @@ from typing import Any
 import yaml
 
 from graft import __version__
+from graft.engines.plan import GraftPlan
 from graft.errors import InputError
-from graft.hub import looks_like_hub_id, split_revision
-from graft.plan import GraftPlan
-from graft.regular_files import read_regular_bytes
+from graft.io.hub import looks_like_hub_id, split_revision
+from graft.io.regular_files import read_regular_bytes
 from graft.vector import SourceInfo
 
 REPRODUCE = "graft merge --recipe graft_recipe.yaml --out rebuilt"

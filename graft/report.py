@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from graft.display import shown
-from graft.plan import GraftPlan
+from graft.engines.plan import GraftPlan
 
 
 def plan_as_dict(plan: GraftPlan) -> dict[str, object]:

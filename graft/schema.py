@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, ValidationError
 
 from graft.errors import GraftError, InputError, UsageError
-from graft.regular_files import read_regular_bytes
+from graft.io.regular_files import read_regular_bytes
 
 
 def _refuse_constant(name: str) -> object:

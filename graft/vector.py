@@ -21,15 +21,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from graft import __version__
-from graft.checkpoint import Checkpoint, TensorInfo, sha256_file
-from graft.dtypes import CAST_NAMES, FLOAT_TAGS, TAGS
+from graft.engines.mapping import Group, find_backbone_prefix, layer_index, module_group
 from graft.errors import IncompatibleError, InputError, UsageError
-from graft.guard import OutputFolder
-from graft.mapping import Group, find_backbone_prefix, layer_index, module_group
-from graft.pipeline import BackgroundWriter
-from graft.regular_files import containment_root
-from graft.schema import FiniteFloat, describe_validation_error, load_json_file
-from graft.writer import (
+from graft.io.checkpoint import Checkpoint, TensorInfo, sha256_file
+from graft.io.dtypes import CAST_NAMES, FLOAT_TAGS, TAGS
+from graft.io.guard import OutputFolder
+from graft.io.pipeline import BackgroundWriter
+from graft.io.regular_files import containment_root
+from graft.io.writer import (
     OutputTensor,
     ShardWriter,
     parse_size,
@@ -37,6 +36,7 @@ from graft.writer import (
     split_into_shards,
     write_index,
 )
+from graft.schema import FiniteFloat, describe_validation_error, load_json_file
 
 MANIFEST = "vector.json"
 FORMAT = "graft-vector"
@@ -114,7 +114,7 @@ class SafetyVector:
 
     @classmethod
     def open(cls, path: str | Path) -> SafetyVector:
-        from graft.hub import looks_like_hub_id, resolve_vector
+        from graft.io.hub import looks_like_hub_id, resolve_vector
 
         root = Path(path).expanduser()
         if not root.exists() and not root.is_symlink():
@@ -299,7 +299,7 @@ def _describe(name: str, dtype: str, info: TensorInfo, prefix: str, stat: tuple[
 
 
 def _source(ckpt: Checkpoint, hashes: dict[str, str] | None) -> SourceInfo:
-    from graft.hub import hub_source
+    from graft.io.hub import hub_source
 
     config = ckpt.config
     origin = hub_source(ckpt.root)

@@ -23,10 +23,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner, Result
 
-import graft.guard
-import graft.writer
-from graft.checkpoint import Checkpoint
+import graft.io.guard
+import graft.io.writer
 from graft.cli import app
+from graft.io.checkpoint import Checkpoint
 from graft.toy.layouts import TextSpec, build_target, build_text_pair, load_state_dict_dir
 from graft.vector import extract_vector
 
@@ -635,7 +635,7 @@ def _room_before_first_pass_through(target: Path) -> int:
 
 def _plenty_of_space(monkeypatch: pytest.MonkeyPatch) -> None:
     """The up-front check believes there is room (another writer fills the disk after it, or the fs lies)."""
-    monkeypatch.setattr(graft.guard.shutil, "disk_usage", lambda _p: shutil._ntuple_diskusage(10**12, 0, 10**12))
+    monkeypatch.setattr(graft.io.guard.shutil, "disk_usage", lambda _p: shutil._ntuple_diskusage(10**12, 0, 10**12))
 
 
 def test_merge_onto_a_small_disk_is_refused_up_front(m: Models, tmpfs: Callable[[int], Path]) -> None:
@@ -719,8 +719,8 @@ def _enospc_after(monkeypatch: pytest.MonkeyPatch, budget: int, *, cross_device:
         spend(dst, count)
         return real_copy(src, dst, count, offset_src, *args)
 
-    monkeypatch.setattr(graft.writer.os, "write", write)
-    monkeypatch.setattr(graft.writer.os, "copy_file_range", copy_file_range)
+    monkeypatch.setattr(graft.io.writer.os, "write", write)
+    monkeypatch.setattr(graft.io.writer.os, "copy_file_range", copy_file_range)
 
 
 @pytest.mark.parametrize("budget", [0, 1000, 60_000])
@@ -773,15 +773,15 @@ def test_disk_full_while_writing_the_small_files(
 def test_free_space_is_checked_before_writing(
     m: Models, outdir: Path, monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
-    monkeypatch.setattr(graft.guard.shutil, "disk_usage", lambda _p: shutil._ntuple_diskusage(10**12, 10**12, 1000))
+    monkeypatch.setattr(graft.io.guard.shutil, "disk_usage", lambda _p: shutil._ntuple_diskusage(10**12, 10**12, 1000))
     opened: list[str] = []
-    real_init = graft.writer.ShardWriter.__init__
+    real_init = graft.io.writer.ShardWriter.__init__
 
     def spy(self, path, *args, **kwargs) -> None:
         opened.append(str(path))
         real_init(self, path, *args, **kwargs)
 
-    monkeypatch.setattr(graft.writer.ShardWriter, "__init__", spy)
+    monkeypatch.setattr(graft.io.writer.ShardWriter, "__init__", spy)
     out = outdir / command
     args = merge_args(m.target, m.vector, out) if command == "merge" else extract_args(m.base, m.aligned, out)
     line = assert_error(cli(*args), 5, str(outdir), "needed but only")

@@ -1,4 +1,4 @@
-"""graft.hub: local folders as is, hub ids through huggingface_hub. The tests stop at the network boundary: the hub
+"""graft.io.hub: local folders as is, hub ids through huggingface_hub. The tests stop at the network boundary: the hub
 is offline, the cache is a folder built here in the layout huggingface_hub uses, and sockets refuse to connect."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typer.testing import CliRunner, Result
 
 from graft.cli import app
 from graft.errors import InputError
-from graft.hub import (
+from graft.io.hub import (
     ALLOW_PATTERNS,
     VECTOR_PATTERNS,
     HubRef,

@@ -18,10 +18,9 @@ from optuna.storages.journal import JournalFileBackend
 from PIL import Image
 from typer.testing import CliRunner
 
-from graft.checkpoint import Checkpoint
 from graft.cli import app
+from graft.engines.plan import build_plan
 from graft.errors import InputError, OutputError, UsageError
-from graft.guard import MARKER
 from graft.inspect import (
     combine,
     lambdas,
@@ -34,7 +33,8 @@ from graft.inspect import (
 )
 from graft.inspect.scores import inspection_plan, layer_table, score_tensors, tensor_table
 from graft.inspect.study import layers_of
-from graft.plan import build_plan
+from graft.io.checkpoint import Checkpoint
+from graft.io.guard import MARKER
 from graft.recipe import Coefficients, MappingRules, Recipe
 from graft.toy.layouts import LAYOUTS, load_state_dict_dir
 from graft.vector import SafetyVector

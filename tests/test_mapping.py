@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from graft.checkpoint import Checkpoint
-from graft.mapping import Rule, match_names, module_group
+from graft.engines.mapping import Rule, match_names, module_group
+from graft.io.checkpoint import Checkpoint
 from graft.vector import SafetyVector
 from tests.conftest import ALL_LAYOUTS
 from tests.test_merge import EXPECTED_NAMES

@@ -10,7 +10,7 @@ from huggingface_hub import ModelCard
 from typer.testing import CliRunner
 
 from graft.cli import app
-from graft.merge import RECIPE_FILE
+from graft.engines.merge import RECIPE_FILE
 from tests.test_hub import REPO, _cache_repo, offline  # noqa: F401  (offline: autouse, no network here)
 
 runner = CliRunner()

@@ -1,4 +1,4 @@
-"""Graft operators (graft/operators.py) against independent NumPy implementations written here, and the streamed
+"""Graft operators (graft/engines/operators.py) against independent NumPy implementations written here, and the streamed
 merge against the resident graft, bit for bit, for every operator.
 
 The references re-derive each operator from its definition: DARE's counter-based mask with NumPy's own wrapping
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+from graft.engines.merge import merge
+from graft.engines.operators import Chunk, OperatorSpec, TensorRef
+from graft.engines.resident import ResidentGraft
 from graft.errors import UsageError
-from graft.merge import merge
-from graft.operators import Chunk, OperatorSpec, TensorRef
 from graft.recipe import Recipe
-from graft.resident import ResidentGraft
 from tests.test_merge import load_folder, target_name
 from tests.test_resident import (
     OTHER,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from graft.pipeline import BackgroundWriter, prefetch
+from graft.io.pipeline import BackgroundWriter, prefetch
 
 
 def test_prefetch_yields_in_order_and_reads_at_most_depth_ahead() -> None:

@@ -18,8 +18,8 @@ from huggingface_hub.utils import filter_repo_objects
 from typer.testing import CliRunner, Result
 
 from graft.cli import app
-from graft.guard import MARKER, OWNER
-from graft.hub import VECTOR_PATTERNS
+from graft.io.guard import MARKER, OWNER
+from graft.io.hub import VECTOR_PATTERNS
 from tests.test_hub import COMMIT, _cache_repo, _fake_response, offline, tree_hash  # noqa: F401  (offline: autouse)
 
 TOKEN = "hf_graft_test_token"

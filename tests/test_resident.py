@@ -1,9 +1,10 @@
 """The resident graft against the streamed merge: after `apply(c)` the live model must hold, bit for bit, what
 `from_pretrained` loads from `graft merge`'s output for the same coefficients, in every loadable layout.
 
-The references are independent of graft.resident: the merged folder is written by `graft.merge.merge` (itself
-checked against a NumPy reference in test_merge.py) and reloaded by transformers; in-memory names are written out
-here from the layouts' documented renaming, not taken from graft.mapping.
+The references are independent of graft.engines.resident: the merged folder is written by
+`graft.engines.merge.merge` (itself checked against a NumPy reference in test_merge.py) and reloaded by
+transformers; in-memory names are written out here from the layouts' documented renaming, not taken from
+graft.engines.mapping.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
+from graft.engines.merge import merge
+from graft.engines.resident import ResidentGraft
 from graft.errors import IncompatibleError, UsageError
-from graft.merge import merge
 from graft.recipe import Coefficients, Recipe
-from graft.resident import ResidentGraft
 from graft.toy.layouts import LAYOUTS, TextSpec, build_target, build_text_pair
 from graft.vector import extract_vector
 from tests.conftest import ALL_LAYOUTS
@@ -272,7 +273,7 @@ def test_llava_med_original_layout_text_only_equals_merge(make_world, tmp_path: 
 
 
 def test_a_wrong_name_mapping_is_caught_by_the_byte_check(make_world, monkeypatch) -> None:
-    import graft.resident as resident_module
+    import graft.engines.resident as resident_module
 
     real = resident_module.parameter_names
 

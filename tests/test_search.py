@@ -301,7 +301,7 @@ def test_pareto_mode_writes_the_front(make_world, tmp_path: Path) -> None:
 
 # -- outputs: reload, merge, compare with the resident weights --------------------------------------------------
 def test_outputs_reload_and_merge_to_the_resident_weights(make_world, tmp_path: Path) -> None:
-    from graft.resident import ResidentGraft
+    from graft.engines.resident import ResidentGraft
 
     world = make_world("causal")
     layers = num_layers(world)
@@ -336,7 +336,7 @@ def test_outputs_reload_and_merge_to_the_resident_weights(make_world, tmp_path: 
     searched_recipe = recipe.model_copy(update={
         "coefficients": Coefficients.model_validate(searched.user_attrs["coefficients"]),
         "out": str(tmp_path / "merged-searched")})
-    from graft.merge import merge
+    from graft.engines.merge import merge
 
     merge(searched_recipe)
     with ResidentGraft.from_recipe(recipe.model_copy(update={"out": None})) as resident:

@@ -65,7 +65,7 @@ def eval_command(
 ) -> None:
     """Score a model on safety (1 - ASR) and medical benchmarks."""
     from graft.errors import UsageError
-    from graft.hub import with_revision
+    from graft.io.hub import with_revision
     from graft.tracking import check_loggers
 
     from .suite import evaluate  # loads transformers: only when the command runs, not for every `graft` call

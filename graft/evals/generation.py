@@ -19,8 +19,8 @@ from PIL import Image
 from transformers import StoppingCriteria
 
 from graft.devices import resolve_device
-from graft.dtypes import ALIASES, CAST_NAMES, torch_dtype_named
 from graft.errors import IncompatibleError, InputError, UsageError
+from graft.io.dtypes import ALIASES, CAST_NAMES, torch_dtype_named
 from graft.schema import load_json_file
 
 from . import llava_med
@@ -96,9 +96,9 @@ class Engine:
         """
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
-        from graft.checkpoint import Checkpoint
-        from graft.hub import resolve_model
-        from graft.regular_files import containment_root
+        from graft.io.checkpoint import Checkpoint
+        from graft.io.hub import resolve_model
+        from graft.io.regular_files import containment_root
 
         path = resolve_model(path, role="model")
         if not path.is_dir():

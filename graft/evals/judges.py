@@ -312,7 +312,7 @@ def make_judge(config: JudgeConfig, device: str = "auto") -> Judge:
 
 
 def _check_guard(config: JudgeConfig) -> None:
-    from graft.checkpoint import Checkpoint
+    from graft.io.checkpoint import Checkpoint
 
     if not (Path(config.model) / "config.json").is_file():
         raise InputError(f"--judge guard:{config.model}: no config.json there (a Llama-Guard/Qwen3Guard folder)")

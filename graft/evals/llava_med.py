@@ -70,7 +70,7 @@ def load(path: Path, config: dict, *, dtype: torch.dtype, placement: dict, text_
     model alone (no vision tower config needed)."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
-    from graft.checkpoint import Checkpoint
+    from graft.io.checkpoint import Checkpoint
 
     with Checkpoint.open(path, role="model") as ckpt:
         shapes = {name: tuple(info.shape) for name, info in ckpt.tensors.items()}
@@ -172,7 +172,7 @@ def _check_supported(path: Path, config: dict, shapes: dict[str, tuple[int, ...]
 
 def _tower_folder(path: Path, config: dict) -> Path:
     """The vision tower's config and image processor, from the repository (or folder) `mm_vision_tower` names."""
-    from graft.hub import resolve_model
+    from graft.io.hub import resolve_model
 
     name = config["mm_vision_tower"]
     try:

@@ -14,8 +14,8 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
-from graft.guard import check_destination, overlapping_input, write_file
-from graft.hub import hub_source
+from graft.io.guard import check_destination, overlapping_input, write_file
+from graft.io.hub import hub_source
 from graft.progress import StepProgress
 
 from . import figstep, scoring

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from graft.guard import make_output_folder, write_file
+from graft.io.guard import make_output_folder, write_file
 
 HERE = Path(__file__).parent
 FIXTURES = HERE.parent / "evals" / "fixtures" / "data.yaml"

@@ -1,7 +1,7 @@
 """λ per (layer, group) for a recipe or a set of coefficients, by the very rule `graft merge` applies.
 
 A tensor's λ is `Coefficients.lam(layer, group, layer_factors)` when the recipe's include/exclude rules select it
-and 0 otherwise, which is what `graft.plan.build_plan` assigns, over the tensors of the same plan.
+and 0 otherwise, which is what `graft.engines.plan.build_plan` assigns, over the tensors of the same plan.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from graft.engines.mapping import Group
+from graft.engines.merge import close_plan, open_plan
+from graft.engines.plan import GraftPlan
 from graft.errors import UsageError
-from graft.mapping import Group
-from graft.merge import close_plan, open_plan
-from graft.plan import GraftPlan
 from graft.recipe import Coefficients, Recipe
 from graft.vector import SafetyVector
 

@@ -1,6 +1,6 @@
 """Write an inspection report folder: CSV tables, PNG figures and a small JSON index, all or nothing.
 
-The folder is built beside the destination and renamed into place (`graft.guard.OutputFolder`), so a report is
+The folder is built beside the destination and renamed into place (`graft.io.guard.OutputFolder`), so a report is
 never half written; an existing non-empty folder is replaced only with `force`.
 """
 
@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from graft import __version__
 from graft.errors import UsageError
-from graft.guard import OutputFolder
+from graft.io.guard import OutputFolder
 
 from .plots import depth_plot, heatmap, importance_plot, plottable
 from .scores import cell_order

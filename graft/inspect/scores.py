@@ -1,7 +1,7 @@
 """Per-tensor and per-(layer, group) statistics of a safety vector against a target and its origin.
 
 The tensors, their layers and groups come from the same `GraftPlan` that `graft merge` executes (built by
-`graft.plan.build_plan`), so inspection, merge and search never disagree on which τ tensor lands where. Data is
+`graft.engines.plan.build_plan`), so inspection, merge and search never disagree on which τ tensor lands where. Data is
 streamed in row chunks through `Checkpoint.read_rows` and reduced in float64, so chunking cannot change a result
 and memory stays at a few chunks (plus, for Safe-LoRA scores of wide matrices, one tensor; see `safelora_score`).
 
@@ -35,17 +35,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from graft.checkpoint import Checkpoint
 from graft.devices import resolve_device
+from graft.engines.mapping import GROUPS, Group
+from graft.engines.merge import default_chunk_bytes
+from graft.engines.plan import GraftPlan, TensorAction, build_plan
 from graft.errors import IncompatibleError, UsageError
-from graft.hub import resolve_model
-from graft.mapping import GROUPS, Group
-from graft.merge import default_chunk_bytes
-from graft.pipeline import prefetch
-from graft.plan import GraftPlan, TensorAction, build_plan
+from graft.io.checkpoint import Checkpoint
+from graft.io.hub import resolve_model
+from graft.io.pipeline import prefetch
+from graft.io.writer import parse_size
 from graft.recipe import Coefficients, MappingRules, Recipe
 from graft.vector import SafetyVector
-from graft.writer import parse_size
 
 # λ = 1 for every group (vision included): the inspection plan lists every tensor the vector *could* graft.
 UNIT_COEFFICIENTS = Coefficients(groups=dict.fromkeys(GROUPS, 1.0))

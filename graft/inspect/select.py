@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from graft.engines.mapping import GROUPS
 from graft.errors import InputError, UsageError
-from graft.mapping import GROUPS
 from graft.recipe import Recipe
 
 SCORE_METRICS = ("cos_tau_med", "safelora_score", "safelora_min", "ratio", "tau_norm")

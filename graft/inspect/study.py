@@ -32,8 +32,8 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import ValidationError
 
+from graft.engines.mapping import Group
 from graft.errors import InputError, UsageError
-from graft.mapping import Group
 from graft.recipe import Coefficients, describe_validation_error
 
 ParamKind = Literal["layer", "block", "point", "group", "scale", "other"]

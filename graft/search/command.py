@@ -94,7 +94,7 @@ def search_command(
     """Search λ per layer/block/group with Optuna: restore safety, keep medical skill."""
     import optuna
 
-    from graft.hub import with_revision
+    from graft.io.hub import with_revision
     from graft.tracking import load_callback
 
     from .run import run_search

@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from graft.engines.operators import OperatorSpec
 from graft.errors import IncompatibleError, UsageError
 from graft.evals.tasks import TASKS
-from graft.operators import OperatorSpec
 from graft.recipe import Coefficients, Recipe
 
 from .config import SearchEvalConfig, Stage
@@ -23,7 +23,7 @@ Operator = str | dict[str, Any] | None  # a trial's operator: a name, {name: NAM
 
 def trial_recipe(base: Recipe, coefficients: Coefficients, operator: Operator = None) -> Recipe:
     """The recipe a trial stands for: the base recipe (target, vector, mapping, options) with its coefficients and
-    its operator (None leaves the base recipe's). The operator is read by graft.operators, the one seam both
+    its operator (None leaves the base recipe's). The operator is read by graft.engines.operators, the one seam both
     engines share, so nothing here knows what any operator does."""
     recipe = base.model_copy(update={"coefficients": coefficients, "out": None})
     if operator is None:
@@ -56,8 +56,8 @@ def recipe_key(base: Recipe, coefficients: Coefficients, *, engine: str = "", op
 
 
 class SuiteScorer:
-    """`ItemScorer` over `graft.resident.ResidentGraft`s and `graft.evals.evaluate`. At most two residents, loaded
-    on first use: one for operators that use the origin (its checkpoint open) and one for those that do not; a
+    """`ItemScorer` over `graft.engines.resident.ResidentGraft`s and `graft.evals.evaluate`. At most two residents,
+    loaded on first use: one for operators that use the origin (its checkpoint open) and one for those that do not; a
     trial with another operator than the resident's last recomputes its effective τ in place
     (`ResidentGraft.set_operator`: one pass over the grafted tensors, no model reload)."""
 
@@ -74,7 +74,7 @@ class SuiteScorer:
         self._applied: dict[bool, Coefficients | None] = {}
 
     def _resident(self, operator: Operator) -> tuple[Any, Recipe]:
-        from graft.resident import ResidentGraft
+        from graft.engines.resident import ResidentGraft
 
         recipe = trial_recipe(self.base, Coefficients(), operator)
         spec = recipe.operator_spec

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 from optuna.trial import FrozenTrial
 
-from graft.guard import write_file
+from graft.io.guard import write_file
 from graft.recipe import Coefficients, Recipe
 
 from .config import Objective

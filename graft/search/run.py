@@ -16,8 +16,8 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from graft.errors import OutputError, UsageError
-from graft.guard import adopt_legacy_folder, make_output_folder
-from graft.hub import looks_like_hub_id, pin, resolve_model, resolve_vector
+from graft.io.guard import adopt_legacy_folder, make_output_folder
+from graft.io.hub import looks_like_hub_id, pin, resolve_model, resolve_vector
 from graft.recipe import Recipe
 from graft.tracking import TrialCallback, check_loggers, flat, open_trackers
 
@@ -395,7 +395,7 @@ def _prepare_out(out: Path, study: str, inputs: list[str | None]) -> Path:
 
 
 def _merge_best(out: Path) -> Path:
-    from graft.merge import merge
+    from graft.engines.merge import merge
 
     recipe_file = out / "best_recipe.yaml"
     if not recipe_file.is_file():

@@ -25,8 +25,8 @@ import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from graft.dtypes import TAG_OF_DTYPE
-from graft.writer import OutputTensor, parse_size, shard_names, split_into_shards, write_index
+from graft.io.dtypes import TAG_OF_DTYPE
+from graft.io.writer import OutputTensor, parse_size, shard_names, split_into_shards, write_index
 
 __all__ = [
     "LAYOUTS",

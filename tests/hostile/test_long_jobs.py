@@ -13,9 +13,9 @@ import optuna
 import pytest
 
 import graft.evals.suite
+from graft.engines.merge import RECIPE_FILE
 from graft.errors import InputError
 from graft.evals.config import FIXTURES
-from graft.merge import RECIPE_FILE
 from graft.modelcard import REPRODUCE
 from graft.recipe import Coefficients
 from tests.evals.conftest import tiny_llama  # noqa: F401

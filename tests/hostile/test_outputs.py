@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import graft.merge
-from graft.guard import MARKER, OWNER, clean_stale
+import graft.engines.merge
+from graft.io.guard import MARKER, OWNER, clean_stale
 from tests.hostile.io_checks import (  # noqa: F401  (fixtures are found by name)
     Models,
     assert_error,
@@ -49,7 +49,7 @@ def test_a_destination_that_appears_during_the_merge_is_kept(
 ) -> None:
     out = outdir / "merged"
     made: dict[str, str] = {}
-    real = graft.merge._write_folder_files
+    real = graft.engines.merge._write_folder_files
 
     def appear_then_continue(*args, **kwargs):
         if what == "folder":
@@ -62,7 +62,7 @@ def test_a_destination_that_appears_during_the_merge_is_kept(
             out.symlink_to(m.target)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(graft.merge, "_write_folder_files", appear_then_continue)
+    monkeypatch.setattr(graft.engines.merge, "_write_folder_files", appear_then_continue)
     before = file_hashes(m.target, m.vector)
     assert_error(cli(*merge_args(m.target, m.vector, out)), 5, str(out), "appeared")
     assert file_hashes(m.target, m.vector) == before
@@ -82,7 +82,7 @@ def test_two_merges_to_the_same_out_never_both_succeed(m: Models, outdir: Path,
     """A second merge finishes (in another process) while the first is running: the first is refused, the second's
     output stays byte for byte."""
     out = outdir / "merged"
-    real = graft.merge._write_folder_files
+    real = graft.engines.merge._write_folder_files
     other: dict[str, str] = {}
 
     def another_merge_finishes_first(*args, **kwargs):
@@ -91,7 +91,7 @@ def test_two_merges_to_the_same_out_never_both_succeed(m: Models, outdir: Path,
         other.update(file_hashes(out))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(graft.merge, "_write_folder_files", another_merge_finishes_first)
+    monkeypatch.setattr(graft.engines.merge, "_write_folder_files", another_merge_finishes_first)
     assert_error(cli(*merge_args(m.target, m.vector, out)), 5, str(out))
     assert other and file_hashes(out) == other
     assert not leftovers(outdir)
@@ -102,7 +102,7 @@ def test_a_user_folder_swapped_in_under_force_is_kept(m: Models, outdir: Path,
     """--force was checked against a previous graft output; a user folder put there meanwhile is not replaced."""
     out = outdir / "merged"
     assert cli(*merge_args(m.target, m.vector, out)).exit_code == 0
-    real = graft.merge._write_folder_files
+    real = graft.engines.merge._write_folder_files
     made: dict[str, str] = {}
 
     def swap(*args, **kwargs):
@@ -110,7 +110,7 @@ def test_a_user_folder_swapped_in_under_force_is_kept(m: Models, outdir: Path,
         made.update(_user_folder(out))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(graft.merge, "_write_folder_files", swap)
+    monkeypatch.setattr(graft.engines.merge, "_write_folder_files", swap)
     assert_error(cli(*merge_args(m.target, m.vector, out, "--force")), 5, str(out))
     assert file_hashes(out) == made
     assert not leftovers(outdir)

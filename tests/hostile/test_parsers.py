@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from graft.checkpoint import Checkpoint
 from graft.errors import GraftError
+from graft.io.checkpoint import Checkpoint
 from graft.vector import SafetyVector
 from tests.test_bad_input import (  # noqa: F401 (fixtures)
     INDEX,
@@ -291,12 +291,12 @@ def test_eval_benchmark_file_that_is_not_utf8(m: Models, tmp_path: Path) -> None
 ])
 def test_search_space_refused_before_any_model_is_loaded(m: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         space: str, words: str) -> None:
-    import graft.resident
+    import graft.engines.resident
 
     def no_load(*_a: object, **_k: object) -> None:
         raise AssertionError("the model was loaded before the space was checked")
 
-    monkeypatch.setattr(graft.resident.ResidentGraft, "from_recipe", no_load)
+    monkeypatch.setattr(graft.engines.resident.ResidentGraft, "from_recipe", no_load)
     space_file = tmp_path / "space.yaml"
     space_file.write_text(space)
     eval_file = tmp_path / "eval.yaml"

@@ -255,7 +255,7 @@ WIDE = 16 * 2**20  # elements in the one row of the wide tensor: 64 MB in float3
 _MEASURE = textwrap.dedent("""
     import sys
     from pathlib import Path
-    import graft.merge, graft.vector, torch  # everything imported before the baseline
+    import graft.engines.merge, graft.vector, torch  # everything imported before the baseline
     from graft.recipe import Recipe
 
     def status(key):  # kB -> MB, from the kernel's own accounting of this process's memory
@@ -269,7 +269,7 @@ _MEASURE = textwrap.dedent("""
     if what == "extract":
         graft.vector.extract_vector(a, b, out, hash_sources=False, chunk_size="1MB")
     else:
-        graft.merge.merge(Recipe(target=a, vector=b, out=out, options={"chunk_size": "1MB", "device": "cpu"}))
+        graft.engines.merge.merge(Recipe(target=a, vector=b, out=out, options={"chunk_size": "1MB", "device": "cpu"}))
     print(status("VmHWM") - baseline)
 """)
 

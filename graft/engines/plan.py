@@ -12,9 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
-from graft.checkpoint import Checkpoint
-from graft.errors import IncompatibleError, InputError
-from graft.mapping import (
+from graft.engines.mapping import (
     Group,
     Mismatch,
     NameMatch,
@@ -25,7 +23,9 @@ from graft.mapping import (
     module_group,
     split_backbone,
 )
-from graft.operators import GraftOperator
+from graft.engines.operators import GraftOperator
+from graft.errors import IncompatibleError, InputError
+from graft.io.checkpoint import Checkpoint
 from graft.recipe import LARGE_LAMBDA, Recipe
 from graft.vector import SafetyVector
 
@@ -59,7 +59,7 @@ class GraftPlan:
 
     @property
     def operator(self) -> GraftOperator:
-        """The recipe's graft operator, which the merge and the resident graft both run (graft.operators)."""
+        """The recipe's graft operator, which the merge and the resident graft both run (graft.engines.operators)."""
         return self.recipe.operator_spec.build()
 
     @property

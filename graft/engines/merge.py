@@ -18,20 +18,17 @@ from pathlib import Path
 
 import torch
 
-from graft.checkpoint import Checkpoint, TensorInfo
 from graft.devices import resolve_device
-from graft.dtypes import CAST_NAMES, TAGS
+from graft.engines.operators import Chunk, Chunks, GraftOperator, TensorRef
+from graft.engines.ops import graft_rows
+from graft.engines.plan import GraftPlan, TensorAction, build_plan
 from graft.errors import IncompatibleError, InputError, UsageError
-from graft.guard import OutputFolder
-from graft.hub import pin, resolve_model
-from graft.modelcard import load_card_results, model_card
-from graft.operators import Chunk, Chunks, GraftOperator, TensorRef
-from graft.ops import graft_rows
-from graft.pipeline import BackgroundWriter, prefetch
-from graft.plan import GraftPlan, TensorAction, build_plan
-from graft.recipe import Recipe
-from graft.vector import SafetyVector
-from graft.writer import (
+from graft.io.checkpoint import Checkpoint, TensorInfo
+from graft.io.dtypes import CAST_NAMES, TAGS
+from graft.io.guard import OutputFolder
+from graft.io.hub import pin, resolve_model
+from graft.io.pipeline import BackgroundWriter, prefetch
+from graft.io.writer import (
     OutputTensor,
     ShardWriter,
     parse_size,
@@ -39,6 +36,9 @@ from graft.writer import (
     split_into_shards,
     write_index,
 )
+from graft.modelcard import load_card_results, model_card
+from graft.recipe import Recipe
+from graft.vector import SafetyVector
 
 RECIPE_FILE = "graft_recipe.yaml"
 OUT_DTYPES = CAST_NAMES  # the output dtype a recipe names -> its safetensors tag

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from graft.errors import InputError, UsageError
-from graft.guard import MARKER, OWNER, STAGING_RE, folder_kind, is_graft_folder
-from graft.hub import HUB_ID, REVISION
+from graft.io.guard import MARKER, OWNER, STAGING_RE, folder_kind, is_graft_folder
+from graft.io.hub import HUB_ID, REVISION
 
 PUSHABLE = {"merge": "merged model", "vector": "vector"}
 # graft's bookkeeping stays home: the marker only means something to `--force` on this machine.
@@ -50,8 +50,8 @@ def check_pushable(folder: str | Path) -> str:
         if entry.is_symlink():
             raise InputError(f"{entry}: a symbolic link; graft outputs hold regular files only (rerun the command)")
     if kind == "merge":
-        from graft.checkpoint import Checkpoint
-        from graft.merge import RECIPE_FILE
+        from graft.engines.merge import RECIPE_FILE
+        from graft.io.checkpoint import Checkpoint
 
         for name in ("config.json", RECIPE_FILE, "README.md"):
             if not (path / name).is_file():

@@ -3,7 +3,7 @@
 Every output shard's header is computed before its data, since names, dtypes and shapes are known from the plan;
 tensors are then appended in order, so a shard never has to be held in memory. Writes happen in a background
 thread so disk writes overlap reading and computing. The whole folder is built beside its destination and renamed
-into place only when complete (`graft.guard.OutputFolder`).
+into place only when complete (`graft.io.guard.OutputFolder`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from graft.dtypes import TAGS
 from graft.errors import OutputError
-from graft.guard import count_written
+from graft.io.dtypes import TAGS
+from graft.io.guard import count_written
 
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}

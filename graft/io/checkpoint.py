@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from graft.dtypes import FLOAT_TAGS, SAFETENSORS_TAGS, TAGS
 from graft.errors import InputError
-from graft.regular_files import check_regular, containment_root, open_regular
+from graft.io.dtypes import FLOAT_TAGS, SAFETENSORS_TAGS, TAGS
+from graft.io.regular_files import check_regular, containment_root, open_regular
 from graft.schema import load_json_file, load_json_text, shown
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
