@@ -27,12 +27,11 @@ from rich.table import Table
 
 from graft import __version__
 from graft.demo import DEMO_HOLDOUT, DEMO_SCALES, DEMO_TRIALS
-from graft.display import shown
+from graft.display import human_size, shown
 from graft.errors import EXIT_CODES, GraftError, UsageError
 from graft.evals.command import eval_command
 from graft.inspect.command import inspect_command
 from graft.io.guard import write_file
-from graft.io.writer import human_size
 from graft.recipe import Recipe
 from graft.recipe_flags import build_recipe
 from graft.search.command import search_command

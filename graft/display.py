@@ -19,3 +19,12 @@ def shown(path: str | Path) -> str:
     except OSError:  # not there (yet): only the real path is safe to print
         pass
     return str(Path(text).resolve())
+
+
+def human_size(nbytes: float) -> str:
+    """Bytes in powers of 1000, three significant digits (what messages and tables print)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1000:
+            return f"{nbytes:.3g} {unit}"
+        nbytes /= 1000
+    return f"{nbytes:.3g} TB"

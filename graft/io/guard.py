@@ -380,7 +380,7 @@ class OutputFolder:
         self._lock: int | None = None
 
     def check_free_space(self, needed: int, headroom: int = 4 * 2**20) -> None:
-        from graft.io.writer import human_size
+        from graft.display import human_size
 
         needed += headroom
         free = shutil.disk_usage(self.destination.parent).free

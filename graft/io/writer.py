@@ -44,14 +44,6 @@ def parse_size(text: str | int) -> int:
     return nbytes
 
 
-def human_size(nbytes: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if nbytes < 1000:
-            return f"{nbytes:.3g} {unit}"
-        nbytes /= 1000
-    return f"{nbytes:.3g} TB"
-
-
 @dataclass(frozen=True)
 class OutputTensor:
     name: str
