@@ -16,7 +16,6 @@ import re
 import time
 from collections.abc import Sequence
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from .scoring import VQA_SUFFIX
@@ -115,14 +114,6 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def hub_revision(path: str) -> str | None:
-    """The commit of a hub snapshot folder (…/snapshots/<40 hex>/), else None (a local folder has no revision)."""
-    parts = Path(path).parts
-    if len(parts) >= 2 and parts[-2] == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", parts[-1]):
-        return parts[-1]
-    return None
-
-
 def to_lm_eval(results: Any, *, started: float | None = None) -> dict[str, Any]:
     """graft's `EvalResults` (with its samples) as an lm-eval results file (`lm_eval ... --output_path` layout)."""
     by_task: dict[str, list[dict]] = {}
@@ -175,5 +166,5 @@ def to_lm_eval(results: Any, *, started: float | None = None) -> dict[str, Any]:
     return out
 
 
-__all__ = ["LM_EVAL_NAMES", "hub_revision", "lm_eval_name", "mean_stderr", "prompt_of", "task_metrics",
+__all__ = ["LM_EVAL_NAMES", "lm_eval_name", "mean_stderr", "prompt_of", "task_metrics",
            "to_lm_eval", "versions"]
