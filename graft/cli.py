@@ -302,19 +302,19 @@ def plan(
                         control_points=control_points, group=group, map=map, include=include, exclude=exclude,
                         origin=origin, orthogonalize=orthogonalize, operator=operator,
                         operator_param=operator_param, strict=strict, allow_partial=allow_partial)
-    the_plan = open_plan(with_revisions(spec, target_revision, vector_revision))
+    merge_plan = open_plan(with_revisions(spec, target_revision, vector_revision))
     try:
         if json_out:
-            inputs = [the_plan.target.root, the_plan.vector.root, *([the_plan.origin.root] if the_plan.origin else []),
-                      *([recipe] if recipe else [])]
-            write_file(json_out, json.dumps(plan_as_dict(the_plan), indent=2) + "\n", inputs=inputs, force=force,
+            origin = [merge_plan.origin.root] if merge_plan.origin else []
+            inputs = [merge_plan.target.root, merge_plan.vector.root, *origin, *([recipe] if recipe else [])]
+            write_file(json_out, json.dumps(plan_as_dict(merge_plan), indent=2) + "\n", inputs=inputs, force=force,
                        flag="--json")
         if not quiet:
-            print_plan(the_plan, stdout, list_all=list_all)
-        the_plan.check()
-        check_warnings(the_plan, _warn if quiet else None)  # without -q the plan table lists them
+            print_plan(merge_plan, stdout, list_all=list_all)
+        merge_plan.check()
+        check_warnings(merge_plan, _warn if quiet else None)  # without -q the plan table lists them
     finally:
-        close_plan(the_plan)
+        close_plan(merge_plan)
 
 
 @app.command()
@@ -373,10 +373,10 @@ def merge(
     with _progress(quiet) as progress:
         task = progress.add_task("merge", total=None)
 
-        def started(the_plan: Any, total: int) -> None:
+        def started(merge_plan: Any, total: int) -> None:
             progress.update(task, total=total)
             if verbose:
-                print_plan_summary(the_plan, stderr)
+                print_plan_summary(merge_plan, stderr)
 
         result = run_merge(spec, force=force, progress=lambda n: progress.advance(task, n), on_plan=started,
                            on_warning=_warn, results=results)

@@ -345,14 +345,14 @@ def _search(world, vector: Path, out: Path, medical: ModelScores, scales: Sequen
 
     raw = dict(space) if space is not None else {**DEMO_SPACE, "operator": DEMO_OPERATOR}
     raw["baselines"] = {"uniform": [s for s in scales if s != 0]}
-    the_space = SearchSpace.parse(raw, source="demo search space")
+    search_space = SearchSpace.parse(raw, source="demo search space")
     config = SearchEvalConfig.model_validate({
         "data": str(world.data), "safety": list(safety), "medical": [*TEXT_MEDICAL, *IMAGE_MEDICAL],
         "over_refusal": list(benign), "limit": limit, "seed": seed, "holdout": holdout,
         "objective": {"mode": "constrained",
                       "max_medical_drop": round((1 - SEARCH_MEDICAL_KEPT) * (medical.medical or 0.0), 4),
                       "max_over_refusal": MAX_OVER_REFUSAL}})
-    return run_search(space=the_space, eval_config=config, trials=trials, target=str(world.medical),
+    return run_search(space=search_space, eval_config=config, trials=trials, target=str(world.medical),
                       vector=str(vector), origin=str(world.aligned), out=out, study="graft-demo", seed=seed,
                       sampler=sampler, device=device, batch_size=DEMO_BATCH_SIZE,
                       progress=lambda m: say(f"search: {m}"))

@@ -207,7 +207,7 @@ def evaluate(
         warnings.warn(f"{engine.name}: no chat template in the folder; prompts are sent as plain text", stacklevel=2)
 
     needs_judge = any(t.kind == "safety" for t in run)
-    the_judge = make_judge(judge_cfg, device=device) if needs_judge else None
+    safety_judge = make_judge(judge_cfg, device=device) if needs_judge else None
     keyword = KeywordJudge()
     model_judge = judge_kind.reads_whole_reply
     # With the keyword judge a reply is decided once a refusal phrase appears: stop generating it there.
@@ -231,7 +231,7 @@ def evaluate(
         t0 = time.perf_counter()
         items = subsets[task.benchmark]
         settings = {"kind": task.kind, "figstep": task.figstep, "cap": caps[task.kind], "mc_mode": mc_mode,
-                    "judge": the_judge.describe() if (the_judge and task.kind == "safety") else None,
+                    "judge": safety_judge.describe() if (safety_judge and task.kind == "safety") else None,
                     "font": font, "system_prompt": system_prompt, "full_replies": full_replies,
                     "figstep_images": str(figstep_images) if (task.figstep and figstep_images) else None}
         keys = [VerdictCache.key(model_hash, task.name, it, settings) for it in items] if store else []
@@ -241,7 +241,7 @@ def evaluate(
         kept = (f"; the {len(finished)} finished task(s) ({', '.join(finished)}) are kept in {store.path}: rerun "
                 "the same command to score only what is missing") if store and finished else ""
         try:
-            fresh, n_tokens = _run_task(task, [items[i] for i in todo], engine, the_judge, keyword,
+            fresh, n_tokens = _run_task(task, [items[i] for i in todo], engine, safety_judge, keyword,
                                         caps[task.kind], mc_mode, font, system_prompt, early_stop, model_judge, bs,
                                         figstep_images)
         except GraftError as exc:
@@ -281,7 +281,7 @@ def evaluate(
     results.model = {**engine.describe(), "hub": origin.repo_id if origin else None,
                      "revision": origin.revision if origin else None, "content_hash": model_hash,
                      "tokens": _tokens(engine) if isinstance(engine, Engine) else None}
-    results.judge = the_judge.describe() if the_judge else {"name": judge_cfg.kind, "used": False}
+    results.judge = safety_judge.describe() if safety_judge else {"name": judge_cfg.kind, "used": False}
     results.config = {"tasks": [t.name for t in run], "limit": limit, "fraction": fraction, "seed": seed,
                       "rest": rest, "split": split.describe() if split is not None else None,
                       "mc_mode": mc_mode, "max_new_tokens": caps,

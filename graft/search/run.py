@@ -103,11 +103,11 @@ def run_search(
     """
     say = progress or (lambda _msg: None)
     space_file = None if isinstance(space, SearchSpace) else resolve_space(space)
-    the_space = space if isinstance(space, SearchSpace) else SearchSpace.from_yaml(space_file)
+    search_space = space if isinstance(space, SearchSpace) else SearchSpace.from_yaml(space_file)
     space_source = str(space_file) if space_file is not None else "search space"
     config = eval_config if isinstance(eval_config, SearchEvalConfig) else SearchEvalConfig.from_yaml(eval_config)
     config = config.with_objective(mode=mode, max_medical_drop=max_medical_drop, max_over_refusal=max_over_refusal)
-    sampler_name = sampler or the_space.sampler
+    sampler_name = sampler or search_space.sampler
     sampler_spec(sampler_name)  # an unknown name: one line listing the known samplers
     if trials < 1:
         raise UsageError(f"--trials {trials}: expected a positive number of finished trials")
@@ -115,13 +115,13 @@ def run_search(
     loggers = check_loggers([*log, *config.log], source="--log")  # a missing package fails before any work
     make_sampler(sampler_name, seed=seed, mode=objective.mode, constraints=None)  # refuses pareto + cmaes now
     base = _base_recipe(recipe, target, vector, origin)
-    check_operators(base, the_space.operator_probes())
+    check_operators(base, search_space.operator_probes())
     if dtype != "auto":  # the recipe then says exactly which weights were evaluated (merge writes that dtype)
         base = base.updated(options={"dtype": dtype})
     num_layers, cells = _vector_layout(base.vector or "")
-    the_space.check(num_layers, source=space_source)
+    search_space.check(num_layers, source=space_source)
     baselines = [Baseline(name, lam, params)
-                 for name, lam, params in the_space.baseline_points(num_layers, cells, source=space_source)]
+                 for name, lam, params in search_space.baseline_points(num_layers, cells, source=space_source)]
     if trials < len(baselines):
         raise UsageError(f"--trials {trials}: a study starts with {len(baselines)} baselines (λ = 0 and "
                          f"{len(baselines) - 1} uniform); ask for more trials or shorten baselines.uniform")
@@ -130,7 +130,7 @@ def run_search(
     url = storage or f"sqlite:///{(out / DB_FILE).resolve()}"
     rdb = open_storage(url, heartbeat_interval=heartbeat, grace_period=grace_period)
     metadata = {
-        "version": 1, "space": the_space.model_dump(mode="json"), "objective": objective.model_dump(),
+        "version": 1, "space": search_space.model_dump(mode="json"), "objective": objective.model_dump(),
         "evaluation": config.model_dump(mode="json", exclude={"data", "batch_size", "objective", "log"}),
         "sampler": sampler_name, "num_layers": num_layers, "cells": [list(c) for c in cells],
         "target": base.target, "vector": base.vector,
@@ -142,30 +142,30 @@ def run_search(
         return make_sampler(sampler_name, seed=worker_seed(seed, created), mode=objective.mode,
                             constraints=constraints)
 
-    the_study, created = open_study(rdb, study, directions=directions(objective), metadata=metadata,
+    optuna_study, created = open_study(rdb, study, directions=directions(objective), metadata=metadata,
                                     baselines=baselines, make=make,
                                     metric_names=metric_names(objective, sampler_name))
     say(f"{'created' if created else 'joined'} study {study!r} in {redact(url)}; budget {trials} finished trials")
-    config = _study_split(the_study, config, created, say)
+    config = _study_split(optuna_study, config, created, say)
 
     ran: list[int] = []
     own_scorer = scorer is None
-    the_scorer = scorer
+    trial_scorer = scorer
     trackers = open_trackers(loggers, f"graft search {study}", _tracked_params(metadata, trials, url, study, seed),
                              tags={"study": study}, lambdas=lambda c: lambda_cells(c, num_layers, cells))
     hooks = [*callbacks, *(t.trial for t in trackers)]
     try:
-        if budget_state(the_study).finished < trials:
-            if the_scorer is None:
-                the_scorer = _suite_scorer(config, base, out, device, batch_size, say)
-            ran = _work(the_study, rdb, the_space, config, sampler_name, num_layers, baselines[0], trials, the_scorer,
-                        say, hooks)
-        trials_now = the_study.get_trials(deepcopy=False)
-        if the_scorer is None:  # a finished study, reported again: the cached verdicts make this cheap
-            the_scorer = _suite_scorer(config, base, out, device, batch_size, say)
-        report = _report(trials_now, config, objective, the_scorer, out, say)
+        if budget_state(optuna_study).finished < trials:
+            if trial_scorer is None:
+                trial_scorer = _suite_scorer(config, base, out, device, batch_size, say)
+            ran = _work(optuna_study, rdb, search_space, config, sampler_name, num_layers, baselines[0], trials,
+                        trial_scorer, say, hooks)
+        trials_now = optuna_study.get_trials(deepcopy=False)
+        if trial_scorer is None:  # a finished study, reported again: the cached verdicts make this cheap
+            trial_scorer = _suite_scorer(config, base, out, device, batch_size, say)
+        report = _report(trials_now, config, objective, trial_scorer, out, say)
         meta = {"study": study, "storage": redact(url), "sampler": sampler_name, "budget": trials,
-                "medical_reference": the_study.user_attrs.get(REFERENCE_KEY), "num_layers": num_layers,
+                "medical_reference": optuna_study.user_attrs.get(REFERENCE_KEY), "num_layers": num_layers,
                 "split": _split_attr(config)}
         summary = write_outputs(out, trials_now, base=base, objective=objective, num_layers=num_layers,
                                 cells=cells, meta=meta, report=report)
@@ -174,8 +174,8 @@ def run_search(
             tracker.fail()
         raise
     finally:
-        if own_scorer and the_scorer is not None:
-            the_scorer.close()  # type: ignore[attr-defined]
+        if own_scorer and trial_scorer is not None:
+            trial_scorer.close()  # type: ignore[attr-defined]
     for tracker in trackers:
         tracker.finish(metrics=_tracked_figures(summary),
                        files=[out / name for name in ("best_recipe.yaml", "summary.json", "trials.csv")])
@@ -280,12 +280,12 @@ def _report(trials: list[FrozenTrial], config: SearchEvalConfig, objective, scor
 
 
 def _work(study, storage, space: SearchSpace, config: SearchEvalConfig, sampler: str, num_layers: int,
-          lambda0: Baseline, trials: int, the_scorer: Scorer, say: Callable[[str], None],
+          lambda0: Baseline, trials: int, trial_scorer: Scorer, say: Callable[[str], None],
           hooks: Sequence[TrialCallback] = ()) -> list[int]:
     reference = study.user_attrs.get(REFERENCE_KEY)
     if reference is None:
         say("scoring the target itself (λ = 0) on the medical tasks: the reference for the medical drop")
-        scores = the_scorer.score(space.coefficients(lambda0.params, num_layers), config.stage("medical"))
+        scores = trial_scorer.score(space.coefficients(lambda0.params, num_layers), config.stage("medical"))
         reference = mean([scores[t] for t in config.medical])
         study.set_user_attr(REFERENCE_KEY, reference)
 
@@ -294,7 +294,7 @@ def _work(study, storage, space: SearchSpace, config: SearchEvalConfig, sampler:
         values = [t.user_attrs["screening"] for t in done if t.user_attrs.get("screening") is not None]
         return max(values) if values else None
 
-    objective = TrialObjective(space, config, the_scorer, num_layers=num_layers, reference=reference,
+    objective = TrialObjective(space, config, trial_scorer, num_layers=num_layers, reference=reference,
                                sampler=sampler, incumbent=incumbent)
     report = run_worker(study, storage, objective, trials, poll_s=min(1.0, storage.heartbeat_interval or 1),
                         on_trial=lambda t: _finished(study, t, say, hooks, config.objective),
