@@ -87,8 +87,8 @@ def main() -> None:
                 continue
             space, sampler = config_space(name)
             t0 = time.perf_counter()
-            search = demo._search(world, vector, work / name, medical_in, demo.DEMO_SCALES, args.trials, None, "cpu",
-                                  seed, args.holdout, safety, benign, space, sampler, lambda _m: None)
+            search = demo.search_world(world, vector, work / name, medical_in, demo.DEMO_SCALES, args.trials, None,
+                                       "cpu", seed, args.holdout, safety, benign, space, sampler, lambda _m: None)
             items = json.loads((search.out / "heldout.json").read_text())["models"]
             uniform = (search.summary.get("best_uniform") or {}).get("baseline_lambda")
             row: dict[str, Any] = {"seconds": round(time.perf_counter() - t0, 1),

@@ -276,8 +276,8 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
         where = "the search part" if holdout > 0 else "every item"
         console.rule(f"[bold]5. graft search: {search_trials} trials on the resident medical model, on {where}")
         medical_row = rows[next(iter(parts))][1]
-        search = _search(world, vector, workdir / "search", medical_row, scales, search_trials, limit, device, seed,
-                         holdout, safety, benign, space, sampler, say)
+        search = search_world(world, vector, workdir / "search", medical_row, scales, search_trials, limit, device,
+                              seed, holdout, safety, benign, space, sampler, say)
         best = search.summary.get("best_searched")
         if best is not None:
             from graft.search.evaluation import trial_recipe
@@ -331,7 +331,7 @@ def _coefficients(data: Mapping[str, Any]):
     return Coefficients.model_validate(data)
 
 
-def _search(world, vector: Path, out: Path, medical: ModelScores, scales: Sequence[float], trials: int,
+def search_world(world, vector: Path, out: Path, medical: ModelScores, scales: Sequence[float], trials: int,
             limit: int | None, device: str, seed: int, holdout: float, safety: Sequence[str],
             benign: Sequence[str], space: Mapping[str, Any] | None, sampler: str | None,
             say: Callable[[str], None]):
