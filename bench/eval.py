@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from graft.evals import Engine, Request, fixture_data
+from graft.evals.benchmarks import BENCHMARKS
 from graft.evals.judges import KeywordJudge
-from graft.evals.loaders import LOADERS
 from graft.evals.scoring import mc_context, mc_targets
 
 
@@ -59,12 +59,13 @@ def build_toy_model(folder: Path, hidden: int, layers: int, seed: int) -> Path:
 
 
 def safety_prompts(data, n: int) -> list[str]:
-    base = [it.prompt for name in ("catqa", "hexphi", "medsafetybench") for it in LOADERS[name](data.source(name))]
+    base = [it.prompt for name in ("catqa", "hexphi", "medsafetybench")
+            for it in BENCHMARKS[name].load(data.source(name))]
     return [base[i % len(base)] + ("" if i < len(base) else f" (variant {i // len(base)})") for i in range(n)]
 
 
 def mc_pairs(data, n: int) -> tuple[list[tuple[str, str]], int]:
-    items = [it for name in ("pubmedqa", "medqa") for it in LOADERS[name](data.source(name))]
+    items = [it for name in ("pubmedqa", "medqa") for it in BENCHMARKS[name].load(data.source(name))]
     items = [items[i % len(items)] for i in range(n)]
     pairs = []
     for i, it in enumerate(items):

@@ -68,7 +68,7 @@ BOOTSTRAP_SEED = 7  # the verdict's paired bootstrap
 def available(tasks: Sequence[str], data: Any) -> tuple[str, ...]:
     """The tasks this graft knows and the world's data provides (FigStep sets, benign prompts typed into images:
     present in some worlds, not in others)."""
-    from graft.evals.tasks import TASKS
+    from graft.evals.benchmarks import TASKS
 
     return tuple(t for t in tasks if t in TASKS and data.get(TASKS[t].benchmark) is not None)
 
@@ -159,8 +159,8 @@ class DemoResult:
 
 def outcomes_of(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     """Per-item outcomes ({task: {item id: outcome}}) from `EvalResults.samples`."""
+    from graft.evals.benchmarks import TASKS
     from graft.evals.scoring import item_outcome
-    from graft.evals.tasks import TASKS
 
     out: dict[str, dict[str, float]] = {}
     for s in samples:

@@ -14,10 +14,10 @@ import transformers
 from PIL import Image
 
 from graft.evals import Engine, evaluate
+from graft.evals.benchmarks import BENCHMARKS
 from graft.evals.config import DataConfig
 from graft.evals.figstep import FIGSTEP_PROMPT, to_statement
 from graft.evals.generation import Request
-from graft.evals.loaders import LOADERS
 from graft.toy import corpus
 from graft.toy import lexicon as lx
 from graft.toy.tokenizer import words
@@ -149,7 +149,7 @@ def test_the_world_ships_its_figstep_images_named_by_item(toy_world) -> None:
     data = DataConfig.from_yaml(toy_world.data)
     assert data.figstep is not None
     for name in ("catqa", "hexphi", "medsafetybench", "benign"):
-        for item in LOADERS[name](data.source(name)):
+        for item in BENCHMARKS[name].load(data.source(name)):
             shipped = Image.open(data.figstep / f"{item.id}.png")
             assert np.array_equal(np.asarray(shipped), np.asarray(figstep_image(item.prompt).render())), item.id
     real = sorted((toy_world.data.parent / "figstep-real").glob("*.png"))
@@ -162,7 +162,7 @@ def test_benign_figstep_loads_and_scores_on_the_world(toy_world) -> None:
     fig = ["catqa-figstep", "hexphi-figstep", "medsafetybench-figstep"]
     medical = evaluate(toy_world.medical, tasks=["benign-figstep", *fig], data=toy_world.data, device="cpu")
     benign = medical.benchmarks["benign-figstep"]
-    assert benign["n"] == len(LOADERS["benign"](DataConfig.from_yaml(toy_world.data).benign))
+    assert benign["n"] == len(BENCHMARKS["benign"].load(DataConfig.from_yaml(toy_world.data).benign))
     assert benign["over_refusal"] <= 0.1
     assert all(s["figstep_image"].endswith(f"{s['id']}.png") for s in medical.samples)
     assert sum(medical.benchmarks[t]["score"] for t in fig) / 3 <= 0.3

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from graft.cli import app
 from graft.evals import evaluate
+from graft.evals.benchmarks import BENCHMARKS
 from graft.evals.config import DataConfig
-from graft.evals.loaders import LOADERS
 from graft.toy import corpus
 from graft.toy.scans import Scan, scan_questions
 from graft.toy.tokenizer import build_tokenizer
@@ -141,14 +141,14 @@ def test_world_folders_load_with_transformers(toy_world) -> None:
 
 def test_benchmark_files_load_with_the_eval_loaders(toy_world) -> None:
     config = DataConfig.from_yaml(toy_world.data)
-    for name, loader in LOADERS.items():
-        items = loader(config.source(name))
+    for name, bench in BENCHMARKS.items():
+        items = bench.load(config.source(name))
         assert len(items) >= 16, name
-    vqa = LOADERS["vqarad"](config.source("vqarad"))
+    vqa = BENCHMARKS["vqarad"].load(config.source("vqarad"))
     assert {i.answer_type for i in vqa} == {"closed", "open"}
     assert Image.open(io.BytesIO(vqa[0].image)).size == (48, 48)
     figstep = sorted((toy_world.data.parent / "figstep").glob("*.png"))  # the toy's typeset: test_toy_vision
-    assert len(figstep) == sum(len(LOADERS[n](config.source(n))) for n in ("catqa", "hexphi", "medsafetybench",
+    assert len(figstep) == sum(len(BENCHMARKS[n].load(config.source(n))) for n in ("catqa", "hexphi", "medsafetybench",
                                                                            "benign"))
 
 

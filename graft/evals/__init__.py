@@ -11,9 +11,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "DataConfig": "config", "HubSource": "config", "JudgeConfig": "config", "fixture_data": "config",
+    "DataConfig": "config", "HubSource": "sources", "JudgeConfig": "judges", "fixture_data": "config",
     "Engine": "generation", "Generation": "generation", "Request": "generation",
-    "EvalResults": "suite", "evaluate": "suite", "SUITES": "tasks", "TASKS": "tasks",
+    "EvalResults": "suite", "evaluate": "suite", "SUITES": "benchmarks", "TASKS": "benchmarks",
     "BENCHMARKS": "benchmarks", "Benchmark": "benchmarks", "register_benchmark": "benchmarks",
     "JUDGES": "judges", "Judge": "judges", "JudgeEntry": "judges", "register_judge": "judges",
     "GenerationBackend": "backend",

@@ -1,7 +1,7 @@
 """The benchmark registry: every benchmark graft can evaluate is one `Benchmark` declaration here (or one
 `register_benchmark(...)` call in your own code). Everything else is derived from the registry: the `data.yaml` keys
-(graft.evals.config), the tasks and suites (graft.evals.tasks, including the `NAME-figstep` variants), the loader
-the suite calls, and how a multiple-choice or VQA reply is prompted and scored.
+(graft.evals.config), the tasks and suites (`TASKS` and `SUITES` here, including the `NAME-figstep` variants), the
+loader the suite calls, and how a multiple-choice or VQA reply is prompted and scored.
 
 A declaration says:
 
@@ -11,8 +11,8 @@ A declaration says:
   question, short answer);
 - `load`: published format → `Item`s (graft.evals.loaders); each item's `category` is the stratum of the seeded
   screening subsets and of the search/held-out split (graft.evals.screening), so give categories that matter;
-- `choices` (`mc`): the prompt and reply format (graft.evals.scoring.ChoiceFormat);
-- `answer` (`vqa`): reply → `{"pred", "correct"}` (default: graft.evals.scoring.score_vqa);
+- `choices` (`mc`): the prompt and reply format (graft.evals.answers.ChoiceFormat);
+- `answer` (`vqa`): reply → `{"pred", "correct"}` (default: graft.evals.answers.score_vqa);
 - `figstep` (`safety`/`benign`): also offer `NAME-figstep`, the requests typeset into an image (FigStep).
 """
 
@@ -25,10 +25,10 @@ from typing import get_args
 
 from graft.errors import UsageError
 
-from . import loaders, scoring
-from .config import Source
+from . import answers, loaders
 from .loaders import Item
-from .tasks import SUITES, TASKS, Kind, Task
+from .sources import Source
+from .tasks import Kind, Task
 
 # Task order within a suite follows the kinds, text tasks before their FigStep variants (what --help lists).
 KIND_ORDER: tuple[Kind, ...] = get_args(Kind)
@@ -45,7 +45,7 @@ class Benchmark:
     kind: Kind
     load: Callable[[Source], list[Item]]
     about: str = ""  # the published format the loader reads, in one line
-    choices: scoring.ChoiceFormat | None = None
+    choices: answers.ChoiceFormat | None = None
     answer: Callable[[Item, str], dict] | None = None
     figstep: bool = False
     tasks: tuple[str, ...] = field(default=(), init=False)
@@ -63,7 +63,7 @@ class Benchmark:
         if self.figstep and self.kind not in ("safety", "benign"):
             raise UsageError(f"{where}: FigStep variants are for safety and benign requests, not kind {self.kind}")
         if self.kind == "vqa" and self.answer is None:
-            object.__setattr__(self, "answer", scoring.score_vqa)
+            object.__setattr__(self, "answer", answers.score_vqa)
         names = (self.name, f"{self.name}-figstep") if self.figstep else (self.name,)
         object.__setattr__(self, "tasks", names)
 
@@ -74,6 +74,10 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
+# Derived from BENCHMARKS by every (un)registration, in place (modules hold references to these very dicts): one
+# task per benchmark, plus NAME-figstep for the benchmarks that declare FigStep variants; suite name -> task names.
+TASKS: dict[str, Task] = {}
+SUITES: dict[str, list[str]] = {}
 
 
 def register_benchmark(bench: Benchmark, *, replace: bool = False) -> Benchmark:
@@ -105,7 +109,7 @@ def benchmark(name: str) -> Benchmark:
 
 
 def _rebuild() -> None:
-    """Refill graft.evals.tasks' TASKS and SUITES in place (modules hold references to those very dicts)."""
+    """Refill TASKS and SUITES in place (modules hold references to those very dicts)."""
     tasks: list[Task] = []
     for kind in KIND_ORDER:
         group = [b for b in BENCHMARKS.values() if b.kind == kind]
@@ -129,17 +133,17 @@ for _bench in (
               about="MedSafetyBench datasets/test/{gpt4,llama2}/med_safety_demonstrations_category_N.csv"),
     Benchmark("benign", "benign", loaders.load_benign, figstep=True,
               about="XSTest xstest_prompts.csv (safe rows) or CSV/JSONL with a 'prompt' field"),
-    Benchmark("pubmedqa", "mc", loaders.load_pubmedqa, choices=scoring.ABSTRACT_YES_NO_MAYBE,
+    Benchmark("pubmedqa", "mc", loaders.load_pubmedqa, choices=answers.ABSTRACT_YES_NO_MAYBE,
               about="PubMedQA ori_pqal.json or pqa_labeled rows"),
-    Benchmark("medqa", "mc", loaders.load_medqa, choices=scoring.LETTERED,
+    Benchmark("medqa", "mc", loaders.load_medqa, choices=answers.LETTERED,
               about="MedQA-USMLE 4-option JSONL (question, options A-D, answer_idx)"),
-    Benchmark("medbullets4", "mc", loaders.load_medbullets4, choices=scoring.LETTERED,
+    Benchmark("medbullets4", "mc", loaders.load_medbullets4, choices=answers.LETTERED,
               about="medbullets_op4.csv (question, opa..opd, answer_idx)"),
-    Benchmark("medbullets5", "mc", loaders.load_medbullets5, choices=scoring.LETTERED,
+    Benchmark("medbullets5", "mc", loaders.load_medbullets5, choices=answers.LETTERED,
               about="medbullets_op5.csv (question, opa..ope, answer_idx)"),
     Benchmark("vqarad", "vqa", loaders.load_vqarad,
               about="VQA-RAD parquet (image, question, answer) or the OSF JSON beside its image folder"),
 ):
     register_benchmark(_bench)
 
-__all__ = ["BENCHMARKS", "Benchmark", "benchmark", "register_benchmark", "unregister_benchmark"]
+__all__ = ["BENCHMARKS", "SUITES", "TASKS", "Benchmark", "benchmark", "register_benchmark", "unregister_benchmark"]

@@ -12,7 +12,8 @@ from rich.table import Table
 from graft.display import shown
 from graft.progress import StepProgress
 
-from .tasks import SUITES, TASKS, samples_path
+from .benchmarks import SUITES, TASKS
+from .tasks import samples_path
 
 
 def eval_command(

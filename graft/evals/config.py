@@ -1,4 +1,5 @@
-"""Typed configuration for evaluation: where each benchmark's data lives (`data.yaml`) and how to judge.
+"""Typed configuration for evaluation: where each benchmark's data lives (`data.yaml`). (How to judge is
+graft.evals.judges.JudgeConfig, beside the judge registry it is checked against.)
 
 `data.yaml` maps a benchmark name to a local path (file or folder, relative paths resolve against the YAML
 file's folder) or to a hub dataset (`{hub: owner/name, name: config, split: test}`), loaded with `datasets`.
@@ -9,26 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from graft.errors import InputError, UsageError
 from graft.schema import describe_validation_error, load_yaml_file
 
+from .benchmarks import BENCHMARKS
+from .sources import HubSource, Source
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-
-
-class HubSource(BaseModel):
-    """A dataset on the Hugging Face hub, read with `datasets.load_dataset(hub, name, split=split)`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    hub: str
-    name: str | None = None
-    split: str = "test"
-    revision: str | None = None
-
-
-Source = Path | HubSource
 
 
 class DataConfig(BaseModel):
@@ -49,8 +39,6 @@ class DataConfig(BaseModel):
         """Accept the data.yaml layout (benchmark keys beside `figstep`) and refuse a name no benchmark has."""
         if not isinstance(raw, dict):
             return raw
-        from .benchmarks import BENCHMARKS
-
         nested = isinstance(raw.get("benchmarks"), dict)
         entries = raw["benchmarks"] if nested else {k: v for k, v in raw.items() if k != "figstep"}
         extra = [k for k in raw if k not in ("benchmarks", "figstep")] if nested else []
@@ -73,8 +61,6 @@ class DataConfig(BaseModel):
 
     def __getattr__(self, name: str) -> Any:
         # `config.catqa` (the layout before the registry) reads the entry; None for a benchmark left out.
-        from .benchmarks import BENCHMARKS
-
         if name in BENCHMARKS:
             return self.__dict__["benchmarks"].get(name)
         return super().__getattr__(name)
@@ -82,8 +68,6 @@ class DataConfig(BaseModel):
     def source(self, benchmark: str) -> Source:
         src = self.get(benchmark)
         if src is None:
-            from .benchmarks import BENCHMARKS
-
             about = BENCHMARKS[benchmark].about if benchmark in BENCHMARKS else ""
             raise UsageError(f"no data for benchmark '{benchmark}' in the data config: add a line "
                              f"'{benchmark}: PATH' to data.yaml" + (f" (PATH: {about})" if about else ""))
@@ -133,45 +117,3 @@ def _source(key: str, value: Any) -> Source:
 def fixture_data() -> DataConfig:
     """The shipped synthetic fixtures (placeholder text in the real layouts), for tests and demos."""
     return DataConfig.from_yaml(FIXTURES / "data.yaml")
-
-
-class JudgeConfig(BaseModel):
-    """Which judge decides whether a reply to a harmful request is harmful: `kind` names a registered judge
-    (graft.evals.judges.JUDGES); the other fields are its settings."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: str = "keyword"
-    model: str | None = Field(None, description="guard: local folder; openai: model name at the endpoint")
-    base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout_s: float = 60.0
-    max_workers: int = 8
-    options: dict[str, Any] = Field(default_factory=dict, description="settings of a judge registered elsewhere")
-
-    @field_validator("kind")
-    @classmethod
-    def _registered(cls, kind: str) -> str:
-        from .judges import JUDGES
-
-        if kind not in JUDGES:
-            raise ValueError(f"unknown judge '{kind}'; known: {', '.join(JUDGES)}")
-        return kind
-
-    @classmethod
-    def parse(cls, spec: str) -> JudgeConfig:
-        """CLI form: `NAME` or `NAME:ARGUMENT`, e.g. `keyword`, `guard:PATH`, `openai:MODEL@BASE_URL`."""
-        from .judges import JUDGES
-
-        kind, colon, rest = spec.partition(":")
-        entry = JUDGES.get(kind)
-        try:
-            if entry is None or (entry.parse is None) != (not colon) or (entry.parse is not None and not rest):
-                raise ValueError(spec)
-            fields = entry.parse(rest) if entry.parse is not None else {}
-        except ValueError:
-            usages = [f"'{e.usage}'" for e in JUDGES.values()]
-            listed = ", ".join(usages[:-1]) + f" or {usages[-1]}" if len(usages) > 1 else usages[0]
-            raise UsageError(f"--judge '{spec}': expected {listed} "
-                             "(e.g. openai:gpt-4o@https://api.openai.com/v1)") from None
-        return cls(kind=kind, **fields)

@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from graft.errors import InputError, UsageError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .config import JudgeConfig
+from graft.errors import InputError, UsageError
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,44 @@ class Judge(Protocol):
     def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]: ...
 
     def describe(self) -> dict: ...
+
+
+class JudgeConfig(BaseModel):
+    """Which judge decides whether a reply to a harmful request is harmful: `kind` names a registered judge
+    (`JUDGES`); the other fields are its settings. It lives beside the registry it is checked against."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str = "keyword"
+    model: str | None = Field(None, description="guard: local folder; openai: model name at the endpoint")
+    base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 60.0
+    max_workers: int = 8
+    options: dict[str, Any] = Field(default_factory=dict, description="settings of a judge registered elsewhere")
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        if kind not in JUDGES:
+            raise ValueError(f"unknown judge '{kind}'; known: {', '.join(JUDGES)}")
+        return kind
+
+    @classmethod
+    def parse(cls, spec: str) -> JudgeConfig:
+        """CLI form: `NAME` or `NAME:ARGUMENT`, e.g. `keyword`, `guard:PATH`, `openai:MODEL@BASE_URL`."""
+        kind, colon, rest = spec.partition(":")
+        entry = JUDGES.get(kind)
+        try:
+            if entry is None or (entry.parse is None) != (not colon) or (entry.parse is not None and not rest):
+                raise ValueError(spec)
+            fields = entry.parse(rest) if entry.parse is not None else {}
+        except ValueError:
+            usages = [f"'{e.usage}'" for e in JUDGES.values()]
+            listed = ", ".join(usages[:-1]) + f" or {usages[-1]}" if len(usages) > 1 else usages[0]
+            raise UsageError(f"--judge '{spec}': expected {listed} "
+                             "(e.g. openai:gpt-4o@https://api.openai.com/v1)") from None
+        return cls(kind=kind, **fields)
 
 
 @dataclass(frozen=True)

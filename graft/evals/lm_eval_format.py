@@ -18,15 +18,15 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
-from .scoring import VQA_SUFFIX
-from .tasks import TASKS
+from .answers import VQA_SUFFIX
+from .benchmarks import TASKS
 
 LM_EVAL_NAMES = {"medqa": "medqa_4options", "pubmedqa": "pubmedqa"}
 TASK_VERSION = 1.0  # the version graft's task YAMLs carry (graft/evals/lm_eval_tasks)
 FILTER = "none"  # lm-eval's name for "no answer filter": metric keys read "acc,none"
 LIBRARIES = ("graft", "torch", "transformers", "lm_eval", "optuna", "safetensors", "numpy")
 
-# The prompt each kind of task sends (graft/evals/scoring.py builds them; these say it in words for the reader).
+# The prompt each kind of task sends (graft/evals/answers.py builds them; these say it in words for the reader).
 PROMPTS = {
     "mc_loglik": "Question: {question}\\nA. {option}\\n...\\nAnswer: — each option letter scored by log-likelihood",
     "pubmedqa_loglik": "Abstract: {context}\\nQuestion: {question}\\nAnswer: — yes / no / maybe scored by "

@@ -32,7 +32,7 @@ from PIL import Image
 from graft.errors import InputError
 from graft.schema import load_json_text
 
-from .config import HubSource, Source
+from .sources import HubSource, Source
 
 # HEx-PHI category names (Qi et al. 2023, README of LLM-Tuning-Safety/HEx-PHI); category 2 is withheld.
 HEXPHI_CATEGORIES = {
@@ -402,12 +402,3 @@ def _nonempty(items: list[Item], src: Source) -> list[Item]:
 # refuses a source with no items; each error is one line naming the file, the row and the field.
 rows, field_of, nonempty = _rows, _field, _nonempty
 read_jsonl, read_csv, read_parquet, need = _read_jsonl, _read_csv, _read_parquet, _need
-
-
-def __getattr__(name: str) -> Any:
-    # LOADERS (benchmark name -> loader) is a view of the benchmark registry, which imports this module.
-    if name == "LOADERS":
-        from .benchmarks import BENCHMARKS
-
-        return {n: b.load for n, b in BENCHMARKS.items()}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,91 +1,26 @@
-"""Prompts and scores for medical tasks, and the aggregation of per-sample verdicts into benchmark scores.
+"""Scores for multiple-choice and VQA items, asked through the benchmark registry, and the aggregation of
+per-sample verdicts into benchmark scores.
 
-Multiple choice, log-likelihood mode (default) uses lm-eval's prompts and metrics: PubMedQA "Abstract: ...
-Question: ...\\nAnswer:" with choices yes/no/maybe, MedQA/Medbullets "Question: ...\\nA. ...\\nAnswer:" with the
-option letters, continuation = " " + choice; acc = argmax of summed log-probs, acc_norm divides by the choice's
-length in characters. Generation mode (MedEvalKit style) asks for the letter and extracts it from the reply.
+An item is prompted and read with the `ChoiceFormat` its benchmark declares (graft.evals.benchmarks; the formats
+live in graft.evals.answers), so nothing here branches on a benchmark's name. Multiple choice, log-likelihood mode
+(default) uses lm-eval's metrics: continuation = " " + choice; acc = argmax of summed log-probs, acc_norm divides
+by the choice's length in characters. Generation mode (MedEvalKit style) reads the option out of the reply.
 """
 
 from __future__ import annotations
 
-import re
-import string
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
+from .answers import ChoiceFormat
+from .benchmarks import benchmark
 from .loaders import Item
 from .uncertainty import proportion
 
-LETTERS = "ABCDE"
-
 
 # ------------------------------------------------------------------ multiple choice
-@dataclass(frozen=True)
-class ChoiceFormat:
-    """How a multiple-choice benchmark is asked and read: a benchmark declaration names one, so scoring never
-    branches on a benchmark's name.
-
-    `context` is the log-likelihood prompt and `targets` the continuations scored after it (" " + target);
-    `generation_prompt` asks for the answer in words and `extract` reads the option out of a free-text reply.
-    `Item.answer` must be one of `targets(item)`.
-    """
-
-    name: str
-    context: Callable[[Item], str]
-    targets: Callable[[Item], list[str]]
-    generation_prompt: Callable[[Item], str]
-    extract: Callable[[str, Item], str | None]
-
-
-def _lettered_context(item: Item) -> str:
-    options = "".join(f"{LETTERS[i]}. {c}\n" for i, c in enumerate(item.choices))
-    return f"Question: {item.prompt}\n{options}Answer:"
-
-
-def _letters(item: Item) -> list[str]:
-    return list(LETTERS[: len(item.choices)])
-
-
-def _lettered_prompt(item: Item) -> str:
-    options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(item.choices))
-    return f"{item.prompt}\n{options}\nAnswer with the option's letter from the given choices directly."
-
-
-def _extract_letter(text: str, item: Item) -> str | None:
-    letters = LETTERS[: len(item.choices)]
-    for pattern in (rf"answer is:?\s*\(?\**([{letters}])\b", rf"^\s*\(?\**([{letters}])\**\)?(?:[.:)\s]|$)",
-                    rf"\b([{letters}])[.)]", rf"\b([{letters}])\b"):
-        m = re.search(pattern, text)
-        if m:
-            return m.group(1)
-    lowered = text.lower()
-    hits = [letters[i] for i, c in enumerate(item.choices) if c and c.lower() in lowered]
-    return hits[0] if len(hits) == 1 else None
-
-
-def _extract_yes_no_maybe(text: str, item: Item) -> str | None:
-    m = re.search(r"\b(yes|no|maybe)\b", text.lower())
-    return m.group(1) if m else None
-
-
-# MedQA/Medbullets in lm-eval: "Question: ...\nA. ...\nAnswer:", the option letters scored.
-LETTERED = ChoiceFormat("lettered", _lettered_context, _letters, _lettered_prompt, _extract_letter)
-# PubMedQA in lm-eval: "Abstract: ...\nQuestion: ...\nAnswer:", the words yes/no/maybe scored.
-ABSTRACT_YES_NO_MAYBE = ChoiceFormat(
-    "abstract-yes-no-maybe",
-    context=lambda item: f"Abstract: {item.context}\nQuestion: {item.prompt}\nAnswer:",
-    targets=lambda item: list(item.choices),
-    generation_prompt=lambda item: (f"Context: {item.context}\nQuestion: {item.prompt}\n"
-                                    "Answer the question with yes, no or maybe directly."),
-    extract=_extract_yes_no_maybe,
-)
-
-
 def choice_format(item: Item) -> ChoiceFormat:
     """The format the item's benchmark declares (graft.evals.benchmarks)."""
-    from .benchmarks import benchmark
-
     fmt = benchmark(item.benchmark).choices
     if fmt is None:
         raise ValueError(f"benchmark '{item.benchmark}' is not multiple choice")
@@ -122,27 +57,6 @@ def mc_generation_prompt(item: Item) -> str:
 def extract_choice(text: str, item: Item) -> str | None:
     """The option a free-text reply picks: a letter (or yes/no/maybe for PubMedQA), None when unclear."""
     return choice_format(item).extract(text, item)
-
-
-# ------------------------------------------------------------------ VQA
-VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
-
-
-def normalize_answer(text: str) -> str:
-    text = text.lower().strip()
-    text = text.translate(str.maketrans("", "", string.punctuation))
-    words = [w for w in text.split() if w not in ("a", "an", "the")]
-    return " ".join(words)
-
-
-def score_vqa(item: Item, response: str) -> dict:
-    gold = normalize_answer(item.answer)
-    if item.answer_type == "closed":
-        m = re.search(r"\b(yes|no)\b", response.lower())
-        pred = m.group(1) if m else normalize_answer(response)
-    else:
-        pred = normalize_answer(response)
-    return {"pred": pred, "correct": pred == gold}
 
 
 # ------------------------------------------------------------------ aggregation

@@ -18,16 +18,16 @@ from graft.io.guard import check_destination, overlapping_input, write_file
 from graft.io.hub import hub_source
 from graft.progress import StepProgress
 
-from . import figstep, scoring
+from . import answers, figstep, scoring
 from .backend import GenerationBackend
-from .benchmarks import benchmark
-from .config import DataConfig, JudgeConfig
+from .benchmarks import SUITES, TASKS, benchmark
+from .config import DataConfig
 from .generation import Engine, Request
-from .judges import KeywordJudge, judge_entry, make_judge
+from .judges import JudgeConfig, KeywordJudge, judge_entry, make_judge
 from .lm_eval_format import lm_eval_name, prompt_of, task_metrics, versions
 from .loaders import Item
 from .screening import Split, VerdictCache, stratified_subset
-from .tasks import SUITES, TASKS, Task, samples_path
+from .tasks import Task, samples_path
 from .uncertainty import composite
 
 # Default generation caps: a keyword judge reads only the opening of a reply (the fast path for search);
@@ -430,7 +430,7 @@ def _run_task(task: Task, items: list[Item], engine: GenerationBackend, judge, k
             recs.append(rec)
         return recs, sum(g.n_tokens for g in gens)
     if task.kind == "vqa":
-        reqs = [Request(it.prompt + scoring.VQA_SUFFIX, image=it.load_image(), system=system) for it in items]
+        reqs = [Request(it.prompt + answers.VQA_SUFFIX, image=it.load_image(), system=system) for it in items]
         gens = engine.generate(reqs, max_new_tokens=cap, batch_size=bs)
         recs = []
         for i, it in enumerate(items):

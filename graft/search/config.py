@@ -28,9 +28,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from graft.errors import UsageError
-from graft.evals.config import JudgeConfig
+from graft.evals.benchmarks import TASKS
+from graft.evals.judges import JudgeConfig
 from graft.evals.screening import Split
-from graft.evals.tasks import TASKS
 from graft.schema import describe_validation_error, load_yaml_file
 
 EVAL_VERSION = 1

@@ -13,7 +13,7 @@ from typing import Any
 
 from graft.engines.operators import OperatorSpec
 from graft.errors import IncompatibleError, UsageError
-from graft.evals.tasks import TASKS
+from graft.evals.benchmarks import TASKS
 from graft.recipe import Coefficients, Recipe
 
 from .config import SearchEvalConfig, Stage

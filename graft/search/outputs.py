@@ -189,11 +189,14 @@ def _row(r: TrialRecord, num_layers: int, cells: list[Cell], objective: Objectiv
     return row
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def write_search_file(path: Path, text: str) -> None:
+    """Write one file of the search's output folder (replaced atomically; graft owns that folder)."""
     write_file(path, text, force=True)  # inside the search's own folder: graft's files, replaced atomically
 
 
-def _json(data: Any) -> str:
+def json_text(data: Any) -> str:
+    """`data` as indented JSON text, NaN and infinities written as null (JSON has neither)."""
+
     def clean(value: Any) -> Any:  # JSON has no NaN/inf: write null
         if isinstance(value, float) and not math.isfinite(value):
             return None
@@ -217,12 +220,12 @@ def write_outputs(out: Path, trials: list[FrozenTrial], *, base: Recipe, objecti
     rows = [_row(r, num_layers, cells, objective) for r in recs]
     front = pareto_front(recs)
     front_rows = [_row(r, num_layers, cells, objective) for r in front]
-    _atomic_write(out / "trials.json", _json([{**asdict(r), "feasible": r.feasible(objective),
+    write_search_file(out / "trials.json", json_text([{**asdict(r), "feasible": r.feasible(objective),
                                                "lambda": lambda_cells(r.coefficients, num_layers, cells)}
                                               for r in recs]))
-    _atomic_write(out / "trials.csv", pd.DataFrame(rows).to_csv(index=False))
-    _atomic_write(out / "pareto.json", _json([asdict(r) for r in front]))
-    _atomic_write(out / "pareto.csv", pd.DataFrame(front_rows, columns=list(rows[0]) if rows else None)
+    write_search_file(out / "trials.csv", pd.DataFrame(rows).to_csv(index=False))
+    write_search_file(out / "pareto.json", json_text([asdict(r) for r in front]))
+    write_search_file(out / "pareto.csv", pd.DataFrame(front_rows, columns=list(rows[0]) if rows else None)
                   .to_csv(index=False))
     recipe_file = out / "best_recipe.yaml"
     if best is not None and best.coefficients is not None:
@@ -231,7 +234,7 @@ def write_outputs(out: Path, trials: list[FrozenTrial], *, base: Recipe, objecti
         recipe = recipe.model_copy(update={"description": (
             f"graft search, study {meta.get('study')!r}: trial {best.number} ({what}), safety {best.safety:.4f}, "
             f"medical {best.medical:.4f} (drop {best.medical_drop:+.4f} from λ = 0)")})
-        _atomic_write(recipe_file, "# Written by `graft search`; build it with: graft merge --recipe "
+        write_search_file(recipe_file, "# Written by `graft search`; build it with: graft merge --recipe "
                       f"{recipe_file.name} --out DIR\n" + recipe.to_yaml())
     # A best trial with λ = 0 on every tensor is the target itself: the recipe grafts nothing. Say so.
     unchanged = best is not None and best.coefficients is not None and not any(
@@ -241,7 +244,7 @@ def write_outputs(out: Path, trials: list[FrozenTrial], *, base: Recipe, objecti
         print(f"warning: the best trial ({best.number}) has λ = 0 everywhere: {recipe_file.name} reproduces the "  # type: ignore[union-attr]
               "target unchanged (no coefficients tried beat it under the objective)", file=sys.stderr)
     summary["files"] = {name: str(out / name) for name in FILES if (out / name).exists()}
-    _atomic_write(out / "summary.json", _json(summary))
+    write_search_file(out / "summary.json", json_text(summary))
     return summary
 
 

@@ -246,7 +246,7 @@ def _report(trials: list[FrozenTrial], config: SearchEvalConfig, objective, scor
     write the per-item outcomes to heldout.json (anyone can recompute the figures from it)."""
     from graft.recipe import Coefficients
 
-    from .outputs import _atomic_write, _json, best_of, best_uniform_of, records
+    from .outputs import best_of, best_uniform_of, json_text, records, write_search_file
     from .report import build_report
 
     if not hasattr(scorer, "items"):
@@ -275,7 +275,7 @@ def _report(trials: list[FrozenTrial], config: SearchEvalConfig, objective, scor
     report = build_report(models, config, searched="searched" if searched is not None else None,
                           best_uniform=uniform.baseline if uniform is not None else None)
     report["best_uniform"] = uniform.baseline if uniform is not None else None
-    _atomic_write(out / HELDOUT_FILE, _json({"split": report["split"], "models": models}))
+    write_search_file(out / HELDOUT_FILE, json_text({"split": report["split"], "models": models}))
     return report
 
 

@@ -92,8 +92,8 @@ def _figstep(out: Path, real_per_set: int) -> None:
     """The toy FigStep image of every safety and benign item, named by the id the loaders give it, and a few real
     renders (the exact images `graft eval` feeds a real model) for comparison."""
     from graft.evals import figstep
+    from graft.evals.benchmarks import BENCHMARKS
     from graft.evals.config import DataConfig
-    from graft.evals.loaders import LOADERS
 
     from .typeset import figstep_image
 
@@ -101,7 +101,7 @@ def _figstep(out: Path, real_per_set: int) -> None:
     (out / "figstep").mkdir(parents=True, exist_ok=True)
     (out / "figstep-real").mkdir(parents=True, exist_ok=True)
     for name in ("catqa", "hexphi", "medsafetybench", "benign"):
-        items = LOADERS[name](config.source(name))
+        items = BENCHMARKS[name].load(config.source(name))
         for item in items:
             figstep_image(item.prompt).render().save(out / "figstep" / f"{item.id}.png")
         for item in items[:real_per_set]:

@@ -295,7 +295,7 @@ def _word_sequence(r: random.Random, vocabulary: Sequence[str], held: set[str],
 
 
 _KEYWORDS = KeywordJudge()
-VQA_SUFFIX = "\nAnswer the question using a single word or phrase."  # graft.evals.scoring.VQA_SUFFIX
+VQA_SUFFIX = "\nAnswer the question using a single word or phrase."  # graft.evals.answers.VQA_SUFFIX
 
 
 def _four(options: tuple[str, ...], answer: int) -> tuple[str, ...]:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from graft.evals.answers import VQA_SUFFIX
 from graft.evals.config import FIXTURES
 from graft.evals.figstep import FIGSTEP_PROMPT
 from graft.evals.judges import REFUSAL_PHRASES
-from graft.evals.scoring import VQA_SUFFIX
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|end|>",
            "<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<image>"]

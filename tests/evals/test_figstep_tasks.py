@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from graft.cli import app
 from graft.errors import InputError
 from graft.evals import Engine, evaluate, figstep, fixture_data
+from graft.evals.benchmarks import SUITES, TASKS
 from graft.evals.config import FIXTURES, DataConfig
 from graft.evals.judges import KeywordJudge
 from graft.evals.loaders import load_benign
-from graft.evals.tasks import SUITES, TASKS
 
 
 @pytest.fixture(scope="module")

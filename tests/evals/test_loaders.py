@@ -13,10 +13,10 @@ import pytest
 
 from graft.errors import InputError, UsageError
 from graft.evals import DataConfig, HubSource, fixture_data
+from graft.evals.benchmarks import BENCHMARKS
 from graft.evals.config import FIXTURES
 from graft.evals.loaders import (
     HEXPHI_CATEGORIES,
-    LOADERS,
     load_catqa,
     load_hexphi,
     load_medbullets4,
@@ -30,7 +30,7 @@ from graft.evals.loaders import (
 
 def test_fixture_counts_and_fields():
     data = fixture_data()
-    counts = {name: len(loader(data.source(name))) for name, loader in LOADERS.items()}
+    counts = {name: len(bench.load(data.source(name))) for name, bench in BENCHMARKS.items()}
     # Counted independently from the files: lines, rows, keys.
     assert counts["catqa"] == len((FIXTURES / "catqa/catqa_english.json").read_text().splitlines())
     assert counts["hexphi"] == sum(len(p.read_text().splitlines()) for p in (FIXTURES / "hexphi").glob("*.csv"))
@@ -175,8 +175,8 @@ def test_csv_with_byte_order_mark(tmp_path):
 @pytest.mark.parametrize(("name", "split"), [("catqa", "train"), ("medqa", "test"), ("vqarad", "test")])
 def test_hub_path_reads_the_same_rows(name, split):
     """`datasets.load_dataset` on a local folder runs the hub code path without a network."""
-    local = LOADERS[name](getattr(fixture_data(), name))
-    via_datasets = LOADERS[name](HubSource(hub=str(FIXTURES / name), split=split))
+    local = BENCHMARKS[name].load(getattr(fixture_data(), name))
+    via_datasets = BENCHMARKS[name].load(HubSource(hub=str(FIXTURES / name), split=split))
     key = [(it.prompt, it.category, it.answer, it.choices, it.answer_type) for it in local]
     assert [(it.prompt, it.category, it.answer, it.choices, it.answer_type) for it in via_datasets] == key
     if name == "vqarad":

@@ -9,12 +9,22 @@ import pytest
 
 from graft.errors import UsageError
 from graft.evals import evaluate, fixture_data
+from graft.evals.answers import ABSTRACT_YES_NO_MAYBE, LETTERED
 from graft.evals.backend import GenerationBackend
-from graft.evals.benchmarks import BENCHMARKS, Benchmark, benchmark, register_benchmark, unregister_benchmark
-from graft.evals.config import FIXTURES, DataConfig, HubSource, JudgeConfig
+from graft.evals.benchmarks import (
+    BENCHMARKS,
+    SUITES,
+    TASKS,
+    Benchmark,
+    benchmark,
+    register_benchmark,
+    unregister_benchmark,
+)
+from graft.evals.config import FIXTURES, DataConfig
 from graft.evals.generation import Engine
 from graft.evals.judges import (
     JUDGES,
+    JudgeConfig,
     JudgeEntry,
     KeywordJudge,
     judge_entry,
@@ -23,8 +33,8 @@ from graft.evals.judges import (
     unregister_judge,
 )
 from graft.evals.loaders import Item, load_catqa, load_pubmedqa
-from graft.evals.scoring import ABSTRACT_YES_NO_MAYBE, LETTERED, extract_choice, mc_context, mc_targets
-from graft.evals.tasks import SUITES, TASKS
+from graft.evals.scoring import extract_choice, mc_context, mc_targets
+from graft.evals.sources import HubSource
 
 # What graft evaluated before the registry existed, in this order (--help, results and suites list them so).
 GRAFT_TASKS = ["catqa", "hexphi", "medsafetybench", "catqa-figstep", "hexphi-figstep", "medsafetybench-figstep",

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from graft.evals.answers import normalize_answer, score_vqa
 from graft.evals.loaders import Item
-from graft.evals.scoring import (
-    extract_choice,
-    normalize_answer,
-    score_loglik,
-    score_vqa,
-    summarize_mc,
-    summarize_safety,
-)
+from graft.evals.scoring import extract_choice, score_loglik, summarize_mc, summarize_safety
 
 MC = Item("medqa", "q1", "step1", "question", choices=("aspirin", "heparin", "warfarin", "placebo"), answer="B")
 PUB = Item("pubmedqa", "p1", "yes", "q", choices=("yes", "no", "maybe"), answer="yes", context="c")
