@@ -261,7 +261,12 @@ def _child_json(py: str, me: str, kind: str, *paths: Path) -> dict[str, object]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-HEADERS = ["operator", "contender", "wall s", "cpu s", "peak anon MB", "ru_maxrss MB", "vs naive", "vs mergekit"]
+HEADERS = ["operator", "contender", "wall s", "cpu s", "peak anon MB", "ru_maxrss MB", "vs naive (wall / cpu)",
+           "vs mergekit (wall / cpu)"]
+
+
+def _ratio(r: dict[str, float], other: dict[str, float] | None) -> str:
+    return f"{r['wall_s'] / other['wall_s']:.2f}× / {r['cpu_s'] / other['cpu_s']:.2f}×" if other else "—"
 
 
 def markdown_table(results: dict[str, object]) -> str:
@@ -271,14 +276,12 @@ def markdown_table(results: dict[str, object]) -> str:
         which, kind = key.split("|")
         naive = runs.get(f"{which}|naive") if which else None  # type: ignore[union-attr]
         mk = runs.get(f"{which}|mergekit") if which else None  # type: ignore[union-attr]
-        vs_naive = f"{r['wall_s'] / naive['wall_s']:.2f}×" if naive else "—"
-        if mk:
-            vs_mk = f"{r['wall_s'] / mk['wall_s']:.2f}×"
-        else:
-            vs_mk = "no mergekit method" if which and not OPERATORS[which][1] else "—"
+        vs_mk = _ratio(r, mk)
+        if which and not OPERATORS[which][1]:
+            vs_mk = "no mergekit method"
         method = f" (`{OPERATORS[which][1]}`)" if kind == "mergekit" else ""
         lines.append(f"| {which or '—'} | {kind}{method} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | "
-                     f"{r['peak_anon_mb']:.0f} | {r['maxrss_mb']:.0f} | {vs_naive} | {vs_mk} |")
+                     f"{r['peak_anon_mb']:.0f} | {r['maxrss_mb']:.0f} | {_ratio(r, naive)} | {vs_mk} |")
     return "\n".join(lines)
 
 
