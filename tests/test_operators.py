@@ -135,7 +135,7 @@ def test_dare_mask_is_the_numpy_reference_whatever_the_chunks(step: int) -> None
     ref = TensorRef("model.layers.3.self_attn.q_proj.weight", "t", 2**33)
     key = op.prepare(ref, list)
     for origin in (0, 2**32 - 150_000):
-        tau = torch.ones(300_000)
+        tau = torch.ones(300_000 if step > 100 else 3_000)
         got = torch.cat([op.transform(Chunk(origin + i, tau[i:i + step]), ref, key) != 0
                          for i in range(0, tau.numel(), step)])
         expected = np_dare_keep(5, ref.donor, tau.numel(), 0.37, start=origin)
