@@ -1,7 +1,7 @@
 """Benchmark each graft operator's streamed merge against the naive whole-tensor way and mergekit's nearest method.
 
-    python bench/operators.py --size-mb 300 --repeat 2          # ~300 MB bf16 checkpoints, CPU
-    python bench/operators.py --size-mb 300 --only dare trim    # a subset of the operators
+    python bench/operators.py --size-mb 200 --repeat 2          # ~200 MB bf16 checkpoints, CPU
+    python bench/operators.py --size-mb 200 --only dare trim    # a subset of the operators
 
 Why: `orthogonal` and `trim` read every grafted tensor more than once (a whole-tensor pre-pass before the chunks are
 applied) and `dare` hashes every element index, so what each operator costs next to `linear`, next to what people
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
         run_worker(argv[1:])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mb", type=float, default=300.0, help="size of each bf16 checkpoint, MB")
+    parser.add_argument("--size-mb", type=float, default=200.0, help="size of each bf16 checkpoint, MB")
     parser.add_argument("--shapes", choices=["auto", *bench_merge.SHAPES], default="small",
                         help="layer width preset of bench/merge.py")
     parser.add_argument("--only", nargs="+", choices=list(OPERATORS), default=None, help="operators to run")
