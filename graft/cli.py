@@ -29,7 +29,7 @@ from graft import __version__
 from graft.demo import DEMO_HOLDOUT, DEMO_SCALES, DEMO_TRIALS
 from graft.display import human_size, shown
 from graft.errors import EXIT_CODES, GraftError, UsageError
-from graft.evals.command import eval_command
+from graft.evals.command import EvalCommand, eval_command
 from graft.inspect.command import inspect_command
 from graft.io.guard import write_file
 from graft.recipe import Recipe
@@ -526,7 +526,7 @@ def examples_command(
         stdout.print(shown(path) if quiet else f"wrote {shown(path)}")
 
 
-app.command("eval")(handles_errors(eval_command))
+app.command("eval", cls=EvalCommand)(handles_errors(eval_command))
 app.command("inspect")(handles_errors(inspect_command))
 app.command("search")(handles_errors(search_command))
 

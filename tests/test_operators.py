@@ -1,8 +1,9 @@
 """Graft operators (graft/engines/operators.py) against independent NumPy implementations written here, and the streamed
 merge against the resident graft, bit for bit, for every operator.
 
-The references re-derive each operator from its definition: DARE's counter-based mask with NumPy's own wrapping
-uint64 arithmetic (graft splits 16-bit halves in int64 instead), trim's top-k by a stable argsort (graft uses a
+The references re-derive each operator from its definition: DARE's counter-based mask (SplitMix64 of the element
+index) with NumPy's own wrapping uint64 arithmetic and unsigned shifts (graft works in signed int64 with masked
+shifts, in blocks), trim's top-k by a stable argsort (graft uses a
 chunked radix select), and the fp32 arithmetic θ + (f(τ)·λ) of graft_rows.
 """
 
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from graft.engines.merge import merge
-from graft.engines.operators import Chunk, OperatorSpec, TensorRef
+from graft.engines.operators import Chunk, OperatorSpec, TensorRef, dare_keep, dare_key, dare_threshold
 from graft.engines.resident import ResidentGraft
 from graft.errors import UsageError
 from graft.recipe import Recipe
@@ -34,25 +35,26 @@ from tests.test_resident import (
 )
 
 LAM = 0.8
-M32 = np.uint64(0xFFFFFFFF)
 
 
 # -- independent references ----------------------------------------------------------------------------------------
-def np_fmix32(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint64(16))
-    x = (x * np.uint64(0x85EBCA6B)) & M32  # uint64 products wrap modulo 2**64: the low 32 bits are exact
-    x = x ^ (x >> np.uint64(13))
-    x = (x * np.uint64(0xC2B2AE35)) & M32
-    return x ^ (x >> np.uint64(16))
+def np_splitmix64(key: int, index: np.ndarray) -> np.ndarray:
+    """SplitMix64's i-th output for a 64-bit key, from its published definition, in wrapping uint64 arithmetic."""
+    z = np.uint64(key % 2**64) + (index + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
-def np_dare_keep(seed: int, name: str, n: int, density: float) -> np.ndarray:
-    digest = hashlib.sha256(f"graft-dare:{seed}:{name}".encode()).digest()
-    k1, k2 = (np.uint64(int.from_bytes(digest[i:i + 4], "little")) for i in (0, 4))
-    index = np.arange(n, dtype=np.uint64)
-    h = np_fmix32((index & M32) ^ k1)
-    h = np_fmix32(h ^ (((index >> np.uint64(32)) + k2) & M32))
-    return h < np.uint64(math.floor(density * 2**32))
+def np_dare_keep(seed: int, name: str, n: int, density: float, start: int = 0) -> np.ndarray:
+    # the draw as an unsigned u = h ⊕ 2⁶³ (the signed reading of h, shifted by 2⁶³), kept below ⌊density·2⁶⁴⌋
+    key = int.from_bytes(hashlib.sha256(f"graft-dare:{seed}:{name}".encode()).digest()[:8], "little")
+    bound = math.floor(density * 2**64)
+    if bound >= 2**64:
+        return np.ones(n, dtype=bool)
+    with np.errstate(over="ignore"):
+        h = np_splitmix64(key, np.arange(start, start + n, dtype=np.uint64))
+    return (h ^ np.uint64(2**63)) < np.uint64(bound)
 
 
 def np_topk_keep(tau32: np.ndarray, density: float) -> np.ndarray:
@@ -113,18 +115,42 @@ def test_dare_keeps_about_density_and_depends_on_seed_and_name() -> None:
     spec = OperatorSpec.parse({"name": "dare", "density": 0.25, "seed": 3})
     op = spec.build()
     ref = TensorRef("model.layers.0.mlp.up_proj.weight", "t", tau.numel())
-    kept = op.transform(Chunk(0, tau), ref, None) != 0
+    key = op.prepare(ref, lambda: iter(()))  # the key is all the state: no pass over the data
+    kept = op.transform(Chunk(0, tau), ref, key) != 0
     assert abs(kept.float().mean().item() - 0.25) < 4 * math.sqrt(0.25 * 0.75 / tau.numel())
-    assert torch.equal(op.transform(Chunk(0, tau), ref, None)[kept], torch.full((int(kept.sum()),), 4.0))
+    assert torch.equal(op.transform(Chunk(0, tau), ref, key)[kept], torch.full((int(kept.sum()),), 4.0))
     other_seed = OperatorSpec.parse({"name": "dare", "density": 0.25, "seed": 4}).build()
     other_name = TensorRef("model.layers.1.mlp.up_proj.weight", "t", tau.numel())
-    assert not torch.equal(other_seed.transform(Chunk(0, tau), ref, None) != 0, kept)
-    assert not torch.equal(op.transform(Chunk(0, tau), other_name, None) != 0, kept)
-    # a chunk starting at element 1000 draws exactly the whole tensor's mask from there
-    assert torch.equal(op.transform(Chunk(1000, tau[1000:5000]), ref, None) != 0, kept[1000:5000])
+    assert not torch.equal(other_seed.transform(Chunk(0, tau), ref, other_seed.prepare(ref, list)) != 0, kept)
+    assert not torch.equal(op.transform(Chunk(0, tau), other_name, op.prepare(other_name, list)) != 0, kept)
     # density 1 keeps everything, unscaled
-    assert torch.equal(OperatorSpec.parse({"name": "dare", "density": 1.0}).build().transform(Chunk(0, tau), ref,
-                                                                                             None), tau)
+    full = OperatorSpec.parse({"name": "dare", "density": 1.0}).build()
+    assert torch.equal(full.transform(Chunk(0, tau), ref, full.prepare(ref, list)), tau)
+
+
+@pytest.mark.parametrize("step", [1, 7, 4097, 65_537, 100_003])
+def test_dare_mask_is_the_numpy_reference_whatever_the_chunks(step: int) -> None:
+    # odd chunk sizes, across graft's own 2¹⁶-element hashing blocks, and indices past 2³² (a huge tensor's tail)
+    op = OperatorSpec.parse({"name": "dare", "density": 0.37, "seed": 5}).build()
+    ref = TensorRef("model.layers.3.self_attn.q_proj.weight", "t", 2**33)
+    key = op.prepare(ref, list)
+    for origin in (0, 2**32 - 150_000):
+        tau = torch.ones(300_000 if step > 100 else 3_000)
+        got = torch.cat([op.transform(Chunk(origin + i, tau[i:i + step]), ref, key) != 0
+                         for i in range(0, tau.numel(), step)])
+        expected = np_dare_keep(5, ref.donor, tau.numel(), 0.37, start=origin)
+        assert np.array_equal(got.numpy(), expected)
+
+
+def test_dare_keep_probability_is_exact_at_the_threshold() -> None:
+    # P(keep) = ⌊density·2⁶⁴⌋ / 2⁶⁴: the draws are uniform on the signed int64 range, kept below the threshold
+    assert dare_threshold(1.0) is None and dare_threshold(0.5) == 0
+    assert dare_threshold(0.25) == -(2**62) and dare_threshold(2.0**-64) == -(2**63) + 1
+    key = dare_key(0, "w")
+    assert dare_keep(key, 0, 10, 1.0, torch.device("cpu")).all()
+    assert not dare_keep(key, 0, 100_000, 2.0**-64, torch.device("cpu")).any()
+    keep = dare_keep(key, 0, 1_000_000, 0.5, torch.device("cpu"))
+    assert abs(keep.float().mean().item() - 0.5) < 4 * 0.5 / math.sqrt(keep.numel())
 
 
 @pytest.mark.parametrize("density", [1e-4, 0.1, 0.37, 0.5, 0.999, 1.0])

@@ -238,37 +238,58 @@ class DareParams(OperatorParams):
     seed: int = 0
 
 
-_MASK32 = 0xFFFFFFFF
+# SplitMix64 (Steele, Lea and Flood 2014): the i-th output of the generator seeded with `key` is
+# mix(key + (i + 1)·GOLDEN), so element i's draw is computed directly from its index. Constants as published, held as
+# the signed int64 values of the same bits (torch has no usable uint64 arithmetic).
+_GOLDEN = 0x9E3779B97F4A7C15 - 2**64
+_MIX = ((30, 0xBF58476D1CE4E5B9 - 2**64), (27, 0x94D049BB133111EB - 2**64))
+_LAST_SHIFT = 31
+_CPU_BLOCK = 1 << 16  # elements hashed at a time on CPU: two int64 work buffers of 512 KiB stay in cache
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x · c) mod 2³² for x in [0, 2³²) held in int64, split in 16-bit halves so no product overflows int64."""
-    return ((x * (c & 0xFFFF)) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _MASK32
-
-
-def _fmix32(x: torch.Tensor) -> torch.Tensor:
-    """MurmurHash3's 32-bit finaliser: a bijection of [0, 2³²) whose every output bit depends on every input bit."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = _mul32(x, 0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
-def dare_keys(seed: int, donor: str) -> tuple[int, int]:
-    """Two 32-bit keys from (seed, τ's tensor name) by sha256: stable across runs, machines and Python versions."""
+def dare_key(seed: int, donor: str) -> int:
+    """The tensor's 64-bit key from (seed, τ's tensor name) by sha256: stable across runs, machines and Python
+    versions; computed once per tensor (in `prepare`), not per chunk."""
     digest = hashlib.sha256(f"graft-dare:{seed}:{donor}".encode()).digest()
-    return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:8], "little")
+    return int.from_bytes(digest[:8], "little", signed=True)
 
 
-def dare_keep(keys: tuple[int, int], start: int, count: int, density: float, device: torch.device) -> torch.Tensor:
-    """Which of the flat elements [start, start + count) DARE keeps: a counter-based draw, one hash per element
-    index (h = fmix32(fmix32(i_lo ⊕ k1) ⊕ ((i_hi + k2) mod 2³²)), kept when h < ⌊density·2³²⌋), so the mask of an
-    element depends on its index alone, never on how the tensor is chunked, and costs no memory beyond the chunk."""
-    index = torch.arange(start, start + count, dtype=torch.int64, device=device)
-    h = _fmix32((index & _MASK32) ^ keys[0])
-    h = _fmix32(h ^ (((index >> 32) + keys[1]) & _MASK32))
-    return h < math.floor(density * 2**32)
+def dare_threshold(density: float) -> int | None:
+    """The signed draw below which an element is kept: P(keep) = ⌊density·2⁶⁴⌋ / 2⁶⁴ exactly (None: keep all)."""
+    bound = math.floor(density * 2**64)  # exact: density·2⁶⁴ only shifts the float's exponent
+    return None if bound >= 2**64 else bound - 2**63
+
+
+def _splitmix64(z: torch.Tensor, scratch: torch.Tensor) -> None:
+    """SplitMix64's finaliser in place on int64 (products wrap modulo 2⁶⁴; `>>` is arithmetic on signed integers,
+    so each logical shift clears the copied sign bits with a mask)."""
+    for shift, multiplier in _MIX:
+        torch.bitwise_right_shift(z, shift, out=scratch)
+        z.bitwise_xor_(scratch.bitwise_and_((1 << (64 - shift)) - 1)).mul_(multiplier)
+    torch.bitwise_right_shift(z, _LAST_SHIFT, out=scratch)
+    z.bitwise_xor_(scratch.bitwise_and_((1 << (64 - _LAST_SHIFT)) - 1))
+
+
+def dare_keep(key: int, start: int, count: int, density: float, device: torch.device) -> torch.Tensor:
+    """Which of the flat elements [start, start + count) DARE keeps: element i's draw is the i-th SplitMix64 output
+    for the tensor's key, read as a signed int64 s, and it is kept when s < ⌊density·2⁶⁴⌋ − 2⁶³. The mask of an
+    element depends on its index alone, never on how the tensor is chunked, and costs no memory beyond the chunk;
+    one multiply-add and two multiply-xorshift rounds per element, in cache-sized blocks on CPU."""
+    threshold = dare_threshold(density)
+    if threshold is None:
+        return torch.ones(count, dtype=torch.bool, device=device)
+    keep = torch.empty(count, dtype=torch.bool, device=device)
+    block = min(count, _CPU_BLOCK if device.type == "cpu" else count) or 1
+    z = torch.empty(block, dtype=torch.int64, device=device)
+    scratch = torch.empty_like(z)
+    for begin in range(0, count, block):
+        n = min(block, count - begin)
+        zb, sb = z[:n], scratch[:n]
+        torch.arange(start + begin + 1, start + begin + n + 1, out=zb)
+        zb.mul_(_GOLDEN).add_(key)
+        _splitmix64(zb, sb)
+        torch.lt(zb, threshold, out=keep[begin:begin + n])
+    return keep
 
 
 @register
@@ -280,10 +301,12 @@ class Dare(GraftOperator[DareParams]):
     Params = DareParams
     summary = "drops each entry of τ with probability 1 − density and rescales the rest by 1/density (seeded)"
 
-    def transform(self, chunk: Chunk, tensor: TensorRef, state: Any) -> torch.Tensor:
+    def prepare(self, tensor: TensorRef, chunks: Chunks) -> int:
+        return dare_key(self.params.seed, tensor.donor)  # no pass over the data: the key is all the state
+
+    def transform(self, chunk: Chunk, tensor: TensorRef, state: int) -> torch.Tensor:
         p = self.params
-        keep = dare_keep(dare_keys(p.seed, tensor.donor), chunk.start, chunk.tau.numel(), p.density,
-                         chunk.tau.device)
+        keep = dare_keep(state, chunk.start, chunk.tau.numel(), p.density, chunk.tau.device)
         scaled = chunk.tau.to(torch.float32, copy=True).mul_(1.0 / p.density)
         return scaled.masked_fill_(~keep.view(chunk.tau.shape), 0.0)
 
@@ -381,5 +404,5 @@ class Trim(GraftOperator[TrimParams]):
 
 
 __all__ = ["LINEAR", "OPERATORS", "Chunk", "Chunks", "FieldError", "GraftOperator", "OperatorParams",
-           "OperatorSpec", "TensorRef", "TrimThreshold", "dare_keep", "dare_keys", "kept_count", "register",
-           "trim_threshold"]
+           "OperatorSpec", "TensorRef", "TrimThreshold", "dare_keep", "dare_key", "dare_threshold", "kept_count",
+           "register", "trim_threshold"]

@@ -1,13 +1,16 @@
-"""`graft eval`: the CLI layer over `graft.evals.evaluate`. The lead registers it with
-`app.command("eval")(eval_command)`; errors surface as `GraftError`s, which the app turns into exit codes."""
+"""`graft eval`: the CLI layer over `graft.evals.evaluate`. graft/cli.py registers it with
+`app.command("eval", cls=EvalCommand)(eval_command)`; errors surface as `GraftError`s, which the app turns into
+exit codes."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
 
 from graft.display import shown
 from graft.progress import StepProgress
@@ -16,10 +19,26 @@ from .benchmarks import SUITES, TASKS
 from .tasks import samples_path
 
 
+def tasks_help() -> str:
+    return f"Comma-separated tasks: {', '.join(TASKS)}."
+
+
+class EvalCommand(TyperCommand):
+    """`graft eval` whose --tasks help lists the tasks registered when the help is shown: the `graft` group loads
+    $GRAFT_PLUGINS modules and `graft.plugins` entry points just before, after this module was imported and the
+    option's help first written."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        for param in self.params:
+            if param.name == "tasks":
+                param.help = tasks_help()  # type: ignore[attr-defined]
+        super().format_help(ctx, formatter)
+
+
 def eval_command(
     model: str = typer.Argument(..., help="Model folder or hub id (org/name[@REVISION]): causal LM, "
                                           "Qwen2-VL/Qwen2.5-VL, HF LLaVA or LLaVA-Med (llava_mistral)."),
-    tasks: str = typer.Option(None, "--tasks", help=f"Comma-separated tasks: {', '.join(TASKS)}."),
+    tasks: str = typer.Option(None, "--tasks", help=tasks_help()),
     suite: str = typer.Option(None, "--suite", help=f"A task group instead of --tasks: {', '.join(SUITES)}."),
     data: Path = typer.Option(..., "--data", help="YAML mapping each benchmark to a local path or a hub id."),
     out: Path = typer.Option(Path("results.json"), "--out",

@@ -1,0 +1,50 @@
+"""`graft eval --help` lists the tasks of benchmarks a $GRAFT_PLUGINS module registers (plugins load in the `graft`
+group callback, after the options' help was first written), checked in a fresh `graft` process."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PLUGIN = '''
+from graft.evals.benchmarks import Benchmark, register_benchmark
+
+register_benchmark(Benchmark("ward_rounds", "safety", lambda source: [], figstep=True,
+                             about="one JSON object per line"))
+'''
+
+
+def _help(tmp_path: Path, plugins: str | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "GRAFT_PLUGINS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(tmp_path)])
+    env["COLUMNS"] = "100"
+    if plugins:
+        env["GRAFT_PLUGINS"] = plugins
+    return subprocess.run([sys.executable, "-m", "graft.cli", "eval", "--help"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _option_help(output: str, flag: str) -> str:
+    """The help of one option in rich's table, its wrapped lines joined (up to the next option)."""
+    lines = [line.strip("│ ") for line in output.splitlines()]
+    first = next(i for i, line in enumerate(lines) if re.match(rf"(\* +)?{flag}\s", line))
+    end = next((i for i in range(first + 1, len(lines)) if re.match(r"(\* +)?--", lines[i])), len(lines))
+    return " ".join(lines[first:end])
+
+
+def test_eval_help_lists_a_plugin_benchmark_tasks(tmp_path: Path) -> None:
+    (tmp_path / "ward_plugin.py").write_text(PLUGIN)
+    plain = _help(tmp_path, None)
+    assert plain.returncode == 0, plain.stderr
+    assert "ward_rounds" not in plain.stdout
+    assert "catqa" in _option_help(plain.stdout, "--tasks")
+
+    with_plugin = _help(tmp_path, "ward_plugin")
+    assert with_plugin.returncode == 0, with_plugin.stderr
+    tasks = _option_help(with_plugin.stdout, "--tasks")
+    assert "ward_rounds," in tasks and "ward_rounds-figstep" in tasks and "catqa" in tasks
