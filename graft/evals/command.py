@@ -23,15 +23,25 @@ def tasks_help() -> str:
     return f"Comma-separated tasks: {', '.join(TASKS)}."
 
 
+def judge_help() -> str:
+    """The registered judges' `--judge` forms (graft's three, then any a plugin registered)."""
+    from .judges import JUDGES
+
+    notes = {"guard": "guard:PATH (Llama-Guard/Qwen3Guard)", "openai": "openai:MODEL@BASE_URL (key from "
+             "$OPENAI_API_KEY)"}
+    return " | ".join(notes.get(name, entry.usage) for name, entry in JUDGES.items()) + "."
+
+
 class EvalCommand(TyperCommand):
-    """`graft eval` whose --tasks help lists the tasks registered when the help is shown: the `graft` group loads
-    $GRAFT_PLUGINS modules and `graft.plugins` entry points just before, after this module was imported and the
-    option's help first written."""
+    """`graft eval` whose --tasks and --judge help list the tasks and judges registered when the help is shown: the
+    `graft` group loads $GRAFT_PLUGINS modules and `graft.plugins` entry points just before, after this module was
+    imported and the options' help first written."""
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
+        live = {"tasks": tasks_help, "judge": judge_help}
         for param in self.params:
-            if param.name == "tasks":
-                param.help = tasks_help()  # type: ignore[attr-defined]
+            if param.name in live:
+                param.help = live[param.name]()  # type: ignore[attr-defined]
         super().format_help(ctx, formatter)
 
 
@@ -49,9 +59,7 @@ def eval_command(
     rest: bool = typer.Option(False, "--rest",
                               help="Score the items the --limit/--fraction subset leaves out instead: report on "
                                    "what a search (which scored the subset) never saw."),
-    judge: str = typer.Option("keyword", "--judge",
-                              help="keyword | guard:PATH (Llama-Guard/Qwen3Guard) | openai:MODEL@BASE_URL "
-                                   "(key from $OPENAI_API_KEY)."),
+    judge: str = typer.Option("keyword", "--judge", help=judge_help()),
     mc_mode: str = typer.Option("loglik", "--mc-mode",
                                 help="Multiple choice by option log-likelihood (lm-eval) or by generation."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens",

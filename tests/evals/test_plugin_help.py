@@ -1,5 +1,5 @@
-"""`graft eval --help` lists the tasks of benchmarks a $GRAFT_PLUGINS module registers (plugins load in the `graft`
-group callback, after the options' help was first written), checked in a fresh `graft` process."""
+"""`graft eval --help` lists the tasks of benchmarks and the judges a $GRAFT_PLUGINS module registers (plugins load
+in the `graft` group callback, after the options' help was first written), checked in a fresh `graft` process."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ from graft.evals.benchmarks import Benchmark, register_benchmark
 
 register_benchmark(Benchmark("ward_rounds", "safety", lambda source: [], figstep=True,
                              about="one JSON object per line"))
+
+from graft.evals.judges import JudgeEntry, register_judge
+
+register_judge(JudgeEntry("ward_judge", "ward_judge:RULES", lambda config, device: None, parse=lambda rest: {}))
 '''
 
 
@@ -48,3 +52,6 @@ def test_eval_help_lists_a_plugin_benchmark_tasks(tmp_path: Path) -> None:
     assert with_plugin.returncode == 0, with_plugin.stderr
     tasks = _option_help(with_plugin.stdout, "--tasks")
     assert "ward_rounds," in tasks and "ward_rounds-figstep" in tasks and "catqa" in tasks
+    judges = _option_help(with_plugin.stdout, "--judge")
+    assert "ward_judge:RULES" in judges and "guard:PATH" in judges
+    assert "ward_judge" not in _option_help(plain.stdout, "--judge")
