@@ -19,7 +19,7 @@ from graft.engines.plan import GraftPlan
 from graft.errors import InputError
 from graft.io.hub import looks_like_hub_id, split_revision
 from graft.io.regular_files import read_regular_bytes
-from graft.vector import SourceInfo
+from graft.vector_card import source_lines
 
 REPRODUCE = "graft merge --recipe graft_recipe.yaml --out rebuilt"
 TAGS = ["graft", "safety", "merge", "task-arithmetic"]
@@ -105,8 +105,8 @@ def model_card(plan: GraftPlan, results: dict[str, dict[str, Any]] | None = None
         f"- target: `{target}`",
         f"- vector: `{recipe.vector}` ({manifest.kind}, {len(manifest.tensors)} tensors, stored as {storage}; "
         f"extracted by graft {manifest.graft_version})",
-        *_source_lines("aligned", manifest.aligned),
-        *_source_lines("base", manifest.base),
+        *source_lines("aligned", manifest.aligned),
+        *source_lines("base", manifest.base),
     ]
     spec = recipe.operator_spec
     if plan.origin is not None:
@@ -147,14 +147,6 @@ def model_card(plan: GraftPlan, results: dict[str, dict[str, Any]] | None = None
 def _title(plan: GraftPlan) -> str:
     name = hub_id(plan.recipe.target) or plan.target.root.name
     return f"{name.split('/')[-1]} + safety vector (graft {__version__})"
-
-
-def _source_lines(role: str, source: SourceInfo) -> list[str]:
-    name = (source.hub + (f"@{source.revision}" if source.revision else "")) if source.hub else source.path
-    lines = [f"  - {role}: `{name}`" + (f" ({source.model_type})" if source.model_type else "")]
-    for file, digest in sorted((source.sha256 or {}).items()):
-        lines.append(f"    - `{file}` sha256 `{digest}`")
-    return lines
 
 
 def _layer_rule(plan: GraftPlan) -> str:

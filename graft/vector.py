@@ -37,6 +37,7 @@ from graft.io.writer import (
     write_index,
 )
 from graft.schema import FiniteFloat, describe_validation_error, load_json_file
+from graft.vector_card import CARD, vector_card
 
 MANIFEST = "vector.json"
 FORMAT = "graft-vector"
@@ -262,6 +263,7 @@ def extract_vector(
                     total_elements=sum(base.tensors[n].numel for n in names),
                 )
                 (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+                (staging / CARD).write_text(vector_card(manifest))
         finally:
             if hashes:
                 hashes.shutdown(wait=True, cancel_futures=True)

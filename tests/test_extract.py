@@ -49,6 +49,28 @@ def test_vector_equals_difference_and_manifest_describes_it(make_world) -> None:
         assert manifest["base"]["sha256"][file.name] == hashlib.sha256(file.read_bytes()).hexdigest()
 
 
+def test_vector_folder_carries_a_card_that_describes_it(make_world) -> None:
+    """README.md, as the Hub reads it: tags, no path in the metadata, and per-group norms that recompute from τ."""
+    from huggingface_hub import ModelCard
+
+    world = make_world("causal", sharded=True)
+    card = ModelCard.load(world.vector / "README.md")
+    assert card.data.tags == ["graft", "task-vector", "safety"]
+    assert card.data.base_model is None  # local sources: a path never goes into the Hub's metadata
+    tau = load_folder(world.vector)
+    manifest = json.loads((world.vector / "vector.json").read_text())
+    assert f"- {len(tau)} tensors over {manifest['num_layers']} layers" in card.text
+    groups: dict[str, list[float]] = {}
+    for name, stored in tau.items():
+        groups.setdefault(manifest["tensors"][name]["group"], []).append(float(np.linalg.norm(stored.double())))
+    for group, norms in groups.items():
+        row = next(line for line in card.text.splitlines() if line.startswith(f"| {group} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert int(cells[1]) == len(norms)
+        assert math.isclose(float(cells[2]), math.sqrt(sum(n * n for n in norms)), rel_tol=1e-3), group
+    assert f"`{world.aligned}`" in card.text and f"`{world.base}`" in card.text
+
+
 def test_float32_storage_is_exact(make_world) -> None:
     world = make_world("causal", vector_dtype="float32")
     vector = SafetyVector.open(world.vector)

@@ -362,6 +362,11 @@ def test_extract_records_hub_sources(models: SimpleNamespace, offline: Path, tmp
     manifest = json.loads((out / "vector.json").read_text())
     assert (manifest["base"]["hub"], manifest["base"]["revision"]) == ("org/base", COMMIT)
     assert (manifest["aligned"]["hub"], manifest["aligned"]["revision"]) == ("org/aligned", "f" * 40)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")  # the vector's own card names its sources the Hub's way
+    assert card.data.base_model == ["org/aligned", "org/base"]
+    assert f"base: `org/base@{COMMIT}`" in card.text and "# Safety vector: aligned − base" in card.text
     merged = tmp_path / "merged"
     assert cli("merge", "-t", models.target, "--vector", out, "-o", merged, "-q").exit_code == 0
     text = (merged / "README.md").read_text()
