@@ -197,6 +197,13 @@ def _warn(note: str) -> None:
     stderr.print(f"[bold yellow]warning:[/] {note}", soft_wrap=True)
 
 
+def _note_unused_origin(origin: str | None, spec: Recipe) -> None:
+    """`--origin` given to an operator that never reads it: said, not refused (a script may pass it to every
+    operator, as a search does; recipes keep it silently for the same reason)."""
+    if origin and not spec.operator_spec.uses_origin:
+        _warn(f"--origin {origin}: operator {spec.operator_spec.name} does not use the origin; it is not read")
+
+
 def _progress(quiet: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -302,6 +309,7 @@ def plan(
                         control_points=control_points, group=group, map=map, include=include, exclude=exclude,
                         origin=origin, orthogonalize=orthogonalize, operator=operator,
                         operator_param=operator_param, strict=strict, allow_partial=allow_partial)
+    _note_unused_origin(origin, spec)
     merge_plan = open_plan(with_revisions(spec, target_revision, vector_revision))
     try:
         if json_out:
@@ -365,6 +373,7 @@ def merge(
                         operator_param=operator_param, dtype=dtype,
                         shard_size=shard_size, device=device, chunk_size=chunk_size, strict=strict,
                         allow_partial=allow_partial)
+    _note_unused_origin(origin, spec)
     spec = with_revisions(spec, target_revision, vector_revision)
     if push_to_hub is not None:
         from graft.io.publish import hub_token

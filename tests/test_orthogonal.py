@@ -38,3 +38,20 @@ def test_orthogonalized_graft_matches_float64_reference(make_world, tmp_path: Pa
     assert checked == len(tau)
     for name in target.keys() - {target_name("llava", d) for d in tau}:
         assert torch.equal(merged[name], target[name])
+
+
+def test_origin_given_to_an_operator_that_ignores_it_is_said(make_world, tmp_path: Path) -> None:
+    """`--origin` with linear: the plan runs (a script may pass it to every operator) and says it is not read;
+    with orthogonal the same flag is used and nothing is said."""
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    world = make_world("causal")
+    args = ["plan", "-t", str(world.target), "--vector", str(world.vector), "--origin", str(world.origin), "-q"]
+    linear = CliRunner().invoke(app, [*args, "--operator", "linear"])
+    assert linear.exit_code == 0, linear.output
+    assert "operator linear does not use the origin" in linear.stderr
+    orthogonal = CliRunner().invoke(app, [*args, "--operator", "orthogonal"])
+    assert orthogonal.exit_code == 0, orthogonal.output
+    assert "origin" not in orthogonal.stderr
