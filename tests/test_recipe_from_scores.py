@@ -102,3 +102,62 @@ def test_recipe_from_cosine_scores_grafts_exactly_the_selected_cells(make_world,
     bad = runner.invoke(app, ["recipe", "--from-scores", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b.yaml")])
     assert bad.exit_code == 3 and "not a folder" in bad.output, bad.output
     assert not (tmp_path / "b.yaml").exists()
+
+
+def test_report_made_elsewhere_and_edited_reports(make_world, tmp_path: Path, monkeypatch) -> None:
+    """Paths work from any folder (stored absolute); a report whose files disagree, or hold a cell that is not a
+    number, or is not a graft inspect index, is refused with one line naming the file, and nothing is written."""
+    import json
+    import shutil
+
+    world = make_world("causal", dtype=torch.float32, vector_dtype="float32")
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("target", "origin", "vector"):  # relative paths, as a user in that folder types them
+        shutil.copytree(getattr(world, name), work / name)
+    monkeypatch.chdir(work)
+    assert runner.invoke(app, ["inspect", "--vector", "vector", "--target", "target", "--origin", "origin",
+                               "--no-safelora", "--out", "report", "-q"]).exit_code == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    done = runner.invoke(app, ["recipe", "--from-scores", "../work/report", "--threshold", "2", "--out",
+                               "sub/selected.yaml"])
+    assert done.exit_code == 0, done.output
+    recipe = Recipe.from_yaml(elsewhere / "sub" / "selected.yaml")
+    assert (recipe.target, recipe.vector, recipe.options.origin) == tuple(
+        str((work / n).resolve()) for n in ("target", "vector", "origin"))
+    plan = runner.invoke(app, ["plan", "--recipe", "sub/selected.yaml", "-q"])
+    assert plan.exit_code == 0, plan.output
+
+    def edited(name: str, change) -> Path:
+        copy = tmp_path / f"edited-{name}-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(work / "report", copy)
+        path = copy / name
+        path.write_text(change(path.read_text()))
+        return copy
+
+    def first_row(column: str, value: str):
+        def change(text: str) -> str:
+            lines = text.splitlines()
+            header = lines[0].split(",")
+            cells = lines[1].split(",")
+            cells[header.index(column)] = value
+            return "\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n"
+        return change
+
+    relative = json.loads((work / "report" / "inspect.json").read_text())
+    relative["sources"]["target"] = "target"  # a report from an older graft, relative to where it ran
+    cases = [
+        (edited("layers.csv", first_row("layer", "99")), "tensors.csv", "no tensor of the selected cell layer 99 attn"),
+        (edited("layers.csv", first_row("cos_tau_med", "abc")), "layers.csv", "line 2, column 'cos_tau_med'"),
+        (edited("layers.csv", first_row("layer", "x")), "layers.csv", "line 2, column 'layer'"),
+        (edited("inspect.json", lambda t: t.replace('"format_version": 1', '"format_version": 99')), "inspect.json",
+         "format_version 99"),
+        (edited("inspect.json", lambda t: json.dumps(relative)), "inspect.json", "sources.target 'target' does not"),
+    ]
+    for report, file, words in cases:
+        bad = runner.invoke(app, ["recipe", "--from-scores", str(report), "--threshold", "2", "--out", "b.yaml"])
+        (line,) = bad.stderr.strip().splitlines() or [f"exit {bad.exit_code}: {bad.output}"]
+        assert bad.exit_code == 3 and file in line and words in line, (file, bad.output)
+        assert not (elsewhere / "b.yaml").exists()

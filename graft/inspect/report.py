@@ -22,6 +22,7 @@ from .plots import depth_plot, heatmap, importance_plot, plottable
 from .scores import cell_order
 
 REPORT_FORMAT = "graft-inspect"
+REPORT_FORMAT_VERSION = 1
 INDEX_FILE = "inspect.json"
 
 
@@ -81,7 +82,7 @@ def write_report(
                 figure(f"depth_{column}.png", depth_plot(layers, column))
         if importance is not None and not importance.empty:
             figure("importance.png", importance_plot(importance))
-        index = {"format": REPORT_FORMAT, "format_version": 1, "graft_version": __version__,
+        index = {"format": REPORT_FORMAT, "format_version": REPORT_FORMAT_VERSION, "graft_version": __version__,
                  "sources": sources or {}, "files": [*written, INDEX_FILE]}
         (staging / INDEX_FILE).write_text(json.dumps(index, indent=2, default=str) + "\n")
         written.append(INDEX_FILE)

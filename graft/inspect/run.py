@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graft.errors import InputError, UsageError
+from graft.io.hub import pin
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -103,8 +104,10 @@ def inspect_vector(
     if lam_recipe is not None:
         lam_table = lambdas(lam_recipe)  # planned as `graft merge --recipe` would (vector names without a target)
 
-    sources: dict[str, Any] = {"vector": spec.vector, "target": spec.target, "origin": spec.options.origin,
-                               "recipe": str(recipe_path) if recipe_path else None}
+    # Local paths absolute (graft.io.hub.pin), so `graft recipe --from-scores` finds them from any folder.
+    sources: dict[str, Any] = {"vector": pin(spec.vector), "target": pin(spec.target),
+                               "origin": pin(spec.options.origin),
+                               "recipe": str(Path(recipe_path).resolve()) if recipe_path else None}
     if choice is not None:
         sources.update(storage=storage, study=choice.study, trial=choice.trial, trial_chosen_as=choice.reason,
                        coefficients=choice.coefficients.model_dump(mode="json"))

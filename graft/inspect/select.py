@@ -25,7 +25,10 @@ import pandas as pd
 
 from graft.engines.mapping import GROUPS
 from graft.errors import InputError, UsageError
+from graft.io.hub import looks_like_hub_id, pin
 from graft.recipe import Recipe
+
+from .report import REPORT_FORMAT, REPORT_FORMAT_VERSION
 
 SCORE_METRICS = ("cos_tau_med", "safelora_score", "safelora_min", "ratio", "tau_norm")
 
@@ -57,6 +60,7 @@ def recipe_from_scores(
     if metric not in layers.columns:
         raise InputError(f"{folder / 'layers.csv'}: no {metric!r} column; rerun `graft inspect` (with --origin for "
                          "cos_tau_med and safelora_score)")
+    _numeric(layers, metric, folder / "layers.csv", integer=False)
     chosen = layers[layers["group"].isin(groups)]
     scored = chosen[chosen[metric].notna()]
     if scored.empty:
@@ -70,18 +74,24 @@ def recipe_from_scores(
     cells = [(None if pd.isna(r.layer) else int(r.layer), str(r.group), float(getattr(r, metric)))
              for r in hit.itertuples()]
     keys = {(layer, group) for layer, group, _ in cells}
-    names = [str(r.tensor) for r in tensors.itertuples()
-             if (None if pd.isna(r.layer) else int(r.layer), str(r.group)) in keys]
+    cell_of = {str(r.tensor): (None if pd.isna(r.layer) else int(r.layer), str(r.group)) for r in tensors.itertuples()}
+    names = [name for name, cell in cell_of.items() if cell in keys]
+    # A cell with no tensor means the two files disagree; and were none left, an empty include would graft everything.
+    empty = sorted((k for k in keys if k not in set(cell_of.values())), key=str)
+    if empty:
+        layer, group = empty[0]
+        raise InputError(f"{folder / 'tensors.csv'}: no tensor of the selected cell layer {layer} {group} (in "
+                         "layers.csv); the two files disagree: rerun `graft inspect`")
     spec = {
         "description": f"graft recipe --from-scores: {len(cells)} of {len(scored)} scored {'/'.join(groups)} cells "
                        f"with {metric} {side} {threshold:g}",
-        "target": target or _source(sources, "target", folder),
-        "vector": vector or _source(sources, "vector", folder),
+        "target": _where(target, "target", sources, folder),
+        "vector": _where(vector, "vector", sources, folder),
         "coefficients": {"scale": scale, "groups": {g: (1.0 if g in groups else 0.0) for g in GROUPS}},
         "mapping": {"include": [f"^{re.escape(name)}$" for name in names]},
     }
     if origin or sources.get("origin"):
-        spec["options"] = {"origin": origin or _source(sources, "origin", folder)}
+        spec["options"] = {"origin": _where(origin, "origin", sources, folder)}
     return Selection(Recipe.parse(spec, source="graft recipe --from-scores"), cells, len(scored), names)
 
 
@@ -103,15 +113,40 @@ def _read_report(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, ob
         missing = [c for c in needed if c not in frame.columns]
         if missing:
             raise InputError(f"{folder / name}: no column {missing[0]!r}; not a `graft inspect` report")
-    sources = index.get("sources") if isinstance(index, dict) else None
+        _numeric(frame, "layer", folder / name, integer=True)
+    if not isinstance(index, dict) or index.get("format") != REPORT_FORMAT:
+        raise InputError(f"{paths['inspect.json']}: not a `graft inspect` index (format is not {REPORT_FORMAT!r})")
+    if index.get("format_version") != REPORT_FORMAT_VERSION:
+        raise InputError(f"{paths['inspect.json']}: format_version {index.get('format_version')!r}; this graft reads "
+                         f"{REPORT_FORMAT_VERSION} (rerun `graft inspect` with this version)")
+    sources = index.get("sources")
     return layers, tensors, sources if isinstance(sources, dict) else {}
 
 
-def _source(sources: dict[str, object], key: str, folder: Path) -> str:
+def _numeric(frame: pd.DataFrame, column: str, path: Path, *, integer: bool) -> None:
+    """Refuse a cell that is neither empty nor a number (an integer for layers), naming its line and column."""
+    values = pd.to_numeric(frame[column], errors="coerce")
+    bad = frame[column].notna() & (values.isna() | (integer and values.notna() & (values % 1 != 0)))
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise InputError(f"{path}: line {row + 2}, column {column!r}: {frame[column].iloc[row]!r} is not "
+                         f"{'a layer number' if integer else 'a number'} (or empty); rerun `graft inspect`")
+    frame[column] = values
+
+
+def _where(given: str | None, key: str, sources: dict[str, object], folder: Path) -> str:
+    """A source as the recipe stores it (graft.io.hub.pin: local paths absolute, so the recipe works from any
+    folder). From the report when not given: a relative path there is relative to where inspect ran, so it is
+    used only if it exists from here."""
+    if given:
+        return pin(given) or given
     value = sources.get(key)
     if not isinstance(value, str) or not value:
         raise InputError(f"{folder / 'inspect.json'}: names no {key}; pass --{key}")
-    return value
+    if Path(value).expanduser().exists() or looks_like_hub_id(value):
+        return pin(value) or value
+    raise InputError(f"{folder / 'inspect.json'}: sources.{key} {value!r} does not exist from this folder (the "
+                     f"report was made elsewhere); pass --{key}")
 
 
 __all__ = ["SCORE_METRICS", "Selection", "recipe_from_scores"]
