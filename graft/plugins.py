@@ -22,18 +22,23 @@ def load_plugins() -> list[str]:
     names = [n.strip() for n in os.environ.get(ENV, "").split(",") if n.strip()]
     loaded = []
     if names and "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # `GRAFT_PLUGINS=my_benchmarks graft eval ...` from the module's folder
+        # `GRAFT_PLUGINS=my_benchmarks graft eval ...` from the module's folder. Last on the path, so a stray
+        # yaml.py or torch.py in the working folder never shadows the installed library.
+        sys.path.append(os.getcwd())
     for name in names:
         try:
             importlib.import_module(name)
-        except Exception as exc:  # a plugin's own bug surfaces as one line naming the plugin
-            raise UsageError(f"${ENV}: cannot import plugin '{name}' ({type(exc).__name__}: {exc}); check the "
-                             "module name and that its folder is the current one or on PYTHONPATH") from exc
+        except (Exception, SystemExit) as exc:  # a plugin's own bug (or exit) surfaces as one line naming it
+            if isinstance(exc, ModuleNotFoundError) and exc.name == name.split(".")[0]:
+                hint = "check the module name and that its folder is the current one or on PYTHONPATH"
+            else:
+                hint = "it was found but failed while importing: fix the plugin"
+            raise UsageError(f"${ENV}: cannot import plugin '{name}' ({type(exc).__name__}: {exc}); {hint}") from exc
         loaded.append(name)
     for ep in entry_points(group=GROUP):
         try:
             ep.load()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise UsageError(f"entry point '{ep.name}' ({ep.value}) in group {GROUP}: cannot load it "
                              f"({type(exc).__name__}: {exc}); reinstall or remove that package") from exc
         loaded.append(ep.value)
