@@ -24,10 +24,22 @@ def _refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when a key repeats: parsers disagree on which value wins (a header naming one tensor
+    twice could be read one way here and another way by the library that loads the weights)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
 def load_json_text(text: str) -> Any:
-    """Parse JSON as the format defines it: no NaN/Infinity literals; absurd nesting is an error, not a crash."""
+    """Parse JSON as the format defines it: no NaN/Infinity literals, no repeated key in an object; absurd nesting
+    is an error, not a crash."""
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
@@ -60,9 +72,33 @@ def load_json_file(path: Path, what: str, error: type[GraftError] = InputError, 
         raise error(f"{path}: {what} is not valid JSON ({exc}); fix or re-download it") from exc
 
 
+def load_yaml_text(text: str) -> Any:
+    """YAML as plain data (SafeLoader), refusing a mapping key given twice: PyYAML keeps the last silently, so a
+    recipe with two `operator:` lines would graft with whichever came second."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} appears twice in one mapping (line "
+                            f"{seen[key].start_mark.line + 1} and line {key_node.start_mark.line + 1})",
+                            key_node.start_mark)
+                    seen[key] = key_node
+                except TypeError:  # an unhashable key: the base constructor words that error
+                    pass
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: plain data only
+
+
 def load_yaml_file(path: Path, what: str, error: type[GraftError] = UsageError) -> Any:
-    """A YAML file's value (safe_load: plain data only), or `error` naming the file: unreadable, not UTF-8, not
-    valid YAML, or nested beyond reason."""
+    """A YAML file's value (plain data only, no repeated key), or `error` naming the file: unreadable, not UTF-8,
+    not valid YAML, or nested beyond reason."""
     import yaml
 
     try:
@@ -70,11 +106,16 @@ def load_yaml_file(path: Path, what: str, error: type[GraftError] = UsageError) 
     except UnicodeDecodeError as exc:
         raise error(f"{path}: {what} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
     try:
-        return yaml.safe_load(text)
+        return load_yaml_text(text)
     except yaml.YAMLError as exc:
-        raise error(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        raise error(f"{path}: not valid YAML ({_yaml_problem(exc)})") from exc
     except RecursionError:
         raise error(f"{path}: not valid YAML (nested too deeply)") from None
+
+
+def _yaml_problem(exc: Exception) -> str:
+    problem = getattr(exc, "problem", None)
+    return str(problem) if problem else str(exc).splitlines()[0]
 
 
 def _finite(value: float) -> float:
@@ -156,4 +197,5 @@ def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
     return "; ".join(parts[:limit]) + more
 
 
-__all__ = ["FiniteFloat", "describe_validation_error", "load_json_file", "load_json_text", "load_yaml_file", "shown"]
+__all__ = ["FiniteFloat", "describe_validation_error", "load_json_file", "load_json_text", "load_yaml_file",
+           "load_yaml_text", "shown"]

@@ -369,6 +369,25 @@ def test_index_disagrees_with_shards(m: Models, outdir: Path) -> None:
     assert_no_output(outdir / "merged")
 
 
+def test_a_key_given_twice_is_refused_not_resolved_by_order(m: Models, outdir: Path, tmp_path: Path) -> None:
+    """An index naming one tensor twice (two shards) and a recipe giving `operator` twice: parsers disagree on which
+    one wins, so graft refuses both, naming the file and the key, and writes nothing."""
+    index = m.target / INDEX
+    data = json.loads(index.read_text())
+    name = next(n for n, f in data["weight_map"].items() if f == SHARD1)
+    text = index.read_text()
+    entry = f'"{name}": "{SHARD1}"'
+    assert entry in text
+    index.write_text(text.replace(entry, f'{entry}, "{name}": "{SHARD2}"', 1))
+    line = assert_error(cli(*merge_args(m.target, m.vector, outdir / "merged")), 3, str(index), "appears twice")
+    assert name in line
+    assert_no_output(outdir / "merged")
+
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text(f"target: {m.wide_target}\nvector: {m.vector}\noperator: dare\noperator: linear\n")
+    assert_error(cli("plan", "--recipe", recipe), 2, str(recipe), "'operator' appears twice", "line 3 and line 4")
+
+
 # -- 6. missing path ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("command", ["plan", "merge"])
 def test_missing_target_folder(m: Models, outdir: Path, tmp_path: Path, command: str) -> None:
