@@ -79,6 +79,9 @@ def _operator_flags(base: Recipe, name: str | None, params: list[str] | None) ->
     0.3, 7, true); None when neither is given. The recipe's parameters are kept when the name stays the same."""
     if name is None and not params:
         return None
+    if name is not None and not name.strip():
+        raise UsageError("--operator '': give an operator's name (see `graft merge --help`), or leave the flag out "
+                         "for the recipe's operator")
     current = base.operator_spec
     chosen = name or current.name
     values = current.params.model_dump(mode="json") if chosen == current.name else {}

@@ -332,7 +332,9 @@ def test_cli_operator_flags_plan_and_model_card(make_world, tmp_path: Path) -> N
                            (["--operator", "trim"], "operator.density: missing (required)"),
                            (["--operator", "ties"], "unknown operator 'ties'"),
                            (["--operator-param", "density"], "--operator-param 'density': expected the form"),
-                           (["--operator", "orthogonal"], "needs options.origin")]:
+                           (["--operator", "orthogonal"], "needs options.origin"),
+                           (["--operator", ""], "--operator '': give an operator's name"),
+                           (["--operator-param", "seed=true"], "operator.seed: must be an integer, got True")]:
         bad = runner.invoke(app, ["merge", "--recipe", str(recipe), *extra, "--out", str(tmp_path / "bad")])
         assert bad.exit_code == 2 and message in bad.output, (extra, bad.output)
         assert not (tmp_path / "bad").exists()

@@ -224,6 +224,12 @@ def _not_bool(value: object) -> object:
     return value
 
 
+def _not_a_flag(value: object) -> object:
+    if isinstance(value, bool):  # `seed: true` is a slip, not seed 1
+        raise ValueError(f"must be an integer, got {value}")
+    return value
+
+
 def _in_unit_interval(value: float) -> float:
     if not 0.0 < value <= 1.0:  # also refuses nan
         raise ValueError(f"must be in (0, 1], got {value}")
@@ -235,7 +241,7 @@ Density = Annotated[float, BeforeValidator(_not_bool), AfterValidator(_in_unit_i
 
 class DareParams(OperatorParams):
     density: Density  # the fraction of τ's entries kept (1 − DARE's drop rate p)
-    seed: int = 0
+    seed: Annotated[int, BeforeValidator(_not_a_flag)] = 0
 
 
 # SplitMix64 (Steele, Lea and Flood 2014): the i-th output of the generator seeded with `key` is
