@@ -55,3 +55,18 @@ def test_origin_given_to_an_operator_that_ignores_it_is_said(make_world, tmp_pat
     orthogonal = CliRunner().invoke(app, [*args, "--operator", "orthogonal"])
     assert orthogonal.exit_code == 0, orthogonal.output
     assert "origin" not in orthogonal.stderr
+
+
+def test_origin_equal_to_target_is_a_warning(make_world) -> None:
+    """τ_med = θ_target − θ_target = 0: orthogonal would graft as linear without a word; --strict refuses it."""
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    world = make_world("causal")
+    args = ["plan", "-t", str(world.target), "--vector", str(world.vector), "--operator", "orthogonal",
+            "--origin", str(world.target), "-q"]
+    plain = CliRunner().invoke(app, args)
+    assert plain.exit_code == 0 and "the origin is the target itself" in plain.stderr, plain.output
+    strict = CliRunner().invoke(app, [*args, "--strict"])
+    assert strict.exit_code == 4 and "the origin is the target itself" in strict.stderr, strict.output

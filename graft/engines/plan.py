@@ -146,6 +146,10 @@ class GraftPlan:
         if self.unmatched_donor:
             notes.append(f"{len(self.unmatched_donor)} vector tensors have no partner in the target "
                          "(e.g. a tied lm_head); they are not grafted")
+        if self.origin is not None and self.origin.root.resolve() == self.target.root.resolve():
+            notes.append(f"the origin is the target itself ({self.target.root}): τ_med = 0, so operator "
+                         f"{self.recipe.operator_spec.name} grafts exactly as linear; give the model the target was "
+                         "fine-tuned from")
         return notes
 
     def check(self) -> None:
