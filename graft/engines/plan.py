@@ -148,8 +148,8 @@ class GraftPlan:
                          "(e.g. a tied lm_head); they are not grafted")
         if self.origin is not None and self.origin.root.resolve() == self.target.root.resolve():
             notes.append(f"the origin is the target itself ({self.target.root}): τ_med = 0, so operator "
-                         f"{self.recipe.operator_spec.name} grafts exactly as linear; give the model the target was "
-                         "fine-tuned from")
+                         f"{self.recipe.operator_spec.name} has no update to project off or elect signs against; "
+                         "give the model the target was fine-tuned from")
         return notes
 
     def check(self) -> None:
