@@ -148,7 +148,7 @@ class OperatorSpec:
 
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
-            text = describe_validation_error(exc, limit=1)
+            text = describe_validation_error(exc)  # every wrong field: a missing one must not hide a misspelt one
             raise FieldError(where, text.removeprefix(f"{where}: ")) from None
         return cls(name, params)
 
