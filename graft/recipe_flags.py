@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from graft.engines.operators import OPERATORS
 from graft.errors import UsageError
 from graft.recipe import Recipe
 
@@ -85,7 +86,13 @@ def _operator_flags(base: Recipe, name: str | None, params: list[str] | None) ->
     current = base.operator_spec
     chosen = name or current.name
     values = current.params.model_dump(mode="json") if chosen == current.name else {}
+    declared = OPERATORS[chosen].Params.model_fields if chosen in OPERATORS else None
     for key, text in _pairs(params, "--operator-param", "="):
+        if declared is not None and key not in declared:
+            known = f"its parameters: {', '.join(declared)}" if declared else "it has no parameters"
+            source = "" if name else " (the recipe's operator, or the default)"
+            raise UsageError(f"--operator-param {key}: operator {chosen}{source} has no parameter {key!r} ({known}); "
+                             "give --operator NAME for another operator")
         try:
             values[key] = yaml.safe_load(text)
         except yaml.YAMLError as exc:

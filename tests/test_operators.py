@@ -357,3 +357,42 @@ def test_cuda_merge_equals_cpu_merge_for_every_operator(which: str, make_world, 
         outputs.append(merge(recipe).out)
     for file in sorted(outputs[0].glob("*.safetensors")):
         assert file.read_bytes() == (outputs[1] / file.name).read_bytes(), file.name
+
+
+def test_non_finite_results_name_the_operator_and_params_the_operator_they_belong_to(make_world,
+                                                                                   tmp_path: Path) -> None:
+    """An operator whose f(τ) is not finite is named as the cause (not λ); a parameter given without --operator is
+    refused as one the recipe's operator does not have, saying how to pick another."""
+    import torch
+
+    from graft.engines import operators
+    from graft.engines.merge import merge
+    from graft.errors import IncompatibleError
+    from graft.recipe import Recipe
+
+    @operators.register
+    class Broken(operators.GraftOperator[operators.OperatorParams]):
+        name = "broken_for_test"
+        Params = operators.OperatorParams
+        summary = "NaN everywhere"
+
+        def transform(self, chunk, tensor, state):
+            return torch.full_like(chunk.tau, float("nan"), dtype=torch.float32)
+
+    world = make_world("causal")
+    try:
+        recipe = Recipe.parse({"target": str(world.target), "vector": str(world.vector), "out": str(tmp_path / "o"),
+                               "operator": "broken_for_test"}, source="test")
+        with pytest.raises(IncompatibleError, match="operator broken_for_test made f\\(τ\\) non-finite"):
+            merge(recipe)
+        assert not (tmp_path / "o").exists()
+    finally:
+        operators.OPERATORS.pop("broken_for_test", None)
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    bad = CliRunner().invoke(app, ["plan", "-t", str(world.target), "--vector", str(world.vector),
+                                   "--operator-param", "density=0.5"])
+    assert bad.exit_code == 2 and "operator linear (the recipe's operator, or the default) has no parameter " \
+        "'density'" in bad.stderr and "--operator NAME" in bad.stderr, bad.output

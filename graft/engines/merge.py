@@ -318,8 +318,13 @@ def _compute_chunk(chunk: _GraftChunk, device: torch.device) -> torch.Tensor:
                                          chunk.tensor, chunk.state)
     result = graft_rows(theta, effective, chunk.lam, chunk.out_dtype)
     if not bool(torch.isfinite(result).all()):
+        name = chunk.operator.name
+        if not bool(torch.isfinite(effective).all()):  # the operator's f(τ) itself (a plugin's bug, or 1/density)
+            raise IncompatibleError(f"tensor {chunk.target.name!r}: operator {name} made f(τ) non-finite from finite "
+                                    "inputs; check its parameters (or the operator's code). Nothing was written")
+        what = "θ + λ·τ" if name == "linear" else f"θ + λ·f(τ) (operator {name})"
         raise IncompatibleError(
-            f"tensor {chunk.target.name!r}: θ + λ·τ with λ = {chunk.lam:g} is not finite in "
+            f"tensor {chunk.target.name!r}: {what} with λ = {chunk.lam:g} is not finite in "
             f"{_dtype_name(chunk.out_dtype)} (it overflows); lower λ or choose a wider --dtype. Nothing was written"
         )
     return result.cpu()
