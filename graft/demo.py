@@ -184,8 +184,8 @@ def score_row(name: str, scale: float | None, part: str, outcomes: Mapping[str, 
 
 
 def prepare_workdir(workdir: Path, inputs: Sequence[Path] = ()) -> Path:
-    """A previous demo folder is rebuilt; any other non-empty folder (or one holding the toy world) is refused,
-    never deleted."""
+    """A previous demo folder is rebuilt if it holds only what that demo wrote; any other non-empty folder, one the
+    user added to or edited, or one holding the toy world is refused, never deleted."""
     adopt_legacy_folder(workdir, ".graft-demo", kind="demo")
     return make_output_folder(workdir, inputs, kind="demo", force=True, flag="--workdir")
 
