@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from graft.cli import app
-from graft.io.guard import MARKER
+from graft.errors import OutputError
+from graft.io.guard import MARKER, write_file
 from graft.toy.layouts import TextSpec, build_target, build_text_pair
 
 
@@ -108,9 +109,10 @@ def test_force_still_replaces_an_untouched_output(models: dict[str, Path], tmp_p
     on_disk = {str(p.relative_to(out)) for p in out.rglob("*")} - {MARKER}
     assert set(record) == on_disk  # the marker records every file and folder graft wrote
     first = snapshot(out)
-    marker_inode = os.stat(out / MARKER).st_ino
+    touched = _a_written_file(out)
+    os.utime(touched, ns=(10**18, 10**18))  # same bytes, another mtime and ctime: judged by its sha256, still graft's
     assert cli(*args, "--force").exit_code == 0
-    assert os.stat(out / MARKER).st_ino != marker_inode  # a new output, not the old one left in place
+    assert os.stat(touched).st_mtime_ns != 10**18  # a new output, not the old one left in place
     assert set(snapshot(out)) == set(first)
 
 
@@ -157,3 +159,23 @@ def test_inspect_report_keeps_what_the_user_added(tmp_path: Path, models: dict[s
     before = snapshot(out)
     assert_refused(cli(*args, "--force"), str(out / "figures-for-my-paper.png"))
     assert snapshot(out) == before
+
+
+def test_a_result_graft_writes_into_an_output_later_is_kept_by_the_next_force(models: dict[str, Path],
+                                                                             tmp_path: Path) -> None:
+    """`graft eval --out OUT/results.json` beside a merged model: that file may be rewritten under --force (graft
+    recorded it beside it), but it is not part of the merge, so the next `merge --force` keeps it and says so."""
+    out = tmp_path / "out"
+    args = _merge(models, out)
+    assert cli(*args).exit_code == 0
+    results = out / "results.json"
+    write_file(results, '{"run": 1}\n')
+    write_file(results, '{"run": 2}\n', force=True)
+    assert results.read_text() == '{"run": 2}\n'
+    before = snapshot(out)
+    assert_refused(cli(*args, "--force"), str(results), "added to the graft output")
+    assert snapshot(out) == before
+    results.write_text('{"run": "edited"}\n')
+    with pytest.raises(OutputError, match="changed since"):
+        write_file(results, '{"run": 3}\n', force=True)
+    assert results.read_text() == '{"run": "edited"}\n'

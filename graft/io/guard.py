@@ -138,7 +138,8 @@ def sha256_of(path: Path) -> str:
 
 
 def is_graft_file(path: Path) -> bool:
-    """A regular file graft wrote and nobody changed since (or any file inside a graft output folder)."""
+    """A regular file graft wrote and nobody changed since: recorded by the finished graft output folder holding it,
+    or by its own `.NAME.graft` (any file counts in a folder graft is still filling, which keeps no record)."""
     if path.is_symlink() or not path.is_file():
         return False
     if is_graft_folder(path.parent):
@@ -146,7 +147,8 @@ def is_graft_file(path: Path) -> bool:
         if not isinstance(contents, dict):
             return True  # a folder graft fills file by file and never replaces whole (a search's): graft's files
         entry = contents.get(path.name)
-        return isinstance(entry, dict) and _same_file(path, os.lstat(path), entry)
+        if isinstance(entry, dict) and _same_file(path, os.lstat(path), entry):
+            return True  # recorded when graft finished the folder; else written into it since, with its own record
     record = _record_path(path)
     try:
         return not record.is_symlink() and json.loads(record.read_text()).get("sha256") == sha256_of(path)
@@ -221,6 +223,16 @@ def seal_folder(folder: Path) -> None:
         raise OutputError(f"{folder / MARKER}: cannot record what graft wrote ({exc.strerror})") from exc
 
 
+def _recorded_sibling(path: Path) -> Path | None:
+    """The file that `path` is graft's `.NAME.graft` record of, if `path` is one and that file is there."""
+    name = path.name
+    if name.startswith(".") and name.endswith(".graft") and len(name) > len(".graft") + 1:
+        sibling = path.with_name(name[1:-len(".graft")])
+        if os.path.lexists(sibling):
+            return sibling
+    return None
+
+
 def _same_file(path: Path, st: os.stat_result, entry: dict[str, object]) -> bool:
     if entry.get("type") != "file" or not stat.S_ISREG(st.st_mode) or entry.get("size") != st.st_size:
         return False
@@ -251,10 +263,12 @@ def foreign_content(folder: Path) -> str | None:
             ok = True
         elif entry is None and match and _is_stale(path, int(match["pid"])):
             ok, skip = True, True  # a killed graft's half-written staging: graft's, removed with the folder
+        elif entry is None and _recorded_sibling(path) is not None:
+            ok = True  # the record graft keeps beside a file it wrote: the file itself is judged (and named)
         elif entry is None:
             what = "folder" if stat.S_ISDIR(st.st_mode) else "file"
-            return (f"{path}: a {what} graft did not write, in the graft output {folder}; --force never deletes what "
-                    "you added: move it out, or delete the folder yourself")
+            return (f"{path}: a {what} added to the graft output {folder} after graft wrote it; --force never deletes "
+                    "what was added: move it out, or delete the folder yourself")
         elif stat.S_ISDIR(st.st_mode):
             ok = entry.get("type") == "dir"
         elif stat.S_ISLNK(st.st_mode):
@@ -629,7 +643,8 @@ def write_file(path: str | Path, data: str | bytes, *, inputs: Iterable[str | Pa
         if exc.errno == errno.ENOSPC:
             raise OutputError(f"{destination}: disk full while writing; free space or choose another {flag}") from exc
         raise OutputError(f"{destination}: cannot write ({exc.strerror})") from exc
-    if not is_graft_folder(parent):
+    if not is_graft_folder(parent) or isinstance(_read_marker(parent).get("contents"), dict):
+        # beside it, unless the folder is one graft is still filling (it records the file when it is finished)
         record = _record_path(destination)
         with contextlib.suppress(OSError):  # without the record a later --force refuses to replace it: safe
             record.write_text(json.dumps({"sha256": hashlib.sha256(raw).hexdigest()}) + "\n")
