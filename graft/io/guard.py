@@ -664,7 +664,9 @@ def adopt_legacy_folder(path: Path, legacy_marker: str, *, kind: str) -> None:
 def make_output_folder(path: str | Path, inputs: Iterable[str | Path] = (), *, kind: str, force: bool = False,
                        reuse: bool = False, flag: str = "--out") -> Path:
     """Create (or, with `reuse`, keep using) a folder that graft fills file by file (a search, the demo): refused if
-    it is or overlaps an input, or exists without being a graft output (an empty folder is fine)."""
+    it is or overlaps an input, or exists without being a graft output (an empty folder is fine). With `force` a
+    previous one is removed only if it holds just what its record says graft wrote; the caller seals the new one
+    (`seal_folder`) when it has filled it."""
     destination = Path(os.path.abspath(Path(path).expanduser()))
     if destination.is_symlink() and destination.exists():
         destination = destination.resolve()
