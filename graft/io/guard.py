@@ -8,10 +8,10 @@ Every file and folder graft writes goes through here. The rules:
   graft recorded as written and nobody changed since (a hidden ``.NAME.graft`` beside it holding its sha256), or a
   folder holding the marker file graft writes into every output folder *and nothing graft did not write*. When graft
   finishes a folder, the marker records every file and subfolder in it (each file's size, inode, mtime and ctime in
-  nanoseconds, and the sha256 of files up to `HASHED_UP_TO`). Before ``--force`` removes anything, the folder is
-  compared with that record: a file or folder not in it, or a recorded file whose content changed, is refused by name
-  and nothing is touched. A folder whose marker holds no record (an older graft, or a fill that was killed) is refused
-  too, since graft cannot tell what in it is the user's;
+  nanoseconds, and the sha256 of files up to `HASHED_UP_TO`, `HASH_BUDGET` bytes in all). Before ``--force`` removes
+  anything, the folder is compared with that record: a file or folder not in it, or a recorded file whose content
+  changed, is refused by name and nothing is touched. A folder whose marker holds no record (an older graft, or a fill
+  that was killed) is refused too, since graft cannot tell what in it is the user's;
 - built beside the destination under a hidden ``.NAME.graft-partial-PID`` name and moved into place in one atomic
   rename that cannot replace what appeared meanwhile (``renameat2`` with RENAME_NOREPLACE), or that swaps with the
   very output that was checked (RENAME_EXCHANGE), so the destination is always absent, the previous complete output
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 MARKER = ".graft-output"  # in every output folder graft makes: what --force may replace, and a record of its contents
 HASHED_UP_TO = 64 * 2**20  # files up to this size are also recorded by sha256 (instant); bigger ones by stat alone
+HASH_BUDGET = 2**30  # ... until this many bytes of a folder were hashed (a model cut into many small shards)
 OWNER = ".graft-owner"  # inside a staging folder while its writer lives (flock held)
 FILE_RECORD = ".{name}.graft"  # beside a single output file: its sha256, so --force knows it is graft's
 STAGING_RE = re.compile(r"^\.(?P<name>.+)\.graft-(?P<what>partial|replaced)-(?P<pid>\d+)(?:-\d+)?$")
@@ -185,8 +186,8 @@ def _file_identity(st: os.stat_result) -> dict[str, int]:
 def record_contents(folder: Path) -> dict[str, dict[str, object]]:
     """What `folder` holds now, as the marker records it (the marker itself and graft's own staging left out)."""
     contents: dict[str, dict[str, object]] = {}
-    walk = _entries(folder)
-    for rel, path, st in walk:
+    budget = HASH_BUDGET
+    for rel, path, st in _entries(folder):
         if rel == MARKER or (STAGING_RE.match(path.name) and "/" not in rel and path.name.startswith(f".{MARKER}.")):
             continue
         if stat.S_ISDIR(st.st_mode):
@@ -195,8 +196,9 @@ def record_contents(folder: Path) -> dict[str, dict[str, object]]:
             contents[rel] = {"type": "link", "target": os.readlink(path)}
         elif stat.S_ISREG(st.st_mode):
             entry: dict[str, object] = {"type": "file", **_file_identity(st)}
-            if st.st_size <= HASHED_UP_TO:
+            if st.st_size <= min(HASHED_UP_TO, budget):
                 entry["sha256"] = sha256_of(path)
+                budget -= st.st_size
             contents[rel] = entry
     return contents
 
@@ -257,6 +259,8 @@ def foreign_content(folder: Path) -> str | None:
     while item is not None:
         rel, path, st = item
         entry = contents.get(rel)
+        if entry is not None and not isinstance(entry, dict):
+            entry = {}  # a damaged record: whatever is there counts as changed
         match = STAGING_RE.match(path.name)
         skip = False
         if rel == MARKER:
