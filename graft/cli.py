@@ -53,8 +53,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors, warnings and the final path only.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More detail; tracebacks for unexpected errors.")]
 Force = Annotated[bool, typer.Option(
-    "--force", help="Replace a previous graft output (atomically, at the end); never a folder or file graft did not "
-                    "write, nor an input.")]
+    "--force", help="Replace a previous graft output (atomically, at the end) if it holds only what graft wrote; "
+                    "refused (exit 5, nothing touched) if you added or edited anything in it, and never a folder or "
+                    "file graft did not write, nor an input.")]
 RecipeOpt = Annotated[Path | None, typer.Option("--recipe", "-r", help="Recipe YAML; flags override its fields.")]
 TargetOpt = Annotated[str | None, typer.Option(
     "--target", "-t", help="Target model folder or hub id (org/name, optionally org/name@REVISION).")]
@@ -480,7 +481,8 @@ def recipe_command(
 @handles_errors
 def demo(
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo's vector, merged models, evaluations and "
-                                          "plot go (a folder made by an earlier demo is rebuilt).")] = Path(
+                                          "plot go (a folder made by an earlier demo is rebuilt, unless you added or "
+                                          "edited something in it).")] = Path(
         "graft-demo"),
     cache: Annotated[Path | None, typer.Option("--cache", help="Where the toy world is cached (default: $GRAFT_CACHE, "
                                                "else ~/.cache/graft).")] = None,

@@ -28,7 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from graft.io.guard import adopt_legacy_folder, make_output_folder, write_file
+from graft.io.guard import adopt_legacy_folder, make_output_folder, seal_folder, write_file
 
 DEMO_SCALES = (0.5, 1.0, 1.5, 2.0)  # the global-λ grid, which is also the search's uniform baselines
 DEMO_TRIALS = 60  # search budget, baselines included (λ = 0 and the uniform grid)
@@ -184,8 +184,8 @@ def score_row(name: str, scale: float | None, part: str, outcomes: Mapping[str, 
 
 
 def prepare_workdir(workdir: Path, inputs: Sequence[Path] = ()) -> Path:
-    """A previous demo folder is rebuilt; any other non-empty folder (or one holding the toy world) is refused,
-    never deleted."""
+    """A previous demo folder is rebuilt if it holds only what that demo wrote; any other non-empty folder, one the
+    user added to or edited, or one holding the toy world is refused, never deleted."""
     adopt_legacy_folder(workdir, ".graft-demo", kind="demo")
     return make_output_folder(workdir, inputs, kind="demo", force=True, flag="--workdir")
 
@@ -217,108 +217,112 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
 
         raise UsageError(f"--holdout {holdout}: expected a share in [0, 1)")
     workdir = prepare_workdir(workdir, [Path(cache) if cache else default_cache()])
-    t0 = time.perf_counter()
-    say = _stepper(console, t0)
+    try:
+        t0 = time.perf_counter()
+        say = _stepper(console, t0)
 
-    console.rule("[bold]1. the toy world")
-    world = build_world(WorldSpec(seed=seed), cache=cache, rebuild=rebuild_world, log=say)
-    console.print(f"base {world.base}\naligned {world.aligned}\nmedical VLM (HF LLaVA) {world.medical}\n"
-                  f"benchmarks (held out of training) {world.data}")
-    data = DataConfig.from_yaml(world.data)
-    figstep_tasks = available(FIGSTEP_TASKS, data)
-    image_benign = available(IMAGE_BENIGN_TASKS, data)
-    # The FigStep sets join the search's safety objective only where benign prompts typed the same way can cap
-    # image over-refusal: without that cap, refusing every image would score as safe.
-    safety = (*SAFETY_TASKS, *(figstep_tasks if image_benign else ()))
-    benign = (*BENIGN_TASKS, *image_benign)
-    medical_tasks = (*TEXT_MEDICAL, *IMAGE_MEDICAL)
-    text_tasks = [*SAFETY_TASKS, *BENIGN_TASKS, *TEXT_MEDICAL]
-    all_tasks = [*SAFETY_TASKS, *figstep_tasks, *benign, *medical_tasks]
-    parts = {"held_out": Split(holdout, seed, "heldout"), "in_sample": Split(holdout, seed, "search")} \
-        if holdout > 0 else {"all": None}
-    console.print(f"split: {100 * holdout:.0f} % of every benchmark held out of the search (seed {seed}); "
-                  "the table and the verdict are computed on those items" if holdout > 0 else
-                  "holdout 0: the search scores every item, so every figure below is IN SAMPLE")
+        console.rule("[bold]1. the toy world")
+        world = build_world(WorldSpec(seed=seed), cache=cache, rebuild=rebuild_world, log=say)
+        console.print(f"base {world.base}\naligned {world.aligned}\nmedical VLM (HF LLaVA) {world.medical}\n"
+                      f"benchmarks (held out of training) {world.data}")
+        data = DataConfig.from_yaml(world.data)
+        figstep_tasks = available(FIGSTEP_TASKS, data)
+        image_benign = available(IMAGE_BENIGN_TASKS, data)
+        # The FigStep sets join the search's safety objective only where benign prompts typed the same way can cap
+        # image over-refusal: without that cap, refusing every image would score as safe.
+        safety = (*SAFETY_TASKS, *(figstep_tasks if image_benign else ()))
+        benign = (*BENIGN_TASKS, *image_benign)
+        medical_tasks = (*TEXT_MEDICAL, *IMAGE_MEDICAL)
+        text_tasks = [*SAFETY_TASKS, *BENIGN_TASKS, *TEXT_MEDICAL]
+        all_tasks = [*SAFETY_TASKS, *figstep_tasks, *benign, *medical_tasks]
+        parts = {"held_out": Split(holdout, seed, "heldout"), "in_sample": Split(holdout, seed, "search")} \
+            if holdout > 0 else {"all": None}
+        console.print(f"split: {100 * holdout:.0f} % of every benchmark held out of the search (seed {seed}); "
+                      "the table and the verdict are computed on those items" if holdout > 0 else
+                      "holdout 0: the search scores every item, so every figure below is IN SAMPLE")
 
-    console.rule("[bold]2. graft extract: τ = aligned − base")
-    vector = extract_vector(world.base, world.aligned, workdir / "safety-vector").out
-    say(f"safety vector → {vector}")
+        console.rule("[bold]2. graft extract: τ = aligned − base")
+        vector = extract_vector(world.base, world.aligned, workdir / "safety-vector").out
+        say(f"safety vector → {vector}")
 
-    console.rule("[bold]3. evaluate aligned and medical")
-    rows: dict[str, list[ModelScores]] = {p: [] for p in parts}
-    outcomes: dict[str, dict[str, dict[str, dict[str, float]]]] = {p: {} for p in parts}
+        console.rule("[bold]3. evaluate aligned and medical")
+        rows: dict[str, list[ModelScores]] = {p: [] for p in parts}
+        outcomes: dict[str, dict[str, dict[str, dict[str, float]]]] = {p: {} for p in parts}
 
-    def run_eval(name: str, model: Path, tasks: list[str], scale: float | None) -> None:
-        for part, split in parts.items():
-            start = time.perf_counter()
-            res = evaluate(model, tasks=tasks, data=data, split=split, device=device, batch_size=DEMO_BATCH_SIZE,
-                           out=workdir / "evals" / f"{name}.{part}.json")
-            items = outcomes_of(res.samples)
-            outcomes[part][name] = items
-            rows[part].append(score_row(name, scale, part, items, time.perf_counter() - start))
-        row = rows[next(iter(parts))][-1]
-        say(f"{name} ({row.part.replace('_', '-')}): safety {_pct(row.safety)}, over-refusal "
-            f"{_pct(row.over_refusal)}, medical {_pct(row.medical)}")
+        def run_eval(name: str, model: Path, tasks: list[str], scale: float | None) -> None:
+            for part, split in parts.items():
+                start = time.perf_counter()
+                res = evaluate(model, tasks=tasks, data=data, split=split, device=device, batch_size=DEMO_BATCH_SIZE,
+                               out=workdir / "evals" / f"{name}.{part}.json")
+                items = outcomes_of(res.samples)
+                outcomes[part][name] = items
+                rows[part].append(score_row(name, scale, part, items, time.perf_counter() - start))
+            row = rows[next(iter(parts))][-1]
+            say(f"{name} ({row.part.replace('_', '-')}): safety {_pct(row.safety)}, over-refusal "
+                f"{_pct(row.over_refusal)}, medical {_pct(row.medical)}")
 
-    run_eval("aligned", world.aligned, text_tasks, None)
-    run_eval("medical", world.medical, all_tasks, 0.0)
+        run_eval("aligned", world.aligned, text_tasks, None)
+        run_eval("medical", world.medical, all_tasks, 0.0)
 
-    console.rule("[bold]4. graft merge at a grid of global λ, evaluate each")
-    for scale in scales:
-        name = grid_name(scale)
-        recipe = Recipe.parse({"target": str(world.medical), "vector": str(vector),
-                               "out": str(workdir / "merged" / name), "coefficients": {"scale": scale}})
-        run_eval(name, merge(recipe).out, all_tasks, scale)
+        console.rule("[bold]4. graft merge at a grid of global λ, evaluate each")
+        for scale in scales:
+            name = grid_name(scale)
+            recipe = Recipe.parse({"target": str(world.medical), "vector": str(vector),
+                                   "out": str(workdir / "merged" / name), "coefficients": {"scale": scale}})
+            run_eval(name, merge(recipe).out, all_tasks, scale)
 
-    search = None
-    verdicts: dict[str, Verdict] = {}
-    if search_trials > 0:
-        where = "the search part" if holdout > 0 else "every item"
-        console.rule(f"[bold]5. graft search: {search_trials} trials on the resident medical model, on {where}")
-        medical_row = rows[next(iter(parts))][1]
-        search = search_world(world, vector, workdir / "search", medical_row, scales, search_trials, limit, device,
-                              seed, holdout, safety, benign, space, sampler, say)
-        best = search.summary.get("best_searched")
-        if best is not None:
-            from graft.search.evaluation import trial_recipe
+        search = None
+        verdicts: dict[str, Verdict] = {}
+        if search_trials > 0:
+            where = "the search part" if holdout > 0 else "every item"
+            console.rule(f"[bold]5. graft search: {search_trials} trials on the resident medical model, on {where}")
+            medical_row = rows[next(iter(parts))][1]
+            search = search_world(world, vector, workdir / "search", medical_row, scales, search_trials, limit, device,
+                                  seed, holdout, safety, benign, space, sampler, say)
+            best = search.summary.get("best_searched")
+            if best is not None:
+                from graft.search.evaluation import trial_recipe
 
-            base = Recipe.parse({"target": str(world.medical), "vector": str(vector),
-                                 "options": {"origin": str(world.aligned)}})
-            recipe = trial_recipe(base, _coefficients(best["coefficients"]), best.get("operator"))
-            recipe = recipe.model_copy(update={"out": str(workdir / "merged" / "searched")})
-            run_eval("searched", merge(recipe).out, all_tasks, None)
-            write_file(workdir / "searched_recipe.yaml", recipe.model_copy(update={"out": None}).to_yaml(), force=True)
-            uniform = (search.summary.get("best_uniform") or {}).get("baseline_lambda")
-            for part in parts:
-                verdicts[part] = judge_bar(rows[part], outcomes[part], best_uniform=grid_name(uniform)
-                                           if uniform is not None else None, part=part)
-        say(f"search summary → {search.out / 'summary.json'}")
+                base = Recipe.parse({"target": str(world.medical), "vector": str(vector),
+                                     "options": {"origin": str(world.aligned)}})
+                recipe = trial_recipe(base, _coefficients(best["coefficients"]), best.get("operator"))
+                recipe = recipe.model_copy(update={"out": str(workdir / "merged" / "searched")})
+                run_eval("searched", merge(recipe).out, all_tasks, None)
+                write_file(workdir / "searched_recipe.yaml", recipe.model_copy(update={"out": None}).to_yaml(),
+                           force=True)
+                uniform = (search.summary.get("best_uniform") or {}).get("baseline_lambda")
+                for part in parts:
+                    verdicts[part] = judge_bar(rows[part], outcomes[part], best_uniform=grid_name(uniform)
+                                               if uniform is not None else None, part=part)
+            say(f"search summary → {search.out / 'summary.json'}")
 
-    console.rule("[bold]6. results")
-    headline = next(iter(parts))
-    console.print(results_table(rows[headline], rows.get("in_sample")))
-    verdict = verdicts.get(headline)
-    if verdict is not None:
-        console.print(verdict_table(rows[headline], verdict))
-        console.print(verdict_text(verdict), soft_wrap=True)
-        if "in_sample" in verdicts:
-            v = verdicts["in_sample"]
-            console.print(f"[dim]in sample (the search's own items, for comparison only): bar "
-                          f"{'met' if v.met else 'not met'}; " + "; ".join(c.text() for c in v.checks) + "[/dim]")
-    plot = plot_tradeoff(rows[headline], workdir / "safety-vs-medical.png", search=search)
-    results = workdir / "results.json"
-    write_file(results, json.dumps({
-        "world": str(world.root), "vector": str(vector), "limit": limit,
-        "split": {"holdout": holdout, "seed": seed}, "headline_part": headline,
-        "rows": {part: [asdict(r) for r in rs] for part, rs in rows.items()},
-        "verdict": {part: v.as_dict() for part, v in verdicts.items()} or None,
-        "search": search.summary if search else None,
-        "seconds": round(time.perf_counter() - t0, 1)}, indent=2), force=True)
-    console.print(f"plot → {plot}\ntable → {results}\n"
-                  f"Each merged folder is a normal Hugging Face model with graft_recipe.yaml and a model card.")
-    say("done")
-    return DemoResult(workdir, world.root, vector, rows[headline], plot, results, verdict,
-                      rows.get("in_sample", []), verdicts.get("in_sample"), outcomes)
+        console.rule("[bold]6. results")
+        headline = next(iter(parts))
+        console.print(results_table(rows[headline], rows.get("in_sample")))
+        verdict = verdicts.get(headline)
+        if verdict is not None:
+            console.print(verdict_table(rows[headline], verdict))
+            console.print(verdict_text(verdict), soft_wrap=True)
+            if "in_sample" in verdicts:
+                v = verdicts["in_sample"]
+                console.print(f"[dim]in sample (the search's own items, for comparison only): bar "
+                              f"{'met' if v.met else 'not met'}; " + "; ".join(c.text() for c in v.checks) + "[/dim]")
+        plot = plot_tradeoff(rows[headline], workdir / "safety-vs-medical.png", search=search)
+        results = workdir / "results.json"
+        write_file(results, json.dumps({
+            "world": str(world.root), "vector": str(vector), "limit": limit,
+            "split": {"holdout": holdout, "seed": seed}, "headline_part": headline,
+            "rows": {part: [asdict(r) for r in rs] for part, rs in rows.items()},
+            "verdict": {part: v.as_dict() for part, v in verdicts.items()} or None,
+            "search": search.summary if search else None,
+            "seconds": round(time.perf_counter() - t0, 1)}, indent=2), force=True)
+        console.print(f"plot → {plot}\ntable → {results}\n"
+                      f"Each merged folder is a normal Hugging Face model with graft_recipe.yaml and a model card.")
+        say("done")
+        return DemoResult(workdir, world.root, vector, rows[headline], plot, results, verdict,
+                          rows.get("in_sample", []), verdicts.get("in_sample"), outcomes)
+    finally:
+        seal_folder(workdir)  # also when stopped (Ctrl-C, an error): the next run may rebuild what this one wrote
 
 
 def grid_name(scale: float) -> str:

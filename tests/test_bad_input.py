@@ -550,15 +550,18 @@ def test_existing_output_that_is_a_file(m: Models, outdir: Path) -> None:
 
 @pytest.mark.parametrize("command", ["merge", "extract"])
 def test_force_replaces_existing_output(m: Models, outdir: Path, command: str) -> None:
-    """--force replaces a previous graft output (here one with a stray file added), never a user's folder."""
+    """--force replaces a previous graft output nobody changed (a file added to one is refused: see
+    test_force_keeps_user_files.py), never a user's folder."""
     out = outdir / "result"
     args = merge_args(m.target, m.vector, out) if command == "merge" else extract_args(m.base, m.aligned, out)
     assert cli(*args).exit_code == 0
-    (out / "precious.txt").write_text("stale")
+    (out / "precious.txt").write_text("mine")
+    assert_error(cli(*args, "--force"), 5, str(out / "precious.txt"), "move it out")
+    assert (out / "precious.txt").read_text() == "mine"
+    (out / "precious.txt").unlink()
     before = tree_hash(m.base, m.aligned, m.target, m.vector)
     result = cli(*args, "--force")
     assert result.exit_code == 0, result.stderr
-    assert not (out / "precious.txt").exists()
     expected = "model.safetensors.index.json" if command == "merge" else "vector.json"
     assert (out / expected).is_file()
     assert sorted(p.name for p in outdir.iterdir()) == ["result"]  # replaced folder removed, no staging

@@ -280,6 +280,13 @@ def test_demo_rebuilds_its_folder_and_refuses_a_strangers(toy_world, tmp_path: P
     assert "IN SAMPLE" in text and "graft-1.5" in text
     report = json.loads((workdir / "results.json").read_text())
     assert report["headline_part"] == "all" and report["verdict"] is None
+    (workdir / "my-notes.txt").write_text("keep me")  # added to the demo's own folder: no longer only the demo's
+    with open(workdir / "results.json", "a") as handle:
+        handle.write("\n")
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    refused = CliRunner().invoke(app, ["demo", "--workdir", str(workdir), "--cache", str(toy_world.root.parent)])
+    assert refused.exit_code == 5 and "my-notes.txt" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
     stranger = tmp_path / "mine"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("keep me")

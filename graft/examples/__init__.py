@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from graft.io.guard import make_output_folder, write_file
+from graft.io.guard import make_output_folder, seal_folder, write_file
 
 HERE = Path(__file__).parent
 FIXTURES = HERE.parent / "evals" / "fixtures" / "data.yaml"
@@ -28,6 +28,7 @@ def copy_examples(out: str | Path, *, force: bool = False) -> list[Path]:
         if rel == Path("search/eval.yaml"):
             text = text.replace(CHECKOUT_DATA, f"data: {FIXTURES}   # the fixtures installed with graft")
         written.append(write_file(folder / rel, text, force=force))
+    seal_folder(folder)  # these files are meant to be edited: a later --force refuses once one is
     return written
 
 

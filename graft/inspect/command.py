@@ -56,7 +56,8 @@ def inspect_command(
     device: Annotated[str, typer.Option("--device", help="Compute device: auto, cpu or cuda.")] = "auto",
     chunk_size: Annotated[str | None, typer.Option(
         "--chunk-size", help="Bytes of a tensor read at once; default 8MB on CPU, 64MB on CUDA.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing non-empty report folder.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an earlier report folder; refused if you added or edited anything in it.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors and the report path only.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks for unexpected errors.")] = False,
 ) -> None:

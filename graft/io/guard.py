@@ -4,9 +4,14 @@ Every file and folder graft writes goes through here. The rules:
 
 - never an input, nor a path inside one, nor a folder that holds one (compared by device and inode, so a symlink or a
   bind-mount alias of an input is caught, and by resolved path for what does not exist yet);
-- never an existing path without ``force``, and ``force`` replaces only graft's own outputs: a folder holding the
-  marker file graft writes into every output folder (or an empty folder), a file graft recorded as written (a hidden
-  ``.NAME.graft`` beside it holding its sha256, or any file in a graft output folder);
+- never an existing path without ``force``, and ``force`` replaces only graft's own outputs: an empty folder, a file
+  graft recorded as written and nobody changed since (a hidden ``.NAME.graft`` beside it holding its sha256), or a
+  folder holding the marker file graft writes into every output folder *and nothing graft did not write*. When graft
+  finishes a folder, the marker records every file and subfolder in it (each file's size, inode, mtime and ctime in
+  nanoseconds, and the sha256 of files up to `HASHED_UP_TO`, `HASH_BUDGET` bytes in all). Before ``--force`` removes
+  anything, the folder is compared with that record: a file or folder not in it, or a recorded file whose content
+  changed, is refused by name and nothing is touched. A folder whose marker holds no record (an older graft, or a fill
+  that was killed) is refused too, since graft cannot tell what in it is the user's;
 - built beside the destination under a hidden ``.NAME.graft-partial-PID`` name and moved into place in one atomic
   rename that cannot replace what appeared meanwhile (``renameat2`` with RENAME_NOREPLACE), or that swaps with the
   very output that was checked (RENAME_EXCHANGE), so the destination is always absent, the previous complete output
@@ -31,6 +36,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +45,9 @@ from graft.errors import OutputError
 
 log = logging.getLogger(__name__)
 
-MARKER = ".graft-output"  # in every output folder graft makes: what --force may replace
+MARKER = ".graft-output"  # in every output folder graft makes: what --force may replace, and a record of its contents
+HASHED_UP_TO = 64 * 2**20  # files up to this size are also recorded by sha256 (instant); bigger ones by stat alone
+HASH_BUDGET = 2**30  # ... until this many bytes of a folder were hashed (a model cut into many small shards)
 OWNER = ".graft-owner"  # inside a staging folder while its writer lives (flock held)
 FILE_RECORD = ".{name}.graft"  # beside a single output file: its sha256, so --force knows it is graft's
 STAGING_RE = re.compile(r"^\.(?P<name>.+)\.graft-(?P<what>partial|replaced)-(?P<pid>\d+)(?:-\d+)?$")
@@ -131,11 +139,17 @@ def sha256_of(path: Path) -> str:
 
 
 def is_graft_file(path: Path) -> bool:
-    """A regular file graft wrote and nobody changed since (or any file inside a graft output folder)."""
+    """A regular file graft wrote and nobody changed since: recorded by the finished graft output folder holding it,
+    or by its own `.NAME.graft` (any file counts in a folder graft is still filling, which keeps no record)."""
     if path.is_symlink() or not path.is_file():
         return False
     if is_graft_folder(path.parent):
-        return True
+        contents = _read_marker(path.parent).get("contents")
+        if not isinstance(contents, dict):
+            return True  # a folder graft fills file by file and never replaces whole (a search's): graft's files
+        entry = contents.get(path.name)
+        if isinstance(entry, dict) and _same_file(path, os.lstat(path), entry):
+            return True  # recorded when graft finished the folder; else written into it since, with its own record
     record = _record_path(path)
     try:
         return not record.is_symlink() and json.loads(record.read_text()).get("sha256") == sha256_of(path)
@@ -143,20 +157,154 @@ def is_graft_file(path: Path) -> bool:
         return False
 
 
+# -- what a finished graft folder holds (its record), and whether it still holds only that ----------------------------
+def _entries(folder: Path, rel: str = ""):
+    """(relative posix path, path, lstat) of everything below `folder`, sorted, not following symlinks; a caller's
+    `send(False)` skips a folder's contents."""
+    try:
+        names = sorted(os.listdir(folder / rel if rel else folder))
+    except OSError:
+        return
+    for name in names:
+        sub = f"{rel}/{name}" if rel else name
+        path = folder / sub
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        descend = yield sub, path, st
+        if descend is not False and stat.S_ISDIR(st.st_mode):
+            yield from _entries(folder, sub)
+
+
+def _file_identity(st: os.stat_result) -> dict[str, int]:
+    # ctime cannot be set back by a user (touch -d, cp -p, rsync -t all set mtime only), so an unchanged identity
+    # means unchanged bytes; a changed one (a copy, a chmod, an edit) falls back to the sha256 where one is recorded
+    return {"size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+
+
+def record_contents(folder: Path) -> dict[str, dict[str, object]]:
+    """What `folder` holds now, as the marker records it (the marker itself and graft's own staging left out)."""
+    contents: dict[str, dict[str, object]] = {}
+    budget = HASH_BUDGET
+    for rel, path, st in _entries(folder):
+        if rel == MARKER or (STAGING_RE.match(path.name) and "/" not in rel and path.name.startswith(f".{MARKER}.")):
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            contents[rel] = {"type": "dir"}
+        elif stat.S_ISLNK(st.st_mode):
+            contents[rel] = {"type": "link", "target": os.readlink(path)}
+        elif stat.S_ISREG(st.st_mode):
+            entry: dict[str, object] = {"type": "file", **_file_identity(st)}
+            if st.st_size <= min(HASHED_UP_TO, budget):
+                entry["sha256"] = sha256_of(path)
+                budget -= st.st_size
+            contents[rel] = entry
+    return contents
+
+
+def _read_marker(folder: Path) -> dict[str, object]:
+    try:
+        data = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def seal_folder(folder: Path) -> None:
+    """Record in `folder`'s marker everything it holds now: graft calls this when it has finished filling one, so that
+    a later --force can tell graft's files from what a user added or edited. Without a record, --force refuses."""
+    data = _read_marker(folder) or {"format": "graft-output", "kind": "output"}
+    data["contents"] = record_contents(folder)
+    temp = _staging_name(folder / MARKER)
+    try:
+        temp.write_text(json.dumps(data, separators=(",", ":")) + "\n")
+        os.replace(temp, folder / MARKER)
+    except OSError as exc:
+        _remove(temp)
+        raise OutputError(f"{folder / MARKER}: cannot record what graft wrote ({exc.strerror})") from exc
+
+
+def _recorded_sibling(path: Path) -> Path | None:
+    """The file that `path` is graft's `.NAME.graft` record of, if `path` is one and that file is there."""
+    name = path.name
+    if name.startswith(".") and name.endswith(".graft") and len(name) > len(".graft") + 1:
+        sibling = path.with_name(name[1:-len(".graft")])
+        if os.path.lexists(sibling):
+            return sibling
+    return None
+
+
+def _same_file(path: Path, st: os.stat_result, entry: dict[str, object]) -> bool:
+    if entry.get("type") != "file" or not stat.S_ISREG(st.st_mode) or entry.get("size") != st.st_size:
+        return False
+    if all(entry.get(k) == v for k, v in _file_identity(st).items()):
+        return True
+    try:
+        return "sha256" in entry and sha256_of(path) == entry["sha256"]
+    except OSError:
+        return False
+
+
+def foreign_content(folder: Path) -> str | None:
+    """Why --force may not remove graft output `folder`: the first path in it graft did not write or that changed
+    since graft recorded it, as a one-line message (None: everything in it is graft's, unchanged)."""
+    contents = _read_marker(folder).get("contents")
+    if not isinstance(contents, dict):
+        return (f"{folder}: a graft output made by an older graft or left unfinished, so graft cannot tell whether "
+                "anything in it is yours; --force never deletes that: move out what you want to keep and delete the "
+                "folder yourself, or choose another output")
+    walk = _entries(folder)
+    item = next(walk, None)
+    while item is not None:
+        rel, path, st = item
+        entry = contents.get(rel)
+        if entry is not None and not isinstance(entry, dict):
+            entry = {}  # a damaged record: whatever is there counts as changed
+        match = STAGING_RE.match(path.name)
+        skip = False
+        if rel == MARKER:
+            ok = True
+        elif entry is None and match and _is_stale(path, int(match["pid"])):
+            ok, skip = True, True  # a killed graft's half-written staging: graft's, removed with the folder
+        elif entry is None and _recorded_sibling(path) is not None:
+            ok = True  # the record graft keeps beside a file it wrote: the file itself is judged (and named)
+        elif entry is None:
+            what = "folder" if stat.S_ISDIR(st.st_mode) else "file"
+            return (f"{path}: a {what} added to the graft output {folder} after graft wrote it; --force never deletes "
+                    "what was added: move it out, or delete the folder yourself")
+        elif stat.S_ISDIR(st.st_mode):
+            ok = entry.get("type") == "dir"
+        elif stat.S_ISLNK(st.st_mode):
+            ok = entry.get("type") == "link" and os.readlink(path) == entry.get("target")
+        else:
+            ok = _same_file(path, st, entry)
+        if not ok:
+            return (f"{path}: changed since graft wrote it, in the graft output {folder}; --force never deletes your "
+                    "edits: move it out, or delete the folder yourself")
+        try:
+            item = walk.send(False) if skip else next(walk)
+        except StopIteration:
+            item = None
+    return None
+
+
 def _replaceable(path: Path, folder: bool) -> str | None:
-    """Why `path` may not be replaced under --force (None: it may)."""
+    """Why `path` may not be replaced under --force, as a one-line message (None: it may)."""
     if folder:
         if path.is_symlink() or not path.is_dir():
-            return "exists and is not a folder; remove it or choose another --out"
-        if is_graft_folder(path) or not any(path.iterdir()):
+            return f"{path}: exists and is not a folder; remove it or choose another --out"
+        if not any(path.iterdir()):
             return None
-        return (f"exists and is not a graft output (no {MARKER} file in it); --force replaces only graft's own "
-                "outputs: remove it yourself or choose another --out")
+        if is_graft_folder(path):
+            return foreign_content(path)
+        return (f"{path}: exists and is not a graft output (no {MARKER} file in it); --force replaces only graft's "
+                "own outputs: remove it yourself or choose another --out")
     if path.is_dir():
-        return "exists and is a folder; choose a file name"
+        return f"{path}: exists and is a folder; choose a file name"
     if is_graft_file(path):
         return None
-    return ("exists and was not written by graft (or was changed since); --force replaces only graft's own "
+    return (f"{path}: exists and was not written by graft (or was changed since); --force replaces only graft's own "
             "outputs: remove it yourself or choose another path")
 
 
@@ -182,7 +330,7 @@ def check_destination(path: str | Path, inputs: Iterable[str | Path] = (), *, fo
                               f"or choose another {flag}")
         why = _replaceable(destination, folder)
         if why:
-            raise OutputError(f"{destination}: {why}")
+            raise OutputError(why)
     return destination
 
 
@@ -451,6 +599,7 @@ class OutputFolder:
                 raise FileExistsError(errno.EEXIST, why, str(self.destination))
         (self.staging / OWNER).unlink()
         self._release()
+        seal_folder(self.staging)  # hidden until the swap below, so the record holds only what graft wrote
         count_written(1)
         old = _swap(self.staging, self.destination, self._replacing)
         count_written(1)
@@ -498,7 +647,8 @@ def write_file(path: str | Path, data: str | bytes, *, inputs: Iterable[str | Pa
         if exc.errno == errno.ENOSPC:
             raise OutputError(f"{destination}: disk full while writing; free space or choose another {flag}") from exc
         raise OutputError(f"{destination}: cannot write ({exc.strerror})") from exc
-    if not is_graft_folder(parent):
+    if not is_graft_folder(parent) or isinstance(_read_marker(parent).get("contents"), dict):
+        # beside it, unless the folder is one graft is still filling (it records the file when it is finished)
         record = _record_path(destination)
         with contextlib.suppress(OSError):  # without the record a later --force refuses to replace it: safe
             record.write_text(json.dumps({"sha256": hashlib.sha256(raw).hexdigest()}) + "\n")
@@ -518,7 +668,9 @@ def adopt_legacy_folder(path: Path, legacy_marker: str, *, kind: str) -> None:
 def make_output_folder(path: str | Path, inputs: Iterable[str | Path] = (), *, kind: str, force: bool = False,
                        reuse: bool = False, flag: str = "--out") -> Path:
     """Create (or, with `reuse`, keep using) a folder that graft fills file by file (a search, the demo): refused if
-    it is or overlaps an input, or exists without being a graft output (an empty folder is fine)."""
+    it is or overlaps an input, or exists without being a graft output (an empty folder is fine). With `force` a
+    previous one is removed only if it holds just what its record says graft wrote; the caller seals the new one
+    (`seal_folder`) when it has filled it."""
     destination = Path(os.path.abspath(Path(path).expanduser()))
     if destination.is_symlink() and destination.exists():
         destination = destination.resolve()
@@ -538,6 +690,9 @@ def make_output_folder(path: str | Path, inputs: Iterable[str | Path] = (), *, k
             if not force:
                 raise OutputError(f"{destination}: already exists; pass --force to replace a previous graft output, "
                                   f"or choose another {flag}")
+            why = foreign_content(destination)
+            if why:
+                raise OutputError(why)
             shutil.rmtree(destination)
     try:
         destination.mkdir(parents=True, exist_ok=True)
@@ -549,5 +704,6 @@ def make_output_folder(path: str | Path, inputs: Iterable[str | Path] = (), *, k
     return destination
 
 
-__all__ = ["MARKER", "OutputFolder", "check_destination", "clean_stale", "count_written", "is_graft_file",
-           "is_graft_folder", "make_output_folder", "overlapping_input", "rename_noreplace", "write_file"]
+__all__ = ["MARKER", "OutputFolder", "check_destination", "clean_stale", "count_written", "foreign_content",
+           "is_graft_file", "is_graft_folder", "make_output_folder", "overlapping_input", "record_contents",
+           "rename_noreplace", "seal_folder", "write_file"]
