@@ -243,9 +243,11 @@ def extract(
     from graft.vector import extract_vector
 
     if push_to_hub is not None:
+        from graft.io.hub import check_hub_id
         from graft.io.publish import hub_token
 
-        hub_token(None)  # no token: refused before hours of work, not after
+        check_hub_id(push_to_hub, "--push-to-hub")  # a bad repository id or no token: refused before hours of
+        hub_token(None)  # work, not after
     base_path = resolve_model(with_revision(base, base_revision, "--base-revision"), role="base")
     aligned_path = resolve_model(with_revision(aligned, aligned_revision, "--aligned-revision"), role="aligned")
     with _progress(quiet) as progress:
@@ -376,9 +378,11 @@ def merge(
     _note_unused_origin(origin, spec)
     spec = with_revisions(spec, target_revision, vector_revision)
     if push_to_hub is not None:
+        from graft.io.hub import check_hub_id
         from graft.io.publish import hub_token
 
-        hub_token(None)  # no token: refused before the merge, not after
+        check_hub_id(push_to_hub, "--push-to-hub")  # a bad repository id or no token: refused before the merge,
+        hub_token(None)  # not after
     with _progress(quiet) as progress:
         task = progress.add_task("merge", total=None)
 
