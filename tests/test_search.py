@@ -583,3 +583,22 @@ def test_search_on_hub_ids_pins_their_commits(make_world, tmp_path: Path, monkey
     result = runner.invoke(app, ["search", "--target", "./org/med", "--vector", "org/vec", "--space", str(space),
                                  "--eval", str(eval_file(tmp_path)), "--trials", "3", "--out", str(tmp_path / "o2")])
     assert result.exit_code == 3 and "no such target folder" in result.output, result.output
+
+
+def test_cli_search_quiet_prints_the_output_folder_only(make_world, tmp_path: Path) -> None:
+    """-q silences the libraries too: no transformers "Loading weights" bar per trial, only the folder."""
+    from transformers.utils import logging as hf_logging
+
+    world = make_world("causal")
+    evals = eval_file(tmp_path, screening={"tasks": ["catqa"], "limit": 1, "threshold": 0.0})
+    space = space_file(tmp_path, SMALL.replace("uniform: [0.5, 1.0]", "uniform: [1.0]"))
+    out = tmp_path / "out"
+    assert hf_logging.is_progress_bar_enabled()
+    result = runner.invoke(app, ["search", "--target", str(world.target), "--vector", str(world.vector),
+                                 "--space", str(space), "--eval", str(evals), "--trials", "2", "--out", str(out),
+                                 "--dtype", "float32", "-q"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip() and "Warning" not in line
+             and not line.startswith("warning: ")]  # -q keeps graft's warnings
+    assert lines == [str(out)], result.output
+    assert hf_logging.is_progress_bar_enabled()  # back as it was for the rest of the process

@@ -13,7 +13,7 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from graft.display import shown
-from graft.progress import StepProgress
+from graft.progress import StepProgress, library_bars_off
 
 from .benchmarks import SUITES, TASKS
 from .tasks import samples_path
@@ -104,23 +104,20 @@ def eval_command(
     loggers = check_loggers(log or [])
     lm_eval_out = lm_eval_path(out) if fmt == "lm-eval" else None
     console = Console(stderr=True, quiet=quiet)
-    if quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # "Loading weights" and the like
     if trust_remote_code:
         console.print(f"[bold yellow]warning:[/] --trust-remote-code: Python code in {shown(model)} will run",
                       soft_wrap=True)
     trackers = open_trackers(loggers, f"graft eval {shown(Path(model))}", {}) if loggers else []  # before the work
     bar = StepProgress(console, unit="items", title="eval")
     try:
-        results = evaluate(
-            model, tasks=tasks, suite=suite, data=data, limit=limit, fraction=fraction, seed=seed, rest=rest,
-            judge=judge, mc_mode=mc_mode, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device,
-            dtype=dtype, font=str(font) if font else None, system_prompt=system_prompt, full_replies=full_replies,
-            cache=cache, out=out, force=force, progress=console.print, trust_remote_code=trust_remote_code,
-            lm_eval_out=lm_eval_out, bar=bar,
-        )
+        with library_bars_off(quiet):  # -q: not transformers' "Loading weights" bar either
+            results = evaluate(
+                model, tasks=tasks, suite=suite, data=data, limit=limit, fraction=fraction, seed=seed, rest=rest,
+                judge=judge, mc_mode=mc_mode, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device,
+                dtype=dtype, font=str(font) if font else None, system_prompt=system_prompt,
+                full_replies=full_replies, cache=cache, out=out, force=force, progress=console.print,
+                trust_remote_code=trust_remote_code, lm_eval_out=lm_eval_out, bar=bar,
+            )
     except BaseException:
         fail_all(trackers)
         raise
