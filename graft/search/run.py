@@ -16,7 +16,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from graft.errors import OutputError, UsageError
-from graft.io.guard import adopt_legacy_folder, make_output_folder
+from graft.io.guard import adopt_legacy_folder, make_output_folder, note_finished
 from graft.io.hub import looks_like_hub_id, pin, resolve_model, resolve_vector
 from graft.recipe import Recipe
 from graft.tracking import TrialCallback, check_loggers, fail_all, finish_all, flat, log_safely, open_trackers
@@ -389,6 +389,7 @@ def _prepare_out(out: Path, study: str, inputs: list[str | None]) -> Path:
     # A rerun joins the study in the same folder, so an earlier search's folder is reused, never replaced.
     adopt_legacy_folder(out, MARKER, kind="search")
     out = make_output_folder(out, [p for p in inputs if p and Path(p).exists()], kind="search", reuse=True)
+    note_finished(out, "its study keeps every finished trial: rerun the same command to resume")
     try:
         marker = out / MARKER
         if not marker.exists():
