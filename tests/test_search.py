@@ -602,3 +602,29 @@ def test_cli_search_quiet_prints_the_output_folder_only(make_world, tmp_path: Pa
              and not line.startswith("warning: ")]  # -q keeps graft's warnings
     assert lines == [str(out)], result.output
     assert hf_logging.is_progress_bar_enabled()  # back as it was for the rest of the process
+
+
+def test_sigterm_during_a_search_names_its_folder_as_kept(make_world, tmp_path: Path) -> None:
+    """A search stopped by SIGTERM keeps its folder (the study holds every finished trial) and says so."""
+    import signal
+
+    from tests.hostile.io_checks import graft_process
+
+    world = make_world("causal")
+    evals = eval_file(tmp_path, screening={"tasks": ["catqa"], "limit": 1, "threshold": 0.0})
+    space = space_file(tmp_path, SMALL.replace("uniform: [0.5, 1.0]", "uniform: [1.0]"))
+    out = tmp_path / "out"
+    proc = graft_process("search", "--target", world.target, "--vector", world.vector, "--space", space, "--eval",
+                         evals, "--trials", "3", "--out", out, "--dtype", "float32", "-q",
+                         env={"GRAFT_TEST_KILL_AFTER": "1", "GRAFT_TEST_KILL_SIGNAL": "TERM"})
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("terminated")]
+    assert lines == [f"terminated (SIGTERM): nothing half-written was left behind; finished before the signal and "
+                     f"kept: {out} (its study keeps every finished trial: rerun the same command to resume)"], \
+        proc.stderr
+    assert (out / "graft.db").is_file() and not [p for p in out.rglob("*") if "graft-partial" in p.name]
+    rerun = runner.invoke(app, ["search", "--target", str(world.target), "--vector", str(world.vector), "--space",
+                                str(space), "--eval", str(evals), "--trials", "3", "--out", str(out), "--dtype",
+                                "float32", "-q"])
+    assert rerun.exit_code == 0, rerun.output
+    assert len(finished(load_study(out))) == 3
