@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from graft.errors import InputError, UsageError
+from graft.errors import InputError, UsageError, reason
 
 LOGGERS: dict[str, tuple[str, str]] = {  # name -> (module to import, what to install)
     "mlflow": ("mlflow", "pip install 'graft[tracking]' (or mlflow-skinny)"),
@@ -306,14 +306,6 @@ def env_defaults(values: Mapping[str, str]) -> Iterator[None]:
     finally:
         for key in added:
             os.environ.pop(key, None)
-
-
-def reason(exc: BaseException) -> str:
-    """An error in one line: its class and the first line of its message, cut short (MLflow's can run to pages)."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else ""
-    text = text if len(text) <= 300 else text[:297] + "..."
-    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 
 
 def _millis() -> int:

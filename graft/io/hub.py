@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from graft.errors import InputError, UsageError
+from graft.errors import InputError, UsageError, reason
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 REVISION = re.compile(r"^[\w.\-/]+$")
@@ -123,12 +123,6 @@ def network_errors() -> tuple[type[BaseException], ...]:
         if isinstance(found, type) and issubclass(found, BaseException):
             errors.append(found)
     return tuple(errors)
-
-
-def reason(exc: BaseException) -> str:
-    """The first line of an error, named by its class: what a one-line message says about a network failure."""
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
 
 
 def check_hub_id(repo_id: str, flag: str | None = None) -> str:

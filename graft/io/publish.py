@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graft.errors import InputError, UsageError
+from graft.errors import InputError, UsageError, reason
 from graft.io.guard import MARKER, OWNER, STAGING_RE, folder_kind, is_graft_folder
-from graft.io.hub import REVISION, check_hub_id, network_errors, reason
+from graft.io.hub import REVISION, check_hub_id, network_errors
 
 PUSHABLE = {"merge": "merged model", "vector": "vector"}
 # graft's bookkeeping stays home: the marker only means something to `--force` on this machine.
