@@ -593,15 +593,20 @@ def test_cli_search_quiet_prints_the_output_folder_only(make_world, tmp_path: Pa
     evals = eval_file(tmp_path, screening={"tasks": ["catqa"], "limit": 1, "threshold": 0.0})
     space = space_file(tmp_path, SMALL.replace("uniform: [0.5, 1.0]", "uniform: [1.0]"))
     out = tmp_path / "out"
-    assert hf_logging.is_progress_bar_enabled()
-    result = runner.invoke(app, ["search", "--target", str(world.target), "--vector", str(world.vector),
-                                 "--space", str(space), "--eval", str(evals), "--trials", "2", "--out", str(out),
-                                 "--dtype", "float32", "-q"])
+    was_on = hf_logging.is_progress_bar_enabled()  # an earlier test in this process (the demo) may have set it
+    hf_logging.enable_progress_bar()
+    try:
+        result = runner.invoke(app, ["search", "--target", str(world.target), "--vector", str(world.vector),
+                                     "--space", str(space), "--eval", str(evals), "--trials", "2", "--out",
+                                     str(out), "--dtype", "float32", "-q"])
+        assert hf_logging.is_progress_bar_enabled()  # back as it was for the rest of the process
+    finally:
+        if not was_on:
+            hf_logging.disable_progress_bar()
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.strip() and "Warning" not in line
              and not line.startswith("warning: ")]  # -q keeps graft's warnings
     assert lines == [str(out)], result.output
-    assert hf_logging.is_progress_bar_enabled()  # back as it was for the rest of the process
 
 
 def test_sigterm_during_a_search_names_its_folder_as_kept(make_world, tmp_path: Path) -> None:
