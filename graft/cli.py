@@ -31,7 +31,7 @@ from graft.display import human_size, shown
 from graft.errors import EXIT_CODES, GraftError, UsageError
 from graft.evals.command import EvalCommand, eval_command
 from graft.inspect.command import inspect_command
-from graft.io.guard import write_file
+from graft.io.guard import finished_outputs, forget_finished, write_file
 from graft.recipe import Recipe
 from graft.recipe_flags import build_recipe
 from graft.search.command import search_command
@@ -125,10 +125,11 @@ def _failures(verbose: bool):
         stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # a message may hold [...]
         raise typer.Exit(exc.exit_code) from None
     except Terminated as exc:
-        stderr.print(f"[bold red]terminated[/] ({signal.Signals(exc.signum).name}): no output was left behind")
+        stderr.print(f"[bold red]terminated[/] ({signal.Signals(exc.signum).name}): {escape(_left_behind())}",
+                     soft_wrap=True)
         raise typer.Exit(128 + exc.signum) from None
     except KeyboardInterrupt:
-        stderr.print("[bold red]interrupted[/]: no output was left behind")
+        stderr.print(f"[bold red]interrupted[/]: {escape(_left_behind())}", soft_wrap=True)
         raise typer.Exit(130) from None
     except (typer.Exit, typer.Abort):
         raise
@@ -138,6 +139,17 @@ def _failures(verbose: bool):
         stderr.print(f"[bold red]internal error:[/] {exc.__class__.__name__}: {escape(str(exc))} (rerun with -v for "
                      "the traceback)", soft_wrap=True)
         raise typer.Exit(1) from None
+
+
+def _left_behind() -> str:
+    """What an interrupted command leaves: never a partial output, and whatever it had finished before, kept
+    (an evaluation's samples written before its results, a search's folder with its finished trials)."""
+    kept = finished_outputs()
+    if not kept:
+        return "no output was finished, and nothing half-written was left behind"
+    names = [shown(p) + (f" ({note})" if note else "") for p, note in kept]
+    listed = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return f"nothing half-written was left behind; finished before the signal and kept: {listed}"
 
 
 class Terminated(KeyboardInterrupt):
@@ -187,6 +199,7 @@ def handles_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         verbose = bool(kwargs.get("verbose"))
+        forget_finished()  # what an interrupt reports as kept is this command's own
         with _failures(verbose), _terminations(), _warnings_to_stderr(verbose):
             return fn(*args, **kwargs)
 
@@ -244,9 +257,11 @@ def extract(
     from graft.vector import extract_vector
 
     if push_to_hub is not None:
+        from graft.io.hub import check_hub_id
         from graft.io.publish import hub_token
 
-        hub_token(None)  # no token: refused before hours of work, not after
+        check_hub_id(push_to_hub, "--push-to-hub")  # a bad repository id or no token: refused before hours of
+        hub_token(None)  # work, not after
     base_path = resolve_model(with_revision(base, base_revision, "--base-revision"), role="base")
     aligned_path = resolve_model(with_revision(aligned, aligned_revision, "--aligned-revision"), role="aligned")
     with _progress(quiet) as progress:
@@ -377,9 +392,11 @@ def merge(
     _note_unused_origin(origin, spec)
     spec = with_revisions(spec, target_revision, vector_revision)
     if push_to_hub is not None:
+        from graft.io.hub import check_hub_id
         from graft.io.publish import hub_token
 
-        hub_token(None)  # no token: refused before the merge, not after
+        check_hub_id(push_to_hub, "--push-to-hub")  # a bad repository id or no token: refused before the merge,
+        hub_token(None)  # not after
     with _progress(quiet) as progress:
         task = progress.add_task("merge", total=None)
 

@@ -44,3 +44,12 @@ EXIT_CODES = {
     IncompatibleError.exit_code: "incompatible inputs: architectures, names or shapes do not fit",
     OutputError.exit_code: "output error: output exists, overlaps an input, or the disk is full",
 }
+
+
+def reason(exc: BaseException, limit: int = 300) -> str:
+    """A library's error inside one of graft's one-line messages: its class and the first line of its text, cut
+    short (an HTTP client's or a tracker's message can run to pages)."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__

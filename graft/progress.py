@@ -5,9 +5,32 @@ terminal; on anything else (CI logs, files) one plain line per finished step, so
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+@contextmanager
+def library_bars_off(quiet: bool) -> Iterator[None]:
+    """With `-q`, no progress bars from transformers or huggingface_hub ("Loading weights: 100%|...", downloads)
+    for the command's duration; their earlier state comes back afterwards (the Python API is not left silenced)."""
+    if not quiet:
+        yield
+        return
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    transformers_on, hub_off = hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if transformers_on:
+            hf_logging.enable_progress_bar()
+        if not hub_off:
+            hub_utils.enable_progress_bars()
 
 
 def _eta(done: float, total: float, seconds: float) -> str:

@@ -9,30 +9,45 @@ A search logs one parent run (its configuration, the final figures, `best_recipe
 per finished trial, its parameters, λ per (layer, group) and scores: MLflow as a nested run per trial, W&B as one
 step per trial. `Tracker.trial` has Optuna's callback signature `(study, frozen_trial)`, so it runs through the
 same hook as `optuna-integration`'s callbacks and a user's own functions (`--callback module:function`).
+
+A tracker is opened (its run started) before the work, so a wrong server, a missing key or no network fails in
+seconds as a one-line input error (exit 3), not after an hour of trials. Once the work is done its outputs are the
+result: a tracker that fails while logging then (or between trials) costs a warning on stderr, never the exit code
+or the files (`log_safely`, `finish_all`).
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from graft.errors import UsageError
+from graft.errors import InputError, UsageError, reason
 
 LOGGERS: dict[str, tuple[str, str]] = {  # name -> (module to import, what to install)
     "mlflow": ("mlflow", "pip install 'graft[tracking]' (or mlflow-skinny)"),
     "wandb": ("wandb", "pip install 'graft[tracking]' (or wandb)"),
 }
 TrialCallback = Callable[[Any, Any], None]  # Optuna's (study, frozen_trial)
+# How long MLflow may try an unreachable server while graft opens its run: its defaults (7 retries with
+# exponential backoff, 120 s per request) turn a typo in MLFLOW_TRACKING_URI into minutes of silence. Applied only
+# to the opening calls, and only to the variables the user has not set.
+MLFLOW_OPEN_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+WANDB_INIT_TIMEOUT = 30.0  # seconds wandb.init may wait for W&B's servers (its default: 90), unless WANDB_INIT_TIMEOUT
+log = logging.getLogger("graft")
 
 
 class Tracker(Protocol):
     def trial(self, study: Any, trial: Any) -> None: ...
 
-    def finish(self, *, metrics: Mapping[str, Any], files: Sequence[Path]) -> None: ...
+    def finish(self, *, metrics: Mapping[str, Any], files: Sequence[Path],
+               params: Mapping[str, Any] | None = None) -> None: ...
 
 
 def check_loggers(names: Sequence[str], *, source: str = "--log") -> list[str]:
@@ -109,19 +124,30 @@ class MlflowTracker:
 
     def __init__(self, name: str, params: Mapping[str, Any], *, tags: Mapping[str, str] | None = None,
                  lambdas: Callable[[dict | None], dict[str, float]] | None = None):
-        import logging
-
         from mlflow.tracking import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its database-migration chatter in our console
-        self.client = MlflowClient()
-        experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", "graft")
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
-        self.run = self.client.create_run(self.experiment_id, run_name=name, tags={"graft": "1", **(tags or {})})
-        self.run_id = self.run.info.run_id
+        with env_defaults(MLFLOW_OPEN_LIMITS):
+            self.client = MlflowClient()
+            experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", "graft")
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            self.run = self.client.create_run(self.experiment_id, run_name=name,
+                                              tags={"graft": "1", **(tags or {})})
+            self.run_id = self.run.info.run_id
+            self._log(self.run_id, params=params)
         self.lambdas = lambdas or (lambda _c: {})
-        self._log(self.run_id, params=params)
+
+    @staticmethod
+    def where() -> str:
+        from mlflow.tracking import get_tracking_uri
+
+        return f"MLFLOW_TRACKING_URI={get_tracking_uri()}"
+
+    @staticmethod
+    def advice() -> str:
+        return ("check MLFLOW_TRACKING_URI (the server must be up and reachable; unset, MLflow writes to a local "
+                "sqlite:///mlflow.db) and its credentials (MLFLOW_TRACKING_TOKEN / _USERNAME / _PASSWORD)")
 
     def _log(self, run_id: str, *, params: Mapping[str, Any] = (), metrics: Mapping[str, float] = (),
              step: int = 0) -> None:
@@ -144,15 +170,17 @@ class MlflowTracker:
         self.client.set_terminated(child.info.run_id)
         self._log(self.run_id, metrics={f"trial.{k}": v for k, v in metrics.items()}, step=trial.number)
 
-    def finish(self, *, metrics: Mapping[str, Any], files: Sequence[Path]) -> None:
-        self._log(self.run_id, metrics=numbers(metrics))
+    def finish(self, *, metrics: Mapping[str, Any], files: Sequence[Path],
+               params: Mapping[str, Any] | None = None) -> None:
+        self._log(self.run_id, params=params or {}, metrics=numbers(metrics))
         for path in files:
             if Path(path).is_file():
                 self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id)
 
     def fail(self) -> None:
-        self.client.set_terminated(self.run_id, status="FAILED")
+        with env_defaults(MLFLOW_OPEN_LIMITS):  # on the way out of a failed command: never minutes of retries
+            self.client.set_terminated(self.run_id, status="FAILED")
 
 
 class WandbTracker:
@@ -163,11 +191,22 @@ class WandbTracker:
         import wandb
 
         self.wandb = wandb
+        timeout = None if os.environ.get("WANDB_INIT_TIMEOUT") else WANDB_INIT_TIMEOUT
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "graft"), name=name,
                               config={k: v for k, v in params.items() if v is not None},
-                              tags=[f"{k}:{v}" for k, v in (tags or {}).items()], reinit="create_new")
+                              tags=[f"{k}:{v}" for k, v in (tags or {}).items()], reinit="create_new",
+                              settings=wandb.Settings(init_timeout=timeout) if timeout else None)
         self.lambdas = lambdas or (lambda _c: {})
         self._step = -1
+
+    @staticmethod
+    def where() -> str:
+        return f"WANDB_MODE={os.environ.get('WANDB_MODE') or 'online'}"
+
+    @staticmethod
+    def advice() -> str:
+        return ("run `wandb login` or set WANDB_API_KEY (and WANDB_BASE_URL for a private server), or set "
+                "WANDB_MODE=offline to log locally and `wandb sync` later")
 
     def trial(self, study: Any, trial: Any) -> None:
         params, metrics = trial_record(trial, self.lambdas)
@@ -176,7 +215,10 @@ class WandbTracker:
                       **{f"trial/{k}": v for k, v in params.items() if isinstance(v, (int, float))},
                       "trial/number": trial.number}, step=self._step)
 
-    def finish(self, *, metrics: Mapping[str, Any], files: Sequence[Path]) -> None:
+    def finish(self, *, metrics: Mapping[str, Any], files: Sequence[Path],
+               params: Mapping[str, Any] | None = None) -> None:
+        if params:
+            self.run.config.update({k: v for k, v in params.items() if v is not None}, allow_val_change=True)
         self.run.summary.update(numbers(metrics))
         for path in files:
             if Path(path).is_file():
@@ -187,11 +229,83 @@ class WandbTracker:
         self.run.finish(exit_code=1)
 
 
+KINDS: dict[str, Any] = {"mlflow": MlflowTracker, "wandb": WandbTracker}
+
+
 def open_trackers(names: Sequence[str], name: str, params: Mapping[str, Any], *,
                   tags: Mapping[str, str] | None = None,
                   lambdas: Callable[[dict | None], dict[str, float]] | None = None) -> list[Any]:
-    kinds = {"mlflow": MlflowTracker, "wandb": WandbTracker}
-    return [kinds[n](name, params, tags=tags, lambdas=lambdas) for n in check_loggers(names)]
+    """Start one run per tracker, before the work: whatever the tracker's library raises (no server, no key, no
+    network, a refused token) is a one-line input error naming the tracker, where it points and what to do. A run
+    already started is marked failed when a later one cannot start."""
+    opened: list[Any] = []
+    for kind in check_loggers(names):
+        tracker = KINDS[kind]
+        try:
+            opened.append(tracker(name, params, tags=tags, lambdas=lambdas))
+        except Exception as exc:
+            fail_all(opened)
+            raise InputError(f"--log {kind}: could not start a run ({tracker.where()}): {reason(exc)}; "
+                             f"{tracker.advice()}") from exc
+    return opened
+
+
+def log_safely(tracker: Any, kind: str) -> TrialCallback:
+    """The tracker's per-trial hook, made harmless: a failure is one warning, then that tracker sits out the rest
+    of the search (its work is in the study and the output folder either way)."""
+    broken: list[str] = []
+
+    def trial(study: Any, frozen: Any) -> None:
+        if broken:
+            return
+        try:
+            tracker.trial(study, frozen)
+        except Exception as exc:
+            broken.append(reason(exc))
+            log.warning("--log %s: logging trial %s failed (%s); the search goes on without %s, its trials are "
+                        "kept in the study", kind, getattr(frozen, "number", "?"), broken[0], kind)
+
+    return trial
+
+
+def finish_all(trackers: Sequence[Any], *, metrics: Mapping[str, Any], files: Sequence[Path],
+               params: Mapping[str, Any] | None = None) -> bool:
+    """Send the final figures and files once the work is done. A tracker that fails now is a warning naming the
+    complete outputs that were kept, not a failed command: the results are on disk and can be logged again.
+    True when every tracker took them."""
+    complete = True
+    for tracker in trackers:
+        try:
+            tracker.finish(metrics=metrics, files=files, params=params)
+        except Exception as exc:
+            complete = False
+            kind = next((k for k, v in KINDS.items() if isinstance(tracker, v)), type(tracker).__name__)
+            kept = ", ".join(str(p) for p in files if Path(p).is_file())
+            log.warning("--log %s: the work is done and its outputs are complete (%s), but logging them failed "
+                        "(%s); they are kept", kind, kept or "none written", reason(exc))
+    return complete
+
+
+def fail_all(trackers: Sequence[Any]) -> None:
+    """Mark the runs failed on the way out of a failed command; a tracker that cannot be told is left as it is."""
+    for tracker in trackers:
+        try:
+            tracker.fail()
+        except Exception as exc:  # the command's own error is the one to report
+            log.debug("could not mark a tracker run failed: %s", reason(exc))
+
+
+@contextmanager
+def env_defaults(values: Mapping[str, str]) -> Iterator[None]:
+    """Set the environment variables the user has not set, for the duration of the block only."""
+    added = [key for key in values if key not in os.environ]
+    for key in added:
+        os.environ[key] = values[key]
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def _millis() -> int:
@@ -200,5 +314,5 @@ def _millis() -> int:
     return int(time.time() * 1000)
 
 
-__all__ = ["LOGGERS", "MlflowTracker", "Tracker", "TrialCallback", "WandbTracker", "check_loggers", "flat",
-           "load_callback", "numbers", "open_trackers", "trial_record"]
+__all__ = ["LOGGERS", "MlflowTracker", "Tracker", "TrialCallback", "WandbTracker", "check_loggers", "fail_all",
+           "finish_all", "flat", "load_callback", "log_safely", "numbers", "open_trackers", "trial_record"]

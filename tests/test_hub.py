@@ -382,3 +382,24 @@ def test_local_vector_names_never_reach_the_hub(models: SimpleNamespace, monkeyp
     for spec in ("./vec", "vectors/safety/v1", "vec.safetensors"):
         result = cli("plan", "-t", models.target, "--vector", spec)
         assert result.exit_code == 3 and "no such vector folder" in result.stderr, result.output
+
+
+@pytest.mark.parametrize("name", ["ConnectError", "RemoteProtocolError"])
+def test_client_transport_errors_become_input_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     name: str) -> None:
+    """huggingface_hub's HTTP client raises its own transport errors (not OSErrors) on an unreachable host or a
+    dropped connection: a one-line input error naming the repository, not an internal error."""
+    import importlib.util
+
+    client = pytest.importorskip("httpx2" if importlib.util.find_spec("httpx2") else "httpx")
+
+    def fail(**kwargs: object) -> str:
+        raise getattr(client, name)("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fail)
+    with pytest.raises(InputError, match=f"could not fetch the target from the hub \\({name}: "):
+        resolve_model(REPO, role="target")
+    result = cli("plan", "-t", REPO, "--vector", tmp_path)
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and REPO in result.stderr
+    assert name in result.stderr and "Traceback" not in result.output

@@ -246,3 +246,49 @@ def test_bad_repo_id(merged: Path) -> None:
 def test_hub_failures_are_one_line(merged: Path, method: str, error: Exception, words: list[str]) -> None:
     FakeApi.fail = {method: error}
     one_line_error(cli("push", merged, "org/m"), 3, *words)
+
+
+def _client_error(name: str, message: str) -> Exception:
+    """An error of the HTTP client huggingface_hub uses here (httpx2 in its newer releases, httpx before): not an
+    OSError, which is how a push to an unreachable hub used to end as an "internal error"."""
+    client = pytest.importorskip("httpx2") if _has("httpx2") else pytest.importorskip("httpx")
+    error = getattr(client, name)(message)
+    assert not isinstance(error, OSError)
+    return error
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.parametrize("method", ["create_repo", "upload_folder"])
+@pytest.mark.parametrize(("name", "message"), [("ConnectError", "[Errno -2] Name or service not known"),
+                                               ("ReadTimeout", "The read operation timed out")])
+def test_unreachable_hub_is_an_input_error(merged: Path, make_world, tmp_path: Path, method: str, name: str,
+                                           message: str) -> None:
+    FakeApi.fail = {method: _client_error(name, message)}
+    one_line_error(cli("push", merged, "someorg/somerepo"), 3, "someorg/somerepo", "could not reach the hub",
+                   name, message)
+    world = make_world("causal")
+    one_line_error(cli("push", world.vector, "someorg/vec"), 3, "could not reach the hub", name)
+    out = tmp_path / "merged-then-push"
+    result = cli("merge", "-t", world.target, "--vector", world.vector, "-o", out, "--push-to-hub", "org/m", "-q")
+    one_line_error(result, 3, "could not reach the hub", name)
+    assert (out / "config.json").is_file()  # the merge itself is complete and kept; only the push failed
+    result = cli("extract", "-b", world.base, "-a", world.aligned, "-o", tmp_path / "v", "--push-to-hub", "org/v", "-q")
+    one_line_error(result, 3, "could not reach the hub", name)
+
+
+@pytest.mark.parametrize("repo", ["bad repo", "org/", "a/b/c", "-org/x"])
+def test_push_to_hub_id_is_checked_before_any_work(make_world, tmp_path: Path, repo: str) -> None:
+    world = make_world("causal")
+    merged_out, vector_out = tmp_path / "never-merged", tmp_path / "never-extracted"
+    result = cli("merge", "-t", world.target, "--vector", world.vector, "-o", merged_out, "--push-to-hub", repo)
+    one_line_error(result, 2, "--push-to-hub", repo, "org/name")
+    result = cli("extract", "-b", world.base, "-a", world.aligned, "-o", vector_out, "--push-to-hub", repo)
+    one_line_error(result, 2, "--push-to-hub", repo, "org/name")
+    assert not merged_out.exists() and not vector_out.exists()
+    assert not list(tmp_path.glob(".*graft-partial*"))
+    assert FakeApi.calls == []

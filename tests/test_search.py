@@ -583,3 +583,53 @@ def test_search_on_hub_ids_pins_their_commits(make_world, tmp_path: Path, monkey
     result = runner.invoke(app, ["search", "--target", "./org/med", "--vector", "org/vec", "--space", str(space),
                                  "--eval", str(eval_file(tmp_path)), "--trials", "3", "--out", str(tmp_path / "o2")])
     assert result.exit_code == 3 and "no such target folder" in result.output, result.output
+
+
+def test_cli_search_quiet_prints_the_output_folder_only(make_world, tmp_path: Path) -> None:
+    """-q silences the libraries too: no transformers "Loading weights" bar per trial, only the folder."""
+    from transformers.utils import logging as hf_logging
+
+    world = make_world("causal")
+    evals = eval_file(tmp_path, screening={"tasks": ["catqa"], "limit": 1, "threshold": 0.0})
+    space = space_file(tmp_path, SMALL.replace("uniform: [0.5, 1.0]", "uniform: [1.0]"))
+    out = tmp_path / "out"
+    was_on = hf_logging.is_progress_bar_enabled()  # an earlier test in this process (the demo) may have set it
+    hf_logging.enable_progress_bar()
+    try:
+        result = runner.invoke(app, ["search", "--target", str(world.target), "--vector", str(world.vector),
+                                     "--space", str(space), "--eval", str(evals), "--trials", "2", "--out",
+                                     str(out), "--dtype", "float32", "-q"])
+        assert hf_logging.is_progress_bar_enabled()  # back as it was for the rest of the process
+    finally:
+        if not was_on:
+            hf_logging.disable_progress_bar()
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip() and "Warning" not in line
+             and not line.startswith("warning: ")]  # -q keeps graft's warnings
+    assert lines == [str(out)], result.output
+
+
+def test_sigterm_during_a_search_names_its_folder_as_kept(make_world, tmp_path: Path) -> None:
+    """A search stopped by SIGTERM keeps its folder (the study holds every finished trial) and says so."""
+    import signal
+
+    from tests.hostile.io_checks import graft_process
+
+    world = make_world("causal")
+    evals = eval_file(tmp_path, screening={"tasks": ["catqa"], "limit": 1, "threshold": 0.0})
+    space = space_file(tmp_path, SMALL.replace("uniform: [0.5, 1.0]", "uniform: [1.0]"))
+    out = tmp_path / "out"
+    proc = graft_process("search", "--target", world.target, "--vector", world.vector, "--space", space, "--eval",
+                         evals, "--trials", "3", "--out", out, "--dtype", "float32", "-q",
+                         env={"GRAFT_TEST_KILL_AFTER": "1", "GRAFT_TEST_KILL_SIGNAL": "TERM"})
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("terminated")]
+    assert lines == [f"terminated (SIGTERM): nothing half-written was left behind; finished before the signal and "
+                     f"kept: {out} (its study keeps every finished trial: rerun the same command to resume)"], \
+        proc.stderr
+    assert (out / "graft.db").is_file() and not [p for p in out.rglob("*") if "graft-partial" in p.name]
+    rerun = runner.invoke(app, ["search", "--target", str(world.target), "--vector", str(world.vector), "--space",
+                                str(space), "--eval", str(evals), "--trials", "3", "--out", str(out), "--dtype",
+                                "float32", "-q"])
+    assert rerun.exit_code == 0, rerun.output
+    assert len(finished(load_study(out))) == 3

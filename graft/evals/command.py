@@ -13,7 +13,7 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from graft.display import shown
-from graft.progress import StepProgress
+from graft.progress import StepProgress, library_bars_off
 
 from .benchmarks import SUITES, TASKS
 from .tasks import samples_path
@@ -94,7 +94,7 @@ def eval_command(
     """Score a model on safety (1 - ASR) and medical benchmarks."""
     from graft.errors import UsageError
     from graft.io.hub import with_revision
-    from graft.tracking import check_loggers
+    from graft.tracking import check_loggers, fail_all, open_trackers
 
     from .suite import evaluate  # loads transformers: only when the command runs, not for every `graft` call
 
@@ -104,27 +104,28 @@ def eval_command(
     loggers = check_loggers(log or [])
     lm_eval_out = lm_eval_path(out) if fmt == "lm-eval" else None
     console = Console(stderr=True, quiet=quiet)
-    if quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # "Loading weights" and the like
     if trust_remote_code:
         console.print(f"[bold yellow]warning:[/] --trust-remote-code: Python code in {shown(model)} will run",
                       soft_wrap=True)
+    trackers = open_trackers(loggers, f"graft eval {shown(Path(model))}", {}) if loggers else []  # before the work
     bar = StepProgress(console, unit="items", title="eval")
     try:
-        results = evaluate(
-            model, tasks=tasks, suite=suite, data=data, limit=limit, fraction=fraction, seed=seed, rest=rest,
-            judge=judge, mc_mode=mc_mode, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device,
-            dtype=dtype, font=str(font) if font else None, system_prompt=system_prompt, full_replies=full_replies,
-            cache=cache, out=out, force=force, progress=console.print, trust_remote_code=trust_remote_code,
-            lm_eval_out=lm_eval_out, bar=bar,
-        )
+        with library_bars_off(quiet):  # -q: not transformers' "Loading weights" bar either
+            results = evaluate(
+                model, tasks=tasks, suite=suite, data=data, limit=limit, fraction=fraction, seed=seed, rest=rest,
+                judge=judge, mc_mode=mc_mode, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device,
+                dtype=dtype, font=str(font) if font else None, system_prompt=system_prompt,
+                full_replies=full_replies, cache=cache, out=out, force=force, progress=console.print,
+                trust_remote_code=trust_remote_code, lm_eval_out=lm_eval_out, bar=bar,
+            )
+    except BaseException:
+        fail_all(trackers)
+        raise
     finally:
         bar.stop()
     written = [out, samples_path(out), *([lm_eval_out] if lm_eval_out else [])]
-    if loggers:
-        log_results(loggers, results, written)
+    if trackers:
+        log_results(trackers, results, written)
     table = Table("task", "score ± SE", "n", "metric", "items/s")
     for name, b in results.benchmarks.items():
         table.add_row(name, f"{b['score']:.4f} ± {b['se']:.4f}", str(b["n"]), b["metric"],
@@ -147,10 +148,11 @@ def lm_eval_path(out: Path) -> Path:
     return out.with_name(out.stem + ".lm-eval.json")
 
 
-def log_results(loggers: list[str], results, files: list[Path]) -> None:
-    """One tracker run per evaluation: its configuration as parameters, every score and standard error as
-    metrics, the written files as artifacts."""
-    from graft.tracking import flat, numbers, open_trackers
+def log_results(trackers: list, results, files: list[Path]) -> bool:
+    """One tracker run per evaluation (started before it): its configuration as parameters, every score and
+    standard error as metrics, the written files as artifacts. The results are complete on disk by now, so a
+    tracker failing here is a warning (graft.tracking.finish_all); False then."""
+    from graft.tracking import finish_all, flat, numbers
 
     config = {k: v for k, v in results.config.items() if k not in ("task_configs", "data")}
     params = {**flat("", config), **flat("model", results.model), **flat("judge", results.judge or {}),
@@ -162,5 +164,4 @@ def log_results(loggers: list[str], results, files: list[Path]) -> None:
     for key, est in results.summary_se.items():
         if est:
             metrics.update(numbers({f"summary.{key}_stderr": est.get("se")}))
-    for tracker in open_trackers(loggers, f"graft eval {shown(Path(results.model.get('path', 'model')))}", params):
-        tracker.finish(metrics=metrics, files=files)
+    return finish_all(trackers, metrics=metrics, files=files, params=params)

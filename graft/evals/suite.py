@@ -14,7 +14,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
-from graft.io.guard import check_destination, overlapping_input, write_file
+from graft.io.guard import check_destination, note_finished, overlapping_input, write_file
 from graft.io.hub import hub_source
 from graft.progress import StepProgress
 
@@ -222,6 +222,8 @@ def evaluate(
     if resume is not None and not resume.exists():
         check_destination(resume, inputs, folder=False)
     store = VerdictCache(cache or resume) if (cache or resume) else None
+    if resume is not None:  # kept if the run stops: what an interrupted command names as left for a rerun
+        note_finished(resume, "the tasks scored so far, reused when the command is rerun")
     model_hash = (cache_key or engine.fingerprint()) if store else None
     finished: list[str] = []
     if bar is not None:

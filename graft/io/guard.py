@@ -73,6 +73,28 @@ def count_written(nbytes: int) -> None:
             _written[0] = -(2**62)  # once
 
 
+# -- what this command has finished: outputs committed whole (a file renamed into place, a folder swapped in, a
+# folder filled file by file), so that an interrupted command can say truthfully what it leaves -------------------
+_finished: dict[Path, str] = {}
+
+
+def note_finished(path: Path, note: str = "") -> None:
+    """`path` is whole from now on; `note` says what it holds when that is not obvious (a resume cache)."""
+    _finished[Path(path)] = note or _finished.get(Path(path), "")
+
+
+def finished_outputs() -> list[tuple[Path, str]]:
+    """The outputs finished since `forget_finished` and still there, in order, each with its note; a path inside
+    a listed folder is left out (the folder names it)."""
+    there = [p for p in _finished if os.path.lexists(p)]
+    return [(p, _finished[p]) for p in there if not any(q in p.parents for q in there)]
+
+
+def forget_finished() -> None:
+    """A command starts: nothing finished yet (the CLI's commands share one process in tests and the API)."""
+    _finished.clear()
+
+
 # -- identity of paths ------------------------------------------------------------------------------------------------
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
@@ -602,6 +624,7 @@ class OutputFolder:
         seal_folder(self.staging)  # hidden until the swap below, so the record holds only what graft wrote
         count_written(1)
         old = _swap(self.staging, self.destination, self._replacing)
+        note_finished(self.destination)
         count_written(1)
         if old is not None:
             _remove(old)
@@ -639,8 +662,11 @@ def write_file(path: str | Path, data: str | bytes, *, inputs: Iterable[str | Pa
             old = _swap(staging, destination, expected)
             if old is not None:
                 _remove(old)
-    except OSError as exc:
-        _remove(staging)
+        note_finished(destination)
+    except BaseException as exc:
+        _remove(staging)  # an interrupt (SIGTERM, Ctrl-C) between the write and the rename leaves nothing either
+        if not isinstance(exc, OSError):
+            raise
         if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
             raise OutputError(f"{destination}: appeared or changed while graft was writing; it was left untouched; "
                               f"rerun with another {flag}") from exc
@@ -701,9 +727,10 @@ def make_output_folder(path: str | Path, inputs: Iterable[str | Path] = (), *, k
             marker.write_text(json.dumps({"format": "graft-output", "kind": kind}) + "\n")
     except OSError as exc:
         raise OutputError(f"{destination}: cannot create it ({exc.strerror})") from exc
+    note_finished(destination)  # filled file by file: every file in it is whole, so the folder is kept as it is
     return destination
 
 
-__all__ = ["MARKER", "OutputFolder", "check_destination", "clean_stale", "count_written", "foreign_content",
-           "is_graft_file", "is_graft_folder", "make_output_folder", "overlapping_input", "record_contents",
-           "rename_noreplace", "seal_folder", "write_file"]
+__all__ = ["MARKER", "OutputFolder", "check_destination", "clean_stale", "count_written", "finished_outputs",
+           "foreign_content", "forget_finished", "is_graft_file", "is_graft_folder", "make_output_folder",
+           "note_finished", "overlapping_input", "record_contents", "rename_noreplace", "seal_folder", "write_file"]

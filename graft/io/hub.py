@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from graft.errors import InputError, UsageError
+from graft.errors import InputError, UsageError, reason
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 REVISION = re.compile(r"^[\w.\-/]+$")
@@ -109,6 +109,30 @@ def pin(spec: str | None, resolved: str | Path | None = None) -> str | None:
     return str(Path(spec).expanduser().resolve())
 
 
+def network_errors() -> tuple[type[BaseException], ...]:
+    """What huggingface_hub lets through when the hub cannot be reached: `OSError` (its `HfHubHTTPError`, the
+    offline-mode error, `requests`' errors in older releases) and the HTTP client's own transport errors, which are
+    not `OSError`s (`httpx.ConnectError` on an unknown host or a closed port). Whichever clients are installed."""
+    errors: list[type[BaseException]] = [OSError]
+    for module in ("httpx2", "httpx", "requests"):
+        try:
+            client = __import__(module)
+        except ImportError:
+            continue
+        found = getattr(client, "HTTPError", None) or getattr(client, "RequestException", None)
+        if isinstance(found, type) and issubclass(found, BaseException):
+            errors.append(found)
+    return tuple(errors)
+
+
+def check_hub_id(repo_id: str, flag: str | None = None) -> str:
+    """A repository id to push to (org/name), checked before any work so a typo is not found after hours."""
+    if not HUB_ID.match(repo_id):
+        named = f"{flag} {repo_id}" if flag else repo_id
+        raise UsageError(f"{named}: not a hub repository id; use org/name (or user/name)")
+    return repo_id
+
+
 def missing_local(spec: str | Path, role: str) -> InputError:
     return InputError(f"{spec}: no such {role} folder; check the path (a hub id is org/name)")
 
@@ -159,5 +183,8 @@ def _resolve(spec: str | Path, *, role: str, revision: str | None, patterns: lis
             f"{spec}: not a local folder, and the hub is unreachable with no cached copy; "
             "download it first (hf download) or pass a local path"
         ) from exc
-    except (HfHubHTTPError, OSError) as exc:
-        raise InputError(f"{spec}: could not fetch the {role} from the hub ({exc.__class__.__name__}: {exc})") from exc
+    except HfHubHTTPError as exc:
+        raise InputError(f"{spec}: could not fetch the {role} from the hub ({reason(exc)})") from exc
+    except network_errors() as exc:
+        raise InputError(f"{spec}: could not fetch the {role} from the hub ({reason(exc)}); check the network "
+                         "(HF_ENDPOINT, proxies) or download it first (hf download) and pass a local path") from exc

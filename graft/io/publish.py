@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graft.errors import InputError, UsageError
+from graft.errors import InputError, UsageError, reason
 from graft.io.guard import MARKER, OWNER, STAGING_RE, folder_kind, is_graft_folder
-from graft.io.hub import HUB_ID, REVISION
+from graft.io.hub import REVISION, check_hub_id, network_errors
 
 PUSHABLE = {"merge": "merged model", "vector": "vector"}
 # graft's bookkeeping stays home: the marker only means something to `--force` on this machine.
@@ -77,8 +77,7 @@ def hub_token(token: str | None) -> str:
 def push(folder: str | Path, repo_id: str, *, private: bool = True, revision: str | None = None,
          commit_message: str | None = None, token: str | None = None) -> PushResult:
     """Create the repository if needed (private unless asked otherwise) and upload the folder in one commit."""
-    if not HUB_ID.match(repo_id):
-        raise UsageError(f"{repo_id}: not a hub repository id; use org/name (or user/name)")
+    check_hub_id(repo_id)
     if revision is not None and not REVISION.match(revision):
         raise UsageError(f"--revision {revision!r}: not a branch name")
     path = Path(folder).expanduser()
@@ -107,8 +106,9 @@ def push(folder: str | Path, repo_id: str, *, private: bool = True, revision: st
                              "(`hf auth login`, HF_TOKEN or --token)") from exc
         first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         raise InputError(f"{repo_id}: the hub refused the push ({first})") from exc
-    except OSError as exc:
-        raise InputError(f"{repo_id}: could not reach the hub ({exc.__class__.__name__}: {exc})") from exc
+    except network_errors() as exc:  # an unknown host, a closed port, a dropped connection: not a bug in graft
+        raise InputError(f"{repo_id}: could not reach the hub ({reason(exc)}); check the network (HF_ENDPOINT, "
+                         "proxies) and rerun `graft push`") from exc
     return PushResult(repo_id=repo_id, kind=kind, revision=revision, commit=getattr(info, "oid", None),
                       url=getattr(info, "commit_url", None))
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from graft.progress import StepProgress
+from graft.progress import StepProgress, library_bars_off
 
 from .config import MODES
 from .space import SAMPLERS
@@ -112,13 +112,14 @@ def search_command(
 
     bar.start(trials)
     try:
-        result = run_search(
-            space=space, eval_config=eval_config, trials=trials, target=target, vector=vector, recipe=recipe,
-            storage=storage, study=study, sampler=sampler, mode=mode, max_medical_drop=max_medical_drop,
-            max_over_refusal=max_over_refusal, seed=seed, origin=origin, out=out, merge_best=merge_best,
-            device=device, dtype=dtype, batch_size=batch_size, heartbeat=heartbeat, log=log or [],
-            callbacks=[*callbacks, tick], progress=lambda msg: console.print(msg, soft_wrap=True),
-        )
+        with library_bars_off(quiet):  # -q: not transformers' "Loading weights" bar for each trial's model either
+            result = run_search(
+                space=space, eval_config=eval_config, trials=trials, target=target, vector=vector, recipe=recipe,
+                storage=storage, study=study, sampler=sampler, mode=mode, max_medical_drop=max_medical_drop,
+                max_over_refusal=max_over_refusal, seed=seed, origin=origin, out=out, merge_best=merge_best,
+                device=device, dtype=dtype, batch_size=batch_size, heartbeat=heartbeat, log=log or [],
+                callbacks=[*callbacks, tick], progress=lambda msg: console.print(msg, soft_wrap=True),
+            )
     finally:
         bar.stop()
     if quiet:

@@ -16,10 +16,10 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from graft.errors import OutputError, UsageError
-from graft.io.guard import adopt_legacy_folder, make_output_folder
+from graft.io.guard import adopt_legacy_folder, make_output_folder, note_finished
 from graft.io.hub import looks_like_hub_id, pin, resolve_model, resolve_vector
 from graft.recipe import Recipe
-from graft.tracking import TrialCallback, check_loggers, flat, open_trackers
+from graft.tracking import TrialCallback, check_loggers, fail_all, finish_all, flat, log_safely, open_trackers
 
 from .config import SearchEvalConfig
 from .evaluation import check_operators
@@ -128,7 +128,6 @@ def run_search(
 
     out = _prepare_out(Path(out), study, [base.target, base.vector, base.options.origin])
     url = storage or f"sqlite:///{(out / DB_FILE).resolve()}"
-    rdb = open_storage(url, heartbeat_interval=heartbeat, grace_period=grace_period)
     metadata = {
         "version": 1, "space": search_space.model_dump(mode="json"), "objective": objective.model_dump(),
         "evaluation": config.model_dump(mode="json", exclude={"data", "batch_size", "objective", "log"}),
@@ -136,25 +135,31 @@ def run_search(
         "target": base.target, "vector": base.vector,
         "split": _split_attr(config),
     }
+    # Trackers start before the study is opened and any trial runs: a wrong server or key fails in seconds.
+    trackers = open_trackers(loggers, f"graft search {study}", _tracked_params(metadata, trials, url, study, seed),
+                             tags={"study": study}, lambdas=lambda c: lambda_cells(c, num_layers, cells))
+    try:
+        rdb = open_storage(url, heartbeat_interval=heartbeat, grace_period=grace_period)
+    except BaseException:
+        fail_all(trackers)
+        raise
     constraints = sampler_constraints(objective) if uses_constraints(objective, sampler_name) else None
 
     def make(created: bool):
         return make_sampler(sampler_name, seed=worker_seed(seed, created), mode=objective.mode,
                             constraints=constraints)
 
-    optuna_study, created = open_study(rdb, study, directions=directions(objective), metadata=metadata,
-                                    baselines=baselines, make=make,
-                                    metric_names=metric_names(objective, sampler_name))
-    say(f"{'created' if created else 'joined'} study {study!r} in {redact(url)}; budget {trials} finished trials")
-    config = _study_split(optuna_study, config, created, say)
-
     ran: list[int] = []
     own_scorer = scorer is None
     trial_scorer = scorer
-    trackers = open_trackers(loggers, f"graft search {study}", _tracked_params(metadata, trials, url, study, seed),
-                             tags={"study": study}, lambdas=lambda c: lambda_cells(c, num_layers, cells))
-    hooks = [*callbacks, *(t.trial for t in trackers)]
+    hooks = [*callbacks, *(log_safely(t, name) for t, name in zip(trackers, loggers, strict=True))]
     try:
+        optuna_study, created = open_study(rdb, study, directions=directions(objective), metadata=metadata,
+                                           baselines=baselines, make=make,
+                                           metric_names=metric_names(objective, sampler_name))
+        say(f"{'created' if created else 'joined'} study {study!r} in {redact(url)}; budget {trials} finished "
+            "trials")
+        config = _study_split(optuna_study, config, created, say)
         if budget_state(optuna_study).finished < trials:
             if trial_scorer is None:
                 trial_scorer = _suite_scorer(config, base, out, device, batch_size, say)
@@ -170,15 +175,14 @@ def run_search(
         summary = write_outputs(out, trials_now, base=base, objective=objective, num_layers=num_layers,
                                 cells=cells, meta=meta, report=report)
     except BaseException:
-        for tracker in trackers:
-            tracker.fail()
+        fail_all(trackers)
         raise
     finally:
         if own_scorer and trial_scorer is not None:
             trial_scorer.close()  # type: ignore[attr-defined]
-    for tracker in trackers:
-        tracker.finish(metrics=_tracked_figures(summary),
-                       files=[out / name for name in ("best_recipe.yaml", "summary.json", "trials.csv")])
+    # The search is done and its outputs written: a tracker failing now is a warning, not a failed search.
+    finish_all(trackers, metrics=_tracked_figures(summary),
+               files=[out / name for name in ("best_recipe.yaml", "summary.json", "trials.csv")])
     merged = None
     if merge_best:
         merged = _merge_best(out)
@@ -385,6 +389,7 @@ def _prepare_out(out: Path, study: str, inputs: list[str | None]) -> Path:
     # A rerun joins the study in the same folder, so an earlier search's folder is reused, never replaced.
     adopt_legacy_folder(out, MARKER, kind="search")
     out = make_output_folder(out, [p for p in inputs if p and Path(p).exists()], kind="search", reuse=True)
+    note_finished(out, "its study keeps every finished trial: rerun the same command to resume")
     try:
         marker = out / MARKER
         if not marker.exists():
