@@ -32,7 +32,7 @@ from graft.errors import EXIT_CODES, GraftError, UsageError
 from graft.evals.command import EvalCommand, eval_command
 from graft.inspect.command import inspect_command
 from graft.io.guard import finished_outputs, forget_finished, write_file
-from graft.recipe import Recipe
+from graft.recipe import LARGE_LAMBDA, Recipe
 from graft.recipe_flags import build_recipe
 from graft.search.command import search_command
 
@@ -478,6 +478,9 @@ def recipe_command(
     selection = recipe_from_scores(from_scores, metric=metric, threshold=threshold, above=above, scale=scale,
                                    groups=chosen, target=target, vector=vector, origin=origin)
     recipe = selection.recipe
+    if abs(scale) > LARGE_LAMBDA:  # what `graft plan` of this recipe would say, said when it is written
+        _warn(f"--scale {scale:g}: λ = {scale:g} on every selected tensor is far outside what a graft uses (|λ| > "
+              f"{LARGE_LAMBDA:g}); check the scale")
     inputs = [from_scores, *(p for p in (recipe.target, recipe.vector, recipe.options.origin) if p)]
     written = write_file(out, f"# Written by `graft recipe --from-scores`; {recipe.description}\n" + recipe.to_yaml(),
                          inputs=inputs, force=force)

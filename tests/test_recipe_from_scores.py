@@ -161,3 +161,15 @@ def test_report_made_elsewhere_and_edited_reports(make_world, tmp_path: Path, mo
         (line,) = bad.stderr.strip().splitlines() or [f"exit {bad.exit_code}: {bad.output}"]
         assert bad.exit_code == 3 and file in line and words in line, (file, bad.output)
         assert not (elsewhere / "b.yaml").exists()
+
+    # scores for other groups only: the error says which, not "rerun inspect"; a huge scale is said when written
+    blank = edited("layers.csv", lambda t: "\n".join(
+        line if i == 0 or ",norm," not in line else ",".join(
+            "" if j == t.splitlines()[0].split(",").index("cos_tau_med") else cell
+            for j, cell in enumerate(line.split(",")))
+        for i, line in enumerate(t.splitlines())) + "\n")
+    bad = runner.invoke(app, ["recipe", "--from-scores", str(blank), "--groups", "norm", "--out", "b.yaml"])
+    assert bad.exit_code == 3 and "the report scores only attn" in bad.stderr, bad.output
+    loud = runner.invoke(app, ["recipe", "--from-scores", "../work/report", "--threshold", "2", "--scale", "1e40",
+                               "--out", "loud.yaml"])
+    assert loud.exit_code == 0 and "--scale 1e+40" in loud.stderr and "far outside" in loud.stderr, loud.output

@@ -64,8 +64,11 @@ def recipe_from_scores(
     chosen = layers[layers["group"].isin(groups)]
     scored = chosen[chosen[metric].notna()]
     if scored.empty:
-        raise InputError(f"{folder / 'layers.csv'}: no {', '.join(groups)} cell has a {metric} score; "
-                         "rerun `graft inspect` with --target and --origin (and --safelora for safelora_*)")
+        others = sorted(set(layers.loc[layers[metric].notna(), "group"]))
+        # Scores exist, just not for these groups (a cosine is undefined where τ is zero: norms), or none at all.
+        fix = (f"the report scores only {', '.join(others)}: choose among those with --groups" if others else
+               "rerun `graft inspect` with --target and --origin (and --safelora for safelora_*)")
+        raise InputError(f"{folder / 'layers.csv'}: no {', '.join(groups)} cell has a {metric} score; {fix}")
     hit = scored[scored[metric] > threshold] if above else scored[scored[metric] < threshold]
     side = ">" if above else "<"
     if hit.empty:
