@@ -8,6 +8,7 @@ pydantic's internals. Coefficients are `FiniteFloat`s: NaN or Â±inf anywhere a Î
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -72,9 +73,9 @@ def load_json_file(path: Path, what: str, error: type[GraftError] = InputError, 
         raise error(f"{path}: {what} is not valid JSON ({exc}); fix or re-download it") from exc
 
 
-def load_yaml_text(text: str) -> Any:
-    """YAML as plain data (SafeLoader), refusing a mapping key given twice: PyYAML keeps the last silently, so a
-    recipe with two `operator:` lines would graft with whichever came second."""
+@functools.cache
+def _unique_key_loader() -> type:
+    """PyYAML's SafeLoader, refusing a mapping key given twice (built on first use: yaml is imported lazily)."""
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
@@ -93,7 +94,15 @@ def load_yaml_text(text: str) -> Any:
                     pass
             return super().construct_mapping(node, deep=deep)
 
-    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: plain data only
+    return UniqueKeyLoader
+
+
+def load_yaml_text(text: str) -> Any:
+    """YAML as plain data (SafeLoader), refusing a mapping key given twice: PyYAML keeps the last silently, so a
+    recipe with two `operator:` lines would graft with whichever came second."""
+    import yaml
+
+    return yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader subclass: plain data only
 
 
 def load_yaml_file(path: Path, what: str, error: type[GraftError] = UsageError) -> Any:

@@ -27,9 +27,7 @@ def judge_help() -> str:
     """The registered judges' `--judge` forms (graft's three, then any a plugin registered)."""
     from .judges import JUDGES
 
-    notes = {"guard": "guard:PATH (Llama-Guard/Qwen3Guard)", "openai": "openai:MODEL@BASE_URL (key from "
-             "$OPENAI_API_KEY)"}
-    return " | ".join(notes.get(name, entry.usage) for name, entry in JUDGES.items()) + "."
+    return " | ".join(f"{e.usage} ({e.about})" if e.about else e.usage for e in JUDGES.values()) + "."
 
 
 class EvalCommand(TyperCommand):

@@ -102,7 +102,8 @@ class JudgeEntry:
 
     `parse` turns ARGUMENT into JudgeConfig fields (None: the judge takes no argument); `check` refuses a bad
     config before any model is loaded; `build` makes the judge. `reads_whole_reply` False lets the suite stop a
-    reply as soon as a refusal phrase appears (only a judge that reads refusal phrases can afford that).
+    reply as soon as a refusal phrase appears (only a judge that reads refusal phrases can afford that). `about`,
+    when given, follows the usage in `--judge`'s help.
     """
 
     name: str
@@ -111,6 +112,7 @@ class JudgeEntry:
     parse: Callable[[str], dict[str, Any]] | None = None
     check: Callable[[JudgeConfig], None] | None = None
     reads_whole_reply: bool = True
+    about: str = ""
 
 
 JUDGES: dict[str, JudgeEntry] = {}
@@ -366,9 +368,9 @@ def _parse_openai(rest: str) -> dict[str, Any]:
 
 register_judge(JudgeEntry("keyword", "keyword", lambda config, device: KeywordJudge(), reads_whole_reply=False))
 register_judge(JudgeEntry("guard", "guard:PATH", lambda config, device: GuardJudge.load(config.model, device=device),
-                          parse=lambda rest: {"model": rest}, check=_check_guard))
+                          parse=lambda rest: {"model": rest}, check=_check_guard, about="Llama-Guard/Qwen3Guard"))
 register_judge(JudgeEntry(
     "openai", "openai:MODEL@BASE_URL",
     lambda config, device: OpenAIJudge(config.model, config.base_url, api_key=os.environ.get(config.api_key_env),
                                        timeout_s=config.timeout_s, max_workers=config.max_workers),
-    parse=_parse_openai))
+    parse=_parse_openai, about="key from $OPENAI_API_KEY"))

@@ -80,7 +80,8 @@ def recipe_from_scores(
     cell_of = {str(r.tensor): (None if pd.isna(r.layer) else int(r.layer), str(r.group)) for r in tensors.itertuples()}
     names = [name for name, cell in cell_of.items() if cell in keys]
     # A cell with no tensor means the two files disagree; and were none left, an empty include would graft everything.
-    empty = sorted((k for k in keys if k not in set(cell_of.values())), key=str)
+    with_tensors = set(cell_of.values())
+    empty = sorted((k for k in keys if k not in with_tensors), key=str)
     if empty:
         layer, group = empty[0]
         raise InputError(f"{folder / 'tensors.csv'}: no tensor of the selected cell layer {layer} {group} (in "
