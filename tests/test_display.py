@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 import yaml
@@ -38,3 +39,25 @@ def test_a_dotdot_after_a_symlink_is_resolved_not_normalised(tmp_path: Path) -> 
     assert shown(tricky) == str((tmp_path / "deep" / "x").resolve())
     assert shown(tmp_path / "a" / ".." / "x") == str(tmp_path / "x")
     assert shown("plain/path") == "plain/path"
+
+
+def test_printable_escapes_what_a_terminal_would_act_on_and_keeps_the_rest() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from graft.display import printable
+
+    assert printable("model.layers.0.\x1b[31mq_proj") == "model.layers.0.\\x1b[31mq_proj"
+    assert printable("a\nb\rc\u202ed\ud800") == "a\\nb\\rc\\u202ed\\ud800"
+    assert printable("éτ中 q_proj") == "éτ中 q_proj"
+
+    @settings(max_examples=300, deadline=None, derandomize=True)
+    @given(st.text(alphabet=st.characters(codec=None, exclude_categories=())))
+    def holds(text: str) -> None:
+        shown = printable(text)
+        shown.encode("utf-8")  # no lone surrogate is left: every encoder that takes Unicode takes it
+        assert not any(unicodedata.category(c) in ("Cc", "Cs") for c in shown)
+        assert not set(shown) & set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+        assert [c for c in text if c not in shown] == [c for c in text if printable(c) != c]  # only those change
+
+    holds()
