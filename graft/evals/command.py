@@ -73,7 +73,9 @@ def eval_command(
     full_replies: bool = typer.Option(False, "--full-replies",
                                       help="With the keyword judge, generate to the cap even after a refusal "
                                            "phrase (the verdict is the same; replies in the log are longer)."),
-    cache: Path = typer.Option(None, "--cache", help="SQLite verdict cache keyed by model content hash and item."),
+    cache: Path = typer.Option(None, "--cache", help="SQLite verdict cache keyed by model content hash and item: a "
+                                                     "new file, or one an earlier graft eval made (never another "
+                                                     "application's database)."),
     force: bool = typer.Option(False, "--force", help="Replace --out (and its samples) if an earlier graft eval "
                                                       "wrote them; never a file graft did not write."),
     revision: str = typer.Option(None, "--revision", help="Branch, tag or commit of a hub model (the commit it "

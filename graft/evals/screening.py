@@ -108,14 +108,22 @@ def stratified_subset(items: Sequence[Item], limit: int | None = None, fraction:
 
 
 class VerdictCache:
-    """SQLite map from (model content hash, task, item, settings) to a finished per-sample record."""
+    """SQLite map from (model content hash, task, item, settings) to a finished per-sample record. graft writes one
+    only if it made it (stamped with graft's SQLite `application_id`) or it is a new, empty file: never another
+    application's database (graft.databases)."""
 
     def __init__(self, path: str | Path):
+        from graft.databases import VERDICT_CACHE_ID, check_verdict_cache
+
         self.path = Path(path)
+        exists = check_verdict_cache(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False)
+            if not exists:
+                self._db.execute(f"PRAGMA application_id = {VERDICT_CACHE_ID}")
             self._db.execute("CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, record TEXT NOT NULL)")
+            self._db.commit()
         except (OSError, sqlite3.Error) as e:
             raise OutputError(f"{self.path}: cannot open the verdict cache ({e}); pass another --cache") from e
         self._lock = threading.Lock()

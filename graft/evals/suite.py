@@ -13,6 +13,7 @@ from typing import Literal
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from graft.databases import check_verdict_cache
 from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
 from graft.io.guard import check_destination, note_finished, overlapping_input, write_file
 from graft.io.hub import hub_source
@@ -156,6 +157,10 @@ def evaluate(
             check_destination(path, inputs, force=force, folder=False)
     if cache and (overlap := overlapping_input(Path(cache), inputs)) is not None:
         raise OutputError(f"--cache {cache}: overlaps input {overlap}; keep the verdict cache outside every input")
+    resume = partial_path(Path(out)) if out is not None and not cache else None
+    store_file = Path(cache) if cache else resume
+    if store_file is not None:
+        check_verdict_cache(store_file)  # another application's database: refused before any work, never written
     judge_cfg = JudgeConfig.parse(judge) if isinstance(judge, str) else judge
     if mc_mode not in ("loglik", "generate"):
         raise UsageError(f"--mc-mode {mc_mode}: expected loglik or generate")
@@ -218,7 +223,6 @@ def evaluate(
         "mc": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["mc"],
         "vqa": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["vqa"],
     }
-    resume = partial_path(Path(out)) if out is not None and not cache else None
     if resume is not None and not resume.exists():
         check_destination(resume, inputs, folder=False)
     store = VerdictCache(cache or resume) if (cache or resume) else None

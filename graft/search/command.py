@@ -48,7 +48,8 @@ def search_command(
         "--recipe", "-r", help="Base recipe (mapping rules, options); its coefficients are what is searched.")] = None,
     storage: Annotated[str | None, typer.Option(
         "--storage", help="Optuna storage URL: sqlite:///FILE (default OUT/graft.db), postgresql://USER@HOST/DB "
-                          "or mysql://... (several workers on several machines share one study).")] = None,
+                          "or mysql://... (several workers on several machines share one study); a new database or "
+                          "an Optuna storage, never another application's.")] = None,
     study: Annotated[str, typer.Option("--study", help="Study name in the storage (create, join or resume).")
                      ] = "graft-search",
     sampler: Annotated[str | None, typer.Option(

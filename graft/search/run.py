@@ -15,6 +15,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from graft.databases import check_study_storage
 from graft.errors import OutputError, UsageError
 from graft.io.guard import adopt_legacy_folder, make_output_folder, note_finished
 from graft.io.hub import looks_like_hub_id, pin, resolve_model, resolve_vector
@@ -126,6 +127,8 @@ def run_search(
         raise UsageError(f"--trials {trials}: a study starts with {len(baselines)} baselines (λ = 0 and "
                          f"{len(baselines) - 1} uniform); ask for more trials or shorten baselines.uniform")
 
+    if storage is not None:  # another application's database: refused before the output folder is made
+        check_study_storage(storage, write=True)
     out = _prepare_out(Path(out), study, [base.target, base.vector, base.options.origin])
     url = storage or f"sqlite:///{(out / DB_FILE).resolve()}"
     metadata = {
