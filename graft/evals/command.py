@@ -13,6 +13,7 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from graft.display import shown
+from graft.flag_ranges import EVAL, help_range
 from graft.progress import StepProgress, library_bars_off
 
 from .benchmarks import SUITES, TASKS
@@ -51,9 +52,12 @@ def eval_command(
     data: Path = typer.Option(..., "--data", help="YAML mapping each benchmark to a local path or a hub id."),
     out: Path = typer.Option(Path("results.json"), "--out",
                              help="Results JSON; per-sample records go to OUT-stem.samples.jsonl beside it."),
-    limit: int = typer.Option(None, "--limit", help="Screen on N items per task, stratified by category."),
-    fraction: float = typer.Option(None, "--fraction", help="Screen on this share of each task (0-1]."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the screening subset (--limit/--fraction)."),
+    limit: int = typer.Option(None, "--limit", help="Screen on N items per task, stratified by category."
+                              + help_range(EVAL, "limit")),
+    fraction: float = typer.Option(None, "--fraction", help="Screen on this share of each task."
+                                   + help_range(EVAL, "fraction")),
+    seed: int = typer.Option(0, "--seed", help="Seed of the screening subset (--limit/--fraction) and of the "
+                                               "summary's bootstrap." + help_range(EVAL, "seed")),
     rest: bool = typer.Option(False, "--rest",
                               help="Score the items the --limit/--fraction subset leaves out instead: report on "
                                    "what a search (which scored the subset) never saw."),
@@ -62,8 +66,10 @@ def eval_command(
                                 help="Multiple choice by option log-likelihood (lm-eval) or by generation."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens",
                                        help="Generation cap. Default: 64 with the keyword judge, 256 with "
-                                            "a model judge, 32 for letters and VQA."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Prompts per batch (default 8 CPU, 32 CUDA)."),
+                                            "a model judge, 32 for letters and VQA."
+                                            + help_range(EVAL, "max_new_tokens") + " At most the model's context."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Prompts per batch (default 8 CPU, 32 CUDA)."
+                                   + help_range(EVAL, "batch_size")),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16."),
     font: Path = typer.Option(None, "--font", help="FigStep font (default FreeMonoBold from fonts-freefont-ttf)."),

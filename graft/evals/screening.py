@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from graft.errors import OutputError, UsageError
+from graft.flag_ranges import EVAL, check
 
 from .loaders import Item
 
@@ -69,10 +70,7 @@ def stratified_subset(items: Sequence[Item], limit: int | None = None, fraction:
         if rest:
             raise UsageError("--rest scores the items a --limit/--fraction subset leaves out: give one of them")
         return list(items)
-    if fraction is not None and not 0 < fraction <= 1:
-        raise UsageError(f"--fraction {fraction}: expected a number in (0, 1]")
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit {limit}: expected a positive number of items")
+    check(EVAL, limit=limit, fraction=fraction)
     total = min(len(items), limit) if limit is not None else max(1, round(fraction * len(items)))
     groups: dict[str, list[int]] = defaultdict(list)
     for i, it in enumerate(items):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from graft.databases import check_verdict_cache
 from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
+from graft.flag_ranges import EVAL, check
 from graft.io.guard import check_destination, note_finished, overlapping_input, write_file
 from graft.io.hub import hub_source
 from graft.progress import StepProgress
@@ -144,6 +145,7 @@ def evaluate(
     the weights' content, the task, each item and every generation and judge setting) until the results are
     written: a run that fails keeps them, and rerunning the same command scores only what is missing.
     """
+    check(EVAL, limit=limit, fraction=fraction, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size)
     names, explicit = resolve_tasks(tasks, suite)
     if rest and limit is None and fraction is None:
         raise UsageError("--rest scores the items a --limit/--fraction subset leaves out: give one of them")
@@ -182,6 +184,7 @@ def evaluate(
     if out is not None and isinstance(model, (str, Path)) and Path(engine.name).is_dir():
         for path in (Path(out), samples_path(Path(out))):  # a hub model's cache copy is an input too
             check_destination(path, [Path(engine.name)], force=force, folder=False)
+    _check_cap(max_new_tokens, engine)
     results = EvalResults(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), versions=versions())
     run: list[Task] = []
     for name in names:
@@ -308,6 +311,15 @@ def evaluate(
         if resume is not None:
             resume.unlink(missing_ok=True)
     return results
+
+
+def _check_cap(max_new_tokens: int | None, engine: GenerationBackend) -> None:
+    """`--max-new-tokens` within the model's context: a cap beyond it is a generation that can never end there (a
+    random or broken model may never emit EOS) or positions the model has no embedding for."""
+    context = engine.max_length() if max_new_tokens is not None and hasattr(engine, "max_length") else None
+    if context is not None and max_new_tokens > context:
+        raise UsageError(f"--max-new-tokens {max_new_tokens}: more than {engine.name}'s context of {context} tokens; "
+                         f"give at most {context}")
 
 
 def _tokens(engine: Engine) -> dict:

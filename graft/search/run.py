@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from graft.databases import check_study_storage
 from graft.errors import OutputError, UsageError
+from graft.flag_ranges import SEARCH, check
 from graft.io.guard import adopt_legacy_folder, make_output_folder, note_finished
 from graft.io.hub import looks_like_hub_id, pin, resolve_model, resolve_vector
 from graft.recipe import Recipe
@@ -102,6 +103,8 @@ def run_search(
     callback signature: optuna-integration's MLflowCallback / WeightsAndBiasesCallback work as they are); `log`
     names trackers (mlflow, wandb) to send the search to, besides eval.yaml's `log:` (graft.tracking).
     """
+    check(SEARCH, trials=trials, seed=seed, batch_size=batch_size, heartbeat=heartbeat,
+          max_medical_drop=max_medical_drop, max_over_refusal=max_over_refusal)
     say = progress or (lambda _msg: None)
     space_file = None if isinstance(space, SearchSpace) else resolve_space(space)
     search_space = space if isinstance(space, SearchSpace) else SearchSpace.from_yaml(space_file)
