@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image
 from pydantic import BaseModel, Field
 
 from graft.databases import check_verdict_cache
@@ -27,7 +26,7 @@ from .config import DataConfig
 from .generation import Engine, Request
 from .judges import JudgeConfig, KeywordJudge, judge_entry, make_judge
 from .lm_eval_format import lm_eval_name, prompt_of, task_metrics, versions
-from .loaders import Item
+from .loaders import Item, open_image
 from .screening import Split, VerdictCache, stratified_subset
 from .tasks import Task, samples_path
 from .uncertainty import composite
@@ -177,7 +176,7 @@ def evaluate(
     for name in names:
         task = TASKS[name]
         if not task.needs_image and data.get(task.benchmark) is not None and task.benchmark not in loaded:
-            loaded[task.benchmark] = benchmark(task.benchmark).load(data.source(task.benchmark))
+            loaded[task.benchmark] = benchmark(task.benchmark).read(data.source(task.benchmark))
     engine: GenerationBackend = (Engine.load(model, device=device, dtype=dtype, batch_size=batch_size,
                                              trust_remote_code=trust_remote_code)
                                  if isinstance(model, (str, Path)) else model)
@@ -204,7 +203,7 @@ def evaluate(
     # Read and check every benchmark before generating anything, so a malformed file fails in seconds.
     for task in run:
         if task.benchmark not in loaded:
-            loaded[task.benchmark] = benchmark(task.benchmark).load(data.source(task.benchmark))
+            loaded[task.benchmark] = benchmark(task.benchmark).read(data.source(task.benchmark))
     parts = {b: split.apply(items) if split is not None else items for b, items in loaded.items()}
     subsets = {b: stratified_subset(items, limit=limit, fraction=fraction, seed=seed, rest=rest)
                for b, items in parts.items()}
@@ -374,11 +373,7 @@ def _figstep_image(item: Item, folder: Path | None, font: str | None):
     if folder is None:
         return figstep.render(item.prompt, font)
     path = folder / f"{item.id}.png"
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError as e:
-        raise InputError(f"{path}: cannot read this FigStep image ({e})") from e
+    return open_image(path, f"{path} (FigStep image of item {item.id})")
 
 
 def _summary(benchmarks: dict[str, dict]) -> dict[str, float | None]:
