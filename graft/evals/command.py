@@ -4,6 +4,7 @@ exit codes."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -134,19 +135,28 @@ def eval_command(
         log_results(trackers, results, written)
     table = Table("task", "score ± SE", "n", "metric", "items/s")
     for name, b in results.benchmarks.items():
-        table.add_row(name, f"{b['score']:.4f} ± {b['se']:.4f}", str(b["n"]), b["metric"],
+        table.add_row(name, f"{b['score']:.4f} ± {_se(b['se'], 4)}", str(b["n"]), b["metric"],
                       f"{results.timing[name]['items_per_s']:.2f}")
     for name, why in results.skipped.items():
         table.add_row(name, "skipped", "-", why, "-")
     console.print(table)
     for key, est in results.summary_se.items():
         if est is not None:
-            console.print(f"{key.replace('_', '-')}: {100 * est['value']:.1f} % ± {100 * est['se']:.1f} "
-                          f"(95 % interval {100 * est['low']:.1f}–{100 * est['high']:.1f} %, {est['n']} items)")
+            interval = (f"95 % interval {100 * est['low']:.1f}–{100 * est['high']:.1f} %, "
+                        if math.isfinite(est["low"]) else "")
+            console.print(f"{key.replace('_', '-')}: {100 * est['value']:.1f} % ± {_se(est['se'], 1, 100)} "
+                          f"({interval}{est['n']} items)")
     Console(stderr=True, highlight=False).print("wrote " + ", ".join(shown(p) for p in written), soft_wrap=True)
 
 
 FORMATS = ("graft", "lm-eval")
+
+
+def _se(se: float | None, digits: int, factor: float = 1.0) -> str:
+    """A standard error as the table shows it; 'n/a' where there is none (a score from one item)."""
+    if se is None or not math.isfinite(se):
+        return "n/a (a single item has no standard error)"
+    return f"{factor * se:.{digits}f}"
 
 
 def lm_eval_path(out: Path) -> Path:
