@@ -1,5 +1,6 @@
-"""Databases graft is handed: an evaluation's verdict cache (`graft eval --cache`, a search's `verdicts.sqlite`) and
-a search's Optuna storage (`graft search --storage`, read back by `graft inspect --storage`).
+"""Databases graft is handed: an evaluation's verdict cache (`graft eval --cache`, a search's `verdicts.sqlite`), a
+search's Optuna storage (`graft search --storage`, read back by `graft inspect --storage`) and MLflow's tracking
+store (`--log mlflow`, `MLFLOW_TRACKING_URI`).
 
 A database is a file (or a server) that someone else may own, and opening it with SQLite, SQLAlchemy or Optuna
 writes into it: Optuna creates its tables in whatever database it is given, the verdict cache its own. So graft
@@ -10,7 +11,8 @@ looks before anything opens it for writing:
 - a study storage is joined (resumed, shared by workers) only when every table in it is one Optuna makes, or it
   holds none yet (a new SQLite file, a server database just created);
 - a storage that is only read (`graft inspect`) is opened read-only (SQLite's `mode=ro`; Optuna told not to create
-  tables) after its schema was seen to be Optuna's.
+  tables) after its schema was seen to be Optuna's;
+- an SQLite tracking store is handed to MLflow only when it is new, empty or MLflow's.
 
 Anything else is refused before it is touched, in one line naming it and saying what to do: exit 5 where graft
 would have written (the database is not graft's to change), exit 3 where it only reads (not a study storage).
@@ -119,6 +121,9 @@ JOINED = Use("an Optuna study storage", OutputError,
              "graft will not add a study to it: give a new file or an Optuna storage as --storage")
 READ = Use("an Optuna study storage", InputError,
            "give --storage the storage of a `graft search` or another Optuna study")
+TRACKING = Use("an MLflow tracking store", InputError,
+               "point MLFLOW_TRACKING_URI at an MLflow store, a server or a new file")
+MLFLOW_TABLES_NEEDED = frozenset({"experiments", "runs"})  # in every MLflow store, whatever its version
 
 
 def _regular_size(path: Path, use: Use) -> int:
@@ -251,6 +256,25 @@ def _judge(tables: set[str], foreign: str | None, where: object, use: Use) -> No
         raise use.refuse(where, "holds no Optuna study")
 
 
+# -- an MLflow tracking store --------------------------------------------------------------------------------------
+def check_tracking_store(uri: str) -> None:
+    """`--log mlflow` with an SQLite tracking URI (MLflow's default is ./mlflow.db): MLflow creates and migrates its
+    tables in whatever database it is given, so the file must be new, empty or already an MLflow store (its tables
+    are MLflow's to migrate; their list changes with MLflow's version, so the store is recognised by the two every
+    version has)."""
+    path = sqlite_file(uri)
+    if path is None or not os.path.lexists(path):
+        return
+    schema = sqlite_schema(path, TRACKING)
+    if schema is None or not schema.objects:
+        return
+    foreign = _foreign_owner(schema.application_id)
+    if foreign is None and not schema.tables >= MLFLOW_TABLES_NEEDED:
+        foreign = schema.foreign(MLFLOW_TABLES_NEEDED)
+    if foreign is not None:
+        raise TRACKING.refuse(path, f"holds {foreign}, so it is not {TRACKING.what}")
+
+
 def storage_url(url: str) -> str:
     """`postgresql://` means psycopg2 to older SQLAlchemy versions; use psycopg 3 when that is what is installed."""
     if url.startswith(("postgresql://", "postgres://")):
@@ -325,5 +349,6 @@ def check_journal(path: Path) -> None:
                                 "Optuna journal record)")
 
 
-__all__ = ["VERDICT_CACHE_ID", "check_journal", "check_study_storage", "check_verdict_cache", "optuna_tables",
-           "read_only_connection", "read_only_storage", "redact", "sqlite_file", "sqlite_schema", "storage_url"]
+__all__ = ["VERDICT_CACHE_ID", "check_journal", "check_study_storage", "check_tracking_store", "check_verdict_cache",
+           "optuna_tables", "read_only_connection", "read_only_storage", "redact", "sqlite_file", "sqlite_schema",
+           "storage_url"]
