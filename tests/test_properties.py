@@ -1,8 +1,9 @@
 """Property-based tests of every parser and numeric flag on the evaluation, search and inspection side: whatever
 a user hands graft there (a data.yaml, a search's eval.yaml, a search space, benchmark rows in each published
 format, an inspect report read back by `recipe --from-scores`, any value of a numeric flag) gives either a result
-that holds graft's invariants or a GraftError with the documented exit code and a one-line message; never another
-exception, never a hang.
+that holds graft's invariants or a GraftError with the documented exit code and a one-line message that is safe
+for a terminal (what it quotes from the file escaped by graft.display.printable); never another exception, never a
+hang.
 
 Seeded and bounded so CI stays deterministic and fast: `derandomize=True` (the same examples on every run and
 machine), a few dozen examples each, a per-example deadline, and an alarm that turns a hang into a failure.
@@ -33,6 +34,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from graft.cli import app
+from graft.display import printable
 from graft.errors import GraftError
 from graft.evals import loaders
 from graft.evals.benchmarks import benchmark
@@ -79,7 +81,7 @@ def outcome(call: Callable[[], Any], codes: tuple[int, ...]) -> Any:
             return call()
         except GraftError as exc:
             assert exc.exit_code in codes, f"exit {exc.exit_code}: {exc}"
-            assert "\n" not in str(exc) and str(exc).strip(), repr(str(exc))
+            assert str(exc).strip() and printable(str(exc)) == str(exc), repr(str(exc))  # one line, safe to print
             return None
 
 
