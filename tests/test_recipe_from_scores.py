@@ -164,6 +164,8 @@ def test_report_made_elsewhere_and_edited_reports(make_world, tmp_path: Path, mo
         (edited("inspect.json", lambda t: t.replace('"format_version": 1', '"format_version": 99')), "inspect.json",
          "format_version 99"),
         (edited("inspect.json", lambda t: json.dumps(relative)), "inspect.json", "sources.target 'target' does not"),
+        (edited("inspect.json", lambda t: t.replace("{", '{"format_version": 1, ', 1)), "inspect.json",
+         "appears twice"),
     ]
     for report, file, words in cases:
         bad = runner.invoke(app, ["recipe", "--from-scores", str(report), "--threshold", "1", "--out", "b.yaml"])

@@ -169,6 +169,8 @@ def evaluate(
     judge_kind = judge_entry(judge_cfg.kind)
     if judge_kind.check is not None:
         judge_kind.check(judge_cfg)  # e.g. a guard folder's files, refused before any work
+    if font is not None:
+        figstep.load_font(font)  # an unreadable --font: refused now, not when the first image is drawn
 
     # Read and check the text benchmarks before loading any model, so a malformed file fails in seconds (image
     # tasks wait: a text-only model skips them, and their data is then never read).

@@ -15,7 +15,6 @@ recipe with new coefficients and keeps its mapping.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +27,17 @@ from graft.engines.mapping import GROUPS
 from graft.errors import InputError, UsageError
 from graft.flag_ranges import RECIPE, Range, check, threshold_range
 from graft.io.hub import looks_like_hub_id, pin
+from graft.io.regular_files import check_regular
 from graft.recipe import Recipe
+from graft.schema import load_json_file
 
 from .report import REPORT_FORMAT, REPORT_FORMAT_VERSION
 
 SCORE_METRICS = ("cos_tau_med", "safelora_score", "safelora_min", "ratio", "tau_norm")
 SCORE_SLACK = 1e-6  # relative: how far rounding may carry a computed score past its range
+# A report holds a row per layer × group and per tensor (thousands for a 70B model, a few MB): far above that, the
+# folder is not one.
+MAX_REPORT_FILE_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -109,12 +113,16 @@ def _read_report(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, ob
     for path in paths.values():
         if not path.is_file():
             raise InputError(f"{path}: missing; give the --out folder of `graft inspect --target T --origin O`")
+        size = check_regular(path).st_size
+        if size > MAX_REPORT_FILE_BYTES:
+            raise InputError(f"{path}: {size} bytes, more than a `graft inspect` report holds ({MAX_REPORT_FILE_BYTES}"
+                             "); give the --out folder of `graft inspect`")
+    index = load_json_file(paths["inspect.json"], "the inspect index")  # strict: no NaN, no key given twice
     try:
         layers = pd.read_csv(paths["layers.csv"])
         tensors = pd.read_csv(paths["tensors.csv"])
-        index = json.loads(paths["inspect.json"].read_text())
     except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise InputError(f"{folder}: not a readable `graft inspect` report ({exc})") from exc
+        raise InputError(printable(f"{folder}: not a readable `graft inspect` report ({exc})")) from exc
     for frame, name, needed in ((layers, "layers.csv", ("layer", "group")),
                                 (tensors, "tensors.csv", ("tensor", "layer", "group"))):
         missing = [c for c in needed if c not in frame.columns]
