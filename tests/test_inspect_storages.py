@@ -143,6 +143,7 @@ def _search(world, tmp_path: Path, storage: str, **kwargs):
     (foreign_database, "holds table 'users'"),
     (made_by_another_app, "another application (application_id 0x4d2)"),
     (lambda p: (p.write_text("notes\n"), p)[1], "not an SQLite database"),
+    (lambda p: (os.mkfifo(p), p)[1], "a FIFO, not an Optuna study storage"),
 ])
 def test_search_refuses_another_applications_database_before_any_output(make_world, tmp_path: Path, make,
                                                                          words: str) -> None:
@@ -190,3 +191,15 @@ def test_a_storage_being_created_by_another_worker_is_joined(tmp_path: Path) -> 
         check_study_storage(f"sqlite:///{partial}", write=False)
     with pytest.raises(OutputError, match="holds table 'users'"):
         check_study_storage(f"sqlite:///{foreign_database(tmp_path / 'f.db')}", write=True)
+
+
+def test_a_trials_coefficients_that_are_not_finite_are_an_input_error(tmp_path: Path) -> None:
+    from graft.inspect import study_coefficients
+
+    store = tmp_path / "s.db"
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{store}")
+    trial = study.ask()
+    trial.set_user_attr("coefficients", {"scale": float("inf")})
+    study.tell(trial, 1.0)
+    with pytest.raises(InputError, match=r"trial 0: invalid 'coefficients' \(scale: must be a finite number"):
+        study_coefficients(str(store), "s", trial=0)

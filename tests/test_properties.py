@@ -424,6 +424,20 @@ def test_inspect_reports_give_a_recipe_or_an_error(cells: list[tuple], metric: s
             assert (score > threshold) if above else (score < threshold)
 
 
+def test_a_report_file_beyond_a_reports_size_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from graft.inspect import select
+    from graft.inspect.report import REPORT_FORMAT, REPORT_FORMAT_VERSION
+
+    _csv(tmp_path / "layers.csv", [["layer", "group", "cos_tau_med"], [0, "attn", -0.5]])
+    _csv(tmp_path / "tensors.csv", [["tensor", "layer", "group"], ["model.layers.0.attn.weight", 0, "attn"]])
+    (tmp_path / "inspect.json").write_text(json.dumps({"format": REPORT_FORMAT, "format_version":
+                                                       REPORT_FORMAT_VERSION, "sources": {}}))
+    monkeypatch.setattr(select, "MAX_REPORT_FILE_BYTES", 40)
+    with pytest.raises(GraftError, match="more than a `graft inspect` report holds") as info:
+        recipe_from_scores(tmp_path, vector="v", target="t")
+    assert info.value.exit_code == 3
+
+
 # -- every numeric flag of eval, search, inspect, recipe --from-scores and demo -----------------------------------
 runner = CliRunner()
 FLAG_VALUES = st.one_of(st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),

@@ -132,12 +132,18 @@ class VerdictCache:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def get_many(self, keys: Sequence[str]) -> dict[str, dict]:
+        """The records stored under `keys`; a record that is not a JSON object (a damaged or hand-edited cache) is
+        missing, so the item is scored again and its record replaced."""
         out = {}
         with self._lock:
             for k in keys:
                 row = self._db.execute("SELECT record FROM records WHERE key = ?", (k,)).fetchone()
-                if row:
-                    out[k] = json.loads(row[0])
+                try:
+                    record = json.loads(row[0]) if row else None
+                except (TypeError, ValueError):
+                    record = None
+                if isinstance(record, dict):
+                    out[k] = record
         return out
 
     def put_many(self, entries: dict[str, dict]) -> None:

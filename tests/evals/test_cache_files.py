@@ -134,3 +134,13 @@ def test_an_empty_file_and_a_cache_of_an_older_graft_are_used(tmp_path: Path) ->
     cache = VerdictCache(older)
     assert cache.get_many(["k"]) == {"k": {"verdict": 1}}
     cache.close()
+
+
+def test_a_damaged_record_is_scored_again(tmp_path: Path) -> None:
+    cache = VerdictCache(tmp_path / "v.sqlite")
+    cache.put_many({"good": {"verdict": 1}})
+    with cache._db:
+        cache._db.executemany("INSERT INTO records VALUES (?, ?)", [("bad", "{not json"), ("list", "[1]"),
+                                                                    ("null", "null")])
+    assert cache.get_many(["good", "bad", "list", "null", "absent"]) == {"good": {"verdict": 1}}
+    cache.close()

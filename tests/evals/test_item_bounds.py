@@ -198,3 +198,41 @@ def test_csv_writer_quotes_are_read_back(tmp_path: Path) -> None:
     writer.writerow(["A, with commas\nand lines?", "a", "b", "c", "d", "A"])
     medbullets.write_text(buffer.getvalue())
     assert benchmark("medbullets4").read(medbullets)[0].prompt == "A, with commas\nand lines?"
+
+
+def test_lm_evals_tasks_read_graft_eval_data_through_the_same_checks(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """$GRAFT_EVAL_DATA (what graft's lm-eval task YAMLs read) names a data.yaml: the same config and item checks."""
+    from graft.errors import UsageError
+    from graft.evals.lm_eval_tasks import utils
+
+    monkeypatch.delenv(utils.DATA_ENV, raising=False)
+    with pytest.raises(UsageError, match="GRAFT_EVAL_DATA"):
+        utils.benign()
+    xstest = tmp_path / "xstest.csv"
+    xstest.write_text("id,prompt,type,label\n3,p,t,safe\n3,q,t,safe\n")
+    data = tmp_path / "data.yaml"
+    data.write_text(f"benign: {xstest}\n")
+    monkeypatch.setenv(utils.DATA_ENV, str(data))
+    with pytest.raises(InputError, match="item id 'benign-3' is already the id of"):
+        utils.benign()
+    data.write_text("benign: [1, 2]\n")
+    with pytest.raises(UsageError, match="benign: expected a path or a hub source"):
+        utils.benign()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "latin-1", "a list"])
+def test_a_data_config_that_cannot_be_read_is_one_line(tmp_path: Path, kind: str) -> None:
+    from graft.errors import GraftError
+    from graft.evals.config import DataConfig
+
+    data = tmp_path / "data.yaml"
+    if kind == "fifo":
+        os.mkfifo(data)
+    elif kind == "latin-1":
+        data.write_bytes("catqa: caf\xe9.json\n".encode("latin-1"))
+    else:
+        data.write_text("- catqa\n- medqa\n")
+    with pytest.raises(GraftError) as info:
+        DataConfig.from_yaml(data)
+    assert info.value.exit_code in (2, 3) and str(data) in str(info.value) and "\n" not in str(info.value)
