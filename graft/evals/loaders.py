@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from graft.display import printable
 from graft.errors import InputError
@@ -94,30 +94,32 @@ class Item:
                 **{f"choice {i + 1}": c for i, c in enumerate(self.choices)}}
 
 
-def open_image(image: bytes | str | Path, where: str) -> Image.Image:
+def open_image(image: bytes | str | Path, where: str, what: str = "image") -> Image.Image:
     """An image from its bytes or its file, as RGB: a regular file of at most MAX_IMAGE_BYTES, within Pillow's
-    decompression-bomb limit, or an InputError naming `where`."""
+    decompression-bomb limit, or an InputError naming `where` (and the image as `what`)."""
     if not isinstance(image, bytes | str | Path):
-        raise _bad(f"{where}: image should be bytes or a file path, got {type(image).__name__}")
+        raise _bad(f"{where}: {what} should be bytes or a file path, got {type(image).__name__}")
     if not isinstance(image, bytes):
         path = Path(image)
         try:
             size = check_regular(path).st_size
         except InputError as e:
-            raise _bad(f"{where}: image {e}") from e
+            raise _bad(f"{where}: {what} {e}") from e
         if size > MAX_IMAGE_BYTES:
-            raise _bad(f"{where}: image {path} is {size} bytes, more than {MAX_IMAGE_BYTES}; a benchmark image is "
+            raise _bad(f"{where}: {what} {path} is {size} bytes, more than {MAX_IMAGE_BYTES}; a benchmark image is "
                        "far smaller: check the file")
         with os.fdopen(open_regular(path), "rb") as handle:
             image = handle.read()
     if len(image) > MAX_IMAGE_BYTES:
-        raise _bad(f"{where}: image of {len(image)} bytes, more than {MAX_IMAGE_BYTES}; a benchmark image is far "
+        raise _bad(f"{where}: {what} of {len(image)} bytes, more than {MAX_IMAGE_BYTES}; a benchmark image is far "
                    "smaller: check the file")
     try:
         with Image.open(io.BytesIO(image)) as im:
             return im.convert("RGB")
+    except UnidentifiedImageError as e:
+        raise _bad(f"{where}: cannot read this {what} (not an image format Pillow knows)") from e
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise _bad(f"{where}: cannot read image ({e})") from e
+        raise _bad(f"{where}: cannot read this {what} ({e})") from e
 
 
 def _bad(message: str) -> InputError:

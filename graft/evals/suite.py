@@ -375,7 +375,7 @@ def _figstep_image(item: Item, folder: Path | None, font: str | None):
     if folder is None:
         return figstep.render(item.prompt, font)
     path = folder / f"{item.id}.png"
-    return open_image(path, f"{path} (FigStep image of item {item.id})")
+    return open_image(path, str(path), what=f"FigStep image (item {item.id})")
 
 
 def _summary(benchmarks: dict[str, dict]) -> dict[str, float | None]:

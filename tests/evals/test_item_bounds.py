@@ -162,7 +162,7 @@ def test_images_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(InputError, match="a folder, not a regular file"):
         second.load_image()
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 × 64 is now a decompression bomb
-    with pytest.raises(InputError, match="cannot read image"):
+    with pytest.raises(InputError, match="cannot read this image"):
         first.load_image()
     monkeypatch.setattr(loaders, "MAX_IMAGE_BYTES", 10)
     with pytest.raises(InputError, match="more than 10"):
