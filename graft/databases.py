@@ -43,6 +43,7 @@ ALEMBIC_TABLE = "alembic_version"
 STUDY_TABLES_NEEDED = frozenset({"studies", "trials", "version_info"})  # what any Optuna study storage holds
 JOURNAL_PROBE_BYTES = 1 << 20  # how much of a journal file's first line is read to recognise it
 BUSY_TIMEOUT_S = 30.0  # a database another process is writing (a search's workers) is read once it is free
+SERVER_SCHEMES = ("postgresql", "postgres:", "mysql")  # the database servers Optuna's RDB storage runs on
 
 
 def optuna_tables() -> frozenset[str]:
@@ -209,7 +210,7 @@ def check_study_storage(url: str, *, write: bool) -> None:
     path = sqlite_file(url)
     if path is not None:
         _check_sqlite_storage(path, use)
-    elif not url.startswith("sqlite:"):
+    elif url.startswith(SERVER_SCHEMES):  # another scheme is not a storage at all: the caller says so
         _check_server_storage(url, use)
 
 

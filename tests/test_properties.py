@@ -359,6 +359,53 @@ def test_benchmark_rows_give_bounded_unique_items_or_an_input_error(name: str, m
     run()
 
 
+OTHER_LAYOUTS = {  # the same benchmarks in their other published layouts
+    "pubmedqa-rows": st.fixed_dictionaries({"pubid": st.one_of(st.integers(0, 9), LIKELY_TEXT), "question": LIKELY_TEXT,
+                                            "context": st.one_of(st.fixed_dictionaries(
+                                                {"contexts": st.lists(LIKELY_TEXT, max_size=2)}), CELL),
+                                            "final_decision": st.sampled_from(["yes", "no", "maybe", "x"])}),
+    "medqa-hub": st.fixed_dictionaries({"sent1": LIKELY_TEXT, "label": st.integers(-2, 6),
+                                        **{f"ending{j}": LIKELY_TEXT for j in range(4)}}),
+    "vqarad-osf": st.fixed_dictionaries({"image_name": st.sampled_from(["a.png", "b.png", "../x.png", "", "none.png"]),
+                                         "question": LIKELY_TEXT, "answer": st.one_of(LIKELY_TEXT, SCALARS),
+                                         "answer_type": st.sampled_from(["CLOSED", "OPEN", "", "x"])}),
+}
+
+
+def write_other_layout(layout: str, folder: Path, rows: list[dict]) -> tuple[str, Path]:
+    if layout == "pubmedqa-rows":  # the hub's pqa_labeled rows, as JSONL
+        _jsonl(folder / "pqa.jsonl", rows, "")
+        return "pubmedqa", folder / "pqa.jsonl"
+    if layout == "medqa-hub":  # GBaker/MedQA-USMLE-4-options-hf, as parquet
+        pq.write_table(pa.Table.from_pylist(rows), folder / "medqa.parquet")
+        return "medqa", folder / "medqa.parquet"
+    images = folder / "VQA_RAD Image Folder"  # the OSF release: a JSON list beside its image folder
+    images.mkdir()
+    (images / "a.png").write_bytes(_png(4))
+    (images / "b.png").write_bytes(b"not a png")
+    (folder / "VQA_RAD Dataset Public.json").write_text(json.dumps(rows, default=str))
+    return "vqarad", folder
+
+
+@pytest.mark.parametrize("layout", sorted(OTHER_LAYOUTS))
+def test_other_published_layouts_give_bounded_unique_items_or_an_input_error(layout: str) -> None:
+    @bounded(30)
+    @given(rows=st.lists(OTHER_LAYOUTS[layout], min_size=1, max_size=5))
+    def run(rows: list[dict]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            name, source = write_other_layout(layout, Path(tmp), rows)
+            items = outcome(lambda: benchmark(name).read(source), (3,))
+            for it in items or []:
+                assert all(isinstance(t, str) for t in it.texts().values())
+                if name == "vqarad":
+                    image = outcome(it.load_image, (3,))
+                    assert image is None or image.mode == "RGB"
+            if items is not None:
+                assert len({it.id for it in items}) == len(items)
+
+    run()
+
+
 def _png(size: int) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (size, size), (size % 255, 0, 0)).save(out, format="PNG")
