@@ -138,16 +138,21 @@ def check_items(benchmark: str, items: list[Item]) -> list[Item]:
         raise _bad(f"{benchmark}: {len(items)} items, more than {MAX_ROWS}; evaluate a split of it")
     seen: dict[str, Item] = {}
     for it in items:
-        where = it.where or f"{benchmark} item {it.id}"
         if not isinstance(it.id, str) or not it.id or len(it.id) > MAX_ID_CHARS or _ID_FORBIDDEN.search(it.id) \
                 or it.id in (".", ".."):
-            raise _bad(f"{where}: item id {str(it.id)[:MAX_ID_CHARS]!r} must be 1 to {MAX_ID_CHARS} characters "
-                       "without '/', '\\' or control characters (it names the item's FigStep image file)")
+            raise _bad(f"{it.where or benchmark}: item id {str(it.id)[:MAX_ID_CHARS]!r} must be 1 to {MAX_ID_CHARS} "
+                       "characters without '/', '\\' or control characters (it names the item's FigStep image file)")
+        where = it.where or f"{benchmark} item {it.id}"
         if not isinstance(it.category, str) or len(it.category) > MAX_CATEGORY_CHARS:
             raise _bad(f"{where}: category of {len(str(it.category))} characters, more than {MAX_CATEGORY_CHARS}; "
                        "check the file")
-        for name, text in it.texts().items():
-            _check_length(where, name, text)
+        try:  # the common case in one pass; the field is named only when one is too long (or not text)
+            longest = max(len(it.prompt), len(it.context), len(it.answer), *map(len, it.choices))
+        except TypeError:
+            longest = MAX_FIELD_CHARS + 1
+        if longest > MAX_FIELD_CHARS:
+            for name, text in it.texts().items():
+                _check_length(where, name, text)
         first = seen.setdefault(it.id, it)
         if first is not it:
             raise _bad(f"{where}: item id {it.id!r} is already the id of {first.where or 'an earlier item'}; "
@@ -156,7 +161,9 @@ def check_items(benchmark: str, items: list[Item]) -> list[Item]:
 
 
 def _check_length(where: str, name: str, text: object) -> None:
-    if isinstance(text, str) and len(text) > MAX_FIELD_CHARS:
+    if not isinstance(text, str):  # a plugin's loader handed over something else
+        raise _bad(f"{where}: field '{name}' should be text, got {type(text).__name__}")
+    if len(text) > MAX_FIELD_CHARS:
         raise _bad(f"{where}: field '{name}' is {len(text)} characters, more than {MAX_FIELD_CHARS} (published items "
                    "are a few thousand): likely a broken file, e.g. a CSV quote left open; fix the row")
 
@@ -316,7 +323,7 @@ def _field(loc: str, row: Row, name: str, kind: type | tuple[type, ...] = str) -
     if not isinstance(value, kind):
         want = " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
         raise _bad(f"{loc}: field '{name}' should be {want}, got {type(value).__name__}")
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
         _check_length(loc, name, value)
     return value
 

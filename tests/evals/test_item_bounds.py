@@ -144,6 +144,8 @@ def test_a_plugins_items_get_the_same_bounds(tmp_path: Path) -> None:
             BENCHMARKS["mine"].read(tmp_path)
     finally:
         unregister_benchmark("mine")
+    with pytest.raises(InputError, match="mine item mine-1: field 'choice 2' should be text, got int"):
+        check_items("mine", [Item("mine", "mine-1", "all", "p", choices=("a", 7))])  # type: ignore[arg-type]
 
 
 def _png(width: int, height: int) -> bytes:
