@@ -30,6 +30,7 @@ from graft.demo import DEMO_HOLDOUT, DEMO_SCALES, DEMO_TRIALS
 from graft.display import human_size, shown
 from graft.errors import EXIT_CODES, GraftError, UsageError
 from graft.evals.command import EvalCommand, eval_command
+from graft.flag_ranges import DEMO, check, help_range
 from graft.inspect.command import inspect_command
 from graft.io.guard import finished_outputs, forget_finished, write_file
 from graft.recipe import LARGE_LAMBDA, Recipe
@@ -456,10 +457,13 @@ def recipe_command(
     metric: Annotated[str, typer.Option(
         help="Score of each layer × group cell: cos_tau_med (cosine between τ and the target's own update), "
              "safelora_score, safelora_min, ratio or tau_norm.")] = "cos_tau_med",
-    threshold: Annotated[float, typer.Option(help="Graft a cell when its score is below this (see --above).")] = 0.0,
+    threshold: Annotated[float, typer.Option(
+        help="Graft a cell when its score is below this (see --above). Range: the metric's own, [-1, 1] for the "
+             "cosines (cos_tau_med, safelora_*), ≥ 0 for ratio and tau_norm.")] = 0.0,
     above: Annotated[bool, typer.Option("--above", help="Graft cells whose score is above the threshold instead.")
                      ] = False,
-    scale: Annotated[float, typer.Option("--scale", "-s", help="λ of every selected cell.")] = 1.0,
+    scale: Annotated[float, typer.Option("--scale", "-s", help="λ of every selected cell. Range: a finite number.")
+                     ] = 1.0,
     groups: Annotated[str, typer.Option(
         help="Module groups that may be selected, comma-separated (the others get factor 0).")] = "attn,mlp",
     target: TargetOpt = None,
@@ -508,20 +512,21 @@ def demo(
                                                "else ~/.cache/graft).")] = None,
     scales: Annotated[str, typer.Option(
         "--scales", help="Global λ values to graft and evaluate, comma-separated (also the search's uniform "
-                         "baselines).")] = ",".join(f"{s:g}" for s in DEMO_SCALES),
+                         "baselines). Range: finite numbers.")] = ",".join(f"{s:g}" for s in DEMO_SCALES),
     limit: Annotated[int | None, typer.Option(
         "--limit", help="Items per benchmark each search trial scores, within the search part (default: all of "
-                        "it); the table always scores every item.")] = None,
+                        "it); the table always scores every item." + help_range(DEMO, "limit"))] = None,
     holdout: Annotated[float, typer.Option(
         "--holdout", help="Share of every benchmark the search never sees; the table and the verdict are computed "
-                          "on it (0: no split, every figure in sample).")] = DEMO_HOLDOUT,
+                          "on it (0: no split, every figure in sample)." + help_range(DEMO, "holdout"))
+    ] = DEMO_HOLDOUT,
     rebuild_world: Annotated[bool, typer.Option("--rebuild-world", help="Retrain the toy world even if cached.")
                              ] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N for the evaluations.")] = "auto",
     trials: Annotated[int, typer.Option("--trials", help="graft search budget on the toy world, baselines included "
-                                        "(0 skips the search).")] = DEMO_TRIALS,
+                                        "(0 skips the search)." + help_range(DEMO, "trials"))] = DEMO_TRIALS,
     seed: Annotated[int, typer.Option("--seed", help="The toy world's seed (its data and training; another seed "
-                                      "trains another world) and the search's.")] = 0,
+                                      "trains another world) and the search's." + help_range(DEMO, "seed"))] = 0,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -537,6 +542,9 @@ def demo(
         grid = [float(x) for x in scales.split(",") if x.strip()]
     except ValueError as e:
         raise UsageError(f"--scales {scales}: expected comma-separated numbers, e.g. 0.5,1,1.5") from e
+    check(DEMO, limit=limit, holdout=holdout, trials=trials, seed=seed)
+    for value in grid:
+        DEMO["scales"].check(value)
     run_demo(workdir, console=stdout if not quiet else Console(quiet=True), cache=cache, scales=grid, limit=limit,
              rebuild_world=rebuild_world, device=device, search_trials=trials, seed=seed, holdout=holdout)
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, ValidationError
 
+from graft.display import printable
 from graft.errors import GraftError, InputError, UsageError
 from graft.io.regular_files import read_regular_bytes
 
@@ -203,7 +204,7 @@ def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
             seen.add(text)
             parts.append(text)
     more = f" (+{len(parts) - limit} more)" if len(parts) > limit else ""
-    return "; ".join(parts[:limit]) + more
+    return printable("; ".join(parts[:limit]) + more)  # field names and values come from the user's file
 
 
 __all__ = ["FiniteFloat", "describe_validation_error", "load_json_file", "load_json_text", "load_yaml_file",

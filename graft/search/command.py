@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from graft.flag_ranges import SEARCH, help_range
 from graft.progress import StepProgress, library_bars_off
 
 from .config import MODES
@@ -36,7 +37,8 @@ def search_command(
     eval_config: Annotated[Path, typer.Option(
         "--eval", help="What each trial is scored on: data, safety/medical tasks, screening, objective (YAML).")],
     trials: Annotated[int, typer.Option(
-        "--trials", help="Finished trials the study should reach (baselines included), shared by all workers.")],
+        "--trials", help="Finished trials the study should reach (baselines included), shared by all workers."
+        + help_range(SEARCH, "trials"))],
     target: Annotated[str | None, typer.Option("--target", "-t", help="Target model folder or hub id.")] = None,
     vector: Annotated[str | None, typer.Option(
         "--vector", help="Vector folder written by `graft extract`, or a hub repository holding one.")] = None,
@@ -48,7 +50,8 @@ def search_command(
         "--recipe", "-r", help="Base recipe (mapping rules, options); its coefficients are what is searched.")] = None,
     storage: Annotated[str | None, typer.Option(
         "--storage", help="Optuna storage URL: sqlite:///FILE (default OUT/graft.db), postgresql://USER@HOST/DB "
-                          "or mysql://... (several workers on several machines share one study).")] = None,
+                          "or mysql://... (several workers on several machines share one study); a new database or "
+                          "an Optuna storage, never another application's.")] = None,
     study: Annotated[str, typer.Option("--study", help="Study name in the storage (create, join or resume).")
                      ] = "graft-search",
     sampler: Annotated[str | None, typer.Option(
@@ -56,15 +59,17 @@ def search_command(
     mode: Annotated[str | None, typer.Option(
         "--mode", help=f"Override eval.yaml's objective mode: {' | '.join(MODES)}.")] = None,
     max_medical_drop: Annotated[float | None, typer.Option(
-        "--max-medical-drop", help="Override eval.yaml's δ: medical score may fall at most this below λ = 0's.")
-                                ] = None,
+        "--max-medical-drop", help="Override eval.yaml's δ: medical score may fall at most this below λ = 0's."
+        + help_range(SEARCH, "max_medical_drop"))] = None,
     max_over_refusal: Annotated[float | None, typer.Option(
         "--max-over-refusal", help="Override eval.yaml's ρ: share of benign prompts a trial may refuse (needs "
-                                   "over_refusal: true in eval.yaml).")] = None,
+                                   "over_refusal: true in eval.yaml)." + help_range(SEARCH, "max_over_refusal"))
+    ] = None,
     origin: Annotated[str | None, typer.Option(
         "--origin", help="The model the target was fine-tuned from (operator orthogonal projects τ off target − "
                          "origin); overrides the recipe's options.origin.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Sampler seed of the study's first worker.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Sampler seed of the study's first worker."
+                                      + help_range(SEARCH, "seed"))] = 0,
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Folder for best_recipe.yaml, pareto/trials CSV+JSON, summary.json, the verdict cache "
                             "(and the SQLite study by default).")] = Path("graft-search"),
@@ -75,10 +80,11 @@ def search_command(
     dtype: Annotated[str, typer.Option(
         "--dtype", help="Resident model dtype: auto (as the target is stored: what `graft merge` writes), float32 "
                         "(fast on a CPU), bfloat16, float16; anything but auto is written into the recipes.")] = "auto",
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Prompts per generation batch.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Prompts per generation batch."
+                                                   + help_range(SEARCH, "batch_size"))] = None,
     heartbeat: Annotated[int, typer.Option(
         "--heartbeat", help="Seconds between a running trial's heartbeats; a trial silent for twice this is "
-                            "failed and retried by the next worker.")] = 60,
+                            "failed and retried by the next worker." + help_range(SEARCH, "heartbeat"))] = 60,
     log: Annotated[list[str] | None, typer.Option(
         "--log", help="Send the search to a tracker: mlflow (MLFLOW_TRACKING_URI) or wandb (WANDB_MODE=offline "
                       "works); repeatable; adds to eval.yaml's log:. Needs graft[tracking].")] = None,

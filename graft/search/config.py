@@ -31,7 +31,8 @@ from graft.errors import UsageError
 from graft.evals.benchmarks import TASKS
 from graft.evals.judges import JudgeConfig
 from graft.evals.screening import Split
-from graft.schema import describe_validation_error, load_yaml_file
+from graft.flag_ranges import SEED_MAX
+from graft.schema import FiniteFloat, describe_validation_error, load_yaml_file
 
 EVAL_VERSION = 1
 Mode = Literal["constrained", "pareto", "weighted"]
@@ -61,7 +62,7 @@ class Screening(_Strict):
     limit: int | None = Field(None, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)
     threshold: float = Field(0.0, ge=0, le=1, description="prune when the screening safety is below this")
-    below_best_by: float | None = Field(
+    below_best_by: FiniteFloat | None = Field(
         None, ge=0, description="also prune when it trails the best finished trial's screening score by more")
 
     @field_validator("tasks")
@@ -80,13 +81,14 @@ class Objective(_Strict):
     """How scores become what the sampler optimises (docs/search.md has the formulas)."""
 
     mode: Mode = "constrained"
-    max_medical_drop: float = Field(0.02, ge=0, description="δ: medical score may fall at most this below λ = 0's")
+    max_medical_drop: FiniteFloat = Field(0.02, ge=0, le=1,
+                                          description="δ: medical score may fall at most this below λ = 0's")
     max_over_refusal: float | None = Field(
         None, ge=0, le=1, description="ρ: share of benign requests a trial may refuse (needs over_refusal: true); "
                                       "without it, refusing everything scores as perfectly safe")
     weight: float = Field(0.5, ge=0, le=1, description="weighted: value = (1 − w)·safety + w·medical")
-    penalty: float = Field(10.0, gt=0, description="CMA-ES, constrained: value = safety − penalty·(sum of the "
-                                               "constraints' excesses)")
+    penalty: FiniteFloat = Field(10.0, gt=0, description="CMA-ES, constrained: value = safety − penalty·(sum of "
+                                                     "the constraints' excesses)")
 
 
 class SearchEvalConfig(_Strict):
@@ -99,11 +101,12 @@ class SearchEvalConfig(_Strict):
     over_refusal: bool | list[str] = False
     holdout: float = Field(0.5, ge=0, lt=1, description="share of each benchmark's items held out of the search "
                                                        "(stratified by category) and scored only at the end")
-    split_seed: int | None = Field(None, description="seed of the search/held-out split (default: seed)")
+    split_seed: int | None = Field(None, ge=0, le=SEED_MAX, description="seed of the search/held-out split "
+                                                                        "(default: seed)")
     limit: int | None = Field(None, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)
     limits: dict[str, int] = Field(default_factory=dict)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     judge: str | JudgeConfig = "keyword"
     mc_mode: Literal["loglik", "generate"] = "loglik"
     max_new_tokens: int | None = Field(None, ge=1)

@@ -15,7 +15,9 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from graft.databases import check_study_storage
 from graft.errors import OutputError, UsageError
+from graft.flag_ranges import SEARCH, check
 from graft.io.guard import adopt_legacy_folder, make_output_folder, note_finished
 from graft.io.hub import looks_like_hub_id, pin, resolve_model, resolve_vector
 from graft.recipe import Recipe
@@ -101,6 +103,8 @@ def run_search(
     callback signature: optuna-integration's MLflowCallback / WeightsAndBiasesCallback work as they are); `log`
     names trackers (mlflow, wandb) to send the search to, besides eval.yaml's `log:` (graft.tracking).
     """
+    check(SEARCH, trials=trials, seed=seed, batch_size=batch_size, heartbeat=heartbeat,
+          max_medical_drop=max_medical_drop, max_over_refusal=max_over_refusal)
     say = progress or (lambda _msg: None)
     space_file = None if isinstance(space, SearchSpace) else resolve_space(space)
     search_space = space if isinstance(space, SearchSpace) else SearchSpace.from_yaml(space_file)
@@ -126,6 +130,8 @@ def run_search(
         raise UsageError(f"--trials {trials}: a study starts with {len(baselines)} baselines (λ = 0 and "
                          f"{len(baselines) - 1} uniform); ask for more trials or shorten baselines.uniform")
 
+    if storage is not None:  # another application's database: refused before the output folder is made
+        check_study_storage(storage, write=True)
     out = _prepare_out(Path(out), study, [base.target, base.vector, base.options.origin])
     url = storage or f"sqlite:///{(out / DB_FILE).resolve()}"
     metadata = {

@@ -29,6 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from graft.databases import check_study_storage, redact, storage_url
 from graft.errors import InputError, UsageError
 
 from .config import Objective
@@ -56,26 +57,6 @@ def quiet_optuna():
 
 
 # -- storage --------------------------------------------------------------------------------------------------------
-def storage_url(url: str) -> str:
-    """`postgresql://` means psycopg2 to older SQLAlchemy versions; use psycopg 3 when that is what is installed."""
-    if url.startswith(("postgresql://", "postgres://")):
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
-            return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for reports and logs."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a SQLAlchemy URL: say nothing about it beyond its scheme
-        return url.split("://", 1)[0] + "://…"
-
-
 def open_storage(url: str, *, heartbeat_interval: int = 60, grace_period: int | None = None,
                  max_retry: int | None = 3) -> optuna.storages.RDBStorage:
     """An RDB storage whose running trials send heartbeats; stale ones are failed and retried (up to max_retry)."""
@@ -83,6 +64,7 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, grace_period: int | 
         raise UsageError(f"--storage {redact(url)}: expected sqlite:///FILE, postgresql://... or mysql://...")
     if heartbeat_interval < 1:
         raise UsageError(f"--heartbeat {heartbeat_interval}: expected a positive number of seconds")
+    check_study_storage(url, write=True)  # never Optuna's tables in another application's database
     retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
         optuna.storages.RetryFailedTrialCallback
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
