@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from graft import __version__
 from graft.engines.mapping import Group, find_backbone_prefix, layer_index, module_group
+from graft.engines.ops import all_finite
 from graft.errors import IncompatibleError, InputError, UsageError
 from graft.io.checkpoint import Checkpoint, TensorInfo, sha256_file
 from graft.io.dtypes import CAST_NAMES, FLOAT_TAGS, TAGS
@@ -278,7 +279,7 @@ def _size(flag: str, text: str) -> int:
 
 
 def _require_finite(values: torch.Tensor, info: TensorInfo) -> None:
-    if not bool(torch.isfinite(values).all()):
+    if not all_finite(values):
         raise InputError(f"{info.file}: tensor {info.name!r} holds NaN or infinite values; a task vector from it "
                          "would be garbage (repair or re-download the file, or pass --allow-nonfinite)")
 
@@ -342,13 +343,14 @@ def _write_difference(
                     stop = min(info.numel, start + step)
                     b_raw = base.read_elements(tensor.name, start, stop)
                     a_raw = aligned.read_elements(tensor.name, start, stop)
-                    if not allow_nonfinite:
-                        _require_finite(b_raw, info)
-                        _require_finite(a_raw, aligned.tensors[tensor.name])
                     b = b_raw.float()
                     diff = a_raw.float().sub_(b)
                     stored = diff.to(target_dtype)
-                    if not allow_nonfinite and not bool(torch.isfinite(stored).all()):
+                    # One check, on τ as stored: NaN or inf in either source makes it non-finite too (inf − inf
+                    # is NaN); the sources are examined only then, to name the one at fault.
+                    if not allow_nonfinite and not all_finite(stored):
+                        _require_finite(b_raw, info)
+                        _require_finite(a_raw, aligned.tensors[tensor.name])
                         raise IncompatibleError(
                             f"tensor {tensor.name!r}: τ = aligned − base is not finite in {tensor.dtype} (it "
                             "overflows); store it wider with --dtype float32, or pass --allow-nonfinite"

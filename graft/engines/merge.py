@@ -20,7 +20,7 @@ import torch
 
 from graft.devices import resolve_device
 from graft.engines.operators import Chunk, Chunks, GraftOperator, TensorRef
-from graft.engines.ops import graft_rows
+from graft.engines.ops import all_finite, graft_rows
 from graft.engines.plan import GraftPlan, TensorAction, build_plan
 from graft.errors import IncompatibleError, InputError, UsageError
 from graft.io.checkpoint import Checkpoint, TensorInfo
@@ -199,6 +199,7 @@ class _GraftChunk:
     nbytes_in: int
     target: TensorInfo
     donor: TensorInfo | None  # where τ comes from (named when it holds non-finite values)
+    origin_info: TensorInfo | None = None  # where θ_origin comes from
 
 
 def _write_shards(
@@ -256,6 +257,7 @@ def _pieces(
     grafted = grafted_elements(action, info)
     step = chunk_elements(chunk_bytes, info)
     donor = plan.vector.checkpoint.tensors[action.donor] if action.graft and action.donor else None
+    origin_info = plan.origin.tensors[action.origin] if plan.origin and action.origin else None
     operator = plan.operator
     tensor = TensorRef(action.donor or "", action.target, grafted)
     state = operator.prepare(tensor, tensor_chunks(plan, action, grafted, step)) if grafted else None
@@ -266,7 +268,7 @@ def _pieces(
         origin = (plan.origin.read_elements(action.origin, start, stop, pin=pin)
                   if plan.origin and action.origin else None)
         yield _GraftChunk(theta, tau, origin, action.lam, start, operator, tensor, state, out_dtype,
-                          (stop - start) * info.itemsize, info, donor)
+                          (stop - start) * info.itemsize, info, donor, origin_info)
     if grafted < info.numel:
         if same_dtype:
             yield _Copy(info.file, info.offset + grafted * info.itemsize, info.nbytes - grafted * info.itemsize)
@@ -300,26 +302,30 @@ def tensor_chunks(plan: GraftPlan, action: TensorAction, elements: int, step: in
 
 
 def _compute_chunk(chunk: _GraftChunk, device: torch.device) -> torch.Tensor:
+    """One chunk of the output. Finiteness is checked once, on the result: a NaN or inf in θ or τ makes θ + λ·f(τ)
+    non-finite (λ ≠ 0 for every grafted tensor; 0·inf would be NaN anyway), and only then are the inputs examined to
+    name the one at fault. An operator that may drop entries (dare, trim) has its inputs checked before it runs."""
     theta = chunk.theta.to(device, non_blocking=True)
     if chunk.tau is None:
         result = theta.to(chunk.out_dtype)
-        if not bool(torch.isfinite(result).all()) and bool(torch.isfinite(theta).all()):
+        if not all_finite(result) and all_finite(theta):
             raise IncompatibleError(
                 f"{chunk.target.file}: tensor {chunk.target.name!r} overflows {_dtype_name(chunk.out_dtype)} "
                 "when cast; choose a wider --dtype (or auto)"
             )
         return result.cpu()
     tau = chunk.tau.to(device, non_blocking=True)
-    _require_finite(theta, chunk.target, "target")
-    _require_finite(tau, chunk.donor or chunk.target, "vector")
     origin = chunk.origin.to(device, non_blocking=True) if chunk.origin is not None else None
     assert chunk.operator is not None and chunk.tensor is not None
+    if not chunk.operator.keeps_every_entry:  # θ always reaches the result; τ and θ_origin may not
+        _name_nonfinite_input(chunk, None, tau, origin)
     effective = chunk.operator.transform(Chunk(chunk.start, tau, theta if origin is not None else None, origin),
                                          chunk.tensor, chunk.state)
     result = graft_rows(theta, effective, chunk.lam, chunk.out_dtype)
-    if not bool(torch.isfinite(result).all()):
+    if not all_finite(result):
+        _name_nonfinite_input(chunk, theta, tau, origin)
         name = chunk.operator.name
-        if not bool(torch.isfinite(effective).all()):  # the operator's f(τ) itself (a plugin's bug, or 1/density)
+        if not all_finite(effective):  # the operator's f(τ) itself (a plugin's bug, or 1/density)
             raise IncompatibleError(f"tensor {chunk.target.name!r}: operator {name} made f(τ) non-finite from finite "
                                     "inputs; check its parameters (or the operator's code). Nothing was written")
         what = "θ + λ·τ" if name == "linear" else f"θ + λ·f(τ) (operator {name})"
@@ -330,11 +336,15 @@ def _compute_chunk(chunk: _GraftChunk, device: torch.device) -> torch.Tensor:
     return result.cpu()
 
 
-def _require_finite(values: torch.Tensor, info: TensorInfo, role: str) -> None:
+def _name_nonfinite_input(chunk: _GraftChunk, theta: torch.Tensor | None, tau: torch.Tensor,
+                          origin: torch.Tensor | None) -> None:
     """NaN/Inf in an input would silently poison the graft: refuse, naming the file and the tensor."""
-    if not bool(torch.isfinite(values).all()):
-        raise InputError(f"{info.file}: {role} tensor {info.name!r} holds NaN or infinite values; graft refuses "
-                         "to propagate them (repair or re-download the file)")
+    sides = [(theta, chunk.target, "target"), (tau, chunk.donor or chunk.target, "vector"),
+             (origin, chunk.origin_info, "origin")]
+    for values, info, role in sides:
+        if values is not None and info is not None and not all_finite(values):
+            raise InputError(f"{info.file}: {role} tensor {info.name!r} holds NaN or infinite values; graft refuses "
+                             "to propagate them (repair or re-download the file)")
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
