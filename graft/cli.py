@@ -21,13 +21,13 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 
 from graft import __version__
 from graft.demo import DEMO_HOLDOUT, DEMO_SCALES, DEMO_TRIALS
-from graft.display import human_size, shown
+from graft.display import console_text, human_size, printable, shown, use_safe_streams
 from graft.errors import EXIT_CODES, GraftError, UsageError
 from graft.evals.command import EvalCommand, eval_command
 from graft.inspect.command import inspect_command
@@ -112,8 +112,14 @@ def _push_after(folder: Path, repo_id: str | None, quiet: bool) -> None:
 
     result = push_folder(folder, repo_id)
     if not quiet:
-        stderr.print(f"pushed {shown(folder)} to {result.url or result.repo_id} (private unless it existed)",
-                     soft_wrap=True)
+        stderr.print(console_text(f"pushed {shown(folder)} to {result.url or result.repo_id} (private unless it "
+                                  "existed)"), soft_wrap=True)
+
+
+def _say(label: str, style: str, text: str) -> None:
+    """One line on stderr: `label` in `style`, then `text`, which may hold names and values read from files (tensor
+    names, config values, paths), made printable and never read as markup: the one way a message is printed."""
+    stderr.print(Text.assemble((label, style), " ", console_text(text)), soft_wrap=True)
 
 
 @contextmanager
@@ -122,22 +128,20 @@ def _failures(verbose: bool):
     try:
         yield
     except GraftError as exc:
-        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # a message may hold [...]
+        _say("error:", "bold red", str(exc))
         raise typer.Exit(exc.exit_code) from None
     except Terminated as exc:
-        stderr.print(f"[bold red]terminated[/] ({signal.Signals(exc.signum).name}): {escape(_left_behind())}",
-                     soft_wrap=True)
+        _say("terminated", "bold red", f"({signal.Signals(exc.signum).name}): {_left_behind()}")
         raise typer.Exit(128 + exc.signum) from None
     except KeyboardInterrupt:
-        stderr.print(f"[bold red]interrupted[/]: {escape(_left_behind())}", soft_wrap=True)
+        _say("interrupted:", "bold red", _left_behind())
         raise typer.Exit(130) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:
         if verbose:
             stderr.print_exception()
-        stderr.print(f"[bold red]internal error:[/] {exc.__class__.__name__}: {escape(str(exc))} (rerun with -v for "
-                     "the traceback)", soft_wrap=True)
+        _say("internal error:", "bold red", f"{exc.__class__.__name__}: {exc} (rerun with -v for the traceback)")
         raise typer.Exit(1) from None
 
 
@@ -181,12 +185,19 @@ def _terminations():
             signal.signal(sig, old)
 
 
+class _PrintableFormatter(logging.Formatter):
+    """A log record as one printable line: its message often names a file or a tensor read from one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 @contextmanager
 def _warnings_to_stderr(verbose: bool):
     """graft's log records as one `warning: ...` line each on the stderr of this call."""
     log = logging.getLogger("graft")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.setFormatter(_PrintableFormatter("%(levelname)s: %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO if verbose else logging.WARNING)
     try:
@@ -208,7 +219,21 @@ def handles_errors(fn: F) -> F:
 
 def _warn(note: str) -> None:
     """A plan warning: printed whatever -q says (only --strict changes what it does)."""
-    stderr.print(f"[bold yellow]warning:[/] {note}", soft_wrap=True)
+    _say("warning:", "bold yellow", note)
+
+
+def _print_path(path: Path) -> None:
+    """The path a command wrote, alone on stdout (`-q`: what a script reads), taken literally."""
+    stdout.print(Text(shown(path)), soft_wrap=True, highlight=False)
+
+
+def _table(title: str, rows: list[tuple[str, object]]) -> Table:
+    """A two-column summary table; every value is taken literally and made printable (it may name files and
+    tensors)."""
+    table = Table(title=title, show_header=False)
+    for label, value in rows:
+        table.add_row(label, console_text(value))
+    return table
 
 
 def _note_unused_origin(origin: str | None, spec: Recipe) -> None:
@@ -271,20 +296,21 @@ def extract(
                                 allow_nonfinite=allow_nonfinite, progress=lambda n: progress.advance(task, n))
     manifest = result.manifest
     if not quiet:
-        table = Table(title="graft extract", show_header=False)
-        table.add_row("vector", shown(result.out))
-        table.add_row("tensors", f"{len(manifest.tensors)} ({manifest.num_layers} layers, backbone "
-                                 f"'{manifest.backbone_prefix}')")
-        table.add_row("‖τ‖", f"{manifest.total_norm:.6g}" if manifest.total_norm is not None else
-                      "not finite (τ holds NaN/Inf)")
         share = manifest.inexact_elements / max(1, manifest.total_elements)
-        table.add_row("inexact in storage dtype", f"{manifest.inexact_elements} of {manifest.total_elements} "
-                                                  f"elements ({share:.3%}); use --dtype float32 for exact τ")
+        rows: list[tuple[str, object]] = [
+            ("vector", shown(result.out)),
+            ("tensors", f"{len(manifest.tensors)} ({manifest.num_layers} layers, backbone "
+                        f"'{manifest.backbone_prefix}')"),
+            ("‖τ‖", f"{manifest.total_norm:.6g}" if manifest.total_norm is not None else
+             "not finite (τ holds NaN/Inf)"),
+            ("inexact in storage dtype", f"{manifest.inexact_elements} of {manifest.total_elements} elements "
+                                         f"({share:.3%}); use --dtype float32 for exact τ"),
+        ]
         if result.skipped:
-            table.add_row("skipped (not floating point)", ", ".join(result.skipped[:5]))
-        stdout.print(table)
+            rows.append(("skipped (not floating point)", ", ".join(result.skipped[:5])))
+        stdout.print(_table("graft extract", rows))
     else:
-        stdout.print(shown(result.out))
+        _print_path(result.out)
     _push_after(result.out, push_to_hub, quiet)
 
 
@@ -408,13 +434,11 @@ def merge(
         result = run_merge(spec, force=force, progress=lambda n: progress.advance(task, n), on_plan=started,
                            on_warning=_warn, results=results)
     if quiet:
-        stdout.print(shown(result.out))
+        _print_path(result.out)
     else:
-        table = Table(title="graft merge", show_header=False)
-        table.add_row("output", shown(result.out))
-        table.add_row("tensors", f"{result.grafted} grafted, {result.copied} copied unchanged")
-        table.add_row("written", f"{human_size(result.bytes_written)} in {result.seconds:.1f} s on {result.device}")
-        stdout.print(table)
+        stdout.print(_table("graft merge", [
+            ("output", shown(result.out)), ("tensors", f"{result.grafted} grafted, {result.copied} copied unchanged"),
+            ("written", f"{human_size(result.bytes_written)} in {result.seconds:.1f} s on {result.device}")]))
     _push_after(result.out, push_to_hub, quiet)
 
 
@@ -441,10 +465,11 @@ def push(
     result = push_folder(folder, repo_id, private=private, revision=revision, commit_message=commit_message,
                          token=token)
     if quiet:
-        stdout.print(result.url or result.repo_id, soft_wrap=True)
+        stdout.print(console_text(result.url or result.repo_id), soft_wrap=True)
         return
     where = f"{result.repo_id}" + (f" (branch {result.revision})" if result.revision else "")
-    stdout.print(f"pushed {shown(folder)} ({result.kind}) to {where}: {result.url or result.commit}", soft_wrap=True)
+    stdout.print(console_text(f"pushed {shown(folder)} ({result.kind}) to {where}: {result.url or result.commit}"),
+                 soft_wrap=True)
 
 
 @app.command("recipe")
@@ -485,16 +510,14 @@ def recipe_command(
     written = write_file(out, f"# Written by `graft recipe --from-scores`; {recipe.description}\n" + recipe.to_yaml(),
                          inputs=inputs, force=force)
     if quiet:
-        stdout.print(shown(written))
+        _print_path(written)
         return
-    table = Table(title="graft recipe", show_header=False)
-    table.add_row("recipe", shown(written))
-    table.add_row("selected", f"{len(selection.cells)} of {selection.scored} scored cells, "
-                              f"{len(selection.tensors)} tensors")
-    table.add_row("cells", ", ".join(f"{'-' if layer is None else layer}:{group} ({score:.3g})"
-                                     for layer, group, score in selection.cells[:12])
-                  + (f" (+{len(selection.cells) - 12} more)" if len(selection.cells) > 12 else ""))
-    stdout.print(table)
+    cells = ", ".join(f"{'-' if layer is None else layer}:{group} ({score:.3g})"
+                      for layer, group, score in selection.cells[:12])
+    stdout.print(_table("graft recipe", [
+        ("recipe", shown(written)),
+        ("selected", f"{len(selection.cells)} of {selection.scored} scored cells, {len(selection.tensors)} tensors"),
+        ("cells", cells + (f" (+{len(selection.cells) - 12} more)" if len(selection.cells) > 12 else ""))]))
 
 
 @app.command()
@@ -554,7 +577,7 @@ def examples_command(
 
     written = copy_examples(out, force=force)
     for path in written:
-        stdout.print(shown(path) if quiet else f"wrote {shown(path)}")
+        stdout.print(Text(shown(path) if quiet else f"wrote {shown(path)}"), soft_wrap=True)
 
 
 app.command("eval", cls=EvalCommand)(handles_errors(eval_command))
@@ -580,6 +603,7 @@ def main_callback(
 
 
 def main() -> None:
+    use_safe_streams()  # the one place the streams are set up: no message ever fails on the terminal's encoding
     app(prog_name="graft")
 
 

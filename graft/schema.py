@@ -47,6 +47,37 @@ def load_json_text(text: str) -> Any:
         raise ValueError("nested too deeply") from None
 
 
+def lone_surrogate(value: Any, where: str = "") -> str | None:
+    """Where a string of a parsed JSON value holds a lone surrogate (`"\\ud800"` escapes parse to one in Python):
+    the dotted path of the key or value, None when there is none. Such a string is not Unicode: no encoder writes it,
+    safetensors refuses a header holding one, and a tensor name or shard file name carrying one could never be
+    loaded or written; the readers of checkpoints and manifests refuse it at parse time."""
+    if isinstance(value, str):
+        return None if _encodes(value) else (where or "the value")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if not _encodes(key):
+                return f"the key {key!r}" + (f" in {where}" if where else "")
+            found = lone_surrogate(item, path)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = lone_surrogate(item, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _read_bytes(path: Path, what: str, error: type[GraftError], within: Path | None = None) -> bytes:
     """A user file's bytes, refused (as `error`) when it is missing, unreadable or not a regular file."""
     if not os.path.lexists(path):
@@ -207,4 +238,4 @@ def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
 
 
 __all__ = ["FiniteFloat", "describe_validation_error", "load_json_file", "load_json_text", "load_yaml_file",
-           "load_yaml_text", "shown"]
+           "load_yaml_text", "lone_surrogate", "shown"]

@@ -37,7 +37,7 @@ from graft.io.writer import (
     split_into_shards,
     write_index,
 )
-from graft.schema import FiniteFloat, describe_validation_error, load_json_file
+from graft.schema import FiniteFloat, describe_validation_error, load_json_file, lone_surrogate
 from graft.vector_card import CARD, vector_card
 
 MANIFEST = "vector.json"
@@ -128,6 +128,9 @@ class SafetyVector:
         if not os.path.lexists(manifest_path):
             raise InputError(f"{root}: not a graft vector folder (no {MANIFEST}); create one with `graft extract`")
         raw = load_json_file(manifest_path, "the vector manifest", within=containment_root(root))
+        if (where := lone_surrogate(raw)) is not None:
+            raise InputError(f"{manifest_path}: invalid vector manifest: {where} holds a lone surrogate, an escape "
+                             "that is not Unicode text; re-extract the vector")
         try:
             manifest = VectorManifest.model_validate(raw)
         except ValidationError as exc:

@@ -24,7 +24,7 @@ import torch
 from graft.errors import InputError
 from graft.io.dtypes import FLOAT_TAGS, SAFETENSORS_TAGS, TAGS
 from graft.io.regular_files import check_regular, containment_root, open_regular
-from graft.schema import load_json_file, load_json_text, shown
+from graft.schema import load_json_file, load_json_text, lone_surrogate, shown
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
@@ -145,7 +145,17 @@ def _header_object(file: Path, raw: bytes) -> dict[str, object]:
         raise InputError(f"{corrupt} (not valid JSON: {exc}); re-download or re-save it") from exc
     if not isinstance(header, dict):
         raise InputError(f"{corrupt} (not valid JSON: not an object); re-download or re-save it")
+    _refuse_lone_surrogates(file, header, corrupt)
     return header
+
+
+def _refuse_lone_surrogates(file: Path, value: object, what: str) -> None:
+    """A string holding a lone surrogate is not Unicode: safetensors refuses such a header, and a tensor or shard
+    named with one could never be written or loaded. Refused where the file is parsed, naming where it sits."""
+    where = lone_surrogate(value)
+    if where is not None:
+        raise InputError(f"{what} ({where} holds a lone surrogate, an escape that is not Unicode text; safetensors "
+                         "and transformers cannot read it); re-save the file")
 
 
 def _header_metadata(file: Path, metadata: object) -> dict[str, str]:
@@ -243,6 +253,7 @@ class Checkpoint:
         if not isinstance(config, dict):
             raise InputError(f"{path}: must be a JSON object of settings, got a {type(config).__name__}; "
                              "fix or re-download it")
+        _refuse_lone_surrogates(path, config, f"{path}: invalid config.json")
         for key in ("text_config", "vision_config"):
             if config.get(key) is not None and not isinstance(config[key], dict):
                 raise InputError(f"{path}: {key} must be an object, got {type(config[key]).__name__}")
@@ -396,6 +407,7 @@ def _read_index(index: Path, within: Path) -> tuple[dict[str, str], dict[str, ob
     data = load_json_file(index, "the safetensors index", within=within)
     if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
         raise InputError(f"{index}: not a valid safetensors index (needs a 'weight_map' object)")
+    _refuse_lone_surrogates(index, data, f"{index}: invalid safetensors index")
     metadata = data.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise InputError(f"{index}: metadata must be an object, got {type(metadata).__name__}; fix or re-download it")

@@ -364,10 +364,10 @@ def check_writable(destination: Path, staging: Path, flag: str = "--out") -> Non
         name_max = os.pathconf(parent, "PC_NAME_MAX")
     except (OSError, ValueError):
         name_max = 255
-    if len(staging.name.encode()) > name_max:
-        room = name_max - (len(staging.name.encode()) - len(destination.name.encode()))
+    if len(os.fsencode(staging.name)) > name_max:
+        room = name_max - (len(os.fsencode(staging.name)) - len(os.fsencode(destination.name)))
         raise OutputError(f"{destination}: the output name is too long for this file system "
-                          f"({len(destination.name.encode())} bytes; at most {room}); choose a shorter {flag}")
+                          f"({len(os.fsencode(destination.name))} bytes; at most {room}); choose a shorter {flag}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{parent}: cannot write into this folder (permission denied); choose another {flag}")
 
