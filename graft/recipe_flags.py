@@ -12,6 +12,7 @@ import yaml
 from graft.engines.operators import OPERATORS
 from graft.errors import UsageError
 from graft.recipe import Recipe
+from graft.schema import load_yaml_text, yaml_problem
 
 
 def _floats(text: str | None, flag: str) -> list[float] | None:
@@ -94,9 +95,11 @@ def _operator_flags(base: Recipe, name: str | None, params: list[str] | None) ->
             raise UsageError(f"--operator-param {key}: operator {chosen}{source} has no parameter {key!r} ({known}); "
                              "give --operator NAME for another operator")
         try:
-            values[key] = yaml.safe_load(text)
+            values[key] = load_yaml_text(text)
         except yaml.YAMLError as exc:
-            raise UsageError(f"--operator-param {key}={text}: not a value ({exc})") from exc
+            raise UsageError(f"--operator-param {key}={text}: not a value ({yaml_problem(exc)})") from exc
+        except RecursionError:
+            raise UsageError(f"--operator-param {key}: not a value (nested too deeply)") from None
     return {"name": chosen, **values}
 
 

@@ -251,6 +251,41 @@ def test_a_recipe_that_is_not_utf8_or_absurdly_nested(m: Models, outdir: Path, t
     assert_error(cli("plan", "-r", recipe), 2, str(recipe))
 
 
+# -- YAML aliases: a bomb or a self-reference is refused before anything is built from it ----------------------------
+def _alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """`width`^`levels` values from a few lines: each anchor is a list of `width` aliases of the one before."""
+    lines = [f"  a0: &a0 [{', '.join(['1.0'] * width)}]"]
+    lines += [f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels)]
+    return "anchors:\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("where", ["layers", "groups", "merge-key", "recursive"])
+def test_a_yaml_alias_bomb_or_cycle_in_a_recipe_is_refused_at_once(m: Models, tmp_path: Path, where: str) -> None:
+    body = {"layers": _alias_bomb() + "coefficients: {layers: *a8}\n",
+            "groups": _alias_bomb() + "coefficients: {groups: {attn: *a8}}\n",
+            "merge-key": _alias_bomb() + "options:\n  <<: {x: *a8}\n",
+            "recursive": "coefficients: &c {layers: [1, *c]}\n"}[where]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"target: {m.target}\nvector: {m.vector}\n{body}")
+    with deadline(30):  # it hung for minutes: never again
+        line = assert_error(cli("plan", "-r", recipe), 2, str(recipe), "not valid YAML")
+    assert ("alias bomb" in line) if where != "recursive" else ("refers to a node that contains it" in line)
+
+
+def test_aliases_that_repeat_a_block_are_still_read() -> None:
+    from graft.schema import load_yaml_text
+
+    text = "base: &b {scale: 0.5, groups: {attn: 1.0}}\nfirst: *b\nsecond: {<<: *b, scale: 0.7}\n"
+    assert load_yaml_text(text)["second"] == {"scale": 0.7, "groups": {"attn": 1.0}}
+
+
+def test_an_alias_bomb_in_an_operator_param_is_a_usage_error(m: Models) -> None:
+    bomb = "{" + _alias_bomb().replace("\n", ", ").replace("anchors:, ", "").replace("  ", "") + "}"  # flow style
+    with deadline(30):
+        assert_error(cli(*plan_args(m.target, m.vector, "--operator", "dare", "--operator-param",
+                                    f"density={bomb}")), 2, "--operator-param density", "alias bomb")
+
+
 # -- 10. outputs that cannot be written, said up front ---------------------------------------------------------------
 @pytest.mark.parametrize("command", ["merge", "extract"])
 def test_output_on_a_read_only_file_system(m: Models, tmpfs: Callable[[int], Path], command: str) -> None:
