@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from graft import __version__
 from graft.demo import DEMO_HOLDOUT, DEMO_SCALES, DEMO_TRIALS
@@ -36,8 +37,35 @@ from graft.recipe import LARGE_LAMBDA, Recipe
 from graft.recipe_flags import build_recipe
 from graft.search.command import search_command
 
+
+class _OneLineUsageErrors(TyperGroup):
+    """The command group: a flag click refuses itself (not a number, no such option, a missing value) is one
+    `error:` line naming the flag, exit 2, as graft's own usage errors are, instead of a box of several lines."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        with _usage_error_line():
+            return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        with _usage_error_line():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _usage_error_line():
+    try:
+        yield
+    except typer.TyperException as exc:  # click's usage errors (typer carries its own copy of click)
+        if not exc.format_message():  # `graft` alone: the help was the message
+            raise
+        where = getattr(getattr(exc, "ctx", None), "command_path", None)
+        _say("error:", "bold red", exc.format_message() + (f" (see `{where} --help`)" if where else ""))
+        raise typer.Exit(getattr(exc, "exit_code", 2)) from None
+
+
 app = typer.Typer(
     name="graft",
+    cls=_OneLineUsageErrors,
     help="Graft a safety task vector layer-wise into (medical, multimodal) LLM checkpoints.\n\n"
     "Exit codes: " + "; ".join(f"{code} {re.split(r' [(]|:', text, maxsplit=1)[0]}"
                                for code, text in EXIT_CODES.items()),
@@ -259,7 +287,8 @@ def extract(
     out: Annotated[Path, typer.Option("--out", "-o", help="Vector folder to create.")],
     dtype: Annotated[str, typer.Option(
         help="Storage dtype of τ: auto (each tensor's own), bfloat16, float16 or float32 (exact).")] = "auto",
-    shard_size: Annotated[str, typer.Option(help="Maximum bytes per vector shard (e.g. 5GB, 500MB).")] = "5GB",
+    shard_size: Annotated[str, typer.Option(
+        help="Maximum bytes per vector shard (e.g. 5GB, 500MB); 1KB to 1TB.")] = "5GB",
     shared_only: Annotated[bool, typer.Option(
         help="Extract over the names both hold instead of failing when one has extra tensors.")] = False,
     hash_sources: Annotated[bool, typer.Option(
@@ -391,10 +420,12 @@ def merge(
     dtype: Annotated[str | None, typer.Option(
         help="Output dtype: auto (the target's), bfloat16, float16, float32.")] = None,
     shard_size: Annotated[str | None, typer.Option(
-        help="Re-shard the output to at most this many BYTES per file (e.g. 5GB); default mirrors the target.")] = None,
+        help="Re-shard the output to at most this many BYTES per file (e.g. 5GB; 1KB to 1TB); default mirrors the "
+             "target.")] = None,
     device: Annotated[str | None, typer.Option(help="Compute device: auto, cpu or cuda.")] = None,
     chunk_size: Annotated[str | None, typer.Option(
-        help="Bytes of a tensor processed at once (bounds memory); default 8MB on CPU, 64MB on CUDA.")] = None,
+        help="Bytes of a tensor processed at once (bounds memory; 1KB to 4GB); default 8MB on CPU, 64MB on "
+             "CUDA.")] = None,
     strict: StrictOpt = None,
     allow_partial: PartialOpt = None,
     results: Annotated[Path | None, typer.Option(

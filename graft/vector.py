@@ -32,11 +32,11 @@ from graft.io.regular_files import containment_root
 from graft.io.writer import (
     OutputTensor,
     ShardWriter,
-    parse_size,
     shard_names,
     split_into_shards,
     write_index,
 )
+from graft.recipe import size_in_range
 from graft.schema import FiniteFloat, describe_validation_error, load_json_file, lone_surrogate
 from graft.vector_card import CARD, vector_card
 
@@ -276,7 +276,7 @@ def extract_vector(
 
 def _size(flag: str, text: str) -> int:
     try:
-        return parse_size(text)
+        return size_in_range(flag.removeprefix("--").replace("-", "_"), text)
     except ValueError as exc:
         raise UsageError(f"{flag}: {exc}") from exc
 

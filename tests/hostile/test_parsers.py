@@ -231,16 +231,30 @@ def test_a_malformed_vector_manifest_is_an_input_error(m: Models, outdir: Path, 
     (("--shard-size", "infGB"), ("options.shard_size",)),
     (("--map", r"model\.(\w+)=>x.\2"), ("mapping.rules.0", "invalid group reference")),
     (("--map", r"model\.=>\g<name>"), ("mapping.rules.0",)),
+    (("--chunk-size", "1"), ("--chunk-size 1", "outside the range 1 KB to 4 GB", "options.chunk_size")),
+    (("--chunk-size", "999B"), ("--chunk-size 999B", "outside the range")),
+    (("--chunk-size", "5GB"), ("--chunk-size 5GB", "outside the range 1 KB to 4 GB")),
+    (("--shard-size", "1"), ("--shard-size 1", "outside the range 1 KB to 1 TB", "options.shard_size")),
+    (("--shard-size", "1.5TB"), ("--shard-size 1.5TB", "outside the range")),
+    (("--scale", "abc"), ("--scale", "valid number", "graft merge --help")),
+    (("--bogus-flag",), ("--bogus-flag", "graft merge --help")),
 ])
 def test_bad_flags_are_usage_errors(m: Models, outdir: Path, flags: tuple[str, ...], words: tuple[str, ...]) -> None:
     _merge_refused(m, outdir, 2, *words, extra=flags)
 
 
-@pytest.mark.parametrize("size", ["huge", "-5GB", "1e3MB", "nanGB"])
+@pytest.mark.parametrize("size", ["huge", "-5GB", "1e3MB", "nanGB", "1", "2TB"])
 def test_extract_bad_shard_size_is_a_usage_error(m: Models, outdir: Path, size: str) -> None:
     assert_error(cli(*extract_args(m.base, m.aligned, outdir / "vec", "--shard-size", size)), 2, "--shard-size",
                  repr(size))
     assert_no_output(outdir / "vec")
+
+
+@pytest.mark.parametrize(("field", "value"), [("chunk_size", "1"), ("chunk_size", "1TB"), ("shard_size", "10B")])
+def test_a_size_out_of_range_in_a_recipe_is_a_usage_error(m: Models, tmp_path: Path, field: str, value: str) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"target: {m.target}\nvector: {m.vector}\noptions: {{{field}: {value!r}}}\n")
+    assert_error(cli("plan", "-r", recipe), 2, str(recipe), f"options.{field}", "outside the range")
 
 
 def test_a_recipe_that_is_not_utf8_or_absurdly_nested(m: Models, outdir: Path, tmp_path: Path) -> None:
