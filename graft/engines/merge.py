@@ -217,7 +217,7 @@ def _write_shards(
             pieces = (p for t in shard.tensors for p in _pieces(plan, actions[t.name], t, chunk_bytes, pin))
             for piece in prefetch(pieces, depth=2):
                 if isinstance(piece, _Copy):
-                    writer.submit(out.copy_from, plan.target.fd(piece.file), piece.offset, piece.nbytes)
+                    writer.submit(_copy_piece, out, plan.target, piece)
                     nbytes = piece.nbytes
                 else:
                     writer.submit(out.write, _compute_chunk(piece, device))
@@ -231,6 +231,12 @@ def _write_shards(
         for out in opened:
             out.discard()
         raise
+
+
+def _copy_piece(out: ShardWriter, target: Checkpoint, piece: _Copy) -> None:
+    """In the writer thread: a byte range of the target straight into the output, its descriptor held meanwhile."""
+    with target.handle(piece.file) as fd:
+        out.copy_from(fd, piece.offset, piece.nbytes)
 
 
 def chunk_elements(chunk_bytes: int, info: TensorInfo) -> int:

@@ -15,7 +15,10 @@ import logging
 import math
 import os
 import sys
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -218,7 +221,10 @@ class Checkpoint:
     tensors: dict[str, TensorInfo]
     index_file: Path | None
     index_metadata: dict[str, object] = field(default_factory=dict)
-    _fds: dict[Path, int] = field(default_factory=dict, repr=False)
+    _handles: FileHandles = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._handles = FileHandles(containment_root(self.root))
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, role: str = "checkpoint") -> Checkpoint:
@@ -325,28 +331,24 @@ class Checkpoint:
     def read(self, name: str) -> torch.Tensor:
         return self.read_rows(name)
 
-    def fd(self, file: Path) -> int:
-        if file not in self._fds:
-            try:
-                self._fds[file] = os.open(file, os.O_RDONLY)
-            except OSError as exc:
-                raise InputError(f"{file}: cannot open ({exc.strerror})") from exc
-        return self._fds[file]
+    def handle(self, file: Path) -> AbstractContextManager[int]:
+        """A read-only descriptor on one of this checkpoint's files, held open for the `with` block: descriptors are
+        reused across reads and at most `FileHandles.IDLE` stay open between them, however many shards the model
+        has (a macOS shell allows 256 open files)."""
+        return self._handles.use(file)
 
     def _pread_into(self, info: TensorInfo, offset: int, buffer: torch.Tensor) -> None:
         view = memoryview(buffer.numpy()).cast("B")
-        fd = self.fd(info.file)
         done = 0
-        while done < len(view):
-            got = os.preadv(fd, [view[done:]], offset + done)
-            if got == 0:
-                raise InputError(f"{info.file}: truncated while reading tensor {info.name!r}; re-download it")
-            done += got
+        with self.handle(info.file) as fd:
+            while done < len(view):
+                got = os.preadv(fd, [view[done:]], offset + done)
+                if got == 0:
+                    raise InputError(f"{info.file}: truncated while reading tensor {info.name!r}; re-download it")
+                done += got
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        self._handles.close()
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -356,6 +358,45 @@ class Checkpoint:
 
     def __iter__(self) -> Iterator[TensorInfo]:
         return iter(self.tensors.values())
+
+
+class FileHandles:
+    """Open descriptors on the files of one input folder, shared by the threads that read it: a file is opened on
+    first use (regular, inside the folder: a FIFO swapped in after its header was read is refused, never waited on),
+    reused while it is read often, and closed once `IDLE` others were used since, unless a read still holds it."""
+
+    IDLE = 8
+
+    def __init__(self, within: Path) -> None:
+        self._within = within
+        self._lock = threading.Lock()
+        self._open: OrderedDict[Path, list[int]] = OrderedDict()  # file -> [descriptor, readers holding it]
+
+    @contextmanager
+    def use(self, file: Path) -> Iterator[int]:
+        with self._lock:
+            entry = self._open.get(file)
+            if entry is None:
+                entry = self._open[file] = [open_regular(file, self._within), 0]
+            self._open.move_to_end(file)
+            entry[1] += 1
+        try:
+            yield entry[0]
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                self._close_idle()
+
+    def _close_idle(self) -> None:
+        idle = [f for f, (_, users) in self._open.items() if users == 0]
+        for file in idle[:max(0, len(self._open) - self.IDLE)]:  # least recently used first
+            os.close(self._open.pop(file)[0])
+
+    def close(self) -> None:
+        with self._lock:
+            for fd, _ in self._open.values():
+                os.close(fd)
+            self._open.clear()
 
 
 def _walk_files(root: Path) -> Iterator[Path]:
