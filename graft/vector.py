@@ -25,6 +25,7 @@ from graft.engines.mapping import Group, find_backbone_prefix, layer_index, modu
 from graft.engines.ops import all_finite
 from graft.errors import IncompatibleError, InputError, UsageError
 from graft.io.checkpoint import Checkpoint, TensorInfo, sha256_file
+from graft.io.dtype_policy import NumericReads, quantization_config_problem
 from graft.io.dtypes import CAST_NAMES, FLOAT_TAGS, TAGS
 from graft.io.guard import OutputFolder
 from graft.io.pipeline import BackgroundWriter
@@ -196,7 +197,32 @@ def check_same_architecture(base: Checkpoint, aligned: Checkpoint, *, shared_onl
             f"{len(only_base)} tensors only in base and {len(only_aligned)} only in aligned (e.g. {', '.join(sample)});"
             " pass --shared-only to extract over the names both hold"
         )
-    return [n for n in base.tensors if n in aligned.tensors and base.tensors[n].is_float]
+    return [n for n in base.tensors if n in aligned.tensors]
+
+
+def tensors_to_extract(base: Checkpoint, aligned: Checkpoint, shared: list[str]) -> tuple[list[str], list[str]]:
+    """(τ's tensors, shared tensors skipped) under the dtype policy (graft.io.dtype_policy): a tensor that is a float
+    on either side is differenced, so both sides must be F32, F16 or BF16 and not quantized (an int8 or fp8 side is
+    refused by name, never turned into a τ of garbage); one that is an integer on both sides (position ids, masks)
+    is skipped, unless it is a quantized weight. Weights declared quantized in config.json are refused outright."""
+    reads = [NumericReads(base, "base"), NumericReads(aligned, "aligned")]
+    for side in reads:
+        declared = quantization_config_problem(side.checkpoint)
+        if declared is not None:
+            raise InputError(f"{declared}: the {side.role}'s stored numbers are not its weights, so τ = aligned − "
+                             "base from them would be garbage; extract from the unquantized checkpoints")
+    names, skipped = [], []
+    doing = "differenced (τ = aligned − base)"
+    for name in shared:
+        if not base.tensors[name].is_float and not aligned.tensors[name].is_float:
+            for side in reads:
+                side.refuse_quantized(name, doing=doing)
+            skipped.append(name)
+            continue
+        for side in reads:
+            side.require(name, doing=doing, fix="extract from checkpoints stored in F32, F16 or BF16")
+        names.append(name)
+    return names, skipped
 
 
 @dataclass(frozen=True)
@@ -235,8 +261,8 @@ def extract_vector(
         raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(STORAGE_DTYPES)}")
     shard_bytes, chunk_bytes = _size("--shard-size", shard_size), _size("--chunk-size", chunk_size)
     with Checkpoint.open(base_path, role="base") as base, Checkpoint.open(aligned_path, role="aligned") as aligned:
-        names = check_same_architecture(base, aligned, shared_only=shared_only)
-        skipped = [n for n in base.tensors if n in aligned.tensors and not base.tensors[n].is_float]
+        names, skipped = tensors_to_extract(base, aligned, check_same_architecture(base, aligned,
+                                                                                   shared_only=shared_only))
         if not names:
             raise IncompatibleError(f"{base.root} and {aligned.root} share no floating-point tensors")
         storage = {n: STORAGE_DTYPES[dtype] or base.tensors[n].dtype for n in names}
