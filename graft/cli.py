@@ -373,7 +373,7 @@ def plan(
 ) -> None:
     """Show what a merge would do, from headers only; exit 4 if anything is incompatible (or, with --strict,
     questionable)."""
-    from graft.engines.merge import check_warnings, close_plan, open_plan
+    from graft.engines.merge import check_warnings, close_plan, open_plan, planned_output
     from graft.report import plan_as_dict, print_plan
 
     spec = build_recipe(recipe, target=target, vector=vector, scale=scale, layers=layers, blocks=blocks,
@@ -383,6 +383,7 @@ def plan(
     _note_unused_origin(origin, spec)
     merge_plan = open_plan(with_revisions(spec, target_revision, vector_revision))
     try:
+        planned_output(merge_plan)  # the output's names, as merge checks them: a collision is exit 3 here too
         if json_out:
             origin = [merge_plan.origin.root] if merge_plan.origin else []
             inputs = [merge_plan.target.root, merge_plan.vector.root, *origin, *([recipe] if recipe else [])]

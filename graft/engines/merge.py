@@ -21,6 +21,7 @@ import torch
 from graft.devices import resolve_device
 from graft.engines.operators import Chunk, Chunks, GraftOperator, TensorRef
 from graft.engines.ops import all_finite, graft_rows
+from graft.engines.output_names import CARD_FILE, RECIPE_FILE, carried_names
 from graft.engines.plan import GraftPlan, TensorAction, build_plan
 from graft.errors import IncompatibleError, InputError, UsageError
 from graft.io.checkpoint import Checkpoint, TensorInfo
@@ -40,8 +41,8 @@ from graft.modelcard import load_card_results, model_card
 from graft.recipe import Recipe
 from graft.vector import SafetyVector
 
-RECIPE_FILE = "graft_recipe.yaml"
 OUT_DTYPES = CAST_NAMES  # the output dtype a recipe names -> its safetensors tag
+RESHARDED_INDEX = "model.safetensors.index.json"  # the index of an output re-sharded with --shard-size
 
 
 @dataclass(frozen=True)
@@ -133,20 +134,19 @@ def merge(
         plan.check()
         check_warnings(plan, on_warning)
         device = resolve_device(recipe.options.device)
-        layout = output_layout(plan)
+        layout, carried = planned_output(plan)
         total = sum(t.nbytes for shard in layout.values() for t in shard.tensors)
         inputs = [plan.target.root, plan.vector.root] + ([plan.origin.root] if plan.origin else [])
         inputs += [Path(results)] if results is not None else []
         folder = OutputFolder(Path(recipe.out), inputs=inputs, force=force, kind="merge")
-        side_files = plan.target.non_weight_files()
-        folder.check_free_space(total + sum((plan.target.root / rel).stat().st_size for rel in side_files))
+        folder.check_free_space(total + sum((plan.target.root / rel).stat().st_size for rel in carried))
         if on_plan:
             on_plan(plan, total)
         with folder as staging:
             chunk = recipe.options.chunk_size
             chunk_bytes = parse_size(chunk) if chunk else default_chunk_bytes(device)
             _write_shards(plan, layout, staging, device, chunk_bytes, progress)
-            _write_folder_files(plan, layout, staging, recipe, side_files, scores)
+            _write_folder_files(plan, layout, staging, recipe, carried, scores)
         return MergeResult(folder.destination, len(plan.grafted), len(plan.copied), total,
                            time.perf_counter() - started, str(device))
     finally:
@@ -157,6 +157,25 @@ def merge(
 class ShardLayout:
     tensors: list[OutputTensor]
     metadata: dict[str, str]
+
+
+def planned_output(plan: GraftPlan) -> tuple[dict[str, ShardLayout], dict[Path, Path]]:
+    """The output's shards, and each non-weight file of the target with the name it gets there: every name the
+    output will hold claimed once (graft.engines.output_names), so a collision is an input error before any work.
+    `graft plan` calls it too, so a plan that passes is a merge whose names fit."""
+    layout = output_layout(plan)
+    target = plan.target
+    mirrored = plan.recipe.options.shard_size is None
+    if mirrored:
+        by = f"named by {target.index_file}" if target.index_file else f"in {target.root}"
+        weights = {file: f"the weight shard {file!r} {by}" for file in layout}
+        if target.index_file is not None:
+            weights[target.index_file.name] = f"the index {target.index_file}"
+    else:
+        weights = {file: f"the output shard {file!r} (--shard-size)" for file in layout}
+        if len(layout) > 1:
+            weights[RESHARDED_INDEX] = f"the index graft writes ({RESHARDED_INDEX})"
+    return layout, carried_names(target.root, target.non_weight_files(), weights)
 
 
 def output_layout(plan: GraftPlan) -> dict[str, ShardLayout]:
@@ -359,26 +378,26 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 # -- the rest of the folder -----------------------------------------------------------------------------------------
 def _write_folder_files(
-    plan: GraftPlan, layout: dict[str, ShardLayout], staging: Path, recipe: Recipe, side_files: list[Path],
+    plan: GraftPlan, layout: dict[str, ShardLayout], staging: Path, recipe: Recipe, carried: dict[Path, Path],
     scores: dict[str, dict[str, object]] | None = None,
 ) -> None:
     target = plan.target
     mirrored = recipe.options.shard_size is None
     if len(layout) > 1 or (mirrored and target.index_file is not None):
-        index_name = target.index_file.name if (mirrored and target.index_file) else "model.safetensors.index.json"
+        index_name = target.index_file.name if (mirrored and target.index_file) else RESHARDED_INDEX
         metadata = dict(target.index_metadata) if mirrored else {}
         metadata["total_size"] = sum(t.nbytes for shard in layout.values() for t in shard.tensors)
         weight_map = {t.name: file for file, shard in layout.items() for t in shard.tensors}
         write_index(staging, index_name, weight_map, metadata)
-    for rel in side_files:
-        dest = staging / ("README.original.md" if rel == Path("README.md") else rel)
+    for rel, name in carried.items():
+        dest = staging / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(target.root / rel, dest)
     if recipe.options.dtype != "auto":
         _set_config_dtype(staging / "config.json", recipe.options.dtype)
     # The copy inside the output omits `out`: the folder's bytes must not depend on where it was written.
     (staging / RECIPE_FILE).write_text(recipe.model_copy(update={"out": None}).to_yaml())
-    (staging / "README.md").write_text(model_card(plan, scores))
+    (staging / CARD_FILE).write_text(model_card(plan, scores))
 
 
 def _set_config_dtype(config_path: Path, dtype: str) -> None:
@@ -399,5 +418,15 @@ def _set_config_dtype(config_path: Path, dtype: str) -> None:
     config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
-__all__ = ["RECIPE_FILE", "MergeResult", "check_warnings", "chunk_elements", "grafted_elements", "merge", "open_plan",
-           "output_layout", "tensor_chunks"]
+__all__ = [
+    "RECIPE_FILE",
+    "MergeResult",
+    "check_warnings",
+    "chunk_elements",
+    "grafted_elements",
+    "merge",
+    "open_plan",
+    "output_layout",
+    "planned_output",
+    "tensor_chunks",
+]
