@@ -32,7 +32,7 @@ from graft.display import console_text, human_size, printable, shown, use_safe_s
 from graft.errors import EXIT_CODES, GraftError, UsageError
 from graft.evals.command import EvalCommand, eval_command
 from graft.inspect.command import inspect_command
-from graft.io.guard import finished_outputs, forget_finished, write_file
+from graft.io.guard import finished_outputs, forget_finished, is_stdout, write_file
 from graft.recipe import LARGE_LAMBDA, Recipe
 from graft.recipe_flags import build_recipe
 from graft.search.command import search_command
@@ -366,7 +366,9 @@ def plan(
     strict: StrictOpt = None,
     allow_partial: PartialOpt = None,
     list_all: Annotated[bool, typer.Option("--list", help="List every tensor with its action and λ.")] = False,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full plan as JSON to this file.")] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Write the full plan as JSON to this file; `-` (or /dev/stdout) writes it to standard output "
+                       "and the table to stderr.")] = None,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -389,8 +391,8 @@ def plan(
             inputs = [merge_plan.target.root, merge_plan.vector.root, *origin, *([recipe] if recipe else [])]
             write_file(json_out, json.dumps(plan_as_dict(merge_plan), indent=2) + "\n", inputs=inputs, force=force,
                        flag="--json")
-        if not quiet:
-            print_plan(merge_plan, stdout, list_all=list_all)
+        if not quiet:  # with the JSON on stdout, the table for the eye goes to stderr
+            print_plan(merge_plan, stderr if json_out and is_stdout(json_out) else stdout, list_all=list_all)
         merge_plan.check()
         check_warnings(merge_plan, _warn if quiet else None)  # without -q the plan table lists them
     finally:

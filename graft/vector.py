@@ -29,7 +29,7 @@ from graft.io.dtype_policy import NumericReads, quantization_config_problem
 from graft.io.dtypes import CAST_NAMES, FLOAT_TAGS, TAGS
 from graft.io.guard import OutputFolder
 from graft.io.pipeline import BackgroundWriter
-from graft.io.regular_files import containment_root
+from graft.io.regular_files import InputsAsRead, containment_root
 from graft.io.writer import (
     OutputTensor,
     ShardWriter,
@@ -128,6 +128,7 @@ class SafetyVector:
         manifest_path = root / MANIFEST
         if not os.path.lexists(manifest_path):
             raise InputError(f"{root}: not a graft vector folder (no {MANIFEST}); create one with `graft extract`")
+        manifest_as_read = InputsAsRead([manifest_path])
         raw = load_json_file(manifest_path, "the vector manifest", within=containment_root(root))
         if (where := lone_surrogate(raw)) is not None:
             raise InputError(f"{manifest_path}: invalid vector manifest: {where} holds a lone surrogate, an escape "
@@ -137,6 +138,7 @@ class SafetyVector:
         except ValidationError as exc:
             raise InputError(f"{manifest_path}: invalid vector manifest: {describe_validation_error(exc)}") from exc
         checkpoint = Checkpoint.open(root, role="vector")
+        checkpoint.as_read.add_from(manifest_as_read)
         try:
             _check_shards_match(manifest_path, manifest, checkpoint)
         except BaseException:
@@ -261,6 +263,9 @@ def extract_vector(
         raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(STORAGE_DTYPES)}")
     shard_bytes, chunk_bytes = _size("--shard-size", shard_size), _size("--chunk-size", chunk_size)
     with Checkpoint.open(base_path, role="base") as base, Checkpoint.open(aligned_path, role="aligned") as aligned:
+        if os.path.samefile(base.root, aligned.root):
+            raise UsageError(f"--base and --aligned are the same model ({base.root}): τ = aligned − base would be "
+                             "zero everywhere; give the base model and its aligned (instruct) version")
         names, skipped = tensors_to_extract(base, aligned, check_same_architecture(base, aligned,
                                                                                    shared_only=shared_only))
         if not names:
@@ -292,8 +297,14 @@ def extract_vector(
                     inexact_elements=sum(s[2] for s in stats.values()),
                     total_elements=sum(base.tensors[n].numel for n in names),
                 )
+                if manifest.total_norm == 0.0:  # identical weights under two names: a vector that grafts nothing
+                    raise IncompatibleError(f"τ = aligned − base is zero in every tensor: {base.root} and "
+                                            f"{aligned.root} hold the same weights; check that --aligned is the "
+                                            "aligned model (nothing was written)")
                 (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
                 (staging / CARD).write_text(vector_card(manifest))
+                base.as_read.check("base")  # rewritten while τ was read from it: nothing is committed
+                aligned.as_read.check("aligned")
         finally:
             if hashes:
                 hashes.shutdown(wait=True, cancel_futures=True)

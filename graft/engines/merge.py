@@ -94,6 +94,15 @@ def check_warnings(plan: GraftPlan, on_warning: Callable[[str], None] | None) ->
             on_warning(note)
 
 
+def inputs_unchanged(plan: GraftPlan) -> None:
+    """Refuse (InputError) when a file the plan read (weights, index, config, manifest, side files) was rewritten,
+    replaced or removed since it was opened."""
+    plan.target.as_read.check("target")
+    plan.vector.checkpoint.as_read.check("vector")
+    if plan.origin is not None:
+        plan.origin.as_read.check("origin")
+
+
 def close_plan(plan: GraftPlan) -> None:
     plan.target.close()
     plan.vector.close()
@@ -135,6 +144,7 @@ def merge(
         check_warnings(plan, on_warning)
         device = resolve_device(recipe.options.device)
         layout, carried = planned_output(plan)
+        plan.target.as_read.add(plan.target.root / rel for rel in carried)  # copied at the end: as they are now
         total = sum(t.nbytes for shard in layout.values() for t in shard.tensors)
         inputs = [plan.target.root, plan.vector.root] + ([plan.origin.root] if plan.origin else [])
         inputs += [Path(results)] if results is not None else []
@@ -147,6 +157,7 @@ def merge(
             chunk_bytes = parse_size(chunk) if chunk else default_chunk_bytes(device)
             _write_shards(plan, layout, staging, device, chunk_bytes, progress)
             _write_folder_files(plan, layout, staging, recipe, carried, scores)
+            inputs_unchanged(plan)  # before the commit: an input rewritten meanwhile discards the output
         return MergeResult(folder.destination, len(plan.grafted), len(plan.copied), total,
                            time.perf_counter() - started, str(device))
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -147,11 +148,30 @@ class GraftPlan:
         if self.unmatched_donor:
             notes.append(f"{len(self.unmatched_donor)} vector tensors have no partner in the target "
                          "(e.g. a tied lm_head); they are not grafted")
+        unreached, depth = self.layers_without_tau()
+        if unreached:
+            notes.append(f"the target has {depth} layers but the vector {self.vector.manifest.num_layers}: target "
+                         f"layers {_span(unreached)} get no τ and are copied unchanged; check that this is the right "
+                         "vector for this target")
         if self.origin is not None and self.origin.root.resolve() == self.target.root.resolve():
             notes.append(f"the origin is the target itself ({self.target.root}): τ_med = 0, so operator "
                          f"{self.recipe.operator_spec.name} has no update to project off or elect signs against; "
                          "give the model the target was fine-tuned from")
         return notes
+
+    def layers_without_tau(self) -> tuple[list[int], int]:
+        """Layers of the target's backbone (not counting inserted ones) that no vector tensor lands in while others
+        do, and the backbone's depth: a target deeper than the vector gets τ in its first layers only."""
+        prefix = self.match.target_prefix
+        inserted = set(self.inserted[1]) if self.inserted else set()
+
+        def layers(names: Iterable[str]) -> set[int]:
+            found = {layer_index(split[1]) for n in names if (split := split_backbone(n)) and split[0] == prefix}
+            return {layer for layer in found if layer is not None} - inserted
+
+        every = layers(self.target.tensors)
+        reached = layers([p.target for p in self.match.pairs] + [m.target for m in self.mismatches])
+        return (sorted(every - reached) if reached else []), len(every)
 
     def check(self) -> None:
         problems = self.problems()

@@ -26,7 +26,7 @@ import torch
 
 from graft.errors import InputError
 from graft.io.dtypes import FLOAT_TAGS, SAFETENSORS_TAGS, TAGS
-from graft.io.regular_files import check_regular, containment_root, open_regular
+from graft.io.regular_files import InputsAsRead, check_regular, containment_root, open_regular
 from graft.schema import load_json_file, load_json_text, lone_surrogate, shown
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -221,6 +221,7 @@ class Checkpoint:
     tensors: dict[str, TensorInfo]
     index_file: Path | None
     index_metadata: dict[str, object] = field(default_factory=dict)
+    as_read: InputsAsRead = field(default_factory=InputsAsRead, repr=False)  # its files as they were when opened
     _handles: FileHandles = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -235,6 +236,7 @@ class Checkpoint:
             raise InputError(f"{root}: the {role} must be a model folder, not a file")
         within = containment_root(root)
         index_file, files, index_metadata, weight_map = _locate_weights(root, role, within)
+        as_read = InputsAsRead([*files, *([index_file] if index_file else []), root / "config.json"])
         shards = tuple(read_shard_header(f, within) for f in files)
         tensors: dict[str, TensorInfo] = {}
         for shard in shards:
@@ -244,7 +246,7 @@ class Checkpoint:
                 tensors[info.name] = info
         if weight_map is not None:
             _check_index_agrees(index_file, weight_map, tensors)
-        opened = cls(root, shards, tensors, index_file, index_metadata)
+        opened = cls(root, shards, tensors, index_file, index_metadata, as_read)
         _ = opened.config  # validated at the boundary, before any heavy work
         return opened
 
