@@ -127,7 +127,7 @@ def merge(
     """
     if not recipe.out:
         raise UsageError("no output folder: pass --out or set `out` in the recipe")
-    scores = load_card_results(results) if results is not None else None
+    card_results = load_card_results(results) if results is not None else None
     started = time.perf_counter()
     # The recipe stored in the output (and its model card) names every input so it rebuilds from any folder.
     recipe = recipe.model_copy(update={
@@ -156,7 +156,11 @@ def merge(
             chunk = recipe.options.chunk_size
             chunk_bytes = parse_size(chunk) if chunk else default_chunk_bytes(device)
             _write_shards(plan, layout, staging, device, chunk_bytes, progress)
-            _write_folder_files(plan, layout, staging, recipe, carried, scores)
+            if card_results is not None:  # scores of other weights are never published as this model's
+                with Checkpoint.open(staging, role="merged") as written:
+                    card_results.check_weights(written.weights_sha256(), folder.destination)
+            _write_folder_files(plan, layout, staging, recipe, carried,
+                                card_results.scores if card_results is not None else None)
             inputs_unchanged(plan)  # before the commit: an input rewritten meanwhile discards the output
         return MergeResult(folder.destination, len(plan.grafted), len(plan.copied), total,
                            time.perf_counter() - started, str(device))

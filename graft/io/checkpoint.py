@@ -333,6 +333,25 @@ class Checkpoint:
     def read(self, name: str) -> torch.Tensor:
         return self.read_rows(name)
 
+    def weights_sha256(self) -> str:
+        """One content hash of the weights, whatever their sharding or file names: sha256 over every tensor's name,
+        dtype, shape and the sha256 of its bytes, in name order. `graft eval` records it of the folder it scored
+        (results.json `model.weights_sha256`); `graft merge --results` checks it against what it wrote."""
+        digest = hashlib.sha256()
+        for name in sorted(self.tensors):
+            info = self.tensors[name]
+            tensor = hashlib.sha256()
+            with self.handle(info.file) as fd:
+                done = 0
+                while done < info.nbytes:
+                    block = os.pread(fd, min(16 * 2**20, info.nbytes - done), info.offset + done)
+                    if not block:
+                        raise InputError(f"{info.file}: truncated while reading tensor {name!r}; re-download it")
+                    tensor.update(block)
+                    done += len(block)
+            digest.update(f"{name}\0{info.dtype}\0{list(info.shape)}\0{tensor.hexdigest()}\n".encode())
+        return digest.hexdigest()
+
     def handle(self, file: Path) -> AbstractContextManager[int]:
         """A read-only descriptor on one of this checkpoint's files, held open for the `with` block: descriptors are
         reused across reads and at most `FileHandles.IDLE` stay open between them, however many shards the model
@@ -468,6 +487,12 @@ def _check_index_agrees(index: Path | None, weight_map: dict[str, str], tensors:
         info = tensors.get(name)
         if info is None or info.file.name != file:
             raise InputError(f"{index}: lists tensor {name!r} in {file} but that shard does not hold it; re-download")
+
+
+def weights_sha256(folder: str | os.PathLike[str]) -> str:
+    """`Checkpoint.weights_sha256` of a model folder."""
+    with Checkpoint.open(folder, role="model") as checkpoint:
+        return checkpoint.weights_sha256()
 
 
 def sha256_file(path: Path, block: int = 16 * 1024 * 1024) -> str:

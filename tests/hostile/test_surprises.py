@@ -165,3 +165,34 @@ def test_plan_json_to_dev_null_writes_nothing_else(m: Models) -> None:
     before = tree_hash(m.target, m.vector)
     assert cli(*plan_args(m.target, m.vector, "--json", "/dev/null", "-q")).exit_code == 0
     assert tree_hash(m.target, m.vector) == before
+
+
+# -- merge --results: scores of other weights are never published as this model's ------------------------------------
+def test_results_of_other_weights_are_refused_naming_both_hashes(m: Models, outdir: Path) -> None:
+    from graft.evals.config import FIXTURES
+    from graft.io.checkpoint import weights_sha256
+
+    merged = outdir / "merged"
+    assert cli(*merge_args(m.target, m.vector, merged, "--scale", "0.5")).exit_code == 0
+    results = {}
+    for name, model in (("target", m.target), ("merged", merged)):
+        results[name] = outdir / f"{name}.json"
+        result = cli("eval", model, "--tasks", "catqa", "--data", FIXTURES / "data.yaml", "--limit", "2",
+                     "--out", results[name], "--device", "cpu", "-q")
+        assert result.exit_code == 0, result.output
+        assert json.loads(results[name].read_text())["model"]["weights_sha256"] == weights_sha256(model)
+    again = outdir / "again"
+    theirs, ours = weights_sha256(m.target), weights_sha256(merged)
+    assert_error(cli(*merge_args(m.target, m.vector, again, "--scale", "0.5", "--results", results["target"])), 4,
+                 str(results["target"]), theirs, ours, f"graft eval {again}")
+    assert_no_output(again)
+    result = cli(*merge_args(m.target, m.vector, again, "--scale", "0.5", "--results", results["merged"]))
+    assert result.exit_code == 0, result.output
+    assert "model-index" in (again / "README.md").read_text()
+    # A results file that does not say whose weights it scored is refused before any work.
+    data = json.loads(results["merged"].read_text())
+    del data["model"]["weights_sha256"]
+    results["merged"].write_text(json.dumps(data))
+    assert_error(cli(*merge_args(m.target, m.vector, outdir / "never", "--results", results["merged"])), 3,
+                 "model.weights_sha256")
+    assert_no_output(outdir / "never")
