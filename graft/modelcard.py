@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from graft import __version__
+from graft.display import printable
 from graft.engines.plan import GraftPlan
 from graft.errors import IncompatibleError, InputError
 from graft.io.hub import looks_like_hub_id, split_revision
@@ -156,7 +157,7 @@ def model_card(plan: GraftPlan, results: dict[str, dict[str, Any]] | None = None
     lines += [f"- copied unchanged, {reason}: {n}" for reason, n in sorted(reasons.items()) if reason != "grafted"]
     partial = [a for a in plan.grafted if a.rows is not None]
     if partial:
-        names = ", ".join(a.target for a in partial)
+        names = ", ".join(printable(a.target) for a in partial)  # one line of the card, whatever a name holds
         lines.append(f"- grown vocabulary: only the vector's rows were grafted in {names}")
     if results:
         lines += ["", "## Evaluation", "",
@@ -171,6 +172,38 @@ def model_card(plan: GraftPlan, results: dict[str, dict[str, Any]] | None = None
               "by absolute path or hub id, so it rebuilds the same bytes from anywhere; add `--results` again for "
               "the scores).", ""]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class LocalInput:
+    """An input named by a local path in the stored recipe, as a published card names it: by folder name, with the
+    sha256 of its weight files when it could be read at push time."""
+
+    role: str
+    name: str
+    sha256: dict[str, str] | None
+
+    def lines(self) -> list[str]:
+        if self.sha256 is None:
+            return [f"- {self.role}: `{self.name}` (not found where the recipe names it when this was pushed: "
+                    "not hashed)"]
+        return [f"- {self.role}: `{self.name}`",
+                *(f"  - `{file}` sha256 `{digest}`" for file, digest in sorted(self.sha256.items()))]
+
+
+def published_card(card: str, published_recipe: str, local: list[LocalInput]) -> str:
+    """The card as it goes to the Hub: its recipe block is the published recipe (local inputs by folder name), and
+    the local reproduce line that ends the card, whose recipe names paths on this machine, becomes how to rebuild
+    from the Hub."""
+    head = card.split("## Recipe\n", 1)[0]
+    rebuild = (f"Rebuild it with `{REPRODUCE}` (graft {__version__}) in a folder holding graft_recipe.yaml: the "
+               "recipe names hub inputs by id and commit")
+    if local:
+        rebuild += (", and local inputs by folder name: put a copy of each beside graft_recipe.yaml (its files must "
+                    "have these sha256)")
+    lines = ["## Recipe", "", "```yaml", published_recipe.rstrip(), "```", "", rebuild + ".",
+             *([""] + [line for item in local for line in item.lines()] if local else []), ""]
+    return head + "\n".join(lines)
 
 
 def _title(plan: GraftPlan) -> str:
