@@ -70,6 +70,17 @@ def lone_surrogate(value: Any, where: str = "") -> str | None:
     return None
 
 
+def require_utf8_path(path: str | Path, role: str) -> None:
+    """Refuse an input whose path is not valid UTF-8 (a file name's stray bytes reach Python as lone surrogates):
+    graft records its inputs' paths in UTF-8 files (graft_recipe.yaml, vector.json), so such a path would fail only
+    once the work is done."""
+    text = str(path)
+    if not _encodes(text):
+        shown_text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise InputError(f"{shown_text}: the {role}'s path is not valid UTF-8, and graft records its inputs' paths in "
+                         "UTF-8 files (graft_recipe.yaml, vector.json); rename the folder")
+
+
 def _encodes(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -295,4 +306,4 @@ def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
 
 
 __all__ = ["FiniteFloat", "describe_validation_error", "load_json_file", "load_json_text", "load_yaml_file",
-           "load_yaml_text", "lone_surrogate", "shown", "yaml_problem"]
+           "load_yaml_text", "lone_surrogate", "require_utf8_path", "shown", "yaml_problem"]

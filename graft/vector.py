@@ -38,7 +38,7 @@ from graft.io.writer import (
     write_index,
 )
 from graft.recipe import size_in_range
-from graft.schema import FiniteFloat, describe_validation_error, load_json_file, lone_surrogate
+from graft.schema import FiniteFloat, describe_validation_error, load_json_file, lone_surrogate, require_utf8_path
 from graft.vector_card import CARD, vector_card
 
 MANIFEST = "vector.json"
@@ -263,6 +263,8 @@ def extract_vector(
         raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(STORAGE_DTYPES)}")
     shard_bytes, chunk_bytes = _size("--shard-size", shard_size), _size("--chunk-size", chunk_size)
     with Checkpoint.open(base_path, role="base") as base, Checkpoint.open(aligned_path, role="aligned") as aligned:
+        for role, checkpoint in (("base", base), ("aligned", aligned)):
+            require_utf8_path(checkpoint.root, role)  # named in vector.json: checked now, not after the work
         if os.path.samefile(base.root, aligned.root):
             raise UsageError(f"--base and --aligned are the same model ({base.root}): τ = aligned − base would be "
                              "zero everywhere; give the base model and its aligned (instruct) version")

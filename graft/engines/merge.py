@@ -39,6 +39,7 @@ from graft.io.writer import (
 )
 from graft.modelcard import load_card_results, model_card
 from graft.recipe import Recipe
+from graft.schema import require_utf8_path
 from graft.vector import SafetyVector
 
 OUT_DTYPES = CAST_NAMES  # the output dtype a recipe names -> its safetensors tag
@@ -135,6 +136,9 @@ def merge(
         "options": recipe.options.model_copy(update={"origin": pin(recipe.options.origin)})})
     plan = open_plan(recipe)
     try:
+        for role, checkpoint in (("target", plan.target), ("vector", plan.vector), ("origin", plan.origin)):
+            if checkpoint is not None:  # named in graft_recipe.yaml: checked now, not once the work is done
+                require_utf8_path(checkpoint.root, role)
         # A hub input is stored at the commit it resolved to: the recipe rebuilds the same bytes after the repo moves.
         plan.recipe = recipe = recipe.model_copy(update={
             "target": pin(recipe.target, plan.target.root), "vector": pin(recipe.vector, plan.vector.root),

@@ -145,3 +145,17 @@ def test_a_path_that_is_not_utf8_is_printed_as_its_bytes(m: Models, outdir: Path
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == os.fsencode(out)
     assert os.path.isdir(out)
+
+
+def test_an_input_path_that_is_not_utf8_is_refused_before_any_work(m: Models, outdir: Path) -> None:
+    """graft names its inputs by path in graft_recipe.yaml and vector.json (UTF-8 text): such a path used to fail
+    with exit 1 once the whole merge was written."""
+    target = os.fsdecode(os.fsencode(m.target.parent) + b"/target-\xff")
+    os.rename(m.target, target)
+    proc = _graft_bytes(*merge_args(Path(target), m.vector, outdir / "merged"), env={})
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and "target-\\xff" in lines[0] and "not valid UTF-8" in lines[0]
+    assert not (outdir / "merged").exists() and list(outdir.iterdir()) == []
+    proc = _graft_bytes("extract", "-b", Path(target), "-a", m.aligned, "-o", outdir / "vec", "--no-hash", env={})
+    assert proc.returncode == 3 and b"not valid UTF-8" in proc.stderr
