@@ -58,7 +58,15 @@ _AT_FDCWD = -100
 
 # -- a tiny, test-only fault hook: signal this process (SIGKILL unless GRAFT_TEST_KILL_SIGNAL names another) once
 # GRAFT_TEST_KILL_AFTER units were written (bytes; each commit step counts one) -------------------------------------
-_KILL_AFTER = int(os.environ.get("GRAFT_TEST_KILL_AFTER", "-1"))
+def _hook_setting(name: str) -> int:
+    """The test hook's byte count; unset or anything but an integer leaves the hook off (never a crash at import)."""
+    try:
+        return int(os.environ.get(name, "-1"))
+    except ValueError:
+        return -1
+
+
+_KILL_AFTER = _hook_setting("GRAFT_TEST_KILL_AFTER")
 _KILL_SIGNAL = getattr(signal, "SIG" + os.environ.get("GRAFT_TEST_KILL_SIGNAL", "KILL"), signal.SIGKILL)
 _written = [0]
 _staged = [0]

@@ -206,6 +206,20 @@ def test_all_finite_agrees_with_isfinite(values: list[float], dtype: torch.dtype
     assert all_finite(tensor) == bool(torch.isfinite(tensor).all())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64,
+                                   torch.float8_e4m3fn])
+@pytest.mark.parametrize("size", [1, 7, 65, 4099, 2**20 + 3])
+def test_all_finite_finds_one_bad_element_anywhere_in_a_long_tensor(dtype: torch.dtype, size: int) -> None:
+    """Vectorised reductions have blocks and tails: a NaN or inf first, last or in the middle is found in each."""
+    finite = (torch.randn(size, generator=torch.Generator().manual_seed(size)) * 1e4).to(dtype)
+    assert all_finite(finite)
+    for where in sorted({0, size // 2, size - 1}):
+        for bad in (float("nan"),) if dtype == torch.float8_e4m3fn else (float("nan"), float("inf"), float("-inf")):
+            poisoned = finite.clone()  # (float8_e4m3fn has no infinity)
+            poisoned[where] = bad
+            assert not all_finite(poisoned), (where, bad)
+
+
 def test_all_finite_when_the_sum_overflows() -> None:
     huge = torch.full((1000,), 3e38, dtype=torch.float32)
     assert math.isinf(float(huge.sum())) and all_finite(huge)
