@@ -198,6 +198,7 @@ def test_a_malformed_index_is_an_input_error(m: Models, outdir: Path, body: obje
     ("{", "not valid JSON"),
     (b"\xff\xfe{}", "not UTF-8"),
     ('{"text_config": {"cross_attention_layers": "3"}}', "cross_attention_layers must be a list"),
+    ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
 ])
 def test_a_malformed_config_is_an_input_error(m: Models, outdir: Path, body: str | bytes, words: str) -> None:
     config = m.target / "config.json"
@@ -221,6 +222,12 @@ def test_a_malformed_vector_manifest_is_an_input_error(m: Models, outdir: Path, 
     path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
     line = _merge_refused(m, outdir, 3, str(path), words)
     assert "Input should" not in line and "Value error" not in line
+
+
+def test_a_vector_manifest_nested_absurdly_is_an_input_error(m: Models, outdir: Path) -> None:
+    path = m.vector / "vector.json"
+    path.write_text('{"tensors": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    _merge_refused(m, outdir, 3, str(path), "nested too deeply")
 
 
 # -- 10. flags and recipe fields that used to be exit 1 ---------------------------------------------------------

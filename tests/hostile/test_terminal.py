@@ -95,14 +95,16 @@ def test_a_tensor_name_holding_a_lone_surrogate_is_refused_at_parse_time(m: Mode
     assert not (outdir / "merged").exists()
 
 
-@pytest.mark.parametrize("where", ["config", "index"])
+@pytest.mark.parametrize("where", ["config", "index", "manifest"])
 def test_a_lone_surrogate_in_a_config_or_index_is_refused(m: Models, where: str) -> None:
-    path = m.target / ("config.json" if where == "config" else INDEX)
+    path = {"config": m.target / "config.json", "index": m.target / INDEX, "manifest": m.vector / "vector.json"}[where]
     data = json.loads(path.read_text())
     if where == "config":
         data["architectures"] = ["Llava\ud83dForConditionalGeneration"]
-    else:
+    elif where == "index":
         data["weight_map"][next(iter(data["weight_map"]))] = "model-\udfff.safetensors"
+    else:
+        data["base"]["model_type"] = "llama\udc00"
     path.write_text(json.dumps(data))
     assert_error(cli(*plan_args(m.target, m.vector)), 3, str(path), "lone surrogate")
 
