@@ -414,7 +414,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
             ("floor read", [py, me, "--worker", "read", str(paths["target"]), str(outs["vector"])], ()),
             ("floor copy", [py, me, "--worker", "copy", str(paths["target"]), str(outs["copy"])], (outs["copy"],)),
         ]
-        environments: dict[str, dict[str, str]] = {}
+        # Every child runs in the work folder with graft's source named explicitly: `python -m` puts the current
+        # folder first on sys.path, so a checkout there would otherwise be what runs.
+        this_checkout = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)}
+        environments: dict[str, dict[str, str]] = {name: this_checkout for name, _, _ in contenders}
         if args.baseline_src:  # another graft (e.g. the previous commit), measured in this same run
             source = str(Path(args.baseline_src).resolve())
             environments["graft merge (baseline)"] = {**os.environ, "PYTHONPATH": source}
@@ -433,7 +437,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
                 fresh(*produced)
                 if name == "floor read":  # τ is an input of the merge: make sure it is as warm as the target
                     read_all([outs["vector"]])
-                run = measure(name, argv, log, env=environments.get(name))
+                run = measure(name, argv, log, env=environments.get(name), cwd=root)
                 runs[name].append(run)
                 print(f"  [{rep + 1}/{args.repeat}] {name:<14} {run.wall_s:7.2f} s  cpu {run.cpu_s:6.2f} s  "
                       f"anon {run.peak_anon_mb:6.0f} MB  maxrss {run.maxrss_mb:6.0f} MB  "
