@@ -37,7 +37,7 @@ def all_finite(values: torch.Tensor) -> bool:
     """Whether every element is finite, exactly, in one vectorised pass with no temporary of the tensor's size: the
     smallest and largest element (`aminmax`, which propagates NaN) are both finite exactly when every element is.
     `torch.isfinite(x).all()` builds a bool tensor and then reduces it, with no vectorised kernel for bf16/fp16 on a
-    CPU: about 20× the cost, three times per chunk, which made it most of a merge's time."""
+    CPU: run three times per chunk, it was most of a merge's time (docs/performance.md)."""
     if not values.is_floating_point() or values.numel() == 0:
         return True
     if values.dtype.itemsize == 1:  # torch has neither aminmax nor isfinite for fp8: widen it (exactly)
