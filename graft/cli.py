@@ -96,13 +96,17 @@ VectorRevisionOpt = Annotated[str | None, typer.Option(
 PushOpt = Annotated[str | None, typer.Option(
     "--push-to-hub", help="After a successful write, push the output to this hub repository (org/name, created "
                           "private; see `graft push`).")]
-ScaleOpt = Annotated[float | None, typer.Option("--scale", "-s", help="Global λ scale.")]
-LayersOpt = Annotated[str | None, typer.Option("--layers", help="Per-layer factors, one per layer: '0,0.5,1,...'.")]
-BlocksOpt = Annotated[str | None, typer.Option("--blocks", help="Per-block factors over contiguous layer blocks.")]
+ScaleOpt = Annotated[float | None, typer.Option(
+    "--scale", "-s", help="Global λ scale: a finite number (|λ| > 10 is warned about).")]
+LayersOpt = Annotated[str | None, typer.Option(
+    "--layers", help="Per-layer factors, one finite number per layer: '0,0.5,1,...'.")]
+BlocksOpt = Annotated[str | None, typer.Option(
+    "--blocks", help="Per-block factors over contiguous layer blocks (finite numbers, at most one per layer).")]
 PointsOpt = Annotated[str | None, typer.Option(
-    "--control-points", help="Factors at evenly spaced depths, linearly interpolated over layers.")]
+    "--control-points", help="Factors at evenly spaced depths, linearly interpolated over layers (finite numbers).")]
 GroupOpt = Annotated[list[str] | None, typer.Option(
-    "--group", "-g", help="Group factor GROUP=F (attn, mlp, norm, embed, head, vision, other); repeatable.")]
+    "--group", "-g", help="Group factor GROUP=F, F finite (attn, mlp, norm, embed, head, vision, other); "
+                          "repeatable.")]
 MapOpt = Annotated[list[str] | None, typer.Option(
     "--map", help="Name rule 'REGEX=>REPLACEMENT' applied to vector names (re.sub); repeatable.")]
 IncludeOpt = Annotated[list[str] | None, typer.Option("--include", help="Only graft target tensors matching REGEX.")]
@@ -114,8 +118,8 @@ OrthoOpt = Annotated[bool | None, typer.Option(
 OperatorOpt = Annotated[str | None, typer.Option(
     "--operator", help="How τ enters the weights: linear (θ + λτ), orthogonal, dare, trim (see docs/extending.md).")]
 OperatorParamOpt = Annotated[list[str] | None, typer.Option(
-    "--operator-param", help="An operator parameter KEY=VALUE, e.g. density=0.3 (dare, trim), seed=1 (dare), "
-                             "elect_sign=true (trim); repeatable.")]
+    "--operator-param", help="An operator parameter KEY=VALUE, e.g. density=0.3 (dare, trim; in (0, 1]), seed=1 "
+                             "(dare; an integer), elect_sign=true (trim); repeatable.")]
 StrictOpt = Annotated[bool | None, typer.Option(
     "--strict", help="Treat every plan warning as an error (exit 4), e.g. to gate a CI job.")]
 PartialOpt = Annotated[bool | None, typer.Option(
@@ -515,10 +519,11 @@ def recipe_command(
     metric: Annotated[str, typer.Option(
         help="Score of each layer × group cell: cos_tau_med (cosine between τ and the target's own update), "
              "safelora_score, safelora_min, ratio or tau_norm.")] = "cos_tau_med",
-    threshold: Annotated[float, typer.Option(help="Graft a cell when its score is below this (see --above).")] = 0.0,
+    threshold: Annotated[float, typer.Option(
+        help="Graft a cell when its score is below this (see --above); a finite number.")] = 0.0,
     above: Annotated[bool, typer.Option("--above", help="Graft cells whose score is above the threshold instead.")
                      ] = False,
-    scale: Annotated[float, typer.Option("--scale", "-s", help="λ of every selected cell.")] = 1.0,
+    scale: Annotated[float, typer.Option("--scale", "-s", help="λ of every selected cell; a finite number.")] = 1.0,
     groups: Annotated[str, typer.Option(
         help="Module groups that may be selected, comma-separated (the others get factor 0).")] = "attn,mlp",
     target: TargetOpt = None,
