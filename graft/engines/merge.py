@@ -160,12 +160,13 @@ def merge(
             chunk = recipe.options.chunk_size
             chunk_bytes = parse_size(chunk) if chunk else default_chunk_bytes(device)
             _write_shards(plan, layout, staging, device, chunk_bytes, progress)
+            inputs_unchanged(plan)  # the shards came from the files the plan read...
             if card_results is not None:  # scores of other weights are never published as this model's
                 with Checkpoint.open(staging, role="merged") as written:
                     card_results.check_weights(written.weights_sha256(), folder.destination)
             _write_folder_files(plan, layout, staging, recipe, carried,
                                 card_results.scores if card_results is not None else None)
-            inputs_unchanged(plan)  # before the commit: an input rewritten meanwhile discards the output
+            inputs_unchanged(plan)  # ...and so did the rest: an input rewritten meanwhile discards the output
         return MergeResult(folder.destination, len(plan.grafted), len(plan.copied), total,
                            time.perf_counter() - started, str(device))
     finally:
