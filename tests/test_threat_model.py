@@ -1,7 +1,7 @@
-"""Every test docs/architecture.md's threat-model tables cite exists: a cell names `path.py::test_name` (under
-tests/; a bare file name is found in any folder there when only one file has it), or `::test_name` for another test
-of the file named before it on the same row, and a renamed or deleted test fails here instead of leaving a promise
-without its check."""
+"""Every test docs/architecture.md's threat-model tables cite exists, so a renamed or deleted test fails here instead
+of leaving a promise without its check. A cell names `path.py::test_name` (under tests/; a bare file name is found
+in any folder there when only one file has it), `::test_name` for another test of the file named before it on the
+same row, or a bare `test_name` of the suite."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ["input", "regular file", "size bound", "schema", "encoding", "dtype policy", "finite values", "range"]
 CITATION = re.compile(r"`(?:tests/)?((?:[\w-]+/)*[\w-]+\.py)?::(test_\w+)")
 
 
@@ -53,3 +54,29 @@ def test_the_threat_model_cites_only_tests_that_exist() -> None:
     missing = [f"{file}::{test}" for file, test, _ in cited
                if (path := cited_file(file)) is None or test not in defined_tests(path)]
     assert not missing, f"cited in docs/architecture.md but not found: {missing}"
+
+
+def every_test_name() -> set[str]:
+    return {name for path in (ROOT / "tests").rglob("test_*.py") for name in defined_tests(path)
+            if name.startswith("test_")}
+
+
+def checkpoint_section() -> str:
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    return text.split("<!-- threat model: begin -->", 1)[1].split("<!-- threat model: end -->", 1)[0]
+
+
+def test_every_bare_test_name_the_threat_model_cites_exists() -> None:
+    cited = {name for section in threat_model_sections() for name in re.findall(r"`(test_\w+)`", section)}
+    assert len(cited) > 60
+    assert sorted(cited - every_test_name()) == []
+
+
+def test_the_checkpoint_tables_have_every_check_as_a_column_and_no_empty_cell() -> None:
+    section = checkpoint_section()
+    assert "| " + " | ".join(COLUMNS) + " |" in section
+    assert "| path | rule | tests |" in section
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| input")]
+    for row in rows:  # a check that cannot apply says so ("—")
+        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        assert all(cells), row

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from graft.databases import check_verdict_cache
 from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
 from graft.flag_ranges import EVAL, check
+from graft.io.checkpoint import weights_sha256
 from graft.io.guard import check_destination, note_finished, overlapping_input, write_file
 from graft.io.hub import hub_source
 from graft.progress import StepProgress
@@ -290,6 +291,9 @@ def evaluate(
     origin = hub_source(engine.name)
     results.model = {**engine.describe(), "hub": origin.repo_id if origin else None,
                      "revision": origin.revision if origin else None, "content_hash": model_hash,
+                     # the folder's weights as read from disk (`graft merge --results` checks it); none for a
+                     # model handed in loaded (a search's trial weights are not any folder's)
+                     "weights_sha256": weights_sha256(engine.name) if isinstance(model, (str, Path)) else None,
                      "tokens": _tokens(engine) if isinstance(engine, Engine) else None}
     results.judge = safety_judge.describe() if safety_judge else {"name": judge_cfg.kind, "used": False}
     results.config = {"tasks": [t.name for t in run], "limit": limit, "fraction": fraction, "seed": seed,

@@ -1,8 +1,8 @@
 """Every numeric flag of eval, search, inspect, recipe --from-scores and demo has a documented range
 (graft.flag_ranges), quoted by --help and enforced as one line, exit 2, naming the flag. The values a user reported
 (`--max-new-tokens 0` scoring safety on empty replies, `--batch-size 0` or `-1` exiting 1, `--seed -1` crashing
-after the work) and a cap beyond the model's context are checked here by name; tests/test_properties.py draws the
-rest."""
+after the work) and a cap beyond the model's context are checked here by name;
+tests/test_properties_evaluation.py draws the rest."""
 
 from __future__ import annotations
 
