@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
+from graft.core.recipe import Coefficients, Recipe
+from graft.engines.extract import extract_vector
 from graft.engines.merge import merge
 from graft.engines.resident import ResidentGraft
 from graft.evals.generation import Engine
-from graft.recipe import Coefficients, Recipe
-from graft.vector import extract_vector
 
 _spec = importlib.util.spec_from_file_location("bench_merge", Path(__file__).with_name("merge.py"))
 assert _spec is not None and _spec.loader is not None

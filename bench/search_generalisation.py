@@ -55,11 +55,11 @@ def main() -> None:
     from rich.console import Console
 
     from graft import demo
+    from graft.engines.extract import extract_vector
     from graft.evals import evaluate
     from graft.evals.config import DataConfig
     from graft.evals.screening import Split
     from graft.toy.world import WorldSpec, build_world
-    from graft.vector import extract_vector
 
     console = Console(stderr=True)
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}

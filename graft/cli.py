@@ -27,6 +27,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from graft import __version__
+from graft.core.recipe import LARGE_LAMBDA, Recipe
 from graft.demo import DEMO_HOLDOUT, DEMO_SCALES, DEMO_TRIALS
 from graft.display import console_text, human_size, printable, shown, use_safe_streams
 from graft.errors import EXIT_CODES, GraftError, UsageError
@@ -34,7 +35,6 @@ from graft.evals.command import EvalCommand, eval_command
 from graft.flag_ranges import DEMO, check, help_range
 from graft.inspect.command import inspect_command
 from graft.io.guard import finished_outputs, forget_finished, is_stdout, write_file
-from graft.recipe import LARGE_LAMBDA, Recipe
 from graft.recipe_flags import build_recipe
 from graft.search.command import search_command
 
@@ -129,7 +129,7 @@ PartialOpt = Annotated[bool | None, typer.Option(
 
 def with_revisions(spec: Recipe, target_revision: str | None, vector_revision: str | None) -> Recipe:
     """The recipe with `--target-revision`/`--vector-revision` folded into its hub ids (`org/name@REV`)."""
-    from graft.io.hub import with_revision
+    from graft.core.model_ids import with_revision
 
     if target_revision is None and vector_revision is None:
         return spec
@@ -312,11 +312,12 @@ def extract(
     verbose: Verbose = False,
 ) -> None:
     """Extract the task vector τ = ALIGNED − BASE, streamed tensor by tensor, into a vector folder."""
-    from graft.io.hub import resolve_model, with_revision
-    from graft.vector import extract_vector
+    from graft.core.model_ids import with_revision
+    from graft.engines.extract import extract_vector
+    from graft.io.hub import resolve_model
 
     if push_to_hub is not None:
-        from graft.io.hub import check_hub_id
+        from graft.core.model_ids import check_hub_id
         from graft.io.publish import hub_token
 
         check_hub_id(push_to_hub, "--push-to-hub")  # a bad repository id or no token: refused before hours of
@@ -457,7 +458,7 @@ def merge(
     _note_unused_origin(origin, spec)
     spec = with_revisions(spec, target_revision, vector_revision)
     if push_to_hub is not None:
-        from graft.io.hub import check_hub_id
+        from graft.core.model_ids import check_hub_id
         from graft.io.publish import hub_token
 
         check_hub_id(push_to_hub, "--push-to-hub")  # a bad repository id or no token: refused before the merge,

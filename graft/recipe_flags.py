@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 
-from graft.engines.operators import OPERATORS
+from graft.core.operators import OPERATORS
+from graft.core.recipe import Recipe, size_in_range
 from graft.errors import UsageError
-from graft.recipe import Recipe, size_in_range
 from graft.schema import load_yaml_text, yaml_problem
 
 

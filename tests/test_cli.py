@@ -10,8 +10,8 @@ import yaml
 from typer.testing import CliRunner
 
 from graft.cli import app
+from graft.engines.extract import extract_vector
 from graft.toy.layouts import TextSpec, build_text_pair
-from graft.vector import extract_vector
 from tests.test_merge import load_folder, reference_graft, stored_tau
 
 runner = CliRunner()

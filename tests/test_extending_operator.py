@@ -12,11 +12,11 @@ import torch
 from typer.testing import CliRunner
 
 from graft.cli import app
-from graft.engines import operators
+from graft.core import operators
+from graft.core.recipe import Recipe
 from graft.engines.merge import merge
 from graft.engines.resident import ResidentGraft
 from graft.errors import UsageError
-from graft.recipe import Recipe
 from tests.test_merge import load_folder, target_name
 from tests.test_resident import TRIAL, assert_same_weights, base_recipe, merged_state, snapshot
 

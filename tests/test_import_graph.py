@@ -269,8 +269,8 @@ def test_layer_check_finds_a_planted_upward_import(tmp_path: Path) -> None:
         (pkg / folder / "__init__.py").write_text("")
     (pkg / "__init__.py").write_text("")
     (pkg / "base.py").write_text("")
-    (pkg / "low" / "a.py").write_text("from pkg import base\nfrom pkg.low import b\n"
-                                      "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.high import c\n"
+    (pkg / "low" / "a.py").write_text("from pkg import base\nfrom pkg.low import b\nfrom typing import TYPE_CHECKING\n"
+                                      "if TYPE_CHECKING:\n    from pkg.high import c\n"
                                       "def f():\n    from pkg.high.c import thing\n    return thing\n")
     (pkg / "low" / "b.py").write_text("")
     (pkg / "high" / "c.py").write_text("from pkg.low import a\nthing = 1\n")

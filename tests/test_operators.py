@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
+from graft.core.operators import Chunk, OperatorSpec, TensorRef, dare_keep, dare_key, dare_threshold
+from graft.core.recipe import Recipe
 from graft.engines.merge import merge
-from graft.engines.operators import Chunk, OperatorSpec, TensorRef, dare_keep, dare_key, dare_threshold
 from graft.engines.resident import ResidentGraft
 from graft.errors import UsageError
-from graft.recipe import Recipe
 from tests.test_merge import load_folder, target_name
 from tests.test_resident import (
     OTHER,
@@ -365,10 +365,10 @@ def test_non_finite_results_name_the_operator_and_params_the_operator_they_belon
     refused as one the recipe's operator does not have, saying how to pick another."""
     import torch
 
-    from graft.engines import operators
+    from graft.core import operators
+    from graft.core.recipe import Recipe
     from graft.engines.merge import merge
     from graft.errors import IncompatibleError
-    from graft.recipe import Recipe
 
     @operators.register
     class Broken(operators.GraftOperator[operators.OperatorParams]):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from graft.core.recipe import Coefficients, Recipe
 from graft.errors import UsageError
-from graft.recipe import Coefficients, Recipe
 from graft.recipe_flags import build_recipe
 
 

@@ -4,7 +4,7 @@
 The references are independent of graft.engines.resident: the merged folder is written by
 `graft.engines.merge.merge` (itself checked against a NumPy reference in test_merge.py) and reloaded by
 transformers; in-memory names are written out here from the layouts' documented renaming, not taken from
-graft.engines.mapping.
+graft.core.mapping.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
+from graft.core.recipe import Coefficients, Recipe
+from graft.engines.extract import extract_vector
 from graft.engines.merge import merge
 from graft.engines.resident import ResidentGraft
 from graft.errors import IncompatibleError, UsageError
-from graft.recipe import Coefficients, Recipe
 from graft.toy.layouts import LAYOUTS, TextSpec, build_target, build_text_pair
-from graft.vector import extract_vector
 from tests.conftest import ALL_LAYOUTS
 
 LOADABLE = [name for name in ALL_LAYOUTS if LAYOUTS[name].loadable]

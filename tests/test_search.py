@@ -22,13 +22,13 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from graft.cli import app
+from graft.core.recipe import Coefficients, Recipe
 from graft.errors import UsageError
 from graft.evals.screening import Split
-from graft.recipe import Coefficients, Recipe
+from graft.io.vector_folder import SafetyVector
 from graft.search import run_search
 from graft.search.config import Stage
 from graft.search.study import budget_state, claim, open_storage, run_worker
-from graft.vector import SafetyVector
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_DATA = ROOT / "graft" / "evals" / "fixtures" / "data.yaml"

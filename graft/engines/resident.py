@@ -11,12 +11,12 @@ What it guarantees: after `apply(c)` every parameter of the live model is bit-id
 * the plan is `build_plan` on the recipe's target, vector, mapping rules and origin (so merge, search and inspect
   agree on which tensor gets which λ), and λ per trial is `Coefficients.layer_factors` + `Coefficients.lam`;
 * the arithmetic is `ops.graft_rows` (fp32, one cast), λ = 0 copies the pristine tensor (as merge copies it);
-* the operator (graft.engines.operators) is merge's: its effective τ is computed once at load (and again by
+* the operator (graft.core.operators) is merge's: its effective τ is computed once at load (and again by
   `set_operator`) by the same `prepare` over merge's own element chunks and the same `transform`.
 
 Names: merge works on on-disk names, but transformers 5 renames keys when it loads (Qwen2-VL's `model.layers.N.*`
 becomes `model.language_model.layers.N.*`, LLaVA's `language_model.model.*` becomes `model.language_model.*`) and
-ties `lm_head` to the embedding. On-disk names are matched to parameter names by graft.engines.mapping's matcher
+ties `lm_head` to the embedding. On-disk names are matched to parameter names by graft.core.mapping's matcher
 (names and shapes, no per-family table), and every matched pair is verified byte for byte against the checkpoint.
 """
 
@@ -29,8 +29,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from graft.devices import resolve_device
-from graft.engines.mapping import GROUPS, match_names
+from graft.core.arithmetic import graft_rows
+from graft.core.dtypes import CAST_NAMES, torch_dtype_named
+from graft.core.mapping import GROUPS, match_names
+from graft.core.operators import Chunk, GraftOperator, OperatorSpec, TensorRef
+from graft.core.recipe import Coefficients, Recipe
 from graft.engines.merge import (
     chunk_elements,
     close_plan,
@@ -39,14 +42,11 @@ from graft.engines.merge import (
     open_plan,
     tensor_chunks,
 )
-from graft.engines.operators import Chunk, GraftOperator, OperatorSpec, TensorRef
-from graft.engines.ops import graft_rows
 from graft.engines.plan import GraftPlan, TensorAction, build_plan
 from graft.errors import IncompatibleError, UsageError
 from graft.io.checkpoint import Checkpoint
-from graft.io.dtypes import CAST_NAMES, torch_dtype_named
-from graft.io.writer import parse_size
-from graft.recipe import Coefficients, Recipe
+from graft.io.devices import resolve_device
+from graft.schema import parse_size
 
 if TYPE_CHECKING:
     from graft.evals.generation import Engine
@@ -309,7 +309,7 @@ def _load_engine(target: Checkpoint, device: torch.device, dtype_name: str, batc
 
 
 def parameter_names(target: Checkpoint, model: torch.nn.Module) -> dict[str, str]:
-    """On-disk name -> in-memory parameter name, from names and shapes: graft.engines.mapping's matcher, then same-name
+    """On-disk name -> in-memory parameter name, from names and shapes: graft.core.mapping's matcher, then same-name
     same-shape pairs for whatever it left. Only a guess until `_make_slots` has compared the bytes."""
     memory = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
     disk = {name: info.shape for name, info in target.tensors.items()}

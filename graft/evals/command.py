@@ -99,9 +99,9 @@ def eval_command(
                                                             "files only."),
 ) -> None:
     """Score a model on safety (1 - ASR) and medical benchmarks."""
+    from graft.core.model_ids import with_revision
     from graft.errors import UsageError
-    from graft.io.hub import with_revision
-    from graft.tracking import check_loggers, fail_all, open_trackers
+    from graft.io.tracking import check_loggers, fail_all, open_trackers
 
     from .suite import evaluate  # loads transformers: only when the command runs, not for every `graft` call
 
@@ -167,8 +167,8 @@ def lm_eval_path(out: Path) -> Path:
 def log_results(trackers: list, results, files: list[Path]) -> bool:
     """One tracker run per evaluation (started before it): its configuration as parameters, every score and
     standard error as metrics, the written files as artifacts. The results are complete on disk by now, so a
-    tracker failing here is a warning (graft.tracking.finish_all); False then."""
-    from graft.tracking import finish_all, flat, numbers
+    tracker failing here is a warning (graft.io.tracking.finish_all); False then."""
+    from graft.io.tracking import finish_all, flat, numbers
 
     config = {k: v for k, v in results.config.items() if k not in ("task_configs", "data")}
     params = {**flat("", config), **flat("model", results.model), **flat("judge", results.judge or {}),

@@ -12,10 +12,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from graft.databases import check_verdict_cache
 from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
 from graft.flag_ranges import EVAL, check
 from graft.io.checkpoint import weights_sha256
+from graft.io.databases import check_verdict_cache
 from graft.io.guard import check_destination, note_finished, overlapping_input, write_file
 from graft.io.hub import hub_source
 from graft.progress import StepProgress

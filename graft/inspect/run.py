@@ -65,8 +65,8 @@ def inspect_vector(
         found = graft.inspect_vector("vector", target="med-model", origin="med-base")
         found.table().sort_values("ratio", ascending=False).head()
     """
+    from graft.io.vector_folder import SafetyVector
     from graft.recipe_flags import build_recipe
-    from graft.vector import SafetyVector
 
     from .recipe_lambdas import lambdas
     from .report import write_report

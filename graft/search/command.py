@@ -100,8 +100,8 @@ def search_command(
     """Search λ per layer/block/group with Optuna: restore safety, keep medical skill."""
     import optuna
 
-    from graft.io.hub import with_revision
-    from graft.tracking import load_callback
+    from graft.core.model_ids import with_revision
+    from graft.io.tracking import load_callback
 
     from .run import run_search
     from .study import budget_state

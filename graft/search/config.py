@@ -15,7 +15,7 @@ seed: 0
 judge: keyword                   # keyword | guard:PATH | openai:MODEL@URL (or a mapping)
 screening: {tasks: [catqa], limit: 16, threshold: 0.5}
 objective: {mode: constrained, max_medical_drop: 0.02, max_over_refusal: 0.1}
-log: [mlflow]                    # optional: mlflow and/or wandb (graft.tracking)
+log: [mlflow]                    # optional: mlflow and/or wandb (graft.io.tracking)
 ```
 """
 
@@ -115,7 +115,7 @@ class SearchEvalConfig(_Strict):
     screening: Screening | None = None
     objective: Objective = Field(default_factory=Objective)
     log: list[Literal["mlflow", "wandb"]] = Field(
-        default_factory=list, description="trackers to send the search to (graft.tracking); --log adds to them")
+        default_factory=list, description="trackers to send the search to (graft.io.tracking); --log adds to them")
 
     @field_validator("log", mode="before")
     @classmethod

@@ -11,10 +11,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from graft.engines.operators import OperatorSpec
+from graft.core.operators import OperatorSpec
+from graft.core.recipe import Coefficients, Recipe
 from graft.errors import IncompatibleError, UsageError
 from graft.evals.benchmarks import TASKS
-from graft.recipe import Coefficients, Recipe
 
 from .config import SearchEvalConfig, Stage
 
@@ -23,7 +23,7 @@ Operator = str | dict[str, Any] | None  # a trial's operator: a name, {name: NAM
 
 def trial_recipe(base: Recipe, coefficients: Coefficients, operator: Operator = None) -> Recipe:
     """The recipe a trial stands for: the base recipe (target, vector, mapping, options) with its coefficients and
-    its operator (None leaves the base recipe's). The operator is read by graft.engines.operators, the one seam both
+    its operator (None leaves the base recipe's). The operator is read by graft.core.operators, the one seam both
     engines share, so nothing here knows what any operator does."""
     recipe = base.model_copy(update={"coefficients": coefficients, "out": None})
     if operator is None:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from graft.recipe import Coefficients
+from graft.core.recipe import Coefficients
 
 from .config import Objective, SearchEvalConfig, Stage
 from .samplers import folds_constraints
