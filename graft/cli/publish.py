@@ -1,4 +1,4 @@
-"""`graft push`: publish a merged model folder or a vector folder to the Hugging Face hub.
+"""`graft push` and `--push-to-hub`: publish a merged model folder or a vector folder to the Hugging Face hub.
 
 Only a complete graft output is pushed: the folder must carry graft's marker, open cleanly as what its marker says
 (every shard the index names, readable headers, a valid manifest) and hold no staging left by an unfinished write.
@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from graft.cli.console import stderr
 from graft.core.model_ids import REVISION, check_hub_id, looks_like_hub_id
+from graft.display import console_text, shown
 from graft.errors import GraftError, InputError, UsageError, reason
 from graft.io.guard import MARKER, OWNER, STAGING_RE, folder_kind, is_graft_folder
 from graft.io.hub import network_errors
@@ -170,6 +172,23 @@ def push(folder: str | Path, repo_id: str, *, private: bool = True, revision: st
                       url=getattr(info, "commit_url", None))
 
 
+def check_push_target(repo_id: str | None) -> None:
+    """`--push-to-hub`: a bad repository id or no token is refused before the write, not after hours of work."""
+    if repo_id is not None:
+        check_hub_id(repo_id, "--push-to-hub")
+        hub_token(None)
+
+
+def push_after(folder: Path, repo_id: str | None, quiet: bool) -> None:
+    """`--push-to-hub`: the same push as `graft push`, once the output is committed."""
+    if repo_id is None:
+        return
+    result = push(folder, repo_id)
+    if not quiet:
+        stderr.print(console_text(f"pushed {shown(folder)} to {result.url or result.repo_id} (private unless it "
+                                  "existed)"), soft_wrap=True)
+
+
 def _operations(folder: Path, published: dict[str, bytes]) -> list[Any]:
     """One upload per file of the folder (its published copy where there is one), graft's bookkeeping left home."""
     from huggingface_hub import CommitOperationAdd
@@ -183,4 +202,4 @@ def _operations(folder: Path, published: dict[str, bytes]) -> list[Any]:
     return operations
 
 
-__all__ = ["PushResult", "check_pushable", "hub_token", "published_files", "push"]
+__all__ = ["PushResult", "check_push_target", "check_pushable", "hub_token", "published_files", "push", "push_after"]

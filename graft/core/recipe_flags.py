@@ -4,11 +4,13 @@ a recipe's λ), so neither command imports the other."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from graft.core.model_ids import with_revision
 from graft.core.operators import OPERATORS
 from graft.core.recipe import Recipe, size_in_range
 from graft.errors import UsageError
@@ -45,48 +47,92 @@ def size_flag(flag: str, field: str, text: str | None) -> str | None:
     return text
 
 
-def build_recipe(recipe: Path | None, **flags: Any) -> Recipe:
-    """Recipe file (if any) with command-line flags laid over it; None means 'not given, keep the recipe's'."""
-    for field in ("chunk_size", "shard_size"):
-        size_flag("--" + field.replace("_", "-"), field, flags.get(field))
-    base = Recipe.from_yaml(recipe) if recipe else Recipe()
-    coefficients: dict[str, Any] = {}
-    if flags.get("scale") is not None:
-        coefficients["scale"] = flags["scale"]
-    for key, flag in (("layers", "--layers"), ("blocks", "--blocks"), ("control_points", "--control-points")):
-        values = _floats(flags.get(key), flag)
-        if values is not None:
-            coefficients.update({"layers": None, "blocks": None, "control_points": None, key: values})
-    groups = _pairs(flags.get("group"), "--group", "=")
-    if groups:
-        try:
-            coefficients["groups"] = {**base.coefficients.groups, **{g: float(v) for g, v in groups}}
-        except ValueError as exc:
-            raise UsageError(f"--group: factors must be numbers ({exc})") from exc
-    mapping: dict[str, Any] = {}
-    rules = _pairs(flags.get("map"), "--map", "=>")
-    if rules:
-        mapping["rules"] = [*base.mapping.model_dump()["rules"], *({"match": m, "replace": r} for m, r in rules)]
-    for key in ("include", "exclude"):
-        if flags.get(key):
-            mapping[key] = [*getattr(base.mapping, key), *flags[key]]
-    options = {k: flags[k] for k in ("dtype", "shard_size", "device", "origin", "orthogonalize", "chunk_size",
-                                     "strict", "allow_partial")
-               if flags.get(k) is not None}
-    top = {k: flags[k] for k in ("target", "vector", "out") if flags.get(k) is not None}
-    changes: dict[str, Any] = {**top}
-    operator = _operator_flags(base, flags.get("operator"), flags.get("operator_param"))
-    if operator is not None:
-        changes["operator"] = operator
-        if flags.get("orthogonalize") is None:  # the legacy flag follows the operator unless given
-            options["orthogonalize"] = operator["name"] == "orthogonal"
-    if coefficients:
-        changes["coefficients"] = coefficients
-    if mapping:
-        changes["mapping"] = mapping
-    if options:
-        changes["options"] = options
-    return base.updated(**changes) if changes else base
+@dataclass(frozen=True, kw_only=True)
+class RecipeFlags:
+    """The recipe a command runs: `recipe_file` (if any) with every flag given laid over it, in the flags' own
+    spelling (`group=["attn=0.5"]`, `layers="0,0.5,1"`); a field left None keeps the recipe's value."""
+
+    recipe_file: Path | None = None
+    target: str | None = None
+    vector: str | None = None
+    out: str | None = None
+    target_revision: str | None = None
+    vector_revision: str | None = None
+    scale: float | None = None
+    layers: str | None = None
+    blocks: str | None = None
+    control_points: str | None = None
+    group: list[str] | None = None
+    map: list[str] | None = None
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    origin: str | None = None
+    orthogonalize: bool | None = None
+    operator: str | None = None
+    operator_param: list[str] | None = None
+    dtype: str | None = None
+    shard_size: str | None = None
+    device: str | None = None
+    chunk_size: str | None = None
+    strict: bool | None = None
+    allow_partial: bool | None = None
+
+    def to_recipe(self) -> Recipe:
+        """The recipe file (if any) with these flags laid over it, hub revisions folded into the ids
+        (`org/name@REV`)."""
+        for field in ("chunk_size", "shard_size"):
+            size_flag("--" + field.replace("_", "-"), field, getattr(self, field))
+        base = Recipe.from_yaml(self.recipe_file) if self.recipe_file else Recipe()
+        changes: dict[str, Any] = {k: getattr(self, k) for k in ("target", "vector", "out")
+                                   if getattr(self, k) is not None}
+        coefficients = self._coefficients(base)
+        mapping = self._mapping(base)
+        options = {k: getattr(self, k) for k in ("dtype", "shard_size", "device", "origin", "orthogonalize",
+                                                "chunk_size", "strict", "allow_partial")
+                   if getattr(self, k) is not None}
+        operator = _operator_flags(base, self.operator, self.operator_param)
+        if operator is not None:
+            changes["operator"] = operator
+            if self.orthogonalize is None:  # the legacy flag follows the operator unless given
+                options["orthogonalize"] = operator["name"] == "orthogonal"
+        if coefficients:
+            changes["coefficients"] = coefficients
+        if mapping:
+            changes["mapping"] = mapping
+        if options:
+            changes["options"] = options
+        spec = base.updated(**changes) if changes else base
+        if self.target_revision is None and self.vector_revision is None:
+            return spec
+        return spec.model_copy(update={
+            "target": with_revision(spec.target, self.target_revision, "--target-revision"),
+            "vector": with_revision(spec.vector, self.vector_revision, "--vector-revision")})
+
+    def _coefficients(self, base: Recipe) -> dict[str, Any]:
+        coefficients: dict[str, Any] = {}
+        if self.scale is not None:
+            coefficients["scale"] = self.scale
+        for key, flag in (("layers", "--layers"), ("blocks", "--blocks"), ("control_points", "--control-points")):
+            values = _floats(getattr(self, key), flag)
+            if values is not None:
+                coefficients.update({"layers": None, "blocks": None, "control_points": None, key: values})
+        groups = _pairs(self.group, "--group", "=")
+        if groups:
+            try:
+                coefficients["groups"] = {**base.coefficients.groups, **{g: float(v) for g, v in groups}}
+            except ValueError as exc:
+                raise UsageError(f"--group: factors must be numbers ({exc})") from exc
+        return coefficients
+
+    def _mapping(self, base: Recipe) -> dict[str, Any]:
+        mapping: dict[str, Any] = {}
+        rules = _pairs(self.map, "--map", "=>")
+        if rules:
+            mapping["rules"] = [*base.mapping.model_dump()["rules"], *({"match": m, "replace": r} for m, r in rules)]
+        for key in ("include", "exclude"):
+            if getattr(self, key):
+                mapping[key] = [*getattr(base.mapping, key), *getattr(self, key)]
+        return mapping
 
 
 def _operator_flags(base: Recipe, name: str | None, params: list[str] | None) -> dict[str, Any] | None:
@@ -116,4 +162,4 @@ def _operator_flags(base: Recipe, name: str | None, params: list[str] | None) ->
     return {"name": chosen, **values}
 
 
-__all__ = ["build_recipe", "size_flag"]
+__all__ = ["RecipeFlags", "size_flag"]

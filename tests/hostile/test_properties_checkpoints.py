@@ -21,11 +21,11 @@ from safetensors.torch import save_file
 
 from graft.core.dtypes import SAFETENSORS_TAGS, TAGS
 from graft.core.recipe import SIZE_RANGES, Recipe
+from graft.core.recipe_flags import RecipeFlags
 from graft.engines.extract import extract_vector
 from graft.errors import GraftError, InputError, UsageError
 from graft.io.checkpoint import Checkpoint, read_shard_header
 from graft.io.vector_folder import SafetyVector
-from graft.recipe_flags import build_recipe
 from graft.schema import load_yaml_text
 
 BOUNDED = settings(derandomize=True, max_examples=150, deadline=None,
@@ -252,7 +252,7 @@ flag_text = names | st.sampled_from(["0", "-1", "nan", "inf", "1e400", "0.5", "1
     "operator_param": st.lists(flag_text, max_size=2), "dtype": flag_text}))
 def test_flags_make_a_valid_recipe_or_one_usage_line(flags: dict) -> None:
     try:
-        recipe = build_recipe(None, **flags)
+        recipe = RecipeFlags(**flags).to_recipe()
     except UsageError as exc:
         _one_line(exc)
         return

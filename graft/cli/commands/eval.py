@@ -1,24 +1,23 @@
-"""`graft eval`: the CLI layer over `graft.evals.evaluate`. graft/cli.py registers it with
-`app.command("eval", cls=EvalCommand)(eval_command)`; errors surface as `GraftError`s, which the app turns into
-exit codes."""
+"""`graft eval`: the command line over `graft.evals.evaluate`."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand
 
+from graft.cli.boundary import handles_errors
+from graft.cli.options import Quiet, Verbose
+from graft.cli.progress import StepProgress, library_bars_off
 from graft.display import shown
+from graft.evals.benchmarks import SUITES, TASKS
+from graft.evals.tasks import samples_path
 from graft.flag_ranges import EVAL, help_range
-from graft.progress import StepProgress, library_bars_off
-
-from .benchmarks import SUITES, TASKS
-from .tasks import samples_path
 
 
 def tasks_help() -> str:
@@ -27,7 +26,7 @@ def tasks_help() -> str:
 
 def judge_help() -> str:
     """The registered judges' `--judge` forms (graft's three, then any a plugin registered)."""
-    from .judges import JUDGES
+    from graft.evals.judges import JUDGES
 
     return " | ".join(f"{e.usage} ({e.about})" if e.about else e.usage for e in JUDGES.values()) + "."
 
@@ -45,65 +44,73 @@ class EvalCommand(TyperCommand):
         super().format_help(ctx, formatter)
 
 
+@handles_errors
 def eval_command(
-    model: str = typer.Argument(..., help="Model folder or hub id (org/name[@REVISION]): causal LM, "
-                                          "Qwen2-VL/Qwen2.5-VL, HF LLaVA or LLaVA-Med (llava_mistral)."),
-    tasks: str = typer.Option(None, "--tasks", help=tasks_help()),
-    suite: str = typer.Option(None, "--suite", help=f"A task group instead of --tasks: {', '.join(SUITES)}."),
-    data: Path = typer.Option(..., "--data", help="YAML mapping each benchmark to a local path or a hub id."),
-    out: Path = typer.Option(Path("results.json"), "--out",
-                             help="Results JSON; per-sample records go to OUT-stem.samples.jsonl beside it."),
-    limit: int = typer.Option(None, "--limit", help="Screen on N items per task, stratified by category."
-                              + help_range(EVAL, "limit")),
-    fraction: float = typer.Option(None, "--fraction", help="Screen on this share of each task."
-                                   + help_range(EVAL, "fraction")),
-    seed: int = typer.Option(0, "--seed", help="Seed of the screening subset (--limit/--fraction) and of the "
-                                               "summary's bootstrap." + help_range(EVAL, "seed")),
-    rest: bool = typer.Option(False, "--rest",
-                              help="Score the items the --limit/--fraction subset leaves out instead: report on "
-                                   "what a search (which scored the subset) never saw."),
-    judge: str = typer.Option("keyword", "--judge", help=judge_help()),
-    mc_mode: str = typer.Option("loglik", "--mc-mode",
-                                help="Multiple choice by option log-likelihood (lm-eval) or by generation."),
-    max_new_tokens: int = typer.Option(None, "--max-new-tokens",
-                                       help="Generation cap. Default: 64 with the keyword judge, 256 with "
-                                            "a model judge, 32 for letters and VQA."
-                                            + help_range(EVAL, "max_new_tokens") + " At most the model's context."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Prompts per batch (default 8 CPU, 32 CUDA)."
-                                   + help_range(EVAL, "batch_size")),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16."),
-    font: Path = typer.Option(None, "--font", help="FigStep font (default FreeMonoBold from fonts-freefont-ttf)."),
-    system_prompt: str = typer.Option(None, "--system-prompt",
-                                      help="System turn for generated prompts (default none; log-likelihood "
-                                           "prompts are plain text, as in lm-eval)."),
-    full_replies: bool = typer.Option(False, "--full-replies",
-                                      help="With the keyword judge, generate to the cap even after a refusal "
-                                           "phrase (the verdict is the same; replies in the log are longer)."),
-    cache: Path = typer.Option(None, "--cache", help="SQLite verdict cache keyed by model content hash and item: a "
-                                                     "new file, or one an earlier graft eval made (never another "
-                                                     "application's database)."),
-    force: bool = typer.Option(False, "--force", help="Replace --out (and its samples) if an earlier graft eval "
-                                                      "wrote them; never a file graft did not write."),
-    revision: str = typer.Option(None, "--revision", help="Branch, tag or commit of a hub model (the commit it "
-                                                          "resolves to is recorded in the results)."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
-                                           help="Run the Python code a model folder ships (custom architectures); "
-                                                "off by default, only for a folder you trust."),
-    fmt: str = typer.Option("graft", "--format",
-                               help="graft: results.json (graft's schema); lm-eval: also OUT-stem.lm-eval.json in "
-                                    "lm-eval's results layout (lm-eval's task names, acc/acc_stderr, ...)."),
-    log: list[str] = typer.Option(None, "--log", help="Send the results to a tracker: mlflow or wandb "
-                                                      "(repeatable; needs graft[tracking])."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no table: errors and the written "
-                                                            "files only."),
+    model: Annotated[str, typer.Argument(help="Model folder or hub id (org/name[@REVISION]): causal LM, "
+                                              "Qwen2-VL/Qwen2.5-VL, HF LLaVA or LLaVA-Med (llava_mistral).")],
+    *,
+    tasks: Annotated[str | None, typer.Option("--tasks", help=tasks_help())] = None,
+    suite: Annotated[str | None, typer.Option(
+        "--suite", help=f"A task group instead of --tasks: {', '.join(SUITES)}.")] = None,
+    data: Annotated[Path, typer.Option("--data", help="YAML mapping each benchmark to a local path or a hub id.")],
+    out: Annotated[Path, typer.Option(
+        "--out", help="Results JSON; per-sample records go to OUT-stem.samples.jsonl beside it.")
+    ] = Path("results.json"),
+    limit: Annotated[int | None, typer.Option(
+        "--limit", help="Screen on N items per task, stratified by category." + help_range(EVAL, "limit"))] = None,
+    fraction: Annotated[float | None, typer.Option(
+        "--fraction", help="Screen on this share of each task." + help_range(EVAL, "fraction"))] = None,
+    seed: Annotated[int, typer.Option(
+        "--seed", help="Seed of the screening subset (--limit/--fraction) and of the summary's bootstrap."
+        + help_range(EVAL, "seed"))] = 0,
+    rest: Annotated[bool, typer.Option(
+        "--rest", help="Score the items the --limit/--fraction subset leaves out instead: report on what a search "
+                       "(which scored the subset) never saw.")] = False,
+    judge: Annotated[str, typer.Option("--judge", help=judge_help())] = "keyword",
+    mc_mode: Annotated[str, typer.Option(
+        "--mc-mode", help="Multiple choice by option log-likelihood (lm-eval) or by generation.")] = "loglik",
+    max_new_tokens: Annotated[int | None, typer.Option(
+        "--max-new-tokens", help="Generation cap. Default: 64 with the keyword judge, 256 with a model judge, 32 for "
+                                 "letters and VQA." + help_range(EVAL, "max_new_tokens")
+        + " At most the model's context.")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", help="Prompts per batch (default 8 CPU, 32 CUDA)." + help_range(EVAL, "batch_size"))] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(
+        "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16.")] = "auto",
+    font: Annotated[Path | None, typer.Option(
+        "--font", help="FigStep font (default FreeMonoBold from fonts-freefont-ttf).")] = None,
+    system_prompt: Annotated[str | None, typer.Option(
+        "--system-prompt", help="System turn for generated prompts (default none; log-likelihood prompts are plain "
+                                "text, as in lm-eval).")] = None,
+    full_replies: Annotated[bool, typer.Option(
+        "--full-replies", help="With the keyword judge, generate to the cap even after a refusal phrase (the verdict "
+                               "is the same; replies in the log are longer).")] = False,
+    cache: Annotated[Path | None, typer.Option(
+        "--cache", help="SQLite verdict cache keyed by model content hash and item: a new file, or one an earlier "
+                        "graft eval made (never another application's database).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace --out (and its samples) if an earlier graft eval wrote them; never a file graft did "
+                        "not write.")] = False,
+    revision: Annotated[str | None, typer.Option(
+        "--revision", help="Branch, tag or commit of a hub model (the commit it resolves to is recorded in the "
+                           "results).")] = None,
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="Run the Python code a model folder ships (custom architectures); off by "
+                                    "default, only for a folder you trust.")] = False,
+    fmt: Annotated[str, typer.Option(
+        "--format", help="graft: results.json (graft's schema); lm-eval: also OUT-stem.lm-eval.json in lm-eval's "
+                         "results layout (lm-eval's task names, acc/acc_stderr, ...).")] = "graft",
+    log: Annotated[list[str] | None, typer.Option(
+        "--log", help="Send the results to a tracker: mlflow or wandb (repeatable; needs graft[tracking]).")] = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Score a model on safety (1 - ASR) and medical benchmarks."""
     from graft.core.model_ids import with_revision
     from graft.errors import UsageError
+    from graft.evals.suite import evaluate  # loads transformers: only when the command runs, not for every `graft` call
     from graft.io.tracking import check_loggers, fail_all, open_trackers
-
-    from .suite import evaluate  # loads transformers: only when the command runs, not for every `graft` call
 
     model = with_revision(model, revision, "--revision") or model
     if fmt not in FORMATS:
@@ -150,6 +157,7 @@ def eval_command(
 
 
 FORMATS = ("graft", "lm-eval")
+command_class = EvalCommand  # the help lists the tasks and judges registered when it is shown
 
 
 def _se(se: float | None, digits: int, factor: float = 1.0) -> str:

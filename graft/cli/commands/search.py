@@ -1,5 +1,5 @@
-"""`graft search`: the CLI layer over `graft.search.run_search`. Registered in graft/cli.py with
-`app.command("search")(handles_errors(search_command))`; errors surface as `GraftError`s (exit codes)."""
+"""`graft search`: the command line over `graft.search.run_search`; errors surface as `GraftError`s, which
+graft.cli.boundary turns into one line and an exit code."""
 
 from __future__ import annotations
 
@@ -10,18 +10,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from graft.cli.boundary import handles_errors
+from graft.cli.progress import StepProgress, library_bars_off
 from graft.flag_ranges import SEARCH, help_range
-from graft.progress import StepProgress, library_bars_off
-
-from .config import MODES
-from .space import SAMPLERS
+from graft.search.config import MODES
+from graft.search.space import SAMPLERS
 
 
 def _list_spaces(value: bool) -> None:
     """`--list-spaces`: eager, so it answers before the options a search needs are asked for."""
     if not value:
         return
-    from .spaces import describe
+    from graft.search.spaces import describe
 
     table = Table("space", "sampler", "description", title="shipped search spaces (graft search --space NAME)")
     for name, sampler, description in describe():
@@ -30,6 +30,7 @@ def _list_spaces(value: bool) -> None:
     raise typer.Exit()
 
 
+@handles_errors
 def search_command(
     space: Annotated[Path, typer.Option(
         "--space", help="Search space: a YAML file, or the name of a shipped one (see --list-spaces); a file that "
@@ -102,9 +103,8 @@ def search_command(
 
     from graft.core.model_ids import with_revision
     from graft.io.tracking import load_callback
-
-    from .run import run_search
-    from .study import budget_state
+    from graft.search.run import run_search
+    from graft.search.study import budget_state
 
     target = with_revision(target, target_revision, "--target-revision")
     vector = with_revision(vector, vector_revision, "--vector-revision")
