@@ -25,7 +25,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -50,6 +51,14 @@ from graft.schema import parse_size
 
 if TYPE_CHECKING:
     from graft.evals.generation import Engine
+
+
+class ModelLoader(Protocol):
+    """How the resident graft gets its live model: the caller's choice (`graft.evals.generation.Engine.load` for the
+    search), so that the engines never import the evaluation layer. What it returns holds the model as `.model`."""
+
+    def __call__(self, path: Path, *, device: str, dtype: str, batch_size: int | None, text_only: bool) -> Engine: ...
+
 
 _STORED_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 # Rows per step of `apply`, in bytes of the pristine tensor. On CPU, 2 MB keeps graft_rows' fp32 temporaries in
@@ -105,10 +114,11 @@ class ResidentGraft:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_recipe(cls, recipe: Recipe, *, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
-                    text_only: bool = False, offload: bool = False, fused: bool = False,
-                    chunk_bytes: int | None = None) -> ResidentGraft:
-        """Load `recipe.target` with transformers and make every tensor the recipe's vector can graft resident.
+    def from_recipe(cls, recipe: Recipe, *, load: ModelLoader, device: str = "auto", dtype: str = "auto",
+                    batch_size: int | None = None, text_only: bool = False, offload: bool = False,
+                    fused: bool = False, chunk_bytes: int | None = None) -> ResidentGraft:
+        """Load `recipe.target` with `load` (the search passes `Engine.load`) and make every tensor the recipe's
+        vector can graft resident.
 
         dtype "auto" loads the model as the target is stored (or in `recipe.options.dtype` when set), so trial
         weights are bit-identical to `graft merge` output. Another dtype (e.g. float32 on a CPU, where bf16 matmuls
@@ -132,7 +142,7 @@ class ResidentGraft:
                 raise UsageError("fused=True computes from resident tensors on the GPU; it cannot be combined with "
                                  "offload=True")
             dtype_name = _engine_dtype(plan.target, recipe, dtype)
-            engine = _load_engine(plan.target, dev, dtype_name, batch_size, text_only)
+            engine = _load_engine(load, plan.target, dev, dtype_name, batch_size, text_only)
             step_bytes = chunk_bytes or APPLY_CHUNK_BYTES["cuda" if dev.type == "cuda" else "cpu"]
             slots = _make_slots(candidates, engine.model, dev, offload, step_bytes)
         except BaseException:
@@ -296,13 +306,10 @@ def _engine_dtype(target: Checkpoint, recipe: Recipe, dtype: str) -> str:
     return dtype
 
 
-def _load_engine(target: Checkpoint, device: torch.device, dtype_name: str, batch_size: int | None,
-                 text_only: bool) -> Engine:
-    from graft.evals.generation import Engine
-
+def _load_engine(load: ModelLoader, target: Checkpoint, device: torch.device, dtype_name: str,
+                 batch_size: int | None, text_only: bool) -> Engine:
     try:
-        return Engine.load(target.root, device=str(device), dtype=dtype_name, batch_size=batch_size,
-                           text_only=text_only)
+        return load(target.root, device=str(device), dtype=dtype_name, batch_size=batch_size, text_only=text_only)
     except IncompatibleError as exc:
         raise IncompatibleError(f"{exc}; the resident graft (graft search) needs a model transformers can load: "
                                 "convert it to a transformers layout, or use `graft merge`") from exc

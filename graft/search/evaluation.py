@@ -75,6 +75,7 @@ class SuiteScorer:
 
     def _resident(self, operator: Operator) -> tuple[Any, Recipe]:
         from graft.engines.resident import ResidentGraft
+        from graft.evals.generation import Engine
 
         recipe = trial_recipe(self.base, Coefficients(), operator)
         spec = recipe.operator_spec
@@ -84,7 +85,7 @@ class SuiteScorer:
             self.say(f"loading {self.base.target} with the vector resident{what} ({self.device})")
             text_only = not any(TASKS[t].needs_image for t in self.config.tasks())
             resident = ResidentGraft.from_recipe(recipe.model_copy(update={"coefficients": self.base.coefficients}),
-                                                 device=self.device, batch_size=self.batch_size or
+                                                 load=Engine.load, device=self.device, batch_size=self.batch_size or
                                                  self.config.batch_size, text_only=text_only)
             engine = resident.engine
             needs_image = [t for t in self.config.tasks() if TASKS[t].needs_image]
