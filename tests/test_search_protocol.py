@@ -161,6 +161,10 @@ def test_rungs_that_do_not_fit_the_items_are_a_one_line_usage_error_naming_the_f
     with pytest.raises(UsageError, match=r"fidelity\.rungs: 2 rungs need one objective"):
         plan_rungs(2, 3, 5, pool, FIGURES, multi_fidelity=False)
     assert plan_rungs(3, 3, 5, pool, FIGURES).count == 3
+    # A rung that adds no item to some figure is no rung: 4 benign items give 1, 1 and 4 on three rungs of 3.
+    with pytest.raises(UsageError, match=r"give benign no more items on rung 1 than on rung 0 \(the rung pool "
+                                         r"holds 4\); at most 2 fit"):
+        plan_rungs(3, 3, 1, {**pool, "benign": 4}, FIGURES)
 
 
 def test_a_budget_smaller_than_the_baselines_and_one_rung_is_refused() -> None:

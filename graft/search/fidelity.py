@@ -140,8 +140,25 @@ class RungPlan:
 
     def smallest(self, pool: Mapping[str, int], figures: Mapping[str, Sequence[str]]) -> dict[str, int]:
         """Items per figure on the smallest rung."""
-        first = self.items(pool, 0)
-        return {name: sum(first.get(t, 0) for t in tasks) for name, tasks in figures.items()}
+        return self.figure_items(pool, figures, 0)
+
+    def figure_items(self, pool: Mapping[str, int], figures: Mapping[str, Sequence[str]], rung: int
+                     ) -> dict[str, int]:
+        on = self.items(pool, rung)
+        return {name: sum(on.get(t, 0) for t in tasks) for name, tasks in figures.items()}
+
+    def flat(self, pool: Mapping[str, int], figures: Mapping[str, Sequence[str]]) -> tuple[str, int] | None:
+        """A figure that some rung gives no more items than the rung below (a rung that adds nothing), with that
+        rung; None when every rung adds items to every figure."""
+        for rung in range(1, self.count):
+            below, here = self.figure_items(pool, figures, rung - 1), self.figure_items(pool, figures, rung)
+            for name in figures:
+                if here[name] <= below[name]:
+                    return name, rung
+        return None
+
+    def fits(self, pool: Mapping[str, int], figures: Mapping[str, Sequence[str]], min_items: int) -> bool:
+        return min(self.smallest(pool, figures).values(), default=0) >= min_items and not self.flat(pool, figures)
 
     def describe(self, pool: Mapping[str, int] | None) -> dict:
         return {"rungs": self.count, "reduction": self.reduction,
@@ -163,20 +180,24 @@ def plan_rungs(rungs: int | Literal["auto"], reduction: int, min_items: int, poo
     if rungs == "auto":
         count = 1
         for candidate in range(2, MAX_AUTO_RUNGS + 1):
-            if min(RungPlan(candidate, reduction).smallest(pool, figures).values(), default=0) >= min_items:
+            if RungPlan(candidate, reduction).fits(pool, figures, min_items):
                 count = candidate
         return RungPlan(count, reduction)
     plan = RungPlan(rungs, reduction)
-    if rungs > 1:
+    if rungs > 1 and not plan.fits(pool, figures, min_items):
+        fits = plan_rungs("auto", reduction, min_items, pool, figures).count
+        advice = f"at most {fits} fit these benchmarks: lower rungs or reduction, or add items"
         short = {name: n for name, n in plan.smallest(pool, figures).items() if n < min_items}
         if short:
             name, n = min(short.items(), key=lambda kv: kv[1])
             total = sum(pool.get(t, 0) for t in figures[name])
-            fits = plan_rungs("auto", reduction, min_items, pool, figures).count
             raise UsageError(f"{source}: fidelity.rungs: {rungs} rungs of reduction {reduction} leave {name} "
                              f"{n} item(s) on the smallest rung (of {total} in the rung pool; min_items "
-                             f"{min_items}); at most {fits} fit these benchmarks: lower rungs or reduction, or add "
-                             "items")
+                             f"{min_items}); {advice}")
+        name, rung = plan.flat(pool, figures) or ("", 0)
+        raise UsageError(f"{source}: fidelity.rungs: {rungs} rungs of reduction {reduction} give {name} no more "
+                         f"items on rung {rung} than on rung {rung - 1} (the rung pool holds "
+                         f"{sum(pool.get(t, 0) for t in figures[name])}); {advice}")
     return plan
 
 
