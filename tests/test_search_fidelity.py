@@ -308,3 +308,17 @@ def test_a_promotion_scores_only_the_items_the_next_rung_adds(make_world, tmp_pa
     # recipe's second rung finds its first rung's 9 items in the verdict cache and scores only the 9 it adds.
     fresh = [c["items"] - c["cached"] for c in second]
     assert fresh[0] == 18 and all(f == 9 for f in fresh[2:])
+
+
+def test_a_budget_too_small_for_any_searched_trial_to_reach_the_last_rung_still_picks_one(make_world,
+                                                                                         tmp_path: Path) -> None:
+    world = make_world("causal")
+    scorer = Landscape(num_layers(world))
+    result = search(world, tmp_path, scorer, trials=5)
+    study = study_of(tmp_path / "out")
+    searched = [t for t in study.trials if not t.user_attrs.get("baseline")]
+    assert len(searched) == 2 and all(t.user_attrs["rung"] == 0 for t in searched)  # neither was promoted
+    assert any("no searched trial reached the last rung (rung 1); the finalists come from rung 0" in w
+               for w in result.summary["warnings"])
+    assert result.summary["best_searched"]["number"] in {t.number for t in searched}
+    assert result.summary["report"]["models"]["searched"]["held_out"] is not None

@@ -299,3 +299,8 @@ def test_best_trial_rules_per_mode() -> None:
                 rec(2, 0.8, 0.6, over_refusal=0.1)]
     assert best_of(refusing, constrained).number == 1
     assert best_of(refusing, capped).number == 2 and refusing[1].feasible(capped) is False
+    # With no feasible trial, the one that breaks its constraints least wins (as Optuna ranks infeasible trials),
+    # not the safest: refusing 90 % of benign prompts is 0.8 over ρ, refusing 15 % only 0.05.
+    none_feasible = [rec(1, 1.0, 0.6, over_refusal=0.9), rec(2, 0.5, 0.6, over_refusal=0.15),
+                     rec(3, 0.6, 0.6, drop=0.2, over_refusal=0.0)]
+    assert best_of(none_feasible, capped).number == 2

@@ -138,12 +138,20 @@ def constraints_of(user_attrs: Mapping[str, Any], objective: Objective) -> list[
     return [INFEASIBLE] * (1 + (objective.max_over_refusal is not None) + objective.keep_target_safety)
 
 
-def selection_key(safety: float, medical: float, feasible: bool, value: float, objective: Objective) -> tuple:
+def selection_key(safety: float, medical: float, feasible: bool, value: float, objective: Objective,
+                  violation: float = 0.0) -> tuple:
     """Larger is better. Weighted: the weighted value. Constrained and Pareto: feasible (every constraint met)
-    first, then safety, then medical (in Pareto mode this picks one point of the front for best_recipe.yaml)."""
+    first, then safety, then medical (in Pareto mode this picks one point of the front for best_recipe.yaml). Among
+    infeasible trials the one that breaks its constraints least (`violation`, the sum of their positive parts)
+    first, as Optuna's constrained samplers rank them, then safety: a trial that refuses everything is not "the
+    best infeasible one" for being safe."""
     if objective.mode == "weighted":
         return (value, safety, medical)
-    return (feasible, safety, medical)
+    return (True, safety, medical) if feasible else (False, -violation, safety)
+
+
+def violation_of(constraints: Sequence[float]) -> float:
+    return sum(max(0.0, c) for c in constraints)
 
 
 def screening_verdict(screening: float, incumbent: float | None, config: SearchEvalConfig) -> str | None:
@@ -314,4 +322,4 @@ class TrialObjective:
 __all__ = ["ItemScorer", "Pruned", "Scorer", "TrialObjective", "TrialScores", "attrs_of", "constraint_values",
            "constraints_of", "directions", "is_feasible", "judge_trial", "judged_constraints", "medical_drop",
            "metric_names", "objective_values", "outcomes_of", "reference_outcomes", "screening_verdict",
-           "selection_key", "summarize"]
+           "selection_key", "summarize", "violation_of"]

@@ -24,7 +24,7 @@ from graft.recipe import Coefficients, Recipe
 
 from .config import Objective
 from .evaluation import trial_recipe
-from .objective import constraint_values, is_feasible, selection_key
+from .objective import constraint_values, is_feasible, selection_key, violation_of
 from .space import Cell
 
 FILES = ("best_recipe.yaml", "pareto.csv", "pareto.json", "trials.csv", "trials.json", "summary.json",
@@ -72,22 +72,28 @@ class TrialRecord:
         """Whether the trial was scored on the whole rung pool (a trial from a study without rungs was)."""
         return self.rung is None or self.rung >= top
 
-    def feasible(self, objective: Objective) -> bool | None:
-        """Every constraint of `objective` met, judged by the recorded bounds (recomputed, so old trials follow the
-        same rule; a trial recorded before bounds existed is judged by its point estimates)."""
+    def constraints(self, objective: Objective) -> list[float] | None:
+        """Every constraint of `objective`, judged by the recorded bounds (recomputed, so old trials follow the same
+        rule; a trial recorded before bounds existed is judged by its point estimates)."""
         if self.medical_drop is None:
             return None
         drop = self.medical_drop if self.medical_drop_bound is None else self.medical_drop_bound
         over = self.over_refusal if self.over_refusal_bound is None else self.over_refusal_bound
-        return is_feasible(constraint_values(drop, over, objective, self.safety_loss_bound))
+        return constraint_values(drop, over, objective, self.safety_loss_bound)
+
+    def feasible(self, objective: Objective) -> bool | None:
+        """Every constraint of `objective` met (`constraints`)."""
+        constraints = self.constraints(objective)
+        return None if constraints is None else is_feasible(constraints)
 
     def value(self) -> float | None:
         return self.values[0] if self.values and len(self.values) == 1 else None
 
     def key(self, objective: Objective) -> tuple:
         assert self.rated and self.medical_drop is not None
-        return (*selection_key(self.safety or 0.0, self.medical or 0.0, bool(self.feasible(objective)),
-                               self.value() or 0.0, objective), -self.number)
+        constraints = self.constraints(objective) or []
+        return (*selection_key(self.safety or 0.0, self.medical or 0.0, is_feasible(constraints),
+                               self.value() or 0.0, objective, violation_of(constraints)), -self.number)
 
 
 def record_of(trial: FrozenTrial) -> TrialRecord:

@@ -24,7 +24,7 @@ from typing import Any
 
 from .bounds import Judged
 from .config import Objective
-from .objective import is_feasible, judged_constraints, objective_values, selection_key
+from .objective import is_feasible, judged_constraints, objective_values, selection_key, violation_of
 from .outputs import TrialRecord
 from .space import Range, SearchSpace
 
@@ -33,10 +33,12 @@ EDGE = 0.01  # a parameter within this share of its range from a bound sits on i
 
 def judged_key(judged: Judged, objective: Objective, sampler: str, number: int) -> tuple:
     """The search's rule on judged figures (larger is better): feasible by the bounds first, then safety, then
-    medical (weighted mode: the weighted value); earlier trials win ties, as `TrialRecord.key`."""
+    medical; infeasible ones by how little they break their constraints (weighted mode: the weighted value);
+    earlier trials win ties, as `TrialRecord.key`."""
     constraints = judged_constraints(judged, objective)
     value = objective_values(judged.safety, judged.medical, constraints, objective, sampler)[0]
-    return (*selection_key(judged.safety, judged.medical, is_feasible(constraints), value, objective), -number)
+    return (*selection_key(judged.safety, judged.medical, is_feasible(constraints), value, objective,
+                           violation_of(constraints)), -number)
 
 
 def finalists(candidates: Sequence[TrialRecord], objective: Objective, k: int) -> list[TrialRecord]:

@@ -206,7 +206,7 @@ def run_search(
         trials_now = optuna_study.get_trials(deepcopy=False)
         if trial_scorer is None:  # a finished study, reported again: the cached verdicts make this cheap
             trial_scorer = _suite_scorer(config, base, out, device, batch_size, say)
-        pick, chosen = _final_pick(trials_now, config, sampler_name, trial_scorer, baselines[0], plan, say)
+        pick, chosen = _final_pick(trials_now, config, sampler_name, trial_scorer, baselines[0], plan, say, notes)
         report = _report(trials_now, config, objective, trial_scorer, out, say, pick=pick, plan=plan,
                          sampler=sampler_name)
         closing_warnings(notes, records(trials_now), pick, report, search_space, num_layers, config, space_source)
@@ -363,13 +363,14 @@ def _say_protocol(config: SearchEvalConfig, pool: dict[str, int] | None, plan: R
 
 
 def _final_pick(trials: list[FrozenTrial], config: SearchEvalConfig, sampler: str, scorer: Scorer,
-                lambda0: Baseline, plan: RungPlan, say: Callable[[str], None]) -> tuple[Pick | None, Chosen | None]:
+                lambda0: Baseline, plan: RungPlan, say: Callable[[str], None],
+                notes: Notes | None = None) -> tuple[Pick | None, Chosen | None]:
     """graft.search.pick: the finalists (and baselines) scored again on the whole search part, the pick made
     there. Without per-item outcomes or a selection part, the rule on the rung pool."""
     from graft.recipe import Coefficients
 
     recs = records(trials)
-    pool = [r for r in recs if r.rated and r.reached(plan.top)]
+    pool = candidates_of(recs, plan.top, notes)
     if not pool:
         return None, None
     objective, k = config.objective, config.selection.finalists
@@ -389,6 +390,22 @@ def _final_pick(trials: list[FrozenTrial], config: SearchEvalConfig, sampler: st
         rescored = {r.number: judge_trial(outcomes(r), ref, config) for r in again}
     pick = pick_on(pool, rescored, objective, sampler, k)
     return pick, Chosen(pick.best, pick.searched, pick.uniform)
+
+
+def candidates_of(recs: list, top: int, notes: Notes | None = None) -> list:
+    """The trials the final pick chooses among: those scored on the whole rung pool. When a small budget leaves no
+    searched trial there, the searched trials of the highest rung any reached (said as a warning): the pick then
+    scores its finalists on the whole search part anyway."""
+    rated = [r for r in recs if r.rated]
+    pool = [r for r in rated if r.reached(top)]
+    searched = [r for r in rated if r.baseline is None]
+    if searched and not any(r.baseline is None for r in pool):
+        highest = max(r.rung or 0 for r in searched)
+        if notes is not None:
+            notes.warn(f"no searched trial reached the last rung (rung {top}); the finalists come from rung "
+                       f"{highest}, the highest any reached: give the search more trials (--trials) or fewer rungs")
+        pool += [r for r in searched if (r.rung or 0) == highest]
+    return pool
 
 
 def _report(trials: list[FrozenTrial], config: SearchEvalConfig, objective, scorer: Scorer, out: Path,
@@ -417,8 +434,7 @@ def _report(trials: list[FrozenTrial], config: SearchEvalConfig, objective, scor
     candidates = []
     if config.selection.upper_bound and config.holdout > 0:
         taken = {r.number for _, r in chosen}
-        candidates = [(f"trial_{r.number}", r) for r in recs
-                      if r.rated and r.reached(top) and r.number not in taken]
+        candidates = [(f"trial_{r.number}", r) for r in candidates_of(recs, top) if r.number not in taken]
     say(f"report: scoring {len(chosen)} recipes on the search's items"
         + (" and on the held-out ones" if len(parts) == 2 else " (nothing held out)")
         + (f", and {len(candidates)} more trials on both for the labelled upper bound" if candidates else ""))
