@@ -36,7 +36,8 @@ def search_command(
     eval_config: Annotated[Path, typer.Option(
         "--eval", help="What each trial is scored on: data, safety/medical tasks, screening, objective (YAML).")],
     trials: Annotated[int | None, typer.Option(
-        "--trials", help="Finished trials the study should reach (baselines included), shared by all workers.")
+        "--trials", help="Finished trials the study should reach (baselines included), shared by all workers; give "
+                         "this, --budget-items, or both.")
                       ] = None,
     target: Annotated[str | None, typer.Option("--target", "-t", help="Target model folder or hub id.")] = None,
     vector: Annotated[str | None, typer.Option(
