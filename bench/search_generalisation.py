@@ -7,7 +7,7 @@ nothing re-implemented — with the protocol's search settings:
 * `graft`: graft search's defaults (constraints judged by paired one-sided bounds at confidence 0.8, trials in
   rungs of items under successive halving, the final pick re-scored on a selection part);
 * `fixed`: the protocol before those (every trial on the whole search part, point estimates, the best observed
-  trial), at the same trial budget;
+  trial, δ = 2 % of the medical score as a margin under the bar's 3 %), at the same trial budget;
 * `graft-items`: the defaults with the item budget the `fixed` run of the same world spent (run `fixed` first).
 
 For each it records the held-out and in-sample verdicts (safety kept, medical kept, over-refusal, each with its
@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "measured" / "search_generalisation.json"
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "graft": {},
-    "fixed": {"fidelity": {"rungs": 1}, "selection": {"share": 0.0}, "objective": {"confidence": 0.5}},
+    "fixed": {"fidelity": {"rungs": 1}, "selection": {"share": 0.0}, "objective": {"confidence": 0.5},
+              "medical_kept": 0.98},
     "graft-items": {},
 }
 RULES = ("observed on the rung pool", "bounds on the rung pool", "bounds on the selection part",

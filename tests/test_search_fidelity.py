@@ -322,3 +322,20 @@ def test_a_budget_too_small_for_any_searched_trial_to_reach_the_last_rung_still_
                for w in result.summary["warnings"])
     assert result.summary["best_searched"]["number"] in {t.number for t in searched}
     assert result.summary["report"]["models"]["searched"]["held_out"] is not None
+
+
+def test_a_study_from_before_bounds_and_rungs_goes_on_as_it_was_made(make_world, tmp_path: Path) -> None:
+    world = make_world("causal")
+    scorer = Landscape(num_layers(world))
+    search(world, tmp_path, scorer, trials=5, eval_config=eval_file(tmp_path, fidelity={"rungs": 1}))
+    study = study_of(tmp_path / "out")
+    meta = study.user_attrs["graft_search"]
+    del meta["protocol"]
+    study.set_user_attr("graft_search", meta)
+    again = search(world, tmp_path, scorer, trials=7, eval_config=eval_file(tmp_path, fidelity={"rungs": 1}))
+    assert again.summary["protocol"]["confidence"] == 0.5 and again.summary["protocol"]["selection"]["share"] == 0
+    new = [t for t in study_of(tmp_path / "out").trials if t.number >= 5]
+    # Point estimates (the bound is the drop itself), every trial on the whole search part (no selection part).
+    assert all(t.user_attrs["medical_drop_bound"] == pytest.approx(t.user_attrs["medical_drop"]) for t in new)
+    assert all(t.user_attrs["items"] == 4 * 30 for t in new)
+    assert again.summary["pick"]["rule"] == "rung pool"

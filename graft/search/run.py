@@ -247,7 +247,11 @@ def _tracked_figures(summary: dict[str, Any]) -> dict[str, Any]:
         row = summary.get(key) or {}
         for name in ("safety", "medical", "medical_drop", "over_refusal", "number"):
             figures[f"{key}.{name}"] = row.get(name)
-    for label, model in ((summary.get("report") or {}).get("models") or {}).items():
+    report = summary.get("report") or {}
+    models = dict(report.get("models") or {})
+    if report.get("upper_bound"):  # chosen on held-out items: named so, never a result
+        models["upper_bound_chosen_on_held_out"] = report["upper_bound"]
+    for label, model in models.items():
         for part in ("held_out", "in_sample"):
             for name, est in (model.get(part) or {}).items():
                 if isinstance(est, dict):
