@@ -226,13 +226,16 @@ def test_a_pick_on_an_upper_bound_names_the_parameter_and_the_field_to_widen() -
 
 
 def test_delta_in_items_and_the_resolution_warning_by_hand() -> None:
-    cfg = config(objective={"max_medical_drop": 0.011, "confidence": 0.8})
-    pool = {"pubmedqa": 24, "medqa": 24, "catqa": 18}
+    cfg = config(objective={"max_medical_drop": 0.011, "confidence": 0.8, "max_over_refusal": 0.1})
+    pool = {"pubmedqa": 24, "medqa": 24, "catqa": 18, "benign": 18}
     got = delta_resolution(cfg, pool, RungPlan(2, 3))
     step = 1 / 48
     one = step + z_of(0.8) * math.sqrt((1 / 24) * (23 / 24) / 24) / 2
     assert got["items"] == pytest.approx(0.011 / step) and got["one_item_bound"] == pytest.approx(one)
     assert got["below_resolution"] and "only trials that lose no medical item pass" in got["warning"]
+    # ρ = 0.1 on 18 benign items at 0.8: 1 refusal (5.6 % + 0.84 × 5.4 = 10.1 %) is already over; 0 pass.
+    assert got["refusals_allowed"] == {"benign": [0, 18]}
+    assert delta_resolution(cfg, {**pool, "benign": 100}, RungPlan(2, 3))["refusals_allowed"] == {"benign": [7, 100]}
     wide = delta_resolution(config(objective={"max_medical_drop": 0.05}), pool, RungPlan(2, 3))
     assert not wide["below_resolution"] and wide["warning"] is None
     assert delta_resolution(config(objective={"mode": "pareto"}), pool, RungPlan(1, 3)) is None

@@ -58,6 +58,7 @@ def delta_resolution(config: SearchEvalConfig, pool: Mapping[str, int] | None, p
         "value": delta, "items": delta / step, "per_item": step, "medical_items": sum(sizes.values()),
         "largest_task": largest, "one_item_bound": one_item, "confidence": objective.confidence,
         "below_resolution": below, "warning": None,
+        "refusals_allowed": refusals_allowed(config, pool, z),
     }
     if below:
         out["warning"] = (
@@ -66,6 +67,24 @@ def delta_resolution(config: SearchEvalConfig, pool: Mapping[str, int] | None, p
             f"loses a single item has a drop bound of {one_item:.4f} at confidence {objective.confidence:g}, so "
             "only trials that lose no medical item pass; add items (limit/limits, larger benchmarks), raise δ "
             "(--max-medical-drop) or lower objective.confidence")
+    return out
+
+
+def refusals_allowed(config: SearchEvalConfig, pool: Mapping[str, int], z: float) -> dict[str, list[int]] | None:
+    """Per benign task: [items a trial may refuse and still pass the over-refusal bound, when the target refuses
+    none; items in the rung pool] (the cap ρ in items)."""
+    rho = config.objective.max_over_refusal
+    if rho is None:
+        return None
+    out = {}
+    for task in config.benign_tasks():
+        n = pool.get(task, 0)
+        if not n:
+            continue
+        k = 0
+        while k < n and (k + 1) / n + z * math.sqrt((k + 1) / n * (1 - (k + 1) / n) / n) <= rho + 1e-12:
+            k += 1
+        out[task] = [k, n]
     return out
 
 

@@ -223,6 +223,9 @@ def protocol_lines(summary: dict) -> list[str]:
                      f"{delta['medical_items']} (one item of {delta['largest_task']} lost: bound "
                      f"{delta['one_item_bound']:.4f} at confidence {delta['confidence']:g})"
                      + ("; BELOW what the items resolve" if delta["below_resolution"] else ""))
+        for task, (k, n) in (delta.get("refusals_allowed") or {}).items():
+            lines.append(f"ρ on {task}: a trial may refuse {k} of its {n} items and pass (at confidence "
+                         f"{delta['confidence']:g}, when the target refuses none)")
     pick = summary.get("pick")
     if pick and pick.get("trial") is not None:
         lines.append(f"the pick: trial {pick['trial']}, the best of finalists {pick['finalists']} judged on the "
