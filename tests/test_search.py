@@ -497,10 +497,14 @@ def test_cli_search_with_the_real_suite_scores_lambda0_as_the_target_itself(make
     assert len(finished(study)) == 3
     assert (out / "verdicts.sqlite").stat().st_size > 0
     lambda0 = study.trials[0].user_attrs
-    # Trials are scored on the search part (holdout 0.5 by default, split seed = seed 0), limit 2 within it.
-    search_part, held_part = Split(0.5, 0, "search"), Split(0.5, 0, "heldout")
-    reference = evaluate(world.target, tasks=["catqa", "pubmedqa"], data=FIXTURE_DATA, limit=2, max_new_tokens=4,
-                         dtype="float32", split=search_part)
+    # Trials are scored on the rung pool of the search part (holdout 0.5 by default, split seed = seed 0; a quarter
+    # of the search part set apart for the final pick), the first 2 items of each benchmark's stratified order.
+    from graft.search.fidelity import Portion
+
+    held_part = Split(0.5, 0, "heldout")
+    pool = Portion(Split(0.5, 0, "search"), 0.25, "pool", limit=2, seed=0)
+    reference = evaluate(world.target, tasks=["catqa", "pubmedqa"], data=FIXTURE_DATA, max_new_tokens=4,
+                         dtype="float32", split=pool)
     assert lambda0["scores"] == {"catqa": reference.score("catqa"), "pubmedqa": reference.score("pubmedqa")}
     assert Recipe.from_yaml(out / "best_recipe.yaml").options.dtype == "float32"  # the weights evaluated
     # The report: λ = 0 on every held-out item, none of which the search saw; figures recomputed from the items.
