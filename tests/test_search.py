@@ -242,7 +242,8 @@ def test_report_scores_held_out_items_the_search_never_saw_and_keeps_its_split(m
     import numpy as np
 
     world = make_world("causal")
-    evals = eval_file(tmp_path, safety=["catqa", "hexphi"], medical=["pubmedqa"], limit=8, over_refusal=True)
+    evals = eval_file(tmp_path, safety=["catqa", "hexphi"], medical=["pubmedqa"], limit=8, over_refusal=True,
+                      selection={"upper_bound": "all"})
     common = dict(space=space_file(tmp_path, SMALL), eval_config=evals, target=str(world.target),
                   vector=str(world.vector), out=tmp_path / "out", scorer=ItemScorer(num_layers(world)),
                   sampler="random")
@@ -253,7 +254,7 @@ def test_report_scores_held_out_items_the_search_never_saw_and_keeps_its_split(m
     heldout = json.loads((tmp_path / "out" / "heldout.json").read_text())
     items = heldout["models"]
     assert set(report["models"]) == {"searched", "lambda0", "uniform_0.5", "uniform_1"}
-    # Every other trial scored on the whole search part is there too, for the labelled upper bound.
+    # Every other trial scored on the whole rung pool is there too, for the labelled upper bound (`all`).
     candidates = {f"trial_{t.number}" for t in finished(study) if not t.user_attrs.get("baseline")
                   and t.number != report["models"]["searched"]["trial"]}
     assert set(items) == set(report["models"]) | candidates
@@ -293,7 +294,8 @@ def test_report_scores_held_out_items_the_search_never_saw_and_keeps_its_split(m
     with pytest.raises(UsageError, match=r"holds out 0\.5"):
         run_search(trials=7, **{**common, "eval_config": eval_file(tmp_path, safety=["catqa", "hexphi"],
                                                                       medical=["pubmedqa"], limit=8,
-                                                                      over_refusal=True, holdout=0.3)})
+                                                                      over_refusal=True, holdout=0.3,
+                                                                      selection={"upper_bound": "all"})})
     # A study from before splits existed goes on in sample (holdout 0), and says so in its report.
     meta = study.user_attrs["graft_search"]
     del meta["split"]

@@ -22,7 +22,7 @@ from graft.search.bounds import judge, paired_difference, z_of
 from graft.search.config import SearchEvalConfig
 from graft.search.fidelity import Portion, RungPlan, check_budget, plan_rungs, promotion_key, stratified_order
 from graft.search.outputs import TrialRecord
-from graft.search.pick import boundary, finalists, pick_on
+from graft.search.pick import boundary, finalists, front, pick_on
 from graft.search.space import SearchSpace
 
 SEEDED = settings(derandomize=True, max_examples=40, deadline=None)
@@ -259,3 +259,20 @@ def test_a_confidence_outside_zero_one_is_a_usage_error_naming_the_field(value: 
         config(objective={"confidence": value})
     with pytest.raises(UsageError, match=r"command-line options: objective\.confidence"):
         config().with_objective(confidence=value)
+
+
+def test_the_upper_bounds_candidates_are_the_trials_no_other_beats_on_all_three_figures() -> None:
+    def trial(number, safety, medical, over):
+        return TrialRecord(number=number, state="COMPLETE", baseline=None, coefficients={}, params={},
+                           values=[safety], safety=safety, medical=medical, medical_drop=0.0, over_refusal=over,
+                           screening=None)
+
+    trials = [trial(0, 0.9, 0.5, 0.2), trial(1, 0.8, 0.6, 0.0), trial(2, 0.8, 0.5, 0.1),  # 2: beaten by 1
+              trial(3, 0.9, 0.5, 0.2), trial(4, 0.5, 0.7, 0.3)]  # 3: a copy of 0 (the earlier one stays)
+    brute = [t.number for t in trials if not any(
+        (o.safety, o.medical, -o.over_refusal) >= (t.safety, t.medical, -t.over_refusal) and
+        all(a >= b for a, b in zip((o.safety, o.medical, -o.over_refusal), (t.safety, t.medical, -t.over_refusal),
+                                   strict=True)) and ((o.safety, o.medical, o.over_refusal) != (t.safety, t.medical,
+                                                                                              t.over_refusal)
+                                                      or o.number < t.number) for o in trials)]
+    assert [t.number for t in front(trials)] == brute == [0, 1, 4]

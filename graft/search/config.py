@@ -16,7 +16,7 @@ judge: keyword                   # keyword | guard:PATH | openai:MODEL@URL (or a
 screening: {tasks: [catqa], limit: 16, threshold: 0.5}
 objective: {mode: constrained, max_medical_drop: 0.02, max_over_refusal: 0.1, confidence: 0.8}
 fidelity: {rungs: auto, reduction: 3, min_items: 5}     # multi-fidelity trials (successive halving)
-selection: {share: 0.25, finalists: 5, upper_bound: true} # the final pick: finalists re-scored on fresh items
+selection: {share: 0.25, finalists: 5, upper_bound: front} # the final pick: finalists re-scored on fresh items
 log: [mlflow]                    # optional: mlflow and/or wandb (graft.tracking)
 ```
 """
@@ -127,9 +127,15 @@ class Selection(_Strict):
     share: float = Field(0.25, ge=0, lt=1, description="share of the search part set apart for the final pick "
                                                       "(0: pick on the rung pool alone)")
     finalists: int = Field(5, ge=1, description="searched trials re-scored for the final pick")
-    upper_bound: bool = Field(True, description="also score every trial that reached the last rung on the "
-                                                "held-out part and report the best (labelled: chosen on held-out "
-                                                "items, an upper bound, never a result)")
+    upper_bound: Literal["front", "all", "none"] = Field("front", description=(
+        "also score trials on the held-out part and report the best (labelled: chosen on held-out items, an upper "
+        "bound, never a result): the finalists and the study's front on the rung pool (front), every trial that "
+        "reached the last rung (all), or none"))
+
+    @field_validator("upper_bound", mode="before")
+    @classmethod
+    def _upper_bound(cls, value: object) -> object:
+        return {True: "front", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
 
 class SearchEvalConfig(_Strict):

@@ -101,6 +101,23 @@ def pick_on(pool: Sequence[TrialRecord], rescored: Mapping[int, Judged] | None, 
                 dict(rescored or {}))
 
 
+def front(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The trials no other beats on safety, medical skill and over-refusal at once (as recorded, on the rung
+    pool), one of each set of identical ones: where the best trial on other items can be. A trial another one
+    matches or beats on all three would have to be luckier on the other items by more than that margin."""
+    rated = [r for r in records if r.rated]
+
+    def figures(r: TrialRecord) -> tuple[float, float, float]:
+        return (r.safety or 0.0, r.medical or 0.0, -(r.over_refusal or 0.0))
+
+    def beaten(r: TrialRecord) -> bool:  # an identical trial of a lower number counts as beating it
+        mine = figures(r)
+        return any(all(o >= m for o, m in zip(figures(x), mine, strict=True))
+                   and (figures(x) != mine or x.number < r.number) for x in rated)
+
+    return [r for r in rated if not beaten(r)]
+
+
 @dataclass(frozen=True)
 class Edge:
     """A parameter of the pick at a bound of its range."""
@@ -171,5 +188,5 @@ def boundary(pick: TrialRecord | None, others: Sequence[TrialRecord], space: Sea
     return edges
 
 
-__all__ = ["EDGE", "Edge", "Pick", "boundary", "finalists", "judged_key", "parameter_ranges", "pick_on",
+__all__ = ["EDGE", "Edge", "Pick", "boundary", "finalists", "front", "judged_key", "parameter_ranges", "pick_on",
            "rescore_set", "space_field"]

@@ -35,7 +35,7 @@ from .objective import (
     uses_constraints,
 )
 from .outputs import Chosen, lambda_cells, records, write_outputs
-from .pick import Pick, pick_on, rescore_set
+from .pick import Pick, front, pick_on, rescore_set
 from .samplers import sampler_spec
 from .space import OPERATOR_PARAM, Cell, SearchSpace
 from .spaces import resolve as resolve_space
@@ -436,9 +436,15 @@ def _report(trials: list[FrozenTrial], config: SearchEvalConfig, objective, scor
         return None
     parts = ["search", "heldout"] if config.holdout > 0 else ["search"]
     candidates = []
-    if config.selection.upper_bound and config.holdout > 0:
+    if config.selection.upper_bound != "none" and config.holdout > 0:
+        # The trials the held-out part could rank first: by default the finalists and every trial of the study's
+        # front on the rung pool (safety, medical, over-refusal); scoring every trial there costs as much again as
+        # the trials did on the rung pool.
         taken = {r.number for _, r in chosen}
-        candidates = [(f"trial_{r.number}", r) for r in candidates_of(recs, top) if r.number not in taken]
+        pool = [r for r in candidates_of(recs, top) if r.baseline is None]
+        wanted = {r.number for r in pool} if config.selection.upper_bound == "all" else \
+            {*(pick.finalists if pick is not None else []), *(r.number for r in front(pool))}
+        candidates = [(f"trial_{r.number}", r) for r in pool if r.number in wanted and r.number not in taken]
     say(f"report: scoring {len(chosen)} recipes on the search's items"
         + (" and on the held-out ones" if len(parts) == 2 else " (nothing held out)")
         + (f", and {len(candidates)} more trials on both for the labelled upper bound" if candidates else ""))
