@@ -58,8 +58,17 @@ def delta_resolution(config: SearchEvalConfig, pool: Mapping[str, int] | None, p
         "value": delta, "items": delta / step, "per_item": step, "medical_items": sum(sizes.values()),
         "largest_task": largest, "one_item_bound": one_item, "confidence": objective.confidence,
         "below_resolution": below, "warning": None,
-        "refusals_allowed": refusals_allowed(config, pool, z),
+        "refusals_allowed": refusals_allowed(config, pool, z), "over_refusal_warning": None,
     }
+    blind = [task for task, (k, _) in (out["refusals_allowed"] or {}).items() if k == 0]
+    if blind:
+        task = blind[0]
+        n = out["refusals_allowed"][task][1]
+        out["over_refusal_warning"] = (
+            f"ρ = {objective.max_over_refusal:g} is below what the rung pool resolves on {', '.join(blind)}: with "
+            f"{n} items of {task}, a trial that refuses a single one more than the target has an over-refusal bound "
+            f"above ρ at confidence {objective.confidence:g}, so only trials that refuse none pass; add benign "
+            "items, raise ρ (--max-over-refusal) or lower objective.confidence")
     if below:
         out["warning"] = (
             f"δ = {delta:.4g} of the medical score ({delta / step:.1f} items' worth) is below what the rung pool "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 
 Outcomes = Mapping[str, Mapping[str, float]]  # task -> item id -> outcome in [0, 1]
@@ -71,19 +71,27 @@ def composite(outcomes: Outcomes, tasks: Sequence[str]) -> float | None:
 
 @dataclass(frozen=True)
 class Judged:
-    """One trial's figures on one set of items, with the bounds its constraints are judged by. Over-refusal is the
-    highest share refused over the benign tasks (each task capped); its bound is the highest of the tasks' bounds.
-    `safety_loss` is the target's safety minus the trial's (paired; > 0: less safe than the target)."""
+    """One trial's figures on one set of items, with what its constraints are judged by. Over-refusal is the
+    highest share refused over the benign tasks (`refusals`: each task's share and the standard error of its
+    paired increase over the reference; each task is capped). `safety_loss` is the target's safety minus the
+    trial's (paired; > 0: less safe than the target). `z` is the study's one-sided quantile."""
 
     scores: dict[str, float]
     safety: float
     medical: float
     medical_drop: Paired
-    over_refusal: float | None
-    over_refusal_bounds: tuple[float, float] | None  # (lower, upper) at the confidence
+    refusals: dict[str, tuple[float, float]]
     safety_loss: Paired | None
     z: float
     items: int
+
+    @property
+    def over_refusal(self) -> float | None:
+        return self.over_refusal_at(0.0)
+
+    def over_refusal_at(self, k: float) -> float | None:
+        """The highest over the benign tasks of share refused + k standard errors (None: no benign task)."""
+        return max((point + k * se for point, se in self.refusals.values()), default=None)
 
     @property
     def medical_drop_bound(self) -> float:
@@ -91,11 +99,21 @@ class Judged:
 
     @property
     def over_refusal_bound(self) -> float | None:
-        return None if self.over_refusal_bounds is None else self.over_refusal_bounds[1]
+        return self.over_refusal_at(self.z)
 
     @property
     def safety_loss_bound(self) -> float | None:
         return None if self.safety_loss is None else self.safety_loss.upper(self.z)
+
+    def projected(self, factor: float) -> Judged:
+        """The same figures with every standard error times `factor`: a trial judged on a rung of share s of the
+        rung pool, projected to the whole pool (factor √s: a standard error shrinks as 1/√items), so its bounds
+        are not more pessimistic for having seen fewer items."""
+        def scale(p: Paired | None) -> Paired | None:
+            return None if p is None else Paired(p.value, p.se * factor, p.n)
+
+        return replace(self, medical_drop=scale(self.medical_drop), safety_loss=scale(self.safety_loss),
+                       refusals={t: (point, se * factor) for t, (point, se) in self.refusals.items()})
 
 
 def judge(trial: Outcomes, reference: Outcomes, *, safety: Sequence[str], medical: Sequence[str],
@@ -110,21 +128,14 @@ def judge(trial: Outcomes, reference: Outcomes, *, safety: Sequence[str], medica
     if drop is None:  # no reference on these items: the unpaired difference, no spread known
         ref = composite(reference, medical)
         drop = Paired((ref if ref is not None else medical_value) - medical_value, 0.0, 0)
-    over, bounds = None, None
-    refused = []
+    refusals = {}
     for task in benign:
         if not trial.get(task):
             continue
-        point = 1.0 - scores[task]
         increase = paired_difference(reference, trial, [task])  # reference answered, trial refused: +1
-        se = increase.se if increase is not None else 0.0
-        refused.append((point, point - z * se, point + z * se))
-    if refused:
-        over = max(r[0] for r in refused)
-        bounds = (max(r[1] for r in refused), max(r[2] for r in refused))
+        refusals[task] = (1.0 - scores[task], increase.se if increase is not None else 0.0)
     loss = paired_difference(reference, trial, safety)
-    return Judged(scores, safety_value, medical_value, drop, over, bounds, loss, z,
-                  sum(len(v) for v in trial.values()))
+    return Judged(scores, safety_value, medical_value, drop, refusals, loss, z, sum(len(v) for v in trial.values()))
 
 
 __all__ = ["Judged", "Outcomes", "Paired", "composite", "judge", "paired_difference", "z_of"]

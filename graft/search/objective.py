@@ -97,12 +97,9 @@ def judged_constraints(judged: Judged, objective: Objective, *, side: str = "upp
     judged by: the sampler sees these), `lower` (the optimistic end: is the trial still plausibly feasible?) or
     `point` (the point estimates)."""
     z = {"upper": judged.z, "lower": -judged.z, "point": 0.0}[side]
-    over = None
-    if judged.over_refusal is not None and judged.over_refusal_bounds is not None:
-        over = {"upper": judged.over_refusal_bounds[1], "lower": judged.over_refusal_bounds[0],
-                "point": judged.over_refusal}[side]
     loss = None if judged.safety_loss is None else judged.safety_loss.value + z * judged.safety_loss.se
-    return constraint_values(judged.medical_drop.value + z * judged.medical_drop.se, over, objective, loss)
+    return constraint_values(judged.medical_drop.value + z * judged.medical_drop.se, judged.over_refusal_at(z),
+                             objective, loss)
 
 
 def is_feasible(constraints: Sequence[float]) -> bool:
@@ -309,7 +306,9 @@ class TrialObjective:
                 trial.set_user_attr("stopped", f"not among the best 1/{plan.reduction} of the trials that reached "
                                                f"rung {rung}")
                 break
-        attrs = attrs_of(judged, objective, per_item=per_item)
+        # A trial stopped on a lower rung is judged as if on the whole pool (its standard errors × √share): the
+        # sampler models the constraints the pick is made on, and fewer items must not read as less feasible.
+        attrs = attrs_of(judged.projected(math.sqrt(plan.share(rung))), objective, per_item=per_item)
         values = objective_values(judged.safety, judged.medical, attrs["constraints"], objective, self.sampler)
         attrs["seconds"] = round(time.perf_counter() - started, 3)
         for key, value in attrs.items():

@@ -194,8 +194,9 @@ def run_search(
         objective = config.objective
         notes = Notes()
         resolution = delta_resolution(config, pool, plan)
-        if resolution is not None and resolution["below_resolution"]:
-            notes.warn(resolution["warning"])
+        for warning in (resolution or {}).get("warning"), (resolution or {}).get("over_refusal_warning"):
+            if warning:
+                notes.warn(warning)
         _say_protocol(config, pool, plan, resolution, say)
         spent = items_spent(optuna_study.get_trials(deepcopy=False))
         if budget_state(optuna_study).finished < cap and (budget_items is None or spent < budget_items):
