@@ -91,6 +91,8 @@ SEARCH = {
     "heartbeat": Range("--heartbeat", 1, HEARTBEAT_MAX, integer=True),
     "max_medical_drop": Range("--max-medical-drop", 0, 1),
     "max_over_refusal": Range("--max-over-refusal", 0, 1),
+    "confidence": Range("--confidence", 0, 1, low_open=True, high_open=True),
+    "budget_items": Range("--budget-items", 1, integer=True),
 }
 INSPECT = {
     "trial": Range("--trial", 0, integer=True),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import re
 import sys
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any
 
 import click
@@ -69,9 +70,33 @@ class _Listed(click.Command):
         super().__init__(name, short_help=COMMANDS[name][1], help=COMMANDS[name][1])
 
 
+class _LoadedOnUse(Mapping[str, click.Command]):
+    """The group's `commands` as click's tools read them (name -> command), each module imported on first use."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in COMMANDS:
+            raise KeyError(name)
+        if name not in self._loaded:
+            self._loaded[name] = load_command(name)
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COMMANDS)
+
+    def __len__(self) -> int:
+        return len(COMMANDS)
+
+
 class CommandGroup(TyperGroup):
     """The `graft` group: commands loaded by name when they are run (or their help is shown), and every usage error
     click raises itself as one line (graft.cli.boundary.usage_error_line)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = _LoadedOnUse()  # type: ignore[assignment]
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -81,7 +106,7 @@ class CommandGroup(TyperGroup):
             return None
         if ctx.resilient_parsing or getattr(ctx, "_graft_listing", False):
             return _Listed(cmd_name)
-        return load_command(cmd_name)
+        return self.commands[cmd_name]
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         ctx._graft_listing = True  # type: ignore[attr-defined]  # the list needs names and one line, not modules

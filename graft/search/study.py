@@ -137,18 +137,23 @@ class Baseline:
 
 def open_study(storage: optuna.storages.RDBStorage, name: str, *, directions: list[str], metadata: dict[str, Any],
                baselines: Sequence[Baseline], make: Callable[[bool], optuna.samplers.BaseSampler],
-               wait_s: float = 60.0, metric_names: Sequence[str] | None = None) -> tuple[optuna.Study, bool]:
+               wait_s: float = 60.0, metric_names: Sequence[str] | None = None,
+               pruner: optuna.pruners.BasePruner | None = None) -> tuple[optuna.Study, bool]:
     """Create the study (and enqueue its baselines) or join the existing one. Returns (study, created).
 
     Only the process whose `create_study` succeeds enqueues baselines, then marks the study ready; a joiner
     waits for that mark, so baselines are enqueued once however many workers start together or resume.
+    `pruner` decides the rung promotions of multi-fidelity trials (it keeps its state in the storage, so every
+    worker's pruner sees every trial's rungs).
     """
+    pruner = pruner or optuna.pruners.NopPruner()
     with quiet_optuna():
         try:
-            study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=make(True))
+            study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=make(True),
+                                        pruner=pruner)
             created = True
         except optuna.exceptions.DuplicatedStudyError:
-            study = optuna.load_study(study_name=name, storage=storage, sampler=make(False))
+            study = optuna.load_study(study_name=name, storage=storage, sampler=make(False), pruner=pruner)
             created = False
     if created:
         if metric_names:  # what Optuna's dashboard labels the objective values with
@@ -288,16 +293,27 @@ def _claim_lock(storage: optuna.storages.RDBStorage):
         yield
 
 
-def claim(study: optuna.Study, storage: optuna.storages.RDBStorage, budget: int) -> optuna.Trial | str:
-    """A trial to run, or 'done' (the budget is reached) or 'wait' (the rest of the budget is running elsewhere)."""
+def claim(study: optuna.Study, storage: optuna.storages.RDBStorage, budget: int,
+          budget_items: int | None = None) -> optuna.Trial | str:
+    """A trial to run, or 'done' (the budget is reached) or 'wait' (the rest of the budget is running elsewhere).
+    `budget_items`: also 'done' once the finished trials have scored that many items (a trial running elsewhere
+    still finishes, so a study may overshoot by a trial a worker)."""
     with _claim_lock(storage):
-        return _claim(study, storage, budget)
+        return _claim(study, storage, budget, budget_items)
 
 
-def _claim(study: optuna.Study, storage: optuna.storages.RDBStorage, budget: int) -> optuna.Trial | str:
+def items_spent(trials: Sequence[FrozenTrial]) -> int:
+    """Item evaluations of the finished trials (each trial's items on the last rung it reached)."""
+    return sum(int(t.user_attrs.get("items") or 0) for t in trials if t.state in FINISHED)
+
+
+def _claim(study: optuna.Study, storage: optuna.storages.RDBStorage, budget: int,
+           budget_items: int | None = None) -> optuna.Trial | str:
     fail_stale(study)
     state = budget_state(study)
     if state.finished >= budget:
+        return "done"
+    if budget_items is not None and items_spent(state.live) >= budget_items:
         return "done"
     inside = state.live[:budget]
     if len(state.live) >= budget and not any(t.state == TrialState.WAITING for t in inside):
@@ -364,14 +380,15 @@ class WorkerReport:
 def run_worker(study: optuna.Study, storage: optuna.storages.RDBStorage,
                objective: Callable[[optuna.Trial], Sequence[float]], budget: int, *, poll_s: float = 1.0,
                on_trial: Callable[[FrozenTrial], None] | None = None, worker: str | None = None,
-               record_constraints: bool = False) -> WorkerReport:
-    """Run trials until the study has `budget` finished ones. Exceptions other than screening stops fail the
-    trial and propagate (a bug or a broken input should stop the worker, not burn the budget).
+               record_constraints: bool = False, budget_items: int | None = None) -> WorkerReport:
+    """Run trials until the study has `budget` finished ones (or, with `budget_items`, has scored that many
+    items). Exceptions other than screening stops fail the trial and propagate (a bug or a broken input should
+    stop the worker, not burn the budget).
     `record_constraints`: store each trial's constraints where Optuna's tools read them (`show_constraints`)."""
     report = WorkerReport([])
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"
     while True:
-        claimed = claim(study, storage, budget)
+        claimed = claim(study, storage, budget, budget_items)
         if claimed == "done":
             return report
         if isinstance(claimed, str):
@@ -407,4 +424,5 @@ def run_worker(study: optuna.Study, storage: optuna.storages.RDBStorage,
             on_trial(storage.get_trial(trial_id(trial)))
 
 
-__all__ = ["Baseline", "budget_state", "claim", "make_sampler", "open_storage", "open_study", "run_worker"]
+__all__ = ["Baseline", "budget_state", "claim", "items_spent", "make_sampler", "open_storage", "open_study",
+           "run_worker"]
