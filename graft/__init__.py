@@ -24,7 +24,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from graft import _compat
+
 __version__ = "0.1.0"
+
+_compat.install()  # import paths that moved in 0.1 keep working, with a DeprecationWarning, for one release
 
 # public name -> (module, attribute in that module)
 _API = {

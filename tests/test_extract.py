@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from graft.engines.extract import extract_vector
 from graft.errors import IncompatibleError
 from graft.io.vector_folder import SafetyVector
-from graft.toy.layouts import TextSpec, build_text_pair
+from graft.testing.layouts import TextSpec, build_text_pair
 from tests.test_merge import load_folder
 
 

@@ -27,7 +27,7 @@ from graft.engines.extract import extract_vector
 from graft.errors import InputError
 from graft.io.guard import MARKER
 from graft.io.hub import ALLOW_PATTERNS, VECTOR_PATTERNS, hub_source, resolve_model
-from graft.toy.layouts import TextSpec, build_target, build_text_pair
+from graft.testing.layouts import TextSpec, build_target, build_text_pair
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REPO = "org/name"

@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("evals", ("graft.evals.*",)),
     ("search", ("graft.search.*",)),
     ("inspect", ("graft.inspect.*",)),
-    ("toy", ("graft.toy.*", "graft.testing.*", "graft.demo")),
+    ("toy", ("graft.toy.*", "graft.testing.*")),
     ("cli", ("graft.cli.*", "graft.examples.*")),
 ]
 

@@ -37,7 +37,7 @@ from graft.inspect.study import layers_of
 from graft.io.checkpoint import Checkpoint
 from graft.io.guard import MARKER
 from graft.io.vector_folder import SafetyVector
-from graft.toy.layouts import LAYOUTS, load_state_dict_dir
+from graft.testing.layouts import LAYOUTS, load_state_dict_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

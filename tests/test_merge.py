@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from graft.core.recipe import Recipe
 from graft.engines.merge import merge
 from graft.io.guard import MARKER
-from graft.toy.layouts import LAYOUTS
+from graft.testing.layouts import LAYOUTS
 from tests.conftest import ALL_LAYOUTS
 
 # layout -> (LM body prefix on disk, head tensor on disk): docs/architecture.md's layout table, as independent data.

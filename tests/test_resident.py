@@ -23,7 +23,7 @@ from graft.engines.merge import merge
 from graft.engines.resident import ResidentGraft
 from graft.errors import IncompatibleError, UsageError
 from graft.evals.generation import Engine
-from graft.toy.layouts import LAYOUTS, TextSpec, build_target, build_text_pair
+from graft.testing.layouts import LAYOUTS, TextSpec, build_target, build_text_pair
 from tests.conftest import ALL_LAYOUTS
 
 LOADABLE = [name for name in ALL_LAYOUTS if LAYOUTS[name].loadable]

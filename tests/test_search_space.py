@@ -65,7 +65,7 @@ def test_baseline_points_give_exactly_their_lambda_on_every_tensor(path: Path) -
 
 
 def test_the_demo_searches_the_shipped_smooth_groups_space() -> None:
-    from graft.demo import DEMO_SPACE
+    from graft.toy.demo import DEMO_SPACE
 
     shipped = SearchSpace.from_yaml(ROOT / "search_spaces" / "smooth_groups.yaml")
     assert SearchSpace.parse(DEMO_SPACE) == shipped

@@ -56,7 +56,7 @@ def _single_file(folder: Path, source: Path) -> Path:
     """A copy of `source` whose weights are one file `model.safetensors` (no index): merged shards via graft."""
     from safetensors.torch import save_file
 
-    from graft.toy.layouts import load_state_dict_dir
+    from graft.testing.layouts import load_state_dict_dir
 
     folder.mkdir()
     for f in source.iterdir():

@@ -1,4 +1,4 @@
-"""`graft demo`: the whole method on the trained toy world (graft.demo)."""
+"""`graft demo`: the whole method on the trained toy world (graft.toy.demo)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from rich.console import Console
 from graft.cli.boundary import handles_errors
 from graft.cli.console import stdout
 from graft.cli.options import Quiet, Verbose
-from graft.demo import DEMO_HOLDOUT, DEMO_SCALES, DEMO_TRIALS
 from graft.errors import UsageError
 from graft.flag_ranges import DEMO, check, help_range
+from graft.toy.demo import DEMO_HOLDOUT, DEMO_SCALES, DEMO_TRIALS
 
 
 @handles_errors
@@ -50,7 +50,7 @@ def demo(
     run (a few minutes on a CPU) and cached. Rebuilds a folder made by an earlier demo; refuses any other
     non-empty folder.
     """
-    from graft.demo import run_demo
+    from graft.toy.demo import run_demo
 
     try:
         grid = [float(x) for x in scales.split(",") if x.strip()]
