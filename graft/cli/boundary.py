@@ -23,7 +23,7 @@ import typer
 from graft.cli.console import say, stderr
 from graft.display import printable, shown
 from graft.errors import GraftError
-from graft.io.guard import finished_outputs, forget_finished
+from graft.io.finished import finished_outputs, forget_finished
 
 F = TypeVar("F", bound=Callable[..., Any])
 
