@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from graft.cli.boundary import handles_errors
+from graft.cli.options import Quiet, TargetOpt, TargetRevisionOpt, VectorOpt, VectorRevisionOpt, Verbose
 from graft.cli.progress import StepProgress, library_bars_off
 from graft.flag_ranges import SEARCH, help_range
 from graft.search.config import MODES
@@ -40,13 +41,10 @@ def search_command(
     trials: Annotated[int | None, typer.Option(
         "--trials", help="Finished trials the study should reach (baselines included), shared by all workers; give "
                          "this, --budget-items, or both." + help_range(SEARCH, "trials"))] = None,
-    target: Annotated[str | None, typer.Option("--target", "-t", help="Target model folder or hub id.")] = None,
-    vector: Annotated[str | None, typer.Option(
-        "--vector", help="Vector folder written by `graft extract`, or a hub repository holding one.")] = None,
-    target_revision: Annotated[str | None, typer.Option(
-        "--target-revision", help="Branch, tag or commit of a hub target (same as --target org/name@REV).")] = None,
-    vector_revision: Annotated[str | None, typer.Option(
-        "--vector-revision", help="Branch, tag or commit of a hub vector (same as --vector org/name@REV).")] = None,
+    target: TargetOpt = None,
+    vector: VectorOpt = None,
+    target_revision: TargetRevisionOpt = None,
+    vector_revision: VectorRevisionOpt = None,
     recipe: Annotated[Path | None, typer.Option(
         "--recipe", "-r", help="Base recipe (mapping rules, options); its coefficients are what is searched.")] = None,
     storage: Annotated[str | None, typer.Option(
@@ -106,8 +104,8 @@ def search_command(
     list_spaces: Annotated[bool, typer.Option(
         "--list-spaces", is_eager=True, callback=_list_spaces,
         help="List the shipped search spaces (names for --space) and exit.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors and the output folder only.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Optuna's own log; tracebacks on errors.")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,  # also Optuna's own log
 ) -> None:
     """Search λ per layer/block/group with Optuna: restore safety, keep medical skill."""
     import optuna
