@@ -231,6 +231,23 @@ def upward_imports(mods: dict[str, Module], layers: list[tuple[str, tuple[str, .
     return found
 
 
+def missing_imports(mods: dict[str, Module], package: str = PACKAGE) -> list[str]:
+    """Imports of a package module that this checkout does not hold (an old path an editable install elsewhere, or a
+    stale file, would otherwise answer silently)."""
+    found = []
+    for mod in mods.values():
+        for node in ast.walk(mod.tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.split(".")[0] == package and a.name not in mods]
+            elif isinstance(node, ast.ImportFrom) and _base(mod, node).split(".")[0] == package:
+                base = _base(mod, node)
+                names = [] if base in mods else [base]
+            else:
+                continue
+            found += [f"{mod.path}:{node.lineno}: {mod.name} imports {name}, which is no module here" for name in names]
+    return found
+
+
 def unplaced(mods: dict[str, Module], layers: list[tuple[str, tuple[str, ...]]]) -> list[str]:
     return sorted(f"{mod.path}: {name} is in no layer" for name, mod in mods.items() if layer_of(name, layers) is None)
 
@@ -281,6 +298,9 @@ def test_layer_check_finds_a_planted_upward_import(tmp_path: Path) -> None:
     assert len(found) == 1 and "pkg.low.a (low) imports pkg.high.c (high)" in found[0] and ":7:" in found[0]
     assert unplaced(mods, layers) == [f"{Path('pkg/stray.py')}: pkg.stray is in no layer"]
     assert layer_of("pkg.low", layers) == 1 and layer_of("pkg.lowly", layers) is None
+    (pkg / "high" / "d.py").write_text("def f():\n    from pkg.gone import x\n    return x\n")
+    assert missing_imports(modules(tmp_path, "pkg"), "pkg") == [
+        f"{Path('pkg/high/d.py')}:2: pkg.high.d imports pkg.gone, which is no module here"]
 
 
 def test_every_module_imports_only_its_own_layer_or_lower() -> None:
@@ -290,6 +310,11 @@ def test_every_module_imports_only_its_own_layer_or_lower() -> None:
     found = upward_imports(mods, LAYERS)
     assert not found, ("imports that point up a layer (move the code down, or hand the caller what it needs; "
                        "docs/architecture.md draws the layers):\n" + "\n".join(found))
+
+
+def test_every_import_names_a_module_of_this_checkout() -> None:
+    found = missing_imports(modules(ROOT))
+    assert not found, "imports of modules that are not there:\n" + "\n".join(found)
 
 
 def test_graft_has_no_import_cycles() -> None:
