@@ -122,3 +122,21 @@ def test_the_command_line_starts_without_the_demo_or_heavy_libraries(args: list[
             "demo') if m in sys.modules), file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
     assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
+
+
+def test_every_recipe_flag_field_is_one_option_of_merge_and_plan() -> None:
+    """A field added to RecipeFlags without its option (or the reverse) fails here; plan takes every one but those
+    that only matter to a write."""
+    import dataclasses
+
+    import typer
+
+    from graft.cli.options import RECIPE_FLAG_OPTIONS
+    from graft.core.recipe_flags import RecipeFlags
+
+    fields = [f.name for f in dataclasses.fields(RecipeFlags)]
+    assert sorted(fields) == sorted(RECIPE_FLAG_OPTIONS)
+    group = typer.main.get_command(app)
+    for command, left_out in (("merge", set()), ("plan", {"out", "dtype", "shard_size", "device", "chunk_size"})):
+        names = {p.name for p in group.commands[command].params}  # type: ignore[attr-defined]
+        assert names >= set(fields) - left_out and not names & left_out, command
