@@ -249,7 +249,7 @@ def test_a_pick_on_the_edge_of_its_space_names_the_parameter_and_how_to_widen_it
 
 
 @pytest.mark.parametrize(("args", "changes", "message"), [
-    (["--confidence", "1.5"], {}, "objective.confidence"),
+    (["--confidence", "1.5"], {}, "--confidence 1.5: expected a finite number in (0, 1)"),
     (["--budget-items", "10"], {}, "--budget-items 10: the 3 baselines alone score"),
     ([], {"fidelity": {"rungs": 5}}, "fidelity.rungs: 5 rungs of reduction 3 leave"),
     ([], {"fidelity": {"rungs": 3, "min_items": 1}}, "fidelity.rungs: 3 rungs of reduction 3 give"),
