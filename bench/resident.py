@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
+from graft.core.recipe import Coefficients, Recipe
+from graft.engines.extract import extract_vector
 from graft.engines.merge import merge
 from graft.engines.resident import ResidentGraft
 from graft.evals.generation import Engine
-from graft.recipe import Coefficients, Recipe
-from graft.vector import extract_vector
 
 _spec = importlib.util.spec_from_file_location("bench_merge", Path(__file__).with_name("merge.py"))
 assert _spec is not None and _spec.loader is not None
@@ -136,7 +136,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
         rows: dict[str, dict[str, float]] = {}
 
         start = time.perf_counter()
-        resident = ResidentGraft.from_recipe(recipe, device=device, text_only=True)
+        resident = ResidentGraft.from_recipe(recipe, load=Engine.load, device=device, text_only=True)
         sync(device)
         load_s = time.perf_counter() - start
         print(f"resident graft loaded in {load_s:.2f} s: {len(resident.param_names)} tensors, "
@@ -200,7 +200,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
         slots = []  # drop the last references to the resident tensors before a second model is loaded
         if not args.skip_fused:
             start = time.perf_counter()
-            fused = ResidentGraft.from_recipe(recipe, device=device, text_only=True, fused=True)
+            fused = ResidentGraft.from_recipe(recipe, load=Engine.load, device=device, text_only=True, fused=True)
             fused.apply(check)  # the first apply compiles
             sync(device)
             results["fused_load_and_compile_s"] = time.perf_counter() - start

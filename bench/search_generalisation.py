@@ -1,7 +1,7 @@
 """Does the searched recipe hold on items the search never saw? `graft demo`'s protocol, per toy world and search
 protocol, judged held out (docs/search.md, "Which protocol generalises", has the tables; their JSON is committed).
 
-Each (world seed, protocol) runs `graft.demo.run_demo` itself — the demo's world, evaluations, search and verdict,
+Each (world seed, protocol) runs `graft.toy.demo.run_demo` itself — the demo's world, evaluations, search and verdict,
 nothing re-implemented — with the protocol's search settings:
 
 * `graft`: graft search's defaults (constraints judged by paired one-sided bounds at confidence 0.8, trials in
@@ -96,9 +96,9 @@ def brief(verdict: Mapping[str, Any] | None) -> dict[str, Any] | None:
 def pick_rules(result, config_tasks: dict[str, list[str]], objective, sampler: str) -> dict[str, Any]:
     """The pick under each final-pick rule and confidence, from the study's own per-item outcomes (heldout.json:
     every trial that reached the last rung, on the search part and held out), judged held out as the demo judges."""
-    from graft import demo
     from graft.search.bounds import judge, z_of
     from graft.search.pick import judged_key
+    from graft.toy import demo
 
     heldout = json.loads((result.workdir / "search" / "heldout.json").read_text())
     models = heldout["models"]
@@ -151,8 +151,8 @@ def pick_rules(result, config_tasks: dict[str, list[str]], objective, sampler: s
 def run_one(seed: int, protocol: str, args, results: dict[str, Any]) -> dict[str, Any]:
     from rich.console import Console
 
-    from graft import demo
     from graft.search.config import Objective
+    from graft.toy import demo
 
     changes = dict(PROTOCOLS[protocol])
     budget_items = None

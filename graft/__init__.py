@@ -24,18 +24,22 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from graft import _compat
+
 __version__ = "0.1.0"
+
+_compat.install()  # import paths that moved in 0.1 keep working, with a DeprecationWarning, for one release
 
 # public name -> (module, attribute in that module)
 _API = {
-    "extract_vector": ("graft.vector", "extract_vector"),
+    "extract_vector": ("graft.engines.extract", "extract_vector"),
     "open_plan": ("graft.engines.merge", "open_plan"),
     "close_plan": ("graft.engines.merge", "close_plan"),
     "run_merge": ("graft.engines.merge", "merge"),
     "evaluate": ("graft.evals.suite", "evaluate"),
     "run_search": ("graft.search.run", "run_search"),
     "inspect_vector": ("graft.inspect.run", "inspect_vector"),
-    "Recipe": ("graft.recipe", "Recipe"),
+    "Recipe": ("graft.core.recipe", "Recipe"),
     "GraftError": ("graft.errors", "GraftError"),
 }
 
@@ -43,14 +47,14 @@ __all__ = ["GraftError", "Recipe", "__version__", "close_plan", "evaluate", "ext
            "open_plan", "run_merge", "run_search"]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` below imports on first use
+    from graft.core.recipe import Recipe
+    from graft.engines.extract import extract_vector
     from graft.engines.merge import close_plan, open_plan
     from graft.engines.merge import merge as run_merge
     from graft.errors import GraftError
     from graft.evals.suite import evaluate
     from graft.inspect.run import inspect_vector
-    from graft.recipe import Recipe
     from graft.search.run import run_search
-    from graft.vector import extract_vector
 
 
 def __getattr__(name: str) -> Any:

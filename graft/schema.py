@@ -4,6 +4,7 @@ Every JSON/YAML file a user hands graft (headers, indexes, configs, manifests, r
 parsed here or validated by a pydantic model whose errors `describe_validation_error` words, so a message names
 the file and the field (`recipe.yaml: coefficients.scale: must be a finite number, got nan`) and never shows
 pydantic's internals. Coefficients are `FiniteFloat`s: NaN or ±inf anywhere a λ enters is refused at the border.
+Sizes a user writes (`5GB`, in flags and recipes) are read by `parse_size`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import functools
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +21,7 @@ from pydantic import AfterValidator, BeforeValidator, ValidationError
 
 from graft.display import printable
 from graft.errors import GraftError, InputError, UsageError
-from graft.io.regular_files import read_regular_bytes
+from graft.regular_files import read_regular_bytes
 
 
 def _refuse_constant(name: str) -> object:
@@ -69,6 +71,28 @@ def lone_surrogate(value: Any, where: str = "") -> str | None:
             if found:
                 return found
     return None
+
+
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_SIZE = re.compile(r"^(\d{1,15}(?:\.\d{1,9})?)([A-Z]*)$")  # a plain decimal: no nan, inf, exponent or sign
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB' -> 5_000_000_000 bytes (KB/MB/GB are powers of 10, KiB/MiB/GiB of 2, as in transformers).
+
+    A positive whole number of bytes or refused with ValueError: 'lots', 'nanGB', '-1MB', '0' are not sizes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text <= 0:
+            raise ValueError(f"{text!r} is not a size; use e.g. 5GB, 500MB or 2GiB")
+        return text
+    match = _SIZE.match(str(text).strip().upper().replace(" ", ""))
+    if not match or match.group(2) not in SIZE_UNITS:
+        raise ValueError(f"{text!r} is not a size; use e.g. 5GB, 500MB or 2GiB")
+    nbytes = int(float(match.group(1)) * SIZE_UNITS[match.group(2)])
+    if nbytes <= 0:
+        raise ValueError(f"{text!r} is not a size (at least one byte); use e.g. 5GB, 500MB or 2GiB")
+    return nbytes
 
 
 def require_utf8_path(path: str | Path, role: str) -> None:
@@ -306,5 +330,6 @@ def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
     return printable("; ".join(parts[:limit]) + more)  # field names and values come from the user's file
 
 
-__all__ = ["FiniteFloat", "describe_validation_error", "load_json_file", "load_json_text", "load_yaml_file",
-           "load_yaml_text", "lone_surrogate", "require_utf8_path", "shown", "yaml_problem"]
+__all__ = ["SIZE_UNITS", "FiniteFloat", "describe_validation_error", "load_json_file", "load_json_text",
+           "load_yaml_file", "load_yaml_text", "lone_surrogate", "parse_size", "require_utf8_path", "shown",
+           "yaml_problem"]

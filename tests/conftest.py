@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from graft.toy.layouts import LAYOUTS, TextSpec, build_target, build_text_pair
-from graft.vector import extract_vector
+from graft.engines.extract import extract_vector
+from graft.testing.layouts import LAYOUTS, TextSpec, build_target, build_text_pair
 
 FAMILY_OF_LAYOUT = {
     "causal": "llama", "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2", "qwen2_vl_t5names": "qwen2",

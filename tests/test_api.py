@@ -21,7 +21,8 @@ runner = CliRunner()
 
 # API name -> (module the command imports it from, attribute there, a command line that reaches the call)
 COMMANDS = {
-    "extract_vector": ("graft.vector", "extract_vector", ["extract", "-b", "{base}", "-a", "{aligned}", "-o", "{out}"]),
+    "extract_vector": ("graft.engines.extract", "extract_vector",
+                       ["extract", "-b", "{base}", "-a", "{aligned}", "-o", "{out}"]),
     "open_plan": ("graft.engines.merge", "open_plan", ["plan", "-t", "{target}", "--vector", "{vector}"]),
     "run_merge": ("graft.engines.merge", "merge", ["merge", "-t", "{target}", "--vector", "{vector}", "-o", "{out}"]),
     "evaluate": ("graft.evals.suite", "evaluate", ["eval", "{target}", "--data", "{out}.yaml", "--tasks", "catqa"]),

@@ -26,9 +26,9 @@ from typer.testing import CliRunner, Result
 import graft.io.guard
 import graft.io.writer
 from graft.cli import app
+from graft.engines.extract import extract_vector
 from graft.io.checkpoint import Checkpoint
-from graft.toy.layouts import TextSpec, build_target, build_text_pair, load_state_dict_dir
-from graft.vector import extract_vector
+from graft.testing.layouts import TextSpec, build_target, build_text_pair, load_state_dict_dir
 
 SPEC = TextSpec()
 WIDE = TextSpec(hidden_size=48, intermediate_size=96)  # same names, other shapes

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
 
 from graft.cli import app
-from graft.toy.layouts import TextSpec, build_text_pair
-from graft.vector import extract_vector
+from graft.engines.extract import extract_vector
+from graft.testing.layouts import TextSpec, build_text_pair
 from tests.test_merge import load_folder, reference_graft, stored_tau
 
 runner = CliRunner()
@@ -107,3 +110,33 @@ def test_help_lists_commands_and_exit_codes() -> None:
     assert codes.startswith("0 success; 1 unexpected error; 2 usage error; 3 input error; 4 incompatible inputs; "
                             "5 output error")
     assert codes.count("(") == codes.count(")")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["merge", "--help"], ["eval", "--help"]])
+def test_the_command_line_starts_without_the_demo_or_heavy_libraries(args: list[str]) -> None:
+    """Each command's module is imported when it runs or shows its help; the demo (which reads YAML) never is by
+    another command."""
+    code = ("import sys; from graft.cli import main; sys.argv = ['graft', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'optuna', 'yaml', 'graft.toy.demo', 'graft.cli.commands."
+            "demo') if m in sys.modules), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+    assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
+
+
+def test_every_recipe_flag_field_is_one_option_of_merge_and_plan() -> None:
+    """A field added to RecipeFlags without its option (or the reverse) fails here; plan takes every one but those
+    that only matter to a write."""
+    import dataclasses
+
+    import typer
+
+    from graft.cli.options import RECIPE_FLAG_OPTIONS
+    from graft.core.recipe_flags import RecipeFlags
+
+    fields = [f.name for f in dataclasses.fields(RecipeFlags)]
+    assert sorted(fields) == sorted(RECIPE_FLAG_OPTIONS)
+    group = typer.main.get_command(app)
+    for command, left_out in (("merge", set()), ("plan", {"out", "dtype", "shard_size", "device", "chunk_size"})):
+        names = {p.name for p in group.commands[command].params}  # type: ignore[attr-defined]
+        assert names >= set(fields) - left_out and not names & left_out, command

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graft.demo import (
+from graft.toy.demo import (
     IMAGE_MEDICAL,
     MAX_OVER_REFUSAL,
     MEDICAL_KEPT,
@@ -130,7 +130,7 @@ def test_the_demo_sets_delta_on_the_search_part_and_reports_a_labelled_upper_bou
     bar on the held-out items, judged like the searched recipe and labelled as chosen on held-out items."""
     import json
 
-    from graft.demo import SEARCH_MEDICAL_KEPT, run_demo
+    from graft.toy.demo import SEARCH_MEDICAL_KEPT, run_demo
     from graft.toy.world import WorldSpec, build_world
 
     world = build_world(WorldSpec())

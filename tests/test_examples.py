@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from graft.recipe import Recipe
+from graft.core.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,9 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from graft.engines.extract import extract_vector
 from graft.errors import IncompatibleError
-from graft.toy.layouts import TextSpec, build_text_pair
-from graft.vector import SafetyVector, extract_vector
+from graft.io.vector_folder import SafetyVector
+from graft.testing.layouts import TextSpec, build_text_pair
 from tests.test_merge import load_folder
 
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner, Result
 from graft.cli import app
 from graft.errors import OutputError
 from graft.io.guard import MARKER, write_file
-from graft.toy.layouts import TextSpec, build_target, build_text_pair
+from graft.testing.layouts import TextSpec, build_target, build_text_pair
 
 
 def cli(*args: object) -> Result:

@@ -22,19 +22,12 @@ from huggingface_hub.utils import filter_repo_objects
 from typer.testing import CliRunner, Result
 
 from graft.cli import app
+from graft.core.model_ids import HubRef, looks_like_hub_id, split_revision
+from graft.engines.extract import extract_vector
 from graft.errors import InputError
 from graft.io.guard import MARKER
-from graft.io.hub import (
-    ALLOW_PATTERNS,
-    VECTOR_PATTERNS,
-    HubRef,
-    hub_source,
-    looks_like_hub_id,
-    resolve_model,
-    split_revision,
-)
-from graft.toy.layouts import TextSpec, build_target, build_text_pair
-from graft.vector import extract_vector
+from graft.io.hub import ALLOW_PATTERNS, VECTOR_PATTERNS, hub_source, resolve_model
+from graft.testing.layouts import TextSpec, build_target, build_text_pair
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REPO = "org/name"

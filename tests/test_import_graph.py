@@ -1,20 +1,39 @@
-"""graft's import graph, read statically (no module is imported): data flows one way, so no two graft modules
-import each other (directly or round a longer loop), and no module reaches into another module's private names.
+"""graft's import graph, read statically (no module is imported): data flows one way, so every module imports only
+from its own layer or a lower one (`LAYERS`, drawn in docs/architecture.md), no two graft modules import each other
+(directly or round a longer loop), and no module reaches into another module's private names.
 
 Every import counts, also one inside a function (a deferred import still ties the two modules together); imports
 under `if TYPE_CHECKING:` do not (they never run). Run this file as a script to print the findings:
-`python tests/test_import_graph.py`.
+`python tests/test_import_graph.py` (`--root DIR` reads another checkout; `--layers FILE`, a JSON list of
+[layer, [modules]] pairs, judges it by another table).
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "graft"
+
+# The layers, lowest first: a module may import from its own layer and the layers before it, never from a later one.
+# `graft.x` is that module alone; `graft.x.*` is the package x and everything in it.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("base", ("graft", "graft._compat.*", "graft.errors", "graft.display", "graft.schema", "graft.regular_files",
+              "graft.flag_ranges")),
+    ("core", ("graft.core.*",)),
+    ("io", ("graft.io.*",)),
+    ("engines", ("graft.engines.*",)),
+    ("evals", ("graft.evals.*",)),
+    ("search", ("graft.search.*",)),
+    ("inspect", ("graft.inspect.*",)),
+    ("toy", ("graft.toy.*", "graft.testing.*")),
+    ("cli", ("graft.cli.*", "graft.examples.*")),
+]
 
 
 @dataclass
@@ -181,6 +200,58 @@ def private_reaches(mod: Module, mods: dict[str, Module]) -> list[str]:
     return found
 
 
+def layer_of(module: str, layers: list[tuple[str, tuple[str, ...]]]) -> int | None:
+    """The index of `module`'s layer (the most specific entry that names it), or None when no entry does."""
+    best: tuple[int, int] | None = None  # (specificity, layer index)
+    for index, (_, entries) in enumerate(layers):
+        for entry in entries:
+            package = entry.removesuffix(".*")
+            if module == package or (entry.endswith(".*") and module.startswith(package + ".")):
+                specificity = len(package) + (0 if entry.endswith(".*") else 1)
+                if best is None or specificity > best[0]:
+                    best = (specificity, index)
+    return None if best is None else best[1]
+
+
+def upward_imports(mods: dict[str, Module], layers: list[tuple[str, tuple[str, ...]]]) -> list[str]:
+    """One line per module that imports another from a later (higher) layer, naming both layers and the first line
+    where it does."""
+    names = [name for name, _ in layers]
+    found = []
+    for mod in mods.values():
+        own = layer_of(mod.name, layers)
+        first: dict[str, int] = {}
+        for node, target in imports(mod, mods):
+            first.setdefault(target.module, node.lineno)
+        for module, line in sorted(first.items(), key=lambda item: item[1]):
+            theirs = layer_of(module, layers)
+            if own is not None and theirs is not None and theirs > own:
+                found.append(f"{mod.path}:{line}: {mod.name} ({names[own]}) imports {module} ({names[theirs]}), "
+                             "a layer above it")
+    return found
+
+
+def missing_imports(mods: dict[str, Module], package: str = PACKAGE) -> list[str]:
+    """Imports of a package module that this checkout does not hold (an old path an editable install elsewhere, or a
+    stale file, would otherwise answer silently)."""
+    found = []
+    for mod in mods.values():
+        for node in ast.walk(mod.tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.split(".")[0] == package and a.name not in mods]
+            elif isinstance(node, ast.ImportFrom) and _base(mod, node).split(".")[0] == package:
+                base = _base(mod, node)
+                names = [] if base in mods else [base]
+            else:
+                continue
+            found += [f"{mod.path}:{node.lineno}: {mod.name} imports {name}, which is no module here" for name in names]
+    return found
+
+
+def unplaced(mods: dict[str, Module], layers: list[tuple[str, tuple[str, ...]]]) -> list[str]:
+    return sorted(f"{mod.path}: {name} is in no layer" for name, mod in mods.items() if layer_of(name, layers) is None)
+
+
 # ---------------------------------------------------------------- the tests
 
 def test_cycle_finder_finds_a_planted_cycle() -> None:
@@ -206,6 +277,46 @@ def test_graph_reader_sees_function_level_imports_and_skips_type_checking(tmp_pa
     assert "_secret" in private_reaches(mods["pkg.c"], mods)[0]
 
 
+def test_layer_check_finds_a_planted_upward_import(tmp_path: Path) -> None:
+    """The layer check itself can fail: an import of a higher layer is found (also inside a function), one of the
+    same or a lower layer is not, a TYPE_CHECKING import is not, and a module in no layer is named."""
+    pkg = tmp_path / "pkg"
+    for folder in ("low", "high"):
+        (pkg / folder).mkdir(parents=True)
+        (pkg / folder / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "base.py").write_text("")
+    (pkg / "low" / "a.py").write_text("from pkg import base\nfrom pkg.low import b\nfrom typing import TYPE_CHECKING\n"
+                                      "if TYPE_CHECKING:\n    from pkg.high import c\n"
+                                      "def f():\n    from pkg.high.c import thing\n    return thing\n")
+    (pkg / "low" / "b.py").write_text("")
+    (pkg / "high" / "c.py").write_text("from pkg.low import a\nthing = 1\n")
+    (pkg / "stray.py").write_text("")
+    layers = [("base", ("pkg", "pkg.base")), ("low", ("pkg.low.*",)), ("high", ("pkg.high.*",))]
+    mods = modules(tmp_path, "pkg")
+    found = upward_imports(mods, layers)
+    assert len(found) == 1 and "pkg.low.a (low) imports pkg.high.c (high)" in found[0] and ":7:" in found[0]
+    assert unplaced(mods, layers) == [f"{Path('pkg/stray.py')}: pkg.stray is in no layer"]
+    assert layer_of("pkg.low", layers) == 1 and layer_of("pkg.lowly", layers) is None
+    (pkg / "high" / "d.py").write_text("def f():\n    from pkg.gone import x\n    return x\n")
+    assert missing_imports(modules(tmp_path, "pkg"), "pkg") == [
+        f"{Path('pkg/high/d.py')}:2: pkg.high.d imports pkg.gone, which is no module here"]
+
+
+def test_every_module_imports_only_its_own_layer_or_lower() -> None:
+    mods = modules(ROOT)
+    assert not unplaced(mods, LAYERS), "modules in no layer (add them to LAYERS and docs/architecture.md):\n" + \
+        "\n".join(unplaced(mods, LAYERS))
+    found = upward_imports(mods, LAYERS)
+    assert not found, ("imports that point up a layer (move the code down, or hand the caller what it needs; "
+                       "docs/architecture.md draws the layers):\n" + "\n".join(found))
+
+
+def test_every_import_names_a_module_of_this_checkout() -> None:
+    found = missing_imports(modules(ROOT))
+    assert not found, "imports of modules that are not there:\n" + "\n".join(found)
+
+
 def test_graft_has_no_import_cycles() -> None:
     mods = modules(ROOT)
     assert len(mods) > 50, "the package was not found"
@@ -224,7 +335,16 @@ def test_no_module_reads_another_modules_private_names() -> None:
 
 
 if __name__ == "__main__":
-    mods = modules(ROOT)
+    parser = argparse.ArgumentParser(description="Print graft's import-graph findings.")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout to read (default: this one)")
+    parser.add_argument("--layers", type=Path, help="a JSON list of [layer, [modules]] pairs (default: LAYERS)")
+    args = parser.parse_args()
+    mods = modules(args.root)
+    layers = [(name, tuple(entries)) for name, entries in json.loads(args.layers.read_text())] if args.layers \
+        else LAYERS
+    up = upward_imports(mods, layers)
+    print("\n".join([*unplaced(mods, layers), *up]))
+    print(f"{len(up)} imports point up a layer")
     edges = graph(mods)
     for c in cycles(edges):
         print("cycle:", ", ".join(c))

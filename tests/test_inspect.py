@@ -19,6 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from graft.cli import app
+from graft.core.recipe import Coefficients, MappingRules, Recipe
 from graft.engines.plan import build_plan
 from graft.errors import InputError, OutputError, UsageError
 from graft.inspect import (
@@ -35,9 +36,8 @@ from graft.inspect.scores import inspection_plan, layer_table, score_tensors, te
 from graft.inspect.study import layers_of
 from graft.io.checkpoint import Checkpoint
 from graft.io.guard import MARKER
-from graft.recipe import Coefficients, MappingRules, Recipe
-from graft.toy.layouts import LAYOUTS, load_state_dict_dir
-from graft.vector import SafetyVector
+from graft.io.vector_folder import SafetyVector
+from graft.testing.layouts import LAYOUTS, load_state_dict_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -18,8 +18,8 @@ import yaml
 from typer.testing import CliRunner
 
 from graft.cli import app
-from graft.databases import check_study_storage, optuna_tables
 from graft.errors import InputError, OutputError
+from graft.io.databases import check_study_storage, optuna_tables
 from graft.search import run_search
 from tests.test_bad_input import assert_error
 from tests.test_search import FIXTURE_DATA, LambdaScorer, num_layers, space_file

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from graft.engines.mapping import Rule, match_names, module_group
+from graft.core.mapping import Rule, match_names, module_group
 from graft.io.checkpoint import Checkpoint
-from graft.vector import SafetyVector
+from graft.io.vector_folder import SafetyVector
 from tests.conftest import ALL_LAYOUTS
 from tests.test_merge import EXPECTED_NAMES
 

@@ -1,7 +1,7 @@
 """Streamed merge against an independent NumPy reference, in every supported layout.
 
 The reference reads the files with `safetensors.torch.load_file` (not graft's reader), maps names with the
-prefixes each layout is documented to use (written out here, not taken from graft.engines.mapping), and computes
+prefixes each layout is documented to use (written out here, not taken from graft.core.mapping), and computes
 θ + λ·τ in NumPy float32.
 """
 
@@ -17,10 +17,10 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+from graft.core.recipe import Recipe
 from graft.engines.merge import merge
 from graft.io.guard import MARKER
-from graft.recipe import Recipe
-from graft.toy.layouts import LAYOUTS
+from graft.testing.layouts import LAYOUTS
 from tests.conftest import ALL_LAYOUTS
 
 # layout -> (LM body prefix on disk, head tensor on disk): docs/architecture.md's layout table, as independent data.

@@ -14,10 +14,10 @@ import torch
 mergekit_config = pytest.importorskip("mergekit.config", reason="mergekit is not installed (pip install -e .[dev])")
 mergekit_merge = pytest.importorskip("mergekit.merge", reason="mergekit is not installed (pip install -e .[dev])")
 
+from graft.core.recipe import Recipe  # noqa: E402
+from graft.engines.extract import extract_vector  # noqa: E402
 from graft.engines.merge import merge  # noqa: E402
-from graft.recipe import Recipe  # noqa: E402
-from graft.toy.layouts import TextSpec, build_target, build_text_pair, load_state_dict_dir  # noqa: E402
-from graft.vector import extract_vector  # noqa: E402
+from graft.testing.layouts import TextSpec, build_target, build_text_pair, load_state_dict_dir  # noqa: E402
 
 LAM = 0.7
 # Tiny on purpose (the whole test runs in a few seconds): parity is about the arithmetic and the key set.

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from graft.core.recipe import Recipe
 from graft.engines.merge import merge
-from graft.recipe import Recipe
 from tests.test_merge import load_folder, target_name
 
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from test_search import LambdaScorer, eval_file, load_study, num_layers, space_file
 from test_search_tools import SMALL
 
-from graft.progress import StepProgress
+from graft.cli.progress import StepProgress
 from graft.search import run_search
 from graft.search.run import standing
 

@@ -575,10 +575,10 @@ def test_recipe_threshold_is_checked_against_its_metrics_range(metric: str) -> N
 
 @pytest.mark.parametrize("name", ["limit", "holdout", "trials", "seed"])
 def test_every_numeric_demo_flag_is_checked_against_its_range(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import graft.demo
+    import graft.toy.demo
 
     def stop(*_a: object, **_k: object) -> None:
         raise Stop("the demo would start now")
 
-    monkeypatch.setattr(graft.demo, "run_demo", stop)
+    monkeypatch.setattr(graft.toy.demo, "run_demo", stop)
     _flag_property(lambda tmp: ["demo", "--workdir", f"{tmp}/demo"], DEMO[name].flag, DEMO[name], Stop.exit_code)

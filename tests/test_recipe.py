@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from graft.core.recipe import Coefficients, Recipe
+from graft.core.recipe_flags import RecipeFlags
 from graft.errors import UsageError
-from graft.recipe import Coefficients, Recipe
-from graft.recipe_flags import build_recipe
 
 
 def test_unknown_field_is_named() -> None:
@@ -71,10 +71,11 @@ def test_yaml_round_trip_and_relative_paths(tmp_path: Path) -> None:
 def test_flags_override_the_recipe(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"coefficients": {"scale": 0.7, "blocks": [1, 2], "groups": {"mlp": 0.5}}}))
-    recipe = build_recipe(path, scale=0.3, control_points="0,1", group=["attn=0.25"], map=["^a=>b"])
+    recipe = RecipeFlags(recipe_file=path, scale=0.3, control_points="0,1", group=["attn=0.25"],
+                         map=["^a=>b"]).to_recipe()
     assert recipe.coefficients.scale == 0.3
     assert recipe.coefficients.blocks is None and recipe.coefficients.control_points == [0.0, 1.0]
     assert recipe.coefficients.groups == {"mlp": 0.5, "attn": 0.25}
     assert recipe.mapping.rules[0].match == "^a" and recipe.mapping.rules[0].replace == "b"
     with pytest.raises(UsageError, match="--group 'attn': expected the form LEFT=RIGHT"):
-        build_recipe(None, group=["attn"])
+        RecipeFlags(group=["attn"]).to_recipe()

@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from graft.cli import app
-from graft.recipe import Recipe
+from graft.core.recipe import Recipe
 from tests.test_merge import load_folder, target_name
 from tests.test_search import LambdaScorer, eval_file, num_layers, space_file
 

@@ -22,13 +22,13 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from graft.cli import app
+from graft.core.recipe import Coefficients, Recipe
 from graft.errors import UsageError
 from graft.evals.screening import Split
-from graft.recipe import Coefficients, Recipe
+from graft.io.vector_folder import SafetyVector
 from graft.search import run_search
 from graft.search.config import Stage
 from graft.search.study import budget_state, claim, open_storage, run_worker
-from graft.vector import SafetyVector
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_DATA = ROOT / "graft" / "evals" / "fixtures" / "data.yaml"
@@ -325,6 +325,7 @@ def test_pareto_mode_writes_the_front(make_world, tmp_path: Path) -> None:
 # -- outputs: reload, merge, compare with the resident weights --------------------------------------------------
 def test_outputs_reload_and_merge_to_the_resident_weights(make_world, tmp_path: Path) -> None:
     from graft.engines.resident import ResidentGraft
+    from graft.evals.generation import Engine
 
     world = make_world("causal")
     layers = num_layers(world)
@@ -362,7 +363,7 @@ def test_outputs_reload_and_merge_to_the_resident_weights(make_world, tmp_path: 
     from graft.engines.merge import merge
 
     merge(searched_recipe)
-    with ResidentGraft.from_recipe(recipe.model_copy(update={"out": None})) as resident:
+    with ResidentGraft.from_recipe(recipe.model_copy(update={"out": None}), load=Engine.load) as resident:
         params = dict(resident.engine.model.named_parameters(remove_duplicate=False))
         for folder, coefficients in ((merged, recipe.coefficients),
                                      (tmp_path / "merged-searched", searched_recipe.coefficients)):

@@ -20,16 +20,16 @@ import yaml
 from typer.testing import CliRunner
 
 from graft.cli import app
+from graft.core.recipe import Coefficients
 from graft.errors import UsageError
 from graft.evals.loaders import Item
 from graft.evals.screening import stratified_subset
-from graft.recipe import Coefficients
+from graft.io.vector_folder import SafetyVector
 from graft.search import run_search
 from graft.search.bounds import judge, z_of
 from graft.search.config import Objective, SearchEvalConfig, Stage
 from graft.search.fidelity import RungPlan
 from graft.search.pick import judged_key
-from graft.vector import SafetyVector
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_DATA = ROOT / "graft" / "evals" / "fixtures" / "data.yaml"

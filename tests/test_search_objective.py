@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from graft.core.recipe import Coefficients
 from graft.errors import UsageError
-from graft.recipe import Coefficients
 from graft.search.config import Objective, SearchEvalConfig, Stage
 from graft.search.fidelity import RungPlan
 from graft.search.objective import (

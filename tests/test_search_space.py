@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from graft.core.recipe import Coefficients
 from graft.errors import UsageError
-from graft.recipe import Coefficients
 from graft.search.space import SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_baseline_points_give_exactly_their_lambda_on_every_tensor(path: Path) -
 
 
 def test_the_demo_searches_the_shipped_smooth_groups_space() -> None:
-    from graft.demo import DEMO_SPACE
+    from graft.toy.demo import DEMO_SPACE
 
     shipped = SearchSpace.from_yaml(ROOT / "search_spaces" / "smooth_groups.yaml")
     assert SearchSpace.parse(DEMO_SPACE) == shipped
@@ -179,7 +179,7 @@ def test_parameters_to_coefficients_is_pure_and_complete() -> None:
 
 
 def test_operator_key_fixed_or_searched_and_its_one_mapping_to_recipe_options() -> None:
-    from graft.recipe import Recipe
+    from graft.core.recipe import Recipe
     from graft.search.evaluation import check_operators, trial_recipe
 
     base = {"graft_space": 1, "scale": {"low": 0.0, "high": 2.0}}

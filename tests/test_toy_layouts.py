@@ -10,7 +10,7 @@ import torch
 import transformers
 from safetensors import safe_open
 
-from graft.toy.layouts import LAYOUTS, TextSpec, build_target, build_text_pair, load_state_dict_dir
+from graft.testing.layouts import LAYOUTS, TextSpec, build_target, build_text_pair, load_state_dict_dir
 
 EXTRA_VOCAB = 3
 FAMILIES = ("llama", "qwen2", "mistral", "gemma3")

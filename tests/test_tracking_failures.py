@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from graft.cli import app
 from graft.errors import InputError
+from graft.io.tracking import MLFLOW_OPEN_LIMITS, env_defaults, open_trackers
 from graft.search import run_search
-from graft.tracking import MLFLOW_OPEN_LIMITS, env_defaults, open_trackers
 
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens, the connection is refused at once
 SMALL = ("graft_space: 1\nsampler: cmaes\ndepth: {kind: control_points, count: 2, low: 0.0, high: 1.5}\n"
@@ -107,7 +107,7 @@ def test_a_tracker_failing_after_the_search_is_a_warning_and_the_outputs_stay(
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from graft.tracking import MlflowTracker
+    from graft.io.tracking import MlflowTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

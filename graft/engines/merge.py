@@ -8,6 +8,7 @@ in the kernel (`copy_file_range`) and never enter Python memory.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -18,29 +19,23 @@ from pathlib import Path
 
 import torch
 
-from graft.devices import resolve_device
-from graft.engines.operators import Chunk, Chunks, GraftOperator, TensorRef
-from graft.engines.ops import all_finite, graft_rows
+from graft.core.arithmetic import all_finite, graft_rows
+from graft.core.dtypes import CAST_NAMES, TAGS
+from graft.core.operators import Chunk, Chunks, GraftOperator, TensorRef
+from graft.core.recipe import Recipe
+from graft.engines.model_card import load_card_results, model_card
 from graft.engines.output_names import CARD_FILE, RECIPE_FILE, carried_names
 from graft.engines.plan import GraftPlan, TensorAction, build_plan
+from graft.engines.shards import Piece, ShardLayout, layout_in_shards, stream_shards, total_bytes, weight_map
 from graft.errors import IncompatibleError, InputError, UsageError
 from graft.io.checkpoint import Checkpoint, TensorInfo
-from graft.io.dtypes import CAST_NAMES, TAGS
+from graft.io.devices import resolve_device
 from graft.io.guard import OutputFolder
 from graft.io.hub import pin, resolve_model
-from graft.io.pipeline import BackgroundWriter, prefetch
-from graft.io.writer import (
-    OutputTensor,
-    ShardWriter,
-    parse_size,
-    shard_names,
-    split_into_shards,
-    write_index,
-)
-from graft.modelcard import load_card_results, model_card
-from graft.recipe import Recipe
-from graft.schema import require_utf8_path
-from graft.vector import SafetyVector
+from graft.io.pipeline import prefetch
+from graft.io.vector_folder import SafetyVector
+from graft.io.writer import OutputTensor, ShardWriter, write_index
+from graft.schema import parse_size, require_utf8_path
 
 OUT_DTYPES = CAST_NAMES  # the output dtype a recipe names -> its safetensors tag
 RESHARDED_INDEX = "model.safetensors.index.json"  # the index of an output re-sharded with --shard-size
@@ -149,7 +144,7 @@ def merge(
         device = resolve_device(recipe.options.device)
         layout, carried = planned_output(plan)
         plan.target.as_read.add(plan.target.root / rel for rel in carried)  # copied at the end: as they are now
-        total = sum(t.nbytes for shard in layout.values() for t in shard.tensors)
+        total = total_bytes(layout)
         inputs = [plan.target.root, plan.vector.root] + ([plan.origin.root] if plan.origin else [])
         inputs += [Path(results)] if results is not None else []
         folder = OutputFolder(Path(recipe.out), inputs=inputs, force=force, kind="merge")
@@ -171,12 +166,6 @@ def merge(
                            time.perf_counter() - started, str(device))
     finally:
         close_plan(plan)
-
-
-@dataclass(frozen=True)
-class ShardLayout:
-    tensors: list[OutputTensor]
-    metadata: dict[str, str]
 
 
 def planned_output(plan: GraftPlan) -> tuple[dict[str, ShardLayout], dict[Path, Path]]:
@@ -211,9 +200,7 @@ def output_layout(plan: GraftPlan) -> dict[str, ShardLayout]:
         return {shard.file.name: ShardLayout([out_tensor(i) for i in shard.tensors], shard.metadata)
                 for shard in plan.target.shards}
     tensors = [out_tensor(i) for shard in plan.target.shards for i in shard.tensors]
-    groups = split_into_shards(tensors, parse_size(options.shard_size))
-    return {name: ShardLayout(group, {"format": "pt"})
-            for name, group in zip(shard_names("model", len(groups)), groups, strict=True)}
+    return layout_in_shards("model", tensors, parse_size(options.shard_size), {"format": "pt"})
 
 
 # -- streaming ------------------------------------------------------------------------------------------------------
@@ -247,29 +234,16 @@ def _write_shards(
 ) -> None:
     actions = {a.target: a for a in plan.actions}
     pin = device.type == "cuda"
-    writer = BackgroundWriter()
-    opened: list[ShardWriter] = []
-    try:
-        for file, shard in layout.items():
-            out = ShardWriter(staging / file, shard.tensors, shard.metadata)
-            opened.append(out)
-            pieces = (p for t in shard.tensors for p in _pieces(plan, actions[t.name], t, chunk_bytes, pin))
-            for piece in prefetch(pieces, depth=2):
-                if isinstance(piece, _Copy):
-                    writer.submit(_copy_piece, out, plan.target, piece)
-                    nbytes = piece.nbytes
-                else:
-                    writer.submit(out.write, _compute_chunk(piece, device))
-                    nbytes = piece.nbytes_in
-                if progress:
-                    progress(nbytes)
-            writer.submit(out.close)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        for out in opened:
-            out.discard()
-        raise
+
+    def pieces(shard: ShardLayout) -> Iterator[tuple[Piece, int]]:
+        reads = (p for t in shard.tensors for p in _pieces(plan, actions[t.name], t, chunk_bytes, pin))
+        for piece in prefetch(reads, depth=2):
+            if isinstance(piece, _Copy):
+                yield functools.partial(_copy_piece, target=plan.target, piece=piece), piece.nbytes
+            else:
+                yield _compute_chunk(piece, device), piece.nbytes_in
+
+    stream_shards(staging, layout, pieces, progress)
 
 
 def _copy_piece(out: ShardWriter, target: Checkpoint, piece: _Copy) -> None:
@@ -406,9 +380,8 @@ def _write_folder_files(
     if len(layout) > 1 or (mirrored and target.index_file is not None):
         index_name = target.index_file.name if (mirrored and target.index_file) else RESHARDED_INDEX
         metadata = dict(target.index_metadata) if mirrored else {}
-        metadata["total_size"] = sum(t.nbytes for shard in layout.values() for t in shard.tensors)
-        weight_map = {t.name: file for file, shard in layout.items() for t in shard.tensors}
-        write_index(staging, index_name, weight_map, metadata)
+        metadata["total_size"] = total_bytes(layout)
+        write_index(staging, index_name, weight_map(layout), metadata)
     for rel, name in carried.items():
         dest = staging / name
         dest.parent.mkdir(parents=True, exist_ok=True)

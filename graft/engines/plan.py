@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from graft.engines.mapping import (
+from graft.core.mapping import (
     Group,
     Mismatch,
     NameMatch,
@@ -24,12 +24,12 @@ from graft.engines.mapping import (
     module_group,
     split_backbone,
 )
-from graft.engines.operators import GraftOperator
+from graft.core.operators import GraftOperator
+from graft.core.recipe import LARGE_LAMBDA, Recipe
 from graft.errors import IncompatibleError, InputError
 from graft.io.checkpoint import Checkpoint
 from graft.io.dtype_policy import NumericReads
-from graft.recipe import LARGE_LAMBDA, Recipe
-from graft.vector import SafetyVector
+from graft.io.vector_folder import SafetyVector
 
 Reason = Literal["grafted", "no partner in the vector", "vision tower / projector", "excluded by rule", "λ = 0"]
 
@@ -61,7 +61,7 @@ class GraftPlan:
 
     @property
     def operator(self) -> GraftOperator:
-        """The recipe's graft operator, which the merge and the resident graft both run (graft.engines.operators)."""
+        """The recipe's graft operator, which the merge and the resident graft both run (graft.core.operators)."""
         return self.recipe.operator_spec.build()
 
     @property

@@ -11,12 +11,12 @@ What it guarantees: after `apply(c)` every parameter of the live model is bit-id
 * the plan is `build_plan` on the recipe's target, vector, mapping rules and origin (so merge, search and inspect
   agree on which tensor gets which λ), and λ per trial is `Coefficients.layer_factors` + `Coefficients.lam`;
 * the arithmetic is `ops.graft_rows` (fp32, one cast), λ = 0 copies the pristine tensor (as merge copies it);
-* the operator (graft.engines.operators) is merge's: its effective τ is computed once at load (and again by
+* the operator (graft.core.operators) is merge's: its effective τ is computed once at load (and again by
   `set_operator`) by the same `prepare` over merge's own element chunks and the same `transform`.
 
 Names: merge works on on-disk names, but transformers 5 renames keys when it loads (Qwen2-VL's `model.layers.N.*`
 becomes `model.language_model.layers.N.*`, LLaVA's `language_model.model.*` becomes `model.language_model.*`) and
-ties `lm_head` to the embedding. On-disk names are matched to parameter names by graft.engines.mapping's matcher
+ties `lm_head` to the embedding. On-disk names are matched to parameter names by graft.core.mapping's matcher
 (names and shapes, no per-family table), and every matched pair is verified byte for byte against the checkpoint.
 """
 
@@ -25,12 +25,16 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from graft.devices import resolve_device
-from graft.engines.mapping import GROUPS, match_names
+from graft.core.arithmetic import graft_rows
+from graft.core.dtypes import CAST_NAMES, torch_dtype_named
+from graft.core.mapping import GROUPS, match_names
+from graft.core.operators import Chunk, GraftOperator, OperatorSpec, TensorRef
+from graft.core.recipe import Coefficients, Recipe
 from graft.engines.merge import (
     chunk_elements,
     close_plan,
@@ -39,17 +43,22 @@ from graft.engines.merge import (
     open_plan,
     tensor_chunks,
 )
-from graft.engines.operators import Chunk, GraftOperator, OperatorSpec, TensorRef
-from graft.engines.ops import graft_rows
 from graft.engines.plan import GraftPlan, TensorAction, build_plan
 from graft.errors import IncompatibleError, UsageError
 from graft.io.checkpoint import Checkpoint
-from graft.io.dtypes import CAST_NAMES, torch_dtype_named
-from graft.io.writer import parse_size
-from graft.recipe import Coefficients, Recipe
+from graft.io.devices import resolve_device
+from graft.schema import parse_size
 
 if TYPE_CHECKING:
     from graft.evals.generation import Engine
+
+
+class ModelLoader(Protocol):
+    """How the resident graft gets its live model: the caller's choice (`graft.evals.generation.Engine.load` for the
+    search), so that the engines never import the evaluation layer. What it returns holds the model as `.model`."""
+
+    def __call__(self, path: Path, *, device: str, dtype: str, batch_size: int | None, text_only: bool) -> Engine: ...
+
 
 _STORED_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 # Rows per step of `apply`, in bytes of the pristine tensor. On CPU, 2 MB keeps graft_rows' fp32 temporaries in
@@ -105,10 +114,11 @@ class ResidentGraft:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_recipe(cls, recipe: Recipe, *, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
-                    text_only: bool = False, offload: bool = False, fused: bool = False,
-                    chunk_bytes: int | None = None) -> ResidentGraft:
-        """Load `recipe.target` with transformers and make every tensor the recipe's vector can graft resident.
+    def from_recipe(cls, recipe: Recipe, *, load: ModelLoader, device: str = "auto", dtype: str = "auto",
+                    batch_size: int | None = None, text_only: bool = False, offload: bool = False,
+                    fused: bool = False, chunk_bytes: int | None = None) -> ResidentGraft:
+        """Load `recipe.target` with `load` (the search passes `Engine.load`) and make every tensor the recipe's
+        vector can graft resident.
 
         dtype "auto" loads the model as the target is stored (or in `recipe.options.dtype` when set), so trial
         weights are bit-identical to `graft merge` output. Another dtype (e.g. float32 on a CPU, where bf16 matmuls
@@ -132,7 +142,7 @@ class ResidentGraft:
                 raise UsageError("fused=True computes from resident tensors on the GPU; it cannot be combined with "
                                  "offload=True")
             dtype_name = _engine_dtype(plan.target, recipe, dtype)
-            engine = _load_engine(plan.target, dev, dtype_name, batch_size, text_only)
+            engine = _load_engine(load, plan.target, dev, dtype_name, batch_size, text_only)
             step_bytes = chunk_bytes or APPLY_CHUNK_BYTES["cuda" if dev.type == "cuda" else "cpu"]
             slots = _make_slots(candidates, engine.model, dev, offload, step_bytes)
         except BaseException:
@@ -296,20 +306,17 @@ def _engine_dtype(target: Checkpoint, recipe: Recipe, dtype: str) -> str:
     return dtype
 
 
-def _load_engine(target: Checkpoint, device: torch.device, dtype_name: str, batch_size: int | None,
-                 text_only: bool) -> Engine:
-    from graft.evals.generation import Engine
-
+def _load_engine(load: ModelLoader, target: Checkpoint, device: torch.device, dtype_name: str,
+                 batch_size: int | None, text_only: bool) -> Engine:
     try:
-        return Engine.load(target.root, device=str(device), dtype=dtype_name, batch_size=batch_size,
-                           text_only=text_only)
+        return load(target.root, device=str(device), dtype=dtype_name, batch_size=batch_size, text_only=text_only)
     except IncompatibleError as exc:
         raise IncompatibleError(f"{exc}; the resident graft (graft search) needs a model transformers can load: "
                                 "convert it to a transformers layout, or use `graft merge`") from exc
 
 
 def parameter_names(target: Checkpoint, model: torch.nn.Module) -> dict[str, str]:
-    """On-disk name -> in-memory parameter name, from names and shapes: graft.engines.mapping's matcher, then same-name
+    """On-disk name -> in-memory parameter name, from names and shapes: graft.core.mapping's matcher, then same-name
     same-shape pairs for whatever it left. Only a guess until `_make_slots` has compared the bytes."""
     memory = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
     disk = {name: info.shape for name, info in target.tensors.items()}

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from transformers import StoppingCriteria
 
-from graft.devices import resolve_device
+from graft.core.dtypes import ALIASES, CAST_NAMES, torch_dtype_named
 from graft.errors import IncompatibleError, InputError, UsageError
-from graft.io.dtypes import ALIASES, CAST_NAMES, torch_dtype_named
+from graft.io.devices import resolve_device
 from graft.schema import load_json_file
 
 from . import llava_med
@@ -98,7 +98,7 @@ class Engine:
 
         from graft.io.checkpoint import Checkpoint
         from graft.io.hub import resolve_model
-        from graft.io.regular_files import containment_root
+        from graft.regular_files import containment_root
 
         path = resolve_model(path, role="model")
         if not path.is_dir():

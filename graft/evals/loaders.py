@@ -43,7 +43,7 @@ from PIL import Image, UnidentifiedImageError
 
 from graft.display import printable
 from graft.errors import InputError
-from graft.io.regular_files import check_regular, open_regular
+from graft.regular_files import check_regular, open_regular
 from graft.schema import load_json_text
 
 from .sources import HubSource, Source

@@ -108,10 +108,10 @@ def stratified_subset(items: Sequence[Item], limit: int | None = None, fraction:
 class VerdictCache:
     """SQLite map from (model content hash, task, item, settings) to a finished per-sample record. graft writes one
     only if it made it (stamped with graft's SQLite `application_id`) or it is a new, empty file: never another
-    application's database (graft.databases)."""
+    application's database (graft.io.databases)."""
 
     def __init__(self, path: str | Path):
-        from graft.databases import VERDICT_CACHE_ID, check_verdict_cache
+        from graft.io.databases import VERDICT_CACHE_ID, check_verdict_cache
 
         self.path = Path(path)
         exists = check_verdict_cache(self.path)

@@ -8,17 +8,16 @@ import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
-from graft.databases import check_verdict_cache
 from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
 from graft.flag_ranges import EVAL, check
 from graft.io.checkpoint import weights_sha256
+from graft.io.databases import check_verdict_cache
 from graft.io.guard import check_destination, note_finished, overlapping_input, write_file
 from graft.io.hub import hub_source
-from graft.progress import StepProgress
 
 from . import answers, figstep, scoring
 from .backend import GenerationBackend
@@ -31,6 +30,9 @@ from .loaders import Item, open_image
 from .screening import Split, VerdictCache, stratified_subset
 from .tasks import Task, samples_path
 from .uncertainty import composite
+
+if TYPE_CHECKING:  # the bar is the command line's; evaluate only calls its start and advance
+    from graft.cli.progress import StepProgress
 
 # Default generation caps: a keyword judge reads only the opening of a reply (the fast path for search);
 # model judges need the substance; letters and short VQA answers need little.
@@ -133,7 +135,7 @@ def evaluate(
     that part.
     `trust_remote_code` lets transformers run Python code shipped in the model folder: only for a folder you trust.
     `lm_eval_out` (with `out`) also writes the results in lm-eval's own layout there (`graft eval --format lm-eval`).
-    `bar` counts the items as tasks finish (graft.progress; the caller stops it).
+    `bar` counts the items as tasks finish (graft.cli.progress; the caller stops it).
 
     Example::
 

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from graft.engines.mapping import GROUPS
+from graft.core.mapping import GROUPS
 
 # column -> (label, colour map, diverging around 0)
 PLOTTED: dict[str, tuple[str, str, bool]] = {

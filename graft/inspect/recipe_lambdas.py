@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from graft.engines.mapping import Group
+from graft.core.mapping import Group
+from graft.core.recipe import Coefficients, Recipe
 from graft.engines.merge import close_plan, open_plan
 from graft.engines.plan import GraftPlan
 from graft.errors import UsageError
-from graft.recipe import Coefficients, Recipe
-from graft.vector import SafetyVector
+from graft.io.vector_folder import SafetyVector
 
 from .scores import cell_order
 

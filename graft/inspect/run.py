@@ -65,8 +65,8 @@ def inspect_vector(
         found = graft.inspect_vector("vector", target="med-model", origin="med-base")
         found.table().sort_values("ratio", ascending=False).head()
     """
-    from graft.recipe_flags import build_recipe
-    from graft.vector import SafetyVector
+    from graft.core.recipe_flags import RecipeFlags
+    from graft.io.vector_folder import SafetyVector
 
     from .recipe_lambdas import lambdas
     from .report import write_report
@@ -75,7 +75,8 @@ def inspect_vector(
 
     check(INSPECT, trial=trial)
     recipe_path = Path(recipe) if recipe is not None else None
-    spec = build_recipe(recipe_path, target=_text(target), vector=_text(vector), origin=_text(origin), map=map)
+    spec = RecipeFlags(recipe_file=recipe_path, target=_text(target), vector=_text(vector), origin=_text(origin),
+                       map=map).to_recipe()
     if (study is not None or trial is not None) and storage is None:
         raise UsageError("--study/--trial need --storage, the study's optuna storage (e.g. sqlite:///search.db)")
     opened_study = open_study(storage, study) if storage is not None else None

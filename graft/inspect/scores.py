@@ -35,17 +35,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from graft.devices import resolve_device
-from graft.engines.mapping import GROUPS, Group
+from graft.core.mapping import GROUPS, Group
+from graft.core.recipe import Coefficients, MappingRules, Recipe
 from graft.engines.merge import default_chunk_bytes
 from graft.engines.plan import GraftPlan, TensorAction, build_plan
 from graft.errors import IncompatibleError, UsageError
 from graft.io.checkpoint import Checkpoint
+from graft.io.devices import resolve_device
 from graft.io.hub import resolve_model
 from graft.io.pipeline import prefetch
-from graft.io.writer import parse_size
-from graft.recipe import Coefficients, MappingRules, Recipe
-from graft.vector import SafetyVector
+from graft.io.vector_folder import SafetyVector
+from graft.schema import parse_size
 
 # λ = 1 for every group (vision included): the inspection plan lists every tensor the vector *could* graft.
 UNIT_COEFFICIENTS = Coefficients(groups=dict.fromkeys(GROUPS, 1.0))

@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from graft.core.mapping import GROUPS
+from graft.core.model_ids import looks_like_hub_id
+from graft.core.recipe import Recipe
 from graft.display import printable
-from graft.engines.mapping import GROUPS
 from graft.errors import InputError, UsageError
 from graft.flag_ranges import RECIPE, Range, check, threshold_range
-from graft.io.hub import looks_like_hub_id, pin
-from graft.io.regular_files import check_regular
-from graft.recipe import Recipe
+from graft.io.hub import pin
+from graft.regular_files import check_regular
 from graft.schema import load_json_file
 
 from .report import REPORT_FORMAT, REPORT_FORMAT_VERSION

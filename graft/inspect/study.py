@@ -31,11 +31,11 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import ValidationError
 
-from graft.databases import read_only_storage
+from graft.core.mapping import Group
+from graft.core.recipe import Coefficients, describe_validation_error
 from graft.display import printable
-from graft.engines.mapping import Group
 from graft.errors import InputError, UsageError
-from graft.recipe import Coefficients, describe_validation_error
+from graft.io.databases import read_only_storage
 
 ParamKind = Literal["layer", "block", "point", "group", "scale", "other"]
 IMPORTANCE_COLUMNS = ["objective", "param", "importance", "kind", "index", "group", "first_layer", "last_layer"]

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
+from graft.core.dtypes import FLOAT_TAGS, SAFETENSORS_TAGS, TAGS
 from graft.errors import InputError
-from graft.io.dtypes import FLOAT_TAGS, SAFETENSORS_TAGS, TAGS
-from graft.io.regular_files import InputsAsRead, check_regular, containment_root, open_regular
+from graft.regular_files import InputsAsRead, check_regular, containment_root, open_regular
 from graft.schema import load_json_file, load_json_text, lone_surrogate, shown
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

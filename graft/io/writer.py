@@ -11,37 +11,15 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from graft.core.dtypes import TAGS
 from graft.errors import OutputError
-from graft.io.dtypes import TAGS
 from graft.io.guard import count_written
-
-SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-_SIZE = re.compile(r"^(\d{1,15}(?:\.\d{1,9})?)([A-Z]*)$")  # a plain decimal: no nan, inf, exponent or sign
-
-
-def parse_size(text: str | int) -> int:
-    """'5GB' -> 5_000_000_000 bytes (KB/MB/GB are powers of 10, KiB/MiB/GiB of 2, as in transformers).
-
-    A positive whole number of bytes or refused with ValueError: 'lots', 'nanGB', '-1MB', '0' are not sizes."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        if text <= 0:
-            raise ValueError(f"{text!r} is not a size; use e.g. 5GB, 500MB or 2GiB")
-        return text
-    match = _SIZE.match(str(text).strip().upper().replace(" ", ""))
-    if not match or match.group(2) not in SIZE_UNITS:
-        raise ValueError(f"{text!r} is not a size; use e.g. 5GB, 500MB or 2GiB")
-    nbytes = int(float(match.group(1)) * SIZE_UNITS[match.group(2)])
-    if nbytes <= 0:
-        raise ValueError(f"{text!r} is not a size (at least one byte); use e.g. 5GB, 500MB or 2GiB")
-    return nbytes
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ screening: {tasks: [catqa], limit: 16, threshold: 0.5}
 objective: {mode: constrained, max_medical_drop: 0.02, max_over_refusal: 0.1, confidence: 0.8}
 fidelity: {rungs: auto, reduction: 3, min_items: 5}     # multi-fidelity trials (successive halving)
 selection: {share: 0.25, finalists: 5, upper_bound: front} # the final pick: finalists re-scored on fresh items
-log: [mlflow]                    # optional: mlflow and/or wandb (graft.tracking)
+log: [mlflow]                    # optional: mlflow and/or wandb (graft.io.tracking)
 ```
 """
 
@@ -166,7 +166,7 @@ class SearchEvalConfig(_Strict):
     fidelity: Fidelity = Field(default_factory=Fidelity)
     selection: Selection = Field(default_factory=Selection)
     log: list[Literal["mlflow", "wandb"]] = Field(
-        default_factory=list, description="trackers to send the search to (graft.tracking); --log adds to them")
+        default_factory=list, description="trackers to send the search to (graft.io.tracking); --log adds to them")
 
     @field_validator("log", mode="before")
     @classmethod

@@ -11,10 +11,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from graft.engines.operators import OperatorSpec
+from graft.core.operators import OperatorSpec
+from graft.core.recipe import Coefficients, Recipe
 from graft.errors import IncompatibleError, UsageError
 from graft.evals.benchmarks import TASKS
-from graft.recipe import Coefficients, Recipe
 
 from .config import SearchEvalConfig, Stage
 
@@ -23,7 +23,7 @@ Operator = str | dict[str, Any] | None  # a trial's operator: a name, {name: NAM
 
 def trial_recipe(base: Recipe, coefficients: Coefficients, operator: Operator = None) -> Recipe:
     """The recipe a trial stands for: the base recipe (target, vector, mapping, options) with its coefficients and
-    its operator (None leaves the base recipe's). The operator is read by graft.engines.operators, the one seam both
+    its operator (None leaves the base recipe's). The operator is read by graft.core.operators, the one seam both
     engines share, so nothing here knows what any operator does."""
     recipe = base.model_copy(update={"coefficients": coefficients, "out": None})
     if operator is None:
@@ -101,6 +101,7 @@ class SuiteScorer:
 
     def _resident(self, operator: Operator) -> tuple[Any, Recipe]:
         from graft.engines.resident import ResidentGraft
+        from graft.evals.generation import Engine
 
         recipe = trial_recipe(self.base, Coefficients(), operator)
         spec = recipe.operator_spec
@@ -110,7 +111,7 @@ class SuiteScorer:
             self.say(f"loading {self.base.target} with the vector resident{what} ({self.device})")
             text_only = not any(TASKS[t].needs_image for t in self.config.tasks())
             resident = ResidentGraft.from_recipe(recipe.model_copy(update={"coefficients": self.base.coefficients}),
-                                                 device=self.device, batch_size=self.batch_size or
+                                                 load=Engine.load, device=self.device, batch_size=self.batch_size or
                                                  self.config.batch_size, text_only=text_only)
             engine = resident.engine
             needs_image = [t for t in self.config.tasks() if TASKS[t].needs_image]

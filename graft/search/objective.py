@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from graft.recipe import Coefficients
+from graft.core.recipe import Coefficients
 
 from .bounds import Judged, Outcomes, judge
 from .config import Objective, SearchEvalConfig, Stage

@@ -19,8 +19,8 @@ from typing import Any
 import pandas as pd
 from optuna.trial import FrozenTrial
 
+from graft.core.recipe import Coefficients, Recipe
 from graft.io.guard import write_file
-from graft.recipe import Coefficients, Recipe
 
 from .config import Objective
 from .evaluation import trial_recipe

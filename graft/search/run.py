@@ -15,13 +15,14 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from graft.databases import check_study_storage
+from graft.core.model_ids import looks_like_hub_id
+from graft.core.recipe import Recipe
 from graft.errors import OutputError, UsageError
 from graft.flag_ranges import SEARCH, check
+from graft.io.databases import check_study_storage
 from graft.io.guard import adopt_legacy_folder, make_output_folder, note_finished
-from graft.io.hub import looks_like_hub_id, pin, resolve_model, resolve_vector
-from graft.recipe import Recipe
-from graft.tracking import TrialCallback, check_loggers, fail_all, finish_all, flat, log_safely, open_trackers
+from graft.io.hub import pin, resolve_model, resolve_vector
+from graft.io.tracking import TrialCallback, check_loggers, fail_all, finish_all, flat, log_safely, open_trackers
 
 from .advice import Notes, closing_warnings, delta_resolution, target_breaks_a_cap
 from .config import SearchEvalConfig
@@ -120,7 +121,7 @@ def run_search(
     `origin` is the model the target was fine-tuned from (the orthogonal operator projects τ off target − origin).
     `callbacks` are called as `callback(study, frozen_trial)` after every trial this worker finishes (Optuna's
     callback signature: optuna-integration's MLflowCallback / WeightsAndBiasesCallback work as they are); `log`
-    names trackers (mlflow, wandb) to send the search to, besides eval.yaml's `log:` (graft.tracking).
+    names trackers (mlflow, wandb) to send the search to, besides eval.yaml's `log:` (graft.io.tracking).
     """
     check(SEARCH, trials=trials, seed=seed, batch_size=batch_size, heartbeat=heartbeat,
           max_medical_drop=max_medical_drop, max_over_refusal=max_over_refusal, confidence=confidence,
@@ -379,7 +380,7 @@ def _final_pick(trials: list[FrozenTrial], config: SearchEvalConfig, sampler: st
                 notes: Notes | None = None) -> tuple[Pick | None, Chosen | None]:
     """graft.search.pick: the finalists (and baselines) scored again on the whole search part, the pick made
     there. Without per-item outcomes or a selection part, the rule on the rung pool."""
-    from graft.recipe import Coefficients
+    from graft.core.recipe import Coefficients
 
     recs = records(trials)
     pool = candidates_of(recs, plan.top, notes)
@@ -426,7 +427,7 @@ def _report(trials: list[FrozenTrial], config: SearchEvalConfig, objective, scor
     """Score the searched recipe, λ = 0 and every uniform λ on the search's items and on the held-out ones (and,
     for the labelled upper bound, every trial that reached the last rung); write the per-item outcomes to
     heldout.json (anyone can recompute the figures from it)."""
-    from graft.recipe import Coefficients
+    from graft.core.recipe import Coefficients
 
     from .outputs import best_uniform_of, json_text, write_search_file
     from .report import build_report
@@ -585,7 +586,7 @@ def _base_recipe(recipe: Recipe | str | Path | None, target: str | None, vector:
 
 def _vector_layout(vector: str) -> tuple[int, list[Cell]]:
     """Layer count and the (layer, group) pairs the vector holds, from its manifest alone."""
-    from graft.vector import SafetyVector
+    from graft.io.vector_folder import SafetyVector
 
     opened = SafetyVector.open(vector)
     try:

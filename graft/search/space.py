@@ -28,11 +28,11 @@ from pydantic import (
     model_validator,
 )
 
-from graft.engines.mapping import Group
-from graft.engines.operators import OPERATORS as REGISTERED
-from graft.engines.operators import FieldError, OperatorSpec
+from graft.core.mapping import Group
+from graft.core.operators import OPERATORS as REGISTERED
+from graft.core.operators import FieldError, OperatorSpec
+from graft.core.recipe import DEFAULT_GROUP_FACTORS, Coefficients
 from graft.errors import UsageError
-from graft.recipe import DEFAULT_GROUP_FACTORS, Coefficients
 from graft.schema import FiniteFloat, describe_validation_error, load_yaml_file
 
 from .samplers import SAMPLERS
@@ -240,7 +240,7 @@ class SearchSpace(_Strict):
     depth: Depth | None = None
     groups: dict[Group, Value] = Field(default_factory=dict)
     operator: Annotated[OperatorName | OperatorChoice | None, BeforeValidator(_operator_key)] = Field(
-        None, description="graft operator (graft.engines.operators): a name (linear, orthogonal: one without required "
+        None, description="graft operator (graft.core.operators): a name (linear, orthogonal: one without required "
                           "parameters), {choice: [...], NAME: {PARAM: value or range}} drawn per trial, or unset: "
                           "as the base recipe says")
     baselines: Baselines = Field(default_factory=Baselines)

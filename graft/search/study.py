@@ -29,8 +29,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from graft.databases import check_study_storage, redact, storage_url
 from graft.errors import InputError, UsageError
+from graft.io.databases import check_study_storage, redact, storage_url
 
 from .config import Objective
 from .objective import Pruned, constraints_of

@@ -1,1 +1,2 @@
-"""Tiny real-architecture checkpoints in every on-disk layout graft supports (tests and demo)."""
+"""The toy world: a tiny base / aligned / medical-VLM trio trained on a CPU (graft.toy.world), and `graft demo` on
+it (graft.toy.demo)."""

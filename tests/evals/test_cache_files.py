@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from graft.cli import app
-from graft.databases import VERDICT_CACHE_ID
 from graft.evals.config import FIXTURES
 from graft.evals.screening import VerdictCache
+from graft.io.databases import VERDICT_CACHE_ID
 from tests.test_bad_input import assert_error
 
 runner = CliRunner()

@@ -7,8 +7,8 @@ import io
 from rich.console import Console
 
 import graft
+from graft.cli.progress import StepProgress
 from graft.evals import fixture_data
-from graft.progress import StepProgress
 
 
 def test_eval_counts_items_as_tasks_finish(tiny_llama) -> None:

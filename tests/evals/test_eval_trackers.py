@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from graft.cli import app
 from graft.evals.config import FIXTURES
-from graft.tracking import MLFLOW_OPEN_LIMITS
+from graft.io.tracking import MLFLOW_OPEN_LIMITS
 
 UNREACHABLE = "http://127.0.0.1:9"
 
@@ -51,7 +51,7 @@ def test_a_tracker_failing_after_the_results_are_written_is_a_warning(tiny_llama
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from graft.tracking import MlflowTracker
+    from graft.io.tracking import MlflowTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -16,13 +16,13 @@ import yaml
 from typer.testing import CliRunner, Result
 
 from graft.cli import app
-from graft.engines.mapping import Rule
+from graft.core.mapping import Rule
+from graft.core.recipe import MappingRules
 from graft.evals import evaluate, fixture_data
 from graft.evals.benchmarks import BENCHMARKS, SUITES, TASKS, unregister_benchmark
 from graft.evals.config import FIXTURES
 from graft.evals.generation import Engine
 from graft.evals.judges import JUDGES, unregister_judge
-from graft.recipe import MappingRules
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "extending.md"

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from graft.evals import evaluate
 from graft.evals.config import FIXTURES
 from graft.evals.generation import Engine, Request
-from graft.toy.layouts import TextSpec, build_target, build_text_pair
+from graft.testing.layouts import TextSpec, build_target, build_text_pair
 from tests.test_hub import _cache_repo, offline  # noqa: F401  (offline: autouse, no network here)
 
 TOWER_REPO = "openai/clip-vit-large-patch14-336"  # what the layout's config.json names

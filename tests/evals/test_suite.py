@@ -9,9 +9,9 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from graft.cli.commands.eval import eval_command
 from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
 from graft.evals import Engine, evaluate, fixture_data
-from graft.evals.command import eval_command
 from graft.evals.config import FIXTURES
 from graft.evals.judges import KeywordJudge
 from graft.evals.loaders import load_catqa
@@ -138,7 +138,7 @@ def test_usage_errors(tiny_llama):
 
 def _app() -> typer.Typer:
     app = typer.Typer()
-    app.command("eval")(eval_command)
+    app.command("eval")(eval_command.__wrapped__)  # the command without graft's error boundary: errors as raised
 
     @app.command("noop")
     def _noop() -> None:  # a second command keeps typer in multi-command mode, as in graft's app

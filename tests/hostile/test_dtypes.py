@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from graft.io.dtypes import TAGS
+from graft.core.dtypes import TAGS
 from tests.test_bad_input import (  # noqa: F401 (fixtures)
     INDEX,
     Models,

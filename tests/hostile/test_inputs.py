@@ -56,7 +56,7 @@ def _single_file(folder: Path, source: Path) -> Path:
     """A copy of `source` whose weights are one file `model.safetensors` (no index): merged shards via graft."""
     from safetensors.torch import save_file
 
-    from graft.toy.layouts import load_state_dict_dir
+    from graft.testing.layouts import load_state_dict_dir
 
     folder.mkdir()
     for f in source.iterdir():
@@ -238,7 +238,7 @@ def test_a_mistyped_local_path_is_no_such_folder(
 def test_a_hub_id_without_a_local_lookalike_still_goes_to_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                     no_hub: list[str]) -> None:
     monkeypatch.chdir(tmp_path)
-    from graft.io.hub import looks_like_hub_id
+    from graft.core.model_ids import looks_like_hub_id
 
     assert looks_like_hub_id("Qwen/Qwen2.5-VL-7B-Instruct") and looks_like_hub_id("mistralai/Mistral-7B-v0.1")
     cli(*plan_args("org/name", tmp_path))

@@ -17,9 +17,9 @@ import pytest
 import torch
 import transformers
 
-from graft.engines.mapping import donor_layer_map, inserted_layers
-from graft.toy.layouts import TextSpec, build_text_pair, load_state_dict_dir
-from graft.vector import extract_vector
+from graft.core.mapping import donor_layer_map, inserted_layers
+from graft.engines.extract import extract_vector
+from graft.testing.layouts import TextSpec, build_text_pair, load_state_dict_dir
 from tests.test_bad_input import assert_error, assert_no_output, cli, tree_hash
 
 SPEC = TextSpec(family="llama", num_layers=4)

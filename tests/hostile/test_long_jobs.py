@@ -13,12 +13,12 @@ import optuna
 import pytest
 
 import graft.evals.suite
+from graft.core.recipe import Coefficients
 from graft.engines.merge import RECIPE_FILE
+from graft.engines.model_card import REPRODUCE
 from graft.errors import InputError
 from graft.evals.config import FIXTURES
 from graft.io.guard import MARKER
-from graft.modelcard import REPRODUCE
-from graft.recipe import Coefficients
 from tests.evals.conftest import tiny_llama  # noqa: F401
 from tests.hostile.io_checks import (  # noqa: F401  (fixtures are found by name)
     Models,

@@ -26,7 +26,7 @@ from safetensors import safe_open
 
 from graft.errors import GraftError
 from graft.io.checkpoint import Checkpoint
-from graft.vector import SafetyVector
+from graft.io.vector_folder import SafetyVector
 from tests.test_bad_input import (  # noqa: F401 (fixtures)
     INDEX,
     SHARD1,

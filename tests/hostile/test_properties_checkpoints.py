@@ -19,13 +19,14 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from graft.core.dtypes import SAFETENSORS_TAGS, TAGS
+from graft.core.recipe import SIZE_RANGES, Recipe
+from graft.core.recipe_flags import RecipeFlags
+from graft.engines.extract import extract_vector
 from graft.errors import GraftError, InputError, UsageError
 from graft.io.checkpoint import Checkpoint, read_shard_header
-from graft.io.dtypes import SAFETENSORS_TAGS, TAGS
-from graft.recipe import SIZE_RANGES, Recipe
-from graft.recipe_flags import build_recipe
+from graft.io.vector_folder import SafetyVector
 from graft.schema import load_yaml_text
-from graft.vector import SafetyVector, extract_vector
 
 BOUNDED = settings(derandomize=True, max_examples=150, deadline=None,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -233,7 +234,7 @@ def test_a_recipe_is_a_valid_recipe_or_one_usage_line(body: dict, as_text: bool,
 
 
 def _bytes(text: str) -> int:
-    from graft.io.writer import parse_size
+    from graft.schema import parse_size
 
     return parse_size(text)
 
@@ -251,7 +252,7 @@ flag_text = names | st.sampled_from(["0", "-1", "nan", "inf", "1e400", "0.5", "1
     "operator_param": st.lists(flag_text, max_size=2), "dtype": flag_text}))
 def test_flags_make_a_valid_recipe_or_one_usage_line(flags: dict) -> None:
     try:
-        recipe = build_recipe(None, **flags)
+        recipe = RecipeFlags(**flags).to_recipe()
     except UsageError as exc:
         _one_line(exc)
         return

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
+import graft.engines.extract
 import graft.engines.merge
-import graft.vector
 from tests.test_bad_input import (  # noqa: F401 (fixtures)
     INDEX,
     SHARD2,
@@ -131,7 +131,7 @@ def test_an_input_rewritten_during_a_merge_discards_the_output(m: Models, outdir
 
 def test_an_aligned_shard_rewritten_during_extract_discards_the_vector(m: Models, outdir: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    real = graft.vector._write_difference
+    real = graft.engines.extract._write_difference
     shard = sorted(m.aligned.glob("*.safetensors"))[0]
 
     def write_then_change(*args: object, **kwargs: object) -> object:
@@ -139,7 +139,7 @@ def test_an_aligned_shard_rewritten_during_extract_discards_the_vector(m: Models
         _rewrite_same_size(shard)
         return stats
 
-    monkeypatch.setattr(graft.vector, "_write_difference", write_then_change)
+    monkeypatch.setattr(graft.engines.extract, "_write_difference", write_then_change)
     assert_error(cli(*extract_args(m.base, m.aligned, outdir / "vec")), 3, str(shard), "the aligned changed")
     assert_no_output(outdir / "vec")
 

@@ -27,12 +27,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from graft.engines.ops import all_finite
-from graft.recipe import Recipe
+from graft.core.arithmetic import all_finite
+from graft.core.recipe import Recipe
+from graft.engines.extract import extract_vector
 from graft.search.config import Objective
 from graft.search.outputs import write_outputs
 from graft.search.study import claim, open_storage, quiet_optuna, run_worker
-from graft.vector import extract_vector
 from tests.test_bad_input import (  # noqa: F401 (fixtures)
     NORM,
     Models,
@@ -305,8 +305,8 @@ WIDE = 16 * 2**20  # elements in the one row of the wide tensor: 64 MB in float3
 _MEASURE = textwrap.dedent("""
     import sys
     from pathlib import Path
-    import graft.engines.merge, graft.vector, torch  # everything imported before the baseline
-    from graft.recipe import Recipe
+    import graft.engines.merge, graft.engines.extract, torch  # everything imported before the baseline
+    from graft.core.recipe import Recipe
 
     def status(key):  # kB -> MB, from the kernel's own accounting of this process's memory
         line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
@@ -317,7 +317,7 @@ _MEASURE = textwrap.dedent("""
     baseline = status("VmRSS")
     what, a, b, out = sys.argv[1:5]
     if what == "extract":
-        graft.vector.extract_vector(a, b, out, hash_sources=False, chunk_size="1MB")
+        graft.engines.extract.extract_vector(a, b, out, hash_sources=False, chunk_size="1MB")
     else:
         graft.engines.merge.merge(Recipe(target=a, vector=b, out=out, options={"chunk_size": "1MB", "device": "cpu"}))
     print(status("VmHWM") - baseline)

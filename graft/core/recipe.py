@@ -33,12 +33,11 @@ from pydantic import (
     model_validator,
 )
 
-from graft.engines.mapping import GROUPS, Group, Rule
-from graft.engines.operators import LINEAR, OperatorSpec
+from graft.core.mapping import GROUPS, Group, Rule
+from graft.core.model_ids import looks_like_hub_id
+from graft.core.operators import LINEAR, OperatorSpec
 from graft.errors import UsageError
-from graft.io.hub import looks_like_hub_id
-from graft.io.writer import parse_size
-from graft.schema import FiniteFloat, describe_validation_error, load_yaml_file
+from graft.schema import FiniteFloat, describe_validation_error, load_yaml_file, parse_size
 
 RECIPE_VERSION = 1
 # |λ| beyond this is far outside what a graft uses (τ is a fine-tuning difference): worth a warning.
@@ -198,7 +197,7 @@ def _operator(raw: object) -> OperatorSpec | None:
     return None if raw is None else OperatorSpec.parse(raw)
 
 
-# `operator: NAME` or `{name: NAME, PARAM: VALUE, ...}` (graft.engines.operators); None: the legacy spelling decides
+# `operator: NAME` or `{name: NAME, PARAM: VALUE, ...}` (graft.core.operators); None: the legacy spelling decides
 # (options.orthogonalize: true is `operator: orthogonal`, else linear).
 OperatorField = Annotated[InstanceOf[OperatorSpec] | None, BeforeValidator(_operator),
                           PlainSerializer(lambda spec: None if spec is None else spec.to_data())]

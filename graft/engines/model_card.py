@@ -16,13 +16,13 @@ from typing import Any
 import yaml
 
 from graft import __version__
+from graft.core.model_ids import looks_like_hub_id, split_revision
 from graft.display import printable
 from graft.engines.plan import GraftPlan
+from graft.engines.vector_card import shown_input, source_lines
 from graft.errors import IncompatibleError, InputError
-from graft.io.hub import looks_like_hub_id, split_revision
-from graft.io.regular_files import read_regular_bytes
+from graft.regular_files import read_regular_bytes
 from graft.schema import load_json_text
-from graft.vector_card import shown_input, source_lines
 
 REPRODUCE = "graft merge --recipe graft_recipe.yaml --out rebuilt"
 SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -1,5 +1,5 @@
-"""`graft search`: the CLI layer over `graft.search.run_search`. Registered in graft/cli.py with
-`app.command("search")(handles_errors(search_command))`; errors surface as `GraftError`s (exit codes)."""
+"""`graft search`: the command line over `graft.search.run_search`; errors surface as `GraftError`s, which
+graft.cli.boundary turns into one line and an exit code."""
 
 from __future__ import annotations
 
@@ -10,18 +10,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from graft.cli.boundary import handles_errors
+from graft.cli.options import Quiet, TargetOpt, TargetRevisionOpt, VectorOpt, VectorRevisionOpt, Verbose
+from graft.cli.progress import StepProgress, library_bars_off
 from graft.flag_ranges import SEARCH, help_range
-from graft.progress import StepProgress, library_bars_off
-
-from .config import MODES
-from .space import SAMPLERS
+from graft.search.config import MODES
+from graft.search.space import SAMPLERS
 
 
 def _list_spaces(value: bool) -> None:
     """`--list-spaces`: eager, so it answers before the options a search needs are asked for."""
     if not value:
         return
-    from .spaces import describe
+    from graft.search.spaces import describe
 
     table = Table("space", "sampler", "description", title="shipped search spaces (graft search --space NAME)")
     for name, sampler, description in describe():
@@ -30,6 +31,7 @@ def _list_spaces(value: bool) -> None:
     raise typer.Exit()
 
 
+@handles_errors
 def search_command(
     space: Annotated[Path, typer.Option(
         "--space", help="Search space: a YAML file, or the name of a shipped one (see --list-spaces); a file that "
@@ -39,13 +41,10 @@ def search_command(
     trials: Annotated[int | None, typer.Option(
         "--trials", help="Finished trials the study should reach (baselines included), shared by all workers; give "
                          "this, --budget-items, or both." + help_range(SEARCH, "trials"))] = None,
-    target: Annotated[str | None, typer.Option("--target", "-t", help="Target model folder or hub id.")] = None,
-    vector: Annotated[str | None, typer.Option(
-        "--vector", help="Vector folder written by `graft extract`, or a hub repository holding one.")] = None,
-    target_revision: Annotated[str | None, typer.Option(
-        "--target-revision", help="Branch, tag or commit of a hub target (same as --target org/name@REV).")] = None,
-    vector_revision: Annotated[str | None, typer.Option(
-        "--vector-revision", help="Branch, tag or commit of a hub vector (same as --vector org/name@REV).")] = None,
+    target: TargetOpt = None,
+    vector: VectorOpt = None,
+    target_revision: TargetRevisionOpt = None,
+    vector_revision: VectorRevisionOpt = None,
     recipe: Annotated[Path | None, typer.Option(
         "--recipe", "-r", help="Base recipe (mapping rules, options); its coefficients are what is searched.")] = None,
     storage: Annotated[str | None, typer.Option(
@@ -105,17 +104,16 @@ def search_command(
     list_spaces: Annotated[bool, typer.Option(
         "--list-spaces", is_eager=True, callback=_list_spaces,
         help="List the shipped search spaces (names for --space) and exit.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors and the output folder only.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Optuna's own log; tracebacks on errors.")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,  # also Optuna's own log
 ) -> None:
     """Search λ per layer/block/group with Optuna: restore safety, keep medical skill."""
     import optuna
 
-    from graft.io.hub import with_revision
-    from graft.tracking import load_callback
-
-    from .run import run_search
-    from .study import budget_state, items_spent
+    from graft.core.model_ids import with_revision
+    from graft.io.tracking import load_callback
+    from graft.search.run import run_search
+    from graft.search.study import budget_state, items_spent
 
     target = with_revision(target, target_revision, "--target-revision")
     vector = with_revision(vector, vector_revision, "--vector-revision")

@@ -288,13 +288,13 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
     by the weights' content) the table's evaluations share with other runs on the same world."""
     import transformers
 
+    from graft.core.recipe import Recipe
+    from graft.engines.extract import extract_vector
     from graft.engines.merge import merge
     from graft.evals import evaluate
     from graft.evals.config import DataConfig
     from graft.evals.screening import Split
-    from graft.recipe import Recipe
     from graft.toy.world import WorldSpec, build_world, default_cache
-    from graft.vector import extract_vector
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
@@ -427,7 +427,7 @@ def grid_name(scale: float) -> str:
 
 
 def _coefficients(data: Mapping[str, Any]):
-    from graft.recipe import Coefficients
+    from graft.core.recipe import Coefficients
 
     return Coefficients.model_validate(data)
 

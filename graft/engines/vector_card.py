@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from graft.io.hub import looks_like_hub_id, split_revision
+from graft.core.model_ids import looks_like_hub_id, split_revision
 
 if TYPE_CHECKING:
-    from graft.vector import SourceInfo, VectorManifest
+    from graft.core.vector import SourceInfo, VectorManifest
 
 CARD = "README.md"
 VECTOR_TAGS = ["graft", "task-vector"]

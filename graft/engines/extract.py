@@ -1,9 +1,5 @@
-"""The safety task vector τ = θ_aligned − θ_base: streamed extraction and the self-describing vector folder.
-
-A vector folder is safetensors shards (`vector.safetensors`, or `vector-0000i-of-0000N.safetensors` with
-`vector.safetensors.index.json`) plus `vector.json`, a manifest naming both sources with their content hashes and
-describing every tensor (shape, layer, module group, ‖τ‖, ‖τ‖/‖θ_base‖, how many elements the storage dtype could
-not hold exactly). It is an artefact people share, so it must say on its own what it is and where it came from.
+"""`graft extract`: the safety task vector τ = θ_aligned − θ_base, streamed tensor by tensor into a new vector
+folder (graft.core.vector's format), with its manifest and card.
 """
 
 from __future__ import annotations
@@ -11,161 +7,30 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from graft import __version__
-from graft.engines.mapping import Group, find_backbone_prefix, layer_index, module_group
-from graft.engines.ops import all_finite
+from graft.core.arithmetic import all_finite
+from graft.core.dtypes import TAGS
+from graft.core.mapping import find_backbone_prefix, layer_index, module_group
+from graft.core.recipe import size_in_range
+from graft.core.vector import MANIFEST, STORAGE_DTYPES, SourceInfo, VectorManifest, VectorTensor
+from graft.engines.shards import Piece, ShardLayout, layout_in_shards, stream_shards, total_bytes, weight_map
+from graft.engines.vector_card import CARD, vector_card
 from graft.errors import IncompatibleError, InputError, UsageError
 from graft.io.checkpoint import Checkpoint, TensorInfo, sha256_file
 from graft.io.dtype_policy import NumericReads, quantization_config_problem
-from graft.io.dtypes import CAST_NAMES, FLOAT_TAGS, TAGS
 from graft.io.guard import OutputFolder
-from graft.io.pipeline import BackgroundWriter
-from graft.io.regular_files import InputsAsRead, containment_root
-from graft.io.writer import (
-    OutputTensor,
-    ShardWriter,
-    shard_names,
-    split_into_shards,
-    write_index,
-)
-from graft.recipe import size_in_range
-from graft.schema import FiniteFloat, describe_validation_error, load_json_file, lone_surrogate, require_utf8_path
-from graft.vector_card import CARD, vector_card
-
-MANIFEST = "vector.json"
-FORMAT = "graft-vector"
-FORMAT_VERSION = 1
-STORAGE_DTYPES = {"auto": None, **CAST_NAMES}
+from graft.io.writer import OutputTensor, write_index
+from graft.schema import require_utf8_path
 
 # Config keys that decide tensor shapes and structure; anything else (ids, dtype, generation knobs) may differ.
 _STRUCTURAL_KEY = re.compile(r"^(model_type|vocab_size|tie_word_embeddings|head_dim|num_\w+|\w+_size|\w+_dim)$")
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SourceInfo(_Frozen):
-    path: str
-    model_type: str | None = None
-    architectures: list[str] | None = None
-    sha256: dict[str, str] | None = None  # weight file name -> content hash (the hub's LFS oid)
-    hub: str | None = None  # the hub repository the source was downloaded from
-    revision: str | None = None  # the commit it resolved to
-
-
-Count = Annotated[int, Field(ge=0)]
-
-
-class VectorTensor(_Frozen):
-    shape: list[Count]
-    dtype: str
-    layer: Count | None
-    group: Group
-    norm: FiniteFloat | None  # None: τ holds NaN/Inf (extracted with --allow-nonfinite)
-    rel_norm: FiniteFloat | None
-    inexact: Count  # elements whose fp32 difference the storage dtype rounds
-
-    @field_validator("dtype")
-    @classmethod
-    def _float_dtype(cls, value: str) -> str:
-        if value not in FLOAT_TAGS:
-            raise ValueError(f"must be a floating-point safetensors dtype ({', '.join(sorted(FLOAT_TAGS))}), "
-                             f"got {value!r}")
-        return value
-
-
-class VectorManifest(_Frozen):
-    format: Literal["graft-vector"] = FORMAT
-    format_version: Literal[1] = FORMAT_VERSION
-    graft_version: str
-    kind: str = "safety"
-    base: SourceInfo
-    aligned: SourceInfo
-    dtype: str  # "auto" (each tensor in its source dtype) or the storage dtype asked for
-    backbone_prefix: str
-    num_layers: Annotated[int, Field(ge=1)]
-    tensors: dict[str, VectorTensor]
-    total_norm: FiniteFloat | None  # None: some τ holds NaN/Inf (extracted with --allow-nonfinite)
-    inexact_elements: Count
-    total_elements: Count
-
-    @model_validator(mode="after")
-    def _layers_in_range(self) -> VectorManifest:
-        for name, tensor in self.tensors.items():
-            if tensor.layer is not None and tensor.layer >= self.num_layers:
-                raise ValueError(f"tensors.{name}.layer: {tensor.layer} but num_layers is {self.num_layers}")
-        return self
-
-
-@dataclass
-class SafetyVector:
-    """An opened vector folder: the manifest plus lazy access to τ."""
-
-    root: Path
-    manifest: VectorManifest
-    checkpoint: Checkpoint
-
-    @classmethod
-    def open(cls, path: str | Path) -> SafetyVector:
-        from graft.io.hub import looks_like_hub_id, resolve_vector
-
-        root = Path(path).expanduser()
-        if not root.exists() and not root.is_symlink():
-            if not looks_like_hub_id(str(path)):
-                raise InputError(f"{path}: no such vector folder; check the path or create one with `graft extract` "
-                                 "(a vector on the hub is org/name)")
-            root = resolve_vector(str(path))
-        manifest_path = root / MANIFEST
-        if not os.path.lexists(manifest_path):
-            raise InputError(f"{root}: not a graft vector folder (no {MANIFEST}); create one with `graft extract`")
-        manifest_as_read = InputsAsRead([manifest_path])
-        raw = load_json_file(manifest_path, "the vector manifest", within=containment_root(root))
-        if (where := lone_surrogate(raw)) is not None:
-            raise InputError(f"{manifest_path}: invalid vector manifest: {where} holds a lone surrogate, an escape "
-                             "that is not Unicode text; re-extract the vector")
-        try:
-            manifest = VectorManifest.model_validate(raw)
-        except ValidationError as exc:
-            raise InputError(f"{manifest_path}: invalid vector manifest: {describe_validation_error(exc)}") from exc
-        checkpoint = Checkpoint.open(root, role="vector")
-        checkpoint.as_read.add_from(manifest_as_read)
-        try:
-            _check_shards_match(manifest_path, manifest, checkpoint)
-        except BaseException:
-            checkpoint.close()
-            raise
-        return cls(root, manifest, checkpoint)
-
-    @property
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {name: tuple(t.shape) for name, t in self.manifest.tensors.items()}
-
-    def close(self) -> None:
-        self.checkpoint.close()
-
-
-def _check_shards_match(manifest_path: Path, manifest: VectorManifest, checkpoint: Checkpoint) -> None:
-    """Every τ tensor as the manifest describes it (name, dtype, shape), from headers before any data is read: a
-    shard whose bytes are not what the manifest says would otherwise be grafted as if they were."""
-    for name, entry in manifest.tensors.items():
-        info = checkpoint.tensors.get(name)
-        if info is None:
-            raise InputError(f"{manifest_path}: lists tensor {name!r} but no vector shard holds it; re-extract")
-        if list(info.shape) != entry.shape or info.dtype != entry.dtype:
-            raise InputError(
-                f"{info.file}: tensor {name!r} is {info.dtype} {list(info.shape)} but {MANIFEST} says {entry.dtype} "
-                f"{entry.shape}; the vector folder is inconsistent: re-extract it"
-            )
 
 
 def structural_config(config: dict[str, object], prefix: str = "") -> dict[str, object]:
@@ -364,58 +229,43 @@ def _write_difference(
     allow_nonfinite: bool = False,
 ) -> dict[str, tuple[float, float, int]]:
     """Write every τ tensor; return per tensor (‖τ‖ as stored, ‖θ_base‖, inexact element count)."""
-    shards = split_into_shards(outputs, shard_bytes)
-    files = shard_names("vector", len(shards))
+    layout = layout_in_shards("vector", outputs, shard_bytes, {"format": "pt", "producer": "graft"})
     stats: dict[str, tuple[float, float, int]] = {}
-    writer = BackgroundWriter()
-    weight_map: dict[str, str] = {}
-    opened: list[ShardWriter] = []
-    try:
-        for shard, file in zip(shards, files, strict=True):
-            out = ShardWriter(staging / file, shard, {"format": "pt", "producer": "graft"})
-            opened.append(out)
-            for tensor in shard:
-                weight_map[tensor.name] = file
-                info = base.tensors[tensor.name]
-                target_dtype = TAGS[tensor.dtype][0]
-                sq_tau = sq_base = 0.0
-                inexact = 0
-                step = max(1, chunk_bytes // info.itemsize)  # flat element ranges: bounded whatever the shape
-                for start in range(0, info.numel, step):
-                    stop = min(info.numel, start + step)
-                    b_raw = base.read_elements(tensor.name, start, stop)
-                    a_raw = aligned.read_elements(tensor.name, start, stop)
-                    b = b_raw.float()
-                    diff = a_raw.float().sub_(b)
-                    stored = diff.to(target_dtype)
-                    # One check, on τ as stored: NaN or inf in either source makes it non-finite too (inf − inf
-                    # is NaN); the sources are examined only then, to name the one at fault.
-                    if not allow_nonfinite and not all_finite(stored):
-                        _require_finite(b_raw, info)
-                        _require_finite(a_raw, aligned.tensors[tensor.name])
-                        raise IncompatibleError(
-                            f"tensor {tensor.name!r}: τ = aligned − base is not finite in {tensor.dtype} (it "
-                            "overflows); store it wider with --dtype float32, or pass --allow-nonfinite"
-                        )
-                    back = stored.float()
-                    inexact += int(torch.count_nonzero(back != diff))
-                    sq_tau += float(torch.linalg.vector_norm(back, dtype=torch.float64)) ** 2
-                    sq_base += float(torch.linalg.vector_norm(b, dtype=torch.float64)) ** 2
-                    writer.submit(out.write, stored)
-                    if progress:
-                        progress(2 * (stop - start) * info.itemsize)
-                stats[tensor.name] = (math.sqrt(sq_tau), math.sqrt(sq_base), inexact)
-            writer.submit(out.close)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        for out in opened:
-            out.discard()
-        raise
-    if len(files) > 1:
-        write_index(staging, "vector.safetensors.index.json", weight_map,
-                    {"total_size": sum(t.nbytes for t in outputs)})
+
+    def pieces(shard: ShardLayout) -> Iterator[tuple[Piece, int]]:
+        for tensor in shard.tensors:
+            info = base.tensors[tensor.name]
+            target_dtype = TAGS[tensor.dtype][0]
+            sq_tau = sq_base = 0.0
+            inexact = 0
+            step = max(1, chunk_bytes // info.itemsize)  # flat element ranges: bounded whatever the shape
+            for start in range(0, info.numel, step):
+                stop = min(info.numel, start + step)
+                b_raw = base.read_elements(tensor.name, start, stop)
+                a_raw = aligned.read_elements(tensor.name, start, stop)
+                b = b_raw.float()
+                diff = a_raw.float().sub_(b)
+                stored = diff.to(target_dtype)
+                # One check, on τ as stored: NaN or inf in either source makes it non-finite too (inf − inf is NaN);
+                # the sources are examined only then, to name the one at fault.
+                if not allow_nonfinite and not all_finite(stored):
+                    _require_finite(b_raw, info)
+                    _require_finite(a_raw, aligned.tensors[tensor.name])
+                    raise IncompatibleError(
+                        f"tensor {tensor.name!r}: τ = aligned − base is not finite in {tensor.dtype} (it "
+                        "overflows); store it wider with --dtype float32, or pass --allow-nonfinite"
+                    )
+                back = stored.float()
+                inexact += int(torch.count_nonzero(back != diff))
+                sq_tau += float(torch.linalg.vector_norm(back, dtype=torch.float64)) ** 2
+                sq_base += float(torch.linalg.vector_norm(b, dtype=torch.float64)) ** 2
+                yield stored, 2 * (stop - start) * info.itemsize
+            stats[tensor.name] = (math.sqrt(sq_tau), math.sqrt(sq_base), inexact)
+
+    stream_shards(staging, layout, pieces, progress)
+    if len(layout) > 1:
+        write_index(staging, "vector.safetensors.index.json", weight_map(layout), {"total_size": total_bytes(layout)})
     return stats
 
 
-__all__ = ["MANIFEST", "ExtractResult", "SafetyVector", "VectorManifest", "extract_vector"]
+__all__ = ["ExtractResult", "check_same_architecture", "extract_vector", "structural_config"]

@@ -1,4 +1,4 @@
-"""`graft push`: publish a merged model folder or a vector folder to the Hugging Face hub.
+"""`graft push` and `--push-to-hub`: publish a merged model folder or a vector folder to the Hugging Face hub.
 
 Only a complete graft output is pushed: the folder must carry graft's marker, open cleanly as what its marker says
 (every shard the index names, readable headers, a valid manifest) and hold no staging left by an unfinished write.
@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from graft.cli.console import stderr
+from graft.core.model_ids import REVISION, check_hub_id, looks_like_hub_id
+from graft.display import console_text, shown
 from graft.errors import GraftError, InputError, UsageError, reason
 from graft.io.guard import MARKER, OWNER, STAGING_RE, folder_kind, is_graft_folder
-from graft.io.hub import REVISION, check_hub_id, looks_like_hub_id, network_errors
+from graft.io.hub import network_errors
 
 if TYPE_CHECKING:
-    from graft.modelcard import LocalInput
+    from graft.engines.model_card import LocalInput
 
 PUSHABLE = {"merge": "merged model", "vector": "vector"}
 # graft's bookkeeping stays home: the marker only means something to `--force` on this machine.
@@ -66,7 +69,7 @@ def check_pushable(folder: str | Path) -> str:
                 raise InputError(f"{path / name}: missing from the merged folder; rerun `graft merge` (with --force)")
         Checkpoint.open(path, role="merged").close()  # every shard the index names, headers readable
     else:
-        from graft.vector import SafetyVector
+        from graft.io.vector_folder import SafetyVector
 
         SafetyVector.open(path).close()  # manifest valid and every tensor it lists present
     return kind
@@ -76,15 +79,15 @@ def published_files(folder: Path, kind: str) -> dict[str, bytes]:
     """The files whose published copy differs from the local one, with that copy: paths of this machine replaced
     by folder names (and, in a merged model's card and recipe, the sha256 of each local input's weight files)."""
     if kind == "vector":
-        from graft.vector import MANIFEST, VectorManifest
+        from graft.core.vector import MANIFEST, VectorManifest
 
         manifest = VectorManifest.model_validate_json((folder / MANIFEST).read_bytes())
         sources = {role: getattr(manifest, role) for role in ("base", "aligned")}
         named = {role: src.model_copy(update={"path": Path(src.path).name}) for role, src in sources.items()}
         return {MANIFEST: (manifest.model_copy(update=named).model_dump_json(indent=2) + "\n").encode()}
+    from graft.core.recipe import Recipe
+    from graft.engines.model_card import published_card
     from graft.engines.output_names import CARD_FILE, RECIPE_FILE
-    from graft.modelcard import published_card
-    from graft.recipe import Recipe
 
     recipe = Recipe.from_yaml(folder / RECIPE_FILE)
     local = [_local_input(role, spec) for role, spec in (("target", recipe.target), ("vector", recipe.vector),
@@ -106,8 +109,8 @@ def _is_local(spec: str | None) -> bool:
 
 def _local_input(role: str, spec: str) -> LocalInput:
     """A local input by folder name, with its weight files' sha256 (None when it cannot be read any more)."""
+    from graft.engines.model_card import LocalInput
     from graft.io.checkpoint import Checkpoint, sha256_file
-    from graft.modelcard import LocalInput
 
     path = Path(spec).expanduser()
     try:
@@ -169,6 +172,23 @@ def push(folder: str | Path, repo_id: str, *, private: bool = True, revision: st
                       url=getattr(info, "commit_url", None))
 
 
+def check_push_target(repo_id: str | None) -> None:
+    """`--push-to-hub`: a bad repository id or no token is refused before the write, not after hours of work."""
+    if repo_id is not None:
+        check_hub_id(repo_id, "--push-to-hub")
+        hub_token(None)
+
+
+def push_after(folder: Path, repo_id: str | None, quiet: bool) -> None:
+    """`--push-to-hub`: the same push as `graft push`, once the output is committed."""
+    if repo_id is None:
+        return
+    result = push(folder, repo_id)
+    if not quiet:
+        stderr.print(console_text(f"pushed {shown(folder)} to {result.url or result.repo_id} (private unless it "
+                                  "existed)"), soft_wrap=True)
+
+
 def _operations(folder: Path, published: dict[str, bytes]) -> list[Any]:
     """One upload per file of the folder (its published copy where there is one), graft's bookkeeping left home."""
     from huggingface_hub import CommitOperationAdd
@@ -182,4 +202,4 @@ def _operations(folder: Path, published: dict[str, bytes]) -> list[Any]:
     return operations
 
 
-__all__ = ["PushResult", "check_pushable", "hub_token", "published_files", "push"]
+__all__ = ["PushResult", "check_push_target", "check_pushable", "hub_token", "published_files", "push", "push_after"]

@@ -25,8 +25,9 @@ import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from graft.io.dtypes import TAG_OF_DTYPE
-from graft.io.writer import OutputTensor, parse_size, shard_names, split_into_shards, write_index
+from graft.core.dtypes import TAG_OF_DTYPE
+from graft.io.writer import OutputTensor, shard_names, split_into_shards, write_index
+from graft.schema import parse_size
 
 __all__ = [
     "LAYOUTS",

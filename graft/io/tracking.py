@@ -126,7 +126,7 @@ class MlflowTracker:
                  lambdas: Callable[[dict | None], dict[str, float]] | None = None):
         from mlflow.tracking import MlflowClient, get_tracking_uri
 
-        from graft.databases import check_tracking_store
+        from graft.io.databases import check_tracking_store
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its database-migration chatter in our console
         check_tracking_store(get_tracking_uri())  # MLflow would add its tables to another application's database

@@ -1,10 +1,10 @@
 """Graft operators: how the safety vector τ becomes what is added to a target tensor.
 
 Every operator has the form θ' = θ + λ·f(τ): it turns τ (and, when it declares so, the target's own update
-τ_med = θ − θ_origin) into an *effective τ* f(τ) in fp32, and `graft.engines.ops.graft_rows` adds λ·f(τ) with the one
-fixed arithmetic. λ stays outside the operator on purpose: the resident graft of `graft search` computes f(τ) once
-and then runs the same one-pass θ + λ·f(τ) per trial, and the streamed merge calls the very same `transform` per
-chunk, so the two engines agree bit for bit by construction.
+τ_med = θ − θ_origin) into an *effective τ* f(τ) in fp32, and `graft.core.arithmetic.graft_rows` adds λ·f(τ)
+with the one fixed arithmetic. λ stays outside the operator on purpose: the resident graft of `graft search`
+computes f(τ) once and then runs the same one-pass θ + λ·f(τ) per trial, and the streamed merge calls the very same
+`transform` per chunk, so the two engines agree bit for bit by construction.
 
 An operator is a `GraftOperator` subclass registered under a name (`@register`) with a pydantic model of its
 parameters (`Params`), so recipes (`operator: {name: dare, density: 0.3}`), the CLI (`--operator dare
@@ -33,7 +33,7 @@ from typing import Annotated, Any, ClassVar, Generic, TypeVar
 import torch
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
-from graft.engines.ops import orthogonal_tau, projection_coefficient, projection_terms
+from graft.core.arithmetic import orthogonal_tau, projection_coefficient, projection_terms
 
 
 class OperatorParams(BaseModel):
@@ -110,7 +110,7 @@ def register(cls: type[GraftOperator[Any]]) -> type[GraftOperator[Any]]:
     if name in OPERATORS and OPERATORS[name] is not cls:
         raise TypeError(f"an operator named {name!r} is already registered ({OPERATORS[name].__name__})")
     if not (isinstance(getattr(cls, "Params", None), type) and issubclass(cls.Params, OperatorParams)):
-        raise TypeError(f"{cls.__name__}: `Params` must be a subclass of graft.engines.operators.OperatorParams")
+        raise TypeError(f"{cls.__name__}: `Params` must be a subclass of graft.core.operators.OperatorParams")
     OPERATORS[name] = cls
     return cls
 

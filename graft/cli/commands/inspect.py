@@ -1,9 +1,5 @@
-"""`graft inspect`: the CLI layer over graft.inspect (scores, λ, study importances, report folder).
-
-Registered in graft/cli.py with `app.command("inspect")(handles_errors(inspect_command))`; errors surface as
-`GraftError`s, which the app turns into one line and an exit code. Heavy imports (pandas, matplotlib, optuna) wait
-until the command runs.
-"""
+"""`graft inspect`: the command line over graft.inspect (scores, λ, study importances, report folder). Heavy
+imports (pandas, matplotlib, optuna) wait until the command runs."""
 
 from __future__ import annotations
 
@@ -13,17 +9,17 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from graft.cli.boundary import handles_errors
+from graft.cli.console import stdout, warn
+from graft.cli.options import Force, MapOpt, Quiet, Verbose
 from graft.display import printable, shown
 from graft.flag_ranges import INSPECT, check, help_range
 
-stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
 
-
+@handles_errors
 def inspect_command(
     vector: Annotated[str | None, typer.Option(
         "--vector", help="Vector folder written by `graft extract` (default: the one a `graft search` study names).")
@@ -35,8 +31,7 @@ def inspect_command(
     recipe: Annotated[Path | None, typer.Option(
         "--recipe", "-r", help="Recipe YAML: λ per layer × group (and target/vector/origin/mapping if not given).")
     ] = None,
-    map: Annotated[list[str] | None, typer.Option(
-        "--map", help="Name rule 'REGEX=>REPLACEMENT' applied to vector names (re.sub); repeatable.")] = None,
+    map: MapOpt = None,
     study: Annotated[str | None, typer.Option(
         "--study", help="Optuna study (of `graft search`): λ of one trial and parameter importances; may be left out "
         "when the storage holds one study.")] = None,
@@ -57,19 +52,18 @@ def inspect_command(
     device: Annotated[str, typer.Option("--device", help="Compute device: auto, cpu or cuda.")] = "auto",
     chunk_size: Annotated[str | None, typer.Option(
         "--chunk-size", help="Bytes of a tensor read at once; default 8MB on CPU, 64MB on CUDA.")] = None,
-    force: Annotated[bool, typer.Option(
-        "--force", help="Replace an earlier report folder; refused if you added or edited anything in it.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors and the report path only.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks for unexpected errors.")] = False,
+    force: Force = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Per-layer × per-group scores of τ (‖τ‖, ‖τ‖/‖θ‖, cos with τ_med, Safe-LoRA), λ and study importances."""
-    from .run import inspect_vector
+    from graft.inspect.run import inspect_vector
 
     check(INSPECT, top=top, trial=trial)
     found = inspect_vector(
         vector, target=target, origin=origin, recipe=recipe, map=map, study=study, storage=storage, trial=trial,
         out=out, safelora=safelora, device=device, chunk_size=chunk_size, force=force,
-        on_warning=lambda note: stderr.print(f"[yellow]warning:[/] {note}", soft_wrap=True))
+        on_warning=warn)
     if quiet:
         if found.report is not None:
             stdout.print(shown(found.report.out))

@@ -1,0 +1,1 @@
+"""One module per `graft` command, each imported only when its command runs or shows its help (graft.cli.app)."""

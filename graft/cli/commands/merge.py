@@ -1,0 +1,55 @@
+"""`graft merge`: θ' = θ + λ(layer, group)·τ streamed to a new folder (graft.engines.merge)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from graft.cli.boundary import handles_errors
+from graft.cli.console import byte_progress, print_path, stderr, stdout, summary_table, warn
+from graft.cli.options import Force, PushOpt, Quiet, Verbose, recipe_flags, warn_unused_origin
+from graft.cli.publish import check_push_target, push_after
+from graft.display import human_size, shown
+
+if TYPE_CHECKING:
+    from graft.core.recipe_flags import RecipeFlags
+
+
+@handles_errors
+@recipe_flags()
+def merge(
+    flags: RecipeFlags,
+    results: Annotated[Path | None, typer.Option(
+        "--results", help="A `graft eval` results.json of this graft: its scores go into the model card "
+                          "(model-index).")] = None,
+    push_to_hub: PushOpt = None,
+    force: Force = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Graft the vector into the target: θ' = θ + λ(layer, group)·τ, streamed to a new HF folder."""
+    from graft.cli.plan_report import print_plan_summary
+    from graft.engines.merge import merge as run_merge
+
+    spec = flags.to_recipe()
+    warn_unused_origin(flags, spec)
+    check_push_target(push_to_hub)  # a bad repository id or no token: refused before the merge, not after
+    with byte_progress(quiet) as progress:
+        task = progress.add_task("merge", total=None)
+
+        def started(merge_plan: Any, total: int) -> None:
+            progress.update(task, total=total)
+            if verbose:
+                print_plan_summary(merge_plan, stderr)
+
+        result = run_merge(spec, force=force, progress=lambda n: progress.advance(task, n), on_plan=started,
+                           on_warning=warn, results=results)
+    if quiet:
+        print_path(result.out)
+    else:
+        stdout.print(summary_table("graft merge", [
+            ("output", shown(result.out)), ("tensors", f"{result.grafted} grafted, {result.copied} copied unchanged"),
+            ("written", f"{human_size(result.bytes_written)} in {result.seconds:.1f} s on {result.device}")]))
+    push_after(result.out, push_to_hub, quiet)

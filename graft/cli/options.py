@@ -1,0 +1,146 @@
+"""Every option more than one command takes, declared once (typer's `Annotated` style), and the recipe flags of
+`graft plan` and `graft merge` collected into one typed `RecipeFlags` (graft.core.recipe_flags).
+
+`-h/--help` is the group's (every command inherits it); `-q`, `-v` and `--force` are declared here so that each
+command that takes them says the same thing. Options only one command takes stay with that command.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+if TYPE_CHECKING:
+    from graft.core.recipe import Recipe
+    from graft.core.recipe_flags import RecipeFlags
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+HELP_OPTIONS = ["-h", "--help"]
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors, warnings and the final path only.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More detail; tracebacks for unexpected errors.")]
+Force = Annotated[bool, typer.Option(
+    "--force", help="Replace a previous graft output (atomically, at the end) if it holds only what graft wrote; "
+                    "refused (exit 5, nothing touched) if you added or edited anything in it, and never a folder or "
+                    "file graft did not write, nor an input.")]
+RecipeOpt = Annotated[Path | None, typer.Option("--recipe", "-r", help="Recipe YAML; flags override its fields.")]
+TargetOpt = Annotated[str | None, typer.Option(
+    "--target", "-t", help="Target model folder or hub id (org/name, optionally org/name@REVISION).")]
+VectorOpt = Annotated[str | None, typer.Option(
+    "--vector", help="Vector folder written by `graft extract`, or a hub repository holding one (org/name).")]
+TargetRevisionOpt = Annotated[str | None, typer.Option(
+    "--target-revision", help="Branch, tag or commit of a hub target (same as --target org/name@REV).")]
+VectorRevisionOpt = Annotated[str | None, typer.Option(
+    "--vector-revision", help="Branch, tag or commit of a hub vector (same as --vector org/name@REV).")]
+PushOpt = Annotated[str | None, typer.Option(
+    "--push-to-hub", help="After a successful write, push the output to this hub repository (org/name, created "
+                          "private; see `graft push`).")]
+OriginOpt = Annotated[str | None, typer.Option("--origin", help="Model the target was fine-tuned from.")]
+MapOpt = Annotated[list[str] | None, typer.Option(
+    "--map", help="Name rule 'REGEX=>REPLACEMENT' applied to vector names (re.sub); repeatable.")]
+
+# The option of each RecipeFlags field, in the order the commands list them (tests/test_cli.py checks it covers
+# every field).
+RECIPE_FLAG_OPTIONS: dict[str, Any] = {
+    "recipe_file": RecipeOpt,
+    "target": TargetOpt,
+    "vector": VectorOpt,
+    "out": Annotated[str | None, typer.Option("--out", "-o", help="Output folder (created atomically).")],
+    "target_revision": TargetRevisionOpt,
+    "vector_revision": VectorRevisionOpt,
+    "scale": Annotated[float | None, typer.Option(
+        "--scale", "-s", help="Global λ scale: a finite number (|λ| > 10 is warned about).")],
+    "layers": Annotated[str | None, typer.Option(
+        "--layers", help="Per-layer factors, one finite number per layer: '0,0.5,1,...'.")],
+    "blocks": Annotated[str | None, typer.Option(
+        "--blocks", help="Per-block factors over contiguous layer blocks (finite numbers, at most one per layer).")],
+    "control_points": Annotated[str | None, typer.Option(
+        "--control-points", help="Factors at evenly spaced depths, linearly interpolated over layers (finite "
+                                 "numbers).")],
+    "group": Annotated[list[str] | None, typer.Option(
+        "--group", "-g", help="Group factor GROUP=F, F finite (attn, mlp, norm, embed, head, vision, other); "
+                              "repeatable.")],
+    "map": MapOpt,
+    "include": Annotated[list[str] | None, typer.Option(
+        "--include", help="Only graft target tensors matching REGEX.")],
+    "exclude": Annotated[list[str] | None, typer.Option(
+        "--exclude", help="Never graft target tensors matching REGEX.")],
+    "origin": OriginOpt,
+    "orthogonalize": Annotated[bool | None, typer.Option(
+        "--orthogonalize/--no-orthogonalize", help="Project τ off τ_med = target − origin, per tensor (needs "
+                                                   "--origin); the same as --operator orthogonal.")],
+    "operator": Annotated[str | None, typer.Option(
+        "--operator", help="How τ enters the weights: linear (θ + λτ), orthogonal, dare, trim (see "
+                           "docs/extending.md).")],
+    "operator_param": Annotated[list[str] | None, typer.Option(
+        "--operator-param", help="An operator parameter KEY=VALUE, e.g. density=0.3 (dare, trim; in (0, 1]), seed=1 "
+                                 "(dare; an integer), elect_sign=true (trim); repeatable.")],
+    "dtype": Annotated[str | None, typer.Option(
+        "--dtype", help="Output dtype: auto (the target's), bfloat16, float16, float32.")],
+    "shard_size": Annotated[str | None, typer.Option(
+        "--shard-size", help="Re-shard the output to at most this many BYTES per file (e.g. 5GB; 1KB to 1TB); "
+                             "default mirrors the target.")],
+    "device": Annotated[str | None, typer.Option("--device", help="Compute device: auto, cpu or cuda.")],
+    "chunk_size": Annotated[str | None, typer.Option(
+        "--chunk-size", help="Bytes of a tensor processed at once (bounds memory; 1KB to 4GB); default 8MB on CPU, "
+                             "64MB on CUDA.")],
+    "strict": Annotated[bool | None, typer.Option(
+        "--strict", help="Treat every plan warning as an error (exit 4), e.g. to gate a CI job.")],
+    "allow_partial": Annotated[bool | None, typer.Option(
+        "--allow-partial", help="Graft even when a vector layer lands in a target layer of another structure.")],
+}
+
+
+def recipe_flags(*, without: Iterable[str] = ()) -> Callable[[F], F]:
+    """Give a command every `RecipeFlags` field as its own option (`RECIPE_FLAG_OPTIONS`), in place of its
+    `flags: RecipeFlags` parameter, and call it with them gathered into that one typed object. `without` names
+    the fields the command has no flag for (`graft plan` writes nothing, so it takes no --out or --dtype)."""
+    left_out = set(without)
+    fields = [name for name in RECIPE_FLAG_OPTIONS if name not in left_out]
+
+    def decorate(command: F) -> F:
+        signature = inspect.signature(command)
+        # typer needs the annotations as objects: resolved in the command's module (all but `flags`, whose type is
+        # imported there for type checkers only)
+        params = [p if p.name == "flags" or not isinstance(p.annotation, str)
+                  else p.replace(annotation=eval(p.annotation, command.__globals__))  # graft's own source
+                  for p in signature.parameters.values()]
+        at = [p.name for p in params].index("flags")
+        options = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                     annotation=RECIPE_FLAG_OPTIONS[name]) for name in fields]
+        rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[at + 1:]]
+
+        @functools.wraps(command)
+        def with_flags(*args: Any, **kwargs: Any) -> Any:
+            from graft.core.recipe_flags import RecipeFlags  # torch: when the command runs, not for its --help
+
+            flags = RecipeFlags(**{name: kwargs.pop(name) for name in fields})
+            return command(*args, flags=flags, **kwargs)
+
+        parameters = [*params[:at], *options, *rest]
+        with_flags.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        # typer reads the annotations too: `flags` is not an option, each field is
+        with_flags.__annotations__ = {p.name: p.annotation for p in parameters}
+        return with_flags  # type: ignore[return-value]
+
+    return decorate
+
+
+def warn_unused_origin(flags: RecipeFlags, recipe: Recipe) -> None:
+    """`--origin` given to an operator that never reads it: said, not refused (a script may pass it to every
+    operator, as a search does; recipes keep it silently for the same reason)."""
+    from graft.cli.console import warn
+
+    if flags.origin and not recipe.operator_spec.uses_origin:
+        warn(f"--origin {flags.origin}: operator {recipe.operator_spec.name} does not use the origin; it is not read")
+
+
+__all__ = ["HELP_OPTIONS", "RECIPE_FLAG_OPTIONS", "Force", "MapOpt", "OriginOpt", "PushOpt", "Quiet", "RecipeOpt",
+           "TargetOpt", "TargetRevisionOpt", "VectorOpt", "VectorRevisionOpt", "Verbose", "recipe_flags",
+           "warn_unused_origin"]

@@ -1,0 +1,165 @@
+"""Command-line flags laid over a recipe file: the one place where `--scale`, `--layers`, `--group`, `--map`,
+`--operator` and the like become recipe fields. Shared by `graft plan`/`merge` and `graft inspect` (which reads
+a recipe's λ), so neither command imports the other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from graft.core.model_ids import with_revision
+from graft.core.operators import OPERATORS
+from graft.core.recipe import Recipe, size_in_range
+from graft.errors import UsageError
+from graft.schema import load_yaml_text, yaml_problem
+
+
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError as exc:
+        raise UsageError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 0.2,0.5,1") from exc
+
+
+def _pairs(items: list[str] | None, flag: str, sep: str) -> list[tuple[str, str]]:
+    result = []
+    for item in items or []:
+        if sep not in item:
+            raise UsageError(f"{flag} {item!r}: expected the form LEFT{sep}RIGHT")
+        left, right = item.split(sep, 1)
+        result.append((left.strip(), right.strip()))
+    return result
+
+
+def size_flag(flag: str, field: str, text: str | None) -> str | None:
+    """A size flag (`--chunk-size`, `--shard-size`) checked against its range, the error naming the flag and the
+    recipe field it sets."""
+    if text is not None:
+        try:
+            size_in_range(field, text)
+        except ValueError as exc:
+            raise UsageError(f"{flag} {text}: {exc} (options.{field})") from exc
+    return text
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecipeFlags:
+    """The recipe a command runs: `recipe_file` (if any) with every flag given laid over it, in the flags' own
+    spelling (`group=["attn=0.5"]`, `layers="0,0.5,1"`); a field left None keeps the recipe's value."""
+
+    recipe_file: Path | None = None
+    target: str | None = None
+    vector: str | None = None
+    out: str | None = None
+    target_revision: str | None = None
+    vector_revision: str | None = None
+    scale: float | None = None
+    layers: str | None = None
+    blocks: str | None = None
+    control_points: str | None = None
+    group: list[str] | None = None
+    map: list[str] | None = None
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    origin: str | None = None
+    orthogonalize: bool | None = None
+    operator: str | None = None
+    operator_param: list[str] | None = None
+    dtype: str | None = None
+    shard_size: str | None = None
+    device: str | None = None
+    chunk_size: str | None = None
+    strict: bool | None = None
+    allow_partial: bool | None = None
+
+    def to_recipe(self) -> Recipe:
+        """The recipe file (if any) with these flags laid over it, hub revisions folded into the ids
+        (`org/name@REV`)."""
+        for field in ("chunk_size", "shard_size"):
+            size_flag("--" + field.replace("_", "-"), field, getattr(self, field))
+        base = Recipe.from_yaml(self.recipe_file) if self.recipe_file else Recipe()
+        changes: dict[str, Any] = {k: getattr(self, k) for k in ("target", "vector", "out")
+                                   if getattr(self, k) is not None}
+        coefficients = self._coefficients(base)
+        mapping = self._mapping(base)
+        options = {k: getattr(self, k) for k in ("dtype", "shard_size", "device", "origin", "orthogonalize",
+                                                "chunk_size", "strict", "allow_partial")
+                   if getattr(self, k) is not None}
+        operator = _operator_flags(base, self.operator, self.operator_param)
+        if operator is not None:
+            changes["operator"] = operator
+            if self.orthogonalize is None:  # the legacy flag follows the operator unless given
+                options["orthogonalize"] = operator["name"] == "orthogonal"
+        if coefficients:
+            changes["coefficients"] = coefficients
+        if mapping:
+            changes["mapping"] = mapping
+        if options:
+            changes["options"] = options
+        spec = base.updated(**changes) if changes else base
+        if self.target_revision is None and self.vector_revision is None:
+            return spec
+        return spec.model_copy(update={
+            "target": with_revision(spec.target, self.target_revision, "--target-revision"),
+            "vector": with_revision(spec.vector, self.vector_revision, "--vector-revision")})
+
+    def _coefficients(self, base: Recipe) -> dict[str, Any]:
+        coefficients: dict[str, Any] = {}
+        if self.scale is not None:
+            coefficients["scale"] = self.scale
+        for key, flag in (("layers", "--layers"), ("blocks", "--blocks"), ("control_points", "--control-points")):
+            values = _floats(getattr(self, key), flag)
+            if values is not None:
+                coefficients.update({"layers": None, "blocks": None, "control_points": None, key: values})
+        groups = _pairs(self.group, "--group", "=")
+        if groups:
+            try:
+                coefficients["groups"] = {**base.coefficients.groups, **{g: float(v) for g, v in groups}}
+            except ValueError as exc:
+                raise UsageError(f"--group: factors must be numbers ({exc})") from exc
+        return coefficients
+
+    def _mapping(self, base: Recipe) -> dict[str, Any]:
+        mapping: dict[str, Any] = {}
+        rules = _pairs(self.map, "--map", "=>")
+        if rules:
+            mapping["rules"] = [*base.mapping.model_dump()["rules"], *({"match": m, "replace": r} for m, r in rules)]
+        for key in ("include", "exclude"):
+            if getattr(self, key):
+                mapping[key] = [*getattr(base.mapping, key), *getattr(self, key)]
+        return mapping
+
+
+def _operator_flags(base: Recipe, name: str | None, params: list[str] | None) -> dict[str, Any] | None:
+    """--operator NAME and --operator-param KEY=VALUE over the recipe's operator (values read as YAML scalars:
+    0.3, 7, true); None when neither is given. The recipe's parameters are kept when the name stays the same."""
+    if name is None and not params:
+        return None
+    if name is not None and not name.strip():
+        raise UsageError("--operator '': give an operator's name (see `graft merge --help`), or leave the flag out "
+                         "for the recipe's operator")
+    current = base.operator_spec
+    chosen = name or current.name
+    values = current.params.model_dump(mode="json") if chosen == current.name else {}
+    declared = OPERATORS[chosen].Params.model_fields if chosen in OPERATORS else None
+    for key, text in _pairs(params, "--operator-param", "="):
+        if declared is not None and key not in declared:
+            known = f"its parameters: {', '.join(declared)}" if declared else "it has no parameters"
+            source = "" if name else " (the recipe's operator, or the default)"
+            raise UsageError(f"--operator-param {key}: operator {chosen}{source} has no parameter {key!r} ({known}); "
+                             "give --operator NAME for another operator")
+        try:
+            values[key] = load_yaml_text(text)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--operator-param {key}={text}: not a value ({yaml_problem(exc)})") from exc
+        except RecursionError:
+            raise UsageError(f"--operator-param {key}: not a value (nested too deeply)") from None
+    return {"name": chosen, **values}
+
+
+__all__ = ["RecipeFlags", "size_flag"]
