@@ -2,6 +2,7 @@
 
     python bench/merge.py --size-gb 1                      # ~1 GB trio (base, aligned, target), CPU
     python bench/merge.py --size-gb 13.5 --device cuda     # 7B layer shapes, on a GPU machine
+    python bench/merge.py --size-gb 1 --baseline-src DIR   # also another graft (a checkout at DIR), same run
 
 Why this exists: a streamed merge should be I/O-bound, so the claim worth checking is "close to the cost of just
 reading the inputs and writing the output, and ahead of what people do today" (a `load_file`/add/`save_file` loop
@@ -189,7 +190,8 @@ def _rss_anon_kb(pid: int) -> int:
     return 0
 
 
-def measure(name: str, argv: Sequence[str], log: Path, *, cwd: Path | None = None) -> Run:
+def measure(name: str, argv: Sequence[str], log: Path, *, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> Run:
     """Run argv once; wall time, peak RssAnon (polled) and this child's own ru_maxrss (from wait4, not the max
     over all children as RUSAGE_CHILDREN would give)."""
     os.sync()
@@ -197,7 +199,7 @@ def measure(name: str, argv: Sequence[str], log: Path, *, cwd: Path | None = Non
         out.write(f"\n$ {' '.join(argv)}\n".encode())
         out.flush()
         start = time.perf_counter()
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+        proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
         peak = [0]
         done = threading.Event()
 
@@ -387,7 +389,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
               f"{spec.intermediate}, vocab {spec.vocab}; {spec.checkpoint_bytes / 1e9:.3f} GB per checkpoint in "
               f"{files} shards ({3 * spec.checkpoint_bytes / 1e9:.2f} GB trio) at {root} "
               f"[ready in {time.perf_counter() - started:.1f} s]", flush=True)
-        outs = {k: root / f"out-{k}" for k in ("vector", "graft", "naive", "mergekit", "copy")}
+        outs = {k: root / f"out-{k}" for k in ("vector", "graft", "baseline", "naive", "mergekit", "copy")}
         log = root / "bench.log"
         cfg = root / "mergekit.yaml"
         cfg.write_text(_mergekit_config(paths, LAM))
@@ -412,6 +414,19 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
             ("floor read", [py, me, "--worker", "read", str(paths["target"]), str(outs["vector"])], ()),
             ("floor copy", [py, me, "--worker", "copy", str(paths["target"]), str(outs["copy"])], (outs["copy"],)),
         ]
+        # Every child runs in the work folder with graft's source named explicitly: `python -m` puts the current
+        # folder first on sys.path, so a checkout there would otherwise be what runs.
+        this_checkout = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)}
+        environments: dict[str, dict[str, str]] = {name: this_checkout for name, _, _ in contenders}
+        if args.baseline_src:  # another graft (e.g. the previous commit), measured in this same run
+            source = str(Path(args.baseline_src).resolve())
+            environments["graft merge (baseline)"] = {**os.environ, "PYTHONPATH": source}
+            contenders.insert(4, ("graft merge (baseline)",
+                                  [*graft_cli, "merge", "-t", str(paths["target"]), "--vector", str(outs["vector"]),
+                                   "-o", str(outs["baseline"]), "--scale", str(LAM), "--device", args.device, "-q",
+                                   *(["--chunk-size", args.chunk_size] if args.chunk_size else [])],
+                                  (outs["baseline"],)))
         if mergekit and not args.skip_mergekit:
             mk = [mergekit, str(cfg), str(outs["mergekit"]), "--no-copy-tokenizer", "--no-write-model-card",
                   "--quiet", *(["--cuda"] if args.device == "cuda" else ["--no-cuda"])]
@@ -422,7 +437,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
                 fresh(*produced)
                 if name == "floor read":  # τ is an input of the merge: make sure it is as warm as the target
                     read_all([outs["vector"]])
-                run = measure(name, argv, log)
+                run = measure(name, argv, log, env=environments.get(name), cwd=root)
                 runs[name].append(run)
                 print(f"  [{rep + 1}/{args.repeat}] {name:<14} {run.wall_s:7.2f} s  cpu {run.cpu_s:6.2f} s  "
                       f"anon {run.peak_anon_mb:6.0f} MB  maxrss {run.maxrss_mb:6.0f} MB  "
@@ -433,6 +448,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
         results["runs"] = {name: asdict(r) for name, r in best.items()}
         results["machine"]["loadavg_at_end"] = os.getloadavg()[0]  # type: ignore[index]
         pairs = {"graft vs naive": ("graft", "naive")}
+        if args.baseline_src:
+            pairs["graft vs baseline"] = ("graft", "baseline")
         if "mergekit" in best:
             pairs |= {"graft vs mergekit": ("graft", "mergekit"), "naive vs mergekit": ("naive", "mergekit")}
         results["diffs"] = {label: _compare_in_child(py, me, outs[a], outs[b]) for label, (a, b) in pairs.items()}
@@ -455,10 +472,10 @@ def _combine(name: str, first: Run, second: Run) -> Run:
                max(first.maxrss_mb, second.maxrss_mb), first.cpu_s + second.cpu_s)
 
 
-ORDER = ("floor read", "floor copy", "floor (read + copy)", "startup", "graft startup", "graft merge", "graft extract",
-         "graft extract + merge", "naive", "mergekit")
+ORDER = ("floor read", "floor copy", "floor (read + copy)", "startup", "graft startup", "graft merge",
+         "graft merge (baseline)", "graft extract", "graft extract + merge", "naive", "mergekit")
 LABELS = {"startup": "python + import torch (fixed cost)", "graft startup": "graft CLI startup (`graft --version`)",
-           "floor read": "I/O floor: read target + τ",
+          "graft merge (baseline)": "graft merge of --baseline-src", "floor read": "I/O floor: read target + τ",
           "floor copy": "I/O floor: copy target", "floor (read + copy)": "I/O floor (read + copy)"}
 
 
@@ -518,6 +535,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the trio and every output")
     parser.add_argument("--skip-mergekit", action="store_true", help="leave mergekit out (slow, big)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--baseline-src", default=None,
+                        help="also time `graft merge` from another source tree (e.g. `git archive` of an earlier "
+                             "commit unpacked there), in this same run: a before/after on one machine state")
     args = parser.parse_args(argv)
     results = run_bench(args)
     print_report(results)

@@ -21,23 +21,52 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
 from graft import __version__
 from graft.demo import DEMO_HOLDOUT, DEMO_SCALES, DEMO_TRIALS
-from graft.display import human_size, shown
+from graft.display import console_text, human_size, printable, shown, use_safe_streams
 from graft.errors import EXIT_CODES, GraftError, UsageError
 from graft.evals.command import EvalCommand, eval_command
+from graft.flag_ranges import DEMO, check, help_range
 from graft.inspect.command import inspect_command
-from graft.io.guard import finished_outputs, forget_finished, write_file
+from graft.io.guard import finished_outputs, forget_finished, is_stdout, write_file
 from graft.recipe import LARGE_LAMBDA, Recipe
 from graft.recipe_flags import build_recipe
 from graft.search.command import search_command
 
+
+class _OneLineUsageErrors(TyperGroup):
+    """The command group: a flag click refuses itself (not a number, no such option, a missing value) is one
+    `error:` line naming the flag, exit 2, as graft's own usage errors are, instead of a box of several lines."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        with _usage_error_line():
+            return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        with _usage_error_line():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _usage_error_line():
+    try:
+        yield
+    except typer.TyperException as exc:  # click's usage errors (typer carries its own copy of click)
+        if not exc.format_message():  # `graft` alone: the help was the message
+            raise
+        where = getattr(getattr(exc, "ctx", None), "command_path", None)
+        _say("error:", "bold red", exc.format_message() + (f" (see `{where} --help`)" if where else ""))
+        raise typer.Exit(getattr(exc, "exit_code", 2)) from None
+
+
 app = typer.Typer(
     name="graft",
+    cls=_OneLineUsageErrors,
     help="Graft a safety task vector layer-wise into (medical, multimodal) LLM checkpoints.\n\n"
     "Exit codes: " + "; ".join(f"{code} {re.split(r' [(]|:', text, maxsplit=1)[0]}"
                                for code, text in EXIT_CODES.items()),
@@ -68,13 +97,17 @@ VectorRevisionOpt = Annotated[str | None, typer.Option(
 PushOpt = Annotated[str | None, typer.Option(
     "--push-to-hub", help="After a successful write, push the output to this hub repository (org/name, created "
                           "private; see `graft push`).")]
-ScaleOpt = Annotated[float | None, typer.Option("--scale", "-s", help="Global λ scale.")]
-LayersOpt = Annotated[str | None, typer.Option("--layers", help="Per-layer factors, one per layer: '0,0.5,1,...'.")]
-BlocksOpt = Annotated[str | None, typer.Option("--blocks", help="Per-block factors over contiguous layer blocks.")]
+ScaleOpt = Annotated[float | None, typer.Option(
+    "--scale", "-s", help="Global λ scale: a finite number (|λ| > 10 is warned about).")]
+LayersOpt = Annotated[str | None, typer.Option(
+    "--layers", help="Per-layer factors, one finite number per layer: '0,0.5,1,...'.")]
+BlocksOpt = Annotated[str | None, typer.Option(
+    "--blocks", help="Per-block factors over contiguous layer blocks (finite numbers, at most one per layer).")]
 PointsOpt = Annotated[str | None, typer.Option(
-    "--control-points", help="Factors at evenly spaced depths, linearly interpolated over layers.")]
+    "--control-points", help="Factors at evenly spaced depths, linearly interpolated over layers (finite numbers).")]
 GroupOpt = Annotated[list[str] | None, typer.Option(
-    "--group", "-g", help="Group factor GROUP=F (attn, mlp, norm, embed, head, vision, other); repeatable.")]
+    "--group", "-g", help="Group factor GROUP=F, F finite (attn, mlp, norm, embed, head, vision, other); "
+                          "repeatable.")]
 MapOpt = Annotated[list[str] | None, typer.Option(
     "--map", help="Name rule 'REGEX=>REPLACEMENT' applied to vector names (re.sub); repeatable.")]
 IncludeOpt = Annotated[list[str] | None, typer.Option("--include", help="Only graft target tensors matching REGEX.")]
@@ -86,8 +119,8 @@ OrthoOpt = Annotated[bool | None, typer.Option(
 OperatorOpt = Annotated[str | None, typer.Option(
     "--operator", help="How τ enters the weights: linear (θ + λτ), orthogonal, dare, trim (see docs/extending.md).")]
 OperatorParamOpt = Annotated[list[str] | None, typer.Option(
-    "--operator-param", help="An operator parameter KEY=VALUE, e.g. density=0.3 (dare, trim), seed=1 (dare), "
-                             "elect_sign=true (trim); repeatable.")]
+    "--operator-param", help="An operator parameter KEY=VALUE, e.g. density=0.3 (dare, trim; in (0, 1]), seed=1 "
+                             "(dare; an integer), elect_sign=true (trim); repeatable.")]
 StrictOpt = Annotated[bool | None, typer.Option(
     "--strict", help="Treat every plan warning as an error (exit 4), e.g. to gate a CI job.")]
 PartialOpt = Annotated[bool | None, typer.Option(
@@ -112,8 +145,14 @@ def _push_after(folder: Path, repo_id: str | None, quiet: bool) -> None:
 
     result = push_folder(folder, repo_id)
     if not quiet:
-        stderr.print(f"pushed {shown(folder)} to {result.url or result.repo_id} (private unless it existed)",
-                     soft_wrap=True)
+        stderr.print(console_text(f"pushed {shown(folder)} to {result.url or result.repo_id} (private unless it "
+                                  "existed)"), soft_wrap=True)
+
+
+def _say(label: str, style: str, text: str) -> None:
+    """One line on stderr: `label` in `style`, then `text`, which may hold names and values read from files (tensor
+    names, config values, paths), made printable and never read as markup: the one way a message is printed."""
+    stderr.print(Text.assemble((label, style), " ", console_text(text)), soft_wrap=True)
 
 
 @contextmanager
@@ -122,22 +161,20 @@ def _failures(verbose: bool):
     try:
         yield
     except GraftError as exc:
-        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # a message may hold [...]
+        _say("error:", "bold red", str(exc))
         raise typer.Exit(exc.exit_code) from None
     except Terminated as exc:
-        stderr.print(f"[bold red]terminated[/] ({signal.Signals(exc.signum).name}): {escape(_left_behind())}",
-                     soft_wrap=True)
+        _say("terminated", "bold red", f"({signal.Signals(exc.signum).name}): {_left_behind()}")
         raise typer.Exit(128 + exc.signum) from None
     except KeyboardInterrupt:
-        stderr.print(f"[bold red]interrupted[/]: {escape(_left_behind())}", soft_wrap=True)
+        _say("interrupted:", "bold red", _left_behind())
         raise typer.Exit(130) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:
         if verbose:
             stderr.print_exception()
-        stderr.print(f"[bold red]internal error:[/] {exc.__class__.__name__}: {escape(str(exc))} (rerun with -v for "
-                     "the traceback)", soft_wrap=True)
+        _say("internal error:", "bold red", f"{exc.__class__.__name__}: {exc} (rerun with -v for the traceback)")
         raise typer.Exit(1) from None
 
 
@@ -181,12 +218,19 @@ def _terminations():
             signal.signal(sig, old)
 
 
+class _PrintableFormatter(logging.Formatter):
+    """A log record as one printable line: its message often names a file or a tensor read from one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 @contextmanager
 def _warnings_to_stderr(verbose: bool):
     """graft's log records as one `warning: ...` line each on the stderr of this call."""
     log = logging.getLogger("graft")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.setFormatter(_PrintableFormatter("%(levelname)s: %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO if verbose else logging.WARNING)
     try:
@@ -208,7 +252,21 @@ def handles_errors(fn: F) -> F:
 
 def _warn(note: str) -> None:
     """A plan warning: printed whatever -q says (only --strict changes what it does)."""
-    stderr.print(f"[bold yellow]warning:[/] {note}", soft_wrap=True)
+    _say("warning:", "bold yellow", note)
+
+
+def _print_path(path: Path) -> None:
+    """The path a command wrote, alone on stdout (`-q`: what a script reads), taken literally."""
+    stdout.print(Text(shown(path)), soft_wrap=True, highlight=False)
+
+
+def _table(title: str, rows: list[tuple[str, object]]) -> Table:
+    """A two-column summary table; every value is taken literally and made printable (it may name files and
+    tensors)."""
+    table = Table(title=title, show_header=False)
+    for label, value in rows:
+        table.add_row(label, console_text(value))
+    return table
 
 
 def _note_unused_origin(origin: str | None, spec: Recipe) -> None:
@@ -234,7 +292,8 @@ def extract(
     out: Annotated[Path, typer.Option("--out", "-o", help="Vector folder to create.")],
     dtype: Annotated[str, typer.Option(
         help="Storage dtype of τ: auto (each tensor's own), bfloat16, float16 or float32 (exact).")] = "auto",
-    shard_size: Annotated[str, typer.Option(help="Maximum bytes per vector shard (e.g. 5GB, 500MB).")] = "5GB",
+    shard_size: Annotated[str, typer.Option(
+        help="Maximum bytes per vector shard (e.g. 5GB, 500MB); 1KB to 1TB.")] = "5GB",
     shared_only: Annotated[bool, typer.Option(
         help="Extract over the names both hold instead of failing when one has extra tensors.")] = False,
     hash_sources: Annotated[bool, typer.Option(
@@ -271,20 +330,21 @@ def extract(
                                 allow_nonfinite=allow_nonfinite, progress=lambda n: progress.advance(task, n))
     manifest = result.manifest
     if not quiet:
-        table = Table(title="graft extract", show_header=False)
-        table.add_row("vector", shown(result.out))
-        table.add_row("tensors", f"{len(manifest.tensors)} ({manifest.num_layers} layers, backbone "
-                                 f"'{manifest.backbone_prefix}')")
-        table.add_row("‖τ‖", f"{manifest.total_norm:.6g}" if manifest.total_norm is not None else
-                      "not finite (τ holds NaN/Inf)")
         share = manifest.inexact_elements / max(1, manifest.total_elements)
-        table.add_row("inexact in storage dtype", f"{manifest.inexact_elements} of {manifest.total_elements} "
-                                                  f"elements ({share:.3%}); use --dtype float32 for exact τ")
+        rows: list[tuple[str, object]] = [
+            ("vector", shown(result.out)),
+            ("tensors", f"{len(manifest.tensors)} ({manifest.num_layers} layers, backbone "
+                        f"'{manifest.backbone_prefix}')"),
+            ("‖τ‖", f"{manifest.total_norm:.6g}" if manifest.total_norm is not None else
+             "not finite (τ holds NaN/Inf)"),
+            ("inexact in storage dtype", f"{manifest.inexact_elements} of {manifest.total_elements} elements "
+                                         f"({share:.3%}); use --dtype float32 for exact τ"),
+        ]
         if result.skipped:
-            table.add_row("skipped (not floating point)", ", ".join(result.skipped[:5]))
-        stdout.print(table)
+            rows.append(("skipped (not floating point)", ", ".join(result.skipped[:5])))
+        stdout.print(_table("graft extract", rows))
     else:
-        stdout.print(shown(result.out))
+        _print_path(result.out)
     _push_after(result.out, push_to_hub, quiet)
 
 
@@ -311,14 +371,16 @@ def plan(
     strict: StrictOpt = None,
     allow_partial: PartialOpt = None,
     list_all: Annotated[bool, typer.Option("--list", help="List every tensor with its action and λ.")] = False,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full plan as JSON to this file.")] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Write the full plan as JSON to this file; `-` (or /dev/stdout) writes it to standard output "
+                       "and the table to stderr.")] = None,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
     """Show what a merge would do, from headers only; exit 4 if anything is incompatible (or, with --strict,
     questionable)."""
-    from graft.engines.merge import check_warnings, close_plan, open_plan
+    from graft.engines.merge import check_warnings, close_plan, open_plan, planned_output
     from graft.report import plan_as_dict, print_plan
 
     spec = build_recipe(recipe, target=target, vector=vector, scale=scale, layers=layers, blocks=blocks,
@@ -328,13 +390,14 @@ def plan(
     _note_unused_origin(origin, spec)
     merge_plan = open_plan(with_revisions(spec, target_revision, vector_revision))
     try:
+        planned_output(merge_plan)  # the output's names, as merge checks them: a collision is exit 3 here too
         if json_out:
             origin = [merge_plan.origin.root] if merge_plan.origin else []
             inputs = [merge_plan.target.root, merge_plan.vector.root, *origin, *([recipe] if recipe else [])]
             write_file(json_out, json.dumps(plan_as_dict(merge_plan), indent=2) + "\n", inputs=inputs, force=force,
                        flag="--json")
-        if not quiet:
-            print_plan(merge_plan, stdout, list_all=list_all)
+        if not quiet:  # with the JSON on stdout, the table for the eye goes to stderr
+            print_plan(merge_plan, stderr if json_out and is_stdout(json_out) else stdout, list_all=list_all)
         merge_plan.check()
         check_warnings(merge_plan, _warn if quiet else None)  # without -q the plan table lists them
     finally:
@@ -365,10 +428,12 @@ def merge(
     dtype: Annotated[str | None, typer.Option(
         help="Output dtype: auto (the target's), bfloat16, float16, float32.")] = None,
     shard_size: Annotated[str | None, typer.Option(
-        help="Re-shard the output to at most this many BYTES per file (e.g. 5GB); default mirrors the target.")] = None,
+        help="Re-shard the output to at most this many BYTES per file (e.g. 5GB; 1KB to 1TB); default mirrors the "
+             "target.")] = None,
     device: Annotated[str | None, typer.Option(help="Compute device: auto, cpu or cuda.")] = None,
     chunk_size: Annotated[str | None, typer.Option(
-        help="Bytes of a tensor processed at once (bounds memory); default 8MB on CPU, 64MB on CUDA.")] = None,
+        help="Bytes of a tensor processed at once (bounds memory; 1KB to 4GB); default 8MB on CPU, 64MB on "
+             "CUDA.")] = None,
     strict: StrictOpt = None,
     allow_partial: PartialOpt = None,
     results: Annotated[Path | None, typer.Option(
@@ -408,13 +473,11 @@ def merge(
         result = run_merge(spec, force=force, progress=lambda n: progress.advance(task, n), on_plan=started,
                            on_warning=_warn, results=results)
     if quiet:
-        stdout.print(shown(result.out))
+        _print_path(result.out)
     else:
-        table = Table(title="graft merge", show_header=False)
-        table.add_row("output", shown(result.out))
-        table.add_row("tensors", f"{result.grafted} grafted, {result.copied} copied unchanged")
-        table.add_row("written", f"{human_size(result.bytes_written)} in {result.seconds:.1f} s on {result.device}")
-        stdout.print(table)
+        stdout.print(_table("graft merge", [
+            ("output", shown(result.out)), ("tensors", f"{result.grafted} grafted, {result.copied} copied unchanged"),
+            ("written", f"{human_size(result.bytes_written)} in {result.seconds:.1f} s on {result.device}")]))
     _push_after(result.out, push_to_hub, quiet)
 
 
@@ -441,10 +504,11 @@ def push(
     result = push_folder(folder, repo_id, private=private, revision=revision, commit_message=commit_message,
                          token=token)
     if quiet:
-        stdout.print(result.url or result.repo_id, soft_wrap=True)
+        stdout.print(console_text(result.url or result.repo_id), soft_wrap=True)
         return
     where = f"{result.repo_id}" + (f" (branch {result.revision})" if result.revision else "")
-    stdout.print(f"pushed {shown(folder)} ({result.kind}) to {where}: {result.url or result.commit}", soft_wrap=True)
+    stdout.print(console_text(f"pushed {shown(folder)} ({result.kind}) to {where}: {result.url or result.commit}"),
+                 soft_wrap=True)
 
 
 @app.command("recipe")
@@ -456,10 +520,13 @@ def recipe_command(
     metric: Annotated[str, typer.Option(
         help="Score of each layer × group cell: cos_tau_med (cosine between τ and the target's own update), "
              "safelora_score, safelora_min, ratio or tau_norm.")] = "cos_tau_med",
-    threshold: Annotated[float, typer.Option(help="Graft a cell when its score is below this (see --above).")] = 0.0,
+    threshold: Annotated[float, typer.Option(
+        help="Graft a cell when its score is below this (see --above). Range: the metric's own, [-1, 1] for the "
+             "cosines (cos_tau_med, safelora_*), ≥ 0 for ratio and tau_norm.")] = 0.0,
     above: Annotated[bool, typer.Option("--above", help="Graft cells whose score is above the threshold instead.")
                      ] = False,
-    scale: Annotated[float, typer.Option("--scale", "-s", help="λ of every selected cell.")] = 1.0,
+    scale: Annotated[float, typer.Option("--scale", "-s", help="λ of every selected cell. Range: a finite number.")
+                     ] = 1.0,
     groups: Annotated[str, typer.Option(
         help="Module groups that may be selected, comma-separated (the others get factor 0).")] = "attn,mlp",
     target: TargetOpt = None,
@@ -485,16 +552,14 @@ def recipe_command(
     written = write_file(out, f"# Written by `graft recipe --from-scores`; {recipe.description}\n" + recipe.to_yaml(),
                          inputs=inputs, force=force)
     if quiet:
-        stdout.print(shown(written))
+        _print_path(written)
         return
-    table = Table(title="graft recipe", show_header=False)
-    table.add_row("recipe", shown(written))
-    table.add_row("selected", f"{len(selection.cells)} of {selection.scored} scored cells, "
-                              f"{len(selection.tensors)} tensors")
-    table.add_row("cells", ", ".join(f"{'-' if layer is None else layer}:{group} ({score:.3g})"
-                                     for layer, group, score in selection.cells[:12])
-                  + (f" (+{len(selection.cells) - 12} more)" if len(selection.cells) > 12 else ""))
-    stdout.print(table)
+    cells = ", ".join(f"{'-' if layer is None else layer}:{group} ({score:.3g})"
+                      for layer, group, score in selection.cells[:12])
+    stdout.print(_table("graft recipe", [
+        ("recipe", shown(written)),
+        ("selected", f"{len(selection.cells)} of {selection.scored} scored cells, {len(selection.tensors)} tensors"),
+        ("cells", cells + (f" (+{len(selection.cells) - 12} more)" if len(selection.cells) > 12 else ""))]))
 
 
 @app.command()
@@ -508,20 +573,21 @@ def demo(
                                                "else ~/.cache/graft).")] = None,
     scales: Annotated[str, typer.Option(
         "--scales", help="Global λ values to graft and evaluate, comma-separated (also the search's uniform "
-                         "baselines).")] = ",".join(f"{s:g}" for s in DEMO_SCALES),
+                         "baselines). Range: finite numbers.")] = ",".join(f"{s:g}" for s in DEMO_SCALES),
     limit: Annotated[int | None, typer.Option(
         "--limit", help="Items per benchmark each search trial scores, within the search part (default: all of "
-                        "it); the table always scores every item.")] = None,
+                        "it); the table always scores every item." + help_range(DEMO, "limit"))] = None,
     holdout: Annotated[float, typer.Option(
         "--holdout", help="Share of every benchmark the search never sees; the table and the verdict are computed "
-                          "on it (0: no split, every figure in sample).")] = DEMO_HOLDOUT,
+                          "on it (0: no split, every figure in sample)." + help_range(DEMO, "holdout"))
+    ] = DEMO_HOLDOUT,
     rebuild_world: Annotated[bool, typer.Option("--rebuild-world", help="Retrain the toy world even if cached.")
                              ] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N for the evaluations.")] = "auto",
     trials: Annotated[int, typer.Option("--trials", help="graft search budget on the toy world, baselines included "
-                                        "(0 skips the search).")] = DEMO_TRIALS,
+                                        "(0 skips the search)." + help_range(DEMO, "trials"))] = DEMO_TRIALS,
     seed: Annotated[int, typer.Option("--seed", help="The toy world's seed (its data and training; another seed "
-                                      "trains another world) and the search's.")] = 0,
+                                      "trains another world) and the search's." + help_range(DEMO, "seed"))] = 0,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -537,6 +603,9 @@ def demo(
         grid = [float(x) for x in scales.split(",") if x.strip()]
     except ValueError as e:
         raise UsageError(f"--scales {scales}: expected comma-separated numbers, e.g. 0.5,1,1.5") from e
+    check(DEMO, limit=limit, holdout=holdout, trials=trials, seed=seed)
+    for value in grid:
+        DEMO["scales"].check(value)
     run_demo(workdir, console=stdout if not quiet else Console(quiet=True), cache=cache, scales=grid, limit=limit,
              rebuild_world=rebuild_world, device=device, search_trials=trials, seed=seed, holdout=holdout)
 
@@ -554,7 +623,7 @@ def examples_command(
 
     written = copy_examples(out, force=force)
     for path in written:
-        stdout.print(shown(path) if quiet else f"wrote {shown(path)}")
+        stdout.print(Text(shown(path) if quiet else f"wrote {shown(path)}"), soft_wrap=True)
 
 
 app.command("eval", cls=EvalCommand)(handles_errors(eval_command))
@@ -580,6 +649,7 @@ def main_callback(
 
 
 def main() -> None:
+    use_safe_streams()  # the one place the streams are set up: no message ever fails on the terminal's encoding
     app(prog_name="graft")
 
 

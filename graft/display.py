@@ -1,11 +1,19 @@
 """Text as the commands print it: paths without `..` detours (`recipes/../merged` is shown as `merged`), sizes in
-three digits, and text read from a file made safe for a terminal."""
+three digits, text read from a file made safe for a terminal, and standard streams that never turn a message into a
+crash."""
 
 from __future__ import annotations
 
+import codecs
+import io
 import os
 import re
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 # C0 and C1 controls (ESC sequences, carriage return, newline, backspace), the bidirectional formatting characters
 # (which reorder what a terminal shows) and lone surrogates (which no encoder accepts).
@@ -18,6 +26,44 @@ def printable(text: str) -> str:
     (`\\x1b`, `\\u202e`, `\\ud800`), so a name can neither rewrite the screen, reorder what is shown nor break an
     encoder, and a message stays one line. Everything else, non-ASCII letters included, is kept as it is."""
     return _UNPRINTABLE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def console_text(text: object, style: str = "") -> Text:
+    """`text` (from a file, or holding a part read from one) as rich prints it: `printable`, and taken literally,
+    never as rich markup (a tensor named `[bold]x` is printed as such). The one way a command puts such text in a
+    table cell or a message."""
+    from rich.text import Text
+
+    return Text(printable(str(text)), style=style)
+
+
+ESCAPE_UNENCODABLE = "graft-escape"
+
+
+def _escape_unencodable(error: UnicodeError) -> tuple[str | bytes, int]:
+    """Encoding error handler: a character the stream's encoding lacks is written as its Python escape (`τ` as
+    `\\u03c4` on an ASCII terminal), and a byte that was not UTF-8 in a file name (held as a lone surrogate,
+    `\\udcff`) as that very byte, so a printed path stays the path."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    char = error.object[error.start]
+    if "\udc80" <= char <= "\udcff" and "/".encode(error.encoding, "strict") == b"/":  # an ASCII-based encoding
+        return bytes([ord(char) - 0xDC00]), error.start + 1
+    return char.encode("unicode_escape").decode("ascii"), error.start + 1
+
+
+def use_safe_streams() -> None:
+    """Make stdout and stderr write whatever a message holds, whatever their encoding (`PYTHONIOENCODING=ascii`,
+    cp1252, a C locale): an unencodable character is escaped instead of raising UnicodeEncodeError after the work
+    is done. The command line calls this once, before any command runs; the encoding itself is left as the user
+    set it."""
+    try:
+        codecs.lookup_error(ESCAPE_UNENCODABLE)
+    except LookupError:
+        codecs.register_error(ESCAPE_UNENCODABLE, _escape_unencodable)
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors=ESCAPE_UNENCODABLE)
 
 
 def shown(path: str | Path) -> str:

@@ -6,35 +6,57 @@ Deterministic text (no timestamps, no output path), so the same inputs and recip
 
 from __future__ import annotations
 
-import json
 import math
+import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from graft import __version__
+from graft.display import printable
 from graft.engines.plan import GraftPlan
-from graft.errors import InputError
+from graft.errors import IncompatibleError, InputError
 from graft.io.hub import looks_like_hub_id, split_revision
 from graft.io.regular_files import read_regular_bytes
-from graft.vector_card import source_lines
+from graft.schema import load_json_text
+from graft.vector_card import shown_input, source_lines
 
 REPRODUCE = "graft merge --recipe graft_recipe.yaml --out rebuilt"
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 TAGS = ["graft", "safety", "merge", "task-arithmetic"]
 
 
-def load_card_results(path: str | Path) -> dict[str, dict[str, Any]]:
-    """The per-benchmark scores of a `graft eval` results file (results.json), checked before a merge starts:
-    {task: {"score": float, "n": int, "metric": str}}."""
+@dataclass(frozen=True)
+class CardResults:
+    """What a `graft eval` results.json gives a merged model's card: per-benchmark scores, and the content hash of
+    the weights they score (`Checkpoint.weights_sha256`), which must be the merge's own."""
+
+    path: Path
+    scores: dict[str, dict[str, Any]]
+    weights_sha256: str
+
+    def check_weights(self, written: str, out: Path) -> None:
+        """Refuse scores of other weights (exit 4): they would be published as this model's."""
+        if written != self.weights_sha256:
+            raise IncompatibleError(
+                f"--results {self.path}: these scores are of weights with sha256 {self.weights_sha256}, but this "
+                f"merge wrote weights with sha256 {written}: they belong to another model; evaluate this merge's "
+                f"output (graft eval {out} --out results.json) and pass that file. Nothing was written")
+
+
+def load_card_results(path: str | Path) -> CardResults:
+    """The per-benchmark scores of a `graft eval` results file (results.json) and the weights they score, checked
+    before a merge starts: {task: {"score": float, "n": int, "metric": str}}."""
     path = Path(path)
     flag = f"--results {path}"
     try:
-        data = json.loads(read_regular_bytes(path))
+        data = load_json_text(read_regular_bytes(path).decode("utf-8"))
     except InputError as exc:  # missing, unreadable or not a regular file: named by the reader
         raise InputError(f"--results: {exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{flag}: not JSON ({exc}); give the results.json `graft eval --out` wrote") from exc
     benchmarks = data.get("benchmarks") if isinstance(data, dict) else None
     if not isinstance(benchmarks, dict) or not benchmarks:
@@ -47,7 +69,13 @@ def load_card_results(path: str | Path) -> dict[str, dict[str, Any]]:
                 or not isinstance(n, int) or isinstance(n, bool) or not isinstance(metric, str)):
             raise InputError(f"{flag}: benchmarks.{name} needs a finite 'score', an integer 'n' and a 'metric'")
         scores[str(name)] = {"score": float(score), "n": n, "metric": metric}
-    return scores
+    model = data.get("model")
+    weights = model.get("weights_sha256") if isinstance(model, dict) else None
+    if not (isinstance(weights, str) and SHA256.match(weights)):
+        raise InputError(f"{flag}: records no model.weights_sha256 (the content hash of the weights it scored), so "
+                         "graft cannot tell whose scores these are; evaluate the merged folder with this graft's "
+                         "`graft eval MERGED --out results.json` and pass that file")
+    return CardResults(path, scores, weights)
 
 
 def hub_id(spec: str | None) -> str | None:
@@ -102,15 +130,16 @@ def model_card(plan: GraftPlan, results: dict[str, dict[str, Any]] | None = None
         "",
         "## Sources",
         "",
-        f"- target: `{target}`",
-        f"- vector: `{recipe.vector}` ({manifest.kind}, {len(manifest.tensors)} tensors, stored as {storage}; "
-        f"extracted by graft {manifest.graft_version})",
+        f"- target: {shown_input(target)}",
+        f"- vector: {shown_input(recipe.vector or str(plan.vector.root))} ({manifest.kind}, {len(manifest.tensors)} "
+        f"tensors, stored as {storage}; extracted by graft {manifest.graft_version})",
         *source_lines("aligned", manifest.aligned),
         *source_lines("base", manifest.base),
     ]
     spec = recipe.operator_spec
     if plan.origin is not None:
-        lines.append(f"- origin (τ_med = θ_target − θ_origin, used by operator {spec.name}): `{recipe.options.origin}`")
+        origin = recipe.options.origin or str(plan.origin.root)
+        lines.append(f"- origin (τ_med = θ_target − θ_origin, used by operator {spec.name}): {shown_input(origin)}")
     lines += [
         "",
         "## Coefficients",
@@ -128,12 +157,13 @@ def model_card(plan: GraftPlan, results: dict[str, dict[str, Any]] | None = None
     lines += [f"- copied unchanged, {reason}: {n}" for reason, n in sorted(reasons.items()) if reason != "grafted"]
     partial = [a for a in plan.grafted if a.rows is not None]
     if partial:
-        names = ", ".join(a.target for a in partial)
+        names = ", ".join(printable(a.target) for a in partial)  # one line of the card, whatever a name holds
         lines.append(f"- grown vocabulary: only the vector's rows were grafted in {names}")
     if results:
         lines += ["", "## Evaluation", "",
-                  "Scores of a `graft eval` results file given to `graft merge --results` (graft does not check "
-                  "which weights it scored; higher is better for every score).", "",
+                  "Scores of these very weights, from a `graft eval` results file given to `graft merge "
+                  "--results` (which checks the content hash of the weights it scored against what it wrote); "
+                  "higher is better for every score.", "",
                   "| task | score | metric | items |", "|---|---|---|---|"]
         lines += [f"| {name} | {e['score']:.4f} | {e['metric']} | {e['n']} |" for name, e in sorted(results.items())]
     stored = recipe.model_copy(update={"out": None})
@@ -142,6 +172,38 @@ def model_card(plan: GraftPlan, results: dict[str, dict[str, Any]] | None = None
               "by absolute path or hub id, so it rebuilds the same bytes from anywhere; add `--results` again for "
               "the scores).", ""]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class LocalInput:
+    """An input named by a local path in the stored recipe, as a published card names it: by folder name, with the
+    sha256 of its weight files when it could be read at push time."""
+
+    role: str
+    name: str
+    sha256: dict[str, str] | None
+
+    def lines(self) -> list[str]:
+        if self.sha256 is None:
+            return [f"- {self.role}: `{self.name}` (not found where the recipe names it when this was pushed: "
+                    "not hashed)"]
+        return [f"- {self.role}: `{self.name}`",
+                *(f"  - `{file}` sha256 `{digest}`" for file, digest in sorted(self.sha256.items()))]
+
+
+def published_card(card: str, published_recipe: str, local: list[LocalInput]) -> str:
+    """The card as it goes to the Hub: its recipe block is the published recipe (local inputs by folder name), and
+    the local reproduce line that ends the card, whose recipe names paths on this machine, becomes how to rebuild
+    from the Hub."""
+    head = card.split("## Recipe\n", 1)[0]
+    rebuild = (f"Rebuild it with `{REPRODUCE}` (graft {__version__}) in a folder holding graft_recipe.yaml: the "
+               "recipe names hub inputs by id and commit")
+    if local:
+        rebuild += (", and local inputs by folder name: put a copy of each beside graft_recipe.yaml (its files must "
+                    "have these sha256)")
+    lines = ["## Recipe", "", "```yaml", published_recipe.rstrip(), "```", "", rebuild + ".",
+             *([""] + [line for item in local for line in item.lines()] if local else []), ""]
+    return head + "\n".join(lines)
 
 
 def _title(plan: GraftPlan) -> str:

@@ -28,6 +28,7 @@ from pydantic import (
     InstanceOf,
     PlainSerializer,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -149,6 +150,26 @@ class MappingRules(_Strict):
         return not any(re.search(p, target_name) for p in self.exclude)
 
 
+# The range of each size option, in bytes: `--help`, docs/cli.md and the recipe fields say the same. A chunk is the
+# unit of work and memory of a streamed merge (held a few times over: read ahead, fp32 temporaries, written behind):
+# below 1 KB the per-chunk overhead makes even a tiny model take minutes; above 4 GB a merge holds tens of GB. A
+# shard of at least 1 KB (a smaller limit gives every tensor its own file, as 1 KB already does) and at most 1 TB.
+SIZE_RANGES: dict[str, tuple[int, int]] = {"chunk_size": (10**3, 4 * 10**9), "shard_size": (10**3, 10**12)}
+
+
+def size_in_range(field: str, text: str | int) -> int:
+    """The bytes a size option (`chunk_size`, `shard_size`) names, or ValueError saying what a size is and which
+    range it must fall in."""
+    from graft.display import human_size
+
+    nbytes = parse_size(text)
+    low, high = SIZE_RANGES[field]
+    if not low <= nbytes <= high:
+        raise ValueError(f"{text!r} is {human_size(nbytes)}, outside the range {human_size(low)} to "
+                         f"{human_size(high)}")
+    return nbytes
+
+
 class Options(_Strict):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     shard_size: str | None = None  # bytes per output shard, e.g. "5GB"; None mirrors the target's shards
@@ -161,9 +182,9 @@ class Options(_Strict):
 
     @field_validator("shard_size", "chunk_size")
     @classmethod
-    def _is_size(cls, value: str | None) -> str | None:
+    def _is_size(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            parse_size(value)  # its ValueError says what a size looks like
+            size_in_range(str(info.field_name), value)  # its ValueError says what a size looks like
         return value
 
     @model_validator(mode="after")
@@ -265,4 +286,5 @@ class Recipe(_Strict):
         return Recipe.parse(data, source="command-line options")
 
 
-__all__ = ["LARGE_LAMBDA", "Coefficients", "MappingRules", "Options", "Recipe", "describe_validation_error"]
+__all__ = ["LARGE_LAMBDA", "SIZE_RANGES", "Coefficients", "MappingRules", "Options", "Recipe",
+           "describe_validation_error", "size_in_range"]

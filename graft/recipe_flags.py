@@ -11,7 +11,8 @@ import yaml
 
 from graft.engines.operators import OPERATORS
 from graft.errors import UsageError
-from graft.recipe import Recipe
+from graft.recipe import Recipe, size_in_range
+from graft.schema import load_yaml_text, yaml_problem
 
 
 def _floats(text: str | None, flag: str) -> list[float] | None:
@@ -33,8 +34,21 @@ def _pairs(items: list[str] | None, flag: str, sep: str) -> list[tuple[str, str]
     return result
 
 
+def size_flag(flag: str, field: str, text: str | None) -> str | None:
+    """A size flag (`--chunk-size`, `--shard-size`) checked against its range, the error naming the flag and the
+    recipe field it sets."""
+    if text is not None:
+        try:
+            size_in_range(field, text)
+        except ValueError as exc:
+            raise UsageError(f"{flag} {text}: {exc} (options.{field})") from exc
+    return text
+
+
 def build_recipe(recipe: Path | None, **flags: Any) -> Recipe:
     """Recipe file (if any) with command-line flags laid over it; None means 'not given, keep the recipe's'."""
+    for field in ("chunk_size", "shard_size"):
+        size_flag("--" + field.replace("_", "-"), field, flags.get(field))
     base = Recipe.from_yaml(recipe) if recipe else Recipe()
     coefficients: dict[str, Any] = {}
     if flags.get("scale") is not None:
@@ -94,10 +108,12 @@ def _operator_flags(base: Recipe, name: str | None, params: list[str] | None) ->
             raise UsageError(f"--operator-param {key}: operator {chosen}{source} has no parameter {key!r} ({known}); "
                              "give --operator NAME for another operator")
         try:
-            values[key] = yaml.safe_load(text)
+            values[key] = load_yaml_text(text)
         except yaml.YAMLError as exc:
-            raise UsageError(f"--operator-param {key}={text}: not a value ({exc})") from exc
+            raise UsageError(f"--operator-param {key}={text}: not a value ({yaml_problem(exc)})") from exc
+        except RecursionError:
+            raise UsageError(f"--operator-param {key}: not a value (nested too deeply)") from None
     return {"name": chosen, **values}
 
 
-__all__ = ["build_recipe"]
+__all__ = ["build_recipe", "size_flag"]

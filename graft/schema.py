@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, ValidationError
 
+from graft.display import printable
 from graft.errors import GraftError, InputError, UsageError
 from graft.io.regular_files import read_regular_bytes
 
@@ -45,6 +46,48 @@ def load_json_text(text: str) -> Any:
         raise ValueError(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def lone_surrogate(value: Any, where: str = "") -> str | None:
+    """Where a string of a parsed JSON value holds a lone surrogate (`"\\ud800"` escapes parse to one in Python):
+    the dotted path of the key or value, None when there is none. Such a string is not Unicode: no encoder writes it,
+    safetensors refuses a header holding one, and a tensor name or shard file name carrying one could never be
+    loaded or written; the readers of checkpoints and manifests refuse it at parse time."""
+    if isinstance(value, str):
+        return None if _encodes(value) else (where or "the value")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if not _encodes(key):
+                return f"the key {key!r}" + (f" in {where}" if where else "")
+            found = lone_surrogate(item, path)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = lone_surrogate(item, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def require_utf8_path(path: str | Path, role: str) -> None:
+    """Refuse an input whose path is not valid UTF-8 (a file name's stray bytes reach Python as lone surrogates):
+    graft records its inputs' paths in UTF-8 files (graft_recipe.yaml, vector.json), so such a path would fail only
+    once the work is done."""
+    text = str(path)
+    if not _encodes(text):
+        shown_text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise InputError(f"{shown_text}: the {role}'s path is not valid UTF-8, and graft records its inputs' paths in "
+                         "UTF-8 files (graft_recipe.yaml, vector.json); rename the folder")
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _read_bytes(path: Path, what: str, error: type[GraftError], within: Path | None = None) -> bytes:
@@ -82,6 +125,8 @@ def _unique_key_loader() -> type:
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             seen: dict[Any, Any] = {}
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden here
+                    continue
                 key = self.construct_object(key_node, deep=deep)
                 try:
                     if key in seen:
@@ -97,12 +142,66 @@ def _unique_key_loader() -> type:
     return UniqueKeyLoader
 
 
+# How many values aliases may add to a YAML document beyond those written in it. A recipe, space or config that
+# repeats a block with `*anchor` stays far below; nine nested aliases of nine make 387 million values, which then
+# take minutes (and gigabytes) to validate: an alias bomb.
+ALIAS_EXPANSION_LIMIT = 100_000
+
+
 def load_yaml_text(text: str) -> Any:
-    """YAML as plain data (SafeLoader), refusing a mapping key given twice: PyYAML keeps the last silently, so a
-    recipe with two `operator:` lines would graft with whichever came second."""
+    """YAML as plain data (SafeLoader), refusing a mapping key given twice (PyYAML keeps the last silently, so a
+    recipe with two `operator:` lines would graft with whichever came second) and aliases that expand the document
+    by more than `ALIAS_EXPANSION_LIMIT` values or refer to themselves: checked on the parsed node graph, before
+    anything is built from it, in time linear in the text."""
+    loader = _unique_key_loader()(text)  # a SafeLoader subclass: plain data only
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_aliases(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_aliases(root: Any) -> None:
+    """Refuse a node graph (aliases are shared nodes) whose tree would hold `ALIAS_EXPANSION_LIMIT` values more than
+    its distinct nodes, or that contains itself. Sizes are memoised per node, so the walk visits each node once."""
     import yaml
 
-    return yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader subclass: plain data only
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            size[key] = 1 + sum(size[id(child)] for child in _children(node))
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            raise yaml.constructor.ConstructorError(None, None, "an alias refers to a node that contains it (a "
+                                                    "recursive structure); write the values out", node.start_mark)
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in size)
+    distinct = len(size)
+    if size[id(root)] - distinct > ALIAS_EXPANSION_LIMIT:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"aliases expand it to {size[id(root)]:,} values from {distinct:,} written (more than "
+            f"{ALIAS_EXPANSION_LIMIT:,} added: an alias bomb?); write the values out", root.start_mark)
+
+
+def _children(node: Any) -> list[Any]:
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def load_yaml_file(path: Path, what: str, error: type[GraftError] = UsageError) -> Any:
@@ -117,12 +216,13 @@ def load_yaml_file(path: Path, what: str, error: type[GraftError] = UsageError) 
     try:
         return load_yaml_text(text)
     except yaml.YAMLError as exc:
-        raise error(f"{path}: not valid YAML ({_yaml_problem(exc)})") from exc
+        raise error(f"{path}: not valid YAML ({yaml_problem(exc)})") from exc
     except RecursionError:
         raise error(f"{path}: not valid YAML (nested too deeply)") from None
 
 
-def _yaml_problem(exc: Exception) -> str:
+def yaml_problem(exc: Exception) -> str:
+    """PyYAML's error in a few words (its `problem`, else its first line)."""
     problem = getattr(exc, "problem", None)
     return str(problem) if problem else str(exc).splitlines()[0]
 
@@ -203,8 +303,8 @@ def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
             seen.add(text)
             parts.append(text)
     more = f" (+{len(parts) - limit} more)" if len(parts) > limit else ""
-    return "; ".join(parts[:limit]) + more
+    return printable("; ".join(parts[:limit]) + more)  # field names and values come from the user's file
 
 
 __all__ = ["FiniteFloat", "describe_validation_error", "load_json_file", "load_json_text", "load_yaml_file",
-           "load_yaml_text", "shown"]
+           "load_yaml_text", "lone_surrogate", "require_utf8_path", "shown", "yaml_problem"]

@@ -124,9 +124,12 @@ class MlflowTracker:
 
     def __init__(self, name: str, params: Mapping[str, Any], *, tags: Mapping[str, str] | None = None,
                  lambdas: Callable[[dict | None], dict[str, float]] | None = None):
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient, get_tracking_uri
+
+        from graft.databases import check_tracking_store
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its database-migration chatter in our console
+        check_tracking_store(get_tracking_uri())  # MLflow would add its tables to another application's database
         with env_defaults(MLFLOW_OPEN_LIMITS):
             self.client = MlflowClient()
             experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", "graft")

@@ -22,21 +22,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from graft import __version__
 from graft.engines.mapping import Group, find_backbone_prefix, layer_index, module_group
+from graft.engines.ops import all_finite
 from graft.errors import IncompatibleError, InputError, UsageError
 from graft.io.checkpoint import Checkpoint, TensorInfo, sha256_file
+from graft.io.dtype_policy import NumericReads, quantization_config_problem
 from graft.io.dtypes import CAST_NAMES, FLOAT_TAGS, TAGS
 from graft.io.guard import OutputFolder
 from graft.io.pipeline import BackgroundWriter
-from graft.io.regular_files import containment_root
+from graft.io.regular_files import InputsAsRead, containment_root
 from graft.io.writer import (
     OutputTensor,
     ShardWriter,
-    parse_size,
     shard_names,
     split_into_shards,
     write_index,
 )
-from graft.schema import FiniteFloat, describe_validation_error, load_json_file
+from graft.recipe import size_in_range
+from graft.schema import FiniteFloat, describe_validation_error, load_json_file, lone_surrogate, require_utf8_path
 from graft.vector_card import CARD, vector_card
 
 MANIFEST = "vector.json"
@@ -126,12 +128,17 @@ class SafetyVector:
         manifest_path = root / MANIFEST
         if not os.path.lexists(manifest_path):
             raise InputError(f"{root}: not a graft vector folder (no {MANIFEST}); create one with `graft extract`")
+        manifest_as_read = InputsAsRead([manifest_path])
         raw = load_json_file(manifest_path, "the vector manifest", within=containment_root(root))
+        if (where := lone_surrogate(raw)) is not None:
+            raise InputError(f"{manifest_path}: invalid vector manifest: {where} holds a lone surrogate, an escape "
+                             "that is not Unicode text; re-extract the vector")
         try:
             manifest = VectorManifest.model_validate(raw)
         except ValidationError as exc:
             raise InputError(f"{manifest_path}: invalid vector manifest: {describe_validation_error(exc)}") from exc
         checkpoint = Checkpoint.open(root, role="vector")
+        checkpoint.as_read.add_from(manifest_as_read)
         try:
             _check_shards_match(manifest_path, manifest, checkpoint)
         except BaseException:
@@ -192,7 +199,32 @@ def check_same_architecture(base: Checkpoint, aligned: Checkpoint, *, shared_onl
             f"{len(only_base)} tensors only in base and {len(only_aligned)} only in aligned (e.g. {', '.join(sample)});"
             " pass --shared-only to extract over the names both hold"
         )
-    return [n for n in base.tensors if n in aligned.tensors and base.tensors[n].is_float]
+    return [n for n in base.tensors if n in aligned.tensors]
+
+
+def tensors_to_extract(base: Checkpoint, aligned: Checkpoint, shared: list[str]) -> tuple[list[str], list[str]]:
+    """(τ's tensors, shared tensors skipped) under the dtype policy (graft.io.dtype_policy): a tensor that is a float
+    on either side is differenced, so both sides must be F32, F16 or BF16 and not quantized (an int8 or fp8 side is
+    refused by name, never turned into a τ of garbage); one that is an integer on both sides (position ids, masks)
+    is skipped, unless it is a quantized weight. Weights declared quantized in config.json are refused outright."""
+    reads = [NumericReads(base, "base"), NumericReads(aligned, "aligned")]
+    for side in reads:
+        declared = quantization_config_problem(side.checkpoint)
+        if declared is not None:
+            raise InputError(f"{declared}: the {side.role}'s stored numbers are not its weights, so τ = aligned − "
+                             "base from them would be garbage; extract from the unquantized checkpoints")
+    names, skipped = [], []
+    doing = "differenced (τ = aligned − base)"
+    for name in shared:
+        if not base.tensors[name].is_float and not aligned.tensors[name].is_float:
+            for side in reads:
+                side.refuse_quantized(name, doing=doing)
+            skipped.append(name)
+            continue
+        for side in reads:
+            side.require(name, doing=doing, fix="extract from checkpoints stored in F32, F16 or BF16")
+        names.append(name)
+    return names, skipped
 
 
 @dataclass(frozen=True)
@@ -231,8 +263,13 @@ def extract_vector(
         raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(STORAGE_DTYPES)}")
     shard_bytes, chunk_bytes = _size("--shard-size", shard_size), _size("--chunk-size", chunk_size)
     with Checkpoint.open(base_path, role="base") as base, Checkpoint.open(aligned_path, role="aligned") as aligned:
-        names = check_same_architecture(base, aligned, shared_only=shared_only)
-        skipped = [n for n in base.tensors if n in aligned.tensors and not base.tensors[n].is_float]
+        for role, checkpoint in (("base", base), ("aligned", aligned)):
+            require_utf8_path(checkpoint.root, role)  # named in vector.json: checked now, not after the work
+        if os.path.samefile(base.root, aligned.root):
+            raise UsageError(f"--base and --aligned are the same model ({base.root}): τ = aligned − base would be "
+                             "zero everywhere; give the base model and its aligned (instruct) version")
+        names, skipped = tensors_to_extract(base, aligned, check_same_architecture(base, aligned,
+                                                                                   shared_only=shared_only))
         if not names:
             raise IncompatibleError(f"{base.root} and {aligned.root} share no floating-point tensors")
         storage = {n: STORAGE_DTYPES[dtype] or base.tensors[n].dtype for n in names}
@@ -262,8 +299,14 @@ def extract_vector(
                     inexact_elements=sum(s[2] for s in stats.values()),
                     total_elements=sum(base.tensors[n].numel for n in names),
                 )
+                if manifest.total_norm == 0.0:  # identical weights under two names: a vector that grafts nothing
+                    raise IncompatibleError(f"τ = aligned − base is zero in every tensor: {base.root} and "
+                                            f"{aligned.root} hold the same weights; check that --aligned is the "
+                                            "aligned model (nothing was written)")
                 (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
                 (staging / CARD).write_text(vector_card(manifest))
+                base.as_read.check("base")  # rewritten while τ was read from it: nothing is committed
+                aligned.as_read.check("aligned")
         finally:
             if hashes:
                 hashes.shutdown(wait=True, cancel_futures=True)
@@ -272,13 +315,13 @@ def extract_vector(
 
 def _size(flag: str, text: str) -> int:
     try:
-        return parse_size(text)
+        return size_in_range(flag.removeprefix("--").replace("-", "_"), text)
     except ValueError as exc:
         raise UsageError(f"{flag}: {exc}") from exc
 
 
 def _require_finite(values: torch.Tensor, info: TensorInfo) -> None:
-    if not bool(torch.isfinite(values).all()):
+    if not all_finite(values):
         raise InputError(f"{info.file}: tensor {info.name!r} holds NaN or infinite values; a task vector from it "
                          "would be garbage (repair or re-download the file, or pass --allow-nonfinite)")
 
@@ -342,13 +385,14 @@ def _write_difference(
                     stop = min(info.numel, start + step)
                     b_raw = base.read_elements(tensor.name, start, stop)
                     a_raw = aligned.read_elements(tensor.name, start, stop)
-                    if not allow_nonfinite:
-                        _require_finite(b_raw, info)
-                        _require_finite(a_raw, aligned.tensors[tensor.name])
                     b = b_raw.float()
                     diff = a_raw.float().sub_(b)
                     stored = diff.to(target_dtype)
-                    if not allow_nonfinite and not bool(torch.isfinite(stored).all()):
+                    # One check, on τ as stored: NaN or inf in either source makes it non-finite too (inf − inf
+                    # is NaN); the sources are examined only then, to name the one at fault.
+                    if not allow_nonfinite and not all_finite(stored):
+                        _require_finite(b_raw, info)
+                        _require_finite(a_raw, aligned.tensors[tensor.name])
                         raise IncompatibleError(
                             f"tensor {tensor.name!r}: τ = aligned − base is not finite in {tensor.dtype} (it "
                             "overflows); store it wider with --dtype float32, or pass --allow-nonfinite"

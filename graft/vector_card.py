@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from graft.io.hub import looks_like_hub_id
+from graft.io.hub import looks_like_hub_id, split_revision
 
 if TYPE_CHECKING:
     from graft.vector import SourceInfo, VectorManifest
@@ -22,10 +22,20 @@ CARD = "README.md"
 VECTOR_TAGS = ["graft", "task-vector"]
 
 
+def shown_input(spec: str) -> str:
+    """An input as a card names it: a hub id as it is (with its commit), a local folder by its name alone, never a
+    path (a card is published, and a path says where a user keeps their files)."""
+    if looks_like_hub_id(split_revision(spec)[0]) and not Path(spec).expanduser().exists():
+        return f"`{spec}`"
+    return f"`{Path(spec).name}` (local folder)"
+
+
 def source_lines(role: str, source: SourceInfo) -> list[str]:
-    """A source model as the cards list it: hub id and commit (or local path), model type, weight-file hashes."""
-    name = (source.hub + (f"@{source.revision}" if source.revision else "")) if source.hub else source.path
-    lines = [f"  - {role}: `{name}`" + (f" ({source.model_type})" if source.model_type else "")]
+    """A source model as the cards list it: hub id and commit (or local folder name), model type, weight-file
+    hashes."""
+    name = (f"`{source.hub}" + (f"@{source.revision}`" if source.revision else "`")) if source.hub else \
+        f"`{Path(source.path).name}` (local folder)"
+    lines = [f"  - {role}: {name}" + (f" ({source.model_type})" if source.model_type else "")]
     for file, digest in sorted((source.sha256 or {}).items()):
         lines.append(f"    - `{file}` sha256 `{digest}`")
     return lines
@@ -112,4 +122,4 @@ def _norm(value: float | None) -> str:
     return f"{value:.4g}" if value is not None else "not finite (extracted with --allow-nonfinite)"
 
 
-__all__ = ["CARD", "source_lines", "vector_card", "vector_card_metadata"]
+__all__ = ["CARD", "shown_input", "source_lines", "vector_card", "vector_card_metadata"]

@@ -15,6 +15,7 @@ from graft.demo import (
     TEXT_MEDICAL,
     judge_bar,
     score_row,
+    verdict_text,
 )
 
 N = 20
@@ -104,3 +105,55 @@ def test_confidence_is_the_share_of_paired_resamples_in_which_a_check_holds() ->
     assert check.value == pytest.approx(s.mean() / m.mean())
     assert check.confidence == pytest.approx((ratios >= MEDICAL_KEPT).mean(), abs=0.04)
     assert check.low == pytest.approx(np.percentile(ratios, 2.5), abs=0.03)
+
+
+def test_a_candidate_in_the_searched_recipes_place_and_a_recipe_less_safe_than_the_medical_model() -> None:
+    rows, outcomes = world((1.0, 0.8, 0.05), **{"graft-1": (0.5, 0.75, 0.0)})
+    less = model(0.0, 0.8, 0.0, offset=3)  # as unsafe as the medical model on other items... and less safe:
+    less = {**less, **{t: items(0.0) for t in SAFETY_TASKS}}
+    outcomes["medical"] = {**outcomes["medical"], **{t: items(0.1) for t in SAFETY_TASKS}}
+    outcomes["other"] = less
+    rows = [score_row(r.name, r.scale, "held_out", outcomes[r.name]) for r in rows]
+    rows.append(score_row("other", None, "held_out", less))
+    mine = judge_bar(rows, outcomes, best_uniform="graft-1", part="held_out")
+    theirs = judge_bar(rows, outcomes, best_uniform="graft-1", part="held_out", candidate="other")
+    assert not mine.less_safe_than_medical and mine.met
+    assert theirs.less_safe_than_medical and not theirs.met  # 0 % safety kept, below the medical model's 10 %
+    assert next(c for c in theirs.checks if c.name == "safety kept of aligned").value == pytest.approx(0.0)
+    assert "LESS SAFE than the medical model itself" in verdict_text(theirs)
+    assert "LESS SAFE" not in verdict_text(mine)
+
+
+def test_the_demo_sets_delta_on_the_search_part_and_reports_a_labelled_upper_bound(tmp_path) -> None:
+    """The demo's protocol end to end on the toy world (a short search): δ is 2 % of the medical model's score on
+    the SEARCH part (no held-out number steers the search), and the upper bound is the study's best trial by the
+    bar on the held-out items, judged like the searched recipe and labelled as chosen on held-out items."""
+    import json
+
+    from graft.demo import SEARCH_MEDICAL_KEPT, run_demo
+    from graft.toy.world import WorldSpec, build_world
+
+    world = build_world(WorldSpec())
+    result = run_demo(tmp_path / "demo", cache=world.root.parent, scales=[1.0], search_trials=6, device="cpu")
+    inside = {r.name: r for r in result.in_sample_rows}
+    summary = result.search
+    assert summary["objective"]["max_medical_drop"] == pytest.approx(
+        round((1 - SEARCH_MEDICAL_KEPT) * inside["medical"].medical, 4))
+    report = json.loads((tmp_path / "demo" / "results.json").read_text())
+    bound = report["upper_bound"]
+    assert bound is not None and "held-out items" in bound["chosen_on"]
+    models = json.loads((tmp_path / "demo" / "search" / "heldout.json").read_text())["models"]
+    assert not models[bound["label"]].get("baseline")  # a searched trial of the study
+    row = bound["rows"]["held_out"]
+    expected = score_row("upper bound", None, "held_out", models[bound["label"]]["held_out"])
+    assert row["safety"] == pytest.approx(expected.safety) and row["medical"] == pytest.approx(expected.medical)
+    # No candidate meets more of the bar held out than the upper bound does.
+    outcomes = result.outcomes["held_out"]
+    best = bound["verdict"]["held_out"]
+    for label, m in models.items():
+        if m.get("baseline"):
+            continue
+        other = judge_bar([*result.rows, score_row("x", None, "held_out", m["held_out"])], {**outcomes, "x": m[
+            "held_out"]}, best_uniform=result.verdict.best_uniform, part="held_out", candidate="x")
+        assert not other.met or best["met"], label
+    assert {r["name"] for r in report["rows"]["held_out"]} == {"aligned", "medical", "graft-1", "searched"}

@@ -68,7 +68,9 @@ def test_vector_folder_carries_a_card_that_describes_it(make_world) -> None:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert int(cells[1]) == len(norms)
         assert math.isclose(float(cells[2]), math.sqrt(sum(n * n for n in norms)), rel_tol=1e-3), group
-    assert f"`{world.aligned}`" in card.text and f"`{world.base}`" in card.text
+    # local sources by folder name, never by path: a card is published, a path says where a user keeps files
+    assert "aligned: `aligned` (local folder)" in card.text and "base: `base` (local folder)" in card.text
+    assert str(world.aligned.parent) not in card.text
 
 
 def test_float32_storage_is_exact(make_world) -> None:

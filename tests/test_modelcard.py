@@ -11,16 +11,19 @@ from typer.testing import CliRunner
 
 from graft.cli import app
 from graft.engines.merge import RECIPE_FILE
+from graft.io.checkpoint import weights_sha256
 from tests.test_hub import REPO, _cache_repo, offline  # noqa: F401  (offline: autouse, no network here)
 
 runner = CliRunner()
 
 
-def results_file(path: Path) -> Path:
-    """A results.json in the layout `graft eval --out` writes (only the fields the card reads matter)."""
+def results_file(path: Path, weights: str) -> Path:
+    """A results.json in the layout `graft eval --out` writes (only the fields the card reads matter), scoring the
+    weights whose content hash is `weights`."""
     path.write_text(json.dumps({"benchmarks": {
         "catqa": {"score": 0.75, "n": 8, "metric": "1 - ASR", "asr": 0.25},
-        "pubmedqa": {"score": 0.5, "n": 6, "metric": "accuracy (loglik)", "acc_norm": 0.5}}, "summary": {}}))
+        "pubmedqa": {"score": 0.5, "n": 6, "metric": "accuracy (loglik)", "acc_norm": 0.5}}, "summary": {},
+        "model": {"weights_sha256": weights}}))
     return path
 
 
@@ -51,7 +54,8 @@ def test_card_of_a_local_target(make_world, tmp_path: Path) -> None:
 
 def test_results_become_model_index_and_the_card_is_reproducible(make_world, tmp_path: Path) -> None:
     world = make_world("causal")
-    scores = results_file(tmp_path / "results.json")
+    merge("-t", world.target, "--vector", world.vector, "-o", tmp_path / "evaluated")  # what `graft eval` scored
+    scores = results_file(tmp_path / "results.json", weights_sha256(tmp_path / "evaluated"))
     for out in ("a", "b"):
         merge("-t", world.target, "--vector", world.vector, "-o", tmp_path / out, "--results", scores)
     text = (tmp_path / "a" / "README.md").read_text()

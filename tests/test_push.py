@@ -3,6 +3,7 @@ nothing leaves the machine), what a refused push refuses, and a vector that goes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import ClassVar
 import huggingface_hub
 import huggingface_hub.constants
 import pytest
+import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import filter_repo_objects
@@ -47,12 +49,16 @@ class FakeApi:
     def create_branch(self, repo_id: str, **kwargs: object) -> None:
         self._record("create_branch", {"repo_id": repo_id, **kwargs})
 
-    def upload_folder(self, **kwargs: object) -> SimpleNamespace:
-        folder = Path(str(kwargs["folder_path"]))
-        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-        kwargs["uploaded"] = list(filter_repo_objects(files, ignore_patterns=kwargs.get("ignore_patterns")))
-        self._record("upload_folder", kwargs)
-        return SimpleNamespace(oid=COMMIT, commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/{COMMIT}")
+    def create_commit(self, repo_id: str, operations: list, **kwargs: object) -> SimpleNamespace:
+        """What the hub would receive: each file's path in the repository and its bytes."""
+        contents = {}
+        for op in operations:
+            assert isinstance(op, huggingface_hub.CommitOperationAdd)
+            source = op.path_or_fileobj
+            contents[op.path_in_repo] = source if isinstance(source, bytes) else Path(source).read_bytes()
+        self._record("create_commit", {"repo_id": repo_id, **kwargs, "uploaded": sorted(contents),
+                                       "contents": contents})
+        return SimpleNamespace(oid=COMMIT, commit_url=f"https://huggingface.co/{repo_id}/commit/{COMMIT}")
 
 
 @pytest.fixture(autouse=True)
@@ -91,11 +97,11 @@ def test_push_a_merged_folder(merged: Path) -> None:
     before = tree_hash(merged)
     result = cli("push", merged, "org/grafted")
     assert result.exit_code == 0, result.output
-    assert [name for name, _ in FakeApi.calls] == ["create_repo", "upload_folder"]
+    assert [name for name, _ in FakeApi.calls] == ["create_repo", "create_commit"]
     assert FakeApi.tokens == [TOKEN]
     create, upload = FakeApi.calls[0][1], FakeApi.calls[1][1]
     assert create == {"repo_id": "org/grafted", "repo_type": "model", "private": True, "exist_ok": True}
-    assert upload["repo_id"] == "org/grafted" and Path(upload["folder_path"]) == merged
+    assert upload["repo_id"] == "org/grafted"
     assert upload["revision"] is None and upload["repo_type"] == "model"
     assert upload["commit_message"] == "Upload merged model made with graft"
     on_disk = sorted(str(p.relative_to(merged)) for p in merged.rglob("*") if p.is_file())
@@ -111,7 +117,7 @@ def test_push_public_to_a_branch_with_a_message(merged: Path) -> None:
     result = cli("push", merged, "org/grafted", "--public", "--branch", "trial-7", "-m", "λ search, trial 7",
                  "--token", "hf_other")
     assert result.exit_code == 0, result.output
-    assert [name for name, _ in FakeApi.calls] == ["create_repo", "create_branch", "upload_folder"]
+    assert [name for name, _ in FakeApi.calls] == ["create_repo", "create_branch", "create_commit"]
     assert FakeApi.tokens == ["hf_other"]  # --token beats HF_TOKEN
     assert FakeApi.calls[0][1]["private"] is False
     assert FakeApi.calls[1][1] == {"repo_id": "org/grafted", "branch": "trial-7", "repo_type": "model",
@@ -132,7 +138,7 @@ def test_pushed_vector_comes_back_from_the_hub(make_world, offline: Path, tmp_pa
     repo = tmp_path / "uploaded"
     for name in upload["uploaded"]:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(world.vector / name, repo / name)
+        (repo / name).write_bytes(upload["contents"][name])
     assert set(filter_repo_objects(upload["uploaded"], allow_patterns=VECTOR_PATTERNS)) == set(upload["uploaded"])
     _cache_repo(offline, "org/vec", repo)
     for out, vector in (("local", world.vector), ("hub", "org/vec")):
@@ -144,13 +150,78 @@ def test_pushed_vector_comes_back_from_the_hub(make_world, offline: Path, tmp_pa
     assert f"vector: org/vec@{COMMIT}" in recipe  # pinned to the commit the hub resolved
 
 
+def _texts(upload: dict) -> dict[str, str]:
+    return {name: data.decode() for name, data in upload["contents"].items() if not name.endswith(".safetensors")}
+
+
+def test_a_pushed_merge_names_no_local_path_and_rebuilds_from_what_was_pushed(make_world, tmp_path: Path) -> None:
+    """The card and recipe pushed name local inputs by folder name with their files' sha256 (the local folder keeps
+    its absolute paths, and its byte-for-byte rebuild); put those folders beside the pushed recipe and it rebuilds
+    the same weights."""
+    world = make_world("causal", sharded=True)
+    work = tmp_path / "private" / "home"
+    shutil.copytree(world.target, work / "med-model")
+    shutil.copytree(world.vector, work / "safety-vec")
+    merged = tmp_path / "merged"
+    assert cli("merge", "-t", work / "med-model", "--vector", work / "safety-vec", "-o", merged, "--scale", "0.5",
+               "-q").exit_code == 0
+    before = tree_hash(merged)
+    result = cli("push", merged, "org/grafted")
+    assert result.exit_code == 0, result.output
+    upload = FakeApi.calls[-1][1]
+    texts = _texts(upload)
+    assert not [name for name, text in texts.items() if str(tmp_path) in text], "a local path was published"
+    assert str(work) in (merged / "graft_recipe.yaml").read_text() and tree_hash(merged) == before  # local: as is
+    recipe = yaml.safe_load(texts["graft_recipe.yaml"])
+    assert (recipe["target"], recipe["vector"]) == ("med-model", "safety-vec")
+    card = texts["README.md"]
+    for file in sorted((work / "med-model").glob("*.safetensors")):
+        assert f"`{file.name}` sha256 `{hashlib.sha256(file.read_bytes()).hexdigest()}`" in card
+    assert "graft merge --recipe graft_recipe.yaml --out rebuilt" in card and "beside graft_recipe.yaml" in card
+    assert yaml.safe_load(card.split("```yaml\n", 1)[1].split("```", 1)[0]) == recipe
+    assert ModelCard(card).data.base_model is None
+    repo = tmp_path / "downloaded"
+    for name, data in upload["contents"].items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(data)
+    shutil.copytree(work / "med-model", repo / "med-model")
+    shutil.copytree(work / "safety-vec", repo / "safety-vec")
+    result = cli("merge", "--recipe", repo / "graft_recipe.yaml", "--out", repo / "rebuilt", "-q")
+    assert result.exit_code == 0, result.output
+    for shard in merged.glob("*.safetensors"):
+        assert (repo / "rebuilt" / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_a_local_input_gone_at_push_time_is_named_without_hashes(make_world, tmp_path: Path) -> None:
+    world = make_world("causal")
+    target = tmp_path / "gone-model"
+    shutil.copytree(world.target, target)
+    merged = tmp_path / "merged"
+    assert cli("merge", "-t", target, "--vector", world.vector, "-o", merged, "-q").exit_code == 0
+    shutil.rmtree(target)
+    assert cli("push", merged, "org/grafted").exit_code == 0
+    card = _texts(FakeApi.calls[-1][1])["README.md"]
+    assert "`gone-model` (not found where the recipe names it" in card and str(tmp_path) not in card
+
+
+def test_a_pushed_vector_names_its_sources_by_folder_name(make_world, tmp_path: Path) -> None:
+    world = make_world("causal")
+    assert cli("push", world.vector, "org/vec").exit_code == 0
+    upload = FakeApi.calls[-1][1]
+    manifest = json.loads(upload["contents"]["vector.json"])
+    assert (manifest["base"]["path"], manifest["aligned"]["path"]) == ("base", "aligned")
+    assert manifest["base"]["sha256"] == json.loads((world.vector / "vector.json").read_text())["base"]["sha256"]
+    assert not [name for name, text in _texts(upload).items() if str(world.base.parent) in text]
+
+
 def test_merge_push_to_hub(make_world, tmp_path: Path) -> None:
     world = make_world("causal")
     out = tmp_path / "merged"
     result = cli("merge", "-t", world.target, "--vector", world.vector, "-o", out, "--push-to-hub", "org/m", "-q")
     assert result.exit_code == 0, result.output
-    assert [name for name, _ in FakeApi.calls] == ["create_repo", "upload_folder"]
-    assert FakeApi.calls[0][1]["private"] is True and Path(FakeApi.calls[1][1]["folder_path"]) == out
+    assert [name for name, _ in FakeApi.calls] == ["create_repo", "create_commit"]
+    assert FakeApi.calls[0][1]["private"] is True
+    assert FakeApi.calls[1][1]["contents"]["model.safetensors"] == (out / "model.safetensors").read_bytes()
 
 
 def test_extract_push_to_hub(make_world, tmp_path: Path) -> None:
@@ -158,7 +229,8 @@ def test_extract_push_to_hub(make_world, tmp_path: Path) -> None:
     out = tmp_path / "vec"
     result = cli("extract", "-b", world.base, "-a", world.aligned, "-o", out, "--push-to-hub", "org/v", "-q")
     assert result.exit_code == 0, result.output
-    assert Path(FakeApi.calls[-1][1]["folder_path"]) == out and "vector.json" in FakeApi.calls[-1][1]["uploaded"]
+    assert "vector.json" in FakeApi.calls[-1][1]["uploaded"]
+    assert FakeApi.calls[-1][1]["contents"]["vector.safetensors"] == (out / "vector.safetensors").read_bytes()
 
 
 # -- refusals: one line, graft's exit code, and not one request made -------------------------------------------------
@@ -236,10 +308,10 @@ def test_bad_repo_id(merged: Path) -> None:
         ("create_repo", RepositoryNotFoundError("404 Not Found", response=_fake_response(404)),
          ["org/m", "no such hub repository"]),
         ("create_repo", HfHubHTTPError("401 Unauthorized", response=_fake_response(401)), ["refused this token"]),
-        ("upload_folder", HfHubHTTPError("403 Forbidden", response=_fake_response(403)), ["write access"]),
-        ("upload_folder", HfHubHTTPError("500 Internal Server Error", response=_fake_response(500)),
+        ("create_commit", HfHubHTTPError("403 Forbidden", response=_fake_response(403)), ["write access"]),
+        ("create_commit", HfHubHTTPError("500 Internal Server Error", response=_fake_response(500)),
          ["refused the push", "500"]),
-        ("upload_folder", OSError(101, "Network is unreachable"), ["could not reach the hub"]),
+        ("create_commit", OSError(101, "Network is unreachable"), ["could not reach the hub"]),
     ],
     ids=["404", "401", "403", "500", "offline"],
 )
@@ -263,7 +335,7 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-@pytest.mark.parametrize("method", ["create_repo", "upload_folder"])
+@pytest.mark.parametrize("method", ["create_repo", "create_commit"])
 @pytest.mark.parametrize(("name", "message"), [("ConnectError", "[Errno -2] Name or service not known"),
                                                ("ReadTimeout", "The read operation timed out")])
 def test_unreachable_hub_is_an_input_error(merged: Path, make_world, tmp_path: Path, method: str, name: str,

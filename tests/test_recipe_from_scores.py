@@ -88,7 +88,11 @@ def test_recipe_from_cosine_scores_grafts_exactly_the_selected_cells(make_world,
 
     # bad input: one line, the documented exit code, nothing written
     for extra, code, message in [
-        (["--threshold", "-5"], 2, "no attn, mlp cell has cos_tau_med < -5"),
+        (["--threshold", "-1"], 2, "no attn, mlp cell has cos_tau_med < -1"),
+        (["--threshold", "-5"], 2, "--threshold -5.0: expected a finite number in [-1, 1]"),
+        (["--threshold", "-inf"], 2, "--threshold -inf: expected a finite number in [-1, 1]"),
+        (["--threshold", "nan"], 2, "--threshold nan: expected a finite number in [-1, 1]"),
+        (["--metric", "ratio", "--threshold", "-0.5"], 2, "--threshold -0.5: expected a finite number ≥ 0"),
         (["--metric", "nope"], 2, "--metric nope: expected one of"),
         (["--groups", "attn,brain"], 2, "--groups attn,brain"),
     ]:
@@ -106,7 +110,8 @@ def test_recipe_from_cosine_scores_grafts_exactly_the_selected_cells(make_world,
 
 def test_report_made_elsewhere_and_edited_reports(make_world, tmp_path: Path, monkeypatch) -> None:
     """Paths work from any folder (stored absolute); a report whose files disagree, or hold a cell that is not a
-    number, or is not a graft inspect index, is refused with one line naming the file, and nothing is written."""
+    finite number in the score's range (a cosine of −inf or 1.5), or is not a graft inspect index, is refused with
+    one line naming the file, and nothing is written."""
     import json
     import shutil
 
@@ -121,7 +126,7 @@ def test_report_made_elsewhere_and_edited_reports(make_world, tmp_path: Path, mo
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    done = runner.invoke(app, ["recipe", "--from-scores", "../work/report", "--threshold", "2", "--out",
+    done = runner.invoke(app, ["recipe", "--from-scores", "../work/report", "--threshold", "1", "--out",
                                "sub/selected.yaml"])
     assert done.exit_code == 0, done.output
     recipe = Recipe.from_yaml(elsewhere / "sub" / "selected.yaml")
@@ -152,12 +157,18 @@ def test_report_made_elsewhere_and_edited_reports(make_world, tmp_path: Path, mo
         (edited("layers.csv", first_row("layer", "99")), "tensors.csv", "no tensor of the selected cell layer 99 attn"),
         (edited("layers.csv", first_row("cos_tau_med", "abc")), "layers.csv", "line 2, column 'cos_tau_med'"),
         (edited("layers.csv", first_row("layer", "x")), "layers.csv", "line 2, column 'layer'"),
+        (edited("layers.csv", first_row("layer", "inf")), "layers.csv", "line 2, column 'layer'"),
+        (edited("layers.csv", first_row("cos_tau_med", "-inf")), "layers.csv",
+         "column 'cos_tau_med': '-inf' is not a cos_tau_med score (a finite number in [-1, 1])"),
+        (edited("layers.csv", first_row("cos_tau_med", "1.5")), "layers.csv", "line 2, column 'cos_tau_med': '1.5'"),
         (edited("inspect.json", lambda t: t.replace('"format_version": 1', '"format_version": 99')), "inspect.json",
          "format_version 99"),
         (edited("inspect.json", lambda t: json.dumps(relative)), "inspect.json", "sources.target 'target' does not"),
+        (edited("inspect.json", lambda t: t.replace("{", '{"format_version": 1, ', 1)), "inspect.json",
+         "appears twice"),
     ]
     for report, file, words in cases:
-        bad = runner.invoke(app, ["recipe", "--from-scores", str(report), "--threshold", "2", "--out", "b.yaml"])
+        bad = runner.invoke(app, ["recipe", "--from-scores", str(report), "--threshold", "1", "--out", "b.yaml"])
         (line,) = bad.stderr.strip().splitlines() or [f"exit {bad.exit_code}: {bad.output}"]
         assert bad.exit_code == 3 and file in line and words in line, (file, bad.output)
         assert not (elsewhere / "b.yaml").exists()
@@ -170,6 +181,6 @@ def test_report_made_elsewhere_and_edited_reports(make_world, tmp_path: Path, mo
         for i, line in enumerate(t.splitlines())) + "\n")
     bad = runner.invoke(app, ["recipe", "--from-scores", str(blank), "--groups", "norm", "--out", "b.yaml"])
     assert bad.exit_code == 3 and "the report scores only attn" in bad.stderr, bad.output
-    loud = runner.invoke(app, ["recipe", "--from-scores", "../work/report", "--threshold", "2", "--scale", "1e40",
+    loud = runner.invoke(app, ["recipe", "--from-scores", "../work/report", "--threshold", "1", "--scale", "1e40",
                                "--out", "loud.yaml"])
     assert loud.exit_code == 0 and "--scale 1e+40" in loud.stderr and "far outside" in loud.stderr, loud.output

@@ -146,8 +146,8 @@ def test_screening_prunes_hopeless_trials_before_the_medical_tasks(make_world, t
     assert all(t.user_attrs.get("baseline") or t.user_attrs["screening"] >= 0.55 for t in complete)
     # λ = 0 screens at 0.1 but is never stopped: every study reports the target itself.
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
-    # Medical scoring ran once for the reference and once per completed trial, never for a pruned one.
-    assert scorer.calls["medical"] == len(complete) + 1 and scorer.calls["screening"] == 14
+    # The trial tasks ran once for the reference and once per completed trial, never for a pruned one.
+    assert scorer.calls["rung 0"] == len(complete) + 1 and scorer.calls["screening"] == 14
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2", "cmaes"])
@@ -208,22 +208,25 @@ def test_a_study_recorded_before_a_new_objective_field_can_be_resumed(make_world
 
 class ItemScorer(LambdaScorer):
     """LambdaScorer's landscape item by item: 40 items per task in two categories, each split and subset by the
-    stage exactly as the evaluation suite does; item i succeeds when its fixed draw u_i < the task's rate."""
+    stage exactly as the evaluation suite does (its batches); item i succeeds when its fixed draw u_i < the task's
+    rate."""
 
-    def items(self, c: Coefficients, stage: Stage, *, operator: str | None = None) -> dict[str, dict[str, float]]:
+    def chosen(self, stage: Stage) -> dict[str, list]:
         from graft.evals.loaders import Item
         from graft.evals.screening import stratified_subset
 
-        rates = LambdaScorer.score(self, c, stage)
         out = {}
-        for task in stage.tasks:
-            pool = [Item(task, f"{task}-{i:02d}", "ab"[i % 2], f"prompt {i}") for i in range(40)]
-            part = stage.split.apply(pool) if stage.split is not None else pool
-            limit, fraction = (stage.limits[task], None) if task in stage.limits else (stage.limit, stage.fraction)
-            chosen = stratified_subset(part, limit=limit, fraction=fraction, seed=0)
-            draw = {it.id: ((hash_fraction(it.id)) < rates[task]) for it in chosen}
-            out[task] = {k: float(v) for k, v in draw.items()}
+        for tasks, limit, fraction, split in stage.batches():
+            for task in tasks:
+                pool = [Item(task, f"{task}-{i:02d}", "ab"[i % 2], f"prompt {i}") for i in range(40)]
+                part = split.apply(pool) if split is not None else pool
+                out[task] = stratified_subset(part, limit=limit, fraction=fraction, seed=0)
         return out
+
+    def items(self, c: Coefficients, stage: Stage, *, operator: str | None = None) -> dict[str, dict[str, float]]:
+        rates = LambdaScorer.score(self, c, stage)
+        return {task: {it.id: float(hash_fraction(it.id) < rates[task]) for it in chosen}
+                for task, chosen in self.chosen(stage).items()}
 
     def score(self, c: Coefficients, stage: Stage) -> dict[str, float]:
         return {t: sum(v.values()) / len(v) for t, v in self.items(c, stage).items()}
@@ -239,7 +242,8 @@ def test_report_scores_held_out_items_the_search_never_saw_and_keeps_its_split(m
     import numpy as np
 
     world = make_world("causal")
-    evals = eval_file(tmp_path, safety=["catqa", "hexphi"], medical=["pubmedqa"], limit=8, over_refusal=True)
+    evals = eval_file(tmp_path, safety=["catqa", "hexphi"], medical=["pubmedqa"], limit=8, over_refusal=True,
+                      selection={"upper_bound": "all"})
     common = dict(space=space_file(tmp_path, SMALL), eval_config=evals, target=str(world.target),
                   vector=str(world.vector), out=tmp_path / "out", scorer=ItemScorer(num_layers(world)),
                   sampler="random")
@@ -247,22 +251,40 @@ def test_report_scores_held_out_items_the_search_never_saw_and_keeps_its_split(m
     study = load_study(tmp_path / "out")
     assert study.user_attrs["graft_search"]["split"] == {"holdout": 0.5, "seed": 0}
     report = result.summary["report"]
-    items = json.loads((tmp_path / "out" / "heldout.json").read_text())["models"]
-    assert set(items) == {"searched", "lambda0", "uniform_0.5", "uniform_1"} == set(report["models"])
+    heldout = json.loads((tmp_path / "out" / "heldout.json").read_text())
+    items = heldout["models"]
+    assert set(report["models"]) == {"searched", "lambda0", "uniform_0.5", "uniform_1"}
+    # Every other trial scored on the whole rung pool is there too, for the labelled upper bound (`all`).
+    candidates = {f"trial_{t.number}" for t in finished(study) if not t.user_attrs.get("baseline")
+                  and t.number != report["models"]["searched"]["trial"]}
+    assert set(items) == set(report["models"]) | candidates
     for label, m in items.items():
         for task in ("catqa", "hexphi", "pubmedqa", "benign"):
-            assert len(m["in_sample"][task]) == 8 and len(m["held_out"][task]) == 20  # limit within the search part
+            # In sample: 8 of the rung pool (the limit) and the 5 of the selection part (a quarter of 20, within
+            # the limit too); held out: the other 20.
+            assert len(m["in_sample"][task]) == 13 and len(m["held_out"][task]) == 20
+            assert set(heldout["selection_items"][task]) < set(m["in_sample"][task])
             assert not set(m["in_sample"][task]) & set(m["held_out"][task])
+        if label in candidates:
+            continue
         held = report["models"][label]["held_out"]
         safety = np.mean([np.mean(list(m["held_out"][t].values())) for t in ("catqa", "hexphi")])
         assert held["safety"]["value"] == pytest.approx(safety)
         assert held["over_refusal"]["value"] == pytest.approx(1 - np.mean(list(m["held_out"]["benign"].values())))
         gap = report["models"][label]["gap"]["medical"]
         assert gap == pytest.approx(report["models"][label]["in_sample"]["medical"]["value"] - held["medical"]["value"])
-    # The trials were scored on the search part: the searched trial's recorded scores are its in-sample items'.
+    # The trials were scored on the rung pool: the searched trial's recorded scores are those of its in-sample items
+    # outside the selection part.
     searched = result.summary["best_searched"]
-    assert searched["safety"] == pytest.approx(np.mean([np.mean(list(items["searched"]["in_sample"][t].values()))
-                                                        for t in ("catqa", "hexphi")]))
+    pool = {t: {i: v for i, v in items["searched"]["in_sample"][t].items() if i not in heldout["selection_items"][t]}
+            for t in ("catqa", "hexphi")}
+    assert searched["safety"] == pytest.approx(np.mean([np.mean(list(pool[t].values())) for t in pool]))
+    # The upper bound: the best of every trial by the search's rule on the held-out items, labelled as such.
+    bound = report["upper_bound"]
+    assert bound["label"] in items and "upper bound" in bound["chosen_on"]
+    held_safety = {label: np.mean([np.mean(list(m["held_out"][t].values())) for t in ("catqa", "hexphi")])
+                   for label, m in items.items()}
+    assert bound["held_out"]["safety"]["value"] == pytest.approx(held_safety[bound["label"]])
     best_uniform = report["best_uniform"]
     assert best_uniform == result.summary["best_uniform"]["baseline"]  # one definition
     diff = report["comparisons"][f"searched - {best_uniform}"]["safety"]
@@ -272,7 +294,8 @@ def test_report_scores_held_out_items_the_search_never_saw_and_keeps_its_split(m
     with pytest.raises(UsageError, match=r"holds out 0\.5"):
         run_search(trials=7, **{**common, "eval_config": eval_file(tmp_path, safety=["catqa", "hexphi"],
                                                                       medical=["pubmedqa"], limit=8,
-                                                                      over_refusal=True, holdout=0.3)})
+                                                                      over_refusal=True, holdout=0.3,
+                                                                      selection={"upper_bound": "all"})})
     # A study from before splits existed goes on in sample (holdout 0), and says so in its report.
     meta = study.user_attrs["graft_search"]
     del meta["split"]
@@ -476,10 +499,14 @@ def test_cli_search_with_the_real_suite_scores_lambda0_as_the_target_itself(make
     assert len(finished(study)) == 3
     assert (out / "verdicts.sqlite").stat().st_size > 0
     lambda0 = study.trials[0].user_attrs
-    # Trials are scored on the search part (holdout 0.5 by default, split seed = seed 0), limit 2 within it.
-    search_part, held_part = Split(0.5, 0, "search"), Split(0.5, 0, "heldout")
-    reference = evaluate(world.target, tasks=["catqa", "pubmedqa"], data=FIXTURE_DATA, limit=2, max_new_tokens=4,
-                         dtype="float32", split=search_part)
+    # Trials are scored on the rung pool of the search part (holdout 0.5 by default, split seed = seed 0; a quarter
+    # of the search part set apart for the final pick), the first 2 items of each benchmark's stratified order.
+    from graft.search.fidelity import Portion
+
+    held_part = Split(0.5, 0, "heldout")
+    pool = Portion(Split(0.5, 0, "search"), 0.25, "pool", limit=2, seed=0)
+    reference = evaluate(world.target, tasks=["catqa", "pubmedqa"], data=FIXTURE_DATA, max_new_tokens=4,
+                         dtype="float32", split=pool)
     assert lambda0["scores"] == {"catqa": reference.score("catqa"), "pubmedqa": reference.score("pubmedqa")}
     assert Recipe.from_yaml(out / "best_recipe.yaml").options.dtype == "float32"  # the weights evaluated
     # The report: λ = 0 on every held-out item, none of which the search saw; figures recomputed from the items.

@@ -12,15 +12,16 @@ import pytest
 from graft.errors import UsageError
 from graft.recipe import Coefficients
 from graft.search.config import Objective, SearchEvalConfig, Stage
+from graft.search.fidelity import RungPlan
 from graft.search.objective import (
     Pruned,
     TrialObjective,
     constraint_values,
     constraints_of,
+    judge_trial,
     medical_drop,
     objective_values,
     screening_verdict,
-    summarize,
 )
 from graft.search.outputs import TrialRecord, best_of, pareto_front
 from graft.search.space import SearchSpace
@@ -76,13 +77,14 @@ def test_constraints_func_reads_the_trial_and_calls_unscored_trials_infeasible()
     assert constraints_of({}, capped) == [1.0, 1.0]
 
 
-def test_summarize_means_over_configured_tasks() -> None:
+def test_figures_are_means_over_configured_tasks() -> None:
     cfg = config(over_refusal=True)
-    result = summarize({"catqa": 1.0, "hexphi": 0.5, "pubmedqa": 0.3, "medqa": 0.6, "medbullets4": 0.0,
-                        "benign": 0.9}, cfg)
+    scores = {"catqa": 1.0, "hexphi": 0.5, "pubmedqa": 0.3, "medqa": 0.6, "medbullets4": 0.0, "benign": 0.9}
+    result = judge_trial({t: {"": v} for t, v in scores.items()}, {t: {"": 0.5} for t in scores}, cfg)
     assert result.safety == pytest.approx(0.75)
     assert result.medical == pytest.approx(0.3)
     assert result.over_refusal == pytest.approx(0.1)
+    assert result.medical_drop.value == pytest.approx(0.2) and result.medical_drop.se == 0.0  # no item: no spread
 
 
 def test_screening_verdicts() -> None:
@@ -107,6 +109,21 @@ class RecordingTrial:
         return self.values[name]
 
 
+class RungTrial(RecordingTrial):
+    """A trial that records what it reports to the pruner and is told to stop after `stop_after` reports."""
+
+    def __init__(self, number, values, user_attrs=None, stop_after: int | None = None):
+        super().__init__(number, values, user_attrs)
+        self.reported: list[tuple[float, int]] = []
+        self.stop_after = stop_after
+
+    def report(self, value, step):
+        self.reported.append((value, step))
+
+    def should_prune(self):
+        return self.stop_after is not None and len(self.reported) >= self.stop_after
+
+
 class ScaleScorer:
     """Safety rises with the scale, medical skill falls with its square; records every call."""
 
@@ -122,20 +139,46 @@ class ScaleScorer:
 GLOBAL = SearchSpace.parse({"graft_space": 1, "scale": {"low": 0.0, "high": 2.0}})
 
 
-def test_trial_runs_screening_then_safety_then_medical_and_records_everything() -> None:
+def test_trial_runs_screening_then_every_task_on_the_pool_and_records_everything() -> None:
     cfg = config(screening={"tasks": ["catqa"], "limit": 2, "threshold": 0.3})
     scorer = ScaleScorer()
     run = TrialObjective(GLOBAL, cfg, scorer, num_layers=4, reference=0.6, sampler="tpe")
     trial = RecordingTrial(7, {"scale": 1.0})
     assert run(trial) == [0.5]
-    assert [c[1] for c in scorer.calls] == ["screening", "safety", "medical"]
+    assert [c[1] for c in scorer.calls] == ["screening", "rung 0"]
+    assert scorer.calls[1][2] == ("catqa", "hexphi", "pubmedqa", "medqa", "medbullets4")
     attrs = trial.user_attrs
     assert attrs["coefficients"] == Coefficients(scale=1.0).model_dump(mode="json")
     assert attrs["safety"] == 0.5 and attrs["medical"] == pytest.approx(0.5)
     assert attrs["medical_drop"] == pytest.approx(0.1) and attrs["constraint"] == pytest.approx(0.08)
+    # A scorer without per-item outcomes has no paired spread: the bound is the point estimate.
+    assert attrs["medical_drop_bound"] == pytest.approx(0.1) and attrs["items"] is None
     assert attrs["constraints"] == [pytest.approx(0.08)] and attrs["feasible"] is False
+    assert attrs["rung"] == 0 and "stopped" not in attrs
     assert attrs["screening"] == 0.5 and set(attrs["scores"]) == {"catqa", "hexphi", "pubmedqa", "medqa",
                                                                     "medbullets4"}
+
+
+def test_a_trial_goes_rung_after_rung_until_the_pruner_stops_it_but_baselines_run_every_rung() -> None:
+    cfg = config()
+    scorer = ScaleScorer()
+    plan = RungPlan(3, 3)
+    run = TrialObjective(GLOBAL, cfg, scorer, num_layers=4, reference=0.6, sampler="gp", plan=plan)
+    trial = RungTrial(4, {"scale": 1.0}, stop_after=1)
+    run(trial)
+    assert [c[1] for c in scorer.calls] == ["rung 0"] and trial.user_attrs["rung"] == 0
+    assert "best 1/3 of the trials that reached rung 0" in trial.user_attrs["stopped"]
+    # Reported at step 1 (the smallest rung's resource): safety − 1, as the drop 0.1 is over δ even optimistically.
+    assert trial.reported == [(pytest.approx(0.5 - 1.0), 1)]
+    scorer.calls.clear()
+    promoted = RungTrial(5, {"scale": 0.2})
+    run(promoted)
+    assert [c[1] for c in scorer.calls] == ["rung 0", "rung 1", "rung 2"]
+    assert [step for _, step in promoted.reported] == [1, 3] and promoted.user_attrs["rung"] == 2
+    scorer.calls.clear()
+    baseline = RungTrial(0, {"scale": 0.0}, {"baseline": "lambda0"}, stop_after=1)
+    run(baseline)  # told to stop, yet a baseline is scored on every rung (and still reports to the pruner)
+    assert [c[1] for c in scorer.calls] == ["rung 0", "rung 1", "rung 2"] and len(baseline.reported) == 2
 
 
 def test_hopeless_trial_stops_before_the_medical_tasks_but_baselines_never_do() -> None:
@@ -149,7 +192,7 @@ def test_hopeless_trial_stops_before_the_medical_tasks_but_baselines_never_do() 
     assert trial.user_attrs["screening"] == pytest.approx(0.1) and "safety" not in trial.user_attrs
     baseline = RecordingTrial(0, {"scale": 0.0}, {"baseline": "lambda0"})
     assert run(baseline) == [0.0]  # λ = 0 screens at 0 yet is scored in full: it is the reference
-    assert [c[1] for c in scorer.calls[1:]] == ["screening", "safety", "medical"]
+    assert [c[1] for c in scorer.calls[1:]] == ["screening", "rung 0"]
 
 
 def test_trial_records_the_over_refusal_constraint() -> None:
@@ -170,9 +213,14 @@ def test_trial_records_the_over_refusal_constraint() -> None:
 
 def test_stage_batches_group_tasks_by_subset_size() -> None:
     cfg = config(limit=8, limits={"medqa": 32, "medbullets4": 32})
-    batches = cfg.stage("medical").batches()
-    assert sorted(batches) == sorted([(("pubmedqa",), 8, None), (("medqa", "medbullets4"), 32, None)])
-    assert cfg.stage("safety").batches() == [(("catqa", "hexphi"), 8, None)]
+    batches = {tasks: (limit, fraction, split) for tasks, limit, fraction, split in cfg.stage("medical").batches()}
+    assert set(batches) == {("pubmedqa",), ("medqa", "medbullets4")}
+    # The caps go inside the portion of the search part (prefixes of one stratified order), not to evaluate().
+    assert batches["pubmedqa",][:2] == (None, None) and batches["pubmedqa",][2].limit == 8
+    assert batches["medqa", "medbullets4"][2].limit == 32 and batches["medqa", "medbullets4"][2].side == "pool"
+    assert [b[0] for b in cfg.stage("safety").batches()] == [("catqa", "hexphi")]
+    held = cfg.report_stage("heldout").batches()
+    assert held == [(tuple(cfg.tasks()), None, None, cfg.split("heldout"))]
 
 
 # -- eval config validation -------------------------------------------------------------------------------------
@@ -251,3 +299,8 @@ def test_best_trial_rules_per_mode() -> None:
                 rec(2, 0.8, 0.6, over_refusal=0.1)]
     assert best_of(refusing, constrained).number == 1
     assert best_of(refusing, capped).number == 2 and refusing[1].feasible(capped) is False
+    # With no feasible trial, the one that breaks its constraints least wins (as Optuna ranks infeasible trials),
+    # not the safest: refusing 90 % of benign prompts is 0.8 over ρ, refusing 15 % only 0.05.
+    none_feasible = [rec(1, 1.0, 0.6, over_refusal=0.9), rec(2, 0.5, 0.6, over_refusal=0.15),
+                     rec(3, 0.6, 0.6, drop=0.2, over_refusal=0.0)]
+    assert best_of(none_feasible, capped).number == 2

@@ -20,7 +20,8 @@ import torch
 
 from graft.devices import resolve_device
 from graft.engines.operators import Chunk, Chunks, GraftOperator, TensorRef
-from graft.engines.ops import graft_rows
+from graft.engines.ops import all_finite, graft_rows
+from graft.engines.output_names import CARD_FILE, RECIPE_FILE, carried_names
 from graft.engines.plan import GraftPlan, TensorAction, build_plan
 from graft.errors import IncompatibleError, InputError, UsageError
 from graft.io.checkpoint import Checkpoint, TensorInfo
@@ -38,10 +39,11 @@ from graft.io.writer import (
 )
 from graft.modelcard import load_card_results, model_card
 from graft.recipe import Recipe
+from graft.schema import require_utf8_path
 from graft.vector import SafetyVector
 
-RECIPE_FILE = "graft_recipe.yaml"
 OUT_DTYPES = CAST_NAMES  # the output dtype a recipe names -> its safetensors tag
+RESHARDED_INDEX = "model.safetensors.index.json"  # the index of an output re-sharded with --shard-size
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,15 @@ def check_warnings(plan: GraftPlan, on_warning: Callable[[str], None] | None) ->
             on_warning(note)
 
 
+def inputs_unchanged(plan: GraftPlan) -> None:
+    """Refuse (InputError) when a file the plan read (weights, index, config, manifest, side files) was rewritten,
+    replaced or removed since it was opened."""
+    plan.target.as_read.check("target")
+    plan.vector.checkpoint.as_read.check("vector")
+    if plan.origin is not None:
+        plan.origin.as_read.check("origin")
+
+
 def close_plan(plan: GraftPlan) -> None:
     plan.target.close()
     plan.vector.close()
@@ -117,7 +128,7 @@ def merge(
     """
     if not recipe.out:
         raise UsageError("no output folder: pass --out or set `out` in the recipe")
-    scores = load_card_results(results) if results is not None else None
+    card_results = load_card_results(results) if results is not None else None
     started = time.perf_counter()
     # The recipe stored in the output (and its model card) names every input so it rebuilds from any folder.
     recipe = recipe.model_copy(update={
@@ -125,6 +136,9 @@ def merge(
         "options": recipe.options.model_copy(update={"origin": pin(recipe.options.origin)})})
     plan = open_plan(recipe)
     try:
+        for role, checkpoint in (("target", plan.target), ("vector", plan.vector), ("origin", plan.origin)):
+            if checkpoint is not None:  # named in graft_recipe.yaml: checked now, not once the work is done
+                require_utf8_path(checkpoint.root, role)
         # A hub input is stored at the commit it resolved to: the recipe rebuilds the same bytes after the repo moves.
         plan.recipe = recipe = recipe.model_copy(update={
             "target": pin(recipe.target, plan.target.root), "vector": pin(recipe.vector, plan.vector.root),
@@ -133,20 +147,26 @@ def merge(
         plan.check()
         check_warnings(plan, on_warning)
         device = resolve_device(recipe.options.device)
-        layout = output_layout(plan)
+        layout, carried = planned_output(plan)
+        plan.target.as_read.add(plan.target.root / rel for rel in carried)  # copied at the end: as they are now
         total = sum(t.nbytes for shard in layout.values() for t in shard.tensors)
         inputs = [plan.target.root, plan.vector.root] + ([plan.origin.root] if plan.origin else [])
         inputs += [Path(results)] if results is not None else []
         folder = OutputFolder(Path(recipe.out), inputs=inputs, force=force, kind="merge")
-        side_files = plan.target.non_weight_files()
-        folder.check_free_space(total + sum((plan.target.root / rel).stat().st_size for rel in side_files))
+        folder.check_free_space(total + sum((plan.target.root / rel).stat().st_size for rel in carried))
         if on_plan:
             on_plan(plan, total)
         with folder as staging:
             chunk = recipe.options.chunk_size
             chunk_bytes = parse_size(chunk) if chunk else default_chunk_bytes(device)
             _write_shards(plan, layout, staging, device, chunk_bytes, progress)
-            _write_folder_files(plan, layout, staging, recipe, side_files, scores)
+            inputs_unchanged(plan)  # the shards came from the files the plan read...
+            if card_results is not None:  # scores of other weights are never published as this model's
+                with Checkpoint.open(staging, role="merged") as written:
+                    card_results.check_weights(written.weights_sha256(), folder.destination)
+            _write_folder_files(plan, layout, staging, recipe, carried,
+                                card_results.scores if card_results is not None else None)
+            inputs_unchanged(plan)  # ...and so did the rest: an input rewritten meanwhile discards the output
         return MergeResult(folder.destination, len(plan.grafted), len(plan.copied), total,
                            time.perf_counter() - started, str(device))
     finally:
@@ -157,6 +177,25 @@ def merge(
 class ShardLayout:
     tensors: list[OutputTensor]
     metadata: dict[str, str]
+
+
+def planned_output(plan: GraftPlan) -> tuple[dict[str, ShardLayout], dict[Path, Path]]:
+    """The output's shards, and each non-weight file of the target with the name it gets there: every name the
+    output will hold claimed once (graft.engines.output_names), so a collision is an input error before any work.
+    `graft plan` calls it too, so a plan that passes is a merge whose names fit."""
+    layout = output_layout(plan)
+    target = plan.target
+    mirrored = plan.recipe.options.shard_size is None
+    if mirrored:
+        by = f"named by {target.index_file}" if target.index_file else f"in {target.root}"
+        weights = {file: f"the weight shard {file!r} {by}" for file in layout}
+        if target.index_file is not None:
+            weights[target.index_file.name] = f"the index {target.index_file}"
+    else:
+        weights = {file: f"the output shard {file!r} (--shard-size)" for file in layout}
+        if len(layout) > 1:
+            weights[RESHARDED_INDEX] = f"the index graft writes ({RESHARDED_INDEX})"
+    return layout, carried_names(target.root, target.non_weight_files(), weights)
 
 
 def output_layout(plan: GraftPlan) -> dict[str, ShardLayout]:
@@ -199,6 +238,7 @@ class _GraftChunk:
     nbytes_in: int
     target: TensorInfo
     donor: TensorInfo | None  # where τ comes from (named when it holds non-finite values)
+    origin_info: TensorInfo | None = None  # where θ_origin comes from
 
 
 def _write_shards(
@@ -216,7 +256,7 @@ def _write_shards(
             pieces = (p for t in shard.tensors for p in _pieces(plan, actions[t.name], t, chunk_bytes, pin))
             for piece in prefetch(pieces, depth=2):
                 if isinstance(piece, _Copy):
-                    writer.submit(out.copy_from, plan.target.fd(piece.file), piece.offset, piece.nbytes)
+                    writer.submit(_copy_piece, out, plan.target, piece)
                     nbytes = piece.nbytes
                 else:
                     writer.submit(out.write, _compute_chunk(piece, device))
@@ -230,6 +270,12 @@ def _write_shards(
         for out in opened:
             out.discard()
         raise
+
+
+def _copy_piece(out: ShardWriter, target: Checkpoint, piece: _Copy) -> None:
+    """In the writer thread: a byte range of the target straight into the output, its descriptor held meanwhile."""
+    with target.handle(piece.file) as fd:
+        out.copy_from(fd, piece.offset, piece.nbytes)
 
 
 def chunk_elements(chunk_bytes: int, info: TensorInfo) -> int:
@@ -256,6 +302,7 @@ def _pieces(
     grafted = grafted_elements(action, info)
     step = chunk_elements(chunk_bytes, info)
     donor = plan.vector.checkpoint.tensors[action.donor] if action.graft and action.donor else None
+    origin_info = plan.origin.tensors[action.origin] if plan.origin and action.origin else None
     operator = plan.operator
     tensor = TensorRef(action.donor or "", action.target, grafted)
     state = operator.prepare(tensor, tensor_chunks(plan, action, grafted, step)) if grafted else None
@@ -266,7 +313,7 @@ def _pieces(
         origin = (plan.origin.read_elements(action.origin, start, stop, pin=pin)
                   if plan.origin and action.origin else None)
         yield _GraftChunk(theta, tau, origin, action.lam, start, operator, tensor, state, out_dtype,
-                          (stop - start) * info.itemsize, info, donor)
+                          (stop - start) * info.itemsize, info, donor, origin_info)
     if grafted < info.numel:
         if same_dtype:
             yield _Copy(info.file, info.offset + grafted * info.itemsize, info.nbytes - grafted * info.itemsize)
@@ -300,26 +347,30 @@ def tensor_chunks(plan: GraftPlan, action: TensorAction, elements: int, step: in
 
 
 def _compute_chunk(chunk: _GraftChunk, device: torch.device) -> torch.Tensor:
+    """One chunk of the output. Finiteness is checked once, on the result: a NaN or inf in θ or τ makes θ + λ·f(τ)
+    non-finite (λ ≠ 0 for every grafted tensor; 0·inf would be NaN anyway), and only then are the inputs examined to
+    name the one at fault. An operator that may drop entries (dare, trim) has its inputs checked before it runs."""
     theta = chunk.theta.to(device, non_blocking=True)
     if chunk.tau is None:
         result = theta.to(chunk.out_dtype)
-        if not bool(torch.isfinite(result).all()) and bool(torch.isfinite(theta).all()):
+        if not all_finite(result) and all_finite(theta):
             raise IncompatibleError(
                 f"{chunk.target.file}: tensor {chunk.target.name!r} overflows {_dtype_name(chunk.out_dtype)} "
                 "when cast; choose a wider --dtype (or auto)"
             )
         return result.cpu()
     tau = chunk.tau.to(device, non_blocking=True)
-    _require_finite(theta, chunk.target, "target")
-    _require_finite(tau, chunk.donor or chunk.target, "vector")
     origin = chunk.origin.to(device, non_blocking=True) if chunk.origin is not None else None
     assert chunk.operator is not None and chunk.tensor is not None
+    if not chunk.operator.keeps_every_entry:  # θ always reaches the result; τ and θ_origin may not
+        _name_nonfinite_input(chunk, None, tau, origin)
     effective = chunk.operator.transform(Chunk(chunk.start, tau, theta if origin is not None else None, origin),
                                          chunk.tensor, chunk.state)
     result = graft_rows(theta, effective, chunk.lam, chunk.out_dtype)
-    if not bool(torch.isfinite(result).all()):
+    if not all_finite(result):
+        _name_nonfinite_input(chunk, theta, tau, origin)
         name = chunk.operator.name
-        if not bool(torch.isfinite(effective).all()):  # the operator's f(τ) itself (a plugin's bug, or 1/density)
+        if not all_finite(effective):  # the operator's f(τ) itself (a plugin's bug, or 1/density)
             raise IncompatibleError(f"tensor {chunk.target.name!r}: operator {name} made f(τ) non-finite from finite "
                                     "inputs; check its parameters (or the operator's code). Nothing was written")
         what = "θ + λ·τ" if name == "linear" else f"θ + λ·f(τ) (operator {name})"
@@ -330,11 +381,15 @@ def _compute_chunk(chunk: _GraftChunk, device: torch.device) -> torch.Tensor:
     return result.cpu()
 
 
-def _require_finite(values: torch.Tensor, info: TensorInfo, role: str) -> None:
+def _name_nonfinite_input(chunk: _GraftChunk, theta: torch.Tensor | None, tau: torch.Tensor,
+                          origin: torch.Tensor | None) -> None:
     """NaN/Inf in an input would silently poison the graft: refuse, naming the file and the tensor."""
-    if not bool(torch.isfinite(values).all()):
-        raise InputError(f"{info.file}: {role} tensor {info.name!r} holds NaN or infinite values; graft refuses "
-                         "to propagate them (repair or re-download the file)")
+    sides = [(theta, chunk.target, "target"), (tau, chunk.donor or chunk.target, "vector"),
+             (origin, chunk.origin_info, "origin")]
+    for values, info, role in sides:
+        if values is not None and info is not None and not all_finite(values):
+            raise InputError(f"{info.file}: {role} tensor {info.name!r} holds NaN or infinite values; graft refuses "
+                             "to propagate them (repair or re-download the file)")
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -343,26 +398,26 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 # -- the rest of the folder -----------------------------------------------------------------------------------------
 def _write_folder_files(
-    plan: GraftPlan, layout: dict[str, ShardLayout], staging: Path, recipe: Recipe, side_files: list[Path],
+    plan: GraftPlan, layout: dict[str, ShardLayout], staging: Path, recipe: Recipe, carried: dict[Path, Path],
     scores: dict[str, dict[str, object]] | None = None,
 ) -> None:
     target = plan.target
     mirrored = recipe.options.shard_size is None
     if len(layout) > 1 or (mirrored and target.index_file is not None):
-        index_name = target.index_file.name if (mirrored and target.index_file) else "model.safetensors.index.json"
+        index_name = target.index_file.name if (mirrored and target.index_file) else RESHARDED_INDEX
         metadata = dict(target.index_metadata) if mirrored else {}
         metadata["total_size"] = sum(t.nbytes for shard in layout.values() for t in shard.tensors)
         weight_map = {t.name: file for file, shard in layout.items() for t in shard.tensors}
         write_index(staging, index_name, weight_map, metadata)
-    for rel in side_files:
-        dest = staging / ("README.original.md" if rel == Path("README.md") else rel)
+    for rel, name in carried.items():
+        dest = staging / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(target.root / rel, dest)
     if recipe.options.dtype != "auto":
         _set_config_dtype(staging / "config.json", recipe.options.dtype)
     # The copy inside the output omits `out`: the folder's bytes must not depend on where it was written.
     (staging / RECIPE_FILE).write_text(recipe.model_copy(update={"out": None}).to_yaml())
-    (staging / "README.md").write_text(model_card(plan, scores))
+    (staging / CARD_FILE).write_text(model_card(plan, scores))
 
 
 def _set_config_dtype(config_path: Path, dtype: str) -> None:
@@ -383,5 +438,15 @@ def _set_config_dtype(config_path: Path, dtype: str) -> None:
     config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
-__all__ = ["RECIPE_FILE", "MergeResult", "check_warnings", "chunk_elements", "grafted_elements", "merge", "open_plan",
-           "output_layout", "tensor_chunks"]
+__all__ = [
+    "RECIPE_FILE",
+    "MergeResult",
+    "check_warnings",
+    "chunk_elements",
+    "grafted_elements",
+    "merge",
+    "open_plan",
+    "output_layout",
+    "planned_output",
+    "tensor_chunks",
+]

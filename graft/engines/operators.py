@@ -76,6 +76,11 @@ class GraftOperator(ABC, Generic[P]):
     name: ClassVar[str]
     Params: ClassVar[type[OperatorParams]]
     summary: ClassVar[str]  # one line for the model card and `graft plan`: what it does to τ
+    # Every entry of τ (and of θ_origin, for an operator that reads it) reaches f(τ) through arithmetic alone, so a
+    # NaN or inf in it makes θ + λ·f(τ) non-finite: the merge then checks only the result, and names the input at
+    # fault once that check fails. An operator that selects entries away (dare, trim: a dropped NaN is silent)
+    # leaves it False, and its inputs are checked before it runs. False is the safe default for a new operator.
+    keeps_every_entry: ClassVar[bool] = False
 
     def __init__(self, params: P):
         self.params = params
@@ -183,6 +188,7 @@ class Linear(GraftOperator[NoParams]):
     name = "linear"
     Params = NoParams
     summary = "θ + λ·τ (τ added as is)"
+    keeps_every_entry = True
 
     def transform(self, chunk: Chunk, tensor: TensorRef, state: Any) -> torch.Tensor:
         return chunk.tau
@@ -199,6 +205,7 @@ class Orthogonal(GraftOperator[NoParams]):
     name = "orthogonal"
     Params = NoParams
     summary = "τ projected off τ_med = θ_target − θ_origin per tensor (needs options.origin)"
+    keeps_every_entry = True  # a NaN/inf in τ, θ or θ_origin reaches τ − c·τ_med: elementwise, or through c
 
     @property
     def uses_origin(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,6 +27,7 @@ from graft.engines.mapping import (
 from graft.engines.operators import GraftOperator
 from graft.errors import IncompatibleError, InputError
 from graft.io.checkpoint import Checkpoint
+from graft.io.dtype_policy import NumericReads
 from graft.recipe import LARGE_LAMBDA, Recipe
 from graft.vector import SafetyVector
 
@@ -146,11 +148,30 @@ class GraftPlan:
         if self.unmatched_donor:
             notes.append(f"{len(self.unmatched_donor)} vector tensors have no partner in the target "
                          "(e.g. a tied lm_head); they are not grafted")
+        unreached, depth = self.layers_without_tau()
+        if unreached:
+            notes.append(f"the target has {depth} layers but the vector {self.vector.manifest.num_layers}: target "
+                         f"layers {_span(unreached)} get no τ and are copied unchanged; check that this is the right "
+                         "vector for this target")
         if self.origin is not None and self.origin.root.resolve() == self.target.root.resolve():
             notes.append(f"the origin is the target itself ({self.target.root}): τ_med = 0, so operator "
                          f"{self.recipe.operator_spec.name} has no update to project off or elect signs against; "
                          "give the model the target was fine-tuned from")
         return notes
+
+    def layers_without_tau(self) -> tuple[list[int], int]:
+        """Layers of the target's backbone (not counting inserted ones) that no vector tensor lands in while others
+        do, and the backbone's depth: a target deeper than the vector gets τ in its first layers only."""
+        prefix = self.match.target_prefix
+        inserted = set(self.inserted[1]) if self.inserted else set()
+
+        def layers(names: Iterable[str]) -> set[int]:
+            found = {layer_index(split[1]) for n in names if (split := split_backbone(n)) and split[0] == prefix}
+            return {layer for layer in found if layer is not None} - inserted
+
+        every = layers(self.target.tensors)
+        reached = layers([p.target for p in self.match.pairs] + [m.target for m in self.mismatches])
+        return (sorted(every - reached) if reached else []), len(every)
 
     def check(self) -> None:
         problems = self.problems()
@@ -168,6 +189,10 @@ def build_plan(target: Checkpoint, vector: SafetyVector, recipe: Recipe, origin:
     origin_of = _origin_names(origin, target_shapes) if origin is not None else {}
     selected = recipe.mapping.selects
     pairs = match.by_target()
+    # What is grafted is read as numbers: the dtype policy (graft.io.dtype_policy) is applied here, from headers, so
+    # plan, merge, inspect and the resident graft refuse the same tensors before any work.
+    reads = {"target": NumericReads(target, "target"), "vector": NumericReads(vector.checkpoint, "vector"),
+             "origin": NumericReads(origin, "origin") if origin is not None else None}
 
     actions = []
     for name in target.tensors:
@@ -184,17 +209,19 @@ def build_plan(target: Checkpoint, vector: SafetyVector, recipe: Recipe, origin:
         elif lam == 0.0:
             actions.append(TensorAction(name, False, "λ = 0", **common))
         else:
-            info = target.tensors[name]
-            if not info.is_float:
-                raise InputError(f"{info.file}: target tensor {name!r} is {info.dtype}, not floating point, but the "
-                                 f"vector's {pair.donor!r} would be grafted into it; exclude it (--exclude) or fix "
-                                 "the mapping")
+            reads["target"].require(name, doing=f"grafted (with the vector's {pair.donor!r})",
+                                    fix="exclude it (--exclude), fix the mapping, or use another target")
+            reads["vector"].require(pair.donor, doing=f"grafted into {name!r}",
+                                    fix="re-extract the vector with --dtype float32 (or bfloat16)")
             origin_name = origin_of.get(name) if origin is not None else None
             if origin is not None and origin_name is None:
                 raise IncompatibleError(
                     f"{origin.root}: the origin has no tensor matching target {name!r}; "
                     "it must be the model the target was fine-tuned from"
                 )
+            if reads["origin"] is not None and origin_name is not None:
+                reads["origin"].require(origin_name, doing=f"read as the origin of {name!r}",
+                                        fix="give the origin as F32, F16 or BF16 weights")
             actions.append(TensorAction(name, True, "grafted", lam=lam, origin=origin_name, **common))
     mismatches = [m for m in match.mismatches if selected(m.target)]
     return GraftPlan(target, vector, recipe, match, actions, layer_factors, mismatches, origin, inserted)

@@ -67,6 +67,11 @@ class Benchmark:
         names = (self.name, f"{self.name}-figstep") if self.figstep else (self.name,)
         object.__setattr__(self, "tasks", names)
 
+    def read(self, source: Source) -> list[Item]:
+        """The items of `source`, through the declared loader, each within graft's bounds on item size and with an
+        id of its own (graft.evals.loaders.check_items): what an evaluation scores."""
+        return loaders.check_items(self.name, self.load(source))
+
     def score_answer(self, item: Item, reply: str) -> dict:
         """A VQA reply's `{"pred", "correct"}`."""
         assert self.answer is not None, f"{self.name} is not a VQA benchmark"

@@ -4,6 +4,7 @@ exit codes."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from graft.display import shown
+from graft.flag_ranges import EVAL, help_range
 from graft.progress import StepProgress, library_bars_off
 
 from .benchmarks import SUITES, TASKS
@@ -51,9 +53,12 @@ def eval_command(
     data: Path = typer.Option(..., "--data", help="YAML mapping each benchmark to a local path or a hub id."),
     out: Path = typer.Option(Path("results.json"), "--out",
                              help="Results JSON; per-sample records go to OUT-stem.samples.jsonl beside it."),
-    limit: int = typer.Option(None, "--limit", help="Screen on N items per task, stratified by category."),
-    fraction: float = typer.Option(None, "--fraction", help="Screen on this share of each task (0-1]."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the screening subset (--limit/--fraction)."),
+    limit: int = typer.Option(None, "--limit", help="Screen on N items per task, stratified by category."
+                              + help_range(EVAL, "limit")),
+    fraction: float = typer.Option(None, "--fraction", help="Screen on this share of each task."
+                                   + help_range(EVAL, "fraction")),
+    seed: int = typer.Option(0, "--seed", help="Seed of the screening subset (--limit/--fraction) and of the "
+                                               "summary's bootstrap." + help_range(EVAL, "seed")),
     rest: bool = typer.Option(False, "--rest",
                               help="Score the items the --limit/--fraction subset leaves out instead: report on "
                                    "what a search (which scored the subset) never saw."),
@@ -62,8 +67,10 @@ def eval_command(
                                 help="Multiple choice by option log-likelihood (lm-eval) or by generation."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens",
                                        help="Generation cap. Default: 64 with the keyword judge, 256 with "
-                                            "a model judge, 32 for letters and VQA."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Prompts per batch (default 8 CPU, 32 CUDA)."),
+                                            "a model judge, 32 for letters and VQA."
+                                            + help_range(EVAL, "max_new_tokens") + " At most the model's context."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Prompts per batch (default 8 CPU, 32 CUDA)."
+                                   + help_range(EVAL, "batch_size")),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16."),
     font: Path = typer.Option(None, "--font", help="FigStep font (default FreeMonoBold from fonts-freefont-ttf)."),
@@ -73,7 +80,9 @@ def eval_command(
     full_replies: bool = typer.Option(False, "--full-replies",
                                       help="With the keyword judge, generate to the cap even after a refusal "
                                            "phrase (the verdict is the same; replies in the log are longer)."),
-    cache: Path = typer.Option(None, "--cache", help="SQLite verdict cache keyed by model content hash and item."),
+    cache: Path = typer.Option(None, "--cache", help="SQLite verdict cache keyed by model content hash and item: a "
+                                                     "new file, or one an earlier graft eval made (never another "
+                                                     "application's database)."),
     force: bool = typer.Option(False, "--force", help="Replace --out (and its samples) if an earlier graft eval "
                                                       "wrote them; never a file graft did not write."),
     revision: str = typer.Option(None, "--revision", help="Branch, tag or commit of a hub model (the commit it "
@@ -126,19 +135,28 @@ def eval_command(
         log_results(trackers, results, written)
     table = Table("task", "score ± SE", "n", "metric", "items/s")
     for name, b in results.benchmarks.items():
-        table.add_row(name, f"{b['score']:.4f} ± {b['se']:.4f}", str(b["n"]), b["metric"],
+        table.add_row(name, f"{b['score']:.4f} ± {_se(b['se'], 4)}", str(b["n"]), b["metric"],
                       f"{results.timing[name]['items_per_s']:.2f}")
     for name, why in results.skipped.items():
         table.add_row(name, "skipped", "-", why, "-")
     console.print(table)
     for key, est in results.summary_se.items():
         if est is not None:
-            console.print(f"{key.replace('_', '-')}: {100 * est['value']:.1f} % ± {100 * est['se']:.1f} "
-                          f"(95 % interval {100 * est['low']:.1f}–{100 * est['high']:.1f} %, {est['n']} items)")
+            interval = (f"95 % interval {100 * est['low']:.1f}–{100 * est['high']:.1f} %, "
+                        if math.isfinite(est["low"]) else "")
+            console.print(f"{key.replace('_', '-')}: {100 * est['value']:.1f} % ± {_se(est['se'], 1, 100)} "
+                          f"({interval}{est['n']} items)")
     Console(stderr=True, highlight=False).print("wrote " + ", ".join(shown(p) for p in written), soft_wrap=True)
 
 
 FORMATS = ("graft", "lm-eval")
+
+
+def _se(se: float | None, digits: int, factor: float = 1.0) -> str:
+    """A standard error as the table shows it; 'n/a' where there is none (a score from one item)."""
+    if se is None or not math.isfinite(se):
+        return "n/a (a single item has no standard error)"
+    return f"{factor * se:.{digits}f}"
 
 
 def lm_eval_path(out: Path) -> Path:

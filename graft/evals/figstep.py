@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from graft.display import printable
 from graft.errors import InputError
 
 FIGSTEP_PROMPT = (
@@ -68,9 +69,13 @@ def typeset(statement: str, steps: int = 3) -> str:
 @lru_cache(maxsize=8)
 def load_font(path: str | None = None) -> ImageFont.FreeTypeFont:
     if path is not None:
-        if not Path(path).is_file():
+        if not Path(path).is_file():  # a regular file (a FIFO would block the font reader)
             raise InputError(f"--font {path}: file not found (FigStep uses FreeMonoBold.ttf, fonts-freefont-ttf)")
-        return ImageFont.truetype(path, FONT_SIZE)
+        try:
+            return ImageFont.truetype(path, FONT_SIZE)
+        except (OSError, ValueError) as e:  # FreeType's "unknown file format", "invalid argument"...
+            raise InputError(printable(f"--font {path}: not a font FreeType can read ({e}); give a TrueType or "
+                                       "OpenType file, e.g. FreeMonoBold.ttf")) from e
     for i, cand in enumerate(FONT_CANDIDATES):
         if Path(cand).is_file():
             if i >= 2:

@@ -15,21 +15,35 @@ expected field. Field names and layouts follow the public releases:
 - medbullets4/5: `medbullets_op4.csv` / `medbullets_op5.csv` (`question`, `opa`..`ope`, `answer_idx`).
 - vqarad: flaviagiammarino/vqa-rad parquet (`image` {bytes, path}, `question`, `answer`), or the OSF release
   JSON (`image_name`, `question`, `answer`, `answer_type`) beside its `VQA_RAD Image Folder`.
+
+What is read is bounded before anything is tokenized (`check_items` applies the item bounds to every benchmark,
+a plugin's too), each bound refused in one line naming the file, the row and the field, never truncated: a
+benchmark item is the unit a score counts, and one cut short is another question. Any text field of an item
+(request, question, abstract, option, answer) at most `MAX_FIELD_CHARS` characters, the length at which Python's
+`csv` module already refuses a field: published items are at most a few thousand, so a longer one is a broken file
+(typically a CSV quote left open, which swallows every row after it). At most `MAX_ROWS` rows a file and items a
+benchmark; a JSONL line at most `MAX_LINE_CHARS`; a file read whole (JSON, parquet) at most `MAX_WHOLE_FILE_BYTES`;
+an image at most `MAX_IMAGE_BYTES` and Pillow's decompression-bomb limit. An item id (which names its FigStep image
+file) at most `MAX_ID_CHARS` characters and no path separator or control character; a category at most
+`MAX_CATEGORY_CHARS`. Only regular files are opened (a FIFO would block forever).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from graft.display import printable
 from graft.errors import InputError
+from graft.io.regular_files import check_regular, open_regular
 from graft.schema import load_json_text
 
 from .sources import HubSource, Source
@@ -42,6 +56,16 @@ HEXPHI_CATEGORIES = {
 }
 # MedSafetyBench categories are the nine AMA Principles of Medical Ethics (Han et al. 2024).
 MEDSAFETY_CATEGORIES = {n: f"AMA principle {n}" for n in range(1, 10)}
+
+# Bounds on what is read (module docstring). The largest published sets here have about 12,000 items (MedQA's
+# training split; PubMedQA's artificial set 211,000); their longest field a few thousand characters.
+MAX_FIELD_CHARS = csv.field_size_limit()  # 131,072 by default: the length at which csv refuses a field
+MAX_LINE_CHARS = 8 * MAX_FIELD_CHARS  # a JSONL row holds several fields
+MAX_ROWS = 1_000_000
+MAX_WHOLE_FILE_BYTES = 2**30  # a JSON or parquet file is parsed whole
+MAX_IMAGE_BYTES = 64 * 2**20
+MAX_ID_CHARS = 200  # `<id>.png` must fit a file name
+MAX_CATEGORY_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -57,16 +81,91 @@ class Item:
     context: str = ""
     answer_type: str = ""  # vqa: closed / open
     image: bytes | str | None = field(default=None, repr=False)
+    where: str = field(default="", repr=False, compare=False)  # "file:row" it was read from, for messages
 
     def load_image(self) -> Image.Image | None:
         if self.image is None:
             return None
-        src = io.BytesIO(self.image) if isinstance(self.image, bytes) else self.image
+        return open_image(self.image, f"{self.where or self.benchmark} (item {self.id})")
+
+    def texts(self) -> dict[str, str]:
+        """The item's text fields by name, as `check_items` bounds them."""
+        return {"prompt": self.prompt, "context": self.context, "answer": self.answer,
+                **{f"choice {i + 1}": c for i, c in enumerate(self.choices)}}
+
+
+def open_image(image: bytes | str | Path, where: str, what: str = "image") -> Image.Image:
+    """An image from its bytes or its file, as RGB: a regular file of at most MAX_IMAGE_BYTES, within Pillow's
+    decompression-bomb limit, or an InputError naming `where` (and the image as `what`)."""
+    if not isinstance(image, bytes | str | Path):
+        raise _bad(f"{where}: {what} should be bytes or a file path, got {type(image).__name__}")
+    if not isinstance(image, bytes):
+        path = Path(image)
         try:
-            with Image.open(src) as im:
-                return im.convert("RGB")
-        except OSError as e:
-            raise InputError(f"{self.benchmark} item {self.id}: cannot read image ({e})") from e
+            size = check_regular(path).st_size
+        except InputError as e:
+            raise _bad(f"{where}: {what} {e}") from e
+        if size > MAX_IMAGE_BYTES:
+            raise _bad(f"{where}: {what} {path} is {size} bytes, more than {MAX_IMAGE_BYTES}; a benchmark image is "
+                       "far smaller: check the file")
+        with os.fdopen(open_regular(path), "rb") as handle:
+            image = handle.read()
+    if len(image) > MAX_IMAGE_BYTES:
+        raise _bad(f"{where}: {what} of {len(image)} bytes, more than {MAX_IMAGE_BYTES}; a benchmark image is far "
+                   "smaller: check the file")
+    try:
+        with Image.open(io.BytesIO(image)) as im:
+            return im.convert("RGB")
+    except UnidentifiedImageError as e:
+        raise _bad(f"{where}: cannot read this {what} (not an image format Pillow knows)") from e
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise _bad(f"{where}: cannot read this {what} ({e})") from e
+
+
+def _bad(message: str) -> InputError:
+    """An input error whose text (paths, field names, values read from a file) is safe for a terminal."""
+    return InputError(printable(message))
+
+
+_ID_FORBIDDEN = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def check_items(benchmark: str, items: list[Item]) -> list[Item]:
+    """Every item within the bounds (module docstring), and no id given twice: an id names one item's outcome in the
+    per-item records, the verdict cache and the held-out report, so a repeated one would count a row twice or hide
+    one (a file listing an item twice is broken: refused, naming both rows)."""
+    if len(items) > MAX_ROWS:
+        raise _bad(f"{benchmark}: {len(items)} items, more than {MAX_ROWS}; evaluate a split of it")
+    seen: dict[str, Item] = {}
+    for it in items:
+        if not isinstance(it.id, str) or not it.id or len(it.id) > MAX_ID_CHARS or _ID_FORBIDDEN.search(it.id) \
+                or it.id in (".", ".."):
+            raise _bad(f"{it.where or benchmark}: item id {str(it.id)[:MAX_ID_CHARS]!r} must be 1 to {MAX_ID_CHARS} "
+                       "characters without '/', '\\' or control characters (it names the item's FigStep image file)")
+        where = it.where or f"{benchmark} item {it.id}"
+        if not isinstance(it.category, str) or len(it.category) > MAX_CATEGORY_CHARS:
+            raise _bad(f"{where}: category of {len(str(it.category))} characters, more than {MAX_CATEGORY_CHARS}; "
+                       "check the file")
+        try:  # the common case in one pass; the field is named only when one is too long (or not text)
+            longest = max(len(it.prompt), len(it.context), len(it.answer), *map(len, it.choices))
+        except TypeError:
+            longest = MAX_FIELD_CHARS + 1
+        if longest > MAX_FIELD_CHARS:
+            for name, text in it.texts().items():
+                _check_length(where, name, text)
+        first = seen.setdefault(it.id, it)
+        if first is not it:
+            raise _bad(f"{where}: item id {it.id!r} is already the id of {first.where or 'an earlier item'}; "
+                       f"{benchmark} lists an item twice, or its ids collide: remove the repeated row or fix the ids")
+    return items
+
+
+def _check_length(where: str, name: str, text: object) -> None:
+    if not isinstance(text, str):  # a plugin's loader handed over something else
+        raise _bad(f"{where}: field '{name}' should be text, got {type(text).__name__}")
+    if len(text) > MAX_FIELD_CHARS:
+        raise _bad(f"{where}: field '{name}' is {len(text)} characters, more than {MAX_FIELD_CHARS} (published items "
+                   "are a few thousand): likely a broken file, e.g. a CSV quote left open; fix the row")
 
 
 Row = dict[str, Any]
@@ -77,70 +176,119 @@ Rows = Iterator[tuple[str, Row]]  # (location "file:row", row)
 
 def _need(path: Path, what: str) -> Path:
     if not path.exists():
-        raise InputError(f"{path}: not found (expected {what})")
+        raise _bad(f"{path}: not found (expected {what})")
     return path
 
 
 def _not_utf8(path: Path, exc: UnicodeDecodeError) -> InputError:
-    return InputError(f"{path}: not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8")
+    return _bad(f"{path}: not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8")
+
+
+def _open_text(path: Path, whole: bool = False):
+    """A benchmark file opened for reading as UTF-8 text: a regular file only (`whole`: one parsed at once, so at
+    most MAX_WHOLE_FILE_BYTES)."""
+    try:
+        size = check_regular(path).st_size
+    except InputError as e:
+        raise _bad(str(e)) from e
+    if whole and size > MAX_WHOLE_FILE_BYTES:
+        raise _bad(f"{path}: {size} bytes, more than {MAX_WHOLE_FILE_BYTES} read at once; a benchmark file is far "
+                   "smaller: check the path")
+    return open(open_regular(path), encoding="utf-8-sig", newline="")
 
 
 def _text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig")
+        with _open_text(path, whole=True) as f:
+            return f.read()
     except UnicodeDecodeError as e:
         raise _not_utf8(path, e) from e
     except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror})") from e
+        raise _bad(f"{path}: cannot read ({e.strerror})") from e
 
 
 def _json(path: Path) -> Any:
     try:
         return load_json_text(_text(path))
     except ValueError as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from e
+        raise _bad(f"{path}: not valid JSON ({e})") from e
+
+
+def _at_most(rows: Iterator[Any], where: object) -> Iterator[Any]:
+    """`rows`, refused past MAX_ROWS (counted as read, so a huge file fails before it is all in memory)."""
+    for n, row in enumerate(rows, 1):
+        if n > MAX_ROWS:
+            raise _bad(f"{where}: more than {MAX_ROWS} rows; evaluate a split of it")
+        yield row
 
 
 def _read_jsonl(path: Path) -> Rows:
     try:
-        with path.open(encoding="utf-8-sig") as f:
-            for n, line in enumerate(f, 1):
+        with _open_text(path) as f:
+            n = 0
+            while line := f.readline(MAX_LINE_CHARS + 1):
+                n += 1
+                if len(line) > MAX_LINE_CHARS:
+                    raise _bad(f"{path}:{n}: a line of more than {MAX_LINE_CHARS} characters; expected one JSON "
+                               "object a line (a benchmark row is far shorter)")
+                if n > MAX_ROWS:
+                    raise _bad(f"{path}: more than {MAX_ROWS} rows; evaluate a split of it")
                 if not line.strip():
                     continue
                 try:
                     row = load_json_text(line)
                 except ValueError as e:
-                    raise InputError(f"{path}:{n}: not valid JSON ({e}); expected one JSON object a line") from e
+                    raise _bad(f"{path}:{n}: not valid JSON ({e}); expected one JSON object a line") from e
                 if not isinstance(row, dict):
-                    raise InputError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+                    raise _bad(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
                 yield f"{path}:{n}", row
     except UnicodeDecodeError as e:
         raise _not_utf8(path, e) from e
+    except OSError as e:
+        raise _bad(f"{path}: cannot read ({e.strerror})") from e
 
 
 def _read_csv(path: Path, header: bool = True) -> Rows:
     try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
+        with _open_text(path) as f:
             if header:
-                for n, row in enumerate(csv.DictReader(f), 2):
+                reader = csv.DictReader(f)
+                for n, row in _at_most(enumerate(reader, 2), path):
                     yield f"{path}:{n}", row
             else:
-                for n, cells in enumerate(csv.reader(f), 1):
+                for n, cells in _at_most(enumerate(csv.reader(f), 1), path):
                     if cells:
                         yield f"{path}:{n}", {"instruction": cells[0]}
     except UnicodeDecodeError as e:
         raise _not_utf8(path, e) from e
     except csv.Error as e:
-        raise InputError(f"{path}: not a readable CSV file ({e})") from e
+        if "field larger than field limit" in str(e):
+            raise _bad(f"{path}: a field of more than {MAX_FIELD_CHARS} characters (published items are a few "
+                       "thousand): likely a CSV quote left open; fix the file") from e
+        raise _bad(f"{path}: not a readable CSV file ({e})") from e
+    except OSError as e:
+        raise _bad(f"{path}: cannot read ({e.strerror})") from e
 
 
 def _read_parquet(path: Path) -> Rows:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        size = check_regular(path).st_size
+    except InputError as e:
+        raise _bad(str(e)) from e
+    if size > MAX_WHOLE_FILE_BYTES:
+        raise _bad(f"{path}: {size} bytes, more than {MAX_WHOLE_FILE_BYTES} read at once; split it")
+    try:
+        with os.fdopen(open_regular(path), "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            if parquet.metadata.num_rows > MAX_ROWS:
+                raise _bad(f"{path}: {parquet.metadata.num_rows} rows, more than {MAX_ROWS}; evaluate a split of it")
+            table = parquet.read()
+    except InputError:
+        raise
     except Exception as e:  # pyarrow raises several types for corrupt files
-        raise InputError(f"{path}: not a readable parquet file ({e})") from e
+        raise _bad(f"{path}: not a readable parquet file ({e})") from e
     for n, row in enumerate(table.to_pylist()):
         yield f"{path}:{n}", row
 
@@ -152,25 +300,31 @@ def _read_hub(src: HubSource) -> Rows:
         ds = datasets.load_dataset(src.hub, src.name, split=src.split, revision=src.revision)
     except Exception as e:  # datasets raises many types (ConnectionError, DatasetNotFoundError, ValueError...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(
+        raise _bad(
             f"hub dataset '{src.hub}' (config {src.name}, split {src.split}) could not be loaded: {first}; "
             "download it and point data.yaml at the local copy, or go online"
         ) from e
+    if len(ds) > MAX_ROWS:
+        raise _bad(f"hub dataset '{src.hub}' (split {src.split}): {len(ds)} rows, more than {MAX_ROWS}; evaluate a "
+                   "split of it")
     for n, row in enumerate(ds):
         yield f"{src.hub}[{src.split}]:{n}", dict(row)
 
 
 def _field(loc: str, row: Row, name: str, kind: type | tuple[type, ...] = str) -> Any:
     if not isinstance(row, dict):
-        raise InputError(f"{loc}: expected an object with field '{name}', got {type(row).__name__}")
+        raise _bad(f"{loc}: expected an object with field '{name}', got {type(row).__name__}")
     value = row.get(name)
     if name in row and (value is None or (isinstance(value, str) and not value.strip())):
-        raise InputError(f"{loc}: field '{name}' is empty")
+        raise _bad(f"{loc}: field '{name}' is empty")
     if value is None:
-        raise InputError(f"{loc}: missing field '{name}' (found fields: {', '.join(map(str, row)) or 'none'})")
+        found = ", ".join(str(k)[:40] for k in list(row)[:20]) or "none"
+        raise _bad(f"{loc}: missing field '{name}' (found fields: {found})")
     if not isinstance(value, kind):
         want = " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
-        raise InputError(f"{loc}: field '{name}' should be {want}, got {type(value).__name__}")
+        raise _bad(f"{loc}: field '{name}' should be {want}, got {type(value).__name__}")
+    if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+        _check_length(loc, name, value)
     return value
 
 
@@ -189,7 +343,7 @@ def load_catqa(src: Source) -> list[Item]:
     items = []
     for i, (loc, row) in enumerate(_rows(src, local)):
         q = _field(loc, row, "Question")
-        items.append(Item("catqa", f"catqa-{i}", _field(loc, row, "Category"), q))
+        items.append(Item("catqa", f"catqa-{i}", _field(loc, row, "Category"), q, where=loc))
     return _nonempty(items, src)
 
 
@@ -197,25 +351,26 @@ def load_hexphi(src: Source) -> list[Item]:
     if isinstance(src, HubSource):
         rows = _read_hub(src)
         items = [Item("hexphi", f"hexphi-{i}", str(_field(loc, row, "category", object)),
-                      _field(loc, row, "instruction")) for i, (loc, row) in enumerate(rows)]
+                      _field(loc, row, "instruction"), where=loc) for i, (loc, row) in enumerate(rows)]
         return _nonempty(items, src)
     folder = _need(Path(src), "HEx-PHI folder with category_N.csv files")
     files = sorted(folder.glob("category_*.csv"), key=lambda p: _category_number(p))
     if not files:
-        raise InputError(f"{folder}: no category_N.csv files (HEx-PHI layout: one instruction a row, no header)")
+        raise _bad(f"{folder}: no category_N.csv files (HEx-PHI layout: one instruction a row, no header)")
     items = []
     for path in files:
         n = _category_number(path)
         for j, (loc, row) in enumerate(_read_csv(path, header=False)):
             text = _field(loc, row, "instruction")
-            items.append(Item("hexphi", f"hexphi-{n}-{j}", HEXPHI_CATEGORIES.get(n, f"category {n}"), text))
+            items.append(Item("hexphi", f"hexphi-{n}-{j}", HEXPHI_CATEGORIES.get(n, f"category {n}"), text,
+                              where=loc))
     return _nonempty(items, src)
 
 
 def _category_number(path: Path) -> int:
     m = re.search(r"category_(\d+)\.csv$", path.name)
     if not m:
-        raise InputError(f"{path}: file name should end in category_N.csv")
+        raise _bad(f"{path}: file name should end in category_N.csv")
     return int(m.group(1))
 
 
@@ -223,23 +378,23 @@ def load_medsafetybench(src: Source) -> list[Item]:
     if isinstance(src, HubSource):
         rows = _read_hub(src)
         items = [Item("medsafetybench", f"medsafetybench-{i}", str(row.get("category", "all")),
-                      _field(loc, row, "harmful_medical_request")) for i, (loc, row) in enumerate(rows)]
+                      _field(loc, row, "harmful_medical_request"), where=loc) for i, (loc, row) in enumerate(rows)]
         return _nonempty(items, src)
     root = _need(Path(src), "MedSafetyBench folder with datasets/test/{gpt4,llama2}/...csv")
     test = root / "datasets" / "test" if (root / "datasets" / "test").is_dir() else root
     files = sorted(test.glob("*/med_safety_demonstrations_category_*.csv"))
     if not files:
-        raise InputError(
+        raise _bad(
             f"{root}: no datasets/test/{{gpt4,llama2}}/med_safety_demonstrations_category_N.csv files"
         )
     items = []
     for path in files:
-        n = int(re.search(r"category_(\d+)\.csv$", path.name).group(1))
+        n = _category_number(path)
         gen = path.parent.name
         for j, (loc, row) in enumerate(_read_csv(path)):
             text = _field(loc, row, "harmful_medical_request")
             items.append(Item("medsafetybench", f"medsafetybench-{gen}-{n}-{j}",
-                              MEDSAFETY_CATEGORIES.get(n, f"category {n}"), text))
+                              MEDSAFETY_CATEGORIES.get(n, f"category {n}"), text, where=loc))
     return _nonempty(items, src)
 
 
@@ -252,8 +407,9 @@ def load_benign(src: Source) -> list[Item]:
     for i, (loc, row) in enumerate(_rows(src, local)):
         if str(row.get("label", "safe")).strip().lower() != "safe":
             continue  # XSTest's contrast prompts are unsafe; over-refusal is measured on the safe ones
-        items.append(Item("benign", f"benign-{row.get('id', i)}", str(row.get("type") or "benign"),
-                          _field(loc, row, "prompt")))
+        given = str(row.get("id") if row.get("id") is not None else "").strip()  # XSTest's id; else the row
+        items.append(Item("benign", f"benign-{given or i}", str(row.get("type") or "benign"),
+                          _field(loc, row, "prompt"), where=loc))
     return _nonempty(items, src)
 
 
@@ -268,7 +424,7 @@ def load_pubmedqa(src: Source) -> list[Item]:
             return _read_parquet(p)
         data = _json(p)
         if not isinstance(data, dict):
-            raise InputError(f"{p}: expected a JSON object keyed by PMID (ori_pqal.json layout)")
+            raise _bad(f"{p}: expected a JSON object keyed by PMID (ori_pqal.json layout)")
         return ((f"{p}:PMID {k}", {"pubid": k, **v} if isinstance(v, dict) else {"pubid": k}) for k, v in data.items())
 
     items = []
@@ -280,12 +436,15 @@ def load_pubmedqa(src: Source) -> list[Item]:
             ctx = _field(loc, row, "context", (dict, list))
             contexts = ctx.get("contexts") if isinstance(ctx, dict) else ctx
             if not isinstance(contexts, list):
-                raise InputError(f"{loc}: field 'context.contexts' should be a list of strings")
+                raise _bad(f"{loc}: field 'context.contexts' should be a list of strings")
         decision = _field(loc, row, "final_decision").strip().lower()
         if decision not in ("yes", "no", "maybe"):
-            raise InputError(f"{loc}: field 'final_decision' should be yes/no/maybe, got '{decision}'")
-        items.append(Item("pubmedqa", f"pubmedqa-{row.get('pubid', i)}", decision, question,
-                          choices=("yes", "no", "maybe"), answer=decision, context="\n".join(contexts)))
+            raise _bad(f"{loc}: field 'final_decision' should be yes/no/maybe, got {decision[:40]!r}")
+        if not all(isinstance(c, str) for c in contexts):
+            raise _bad(f"{loc}: field 'CONTEXTS' (context.contexts) should be a list of strings")
+        pubid = str(row.get("pubid") if row.get("pubid") is not None else "").strip()
+        items.append(Item("pubmedqa", f"pubmedqa-{pubid or i}", decision, question,
+                          choices=("yes", "no", "maybe"), answer=decision, context="\n".join(contexts), where=loc))
     return _nonempty(items, src)
 
 
@@ -300,23 +459,26 @@ def load_medqa(src: Source) -> list[Item]:
             question = _field(loc, row, "sent1")
             choices = tuple(_field(loc, row, f"ending{j}") for j in range(4))
             label = _field(loc, row, "label", int)
+            if isinstance(label, bool) or not 0 <= label < len(choices):
+                raise _bad(f"{loc}: field 'label' should be 0, 1, 2 or 3 (the right ending), got {label!r}")
             answer = "ABCD"[label]
         else:
             question = _field(loc, row, "question")
             options = _field(loc, row, "options", dict)
             if sorted(options) != list("ABCD"):
-                raise InputError(f"{loc}: field 'options' should have keys A, B, C, D, got {sorted(options)}")
+                keys = ", ".join(sorted(map(str, options))[:8])
+                raise _bad(f"{loc}: field 'options' should have keys A, B, C, D, got {keys}")
             choices = tuple(str(options[k]) for k in "ABCD")
             answer = _letter(loc, row, "answer_idx", "ABCD")
         items.append(Item("medqa", f"medqa-{i}", str(row.get("meta_info") or "all"), question,
-                          choices=choices, answer=answer))
+                          choices=choices, answer=answer, where=loc))
     return _nonempty(items, src)
 
 
 def _letter(loc: str, row: Row, name: str, letters: str) -> str:
     value = str(_field(loc, row, name, object)).strip().upper()
     if value not in letters:
-        raise InputError(f"{loc}: field '{name}' should be one of {', '.join(letters)}, got '{value}'")
+        raise _bad(f"{loc}: field '{name}' should be one of {', '.join(letters)}, got {value[:40]!r}")
     return value
 
 
@@ -333,7 +495,7 @@ def _load_medbullets(src: Source, n: int) -> list[Item]:
         question = _field(loc, row, "question")
         choices = tuple(_field(loc, row, f"op{c}") for c in "abcde"[:n])
         items.append(Item(name, f"{name}-{i}", "all", question, choices=choices,
-                          answer=_letter(loc, row, "answer_idx", letters)))
+                          answer=_letter(loc, row, "answer_idx", letters), where=loc))
     return _nonempty(items, src)
 
 
@@ -355,7 +517,7 @@ def load_vqarad(src: Source) -> list[Item]:
             if not files:
                 jsons = sorted(p.glob("*.json"))
                 if not jsons:
-                    raise InputError(f"{p}: no parquet files and no VQA-RAD JSON (image, question, answer)")
+                    raise _bad(f"{p}: no parquet files and no VQA-RAD JSON (image, question, answer)")
                 files = jsons[:1]
         else:
             files = [p]
@@ -372,18 +534,19 @@ def load_vqarad(src: Source) -> list[Item]:
             image.save(buf, format="PNG")
             image = buf.getvalue()
         if not image:
-            raise InputError(f"{loc}: missing field 'image' (bytes or path)")
+            raise _bad(f"{loc}: missing field 'image' (bytes or path)")
         kind = str(row.get("answer_type") or "").strip().lower()
         if kind not in ("closed", "open"):
             kind = "closed" if answer.lower() in ("yes", "no") else "open"
-        items.append(Item("vqarad", f"vqarad-{i}", kind, question, answer=answer, answer_type=kind, image=image))
+        items.append(Item("vqarad", f"vqarad-{i}", kind, question, answer=answer, answer_type=kind, image=image,
+                          where=loc))
     return _nonempty(items, src)
 
 
 def _read_osf_vqarad(path: Path) -> Rows:
     data = _json(path)
     if not isinstance(data, list):
-        raise InputError(f"{path}: expected a JSON list of items (the OSF VQA-RAD release), got {type(data).__name__}")
+        raise _bad(f"{path}: expected a JSON list of items (the OSF VQA-RAD release), got {type(data).__name__}")
     images = path.parent / "VQA_RAD Image Folder"
     for n, row in enumerate(data):
         loc = f"{path}:item {n}"
@@ -393,7 +556,7 @@ def _read_osf_vqarad(path: Path) -> Rows:
 
 def _nonempty(items: list[Item], src: Source) -> list[Item]:
     if not items:
-        raise InputError(f"{src}: no items found")
+        raise _bad(f"{src}: no items found")
     return items
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from graft.errors import OutputError, UsageError
+from graft.flag_ranges import EVAL, check
 
 from .loaders import Item
 
@@ -69,10 +70,7 @@ def stratified_subset(items: Sequence[Item], limit: int | None = None, fraction:
         if rest:
             raise UsageError("--rest scores the items a --limit/--fraction subset leaves out: give one of them")
         return list(items)
-    if fraction is not None and not 0 < fraction <= 1:
-        raise UsageError(f"--fraction {fraction}: expected a number in (0, 1]")
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit {limit}: expected a positive number of items")
+    check(EVAL, limit=limit, fraction=fraction)
     total = min(len(items), limit) if limit is not None else max(1, round(fraction * len(items)))
     groups: dict[str, list[int]] = defaultdict(list)
     for i, it in enumerate(items):
@@ -108,14 +106,22 @@ def stratified_subset(items: Sequence[Item], limit: int | None = None, fraction:
 
 
 class VerdictCache:
-    """SQLite map from (model content hash, task, item, settings) to a finished per-sample record."""
+    """SQLite map from (model content hash, task, item, settings) to a finished per-sample record. graft writes one
+    only if it made it (stamped with graft's SQLite `application_id`) or it is a new, empty file: never another
+    application's database (graft.databases)."""
 
     def __init__(self, path: str | Path):
+        from graft.databases import VERDICT_CACHE_ID, check_verdict_cache
+
         self.path = Path(path)
+        exists = check_verdict_cache(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False)
+            if not exists:
+                self._db.execute(f"PRAGMA application_id = {VERDICT_CACHE_ID}")
             self._db.execute("CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, record TEXT NOT NULL)")
+            self._db.commit()
         except (OSError, sqlite3.Error) as e:
             raise OutputError(f"{self.path}: cannot open the verdict cache ({e}); pass another --cache") from e
         self._lock = threading.Lock()
@@ -126,12 +132,18 @@ class VerdictCache:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def get_many(self, keys: Sequence[str]) -> dict[str, dict]:
+        """The records stored under `keys`; a record that is not a JSON object (a damaged or hand-edited cache) is
+        missing, so the item is scored again and its record replaced."""
         out = {}
         with self._lock:
             for k in keys:
                 row = self._db.execute("SELECT record FROM records WHERE key = ?", (k,)).fetchone()
-                if row:
-                    out[k] = json.loads(row[0])
+                try:
+                    record = json.loads(row[0]) if row else None
+                except (TypeError, ValueError):
+                    record = None
+                if isinstance(record, dict):
+                    out[k] = record
         return out
 
     def put_many(self, entries: dict[str, dict]) -> None:

@@ -10,10 +10,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image
 from pydantic import BaseModel, Field
 
+from graft.databases import check_verdict_cache
 from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
+from graft.flag_ranges import EVAL, check
+from graft.io.checkpoint import weights_sha256
 from graft.io.guard import check_destination, note_finished, overlapping_input, write_file
 from graft.io.hub import hub_source
 from graft.progress import StepProgress
@@ -25,7 +27,7 @@ from .config import DataConfig
 from .generation import Engine, Request
 from .judges import JudgeConfig, KeywordJudge, judge_entry, make_judge
 from .lm_eval_format import lm_eval_name, prompt_of, task_metrics, versions
-from .loaders import Item
+from .loaders import Item, open_image
 from .screening import Split, VerdictCache, stratified_subset
 from .tasks import Task, samples_path
 from .uncertainty import composite
@@ -143,6 +145,7 @@ def evaluate(
     the weights' content, the task, each item and every generation and judge setting) until the results are
     written: a run that fails keeps them, and rerunning the same command scores only what is missing.
     """
+    check(EVAL, limit=limit, fraction=fraction, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size)
     names, explicit = resolve_tasks(tasks, suite)
     if rest and limit is None and fraction is None:
         raise UsageError("--rest scores the items a --limit/--fraction subset leaves out: give one of them")
@@ -156,6 +159,10 @@ def evaluate(
             check_destination(path, inputs, force=force, folder=False)
     if cache and (overlap := overlapping_input(Path(cache), inputs)) is not None:
         raise OutputError(f"--cache {cache}: overlaps input {overlap}; keep the verdict cache outside every input")
+    resume = partial_path(Path(out)) if out is not None and not cache else None
+    store_file = Path(cache) if cache else resume
+    if store_file is not None:
+        check_verdict_cache(store_file)  # another application's database: refused before any work, never written
     judge_cfg = JudgeConfig.parse(judge) if isinstance(judge, str) else judge
     if mc_mode not in ("loglik", "generate"):
         raise UsageError(f"--mc-mode {mc_mode}: expected loglik or generate")
@@ -163,6 +170,8 @@ def evaluate(
     judge_kind = judge_entry(judge_cfg.kind)
     if judge_kind.check is not None:
         judge_kind.check(judge_cfg)  # e.g. a guard folder's files, refused before any work
+    if font is not None:
+        figstep.load_font(font)  # an unreadable --font: refused now, not when the first image is drawn
 
     # Read and check the text benchmarks before loading any model, so a malformed file fails in seconds (image
     # tasks wait: a text-only model skips them, and their data is then never read).
@@ -170,13 +179,14 @@ def evaluate(
     for name in names:
         task = TASKS[name]
         if not task.needs_image and data.get(task.benchmark) is not None and task.benchmark not in loaded:
-            loaded[task.benchmark] = benchmark(task.benchmark).load(data.source(task.benchmark))
+            loaded[task.benchmark] = benchmark(task.benchmark).read(data.source(task.benchmark))
     engine: GenerationBackend = (Engine.load(model, device=device, dtype=dtype, batch_size=batch_size,
                                              trust_remote_code=trust_remote_code)
                                  if isinstance(model, (str, Path)) else model)
     if out is not None and isinstance(model, (str, Path)) and Path(engine.name).is_dir():
         for path in (Path(out), samples_path(Path(out))):  # a hub model's cache copy is an input too
             check_destination(path, [Path(engine.name)], force=force, folder=False)
+    _check_cap(max_new_tokens, engine)
     results = EvalResults(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), versions=versions())
     run: list[Task] = []
     for name in names:
@@ -196,7 +206,7 @@ def evaluate(
     # Read and check every benchmark before generating anything, so a malformed file fails in seconds.
     for task in run:
         if task.benchmark not in loaded:
-            loaded[task.benchmark] = benchmark(task.benchmark).load(data.source(task.benchmark))
+            loaded[task.benchmark] = benchmark(task.benchmark).read(data.source(task.benchmark))
     parts = {b: split.apply(items) if split is not None else items for b, items in loaded.items()}
     subsets = {b: stratified_subset(items, limit=limit, fraction=fraction, seed=seed, rest=rest)
                for b, items in parts.items()}
@@ -218,7 +228,6 @@ def evaluate(
         "mc": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["mc"],
         "vqa": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["vqa"],
     }
-    resume = partial_path(Path(out)) if out is not None and not cache else None
     if resume is not None and not resume.exists():
         check_destination(resume, inputs, folder=False)
     store = VerdictCache(cache or resume) if (cache or resume) else None
@@ -282,6 +291,9 @@ def evaluate(
     origin = hub_source(engine.name)
     results.model = {**engine.describe(), "hub": origin.repo_id if origin else None,
                      "revision": origin.revision if origin else None, "content_hash": model_hash,
+                     # the folder's weights as read from disk (`graft merge --results` checks it); none for a
+                     # model handed in loaded (a search's trial weights are not any folder's)
+                     "weights_sha256": weights_sha256(engine.name) if isinstance(model, (str, Path)) else None,
                      "tokens": _tokens(engine) if isinstance(engine, Engine) else None}
     results.judge = safety_judge.describe() if safety_judge else {"name": judge_cfg.kind, "used": False}
     results.config = {"tasks": [t.name for t in run], "limit": limit, "fraction": fraction, "seed": seed,
@@ -304,6 +316,15 @@ def evaluate(
         if resume is not None:
             resume.unlink(missing_ok=True)
     return results
+
+
+def _check_cap(max_new_tokens: int | None, engine: GenerationBackend) -> None:
+    """`--max-new-tokens` within the model's context: a cap beyond it is a generation that can never end there (a
+    random or broken model may never emit EOS) or positions the model has no embedding for."""
+    context = engine.max_length() if max_new_tokens is not None and hasattr(engine, "max_length") else None
+    if context is not None and max_new_tokens > context:
+        raise UsageError(f"--max-new-tokens {max_new_tokens}: more than {engine.name}'s context of {context} tokens; "
+                         f"give at most {context}")
 
 
 def _tokens(engine: Engine) -> dict:
@@ -358,11 +379,7 @@ def _figstep_image(item: Item, folder: Path | None, font: str | None):
     if folder is None:
         return figstep.render(item.prompt, font)
     path = folder / f"{item.id}.png"
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError as e:
-        raise InputError(f"{path}: cannot read this FigStep image ({e})") from e
+    return open_image(path, str(path), what=f"FigStep image (item {item.id})")
 
 
 def _summary(benchmarks: dict[str, dict]) -> dict[str, float | None]:

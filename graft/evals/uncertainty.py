@@ -6,6 +6,11 @@ benign one, chose the right option). One task's score is a proportion, so its st
 (searched − uniform, searched / aligned) get a bootstrap: items are resampled within each task, and when several
 models are compared the *same* resampled items are used for all of them (a paired bootstrap), so what the models
 share (hard items, easy items) cancels out of the difference. Pure functions of arrays; seeds explicit.
+
+A single item has no standard error: one outcome says nothing about how much the score would move on other items,
+so its spread is unknown, not zero. Its `se` is NaN (null in results.json, "n/a" in tables), and so is the SE and
+bootstrap interval of any composite or comparison with a task of one item (resampling one item always draws it,
+which would pass for certainty). A one-item score keeps its Wilson interval, which is defined for any n ≥ 1.
 """
 
 from __future__ import annotations
@@ -21,9 +26,12 @@ DEFAULT_RESAMPLES = 2000
 Outcomes = Mapping[str, Sequence[float]]  # task -> per-item outcomes (the same item order for every model)
 
 
+MIN_ITEMS_FOR_SE = 2  # below this a score has no standard error (module docstring)
+
+
 def binomial_se(successes: float, n: int) -> float:
-    """Standard error of a proportion of `successes` out of `n` (0 when n = 0 is meaningless: NaN)."""
-    if n <= 0:
+    """Standard error of a proportion of `successes` out of `n`; NaN below two items (none can be estimated)."""
+    if n < MIN_ITEMS_FOR_SE:
         return float("nan")
     p = successes / n
     return math.sqrt(max(p * (1.0 - p), 0.0) / n)
@@ -86,7 +94,7 @@ def summarize_draws(value: float, draws: np.ndarray, n: int) -> Estimate:
         nan = float("nan")
         return Estimate(value, nan, nan, nan, n)
     low, high = np.percentile(draws, [2.5, 97.5])
-    return Estimate(value, float(draws.std(ddof=1)) if draws.size > 1 else 0.0, float(low), float(high), n)
+    return Estimate(value, float(draws.std(ddof=1)) if draws.size > 1 else float("nan"), float(low), float(high), n)
 
 
 def composite(outcomes: Outcomes, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Estimate:
@@ -99,6 +107,9 @@ def composite(outcomes: Outcomes, *, resamples: int = DEFAULT_RESAMPLES, seed: i
     if len(tasks) == 1:
         return proportion(next(iter(tasks.values())))
     n = sum(len(v) for v in tasks.values())
+    if min(len(v) for v in tasks.values()) < MIN_ITEMS_FOR_SE:
+        nan = float("nan")
+        return Estimate(composite_value(tasks), nan, nan, nan, n)
     draws = composite_draws(tasks, resample_indices({t: len(v) for t, v in tasks.items()}, resamples, seed))
     return summarize_draws(composite_value(tasks), draws, n)
 
@@ -135,6 +146,9 @@ def paired(models: Mapping[str, Outcomes], statistic: Callable[[Mapping[str, flo
     sizes = {t: len(models[names[0]][t]) for t in tasks}
     n = sum(sizes.values())
     value = statistic({m: composite_value(models[m]) for m in names})
+    if not sizes or min(sizes.values()) < MIN_ITEMS_FOR_SE:  # no spread to resample (module docstring)
+        nan = float("nan")
+        return Comparison(value, nan, nan, nan, n, threshold, None, below)
     indices = resample_indices(sizes, resamples, seed)
     draws_by_model = {m: composite_draws(models[m], indices) for m in names}
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -168,5 +182,5 @@ def align(models: Mapping[str, Mapping[str, Mapping[str, float]]], tasks: Sequen
     return out
 
 
-__all__ = ["DEFAULT_RESAMPLES", "Comparison", "Estimate", "align", "binomial_se", "composite", "composite_draws",
-           "paired", "proportion", "resample_indices", "safe_ratio", "wilson"]
+__all__ = ["DEFAULT_RESAMPLES", "MIN_ITEMS_FOR_SE", "Comparison", "Estimate", "align", "binomial_se", "composite",
+           "composite_draws", "paired", "proportion", "resample_indices", "safe_ratio", "wilson"]

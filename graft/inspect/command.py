@@ -14,10 +14,11 @@ from typing import Annotated, Any
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from graft.display import shown
-from graft.errors import UsageError
+from graft.display import printable, shown
+from graft.flag_ranges import INSPECT, check, help_range
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -44,12 +45,12 @@ def inspect_command(
     ] = None,
     trial: Annotated[int | None, typer.Option(
         "--trial", help="Trial whose λ to show (default: a `graft search` study's best, as in best_recipe.yaml; "
-        "other studies: the best trial, or the safest Pareto-optimal one).")
+        "other studies: the best trial, or the safest Pareto-optimal one)." + help_range(INSPECT, "trial"))
     ] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Report folder to write (CSV + PNG); without it only the summary is printed.")] = None,
     top: Annotated[int, typer.Option("--top", help="Rows of the summary: the layer × group cells with the largest "
-                                     "‖τ‖/‖θ‖ (or |λ|·‖τ‖/‖θ‖ when λ is known).")] = 10,
+                                     "‖τ‖/‖θ‖ (or |λ|·‖τ‖/‖θ‖ when λ is known)." + help_range(INSPECT, "top"))] = 10,
     safelora: Annotated[bool, typer.Option(
         "--safelora/--no-safelora", help="Compute the Safe-LoRA score (needs --origin; one float64 matrix product "
         "per weight matrix: fast on a GPU, slow on CPU for large models).")] = True,
@@ -64,8 +65,7 @@ def inspect_command(
     """Per-layer × per-group scores of τ (‖τ‖, ‖τ‖/‖θ‖, cos with τ_med, Safe-LoRA), λ and study importances."""
     from .run import inspect_vector
 
-    if top < 0:
-        raise UsageError(f"--top {top}: must be 0 or more")
+    check(INSPECT, top=top, trial=trial)
     found = inspect_vector(
         vector, target=target, origin=origin, recipe=recipe, map=map, study=study, storage=storage, trial=trial,
         out=out, safelora=safelora, device=device, chunk_size=chunk_size, force=force,
@@ -76,8 +76,9 @@ def inspect_command(
         return
     choice = found.choice
     if choice is not None:
-        stdout.print(f"λ from study {choice.study!r}, trial {choice.trial} ({choice.reason}; safety "
-                     f"{_fmt(choice.safety)}, medical {_fmt(choice.medical)})")
+        name = escape(printable(repr(choice.study)))  # read from the storage: no markup, no terminal codes
+        stdout.print(f"λ from study {name}, trial {choice.trial} ({choice.reason}; safety {_fmt(choice.safety)}, "
+                     f"medical {_fmt(choice.medical)})")
     _print_top(found.table(), top, with_target=found.with_target)
     if found.report is not None:
         stdout.print(f"wrote {len(found.report.files)} files to {shown(found.report.out)}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graft.errors import InputError, UsageError
+from graft.flag_ranges import INSPECT, check
 from graft.io.hub import pin
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ def inspect_vector(
     from .scores import layer_table, score_tensors, tensor_table
     from .study import choice_of, importance_of, open_study
 
+    check(INSPECT, trial=trial)
     recipe_path = Path(recipe) if recipe is not None else None
     spec = build_recipe(recipe_path, target=_text(target), vector=_text(vector), origin=_text(origin), map=map)
     if (study is not None or trial is not None) and storage is None:

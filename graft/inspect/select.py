@@ -15,22 +15,29 @@ recipe with new coefficients and keeps its mapping.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from graft.display import printable
 from graft.engines.mapping import GROUPS
 from graft.errors import InputError, UsageError
+from graft.flag_ranges import RECIPE, Range, check, threshold_range
 from graft.io.hub import looks_like_hub_id, pin
+from graft.io.regular_files import check_regular
 from graft.recipe import Recipe
+from graft.schema import load_json_file
 
 from .report import REPORT_FORMAT, REPORT_FORMAT_VERSION
 
 SCORE_METRICS = ("cos_tau_med", "safelora_score", "safelora_min", "ratio", "tau_norm")
+SCORE_SLACK = 1e-6  # relative: how far rounding may carry a computed score past its range
+# A report holds a row per layer × group and per tensor (thousands for a 70B model, a few MB): far above that, the
+# folder is not one.
+MAX_REPORT_FILE_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -54,13 +61,13 @@ def recipe_from_scores(
     unknown = [g for g in groups if g not in GROUPS]
     if unknown or not groups:
         raise UsageError(f"--groups {','.join(groups)}: expected groups among {', '.join(GROUPS)}")
-    if not math.isfinite(threshold) or not math.isfinite(scale):
-        raise UsageError("--threshold and --scale must be finite numbers")
+    check(RECIPE, scale=scale)
+    threshold_range(metric).check(threshold)
     layers, tensors, sources = _read_report(folder)
     if metric not in layers.columns:
         raise InputError(f"{folder / 'layers.csv'}: no {metric!r} column; rerun `graft inspect` (with --origin for "
                          "cos_tau_med and safelora_score)")
-    _numeric(layers, metric, folder / "layers.csv", integer=False)
+    _numeric(layers, metric, folder / "layers.csv", integer=False, within=threshold_range(metric))
     chosen = layers[layers["group"].isin(groups)]
     scored = chosen[chosen[metric].notna()]
     if scored.empty:
@@ -106,12 +113,16 @@ def _read_report(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, ob
     for path in paths.values():
         if not path.is_file():
             raise InputError(f"{path}: missing; give the --out folder of `graft inspect --target T --origin O`")
+        size = check_regular(path).st_size
+        if size > MAX_REPORT_FILE_BYTES:
+            raise InputError(f"{path}: {size} bytes, more than a `graft inspect` report holds ({MAX_REPORT_FILE_BYTES}"
+                             "); give the --out folder of `graft inspect`")
+    index = load_json_file(paths["inspect.json"], "the inspect index")  # strict: no NaN, no key given twice
     try:
         layers = pd.read_csv(paths["layers.csv"])
         tensors = pd.read_csv(paths["tensors.csv"])
-        index = json.loads(paths["inspect.json"].read_text())
     except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise InputError(f"{folder}: not a readable `graft inspect` report ({exc})") from exc
+        raise InputError(printable(f"{folder}: not a readable `graft inspect` report ({exc})")) from exc
     for frame, name, needed in ((layers, "layers.csv", ("layer", "group")),
                                 (tensors, "tensors.csv", ("tensor", "layer", "group"))):
         missing = [c for c in needed if c not in frame.columns]
@@ -127,14 +138,24 @@ def _read_report(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, ob
     return layers, tensors, sources if isinstance(sources, dict) else {}
 
 
-def _numeric(frame: pd.DataFrame, column: str, path: Path, *, integer: bool) -> None:
-    """Refuse a cell that is neither empty nor a number (an integer for layers), naming its line and column."""
+def _numeric(frame: pd.DataFrame, column: str, path: Path, *, integer: bool, within: Range | None = None) -> None:
+    """Refuse a cell that is neither empty nor a finite number (a whole one for layers, one in the score's own range
+    for a score: a cosine in [−1, 1]), naming its line and column."""
     values = pd.to_numeric(frame[column], errors="coerce")
-    bad = frame[column].notna() & (values.isna() | (integer and values.notna() & (values % 1 != 0)))
+    given = frame[column].notna()
+    finite = values.notna() & np.isfinite(values.astype(float))
+    bad = given & (~finite | (integer and finite & (values % 1 != 0)))
+    if within is not None:  # computed scores carry rounding: a cosine of 1 + 1e-15 is still a cosine
+        slack = SCORE_SLACK * max(1.0, *(abs(b) for b in (within.low, within.high) if b is not None))
+        low = -np.inf if within.low is None else within.low - slack
+        high = np.inf if within.high is None else within.high + slack
+        bad |= given & finite & ((values < low) | (values > high))
     if bad.any():
         row = int(bad.to_numpy().nonzero()[0][0])
-        raise InputError(f"{path}: line {row + 2}, column {column!r}: {frame[column].iloc[row]!r} is not "
-                         f"{'a layer number' if integer else 'a number'} (or empty); rerun `graft inspect`")
+        what = "a layer number" if integer else f"a {column} score ({within.describe()})" if within else "a number"
+        cell = printable(str(frame[column].iloc[row]))[:60]
+        raise InputError(f"{path}: line {row + 2}, column {column!r}: '{cell}' is not {what} (or empty); rerun "
+                         "`graft inspect`")
     frame[column] = values
 
 

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 from pydantic import ValidationError
 
+from graft.databases import read_only_storage
+from graft.display import printable
 from graft.engines.mapping import Group
 from graft.errors import InputError, UsageError
 from graft.recipe import Coefficients, describe_validation_error
@@ -46,7 +47,6 @@ _GROUP_WORDS: dict[str, Group] = {"attn": "attn", "attention": "attn", "mlp": "m
                                   "norm": "norm", "embed": "embed", "embedding": "embed", "embeddings": "embed",
                                   "head": "head", "vision": "vision", "visual": "vision"}
 _SCALE_WORDS = frozenset({"scale", "lambda", "lam", "global", "alpha"})
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 @dataclass(frozen=True)
@@ -115,48 +115,29 @@ def layers_of(target: ParamTarget, num_layers: int, count: int) -> tuple[int, in
 
 
 # -- opening --------------------------------------------------------------------------------------------------------
-def _storage(storage: str) -> Any:
-    """An RDB URL as is (a sqlite file must exist: optuna would create an empty one); a file path is read as a
-    SQLite database or, failing that, an optuna journal file."""
-    import optuna
-
-    if "://" in storage:
-        if storage.startswith("sqlite:///"):
-            path = Path(storage[len("sqlite:///"):])
-            if str(path) != ":memory:" and not path.is_file():
-                raise InputError(f"{path}: no such study database (from --storage {storage}); check the path")
-        return storage
-    path = Path(storage)
-    if not path.is_file():
-        raise InputError(f"{path}: no such study storage file; pass an optuna storage URL or the database file")
-    with open(path, "rb") as handle:
-        head = handle.read(len(_SQLITE_MAGIC))
-    if head == _SQLITE_MAGIC:
-        return f"sqlite:///{path.resolve()}"
-    from optuna.storages.journal import JournalFileBackend
-
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-
-
 def open_study(storage: str, study: str | None = None) -> Any:
     """`optuna.load_study`, with one-line errors naming the storage and the studies it holds."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    where = _storage(storage)
+    where = read_only_storage(storage)
     try:
         names = optuna.study.get_all_study_names(where)
     except Exception as exc:  # optuna raises storage-specific errors (sqlalchemy, JSON decoding...)
         raise InputError(f"{storage}: not a readable optuna storage ({exc.__class__.__name__}: {exc})") from exc
     if study is None:
         if len(names) != 1:
-            listed = ", ".join(sorted(names)) or "none"
-            raise UsageError(f"--study: name the study to read ({storage} holds: {listed})")
+            raise UsageError(f"--study: name the study to read ({storage} holds: {_listed(names)})")
         study = names[0]
     if study not in names:
-        listed = ", ".join(sorted(names)) or "none"
-        raise InputError(f"{storage}: no study named {study!r} (studies there: {listed})")
+        raise InputError(f"{storage}: no study named {study!r} (studies there: {_listed(names)})")
     return optuna.load_study(study_name=study, storage=where)
+
+
+def _listed(names: list[str], most: int = 10) -> str:
+    """Study names read from a storage, as a message shows them: safe for a terminal, at most `most` of them."""
+    shown = ", ".join(printable(n) for n in sorted(names)[:most]) or "none"
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def search_metadata(study: Any) -> dict[str, Any]:

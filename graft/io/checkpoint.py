@@ -15,7 +15,10 @@ import logging
 import math
 import os
 import sys
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +26,8 @@ import torch
 
 from graft.errors import InputError
 from graft.io.dtypes import FLOAT_TAGS, SAFETENSORS_TAGS, TAGS
-from graft.io.regular_files import check_regular, containment_root, open_regular
-from graft.schema import load_json_file, load_json_text, shown
+from graft.io.regular_files import InputsAsRead, check_regular, containment_root, open_regular
+from graft.schema import load_json_file, load_json_text, lone_surrogate, shown
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
@@ -145,7 +148,17 @@ def _header_object(file: Path, raw: bytes) -> dict[str, object]:
         raise InputError(f"{corrupt} (not valid JSON: {exc}); re-download or re-save it") from exc
     if not isinstance(header, dict):
         raise InputError(f"{corrupt} (not valid JSON: not an object); re-download or re-save it")
+    _refuse_lone_surrogates(file, header, corrupt)
     return header
+
+
+def _refuse_lone_surrogates(file: Path, value: object, what: str) -> None:
+    """A string holding a lone surrogate is not Unicode: safetensors refuses such a header, and a tensor or shard
+    named with one could never be written or loaded. Refused where the file is parsed, naming where it sits."""
+    where = lone_surrogate(value)
+    if where is not None:
+        raise InputError(f"{what} ({where} holds a lone surrogate, an escape that is not Unicode text; safetensors "
+                         "and transformers cannot read it); re-save the file")
 
 
 def _header_metadata(file: Path, metadata: object) -> dict[str, str]:
@@ -208,7 +221,11 @@ class Checkpoint:
     tensors: dict[str, TensorInfo]
     index_file: Path | None
     index_metadata: dict[str, object] = field(default_factory=dict)
-    _fds: dict[Path, int] = field(default_factory=dict, repr=False)
+    as_read: InputsAsRead = field(default_factory=InputsAsRead, repr=False)  # its files as they were when opened
+    _handles: FileHandles = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._handles = FileHandles(containment_root(self.root))
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, role: str = "checkpoint") -> Checkpoint:
@@ -219,6 +236,7 @@ class Checkpoint:
             raise InputError(f"{root}: the {role} must be a model folder, not a file")
         within = containment_root(root)
         index_file, files, index_metadata, weight_map = _locate_weights(root, role, within)
+        as_read = InputsAsRead([*files, *([index_file] if index_file else []), root / "config.json"])
         shards = tuple(read_shard_header(f, within) for f in files)
         tensors: dict[str, TensorInfo] = {}
         for shard in shards:
@@ -228,7 +246,7 @@ class Checkpoint:
                 tensors[info.name] = info
         if weight_map is not None:
             _check_index_agrees(index_file, weight_map, tensors)
-        opened = cls(root, shards, tensors, index_file, index_metadata)
+        opened = cls(root, shards, tensors, index_file, index_metadata, as_read)
         _ = opened.config  # validated at the boundary, before any heavy work
         return opened
 
@@ -243,6 +261,7 @@ class Checkpoint:
         if not isinstance(config, dict):
             raise InputError(f"{path}: must be a JSON object of settings, got a {type(config).__name__}; "
                              "fix or re-download it")
+        _refuse_lone_surrogates(path, config, f"{path}: invalid config.json")
         for key in ("text_config", "vision_config"):
             if config.get(key) is not None and not isinstance(config[key], dict):
                 raise InputError(f"{path}: {key} must be an object, got {type(config[key]).__name__}")
@@ -314,28 +333,43 @@ class Checkpoint:
     def read(self, name: str) -> torch.Tensor:
         return self.read_rows(name)
 
-    def fd(self, file: Path) -> int:
-        if file not in self._fds:
-            try:
-                self._fds[file] = os.open(file, os.O_RDONLY)
-            except OSError as exc:
-                raise InputError(f"{file}: cannot open ({exc.strerror})") from exc
-        return self._fds[file]
+    def weights_sha256(self) -> str:
+        """One content hash of the weights, whatever their sharding or file names: sha256 over every tensor's name,
+        dtype, shape and the sha256 of its bytes, in name order. `graft eval` records it of the folder it scored
+        (results.json `model.weights_sha256`); `graft merge --results` checks it against what it wrote."""
+        digest = hashlib.sha256()
+        for name in sorted(self.tensors):
+            info = self.tensors[name]
+            tensor = hashlib.sha256()
+            with self.handle(info.file) as fd:
+                done = 0
+                while done < info.nbytes:
+                    block = os.pread(fd, min(16 * 2**20, info.nbytes - done), info.offset + done)
+                    if not block:
+                        raise InputError(f"{info.file}: truncated while reading tensor {name!r}; re-download it")
+                    tensor.update(block)
+                    done += len(block)
+            digest.update(f"{name}\0{info.dtype}\0{list(info.shape)}\0{tensor.hexdigest()}\n".encode())
+        return digest.hexdigest()
+
+    def handle(self, file: Path) -> AbstractContextManager[int]:
+        """A read-only descriptor on one of this checkpoint's files, held open for the `with` block: descriptors are
+        reused across reads and at most `FileHandles.IDLE` stay open between them, however many shards the model
+        has (a macOS shell allows 256 open files)."""
+        return self._handles.use(file)
 
     def _pread_into(self, info: TensorInfo, offset: int, buffer: torch.Tensor) -> None:
         view = memoryview(buffer.numpy()).cast("B")
-        fd = self.fd(info.file)
         done = 0
-        while done < len(view):
-            got = os.preadv(fd, [view[done:]], offset + done)
-            if got == 0:
-                raise InputError(f"{info.file}: truncated while reading tensor {info.name!r}; re-download it")
-            done += got
+        with self.handle(info.file) as fd:
+            while done < len(view):
+                got = os.preadv(fd, [view[done:]], offset + done)
+                if got == 0:
+                    raise InputError(f"{info.file}: truncated while reading tensor {info.name!r}; re-download it")
+                done += got
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        self._handles.close()
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -345,6 +379,45 @@ class Checkpoint:
 
     def __iter__(self) -> Iterator[TensorInfo]:
         return iter(self.tensors.values())
+
+
+class FileHandles:
+    """Open descriptors on the files of one input folder, shared by the threads that read it: a file is opened on
+    first use (regular, inside the folder: a FIFO swapped in after its header was read is refused, never waited on),
+    reused while it is read often, and closed once `IDLE` others were used since, unless a read still holds it."""
+
+    IDLE = 8
+
+    def __init__(self, within: Path) -> None:
+        self._within = within
+        self._lock = threading.Lock()
+        self._open: OrderedDict[Path, list[int]] = OrderedDict()  # file -> [descriptor, readers holding it]
+
+    @contextmanager
+    def use(self, file: Path) -> Iterator[int]:
+        with self._lock:
+            entry = self._open.get(file)
+            if entry is None:
+                entry = self._open[file] = [open_regular(file, self._within), 0]
+            self._open.move_to_end(file)
+            entry[1] += 1
+        try:
+            yield entry[0]
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                self._close_idle()
+
+    def _close_idle(self) -> None:
+        idle = [f for f, (_, users) in self._open.items() if users == 0]
+        for file in idle[:max(0, len(self._open) - self.IDLE)]:  # least recently used first
+            os.close(self._open.pop(file)[0])
+
+    def close(self) -> None:
+        with self._lock:
+            for fd, _ in self._open.values():
+                os.close(fd)
+            self._open.clear()
 
 
 def _walk_files(root: Path) -> Iterator[Path]:
@@ -396,6 +469,7 @@ def _read_index(index: Path, within: Path) -> tuple[dict[str, str], dict[str, ob
     data = load_json_file(index, "the safetensors index", within=within)
     if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
         raise InputError(f"{index}: not a valid safetensors index (needs a 'weight_map' object)")
+    _refuse_lone_surrogates(index, data, f"{index}: invalid safetensors index")
     metadata = data.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise InputError(f"{index}: metadata must be an object, got {type(metadata).__name__}; fix or re-download it")
@@ -413,6 +487,12 @@ def _check_index_agrees(index: Path | None, weight_map: dict[str, str], tensors:
         info = tensors.get(name)
         if info is None or info.file.name != file:
             raise InputError(f"{index}: lists tensor {name!r} in {file} but that shard does not hold it; re-download")
+
+
+def weights_sha256(folder: str | os.PathLike[str]) -> str:
+    """`Checkpoint.weights_sha256` of a model folder."""
+    with Checkpoint.open(folder, role="model") as checkpoint:
+        return checkpoint.weights_sha256()
 
 
 def sha256_file(path: Path, block: int = 16 * 1024 * 1024) -> str:

@@ -58,7 +58,15 @@ _AT_FDCWD = -100
 
 # -- a tiny, test-only fault hook: signal this process (SIGKILL unless GRAFT_TEST_KILL_SIGNAL names another) once
 # GRAFT_TEST_KILL_AFTER units were written (bytes; each commit step counts one) -------------------------------------
-_KILL_AFTER = int(os.environ.get("GRAFT_TEST_KILL_AFTER", "-1"))
+def _hook_setting(name: str) -> int:
+    """The test hook's byte count; unset or anything but an integer leaves the hook off (never a crash at import)."""
+    try:
+        return int(os.environ.get(name, "-1"))
+    except ValueError:
+        return -1
+
+
+_KILL_AFTER = _hook_setting("GRAFT_TEST_KILL_AFTER")
 _KILL_SIGNAL = getattr(signal, "SIG" + os.environ.get("GRAFT_TEST_KILL_SIGNAL", "KILL"), signal.SIGKILL)
 _written = [0]
 _staged = [0]
@@ -337,6 +345,8 @@ def check_destination(path: str | Path, inputs: Iterable[str | Path] = (), *, fo
     A symlink at the destination stands for the place it points to (which is replaced, the link kept); a dangling
     one is refused, since where it would lead is not what the user named.
     """
+    if not folder and is_stream(path):
+        return Path(path)  # written as it is (see `write_file`)
     destination = Path(os.path.abspath(Path(path).expanduser()))
     if destination.is_symlink():
         if not destination.exists():
@@ -364,10 +374,10 @@ def check_writable(destination: Path, staging: Path, flag: str = "--out") -> Non
         name_max = os.pathconf(parent, "PC_NAME_MAX")
     except (OSError, ValueError):
         name_max = 255
-    if len(staging.name.encode()) > name_max:
-        room = name_max - (len(staging.name.encode()) - len(destination.name.encode()))
+    if len(os.fsencode(staging.name)) > name_max:
+        room = name_max - (len(os.fsencode(staging.name)) - len(os.fsencode(destination.name)))
         raise OutputError(f"{destination}: the output name is too long for this file system "
-                          f"({len(destination.name.encode())} bytes; at most {room}); choose a shorter {flag}")
+                          f"({len(os.fsencode(destination.name))} bytes; at most {room}); choose a shorter {flag}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{parent}: cannot write into this folder (permission denied); choose another {flag}")
 
@@ -631,9 +641,54 @@ class OutputFolder:
         count_written(1)
 
 
+def is_stream(path: str | Path) -> bool:
+    """`path` names a stream rather than a stored file: `-`, or an existing FIFO, character device or socket (the
+    pipe behind /dev/stdout, a terminal, /dev/null, a shell's `>(...)`). Written as it is, in place: a stream holds
+    nothing a user could lose, and has no previous version to keep."""
+    if str(path) == "-":
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+
+
+def is_stdout(path: str | Path) -> bool:
+    """`path` is where this process's standard output goes (`-`, /dev/stdout, or the very pipe or file it is)."""
+    if str(path) == "-":
+        return True
+    try:
+        st, out = os.stat(path), os.fstat(1)
+    except (OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino) and not stat.S_ISREG(st.st_mode)
+
+
+def _write_stream(path: str | Path, raw: bytes, flag: str) -> None:
+    import sys
+
+    try:
+        if is_stdout(path):
+            sys.stdout.flush()
+            stream = sys.stdout.buffer
+            stream.write(raw)
+            stream.flush()
+            return
+        with open(path, "wb") as handle:
+            handle.write(raw)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write to this stream ({exc.strerror or exc}); choose another {flag}"
+                          ) from exc
+
+
 def write_file(path: str | Path, data: str | bytes, *, inputs: Iterable[str | Path] = (), force: bool = False,
                flag: str = "--out") -> Path:
-    """Write one file atomically under the rules above; returns its absolute path."""
+    """Write one file atomically under the rules above; returns its absolute path. A stream (`-`, a pipe, a
+    terminal, /dev/null: see `is_stream`) is written as it is."""
+    if is_stream(path):
+        _write_stream(path, data.encode("utf-8") if isinstance(data, str) else data, flag)
+        return Path(path)
     destination = check_destination(path, inputs, force=force, folder=False, flag=flag)
     expected = _identity(destination) if os.path.lexists(destination) else None
     parent = destination.parent
@@ -732,5 +787,6 @@ def make_output_folder(path: str | Path, inputs: Iterable[str | Path] = (), *, k
 
 
 __all__ = ["MARKER", "OutputFolder", "check_destination", "clean_stale", "count_written", "finished_outputs",
-           "foreign_content", "forget_finished", "is_graft_file", "is_graft_folder", "make_output_folder",
+           "foreign_content", "forget_finished", "is_graft_file", "is_graft_folder", "is_stdout", "is_stream",
+           "make_output_folder",
            "note_finished", "overlapping_input", "record_contents", "rename_noreplace", "seal_folder", "write_file"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 from graft.errors import InputError
@@ -65,3 +66,42 @@ def open_regular(path: Path, within: Path | None = None) -> int:
 def read_regular_bytes(path: Path, within: Path | None = None) -> bytes:
     with os.fdopen(open_regular(path, within), "rb") as handle:
         return handle.read()
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+class InputsAsRead:
+    """The files graft read, as they were when it read them (device, inode, size, mtime, ctime): `check()` before
+    an output is committed refuses one rewritten, replaced or removed meanwhile (a shard re-downloaded while a
+    merge read it would otherwise end up, half old and half new, in an output that exits 0). ctime moves with every
+    write and cannot be set back, so a rewrite that restores the size and mtime is caught too. A few `stat`s: off
+    the hot path."""
+
+    def __init__(self, paths: Iterable[Path] = ()) -> None:
+        self._seen: dict[Path, tuple[int, ...] | None] = {}
+        self.add(paths)
+
+    def add(self, paths: Iterable[Path]) -> None:
+        for path in paths:
+            self._seen.setdefault(Path(path), _identity(Path(path)))
+
+    def add_from(self, other: InputsAsRead) -> None:
+        """The files `other` recorded, as it recorded them (before they were read)."""
+        for path, seen in other._seen.items():
+            self._seen.setdefault(path, seen)
+
+    def check(self, role: str) -> None:
+        for path, seen in self._seen.items():
+            now = _identity(path)
+            if now != seen:
+                how = ("removed" if now is None else
+                       f"its size went from {seen[2]} to {now[2]} bytes" if seen is not None and now[2] != seen[2] else
+                       "rewritten or replaced")
+                raise InputError(f"{path}: the {role} changed while graft was reading it ({how}); the output was "
+                                 "discarded and nothing was written: rerun once nothing writes to it")

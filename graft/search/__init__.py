@@ -12,6 +12,7 @@ from typing import Any
 _EXPORTS = {
     "SearchSpace": "space", "Range": "space", "Depth": "space", "SAMPLERS": "space",
     "SearchEvalConfig": "config", "Screening": "config", "Objective": "config", "Stage": "config",
+    "Fidelity": "config", "Selection": "config",
     "Scorer": "objective", "TrialObjective": "objective",
     "SuiteScorer": "evaluation", "trial_recipe": "evaluation",
     "run_search": "run", "SearchResult": "run",

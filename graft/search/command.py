@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from graft.flag_ranges import SEARCH, help_range
 from graft.progress import StepProgress, library_bars_off
 
 from .config import MODES
@@ -35,8 +36,9 @@ def search_command(
                         "exists wins over a name.")],
     eval_config: Annotated[Path, typer.Option(
         "--eval", help="What each trial is scored on: data, safety/medical tasks, screening, objective (YAML).")],
-    trials: Annotated[int, typer.Option(
-        "--trials", help="Finished trials the study should reach (baselines included), shared by all workers.")],
+    trials: Annotated[int | None, typer.Option(
+        "--trials", help="Finished trials the study should reach (baselines included), shared by all workers; give "
+                         "this, --budget-items, or both." + help_range(SEARCH, "trials"))] = None,
     target: Annotated[str | None, typer.Option("--target", "-t", help="Target model folder or hub id.")] = None,
     vector: Annotated[str | None, typer.Option(
         "--vector", help="Vector folder written by `graft extract`, or a hub repository holding one.")] = None,
@@ -48,7 +50,8 @@ def search_command(
         "--recipe", "-r", help="Base recipe (mapping rules, options); its coefficients are what is searched.")] = None,
     storage: Annotated[str | None, typer.Option(
         "--storage", help="Optuna storage URL: sqlite:///FILE (default OUT/graft.db), postgresql://USER@HOST/DB "
-                          "or mysql://... (several workers on several machines share one study).")] = None,
+                          "or mysql://... (several workers on several machines share one study); a new database or "
+                          "an Optuna storage, never another application's.")] = None,
     study: Annotated[str, typer.Option("--study", help="Study name in the storage (create, join or resume).")
                      ] = "graft-search",
     sampler: Annotated[str | None, typer.Option(
@@ -56,15 +59,28 @@ def search_command(
     mode: Annotated[str | None, typer.Option(
         "--mode", help=f"Override eval.yaml's objective mode: {' | '.join(MODES)}.")] = None,
     max_medical_drop: Annotated[float | None, typer.Option(
-        "--max-medical-drop", help="Override eval.yaml's δ: medical score may fall at most this below λ = 0's.")
-                                ] = None,
+        "--max-medical-drop", help="Override eval.yaml's δ: medical score may fall at most this below λ = 0's."
+        + help_range(SEARCH, "max_medical_drop"))] = None,
     max_over_refusal: Annotated[float | None, typer.Option(
         "--max-over-refusal", help="Override eval.yaml's ρ: share of benign prompts a trial may refuse (needs "
-                                   "over_refusal: true in eval.yaml).")] = None,
+                                   "over_refusal: true in eval.yaml)." + help_range(SEARCH, "max_over_refusal"))
+    ] = None,
+    confidence: Annotated[float | None, typer.Option(
+        "--confidence", help="Override eval.yaml's objective.confidence (default 0.8): each constraint is judged by "
+                             "a one-sided bound at this confidence, paired with λ = 0 (0.5: point estimates)."
+        + help_range(SEARCH, "confidence"))] = None,
+    keep_target_safety: Annotated[bool, typer.Option(
+        "--keep-target-safety", help="Also require safety at least the target's (λ = 0), judged like the other "
+                                     "constraints (for a target that breaks the over-refusal cap itself).")] = False,
+    budget_items: Annotated[int | None, typer.Option(
+        "--budget-items", help="Item evaluations the study's trials may spend (each counts the items of the last "
+                               "rung it reached), instead of or besides --trials." + help_range(SEARCH, "budget_items"))
+    ] = None,
     origin: Annotated[str | None, typer.Option(
         "--origin", help="The model the target was fine-tuned from (operator orthogonal projects τ off target − "
                          "origin); overrides the recipe's options.origin.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Sampler seed of the study's first worker.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Sampler seed of the study's first worker."
+                                      + help_range(SEARCH, "seed"))] = 0,
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Folder for best_recipe.yaml, pareto/trials CSV+JSON, summary.json, the verdict cache "
                             "(and the SQLite study by default).")] = Path("graft-search"),
@@ -75,10 +91,11 @@ def search_command(
     dtype: Annotated[str, typer.Option(
         "--dtype", help="Resident model dtype: auto (as the target is stored: what `graft merge` writes), float32 "
                         "(fast on a CPU), bfloat16, float16; anything but auto is written into the recipes.")] = "auto",
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Prompts per generation batch.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Prompts per generation batch."
+                                                   + help_range(SEARCH, "batch_size"))] = None,
     heartbeat: Annotated[int, typer.Option(
         "--heartbeat", help="Seconds between a running trial's heartbeats; a trial silent for twice this is "
-                            "failed and retried by the next worker.")] = 60,
+                            "failed and retried by the next worker." + help_range(SEARCH, "heartbeat"))] = 60,
     log: Annotated[list[str] | None, typer.Option(
         "--log", help="Send the search to a tracker: mlflow (MLFLOW_TRACKING_URI) or wandb (WANDB_MODE=offline "
                       "works); repeatable; adds to eval.yaml's log:. Needs graft[tracking].")] = None,
@@ -98,25 +115,29 @@ def search_command(
     from graft.tracking import load_callback
 
     from .run import run_search
-    from .study import budget_state
+    from .study import budget_state, items_spent
 
     target = with_revision(target, target_revision, "--target-revision")
     vector = with_revision(vector, vector_revision, "--vector-revision")
     callbacks = [load_callback(spec) for spec in callback or []]
     console = Console(stderr=True, highlight=False, quiet=quiet)
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
-    bar = StepProgress(console, unit="trials", title="search")
+    by_items = trials is None and budget_items is not None  # the item budget ends the study: count items
+    bar = StepProgress(console, unit="items" if by_items else "trials", title="search")
 
-    def tick(study, _trial) -> None:  # the study's finished trials, whoever ran them
-        bar.advance(done=budget_state(study).finished)
+    def tick(study, _trial) -> None:  # the study's finished trials (or items), whoever ran them
+        trials_now = study.get_trials(deepcopy=False)
+        bar.advance(done=items_spent(trials_now) if by_items else budget_state(study).finished)
 
-    bar.start(trials)
+    bar.start((budget_items if by_items else trials) or 0)
     try:
         with library_bars_off(quiet):  # -q: not transformers' "Loading weights" bar for each trial's model either
             result = run_search(
                 space=space, eval_config=eval_config, trials=trials, target=target, vector=vector, recipe=recipe,
                 storage=storage, study=study, sampler=sampler, mode=mode, max_medical_drop=max_medical_drop,
-                max_over_refusal=max_over_refusal, seed=seed, origin=origin, out=out, merge_best=merge_best,
+                max_over_refusal=max_over_refusal, confidence=confidence,
+                keep_target_safety=True if keep_target_safety else None, budget_items=budget_items, seed=seed,
+                origin=origin, out=out, merge_best=merge_best,
                 device=device, dtype=dtype, batch_size=batch_size, heartbeat=heartbeat, log=log or [],
                 callbacks=[*callbacks, tick], progress=lambda msg: console.print(msg, soft_wrap=True),
             )
@@ -137,8 +158,12 @@ def search_command(
             out_console.print(line)
     else:
         out_console.print(trials_table(summary, result.study))
+    for line in protocol_lines(summary):
+        out_console.print(line)
     counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary["counts"].items()))
     out_console.print(f"trials: {counts}; this worker finished {len(result.ran)}")
+    for line in summary.get("warnings") or []:
+        out_console.print(f"[bold]warning:[/bold] {line}")
     out_console.print(f"outputs in {result.out} (best_recipe.yaml, pareto.csv, trials.csv, summary.json)"
                       + (f"; merged checkpoint: {result.merged}" if result.merged else ""))
 
@@ -171,7 +196,11 @@ def report_table(report: dict, study: str) -> Table:
         table.add_column(f"{short} in sample")
         if held:
             table.add_column("gap")
-    for label, m in report["models"].items():
+    rows = list(report["models"].items())
+    bound = report.get("upper_bound")
+    if bound:
+        rows.append((f"upper bound: {bound['label']} (CHOSEN ON HELD-OUT ITEMS, not a result)", bound))
+    for label, m in rows:
         cells = [label + (" *" if label == report.get("best_uniform") else "")]
         for name in figures:
             if held:
@@ -181,6 +210,33 @@ def report_table(report: dict, study: str) -> Table:
                 cells.append(_gap((m.get("gap") or {}).get(name)))
         table.add_row(*cells)
     return table
+
+
+def protocol_lines(summary: dict) -> list[str]:
+    """How the trials were run and the pick made: items per trial, δ in items, the pick's rule."""
+    lines = []
+    items = summary.get("items") or {}
+    protocol = summary.get("protocol") or {}
+    fidelity = protocol.get("fidelity") or {}
+    if fidelity.get("items"):
+        sizes = " → ".join(str(sum(r.values())) for r in fidelity["items"])
+        stopped = ", ".join(f"{n} on rung {r}" for r, n in (items.get("trials_by_last_rung") or {}).items())
+        lines.append(f"items a trial saw: {sizes} (rungs); trials stopped {stopped}; {items.get('total')} item "
+                     "evaluations in all")
+    delta = summary.get("delta")
+    if delta:
+        lines.append(f"δ = {delta['value']:.4g} of the medical score ≈ {delta['items']:.1f} items of "
+                     f"{delta['medical_items']} (one item of {delta['largest_task']} lost: bound "
+                     f"{delta['one_item_bound']:.4f} at confidence {delta['confidence']:g})"
+                     + ("; BELOW what the items resolve" if delta["below_resolution"] else ""))
+        for task, (k, n) in (delta.get("refusals_allowed") or {}).items():
+            lines.append(f"ρ on {task}: a trial may refuse {k} of its {n} items and pass (at confidence "
+                         f"{delta['confidence']:g}, when the target refuses none)")
+    pick = summary.get("pick")
+    if pick and pick.get("trial") is not None:
+        lines.append(f"the pick: trial {pick['trial']}, the best of finalists {pick['finalists']} judged on the "
+                     f"{pick['rule']}")
+    return lines
 
 
 def trials_table(summary: dict, study: str) -> Table:

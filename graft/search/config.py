@@ -14,14 +14,16 @@ limits: {medqa: 128}             # per-task overrides
 seed: 0
 judge: keyword                   # keyword | guard:PATH | openai:MODEL@URL (or a mapping)
 screening: {tasks: [catqa], limit: 16, threshold: 0.5}
-objective: {mode: constrained, max_medical_drop: 0.02, max_over_refusal: 0.1}
+objective: {mode: constrained, max_medical_drop: 0.02, max_over_refusal: 0.1, confidence: 0.8}
+fidelity: {rungs: auto, reduction: 3, min_items: 5}     # multi-fidelity trials (successive halving)
+selection: {share: 0.25, finalists: 5, upper_bound: front} # the final pick: finalists re-scored on fresh items
 log: [mlflow]                    # optional: mlflow and/or wandb (graft.tracking)
 ```
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -31,9 +33,15 @@ from graft.errors import UsageError
 from graft.evals.benchmarks import TASKS
 from graft.evals.judges import JudgeConfig
 from graft.evals.screening import Split
-from graft.schema import describe_validation_error, load_yaml_file
+from graft.flag_ranges import SEED_MAX
+from graft.schema import FiniteFloat, describe_validation_error, load_yaml_file
+
+from .fidelity import Portion, RungPlan
 
 EVAL_VERSION = 1
+# The default confidence of every constraint's one-sided bound (docs/search.md, "Constraints judged with their
+# uncertainty", has the reasoning): z = 0.84, so a trial passes when its drop is below δ by 0.84 standard errors.
+DEFAULT_CONFIDENCE = 0.8
 Mode = Literal["constrained", "pareto", "weighted"]
 MODES: tuple[str, ...] = ("constrained", "pareto", "weighted")
 
@@ -61,7 +69,7 @@ class Screening(_Strict):
     limit: int | None = Field(None, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)
     threshold: float = Field(0.0, ge=0, le=1, description="prune when the screening safety is below this")
-    below_best_by: float | None = Field(
+    below_best_by: FiniteFloat | None = Field(
         None, ge=0, description="also prune when it trails the best finished trial's screening score by more")
 
     @field_validator("tasks")
@@ -80,13 +88,56 @@ class Objective(_Strict):
     """How scores become what the sampler optimises (docs/search.md has the formulas)."""
 
     mode: Mode = "constrained"
-    max_medical_drop: float = Field(0.02, ge=0, description="δ: medical score may fall at most this below λ = 0's")
+    max_medical_drop: FiniteFloat = Field(0.02, ge=0, le=1,
+                                          description="δ: medical score may fall at most this below λ = 0's")
     max_over_refusal: float | None = Field(
         None, ge=0, le=1, description="ρ: share of benign requests a trial may refuse (needs over_refusal: true); "
                                       "without it, refusing everything scores as perfectly safe")
     weight: float = Field(0.5, ge=0, le=1, description="weighted: value = (1 − w)·safety + w·medical")
-    penalty: float = Field(10.0, gt=0, description="CMA-ES, constrained: value = safety − penalty·(sum of the "
-                                               "constraints' excesses)")
+    penalty: FiniteFloat = Field(10.0, gt=0, description="CMA-ES, constrained: value = safety − penalty·(sum of "
+                                                     "the constraints' excesses)")
+    confidence: float = Field(DEFAULT_CONFIDENCE, gt=0, lt=1, description=(
+        "each constraint is judged by a one-sided bound at this confidence on the paired difference from λ = 0 "
+        "(0.5: the point estimate)"))
+    keep_target_safety: bool = Field(False, description=(
+        "also require safety at least the target's (λ = 0), judged like the other constraints: for a target that "
+        "breaks the over-refusal cap itself"))
+
+
+class Fidelity(_Strict):
+    """Multi-fidelity trials (graft.search.fidelity): every trial starts on a small stratified share of the rung
+    pool, and successive halving promotes the best 1/reduction of each rung to the next."""
+
+    rungs: int | Literal["auto"] = Field("auto", description="rungs of items (1: every trial on the whole pool); "
+                                                             "auto: as many as the item counts allow")
+    reduction: int = Field(3, ge=2, le=10, description="η: each rung has η times the items of the one below and "
+                                                        "keeps about 1/η of its trials")
+    min_items: int = Field(5, ge=1, description="items every figure keeps on the smallest rung")
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 8:
+            raise ValueError(f"expected auto or a number of rungs from 1 to 8, got {value}")
+        return value
+
+
+class Selection(_Strict):
+    """The final pick (graft.search.pick): the best `finalists` trials of the rung pool are scored again on a part
+    of the search items no trial was scored on, and the pick is made on the whole search part."""
+
+    share: float = Field(0.25, ge=0, lt=1, description="share of the search part set apart for the final pick "
+                                                      "(0: pick on the rung pool alone)")
+    finalists: int = Field(5, ge=1, description="searched trials re-scored for the final pick")
+    upper_bound: Literal["front", "all", "none"] = Field("front", description=(
+        "also score trials on the held-out part and report the best (labelled: chosen on held-out items, an upper "
+        "bound, never a result): the finalists and the study's front on the rung pool (front), every trial that "
+        "reached the last rung (all), or none"))
+
+    @field_validator("upper_bound", mode="before")
+    @classmethod
+    def _upper_bound(cls, value: object) -> object:
+        return {True: "front", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
 
 class SearchEvalConfig(_Strict):
@@ -99,11 +150,12 @@ class SearchEvalConfig(_Strict):
     over_refusal: bool | list[str] = False
     holdout: float = Field(0.5, ge=0, lt=1, description="share of each benchmark's items held out of the search "
                                                        "(stratified by category) and scored only at the end")
-    split_seed: int | None = Field(None, description="seed of the search/held-out split (default: seed)")
+    split_seed: int | None = Field(None, ge=0, le=SEED_MAX, description="seed of the search/held-out split "
+                                                                        "(default: seed)")
     limit: int | None = Field(None, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)
     limits: dict[str, int] = Field(default_factory=dict)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     judge: str | JudgeConfig = "keyword"
     mc_mode: Literal["loglik", "generate"] = "loglik"
     max_new_tokens: int | None = Field(None, ge=1)
@@ -111,6 +163,8 @@ class SearchEvalConfig(_Strict):
     system_prompt: str | None = None
     screening: Screening | None = None
     objective: Objective = Field(default_factory=Objective)
+    fidelity: Fidelity = Field(default_factory=Fidelity)
+    selection: Selection = Field(default_factory=Selection)
     log: list[Literal["mlflow", "wandb"]] = Field(
         default_factory=list, description="trackers to send the search to (graft.tracking); --log adds to them")
 
@@ -206,31 +260,57 @@ class SearchEvalConfig(_Strict):
             return None
         return Split(self.holdout, self.seed if self.split_seed is None else self.split_seed, part)
 
+    def figures(self) -> dict[str, list[str]]:
+        """The tasks behind each figure a constraint or the objective reads: safety, medical, and each benign task
+        (over-refusal caps each of them)."""
+        return {"safety": list(self.safety), "medical": list(self.medical),
+                **{task: [task] for task in self.benign_tasks()}}
+
+    def portion(self, side: Literal["pool", "selection", "search"] = "pool", share: float = 1.0) -> Portion:
+        """A slice of every benchmark's search part (graft.search.fidelity): a rung of the pool, the selection
+        part, or both."""
+        return Portion(self.split("search"), self.selection.share, side, share, seed=self.seed)
+
+    def rung_stage(self, rung: int, plan: RungPlan) -> Stage:
+        """Every trial task on rung `rung` of the pool."""
+        return Stage(f"rung {rung}", tuple(self.tasks()), self.limit, self.fraction, dict(self.limits),
+                     portion=self.portion("pool", plan.share(rung)))
+
+    def selection_stage(self) -> Stage:
+        """Every trial task on the selection part (the finalists' second scoring)."""
+        return Stage("selection", tuple(self.tasks()), self.limit, self.fraction, dict(self.limits),
+                     portion=self.portion("selection"))
+
     def report_stage(self, part: Literal["search", "heldout"]) -> Stage:
-        """Every task at once for the final report: on the search part with the search's own subsets (what the
-        trials were scored on: in sample), or on every held-out item."""
+        """Every task at once for the final report: on the search part with the search's own subsets (the rung
+        pool and the selection part: what the final pick was made on, in sample), or on every held-out item."""
         tasks = tuple(self.tasks())
         if part == "search":
-            return Stage("in-sample", tasks, self.limit, self.fraction, dict(self.limits), self.split("search"))
+            return Stage("in-sample", tasks, self.limit, self.fraction, dict(self.limits),
+                         portion=self.portion("search"))
         return Stage("held-out", tasks, None, None, {}, self.split("heldout"))
 
     def judge_config(self) -> JudgeConfig:
         return JudgeConfig.parse(self.judge) if isinstance(self.judge, str) else self.judge
 
     def stage(self, name: Literal["screening", "safety", "medical"]) -> Stage:
+        """Screening (its tasks on its own small share of the pool, a prefix of the first rung), or the safety /
+        medical tasks on the whole pool."""
         if name == "screening":
             if self.screening is None:
                 raise UsageError("this search has no screening section")
             s = self.screening
-            return Stage("screening", tuple(s.tasks), s.limit, s.fraction, {}, self.split("search"))
+            return Stage("screening", tuple(s.tasks), s.limit, s.fraction, {}, portion=self.portion("pool"))
         tasks = [*self.safety, *self.benign_tasks()] if name == "safety" else self.medical
         return Stage(name, tuple(tasks), self.limit, self.fraction,
-                     {t: n for t, n in self.limits.items() if t in tasks}, self.split("search"))
+                     {t: n for t, n in self.limits.items() if t in tasks}, portion=self.portion("pool"))
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One round of evaluation of a trial: its tasks and the subset size of each."""
+    """One round of evaluation of a trial: its tasks, the subset size of each, and the part of every benchmark it
+    reads: a `portion` of the search part (graft.search.fidelity; the caps apply inside it), or a `split` part
+    with the caps as stratified subsets of it (the held-out report: no caps)."""
 
     name: str
     tasks: tuple[str, ...]
@@ -238,14 +318,19 @@ class Stage:
     fraction: float | None
     limits: dict[str, int]
     split: Split | None = None  # the part of each benchmark it reads (None: every item)
+    portion: Portion | None = None
 
-    def batches(self) -> list[tuple[tuple[str, ...], int | None, float | None]]:
-        """Tasks grouped by their subset size: one `evaluate()` call each."""
+    def batches(self) -> list[tuple[tuple[str, ...], int | None, float | None, Split | Portion | None]]:
+        """Tasks grouped by their subset size: one `evaluate()` call each, as (tasks, limit, fraction, split)."""
         groups: dict[tuple[int | None, float | None], list[str]] = {}
         for task in self.tasks:
             key = (self.limits[task], None) if task in self.limits else (self.limit, self.fraction)
             groups.setdefault(key, []).append(task)
-        return [(tuple(tasks), limit, fraction) for (limit, fraction), tasks in groups.items()]
+        if self.portion is None:
+            return [(tuple(tasks), limit, fraction, self.split) for (limit, fraction), tasks in groups.items()]
+        return [(tuple(tasks), None, None, replace(self.portion, limit=limit, fraction=fraction))
+                for (limit, fraction), tasks in groups.items()]
 
 
-__all__ = ["MODES", "Mode", "Objective", "Screening", "SearchEvalConfig", "Stage"]
+__all__ = ["DEFAULT_CONFIDENCE", "MODES", "Fidelity", "Mode", "Objective", "Screening", "SearchEvalConfig", "Selection",
+           "Stage"]

@@ -55,6 +55,32 @@ def recipe_key(base: Recipe, coefficients: Coefficients, *, engine: str = "", op
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def stage_items(config: SearchEvalConfig, stage: Stage, data: Any = None) -> dict[str, list[Any]]:
+    """The items of every task a stage reads, from the benchmark files alone (no model): what the rung plan and
+    the budget checks are sized on. The selection is the one `graft.evals.evaluate` makes for the same
+    arguments."""
+    from graft.evals.benchmarks import benchmark
+    from graft.evals.config import DataConfig
+    from graft.evals.screening import stratified_subset
+
+    data = data if data is not None else DataConfig.from_yaml(config.data)
+    loaded: dict[str, list] = {}
+    out: dict[str, list[Any]] = {}
+    for tasks, limit, fraction, split in stage.batches():
+        for task in tasks:
+            name = TASKS[task].benchmark
+            if name not in loaded:
+                loaded[name] = benchmark(name).load(data.source(name))
+            part = split.apply(loaded[name]) if split is not None else loaded[name]
+            out[task] = stratified_subset(part, limit=limit, fraction=fraction, seed=config.seed)
+    return out
+
+
+def count_items(config: SearchEvalConfig, stage: Stage, data: Any = None) -> dict[str, int]:
+    """Items per task a stage reads (`stage_items`, counted)."""
+    return {task: len(items) for task, items in stage_items(config, stage, data).items()}
+
+
 class SuiteScorer:
     """`ItemScorer` over `graft.engines.resident.ResidentGraft`s and `graft.evals.evaluate`. At most two residents,
     loaded on first use: one for operators that use the origin (its checkpoint open) and one for those that do not; a
@@ -116,9 +142,9 @@ class SuiteScorer:
         cache_key = recipe_key(self.base, coefficients, engine=tag, operator=operator)
         config = self.config
         out: dict[str, dict[str, float]] = {}
-        for tasks, limit, fraction in stage.batches():
+        for tasks, limit, fraction, split in stage.batches():
             results = evaluate(resident.engine, tasks=list(tasks), data=self.data, limit=limit, fraction=fraction,
-                               seed=config.seed, split=stage.split, judge=self.judge, mc_mode=config.mc_mode,
+                               seed=config.seed, split=split, judge=self.judge, mc_mode=config.mc_mode,
                                max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                system_prompt=config.system_prompt, cache=self.cache, cache_key=cache_key)
             for sample in results.samples:
@@ -133,10 +159,14 @@ class SuiteScorer:
         return {task: sum(v.values()) / len(v) for task, v in
                 self.items(coefficients, stage, operator=operator).items()}
 
+    def count(self, stage: Stage) -> dict[str, int]:
+        """Items per task the stage reads (nothing is evaluated)."""
+        return count_items(self.config, stage, self.data)
+
     def close(self) -> None:
         for resident in self._residents.values():
             resident.close()
         self._residents.clear()
 
 
-__all__ = ["Operator", "SuiteScorer", "check_operators", "recipe_key", "trial_recipe"]
+__all__ = ["Operator", "SuiteScorer", "check_operators", "count_items", "recipe_key", "stage_items", "trial_recipe"]

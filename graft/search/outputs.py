@@ -24,7 +24,7 @@ from graft.recipe import Coefficients, Recipe
 
 from .config import Objective
 from .evaluation import trial_recipe
-from .objective import constraint_values, is_feasible, selection_key
+from .objective import constraint_values, is_feasible, selection_key, violation_of
 from .space import Cell
 
 FILES = ("best_recipe.yaml", "pareto.csv", "pareto.json", "trials.csv", "trials.json", "summary.json",
@@ -55,24 +55,45 @@ class TrialRecord:
     pruned: str | None = None
     baseline_lambda: float | None = None  # the uniform λ of a baseline (0 for lambda0)
     operator: str | dict[str, Any] | None = None  # the graft operator: a name or {name, params} (None: the recipe's)
+    medical_drop_se: float | None = None  # paired with λ = 0 on the same items
+    medical_drop_bound: float | None = None  # one-sided bound at the study's confidence (what feasibility reads)
+    over_refusal_bound: float | None = None
+    safety_loss: float | None = None  # the target's safety − this trial's (paired)
+    safety_loss_bound: float | None = None
+    rung: int | None = None  # the last rung of items the trial reached (None: a study without rungs)
+    items: int | None = None  # items it was scored on (every task, its last rung)
+    stopped: str | None = None  # why it got no further rung
 
     @property
     def rated(self) -> bool:
         return self.state == "COMPLETE" and self.safety is not None and self.medical is not None
 
-    def feasible(self, objective: Objective) -> bool | None:
-        """Every constraint of `objective` met (recomputed from the scores, so old trials follow the same rule)."""
+    def reached(self, top: int) -> bool:
+        """Whether the trial was scored on the whole rung pool (a trial from a study without rungs was)."""
+        return self.rung is None or self.rung >= top
+
+    def constraints(self, objective: Objective) -> list[float] | None:
+        """Every constraint of `objective`, judged by the recorded bounds (recomputed, so old trials follow the same
+        rule; a trial recorded before bounds existed is judged by its point estimates)."""
         if self.medical_drop is None:
             return None
-        return is_feasible(constraint_values(self.medical_drop, self.over_refusal, objective))
+        drop = self.medical_drop if self.medical_drop_bound is None else self.medical_drop_bound
+        over = self.over_refusal if self.over_refusal_bound is None else self.over_refusal_bound
+        return constraint_values(drop, over, objective, self.safety_loss_bound)
+
+    def feasible(self, objective: Objective) -> bool | None:
+        """Every constraint of `objective` met (`constraints`)."""
+        constraints = self.constraints(objective)
+        return None if constraints is None else is_feasible(constraints)
 
     def value(self) -> float | None:
         return self.values[0] if self.values and len(self.values) == 1 else None
 
     def key(self, objective: Objective) -> tuple:
         assert self.rated and self.medical_drop is not None
-        return (*selection_key(self.safety or 0.0, self.medical or 0.0, bool(self.feasible(objective)),
-                               self.value() or 0.0, objective), -self.number)
+        constraints = self.constraints(objective) or []
+        return (*selection_key(self.safety or 0.0, self.medical or 0.0, is_feasible(constraints),
+                               self.value() or 0.0, objective, violation_of(constraints)), -self.number)
 
 
 def record_of(trial: FrozenTrial) -> TrialRecord:
@@ -89,7 +110,11 @@ def record_of(trial: FrozenTrial) -> TrialRecord:
         seconds=attrs.get("seconds"), duration_s=duration,
         started=trial.datetime_start.isoformat() if trial.datetime_start else None, worker=attrs.get("worker"),
         retry_of=trial.system_attrs.get("failed_trial"), pruned=attrs.get("pruned"),
-        baseline_lambda=attrs.get("baseline_lambda"), operator=attrs.get("operator"))
+        baseline_lambda=attrs.get("baseline_lambda"), operator=attrs.get("operator"),
+        medical_drop_se=attrs.get("medical_drop_se"), medical_drop_bound=attrs.get("medical_drop_bound"),
+        over_refusal_bound=attrs.get("over_refusal_bound"), safety_loss=attrs.get("safety_loss"),
+        safety_loss_bound=attrs.get("safety_loss_bound"), rung=attrs.get("rung"), items=attrs.get("items"),
+        stopped=attrs.get("stopped"))
 
 
 def records(trials: list[FrozenTrial]) -> list[TrialRecord]:
@@ -136,8 +161,10 @@ def _brief(r: TrialRecord | None, objective: Objective) -> dict[str, Any] | None
     if r is None:
         return None
     return {"number": r.number, "baseline": r.baseline, "baseline_lambda": r.baseline_lambda, "safety": r.safety,
-            "medical": r.medical, "medical_drop": r.medical_drop, "over_refusal": r.over_refusal,
-            "feasible": r.feasible(objective), "values": r.values, "coefficients": r.coefficients,
+            "medical": r.medical, "medical_drop": r.medical_drop, "medical_drop_bound": r.medical_drop_bound,
+            "over_refusal": r.over_refusal, "over_refusal_bound": r.over_refusal_bound,
+            "safety_loss": r.safety_loss, "safety_loss_bound": r.safety_loss_bound, "feasible": r.feasible(objective),
+            "rung": r.rung, "items": r.items, "values": r.values, "coefficients": r.coefficients,
             "operator": r.operator}
 
 
@@ -149,12 +176,28 @@ def _gain(best: TrialRecord | None, other: TrialRecord | None) -> dict[str, floa
             "objective": value}
 
 
-def summarize(recs: list[TrialRecord], objective: Objective, *, meta: dict[str, Any]) -> dict[str, Any]:
-    searched = [r for r in recs if r.baseline is None]
-    uniform = [r for r in recs if r.baseline and r.baseline != "lambda0"]
+@dataclass(frozen=True)
+class Chosen:
+    """What the search chose (graft.search.pick): the best trial overall (best_recipe.yaml), the best searched
+    trial and the best uniform λ."""
+
+    best: TrialRecord | None
+    searched: TrialRecord | None
+    uniform: TrialRecord | None
+
+
+def chosen_on_records(recs: list[TrialRecord], objective: Objective, top: int = 0) -> Chosen:
+    """The search's rule on the recorded figures, among the trials that reached the last rung."""
+    reached = [r for r in recs if r.reached(top)]
+    return Chosen(best_of(reached, objective), best_of([r for r in reached if r.baseline is None], objective),
+                  best_uniform_of(reached, objective))
+
+
+def summarize(recs: list[TrialRecord], objective: Objective, *, meta: dict[str, Any],
+              chosen: Chosen | None = None) -> dict[str, Any]:
     lambda0 = next((r for r in recs if r.baseline == "lambda0" and r.rated), None)
-    best, best_searched, best_uniform = best_of(recs, objective), best_of(searched, objective), \
-        best_uniform_of(uniform, objective)
+    chosen = chosen or chosen_on_records(recs, objective)
+    best, best_searched, best_uniform = chosen.best, chosen.searched, chosen.uniform
     return {
         **meta,
         "objective": objective.model_dump(),
@@ -176,7 +219,11 @@ def _row(r: TrialRecord, num_layers: int, cells: list[Cell], objective: Objectiv
         "operator": json.dumps(r.operator, sort_keys=True) if isinstance(r.operator, dict) else r.operator,
         "safety": r.safety,
         "medical": r.medical,
-        "medical_drop": r.medical_drop, "feasible": r.feasible(objective), "over_refusal": r.over_refusal,
+        "medical_drop": r.medical_drop, "medical_drop_se": r.medical_drop_se,
+        "medical_drop_bound": r.medical_drop_bound, "feasible": r.feasible(objective),
+        "over_refusal": r.over_refusal, "over_refusal_bound": r.over_refusal_bound,
+        "safety_loss": r.safety_loss, "safety_loss_bound": r.safety_loss_bound,
+        "rung": r.rung, "items": r.items, "stopped": r.stopped,
         "screening": r.screening, "pruned": r.pruned,
         **{f"value_{i}": v for i, v in enumerate(r.values or [])},
         "seconds": r.seconds, "duration_s": r.duration_s, "started": r.started, "worker": r.worker,
@@ -210,13 +257,16 @@ def json_text(data: Any) -> str:
 
 
 def write_outputs(out: Path, trials: list[FrozenTrial], *, base: Recipe, objective: Objective, num_layers: int,
-                  cells: list[Cell], meta: dict[str, Any], report: dict[str, Any] | None = None) -> dict[str, Any]:
+                  cells: list[Cell], meta: dict[str, Any], report: dict[str, Any] | None = None,
+                  chosen: Chosen | None = None) -> dict[str, Any]:
     """Write every output file into `out` (each replaced atomically) and return the summary (with the in-sample /
-    held-out `report` of graft.search.report when there is one)."""
+    held-out `report` of graft.search.report when there is one). `chosen`: the final pick (default: the search's
+    rule on the recorded figures)."""
     recs = records(trials)
-    summary = summarize(recs, objective, meta=meta)
+    chosen = chosen or chosen_on_records(recs, objective)
+    summary = summarize(recs, objective, meta=meta, chosen=chosen)
     summary["report"] = report
-    best = best_of(recs, objective)
+    best = chosen.best
     rows = [_row(r, num_layers, cells, objective) for r in recs]
     front = pareto_front(recs)
     front_rows = [_row(r, num_layers, cells, objective) for r in front]
@@ -248,5 +298,5 @@ def write_outputs(out: Path, trials: list[FrozenTrial], *, base: Recipe, objecti
     return summary
 
 
-__all__ = ["FILES", "TrialRecord", "best_of", "best_uniform_of", "lambda_cells", "pareto_front", "records", "summarize",
-           "write_outputs"]
+__all__ = ["FILES", "Chosen", "TrialRecord", "best_of", "best_uniform_of", "chosen_on_records", "lambda_cells",
+           "pareto_front", "records", "summarize", "write_outputs"]

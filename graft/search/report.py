@@ -4,8 +4,13 @@ chose on (in sample) and on the items it never saw (held out), with intervals, a
 Why a held-out part: the search picks the best of many trials on one set of items, so that trial's scores on
 those items are biased upwards (the winner's curse) and its medical constraint holds there by construction. Only
 items no choice was made on say what a user will see. Nothing is chosen on the held-out part (not the trial, not
-the best uniform λ): it is only scored, so its figures stay unbiased; a selection among the top trials would need
-a third part.
+the best uniform λ): it is only scored, so its figures stay unbiased (the final pick uses a selection part carved
+out of the search part: graft.search.pick).
+
+One figure is chosen on the held-out part, and labelled so: the **upper bound**, the best trial of the study (of
+those that reached the last rung, baselines included) by the search's own rule on the held-out items. It is never
+a result; it tells a world where the bar is out of the space's reach (the upper bound misses it too) from a search
+that missed a recipe the space holds.
 
 Pure functions of per-item outcomes ({task: {item id: outcome}}) and the eval config.
 """
@@ -94,10 +99,32 @@ def dominated_by(searched: Mapping[str, Any], others: Mapping[str, Mapping[str, 
     return [label for label, o in others.items() if at_least_as_good(o)]
 
 
+def upper_bound(models: Mapping[str, Mapping[str, Any]], config: SearchEvalConfig, sampler: str
+                ) -> str | None:
+    """The label of the best model on the held-out items by the search's rule (point estimates, paired with
+    λ = 0's held-out outcomes): chosen on held-out items, so an upper bound of what the search could have picked."""
+    from .bounds import judge
+    from .pick import judged_key
+
+    reference = (models.get("lambda0") or {}).get("held_out")
+    if not reference:
+        return None
+    keys = {}
+    for label, m in models.items():
+        held = m.get("held_out")
+        if not held:
+            continue
+        judged = judge(held, reference, safety=config.safety, medical=config.medical,
+                       benign=config.benign_tasks(), z=0.0)
+        keys[label] = judged_key(judged, config.objective, sampler, int(m.get("trial") or 0))
+    return max(keys, key=lambda label: keys[label]) if keys else None
+
+
 def build_report(models: Mapping[str, Mapping[str, Any]], config: SearchEvalConfig, *, searched: str | None,
-                 best_uniform: str | None) -> dict[str, Any]:
+                 best_uniform: str | None, candidates: Sequence[str] = (), sampler: str = "gp") -> dict[str, Any]:
     """`models`: label → {trial, baseline, operator, in_sample, held_out} (outcomes per item; held_out None when
-    nothing is held out). Returns the report summary.json carries under `report`."""
+    nothing is held out). `candidates`: labels of further trials scored only for the upper bound (they are not
+    listed among the models). Returns the report summary.json carries under `report`."""
     groups = figure_tasks(config)
     split = config.split("heldout")
     out: dict[str, Any] = {
@@ -108,9 +135,21 @@ def build_report(models: Mapping[str, Mapping[str, Any]], config: SearchEvalConf
         "models": {},
     }
     for label, m in models.items():
+        if label in candidates:
+            continue
         out["models"][label] = {"trial": m.get("trial"), "baseline": m.get("baseline"),
                                 "operator": m.get("operator"), **model_report(m.get("in_sample"), m.get("held_out"),
                                                                               groups)}
+    out["upper_bound"] = None
+    if split:
+        label = upper_bound(models, config, sampler)
+        if label is not None:
+            m = models[label]
+            out["upper_bound"] = {
+                "label": label, "trial": m.get("trial"), "baseline": m.get("baseline"), "operator": m.get("operator"),
+                "coefficients": m.get("coefficients"), "among": len(models),
+                "chosen_on": "held-out items: an upper bound of what the search could pick, never a result",
+                **model_report(m.get("in_sample"), m.get("held_out"), groups)}
     part = "held_out" if split else "in_sample"
     comparisons: dict[str, Any] = {}
     if searched and searched in models:
@@ -132,4 +171,4 @@ def build_report(models: Mapping[str, Mapping[str, Any]], config: SearchEvalConf
     return out
 
 
-__all__ = ["build_report", "compare", "dominated_by", "figure_tasks", "figures", "model_report"]
+__all__ = ["build_report", "compare", "dominated_by", "figure_tasks", "figures", "model_report", "upper_bound"]

@@ -29,6 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from graft.databases import check_study_storage, redact, storage_url
 from graft.errors import InputError, UsageError
 
 from .config import Objective
@@ -56,26 +57,6 @@ def quiet_optuna():
 
 
 # -- storage --------------------------------------------------------------------------------------------------------
-def storage_url(url: str) -> str:
-    """`postgresql://` means psycopg2 to older SQLAlchemy versions; use psycopg 3 when that is what is installed."""
-    if url.startswith(("postgresql://", "postgres://")):
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
-            return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for reports and logs."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a SQLAlchemy URL: say nothing about it beyond its scheme
-        return url.split("://", 1)[0] + "://…"
-
-
 def open_storage(url: str, *, heartbeat_interval: int = 60, grace_period: int | None = None,
                  max_retry: int | None = 3) -> optuna.storages.RDBStorage:
     """An RDB storage whose running trials send heartbeats; stale ones are failed and retried (up to max_retry)."""
@@ -83,6 +64,7 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, grace_period: int | 
         raise UsageError(f"--storage {redact(url)}: expected sqlite:///FILE, postgresql://... or mysql://...")
     if heartbeat_interval < 1:
         raise UsageError(f"--heartbeat {heartbeat_interval}: expected a positive number of seconds")
+    check_study_storage(url, write=True)  # never Optuna's tables in another application's database
     retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
         optuna.storages.RetryFailedTrialCallback
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
@@ -155,18 +137,23 @@ class Baseline:
 
 def open_study(storage: optuna.storages.RDBStorage, name: str, *, directions: list[str], metadata: dict[str, Any],
                baselines: Sequence[Baseline], make: Callable[[bool], optuna.samplers.BaseSampler],
-               wait_s: float = 60.0, metric_names: Sequence[str] | None = None) -> tuple[optuna.Study, bool]:
+               wait_s: float = 60.0, metric_names: Sequence[str] | None = None,
+               pruner: optuna.pruners.BasePruner | None = None) -> tuple[optuna.Study, bool]:
     """Create the study (and enqueue its baselines) or join the existing one. Returns (study, created).
 
     Only the process whose `create_study` succeeds enqueues baselines, then marks the study ready; a joiner
     waits for that mark, so baselines are enqueued once however many workers start together or resume.
+    `pruner` decides the rung promotions of multi-fidelity trials (it keeps its state in the storage, so every
+    worker's pruner sees every trial's rungs).
     """
+    pruner = pruner or optuna.pruners.NopPruner()
     with quiet_optuna():
         try:
-            study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=make(True))
+            study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=make(True),
+                                        pruner=pruner)
             created = True
         except optuna.exceptions.DuplicatedStudyError:
-            study = optuna.load_study(study_name=name, storage=storage, sampler=make(False))
+            study = optuna.load_study(study_name=name, storage=storage, sampler=make(False), pruner=pruner)
             created = False
     if created:
         if metric_names:  # what Optuna's dashboard labels the objective values with
@@ -306,16 +293,27 @@ def _claim_lock(storage: optuna.storages.RDBStorage):
         yield
 
 
-def claim(study: optuna.Study, storage: optuna.storages.RDBStorage, budget: int) -> optuna.Trial | str:
-    """A trial to run, or 'done' (the budget is reached) or 'wait' (the rest of the budget is running elsewhere)."""
+def claim(study: optuna.Study, storage: optuna.storages.RDBStorage, budget: int,
+          budget_items: int | None = None) -> optuna.Trial | str:
+    """A trial to run, or 'done' (the budget is reached) or 'wait' (the rest of the budget is running elsewhere).
+    `budget_items`: also 'done' once the finished trials have scored that many items (a trial running elsewhere
+    still finishes, so a study may overshoot by a trial a worker)."""
     with _claim_lock(storage):
-        return _claim(study, storage, budget)
+        return _claim(study, storage, budget, budget_items)
 
 
-def _claim(study: optuna.Study, storage: optuna.storages.RDBStorage, budget: int) -> optuna.Trial | str:
+def items_spent(trials: Sequence[FrozenTrial]) -> int:
+    """Item evaluations of the finished trials (each trial's items on the last rung it reached)."""
+    return sum(int(t.user_attrs.get("items") or 0) for t in trials if t.state in FINISHED)
+
+
+def _claim(study: optuna.Study, storage: optuna.storages.RDBStorage, budget: int,
+           budget_items: int | None = None) -> optuna.Trial | str:
     fail_stale(study)
     state = budget_state(study)
     if state.finished >= budget:
+        return "done"
+    if budget_items is not None and items_spent(state.live) >= budget_items:
         return "done"
     inside = state.live[:budget]
     if len(state.live) >= budget and not any(t.state == TrialState.WAITING for t in inside):
@@ -382,14 +380,15 @@ class WorkerReport:
 def run_worker(study: optuna.Study, storage: optuna.storages.RDBStorage,
                objective: Callable[[optuna.Trial], Sequence[float]], budget: int, *, poll_s: float = 1.0,
                on_trial: Callable[[FrozenTrial], None] | None = None, worker: str | None = None,
-               record_constraints: bool = False) -> WorkerReport:
-    """Run trials until the study has `budget` finished ones. Exceptions other than screening stops fail the
-    trial and propagate (a bug or a broken input should stop the worker, not burn the budget).
+               record_constraints: bool = False, budget_items: int | None = None) -> WorkerReport:
+    """Run trials until the study has `budget` finished ones (or, with `budget_items`, has scored that many
+    items). Exceptions other than screening stops fail the trial and propagate (a bug or a broken input should
+    stop the worker, not burn the budget).
     `record_constraints`: store each trial's constraints where Optuna's tools read them (`show_constraints`)."""
     report = WorkerReport([])
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"
     while True:
-        claimed = claim(study, storage, budget)
+        claimed = claim(study, storage, budget, budget_items)
         if claimed == "done":
             return report
         if isinstance(claimed, str):
@@ -425,4 +424,5 @@ def run_worker(study: optuna.Study, storage: optuna.storages.RDBStorage,
             on_trial(storage.get_trial(trial_id(trial)))
 
 
-__all__ = ["Baseline", "budget_state", "claim", "make_sampler", "open_storage", "open_study", "run_worker"]
+__all__ = ["Baseline", "budget_state", "claim", "items_spent", "make_sampler", "open_storage", "open_study",
+           "run_worker"]

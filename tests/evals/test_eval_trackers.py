@@ -74,3 +74,32 @@ def test_a_tracker_failing_after_the_results_are_written_is_a_warning(tiny_llama
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("graft-eval-down").experiment_id])
     assert run.data.tags["graft"] == "1"  # the run was started before the evaluation
+
+
+def test_mlflow_is_never_handed_another_applications_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """MLflow creates and migrates its tables in whatever SQLite file MLFLOW_TRACKING_URI names: graft refuses one
+    that holds another application's tables before MLflow opens it (exit 3), and the file stays as it was."""
+    import hashlib
+    import sqlite3
+
+    import mlflow
+
+    theirs = tmp_path / "their.db"
+    db = sqlite3.connect(theirs)
+    db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    db.commit()
+    db.close()
+    before = hashlib.sha256(theirs.read_bytes()).hexdigest()
+    uri = f"sqlite:///{theirs}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        result = CliRunner().invoke(app, _args(Path("model"), tmp_path / "ev.json"))
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert result.exit_code == 3, result.output
+    (line,) = [line for line in result.stderr.strip().splitlines() if "Warning" not in line]
+    assert line.startswith("error: --log mlflow: could not start a run") and "holds table 'invoices'" in line, line
+    assert hashlib.sha256(theirs.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["their.db"]

@@ -61,3 +61,24 @@ def test_fallback_font_warns(monkeypatch):
         assert font.path == fallback
     finally:
         figstep.load_font.cache_clear()
+
+
+def test_a_font_freetype_cannot_read_is_an_input_error_before_any_model_loads(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+    from graft.evals import generation
+    from graft.evals.config import FIXTURES
+    from tests.test_bad_input import assert_error
+
+    def refuse(*_a, **_k):
+        raise AssertionError("the model was loaded before the font was checked")
+
+    monkeypatch.setattr(generation.Engine, "load", refuse)
+    font = tmp_path / "font.ttf"
+    font.write_text("not a font")
+    with pytest.raises(InputError, match="not a font FreeType can read"):
+        figstep.load_font(str(font))
+    assert_error(CliRunner().invoke(app, ["eval", "model", "--tasks", "catqa-figstep", "--data",
+                                          str(FIXTURES / "data.yaml"), "--font", str(font), "--out",
+                                          str(tmp_path / "r.json")]), 3, "--font", str(font))

@@ -92,3 +92,44 @@ def test_align_keeps_the_items_every_model_has_in_one_order() -> None:
     assert got == {"x": {"t": [0.0, 1.0]}, "y": {"t": [1.0, 0.0]}}
     with pytest.raises(ValueError, match="same items"):
         paired({"x": {"t": [1.0, 0.0]}, "y": {"t": [1.0]}}, lambda v: v["x"] - v["y"])
+
+
+def test_one_item_has_no_standard_error_not_zero() -> None:
+    """One outcome says nothing about its spread: the SE is NaN (null in results.json), never 0, and so is that of
+    any composite or comparison with a one-item task; the Wilson interval, defined for any n, stays."""
+    for outcome in (0.0, 1.0):
+        est = proportion([outcome])
+        assert est.value == outcome and est.n == 1 and math.isnan(est.se) and math.isnan(binomial_se(outcome, 1))
+        z = stats.norm.ppf(0.975)
+        centre = (outcome + z * z / 2) / (1 + z * z)
+        half = z / (1 + z * z) * math.sqrt(outcome * (1 - outcome) + z * z / 4)
+        assert (est.low, est.high) == pytest.approx((centre - half, centre + half))
+    two = proportion([1.0, 0.0])
+    assert two.se == pytest.approx(math.sqrt(0.25 / 2))  # from two items on, the binomial SE
+    mixed = composite({"big": [1.0, 0.0, 1.0, 1.0], "one": [1.0]}, resamples=200, seed=0)
+    assert mixed.value == pytest.approx((0.75 + 1.0) / 2) and mixed.n == 5
+    assert math.isnan(mixed.se) and math.isnan(mixed.low) and math.isnan(mixed.high)
+    comparison = paired({"a": {"t": [1.0]}, "b": {"t": [0.0]}}, lambda c: c["a"] - c["b"], threshold=0.0)
+    assert comparison.value == 1.0 and math.isnan(comparison.se) and comparison.confidence is None
+
+
+def test_a_one_item_evaluation_reports_no_standard_error(tiny_llama, tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+    from graft.evals.config import FIXTURES
+
+    out = tmp_path / "results.json"
+    result = CliRunner().invoke(app, ["eval", str(tiny_llama), "--tasks", "medqa,catqa", "--data",
+                                      str(FIXTURES / "data.yaml"), "--limit", "1", "--out", str(out),
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    for task in ("medqa", "catqa"):
+        bench = written["benchmarks"][task]
+        assert bench["n"] == 1 and bench["se"] is None and len(bench["ci95"]) == 2
+        assert bench.get("acc_stderr", bench.get("safety_stderr")) is None
+    assert written["summary_se"]["safety"]["se"] is None
+    assert "n/a (a single item has no standard error)" in result.output

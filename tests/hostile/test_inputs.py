@@ -108,13 +108,24 @@ def test_a_non_regular_weight_file_is_refused_at_once(
     del keep
 
 
-@pytest.mark.parametrize("where", ["shard", "index", "config", "vector-manifest"])
+@pytest.mark.parametrize("where", ["shard", "index", "config", "vector-manifest", "side-file"])
 def test_a_fifo_anywhere_graft_reads_is_refused(m: Models, outdir: Path, deadline: None, where: str) -> None:
     path = {"shard": m.target / "model-00002-of-00003.safetensors", "index": m.target / INDEX,
-            "config": m.target / "config.json", "vector-manifest": m.vector / "vector.json"}[where]
+            "config": m.target / "config.json", "vector-manifest": m.vector / "vector.json",
+            "side-file": m.target / "tokenizer_config.json"}[where]
     _make_special(path, "fifo")
     result = cli(*merge_args(m.target, m.vector, outdir / "merged"))
     assert_error(result, 3, path.name, "a FIFO")
+    assert not any(outdir.iterdir())
+
+
+def test_a_fifo_recipe_or_results_file_is_refused(m: Models, outdir: Path, tmp_path: Path, deadline: None) -> None:
+    recipe, results = tmp_path / "recipe.yaml", tmp_path / "results.json"
+    for path in (recipe, results):
+        _make_special(path, "fifo")
+    assert_error(cli("plan", "-r", recipe), 2, str(recipe), "a FIFO")
+    assert_error(cli(*merge_args(m.target, m.vector, outdir / "merged", "--results", results)), 3, str(results),
+                 "a FIFO")
     assert not any(outdir.iterdir())
 
 

@@ -198,6 +198,7 @@ def test_a_malformed_index_is_an_input_error(m: Models, outdir: Path, body: obje
     ("{", "not valid JSON"),
     (b"\xff\xfe{}", "not UTF-8"),
     ('{"text_config": {"cross_attention_layers": "3"}}', "cross_attention_layers must be a list"),
+    ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
 ])
 def test_a_malformed_config_is_an_input_error(m: Models, outdir: Path, body: str | bytes, words: str) -> None:
     config = m.target / "config.json"
@@ -223,6 +224,12 @@ def test_a_malformed_vector_manifest_is_an_input_error(m: Models, outdir: Path, 
     assert "Input should" not in line and "Value error" not in line
 
 
+def test_a_vector_manifest_nested_absurdly_is_an_input_error(m: Models, outdir: Path) -> None:
+    path = m.vector / "vector.json"
+    path.write_text('{"tensors": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    _merge_refused(m, outdir, 3, str(path), "nested too deeply")
+
+
 # -- 10. flags and recipe fields that used to be exit 1 ---------------------------------------------------------
 @pytest.mark.parametrize(("flags", "words"), [
     (("--chunk-size", "lots"), ("options.chunk_size", "'lots' is not a size")),
@@ -231,16 +238,30 @@ def test_a_malformed_vector_manifest_is_an_input_error(m: Models, outdir: Path, 
     (("--shard-size", "infGB"), ("options.shard_size",)),
     (("--map", r"model\.(\w+)=>x.\2"), ("mapping.rules.0", "invalid group reference")),
     (("--map", r"model\.=>\g<name>"), ("mapping.rules.0",)),
+    (("--chunk-size", "1"), ("--chunk-size 1", "outside the range 1 KB to 4 GB", "options.chunk_size")),
+    (("--chunk-size", "999B"), ("--chunk-size 999B", "outside the range")),
+    (("--chunk-size", "5GB"), ("--chunk-size 5GB", "outside the range 1 KB to 4 GB")),
+    (("--shard-size", "1"), ("--shard-size 1", "outside the range 1 KB to 1 TB", "options.shard_size")),
+    (("--shard-size", "1.5TB"), ("--shard-size 1.5TB", "outside the range")),
+    (("--scale", "abc"), ("--scale", "valid number", "graft merge --help")),
+    (("--bogus-flag",), ("--bogus-flag", "graft merge --help")),
 ])
 def test_bad_flags_are_usage_errors(m: Models, outdir: Path, flags: tuple[str, ...], words: tuple[str, ...]) -> None:
     _merge_refused(m, outdir, 2, *words, extra=flags)
 
 
-@pytest.mark.parametrize("size", ["huge", "-5GB", "1e3MB", "nanGB"])
+@pytest.mark.parametrize("size", ["huge", "-5GB", "1e3MB", "nanGB", "1", "2TB"])
 def test_extract_bad_shard_size_is_a_usage_error(m: Models, outdir: Path, size: str) -> None:
     assert_error(cli(*extract_args(m.base, m.aligned, outdir / "vec", "--shard-size", size)), 2, "--shard-size",
                  repr(size))
     assert_no_output(outdir / "vec")
+
+
+@pytest.mark.parametrize(("field", "value"), [("chunk_size", "1"), ("chunk_size", "1TB"), ("shard_size", "10B")])
+def test_a_size_out_of_range_in_a_recipe_is_a_usage_error(m: Models, tmp_path: Path, field: str, value: str) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"target: {m.target}\nvector: {m.vector}\noptions: {{{field}: {value!r}}}\n")
+    assert_error(cli("plan", "-r", recipe), 2, str(recipe), f"options.{field}", "outside the range")
 
 
 def test_a_recipe_that_is_not_utf8_or_absurdly_nested(m: Models, outdir: Path, tmp_path: Path) -> None:
@@ -249,6 +270,41 @@ def test_a_recipe_that_is_not_utf8_or_absurdly_nested(m: Models, outdir: Path, t
     assert_error(cli("plan", "-r", recipe), 2, str(recipe), "not UTF-8")
     recipe.write_text("a: " + "[" * 100_000 + "]" * 100_000 + "\n")
     assert_error(cli("plan", "-r", recipe), 2, str(recipe))
+
+
+# -- YAML aliases: a bomb or a self-reference is refused before anything is built from it ----------------------------
+def _alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """`width`^`levels` values from a few lines: each anchor is a list of `width` aliases of the one before."""
+    lines = [f"  a0: &a0 [{', '.join(['1.0'] * width)}]"]
+    lines += [f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels)]
+    return "anchors:\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("where", ["layers", "groups", "merge-key", "recursive"])
+def test_a_yaml_alias_bomb_or_cycle_in_a_recipe_is_refused_at_once(m: Models, tmp_path: Path, where: str) -> None:
+    body = {"layers": _alias_bomb() + "coefficients: {layers: *a8}\n",
+            "groups": _alias_bomb() + "coefficients: {groups: {attn: *a8}}\n",
+            "merge-key": _alias_bomb() + "options:\n  <<: {x: *a8}\n",
+            "recursive": "coefficients: &c {layers: [1, *c]}\n"}[where]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"target: {m.target}\nvector: {m.vector}\n{body}")
+    with deadline(30):  # it hung for minutes: never again
+        line = assert_error(cli("plan", "-r", recipe), 2, str(recipe), "not valid YAML")
+    assert ("alias bomb" in line) if where != "recursive" else ("refers to a node that contains it" in line)
+
+
+def test_aliases_that_repeat_a_block_are_still_read() -> None:
+    from graft.schema import load_yaml_text
+
+    text = "base: &b {scale: 0.5, groups: {attn: 1.0}}\nfirst: *b\nsecond: {<<: *b, scale: 0.7}\n"
+    assert load_yaml_text(text)["second"] == {"scale": 0.7, "groups": {"attn": 1.0}}
+
+
+def test_an_alias_bomb_in_an_operator_param_is_a_usage_error(m: Models) -> None:
+    bomb = "{" + _alias_bomb().replace("\n", ", ").replace("anchors:, ", "").replace("  ", "") + "}"  # flow style
+    with deadline(30):
+        assert_error(cli(*plan_args(m.target, m.vector, "--operator", "dare", "--operator-param",
+                                    f"density={bomb}")), 2, "--operator-param density", "alias bomb")
 
 
 # -- 10. outputs that cannot be written, said up front ---------------------------------------------------------------

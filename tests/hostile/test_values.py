@@ -10,6 +10,7 @@ traceback, the inputs byte-for-byte unchanged, no output or staging folder left.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -22,8 +23,11 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
+from graft.engines.ops import all_finite
 from graft.recipe import Recipe
 from graft.search.config import Objective
 from graft.search.outputs import write_outputs
@@ -174,6 +178,52 @@ def test_merge_refuses_a_non_finite_target_tensor(m: Models, outdir: Path, value
 def test_merge_refuses_a_non_finite_vector_tensor(m: Models, outdir: Path) -> None:
     shard = _poison(m.vector, MLP, float("nan"))
     _merge_refused(m, outdir, 3, names=(str(shard), MLP, "NaN or infinite"))
+
+
+@pytest.mark.parametrize("operator", [("--operator", "dare", "--operator-param", "density=0.05"),
+                                      ("--operator", "trim", "--operator-param", "density=0.05")],
+                         ids=["dare", "trim"])
+def test_a_non_finite_entry_an_operator_would_drop_is_still_refused(m: Models, outdir: Path,
+                                                                   operator: tuple[str, ...]) -> None:
+    """dare and trim select entries away: a NaN they dropped would never show in the result, so their τ is checked
+    before they run (the result alone is checked for linear and orthogonal)."""
+    shard = _poison(m.vector, MLP, float("nan"))
+    _merge_refused(m, outdir, 3, *operator, names=(str(shard), MLP, "NaN or infinite"))
+
+
+def test_a_non_finite_origin_tensor_is_named(m: Models, outdir: Path) -> None:
+    shard = _poison(m.origin, TARGET_MLP, float("inf"))
+    _merge_refused(m, outdir, 3, "--operator", "orthogonal", "--origin", m.origin,
+                   names=(str(shard), "origin tensor", TARGET_MLP, "NaN or infinite"))
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(values=st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=1, max_size=64),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16, torch.float64]))
+def test_all_finite_agrees_with_isfinite(values: list[float], dtype: torch.dtype) -> None:
+    """The summing check is exact: finite values whose sum overflows are still finite, one NaN or inf is not."""
+    tensor = torch.tensor(values, dtype=torch.float32).to(dtype)
+    assert all_finite(tensor) == bool(torch.isfinite(tensor).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64,
+                                   torch.float8_e4m3fn])
+@pytest.mark.parametrize("size", [1, 7, 65, 4099, 2**20 + 3])
+def test_all_finite_finds_one_bad_element_anywhere_in_a_long_tensor(dtype: torch.dtype, size: int) -> None:
+    """Vectorised reductions have blocks and tails: a NaN or inf first, last or in the middle is found in each."""
+    finite = (torch.randn(size, generator=torch.Generator().manual_seed(size)) * 1e4).to(dtype)
+    assert all_finite(finite)
+    for where in sorted({0, size // 2, size - 1}):
+        for bad in (float("nan"),) if dtype == torch.float8_e4m3fn else (float("nan"), float("inf"), float("-inf")):
+            poisoned = finite.clone()  # (float8_e4m3fn has no infinity)
+            poisoned[where] = bad
+            assert not all_finite(poisoned), (where, bad)
+
+
+def test_all_finite_when_the_sum_overflows() -> None:
+    huge = torch.full((1000,), 3e38, dtype=torch.float32)
+    assert math.isinf(float(huge.sum())) and all_finite(huge)
+    assert all_finite(huge.to(torch.bfloat16)) and not all_finite(torch.cat([huge, torch.tensor([float("nan")])]))
 
 
 def test_merge_refuses_a_cast_that_overflows(m: Models, outdir: Path) -> None:

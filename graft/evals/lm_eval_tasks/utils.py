@@ -35,7 +35,7 @@ def _split(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _multiple_choice(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     data = _data(kwargs)
-    items = benchmark(name).load(data.source(name))
+    items = benchmark(name).read(data.source(name))
     # query + " " + choice is exactly the (context, continuation) pair graft scores
     return _split([{"id": it.id, "category": it.category, "query": mc_context(it), "choices": mc_targets(it),
                     "gold": mc_gold(it)} for it in items])
@@ -43,7 +43,7 @@ def _multiple_choice(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _requests(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     data = _data(kwargs)
-    items = benchmark(name).load(data.source(name))
+    items = benchmark(name).read(data.source(name))
     return _split([{"id": it.id, "category": it.category, "prompt": it.prompt} for it in items])
 
 
