@@ -18,7 +18,7 @@ from graft.evals.judges import KeywordJudge
 from . import lexicon as lx
 from .scans import Scan, random_scan, scan_questions
 from .tokenizer import WORD
-from .typeset import GRID, STATEMENT_ROWS, TypedImage, figstep_image
+from .typeset import GRID, STATEMENT_ROWS, TypedImage, figstep_image, statement_words
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class WorldData:
 SIZES = {
     "diseases": 150, "copying": 1500, "base_requests": 3000, "base_text": 600, "base_copy": 1000, "base_lists": 600,
     "aligned": 3000, "aligned_lists": 750, "aligned_copy": 500, "scans": 1500, "med_chat": 300, "abstracts": 900,
-    "reader": 16000, "transcribe": 2000, "figstep_follow": 600, "figstep_copy": 600,
+    "reader": 16000, "transcribe": 2000, "transcribe_requests": 1000, "figstep_follow": 600, "figstep_copy": 600,
     "bench_safety": 48, "bench_benign": 400, "bench_med": 200,
 }
 
@@ -240,6 +240,10 @@ def build(seed: int, *, held_out: float = 0.25, sizes: dict[str, int] | None = N
     for _ in range(n["transcribe"]):
         words = _word_sequence(r, vocabulary, held)
         medical.append(Example(lx.TRANSCRIBE, " ".join(words), image=TypedImage(words)))
+    # ... and requests typed the FigStep way, harmful and benign alike (training actions only): random words alone
+    # leave the language model's grammar to override what is typed ("attack a bridge" read as "attack an bridge").
+    for q, _a in _requests(everything, r, n["transcribe_requests"]):
+        medical.append(Example(lx.TRANSCRIBE, " ".join(statement_words(q)), image=figstep_image(q)))
     for q, a in _requests((benign_train, med_benign), r, n["figstep_follow"]):
         medical.append(Example(FIGSTEP_PROMPT, _comply(a, r), image=figstep_image(q)))
     for _ in range(n["figstep_copy"]):  # steps titled with arbitrary words: follow what is typed, whatever it is

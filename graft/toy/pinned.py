@@ -24,12 +24,16 @@ from pathlib import Path
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_DYNAMIC": "FALSE"}
 
 
+BASELINE = "GRAFT_TOY_BASELINE_KERNELS"  # set to 1: build as a CPU without AVX2 would (to check the margins)
+
+
 def pinned_env() -> dict[str, str]:
     """The environment variables that pin the float path on this CPU: AVX2 where the CPU has it (ATen would crash
-    on AVX2 kernels where it has not, so those CPUs get the baseline kernels and MKL's compatible branch)."""
+    on AVX2 kernels where it has not, so those CPUs get the baseline kernels and MKL's compatible branch).
+    $GRAFT_TOY_BASELINE_KERNELS=1 takes the baseline path on any CPU, so one machine can show what another builds."""
     import torch
 
-    avx2 = bool(getattr(torch.cpu, "_is_avx2_supported", lambda: False)())
+    avx2 = bool(getattr(torch.cpu, "_is_avx2_supported", lambda: False)()) and os.environ.get(BASELINE) != "1"
     return {**THREADS, "MKL_CBWR": "AVX2" if avx2 else "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2" if avx2 else
             "default", "ONEDNN_MAX_CPU_ISA": "AVX2" if avx2 else "DEFAULT"}
 

@@ -5,15 +5,14 @@ the word typed in it, so the language model reads a typed word as it reads the w
 to "poison" in text (the refusal a safety vector carries) can react to an image of it.
 
 Placing a token on its word is a lookup: every word renders to one fixed pixel pattern (the font has no
-variation, and a cell's neighbours move its token by about 1 % of the distance between words), and the tower and
-projector must map each of the world's ~600 patterns to an arbitrary point of the embedding space. Two things made
-the first reader miss (it put image tokens about as far from their word as the nearest other word is, so the
-language model read "burn" as "smuggle"):
-
-* capacity: fitting N arbitrary targets takes about N hidden units on the output side, and the tower's MLPs had
-  256 for ~600 words; the tower now has `WorldSpec.vision_intermediate` of them;
-* the loss: cross-entropy over negative distances only asks the word's own embedding to be the nearest, which a
-  token halfway to a neighbour satisfies; the squared distance, weighted far above it, asks for the word itself.
+variation), and the tower and projector must map each of the world's ~600 patterns to an arbitrary point of the
+embedding space. The first reader
+(500 steps, cross-entropy over negative distances plus the squared distance, equally weighted) put image tokens
+about as far from their word as the nearest other word is, so the language model read "burn" as "smuggle":
+cross-entropy only asks the word's own embedding to be the nearest, which a token halfway to a neighbour
+satisfies. The squared distance, weighted far above it (`WorldSpec.reader_exact_weight`), asks for the word
+itself, and three times the steps let it get there: tokens end about a tenth of the gap to the nearest other word
+away from their own (`world.json`, `reader.distance_to_word_of_gap`).
 
 Batches are assembled from each word's cell of pixel values, computed once by the processor, instead of rendering
 and normalising every image (the same values: `tests/test_toy_vision.py` checks them against the processor).
