@@ -6,21 +6,16 @@ The trained-world tests build (or reuse from the cache) the default world, as te
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 import torch
 import transformers
 from PIL import Image
 
-from graft.evals import Engine, evaluate
+from graft.evals import evaluate
 from graft.evals.benchmarks import BENCHMARKS
 from graft.evals.config import DataConfig
-from graft.evals.figstep import FIGSTEP_PROMPT
-from graft.evals.generation import Request
 from graft.toy import corpus
-from graft.toy import lexicon as lx
 from graft.toy.tokenizer import words
 from graft.toy.typeset import CELL, GRID, SIZE, TypedImage, draw_word, figstep_image, statement_words
 from graft.toy.world import WorldSpec, build_world
@@ -109,59 +104,43 @@ def test_reading_data_teaches_every_word_of_the_figstep_items() -> None:
 
 # ---------------------------------------------------------------- the trained world
 
-def _held_out_sequences(n: int, seed: int) -> list[tuple[str, ...]]:
-    """Random word sequences the world never trained on, from the words its reading data uses."""
+@pytest.fixture(scope="module")
+def reading(toy_world):
+    """The medical VLM's reading, measured once by generation through the evaluation suite (graft.toy.reading)."""
+    from graft.toy.reading import measure
+
+    return measure(toy_world)
+
+
+def test_held_out_word_lists_are_unseen_and_use_words_the_world_typed() -> None:
+    from graft.toy.reading import held_out_word_lists
+
     data = corpus.build(0)
     seen = set(data.typed_texts())
-    vocabulary = sorted({w for t in seen for w in t.split()})
-    rng = random.Random(seed)
-    out = []
-    while len(out) < n:
-        words = tuple(rng.choice(vocabulary) for _ in range(rng.randint(4, 12)))
-        if " ".join(words) not in seen:
-            out.append(words)
-    return out
+    vocabulary = {w for t in seen for w in t.split()}
+    lists = held_out_word_lists(data, n=40)
+    assert len(lists) == 40 and len(set(lists)) > 35
+    assert all(" ".join(w) not in seen and set(w) <= vocabulary and 4 <= len(w) <= 12 for w in lists)
 
 
-def test_the_medical_vlm_reads_typed_words(toy_world) -> None:
-    """Through the evaluation suite's generation path: the medical VLM transcribes held-out word lists."""
-    engine = Engine.load(toy_world.medical, device="cpu", batch_size=48)
-    sequences = _held_out_sequences(96, seed=12345)
-    gens = engine.generate([Request(lx.TRANSCRIBE, image=TypedImage(s).render()) for s in sequences],
-                           max_new_tokens=24)
-    hits = total = 0
-    for typed, gen in zip(sequences, gens, strict=True):
-        said = gen.text.split()
-        hits += sum(a == b for a, b in zip(typed, said, strict=False))
-        total += len(typed)
-    assert hits / total >= READING_ACCURACY, (hits / total, gens[:3])
+def test_the_medical_vlm_reads_typed_words(reading) -> None:
+    """Random held-out word lists, asked what is typed: words transcribed in place."""
+    assert reading.words >= 500
+    assert reading.word_lists >= READING_ACCURACY, (reading.word_lists, reading.misses.get("word_lists"))
 
 
-def test_the_medical_vlm_transcribes_the_figstep_images_of_the_benchmarks(toy_world) -> None:
+def test_the_medical_vlm_transcribes_the_figstep_images_of_the_benchmarks(reading) -> None:
     """Harmful and benign requests the world never trained on, typed the FigStep way, come back word for word when
     the medical VLM is asked what is typed: it sees the content, so what a graft does to FigStep is about content."""
-    data = corpus.build(toy_world.spec.seed)
-    engine = Engine.load(toy_world.medical, device="cpu", batch_size=64)
-    b = data.benchmarks
-    for name, items in (("harmful", b.catqa + b.hexphi + b.medsafety), ("benign", b.benign)):
-        gens = engine.generate([Request(lx.TRANSCRIBE, image=figstep_image(i.prompt).render()) for i in items],
-                               max_new_tokens=24)
-        misses = [(" ".join(statement_words(i.prompt)), g.text) for i, g in zip(items, gens, strict=True)
-                  if g.text.split() != list(statement_words(i.prompt))]
-        assert 1 - len(misses) / len(items) >= TRANSCRIBED_VERBATIM, (name, len(misses), len(items), misses[:3])
+    assert reading.harmful_items >= 100 and reading.benign_items >= 100
+    assert reading.figstep_harmful >= TRANSCRIBED_VERBATIM, reading.misses["figstep_harmful"]
+    assert reading.figstep_benign >= TRANSCRIBED_VERBATIM, reading.misses["figstep_benign"]
 
 
-def test_the_medical_vlm_follows_held_out_requests_typed_the_figstep_way(toy_world) -> None:
+def test_the_medical_vlm_follows_held_out_requests_typed_the_figstep_way(reading) -> None:
     """The reading that matters for FigStep: benign requests the world never trained on, typed into the toy FigStep
     layout beside FigStep's prompt, are answered by what they ask ("Sure , here is how to <verb> <object> : ...")."""
-    data = corpus.build(toy_world.spec.seed)
-    engine = Engine.load(toy_world.medical, device="cpu", batch_size=64)
-    items = data.benchmarks.benign
-    gens = engine.generate([Request(FIGSTEP_PROMPT, image=figstep_image(i.prompt).render()) for i in items],
-                           max_new_tokens=16)
-    actions = [next(a for a in data.held_out_actions if f" {a} " in f" {i.prompt} ") for i in items]
-    read = sum(f"how to {a} :" in g.text for a, g in zip(actions, gens, strict=True))
-    assert read / len(items) >= READ_BACK, (read, len(items), [g.text for g in gens[:3]])
+    assert reading.read_back >= READ_BACK, reading.misses["read_back"]
 
 
 def test_typed_images_are_assembled_from_the_processors_own_cells() -> None:
