@@ -122,6 +122,24 @@ def test_tiny_world_build_is_the_same_whatever_the_float_path_of_the_caller(tmp_
     assert (first.root / "world.json").stat().st_mtime_ns == (again.root / "world.json").stat().st_mtime_ns
 
 
+def test_the_pinned_float_path_takes_avx2_where_the_cpu_has_it_and_the_baseline_on_request(monkeypatch) -> None:
+    """One thread everywhere; AVX2 kernels (ATen, MKL's reproducible branch, oneDNN capped) where the CPU has
+    AVX2; the baseline kernels a CPU without AVX2 would use when GRAFT_TOY_BASELINE_KERNELS=1."""
+    import torch
+
+    from graft.toy.pinned import BASELINE, pinned_env
+
+    monkeypatch.delenv(BASELINE, raising=False)
+    env = pinned_env()
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
+    if torch.cpu._is_avx2_supported():
+        assert (env["ATEN_CPU_CAPABILITY"], env["MKL_CBWR"], env["ONEDNN_MAX_CPU_ISA"]) == ("avx2", "AVX2", "AVX2")
+    monkeypatch.setenv(BASELINE, "1")
+    env = pinned_env()
+    assert (env["ATEN_CPU_CAPABILITY"], env["MKL_CBWR"], env["ONEDNN_MAX_CPU_ISA"]) == ("default", "COMPATIBLE",
+                                                                                        "DEFAULT")
+
+
 def test_a_failed_build_says_why_and_leaves_nothing(tmp_path: Path) -> None:
     """A build that cannot finish (here: a spec the language model cannot take) is one line naming the failure,
     and no world, staging or half-written folder is left in the cache."""

@@ -5,10 +5,9 @@ Weights after thousands of optimiser steps carry every rounding on the way, and 
 one machine to the next: the number of threads (ATen and MKL split reductions between them) and the SIMD width
 each library picks for the CPU (ATen's kernels, MKL's GEMM, oneDNN's convolutions: AVX-512 or AVX2 sum in different
 orders). A process cannot change them once torch is loaded, so the build runs in a fresh interpreter whose
-environment fixes them before torch starts: one thread (on a shared 2-core machine one thread is also faster than
-two, which spin-wait for each other), ATen's AVX2 kernels, MKL's AVX2 branch under its Conditional Numerical
-Reproducibility mode, oneDNN capped at AVX2 and off for convolutions. On a CPU without AVX2 (none sold since 2015)
-ATen and MKL fall back to their baseline kernels and the world differs in its last bits; the margins of the figures
+environment fixes them before torch starts: one thread, ATen's AVX2 kernels, MKL's AVX2 branch under its
+Conditional Numerical Reproducibility mode, oneDNN capped at AVX2 and off for convolutions. On a CPU without AVX2
+(few x86 CPUs sold since about 2015) ATen and MKL fall back to their baseline kernels and the world differs in its last bits; the margins of the figures
 and tests carry that (docs/toy-world.md, "The same world everywhere").
 """
 
