@@ -7,8 +7,8 @@ each library picks for the CPU (ATen's kernels, MKL's GEMM, oneDNN's convolution
 orders). A process cannot change them once torch is loaded, so the build runs in a fresh interpreter whose
 environment fixes them before torch starts: one thread, ATen's AVX2 kernels, MKL's AVX2 branch under its
 Conditional Numerical Reproducibility mode, oneDNN capped at AVX2 and off for convolutions. On a CPU without AVX2
-(few x86 CPUs sold since about 2015) ATen and MKL fall back to their baseline kernels and the world differs in its last bits; the margins of the figures
-and tests carry that (docs/toy-world.md, "The same world everywhere").
+(few x86 CPUs sold since about 2015) ATen and MKL fall back to their baseline kernels and the world differs in
+its last bits; the margins of the figures and tests carry that (docs/toy-world.md, "The same world everywhere").
 """
 
 from __future__ import annotations
