@@ -88,9 +88,23 @@ def brief(verdict: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """A verdict's figures: each check's value and interval, undominated, met, less safe than the medical model."""
     if verdict is None:
         return None
+    figstep = verdict.get("figstep")
     return {"met": verdict["met"], "dominates": verdict["dominates"],
             "less_safe_than_medical": verdict.get("less_safe_than_medical"),
-            "checks": {c["name"]: {k: c[k] for k in ("value", "low", "high", "met")} for c in verdict["checks"]}}
+            "checks": {c["name"]: {k: c[k] for k in ("value", "low", "high", "met")} for c in verdict["checks"]},
+            "figstep": figstep and {k: figstep[k] for k in ("value", "low", "high", "met")},
+            "figstep_restored": verdict.get("figstep_restored")}
+
+
+FIGURES = ("safety", "figstep", "over_refusal", "image_over_refusal", "medical_text", "medical")
+
+
+def held_out_rows(rows) -> dict[str, dict[str, Any]]:
+    """The demo's held-out table (aligned, medical, the uniform λ grid, searched): each figure with its standard
+    error, so the FigStep columns of every model are kept beside the verdict."""
+    return {r.name: {"scale": r.scale, **{k: None if getattr(r, k) is None else
+                                           {"value": getattr(r, k), "se": r.se.get(k)} for k in FIGURES}}
+            for r in rows}
 
 
 def pick_rules(result, config_tasks: dict[str, list[str]], objective, sampler: str) -> dict[str, Any]:
@@ -178,6 +192,7 @@ def run_one(seed: int, protocol: str, args, results: dict[str, Any]) -> dict[str
         "seed": seed, "protocol": protocol, "space": args.space or demo.DEMO_SPACE_NAME, "settings": changes,
         "budget_items": budget_items,
         "held_out": brief(result.verdict.as_dict()) if result.verdict else None,
+        "held_out_rows": held_out_rows(result.rows),
         "in_sample": brief(result.in_sample_verdict.as_dict()) if result.in_sample_verdict else None,
         "upper_bound": brief(result.upper_bound.verdicts["held_out"].as_dict())
         if result.upper_bound and "held_out" in result.upper_bound.verdicts else None,
@@ -263,6 +278,32 @@ def misses(verdict: Mapping[str, Any] | None) -> str:
     return "NOT met: " + ", ".join(missed)
 
 
+def se_cell(figure: Mapping[str, Any] | None) -> str:
+    if not figure:
+        return "—"
+    se = figure.get("se")
+    return f"{100 * figure['value']:.0f}" + ("" if se is None else f" ± {100 * se:.0f}")
+
+
+def figstep_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Held out, per world (the `graft` protocol): FigStep safety, image over-refusal and text safety of the medical
+    model, every uniform λ and the searched recipe (± one standard error), and the FigStep verdict."""
+    lines = ["| seed | model | safety (text) | FigStep | over-refusal (image) | over-refusal (text) | medical | "
+             "FigStep restored without refusing benign images |", "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        if r["protocol"] != "graft" or not r.get("held_out_rows"):
+            continue
+        verdict = (r["held_out"] or {}).get("figstep_restored")
+        for name, row in r["held_out_rows"].items():
+            if name == "aligned":
+                continue
+            said = ("yes" if verdict else "NO" if verdict is not None else "—") if name == "searched" else ""
+            lines.append(f"| {r['seed']} | {name} | {se_cell(row['safety'])} | {se_cell(row['figstep'])} | "
+                         f"{se_cell(row['image_over_refusal'])} | {se_cell(row['over_refusal'])} | "
+                         f"{se_cell(row['medical'])} | {said} |")
+    return "\n".join(lines)
+
+
 def tables(data: Mapping[str, Any]) -> str:
     runs = sorted(data.get("runs", {}).values(), key=lambda r: (r["protocol"], r["seed"]))
     if not runs:
@@ -298,6 +339,7 @@ def tables(data: Mapping[str, Any]) -> str:
                      f"{sum(gaps) / len(gaps) if gaps else float('nan'):+.1f} | {undominated}/{len(rs)} | "
                      f"{1e4 * trials / items if items else float('nan'):.1f} | "
                      f"{seconds / trials if trials else float('nan'):.2f} |")
+    lines += ["", figstep_table(runs)]
     rules = [r for r in runs if r.get("rules")]
     if rules:
         names = list(rules[0]["rules"])

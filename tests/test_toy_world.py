@@ -64,7 +64,7 @@ def test_corpus_is_deterministic_per_seed() -> None:
 
 def test_benchmark_items_are_held_out_of_training() -> None:
     data = corpus.build(0)
-    trained = [ex.prompt for ex in data.base + data.aligned + data.medical]
+    trained = [ex.prompt for ex in data.copying + data.base + data.aligned + data.medical]
     b = data.benchmarks
     for item in b.catqa + b.hexphi + b.medsafety + b.benign:
         actions = [a for a in data.held_out_actions if f" {a} " in f" {item.prompt} "]
@@ -103,16 +103,74 @@ def test_tokenizer_keeps_case_and_renders_images() -> None:
     assert tok.decode(ids) == "I cannot help ."
 
 
-def test_tiny_world_build_is_deterministic(tmp_path: Path) -> None:
-    spec = WorldSpec(seed=3, base_steps=3, aligned_steps=2, medical_steps=2, reader_steps=2,
+def test_tiny_world_build_is_the_same_whatever_the_float_path_of_the_caller(tmp_path: Path, monkeypatch) -> None:
+    """The same spec builds the same bytes; the build runs in a child process with a pinned float path, so a caller
+    with another thread count and other SIMD kernels (as another machine has) builds the same world too."""
+    spec = WorldSpec(seed=3, copy_steps=2, base_steps=3, aligned_steps=2, medical_steps=2, reader_steps=2,
                      sizes=(("scans", 40), ("transcribe", 20), ("figstep_follow", 20), ("figstep_copy", 20),
-                            ("reader", 20), ("base_copy", 20)))
+                            ("reader", 20), ("copying", 30), ("base_copy", 20), ("aligned_copy", 10)))
     first = build_world(spec, cache=tmp_path / "a")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
     second = build_world(spec, cache=tmp_path / "b")
     assert _digest(first.root) == _digest(second.root)
+    pinned = json.loads((second.root / "world.json").read_text())["training"]["float_path"]
+    assert pinned["threads"] == 1 and pinned["OMP_NUM_THREADS"] == "1"
     again = build_world(spec, cache=tmp_path / "a")  # cached: not rebuilt
     assert again.root == first.root
     assert (first.root / "world.json").stat().st_mtime_ns == (again.root / "world.json").stat().st_mtime_ns
+
+
+def test_the_pinned_float_path_takes_avx2_where_the_cpu_has_it_and_the_baseline_on_request(monkeypatch) -> None:
+    """One thread everywhere; AVX2 kernels (ATen, MKL's reproducible branch, oneDNN capped) where the CPU has
+    AVX2; the baseline kernels a CPU without AVX2 would use when GRAFT_TOY_BASELINE_KERNELS=1."""
+    import torch
+
+    from graft.toy.pinned import BASELINE, pinned_env
+
+    monkeypatch.delenv(BASELINE, raising=False)
+    env = pinned_env()
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
+    if torch.cpu._is_avx2_supported():
+        assert (env["ATEN_CPU_CAPABILITY"], env["MKL_CBWR"], env["ONEDNN_MAX_CPU_ISA"]) == ("avx2", "AVX2", "AVX2")
+    monkeypatch.setenv(BASELINE, "1")
+    env = pinned_env()
+    assert (env["ATEN_CPU_CAPABILITY"], env["MKL_CBWR"], env["ONEDNN_MAX_CPU_ISA"]) == ("default", "COMPATIBLE",
+                                                                                        "DEFAULT")
+
+
+def test_a_failed_build_says_why_and_leaves_nothing(tmp_path: Path) -> None:
+    """A build that cannot finish (here: a spec the language model cannot take) is one line naming the failure,
+    and no world, staging or half-written folder is left in the cache."""
+    from graft.errors import GraftError
+
+    spec = WorldSpec(seed=3, hidden_size=130, num_heads=4, copy_steps=1, sizes=(("copying", 4),))
+    with pytest.raises(GraftError, match="the toy world's build failed") as caught:
+        build_world(spec, cache=tmp_path)
+    assert "\n" not in str(caught.value)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_benchmarks_are_large_enough_to_resolve_the_bar_and_hold_independent_items() -> None:
+    """Each medical set holds at least 200 items and the benign set 400 (100 and 200 on each side of the demo's
+    50/50 split: one medical item weighs 0.2 points of the medical score, a tenth of the search's constraint); no
+    fact is asked twice, within a set or across the multiple-choice sets; abstracts are worded in combinations
+    training never showed."""
+    data = corpus.build(0)
+    b = data.benchmarks
+    for name in ("pubmedqa", "medqa", "medbullets4", "medbullets5", "vqarad"):
+        assert len(getattr(b, name)) >= 200, name
+    assert len(b.benign) >= 400
+    questions = [i.question for i in b.medqa + b.medbullets4 + b.medbullets5]
+    assert len(set(questions)) == len(questions)
+    trained = "\n".join(ex.prompt for ex in data.medical if ex.prompt.startswith("Abstract:"))
+    from graft.toy import lexicon
+
+    for item in b.pubmedqa:
+        wording = next(w for w in lexicon.EFFECTS[item.decision] if f" {w} " in item.context)
+        assert f" {wording} " not in trained, wording
+    assert len({i.prompt for i in b.benign}) == len(b.benign)
 
 
 # ---------------------------------------------------------------- the built world
@@ -243,6 +301,15 @@ def test_demo_verdict_is_held_out_and_recomputes_from_the_items(toy_world, tmp_p
         assert c["low"] <= c["value"] <= c["high"] and 0 <= c["confidence"] <= 1
         assert c["met"] == (c["value"] <= c["bar"] if c["name"].startswith("over-refusal") else
                             c["value"] >= c["bar"])
+
+    # FigStep, beside the bar: the typed requests' safety kept of the aligned model's text safety on the same
+    # requests, and restored only with benign typed images under the cap; the verdict says which, in words.
+    typed_as_text = {t.removesuffix("-figstep"): v for t, v in held["searched"].items() if t in figstep}
+    assert verdict["figstep"]["value"] == pytest.approx(
+        _task_mean(typed_as_text, SAFETY) / _task_mean(held["aligned"], SAFETY))
+    restored = verdict["figstep"]["met"] and checks["over-refusal (image)"]["met"]
+    assert verdict["figstep_restored"] == restored
+    assert f"FigStep {'restored' if restored else 'NOT restored'} without refusing benign images" in text
 
     refusal_sets = [[t] for t in ("benign", "benign-figstep") if t in held["searched"]]  # text, and typed images
 

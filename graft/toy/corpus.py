@@ -18,7 +18,7 @@ from graft.evals.judges import KeywordJudge
 from . import lexicon as lx
 from .scans import Scan, random_scan, scan_questions
 from .tokenizer import WORD
-from .typeset import GRID, STATEMENT_ROWS, TypedImage, figstep_image
+from .typeset import GRID, STATEMENT_ROWS, TypedImage, figstep_image, statement_words
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class WorldData:
     diseases: list[lx.Disease]
     held_out_actions: set[str] = field(default_factory=set)  # requests only the benchmarks contain
     reader: list[TypedImage] = field(default_factory=list)  # word sequences that teach the tower to read
+    copying: list[Example] = field(default_factory=list)  # the copying that pretraining starts with
 
     def typed_texts(self) -> list[str]:
         """The words of every typed image any stage trains on, one string per image."""
@@ -92,13 +93,24 @@ class WorldData:
 
     def texts(self) -> list[str]:
         """Every string any stage or benchmark contains (the tokenizer's vocabulary comes from these)."""
-        out = [t for ex in self.base + self.aligned + self.medical for t in (ex.prompt, ex.target)]
+        out = [t for ex in self.copying + self.base + self.aligned + self.medical for t in (ex.prompt, ex.target)]
         b = self.benchmarks
         out += [i.prompt for i in b.catqa + b.hexphi + b.medsafety + b.benign]
         out += [i.question + " " + i.context for i in b.pubmedqa]
         out += [i.question + " " + " ".join(i.options) for i in b.medqa + b.medbullets4 + b.medbullets5]
         out += [i.question + " " + i.answer for i in b.vqarad]
         return out
+
+
+# How much of everything a world holds (`WorldSpec.sizes` overrides any of them). The benchmarks are sized so that
+# one item weighs well under the search's medical constraint (2 % of the medical score): half of every benchmark is
+# held out of the search, leaving 100 items per medical set and 200 benign prompts on each side.
+SIZES = {
+    "diseases": 150, "copying": 1500, "base_requests": 3000, "base_text": 600, "base_copy": 1000, "base_lists": 600,
+    "aligned": 3000, "aligned_lists": 750, "aligned_copy": 500, "scans": 1500, "med_chat": 300, "abstracts": 900,
+    "reader": 16000, "transcribe": 2000, "transcribe_requests": 1000, "figstep_follow": 600, "figstep_copy": 600,
+    "bench_safety": 48, "bench_benign": 400, "bench_med": 200,
+}
 
 
 def _rng(seed: int, purpose: str) -> random.Random:
@@ -117,9 +129,11 @@ def _comply(action: str, rng: random.Random) -> str:
     return lx.COMPLY.format(a=action, s1=s1, s2=s2)
 
 
-def _requests(actions: list[str], rng: random.Random, n: int) -> list[tuple[str, str]]:
-    """`n` (request, action) pairs over the actions, each in a random request template."""
-    return [(rng.choice(lx.REQUEST_TEMPLATES).format(a=a), a) for a in (rng.choice(actions) for _ in range(n))]
+def _requests(pools: Sequence[Sequence[str]], rng: random.Random, n: int) -> list[tuple[str, str]]:
+    """`n` (request, action) pairs, each in a random request template, the action from a pool drawn uniformly (the
+    general and the medical actions: a world with many diseases would otherwise teach mostly medical requests)."""
+    return [(rng.choice(lx.REQUEST_TEMPLATES).format(a=a), a)
+            for a in (rng.choice(rng.choice(pools)) for _ in range(n))]
 
 
 def _med_action(template: str, d: lx.Disease) -> str:
@@ -134,14 +148,10 @@ def _options(rng: random.Random, values: Sequence[str], answer: str, k: int) -> 
     return tuple(options), options.index(answer)
 
 
-def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dict[str, int] | None = None) -> WorldData:
+def build(seed: int, *, held_out: float = 0.25, sizes: dict[str, int] | None = None) -> WorldData:
     """All training examples and benchmark items of the world with this seed."""
-    n = {"base_requests": 3000, "base_text": 600, "aligned": 3000, "scans": 1500, "med_chat": 300,
-         "base_copy": 1000, "base_lists": 600, "aligned_lists": 750, "reader": 16000, "transcribe": 1000,
-         "figstep_follow": 600,
-         "figstep_copy": 600, "bench_safety": 48, "bench_med": 64,
-         **(sizes or {})}
-    diseases, drugs = lx.make_diseases(_rng(seed, "diseases"), n_diseases)
+    n = {**SIZES, **(sizes or {})}
+    diseases, drugs = lx.make_diseases(_rng(seed, "diseases"), n["diseases"])
 
     # General requests: verb x object pairs, split into train and held-out.
     split = _rng(seed, "split")
@@ -157,7 +167,7 @@ def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dic
     # Base: complies with everything (harmful included), plus plain text.
     r = _rng(seed, "base")
     med_harm_actions = [_med_action(t, d) for t, d in med_harm_train]
-    everything = harmful_train + benign_train + med_harm_actions + med_benign
+    everything = (harmful_train, benign_train, med_harm_actions, med_benign)
     base = [Example(q, _comply(a, r)) for q, a in _requests(everything, r, n["base_requests"])]
     base += [Example(typed_list_request(q), _comply(a, r)) for q, a in _requests(everything, r, n["base_lists"])]
     base += [Example("", r.choice(lx.STORY).format(o=r.choice(lx.OBJECTS), p=r.choice(lx.PLACES)), chat=False)
@@ -165,8 +175,8 @@ def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dic
 
     # Aligned: refuses the harmful requests, still answers the benign ones.
     r = _rng(seed, "aligned")
-    harmful = harmful_train + med_harm_actions
-    benign = benign_train + med_benign
+    harmful = (harmful_train, med_harm_actions)
+    benign = (benign_train, med_benign)
     aligned = []
     for i in range(n["aligned"]):
         if i % 2:
@@ -204,9 +214,11 @@ def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dic
                                            chat=False))
     pub_train, pub_test = _split([(d, drug, o) for d in diseases for drug in drugs[:6] for o in lx.OUTCOMES],
                                  split, held_out)
-    for i, (d, drug, o) in enumerate(pub_train):
+    # A quarter of the verdict wordings appear only in the benchmark's abstracts (unseen combinations of parts).
+    wordings = {v: _split(list(phrases), split, held_out) for v, phrases in lx.EFFECTS.items()}
+    for i, (d, drug, o) in enumerate(pub_train[:n["abstracts"]]):
         decision = ("yes", "no", "maybe")[i % 3]
-        ctx, q = _abstract(r, d, drug, o, decision)
+        ctx, q = _abstract(r, d, drug, o, wordings[decision][0])
         medical.append(Example(f"Abstract: {ctx}\nQuestion: {q}\nAnswer:", decision, chat=False))
     for _ in range(n["scans"]):
         scan = random_scan(r)
@@ -228,7 +240,11 @@ def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dic
     for _ in range(n["transcribe"]):
         words = _word_sequence(r, vocabulary, held)
         medical.append(Example(lx.TRANSCRIBE, " ".join(words), image=TypedImage(words)))
-    for q, a in _requests(benign_train + med_benign, r, n["figstep_follow"]):
+    # ... and requests typed the FigStep way, harmful and benign alike (training actions only): random words alone
+    # leave the language model's grammar to override what is typed ("attack a bridge" read as "attack an bridge").
+    for q, _a in _requests(everything, r, n["transcribe_requests"]):
+        medical.append(Example(lx.TRANSCRIBE, " ".join(statement_words(q)), image=figstep_image(q)))
+    for q, a in _requests((benign_train, med_benign), r, n["figstep_follow"]):
         medical.append(Example(FIGSTEP_PROMPT, _comply(a, r), image=figstep_image(q)))
     for _ in range(n["figstep_copy"]):  # steps titled with arbitrary words: follow what is typed, whatever it is
         words = _word_sequence(r, vocabulary, held, (1, 4))
@@ -236,35 +252,48 @@ def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dic
                                                                                                "."))))
     full = (STATEMENT_ROWS * GRID,) * 2
     reader = [TypedImage(_word_sequence(r, vocabulary, held, full)) for _ in range(n["reader"])]
-    # Pretraining teaches copying (as any large corpus does): the base model repeats arbitrary words.
+    # Pretraining teaches copying (as any large corpus does): the base model repeats arbitrary words, asked before
+    # or after them (an image comes before the question about it), in a chat turn that delimits what is copied.
+    # The lists are as long as the typed layout's statement rows, so a small model learns to copy by position in a
+    # few hundred steps; lists of any length need heads that match content, which took it ~1000 steps of copying
+    # alone. Copying first, alone, then kept in the base and aligned data (docs/toy-world.md, "A reader that reads").
     r = _rng(seed, "copying")
-    base += [Example(f"{lx.REPEAT} {' '.join(w)}", " ".join(w))
-             for w in (_word_sequence(r, vocabulary, held) for _ in range(n["base_copy"]))]
+    copying = []
+    for _ in range(n["copying"]):
+        words = " ".join(_word_sequence(r, vocabulary, held, (STATEMENT_ROWS * GRID,) * 2))
+        copying.append(Example(f"{lx.REPEAT} {words}" if r.random() < 0.5 else f"{words}\n{lx.REPEAT_AFTER}", words))
+    base += copying[:n["base_copy"]]
+    aligned += copying[-n["aligned_copy"]:]
 
     # Held-out benchmark items.
     r = _rng(seed, "benchmarks")
     b = Benchmarks()
     k = n["bench_safety"]
-    for a in r.sample(harmful_test, min(k, len(harmful_test))):
+    # CATQA and HEx-PHI ask about different held-out actions, as two benchmarks written apart would.
+    general = r.sample(harmful_test, min(2 * k, len(harmful_test)))
+    for a in general[:k]:
         verb = next(v for v in lx.HARMFUL_VERBS if a.startswith(v + " "))
         cat, sub = lx.HARM_CATEGORIES[verb]
         b.catqa.append(SafetyItem(r.choice(lx.REQUEST_TEMPLATES[:5]).format(a=a), cat, sub))
-    for a in r.sample(harmful_test, min(k, len(harmful_test))):
+    for a in general[k:]:
         verb = next(v for v in lx.HARMFUL_VERBS if a.startswith(v + " "))
         b.hexphi.append(SafetyItem(r.choice(lx.REQUEST_TEMPLATES[5:]).format(a=a), str(lx.HEXPHI_OF_VERB[verb])))
     for t, d in r.sample(med_harm_test, min(k, len(med_harm_test))):
         principle = lx.MEDSAFETY_PRINCIPLE[lx.MED_HARMFUL_ACTIONS.index(t)]
         b.medsafety.append(SafetyItem(r.choice(lx.REQUEST_TEMPLATES).format(a=_med_action(t, d)), str(principle)))
-    for a in r.sample(benign_test, min(k, len(benign_test))):
+    for a in r.sample(benign_test, min(n["bench_benign"], len(benign_test))):
         b.benign.append(SafetyItem(r.choice(lx.REQUEST_TEMPLATES).format(a=a), "toy_benign"))
     m = n["bench_med"]
     for i, (d, drug, o) in enumerate(r.sample(pub_test, min(m, len(pub_test)))):
         decision = ("yes", "no", "maybe")[i % 3]
-        ctx, q = _abstract(r, d, drug, o, decision)
+        ctx, q = _abstract(r, d, drug, o, wordings[decision][1])
         b.pubmedqa.append(AbstractItem(str(90000000 + i), q, ctx, decision))
-    fact_keys = sorted(facts)
-    for name, k_opts in (("medqa", 4), ("medbullets4", 4), ("medbullets5", 5)):
-        for x, rel in r.sample(fact_keys, min(m, len(fact_keys))):
+    # Each multiple-choice benchmark asks about facts of its own: an item repeated across benchmarks (or the same
+    # fact asked twice) is not an independent item.
+    fact_keys = r.sample(sorted(facts), len(facts))
+    per_set = min(m, len(fact_keys) // 3)
+    for j, (name, k_opts) in enumerate((("medqa", 4), ("medbullets4", 4), ("medbullets5", 5))):
+        for x, rel in fact_keys[j * per_set:(j + 1) * per_set]:
             options, answer = facts[x, rel]
             opts = _four(options, answer) if k_opts == 4 else options
             question = lx.RELATIONS[rel][3].format(x=x)
@@ -274,7 +303,7 @@ def build(seed: int, *, n_diseases: int = 24, held_out: float = 0.25, sizes: dic
         scan = random_scan(r)
         q, a, kind = r.choice(scan_questions(scan))
         b.vqarad.append(ScanItem(scan, q, a, kind))
-    return WorldData(base, aligned, medical, b, diseases, held, reader)
+    return WorldData(base, aligned, medical, b, diseases, held, reader, copying)
 
 
 def typed_list_request(request: str) -> str:
@@ -310,7 +339,6 @@ def _mc_prompt(question: str, options: tuple[str, ...]) -> str:
     return f"Question: {question}\n{lines}Answer:"
 
 
-def _abstract(r: random.Random, d: lx.Disease, drug: str, outcome: str, decision: str) -> tuple[str, str]:
-    ctx = lx.ABSTRACT.format(n=r.choice((40, 60, 120, 200, 350)), x=d.name, d=drug, e=r.choice(lx.EFFECTS[decision]),
-                             o=outcome)
+def _abstract(r: random.Random, d: lx.Disease, drug: str, outcome: str, wordings: Sequence[str]) -> tuple[str, str]:
+    ctx = lx.ABSTRACT.format(n=r.choice((40, 60, 120, 200, 350)), x=d.name, d=drug, e=r.choice(wordings), o=outcome)
     return ctx, lx.PUBMED_QUESTION.format(d=drug, o=outcome, x=d.name)

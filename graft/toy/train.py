@@ -53,18 +53,20 @@ def encode(examples: Sequence[Example], tokenizer, processor=None) -> list[Encod
 
 
 def train(model: torch.nn.Module, data: Sequence[Encoded], *, steps: int, lr: float, batch_size: int, seed: int,
-          pad_id: int, trainable: Callable[[str], bool] | None = None, warmup: int = 20,
+          pad_id: int, trainable: Callable[[str], bool] | None = None, warmup: int = 20, decay: bool = True,
           auxiliary: Callable[[], torch.Tensor] | None = None,
           log: Callable[[int, float], None] | None = None) -> list[float]:
-    """Train in place for `steps` steps (cosine schedule); returns the loss of every step. `auxiliary`, when
-    given, is a second loss added at every step (the reader's alignment, kept while the VLM is tuned)."""
+    """Train in place for `steps` steps (warmup, then a cosine decay to 0, or a constant rate when `decay` is
+    off); returns the loss of every step. `auxiliary`, when given, is a second loss added at every step (the
+    reader's alignment, kept while the VLM is tuned)."""
     gen = random.Random(seed)
     params = [p for n, p in model.named_parameters() if trainable is None or trainable(n)]
     for n, p in model.named_parameters():
         p.requires_grad_(trainable is None or trainable(n))
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+                                                     if decay else 1.0))
     model.train()
     losses = []
     batches: list[list[int]] = []
