@@ -50,7 +50,9 @@ def eval_command(
                                           "Qwen2-VL/Qwen2.5-VL, HF LLaVA or LLaVA-Med (llava_mistral)."),
     tasks: str = typer.Option(None, "--tasks", help=tasks_help()),
     suite: str = typer.Option(None, "--suite", help=f"A task group instead of --tasks: {', '.join(SUITES)}."),
-    data: Path = typer.Option(..., "--data", help="YAML mapping each benchmark to a local path or a hub id."),
+    data: Path = typer.Option(None, "--data", help="YAML mapping each benchmark to a local path or a hub id. "
+                                                   "A benchmark it leaves out (or all, without --data) is read "
+                                                   "from its public hub dataset, through the hub cache."),
     out: Path = typer.Option(Path("results.json"), "--out",
                              help="Results JSON; per-sample records go to OUT-stem.samples.jsonl beside it."),
     limit: int = typer.Option(None, "--limit", help="Screen on N items per task, stratified by category."

@@ -134,6 +134,8 @@ def evaluate(
     `trust_remote_code` lets transformers run Python code shipped in the model folder: only for a folder you trust.
     `lm_eval_out` (with `out`) also writes the results in lm-eval's own layout there (`graft eval --format lm-eval`).
     `bar` counts the items as tasks finish (graft.progress; the caller stops it).
+    `data` (a data.yaml, a mapping or a `DataConfig`) says where benchmarks live; one it leaves out, or all of them
+    when it is None, is read from its public hub source (`Benchmark.public`) through `datasets` and the hub cache.
 
     Example::
 
@@ -199,7 +201,7 @@ def evaluate(
             results.skipped[name] = "text-only model"
             continue
         if data.get(task.benchmark) is None and not explicit:
-            results.skipped[name] = f"no '{task.benchmark}' entry in the data config"
+            results.skipped[name] = f"no public hub copy of '{task.benchmark}' and no entry in the data config"
             continue
         data.source(task.benchmark)  # explicit task without data: a clear UsageError now, before any work
         run.append(task)
@@ -304,7 +306,7 @@ def evaluate(
                       "figstep_font": (str(figstep.load_font(font).path)
                                        if any(t.figstep for t in run) and not figstep_images else None),
                       "figstep_images": str(figstep_images) if figstep_images else None,
-                      "data": {t.benchmark: str(data.source(t.benchmark)) for t in run},
+                      "data": {t.benchmark: str(data.source(t.benchmark)) for t in run},  # hub:ID (split ...) or a path
                       "task_configs": {t.name: {
                           "lm_eval_name": lm_eval_name(t.name), "prompt": prompt_of(t.name, mc_mode),
                           "system_prompt": system_prompt, "limit": limit, "fraction": fraction, "seed": seed,
@@ -349,7 +351,7 @@ def _inputs(model: str | Path | GenerationBackend, data: DataConfig, font: str |
 
 def _data_config(data: DataConfig | str | Path | dict | None) -> DataConfig:
     if data is None:
-        raise UsageError("no data config: pass --data data.yaml (see docs/evaluation.md)")
+        return DataConfig()  # every benchmark from its public hub source
     if isinstance(data, DataConfig):
         return data
     if isinstance(data, dict):
