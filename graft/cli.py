@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
 from graft import __version__
+from graft.console import GraftConsole
 from graft.demo import DEMO_HOLDOUT, DEMO_SCALES, DEMO_TRIALS
 from graft.display import console_text, human_size, printable, shown, use_safe_streams
 from graft.errors import EXIT_CODES, GraftError, UsageError
@@ -74,8 +74,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-stderr = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False)
+stderr = GraftConsole(stderr=True, highlight=False)
+stdout = GraftConsole(highlight=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 # -- options declared once, shared by the commands that take them ----------------------------------------------
@@ -606,7 +606,7 @@ def demo(
     check(DEMO, limit=limit, holdout=holdout, trials=trials, seed=seed)
     for value in grid:
         DEMO["scales"].check(value)
-    run_demo(workdir, console=stdout if not quiet else Console(quiet=True), cache=cache, scales=grid, limit=limit,
+    run_demo(workdir, console=stdout if not quiet else GraftConsole(quiet=True), cache=cache, scales=grid, limit=limit,
              rebuild_world=rebuild_world, device=device, search_trials=trials, seed=seed, holdout=holdout)
 
 

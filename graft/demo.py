@@ -28,6 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from graft.console import GraftConsole
 from graft.io.guard import adopt_legacy_folder, make_output_folder, seal_folder, write_file
 
 DEMO_SCALES = (0.5, 1.0, 1.5, 2.0)  # the global-λ grid, which is also the search's uniform baselines
@@ -298,7 +299,7 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    console = console or Console()
+    console = console or GraftConsole()
     workdir = Path(workdir)
     if not 0 <= holdout < 1:
         from graft.errors import UsageError

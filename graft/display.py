@@ -64,6 +64,41 @@ def use_safe_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors=ESCAPE_UNENCODABLE)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout = ReaderMayLeave(sys.stdout)  # type: ignore[assignment]
+
+
+class ReaderMayLeave:
+    """Standard output whose reader may stop reading (`graft plan --list | head`): the first write to a closed pipe
+    points the descriptor at os.devnull, as Python's documentation on SIGPIPE recommends, and the rest of the
+    output is dropped; the command finishes its work and exits with its own code, never click's 1 ("a bug in
+    graft") or a traceback at exit. Everything else is the wrapped stream's."""
+
+    def __init__(self, stream: io.TextIOWrapper) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_left()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_left()
+
+    def _reader_left(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def shown(path: str | Path) -> str:

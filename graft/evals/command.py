@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand
 
+from graft.console import GraftConsole
 from graft.display import shown
 from graft.flag_ranges import EVAL, help_range
 from graft.progress import StepProgress, library_bars_off
@@ -112,7 +112,7 @@ def eval_command(
         raise UsageError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     loggers = check_loggers(log or [])
     lm_eval_out = lm_eval_path(out) if fmt == "lm-eval" else None
-    console = Console(stderr=True, quiet=quiet)
+    console = GraftConsole(stderr=True, quiet=quiet)
     if trust_remote_code:
         console.print(f"[bold yellow]warning:[/] --trust-remote-code: Python code in {shown(model)} will run",
                       soft_wrap=True)
@@ -148,7 +148,7 @@ def eval_command(
                         if math.isfinite(est["low"]) else "")
             console.print(f"{key.replace('_', '-')}: {100 * est['value']:.1f} % ± {_se(est['se'], 1, 100)} "
                           f"({interval}{est['n']} items)")
-    Console(stderr=True, highlight=False).print("wrote " + ", ".join(shown(p) for p in written), soft_wrap=True)
+    GraftConsole(stderr=True, highlight=False).print("wrote " + ", ".join(shown(p) for p in written), soft_wrap=True)
 
 
 FORMATS = ("graft", "lm-eval")

@@ -13,15 +13,15 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from graft.console import GraftConsole
 from graft.display import printable, shown
 from graft.flag_ranges import INSPECT, check, help_range
 
-stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
+stdout = GraftConsole(highlight=False)
+stderr = GraftConsole(stderr=True, highlight=False)
 
 
 def inspect_command(

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from graft.console import GraftConsole
 from graft.flag_ranges import SEARCH, help_range
 from graft.progress import StepProgress, library_bars_off
 
@@ -26,7 +26,7 @@ def _list_spaces(value: bool) -> None:
     table = Table("space", "sampler", "description", title="shipped search spaces (graft search --space NAME)")
     for name, sampler, description in describe():
         table.add_row(name, sampler, description)
-    Console(highlight=False, width=max(Console().width, 120)).print(table)
+    GraftConsole(highlight=False, width=max(GraftConsole().width, 120)).print(table)
     raise typer.Exit()
 
 
@@ -120,7 +120,7 @@ def search_command(
     target = with_revision(target, target_revision, "--target-revision")
     vector = with_revision(vector, vector_revision, "--vector-revision")
     callbacks = [load_callback(spec) for spec in callback or []]
-    console = Console(stderr=True, highlight=False, quiet=quiet)
+    console = GraftConsole(stderr=True, highlight=False, quiet=quiet)
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     by_items = trials is None and budget_items is not None  # the item budget ends the study: count items
     bar = StepProgress(console, unit="items" if by_items else "trials", title="search")
@@ -144,10 +144,10 @@ def search_command(
     finally:
         bar.stop()
     if quiet:
-        Console(highlight=False).print(str(result.out))
+        GraftConsole(highlight=False).print(str(result.out))
         return
     summary = result.summary
-    out_console = Console(highlight=False)
+    out_console = GraftConsole(highlight=False)
     report = summary.get("report")
     if report and report.get("models"):
         out_console.print(report_table(report, result.study))
