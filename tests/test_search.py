@@ -491,10 +491,11 @@ def test_cli_search_with_the_real_suite_scores_lambda0_as_the_target_itself(make
     out = tmp_path / "out"
     result = runner.invoke(app, ["search", "--target", str(world.target), "--vector", str(world.vector),
                                  "--space", str(space), "--eval", str(evals), "--trials", "3", "--out", str(out),
-                                 "--dtype", "float32", "--heartbeat", "5"])
+                                 "--dtype", "float32", "--heartbeat", "5", "--json", "-"])
     assert result.exit_code == 0, result.output
-    assert "best uniform λ" in result.output and "3 complete" in result.output
-    assert "HELD-OUT" in result.output and "in sample" in result.output
+    assert "best uniform λ" in result.stderr and "3 complete" in result.stderr  # the tables, beside the JSON
+    assert "HELD-OUT" in result.stderr and "in sample" in result.stderr
+    assert json.loads(result.stdout) == json.loads((out / "summary.json").read_text())  # --json -: stdout is JSON
     study = load_study(out)
     assert len(finished(study)) == 3
     assert (out / "verdicts.sqlite").stat().st_size > 0

@@ -15,6 +15,7 @@ from typer.core import TyperCommand
 from graft.console import GraftConsole
 from graft.display import shown
 from graft.flag_ranges import EVAL, help_range
+from graft.json_report import check_json_destination, write_json
 from graft.progress import StepProgress, library_bars_off
 
 from .benchmarks import SUITES, TASKS
@@ -92,6 +93,8 @@ def eval_command(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
                                            help="Run the Python code a model folder ships (custom architectures); "
                                                 "off by default, only for a folder you trust."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the results (results.json's content) as JSON to "
+                                                       "this file; `-` writes them to standard output."),
     fmt: str = typer.Option("graft", "--format",
                                help="graft: results.json (graft's schema); lm-eval: also OUT-stem.lm-eval.json in "
                                     "lm-eval's results layout (lm-eval's task names, acc/acc_stderr, ...)."),
@@ -116,6 +119,8 @@ def eval_command(
     if trust_remote_code:
         console.print(f"[bold yellow]warning:[/] --trust-remote-code: Python code in {shown(model)} will run",
                       soft_wrap=True)
+    json_inputs = [p for p in (Path(model), data) if p is not None and p.exists()]
+    check_json_destination(json_out, json_inputs, force=force)  # before the work, not after
     trackers = open_trackers(loggers, f"graft eval {shown(Path(model))}", {}) if loggers else []  # before the work
     bar = StepProgress(console, unit="items", title="eval")
     try:
@@ -133,6 +138,8 @@ def eval_command(
     finally:
         bar.stop()
     written = [out, samples_path(out), *([lm_eval_out] if lm_eval_out else [])]
+    if json_out is not None:
+        write_json(json_out, results.model_dump(mode="json"), json_inputs, force=force)
     if trackers:
         log_results(trackers, results, written)
     table = Table("task", "score ± SE", "n", "metric", "items/s")

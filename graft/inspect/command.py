@@ -19,6 +19,7 @@ from rich.table import Table
 from graft.console import GraftConsole
 from graft.display import printable, shown
 from graft.flag_ranges import INSPECT, check, help_range
+from graft.json_report import check_json_destination, frame_records, table_console, write_json
 
 stdout = GraftConsole(highlight=False)
 stderr = GraftConsole(stderr=True, highlight=False)
@@ -59,6 +60,9 @@ def inspect_command(
         "--chunk-size", help="Bytes of a tensor read at once; default 8MB on CPU, 64MB on CUDA.")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace an earlier report folder; refused if you added or edited anything in it.")] = False,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write every row of the summary table (all layer × group cells, not only --top) as "
+                       "JSON to this file; `-` writes it to standard output and the table to stderr.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors and the report path only.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks for unexpected errors.")] = False,
 ) -> None:
@@ -66,22 +70,27 @@ def inspect_command(
     from .run import inspect_vector
 
     check(INSPECT, top=top, trial=trial)
+    json_inputs = [Path(p) for p in (vector, target, origin, recipe) if p and Path(p).exists()]
+    check_json_destination(json_out, json_inputs, force=force)  # before the work, not after
     found = inspect_vector(
         vector, target=target, origin=origin, recipe=recipe, map=map, study=study, storage=storage, trial=trial,
         out=out, safelora=safelora, device=device, chunk_size=chunk_size, force=force,
         on_warning=lambda note: stderr.print(f"[yellow]warning:[/] {note}", soft_wrap=True))
+    if json_out is not None:
+        write_json(json_out, frame_records(found.table()), json_inputs, force=force)
     if quiet:
         if found.report is not None:
             stdout.print(shown(found.report.out))
         return
+    to = table_console(json_out, stdout, stderr)
     choice = found.choice
     if choice is not None:
         name = escape(printable(repr(choice.study)))  # read from the storage: no markup, no terminal codes
-        stdout.print(f"λ from study {name}, trial {choice.trial} ({choice.reason}; safety {_fmt(choice.safety)}, "
-                     f"medical {_fmt(choice.medical)})")
-    _print_top(found.table(), top, with_target=found.with_target)
+        to.print(f"λ from study {name}, trial {choice.trial} ({choice.reason}; safety {_fmt(choice.safety)}, "
+                 f"medical {_fmt(choice.medical)})")
+    _print_top(found.table(), top, with_target=found.with_target, to=to)
     if found.report is not None:
-        stdout.print(f"wrote {len(found.report.files)} files to {shown(found.report.out)}")
+        to.print(f"wrote {len(found.report.files)} files to {shown(found.report.out)}")
 
 
 def _fmt(value: Any) -> str:
@@ -90,7 +99,7 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}"
 
 
-def _print_top(table: Any, top: int, *, with_target: bool) -> None:
+def _print_top(table: Any, top: int, *, with_target: bool, to: Any = stdout) -> None:
     import pandas as pd
 
     key = "update_ratio" if "update_ratio" in table.columns else "ratio"
@@ -117,4 +126,4 @@ def _print_top(table: Any, top: int, *, with_target: bool) -> None:
             else:
                 cells.append(_fmt(float(value)))
         out.add_row(*cells)
-    stdout.print(out)
+    to.print(out)

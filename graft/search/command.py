@@ -11,6 +11,7 @@ from rich.table import Table
 
 from graft.console import GraftConsole
 from graft.flag_ranges import SEARCH, help_range
+from graft.json_report import check_json_destination, table_console, write_json
 from graft.progress import StepProgress, library_bars_off
 
 from .config import MODES
@@ -105,6 +106,9 @@ def search_command(
     list_spaces: Annotated[bool, typer.Option(
         "--list-spaces", is_eager=True, callback=_list_spaces,
         help="List the shipped search spaces (names for --space) and exit.")] = False,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the summary (summary.json's content) as JSON to this file, replacing one an "
+                       "earlier graft run wrote; `-` writes it to standard output and the tables to stderr.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors and the output folder only.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Optuna's own log; tracebacks on errors.")] = False,
 ) -> None:
@@ -120,6 +124,8 @@ def search_command(
     target = with_revision(target, target_revision, "--target-revision")
     vector = with_revision(vector, vector_revision, "--vector-revision")
     callbacks = [load_callback(spec) for spec in callback or []]
+    json_inputs = [Path(p) for p in (target, vector, recipe, eval_config, space) if p and Path(p).exists()]
+    check_json_destination(json_out, json_inputs, force=True)  # before the work, not after
     console = GraftConsole(stderr=True, highlight=False, quiet=quiet)
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     by_items = trials is None and budget_items is not None  # the item budget ends the study: count items
@@ -143,11 +149,13 @@ def search_command(
             )
     finally:
         bar.stop()
+    if json_out is not None:
+        write_json(json_out, result.summary, json_inputs, force=True)
     if quiet:
         GraftConsole(highlight=False).print(str(result.out))
         return
     summary = result.summary
-    out_console = GraftConsole(highlight=False)
+    out_console = table_console(json_out, GraftConsole(highlight=False), console)
     report = summary.get("report")
     if report and report.get("models"):
         out_console.print(report_table(report, result.study))
