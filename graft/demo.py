@@ -461,7 +461,16 @@ def search_world(world, vector: Path, out: Path, medical: ModelScores, scales: S
         "data": str(world.data), "safety": list(safety), "medical": [*TEXT_MEDICAL, *IMAGE_MEDICAL],
         "over_refusal": list(benign), "limit": limit, "seed": seed, "holdout": holdout, "objective": objective,
         **changes})
-    return run_search(space=search_space, eval_config=config, trials=trials, budget_items=budget_items,
+    # The demo's budget counts the baselines (λ = 0 and the uniform grid), as its --trials says; graft search's
+    # --trials counts searched trials only, the baselines coming on top.
+    baselines = 1 + len(raw["baselines"]["uniform"])
+    searched = trials - baselines
+    if searched < 1:
+        from graft.errors import UsageError
+
+        raise UsageError(f"--trials {trials}: the demo's search budget includes its {baselines} baselines (λ = 0 and "
+                         f"the uniform λ of --scales); ask for at least {baselines + 1}")
+    return run_search(space=search_space, eval_config=config, trials=searched, budget_items=budget_items,
                       target=str(world.medical), vector=str(vector), origin=str(world.aligned), out=out,
                       study="graft-demo", seed=seed, sampler=sampler, device=device, batch_size=DEMO_BATCH_SIZE,
                       progress=lambda m: say(f"search: {m}"))

@@ -38,8 +38,9 @@ def search_command(
     eval_config: Annotated[Path, typer.Option(
         "--eval", help="What each trial is scored on: data, safety/medical tasks, screening, objective (YAML).")],
     trials: Annotated[int | None, typer.Option(
-        "--trials", help="Finished trials the study should reach (baselines included), shared by all workers; give "
-                         "this, --budget-items, or both." + help_range(SEARCH, "trials"))] = None,
+        "--trials", help="Searched trials the study should finish, shared by all workers; the baselines (λ = 0 and "
+                         "the space's uniform λ) run first, on top. Give this, --budget-items, or both."
+        + help_range(SEARCH, "trials"))] = None,
     target: Annotated[str | None, typer.Option("--target", "-t", help="Target model folder or hub id.")] = None,
     vector: Annotated[str | None, typer.Option(
         "--vector", help="Vector folder written by `graft extract`, or a hub repository holding one.")] = None,
@@ -119,7 +120,7 @@ def search_command(
     from graft.tracking import load_callback
 
     from .run import run_search
-    from .study import budget_state, items_spent
+    from .study import items_spent
 
     target = with_revision(target, target_revision, "--target-revision")
     vector = with_revision(vector, vector_revision, "--vector-revision")
@@ -129,13 +130,20 @@ def search_command(
     console = GraftConsole(stderr=True, highlight=False, quiet=quiet)
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     by_items = trials is None and budget_items is not None  # the item budget ends the study: count items
-    bar = StepProgress(console, unit="items" if by_items else "trials", title="search")
+    bar = StepProgress(console, unit="items" if by_items else "steps", title="search")
 
-    def tick(study, _trial) -> None:  # the study's finished trials (or items), whoever ran them
-        trials_now = study.get_trials(deepcopy=False)
-        bar.advance(done=items_spent(trials_now) if by_items else budget_state(study).finished)
+    def tick(study, _trial) -> None:  # the study's item evaluations, whoever ran them
+        if by_items:
+            bar.advance(done=items_spent(study.get_trials(deepcopy=False)))
 
-    bar.start((budget_items if by_items else trials) or 0)
+    def steps(done: int, total: int) -> None:  # trials, then the final pick and report: the ETA covers both
+        if bar.total == 0:
+            bar.start(total, done=done)
+        else:
+            bar.advance(done=done, total=total)
+
+    if by_items:
+        bar.start(budget_items or 0)
     try:
         with library_bars_off(quiet):  # -q: not transformers' "Loading weights" bar for each trial's model either
             result = run_search(
@@ -146,6 +154,7 @@ def search_command(
                 origin=origin, out=out, merge_best=merge_best,
                 device=device, dtype=dtype, batch_size=batch_size, heartbeat=heartbeat, log=log or [],
                 callbacks=[*callbacks, tick], progress=lambda msg: console.print(msg, soft_wrap=True),
+                steps=None if by_items else steps,
             )
     finally:
         bar.stop()
