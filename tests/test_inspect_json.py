@@ -1,5 +1,5 @@
 """`graft inspect --json`: every row of the summary table (not only --top) as JSON, equal to the report's
-layers.csv."""
+layers.csv; and an --out that may not be written is refused before any scoring."""
 
 from __future__ import annotations
 
@@ -35,3 +35,25 @@ def test_inspect_json_holds_every_cell_of_the_report(make_world, tmp_path):
 def _key(row) -> tuple:
     layer = row["layer"]
     return (-1 if layer is None or (isinstance(layer, float) and math.isnan(layer)) else int(layer), row["group"])
+
+
+def test_an_existing_report_folder_is_refused_before_any_scoring(make_world, tmp_path, monkeypatch):
+    import graft.inspect.scores as scores
+    from graft.errors import OutputError
+
+    world = make_world("qwen2_vl")
+    out = tmp_path / "report"
+    first = runner.invoke(app, ["inspect", "--vector", str(world.vector), "--target", str(world.target), "--out",
+                                str(out), "--no-safelora", "--device", "cpu", "-q"])
+    assert first.exit_code == 0, first.output
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def no_scoring(*_args, **_kwargs):
+        raise AssertionError("scored before checking --out")
+
+    monkeypatch.setattr(scores, "score_tensors", no_scoring)
+    again = runner.invoke(app, ["inspect", "--vector", str(world.vector), "--target", str(world.target), "--out",
+                                str(out), "--no-safelora", "--device", "cpu"])
+    assert again.exit_code == OutputError.exit_code, again.output
+    assert "--force" in again.stderr and str(out) in again.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

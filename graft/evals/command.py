@@ -141,7 +141,7 @@ def eval_command(
     if json_out is not None:
         write_json(json_out, results.model_dump(mode="json"), json_inputs, force=force)
     if trackers:
-        log_results(trackers, results, written)
+        log_results(trackers, results, written, say=lambda line: console.print(line, soft_wrap=True))
     table = Table("task", "score ± SE", "n", "metric", "items/s")
     for name, b in results.benchmarks.items():
         table.add_row(name, f"{b['score']:.4f} ± {_se(b['se'], 4)}", str(b["n"]), b["metric"],
@@ -173,7 +173,7 @@ def lm_eval_path(out: Path) -> Path:
     return out.with_name(out.stem + ".lm-eval.json")
 
 
-def log_results(trackers: list, results, files: list[Path]) -> bool:
+def log_results(trackers: list, results, files: list[Path], say=None) -> bool:
     """One tracker run per evaluation (started before it): its configuration as parameters, every score and
     standard error as metrics, the written files as artifacts. The results are complete on disk by now, so a
     tracker failing here is a warning (graft.tracking.finish_all); False then."""
@@ -189,4 +189,4 @@ def log_results(trackers: list, results, files: list[Path]) -> bool:
     for key, est in results.summary_se.items():
         if est:
             metrics.update(numbers({f"summary.{key}_stderr": est.get("se")}))
-    return finish_all(trackers, metrics=metrics, files=files, params=params)
+    return finish_all(trackers, metrics=metrics, files=files, params=params, say=say)

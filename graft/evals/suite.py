@@ -56,6 +56,21 @@ class EvalResults(BaseModel):
     def score(self, task: str) -> float:
         return self.benchmarks[task]["score"]
 
+    def to_frame(self):
+        """The scores as a pandas DataFrame, one row per task (the table `graft eval` prints): score, its standard
+        error (NaN for a single item) and Wilson 95 % interval, items, metric, items/s; skipped tasks are left out
+        (`skipped` says why)."""
+        import pandas as pd
+
+        rows = []
+        for task, b in self.benchmarks.items():
+            low, high = b.get("ci95") or (None, None)
+            rows.append({"task": task, "score": b["score"], "se": b.get("se"), "ci95_low": low, "ci95_high": high,
+                         "n": b["n"], "metric": b.get("metric"),
+                         "items_per_s": (self.timing.get(task) or {}).get("items_per_s")})
+        columns = ["task", "score", "se", "ci95_low", "ci95_high", "n", "metric", "items_per_s"]
+        return pd.DataFrame(rows, columns=columns).set_index("task").astype({"se": float})
+
     def write(self, out: str | Path, force: bool = False, inputs: Sequence[str | Path] = (),
               lm_eval: str | Path | None = None) -> tuple[Path, Path]:
         """results.json and the samples beside it (and, with `lm_eval`, the same results in lm-eval's layout), each
