@@ -10,7 +10,10 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console, ConsoleDimensions
+from rich.rule import Rule
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -64,6 +67,41 @@ def use_safe_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors=ESCAPE_UNENCODABLE)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout = ReaderMayLeave(sys.stdout)  # type: ignore[assignment]
+
+
+class ReaderMayLeave:
+    """Standard output whose reader may stop reading (`graft plan --list | head`): the first write to a closed pipe
+    points the descriptor at os.devnull, as Python's documentation on SIGPIPE recommends, and the rest of the
+    output is dropped; the command finishes its work and exits with its own code, never click's 1 ("a bug in
+    graft") or a traceback at exit. Everything else is the wrapped stream's."""
+
+    def __init__(self, stream: io.TextIOWrapper) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_left()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_left()
+
+    def _reader_left(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def shown(path: str | Path) -> str:
@@ -88,3 +126,31 @@ def human_size(nbytes: float) -> str:
             return f"{nbytes:.3g} {unit}"
         nbytes /= 1000
     return f"{nbytes:.3g} TB"
+
+PIPED_WIDTH = 4096  # off a terminal: lines as long as their content, up to this
+RULE_WIDTH = 80  # a section rule off a terminal: a rule is decoration, not content
+
+
+class GraftConsole(Console):
+    """Where nobody reads at a fixed width (`graft plan --list | grep q_proj`, `> log.txt`, CI), rich would wrap
+    every line at 80 columns and elide table cells (`uniform_0…`); here tables and messages keep their full width
+    instead. A terminal, Jupyter, `$COLUMNS` or an explicit `width=` keep rich's own choice."""
+
+    def _piped(self) -> bool:
+        return (self._width is None and not self.is_terminal and not self.is_jupyter
+                and "COLUMNS" not in self._environ)
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        dims = Console.size.fget(self)  # type: ignore[attr-defined]
+        return ConsoleDimensions(PIPED_WIDTH, dims.height) if self._piped() else dims
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+    def rule(self, title: Any = "", **kwargs: Any) -> None:
+        if not self._piped():
+            return super().rule(title, **kwargs)
+        self.print(Rule(title, **kwargs), width=RULE_WIDTH)
+        return None

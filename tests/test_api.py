@@ -68,6 +68,18 @@ def test_api_round_trip_extract_plan_merge_inspect(make_world, tmp_path: Path) -
     for name in sorted(grafted)[:5]:
         assert torch.equal(merged[name], reference_graft(target[name], stored_tau(base, aligned, name), 0.4))
 
+    # In a notebook: the plan as a context manager, from a Recipe or a recipe file; its shard handles closed after.
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(recipe.to_yaml())
+    for source in (recipe, recipe_file, str(recipe_file)):
+        with graft.open_plan(source) as plan:
+            assert {a.target for a in plan.grafted} == grafted
+            name = sorted(grafted)[0]
+            assert torch.equal(plan.target.read(name), target[name])  # reads through an open shard handle
+            handles = plan.target._handles
+            assert handles._open
+        assert not handles._open  # closed on leaving the block
+
     found = graft.inspect_vector(vector, target=world.target, safelora=False, out=tmp_path / "report")
     # ‖τ‖ per layer × group cell, squared and summed, is ‖τ‖ over everything (computed here from the weights)
     total = sum(float((aligned[n].double() - base[n].double()).square().sum()) for n in aligned if n in base

@@ -135,7 +135,7 @@ def _search(world, tmp_path: Path, storage: str, **kwargs):
     evals.write_text(yaml.safe_dump({"graft_search_eval": 1, "data": str(FIXTURE_DATA), "safety": ["catqa"],
                                      "medical": ["pubmedqa"]}))
     return run_search(space=space_file(tmp_path, SPACE), eval_config=evals, target=str(world.target),
-                      vector=str(world.vector), out=tmp_path / "out", storage=storage, trials=3,
+                      vector=str(world.vector), out=tmp_path / "out", storage=storage, trials=1,
                       scorer=LambdaScorer(num_layers(world)), heartbeat=1, **kwargs)
 
 

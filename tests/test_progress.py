@@ -4,6 +4,7 @@ running best feasible trial beside the best uniform λ."""
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def test_search_reports_the_running_best_feasible_trial_against_the_best_uniform
     world = make_world("causal")
     said: list[str] = []
     run_search(space=space_file(tmp_path, SMALL), eval_config=eval_file(tmp_path), target=str(world.target),
-               vector=str(world.vector), out=tmp_path / "out", scorer=LambdaScorer(num_layers(world)), trials=7,
+               vector=str(world.vector), out=tmp_path / "out", scorer=LambdaScorer(num_layers(world)), trials=4,
                max_medical_drop=0.2, progress=said.append)
     lines = [line for line in said if line.startswith("so far (in sample): ")]
     study = load_study(tmp_path / "out")
@@ -91,3 +92,51 @@ def _objective(delta: float):
     from graft.search.config import Objective
 
     return Objective(max_medical_drop=delta)
+
+
+def test_trials_count_searched_trials_and_the_steps_cover_the_final_report(make_world, tmp_path: Path) -> None:
+    """--trials 3 runs three searched trials besides the baselines (and says so); the progress in steps counts
+    every trial, then every recipe the final pick and the held-out report score again, and ends at its total."""
+    from test_search import ItemScorer
+
+    world = make_world("causal")
+    said: list[str] = []
+    steps: list[tuple[int, int]] = []
+    scorer = ItemScorer(num_layers(world))
+    rescored: list[str] = []
+    items = scorer.items
+    scorer.items = lambda c, stage, **kw: (rescored.append(stage.name), items(c, stage, **kw))[1]
+    result = run_search(space=space_file(tmp_path, SMALL), eval_config=eval_file(tmp_path), target=str(world.target),
+                        vector=str(world.vector), out=tmp_path / "out", scorer=scorer, trials=3, max_medical_drop=0.2,
+                        progress=said.append, steps=lambda done, total: steps.append((done, total)))
+    study = load_study(tmp_path / "out")
+    baselines = [t for t in study.trials if "baseline" in t.user_attrs]
+    assert len([t for t in study.trials if "baseline" not in t.user_attrs]) == 3 and len(baselines) == 3
+    assert any("budget 3 searched trials, after 3 baselines (λ = 0 and 2 uniform λ)" in line for line in said)
+    done = [d for d, _ in steps]
+    assert done == sorted(done) and steps[-1][0] == steps[-1][1]  # the last step completes the bar
+    # After the last trial, one step per recipe scored again: each of the final pick's scorings on the whole search
+    # part, and each recipe of the report (scored on the search part and on the held-out part: one step).
+    after_trials = steps[-1][1] - len(study.trials)
+    assert after_trials == rescored.count("in-sample") > 0
+    assert rescored.count("held-out") < rescored.count("in-sample")
+
+    # In a notebook: the report and the trials as DataFrames, the same figures as summary.json and trials.csv.
+    report = json.loads((tmp_path / "out" / "summary.json").read_text())["report"]
+    frame = result.report_frame()
+    assert list(frame.index) == list(report["models"]) + ([f"upper bound: {report['upper_bound']['label']}"]
+                                                          if report.get("upper_bound") else [])
+    for label, model in report["models"].items():
+        for name in report["figures"]:
+            assert frame.loc[label, f"{name}.held_out"] == model["held_out"][name]["value"]
+            assert frame.loc[label, f"{name}.in_sample_se"] == model["in_sample"][name]["se"]
+    assert frame["chosen_on_held_out"].sum() == (1 if report.get("upper_bound") else 0)
+    trials = result.trials_frame()
+    assert sorted(trials["number"]) == [t.number for t in study.trials]
+    # graft search writes its two figures itself (PNG, read back with Pillow).
+    from PIL import Image
+
+    for name in ("history.png", "pareto.png"):
+        with Image.open(tmp_path / "out" / name) as image:
+            assert image.format == "PNG" and min(image.size) > 200
+        assert result.summary["files"][name] == str(tmp_path / "out" / name)

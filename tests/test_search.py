@@ -97,9 +97,10 @@ def test_budget_is_exact_baselines_come_first_once_and_resume_continues(make_wor
     scorer = LambdaScorer(num_layers(world))
     kwargs = dict(space=space_file(tmp_path, SMALL), eval_config=eval_file(tmp_path), target=str(world.target),
                   vector=str(world.vector), out=tmp_path / "out", scorer=scorer, heartbeat=1)
-    first = run_search(trials=6, **kwargs)
+    first = run_search(trials=3, **kwargs)  # 3 searched trials, after the 3 baselines
     study = load_study(tmp_path / "out")
     assert len(finished(study)) == 6 and first.ran == [0, 1, 2, 3, 4, 5]
+    assert [t.user_attrs.get("baseline") for t in study.trials[3:]] == [None] * 3
     assert [t.user_attrs.get("baseline") for t in study.trials[:3]] == ["lambda0", "uniform_0.5", "uniform_1"]
     lambda0 = study.trials[0]
     assert Coefficients.model_validate(lambda0.user_attrs["coefficients"]).layer_factors(4) == [0.0] * 4
@@ -108,17 +109,17 @@ def test_budget_is_exact_baselines_come_first_once_and_resume_continues(make_wor
     for t in finished(study):
         assert t.user_attrs["medical_drop"] == pytest.approx(lambda0.user_attrs["medical"] - t.user_attrs["medical"])
 
-    second = run_search(trials=9, **kwargs)  # resume with a larger budget: only the 3 missing trials run
+    second = run_search(trials=6, **kwargs)  # resume with a larger budget: only the 3 missing trials run
     study = load_study(tmp_path / "out")
     assert second.ran == [6, 7, 8] and len(finished(study)) == 9
     baselines = [t.user_attrs.get("baseline") for t in study.trials if t.user_attrs.get("baseline")]
     assert sorted(baselines) == ["lambda0", "uniform_0.5", "uniform_1"]  # enqueued once, not again on resume
     calls = dict(scorer.calls)
-    third = run_search(trials=9, **kwargs)  # nothing left: no scoring at all, outputs rewritten
+    third = run_search(trials=6, **kwargs)  # nothing left: no scoring at all, outputs rewritten
     assert third.ran == [] and scorer.calls == calls
     assert len(study.trials) == 9
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["counts"] == {"COMPLETE": 9} and summary["budget"] == 9
+    assert summary["counts"] == {"COMPLETE": 9} and summary["budget"] == 6  # searched trials, as --trials says
     assert summary["lambda0"]["number"] == 0 and summary["best_uniform"]["baseline"] in ("uniform_0.5", "uniform_1")
 
 
@@ -128,8 +129,13 @@ def test_resuming_with_another_space_is_refused(make_world, tmp_path: Path) -> N
                   out=tmp_path / "out", scorer=LambdaScorer(num_layers(world)), trials=3)
     run_search(space=space_file(tmp_path, SMALL), **common)
     other = space_file(tmp_path, SMALL.replace("high: 1.5}\ngroups", "high: 2.0}\ngroups"), "other.yaml")
-    with pytest.raises(UsageError, match="study 'graft-search' was created with another space"):
+    with pytest.raises(UsageError, match="study 'graft-search' was created with another space") as refused:
         run_search(space=other, **common)
+    assert str(refused.value).endswith("or start a new study: another output folder (--out DIR, run_search(out=...)) "
+                                       "or another name in this storage (--study NAME, run_search(study=...))")
+    # The fix it names works: the other space in another output folder is a new study.
+    result = run_search(space=other, **{**common, "out": tmp_path / "out2"})
+    assert result.summary["counts"]["COMPLETE"] >= 3
 
 
 def test_screening_prunes_hopeless_trials_before_the_medical_tasks(make_world, tmp_path: Path) -> None:
@@ -137,7 +143,7 @@ def test_screening_prunes_hopeless_trials_before_the_medical_tasks(make_world, t
     scorer = LambdaScorer(num_layers(world))
     evals = eval_file(tmp_path, screening={"tasks": ["catqa"], "limit": 1, "threshold": 0.55})
     run_search(space=space_file(tmp_path, SMALL), eval_config=evals, target=str(world.target),
-               vector=str(world.vector), out=tmp_path / "out", scorer=scorer, trials=14, sampler="random")
+               vector=str(world.vector), out=tmp_path / "out", scorer=scorer, trials=11, sampler="random")
     study = load_study(tmp_path / "out")
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -198,12 +204,12 @@ def test_a_study_recorded_before_a_new_objective_field_can_be_resumed(make_world
     world = make_world("causal")
     common = dict(space=space_file(tmp_path, SMALL), eval_config=eval_file(tmp_path), target=str(world.target),
                   vector=str(world.vector), out=tmp_path / "out", scorer=LambdaScorer(num_layers(world)))
-    run_search(trials=3, **common)
+    run_search(trials=1, **common)  # the 3 baselines and one searched trial
     study = load_study(tmp_path / "out")
     meta = study.user_attrs["graft_search"]
     del meta["objective"]["max_over_refusal"]  # as graft recorded it before the over-refusal cap existed
     study.set_user_attr("graft_search", meta)
-    assert run_search(trials=4, **common).ran == [3]
+    assert run_search(trials=2, **common).ran == [4]
 
 
 class ItemScorer(LambdaScorer):
@@ -247,7 +253,7 @@ def test_report_scores_held_out_items_the_search_never_saw_and_keeps_its_split(m
     common = dict(space=space_file(tmp_path, SMALL), eval_config=evals, target=str(world.target),
                   vector=str(world.vector), out=tmp_path / "out", scorer=ItemScorer(num_layers(world)),
                   sampler="random")
-    result = run_search(trials=6, **common)
+    result = run_search(trials=3, **common)
     study = load_study(tmp_path / "out")
     assert study.user_attrs["graft_search"]["split"] == {"holdout": 0.5, "seed": 0}
     report = result.summary["report"]
@@ -292,7 +298,7 @@ def test_report_scores_held_out_items_the_search_never_saw_and_keeps_its_split(m
                                           - report["models"][best_uniform]["held_out"]["safety"]["value"])
     # A resume must use the study's split; another holdout is refused.
     with pytest.raises(UsageError, match=r"holds out 0\.5"):
-        run_search(trials=7, **{**common, "eval_config": eval_file(tmp_path, safety=["catqa", "hexphi"],
+        run_search(trials=4, **{**common, "eval_config": eval_file(tmp_path, safety=["catqa", "hexphi"],
                                                                       medical=["pubmedqa"], limit=8,
                                                                       over_refusal=True, holdout=0.3,
                                                                       selection={"upper_bound": "all"})})
@@ -300,7 +306,7 @@ def test_report_scores_held_out_items_the_search_never_saw_and_keeps_its_split(m
     meta = study.user_attrs["graft_search"]
     del meta["split"]
     study.set_user_attr("graft_search", meta)
-    again = run_search(trials=7, **common)
+    again = run_search(trials=4, **common)
     assert again.ran == [6] and again.summary["report"]["split"] is None
     assert again.summary["report"]["models"]["searched"]["held_out"] is None
 
@@ -430,7 +436,7 @@ def test_two_workers_in_threads_share_the_budget_exactly(make_world, tmp_path: P
     # No worker dies here: a beat slow enough that load never makes a live trial look stale to the other one.
     layers = num_layers(world)
     common = dict(space=space_file(tmp_path, SMALL), eval_config=eval_file(tmp_path), target=str(world.target),
-                  vector=str(world.vector), storage=f"sqlite:///{tmp_path / 'shared.db'}", trials=12, heartbeat=5)
+                  vector=str(world.vector), storage=f"sqlite:///{tmp_path / 'shared.db'}", trials=9, heartbeat=5)
     results: dict[str, object] = {}
 
     def worker(name: str) -> None:
@@ -491,11 +497,12 @@ def test_cli_search_with_the_real_suite_scores_lambda0_as_the_target_itself(make
     space = space_file(tmp_path, SMALL.replace("uniform: [0.5, 1.0]", "uniform: [1.0]"))
     out = tmp_path / "out"
     result = runner.invoke(app, ["search", "--target", str(world.target), "--vector", str(world.vector),
-                                 "--space", str(space), "--eval", str(evals), "--trials", "3", "--out", str(out),
-                                 "--dtype", "float32", "--heartbeat", "5"])
+                                 "--space", str(space), "--eval", str(evals), "--trials", "1", "--out", str(out),
+                                 "--dtype", "float32", "--heartbeat", "5", "--json", "-"])
     assert result.exit_code == 0, result.output
-    assert "best uniform λ" in result.output and "3 complete" in result.output
-    assert "HELD-OUT" in result.output and "in sample" in result.output
+    assert "best uniform λ" in result.stderr and "3 complete" in result.stderr  # the tables, beside the JSON
+    assert "HELD-OUT" in result.stderr and "in sample" in result.stderr
+    assert json.loads(result.stdout) == json.loads((out / "summary.json").read_text())  # --json -: stdout is JSON
     study = load_study(out)
     assert len(finished(study)) == 3
     assert (out / "verdicts.sqlite").stat().st_size > 0
@@ -550,7 +557,7 @@ def test_cli_exit_codes_for_bad_input(make_world, tmp_path: Path) -> None:
                                                    "medical: [medqa]\n", "e.yaml")), 2, "e.yaml", "medqa cannot score")
     assert_error(search("--sampler", "bayes"), 2, "--sampler bayes")
     assert_error(search("--mode", "pareto", "--sampler", "cmaes"), 2, "cmaes cannot search a Pareto front")
-    assert_error(search("--trials", "2"), 2, "--trials 2", "3 baselines")
+    assert_error(search("--trials", "0"), 2, "--trials 0")
     assert_error(search("--max-over-refusal", "0.1"), 2, "objective.max_over_refusal needs over_refusal: true")
     assert_error(search(vector=tmp_path / "no-vector"), 3, "no-vector")
     foreign = tmp_path / "foreign"
@@ -648,7 +655,7 @@ def test_sigterm_during_a_search_names_its_folder_as_kept(make_world, tmp_path: 
     space = space_file(tmp_path, SMALL.replace("uniform: [0.5, 1.0]", "uniform: [1.0]"))
     out = tmp_path / "out"
     proc = graft_process("search", "--target", world.target, "--vector", world.vector, "--space", space, "--eval",
-                         evals, "--trials", "3", "--out", out, "--dtype", "float32", "-q",
+                         evals, "--trials", "1", "--out", out, "--dtype", "float32", "-q",
                          env={"GRAFT_TEST_KILL_AFTER": "1", "GRAFT_TEST_KILL_SIGNAL": "TERM"})
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("terminated")]
@@ -657,7 +664,7 @@ def test_sigterm_during_a_search_names_its_folder_as_kept(make_world, tmp_path: 
         proc.stderr
     assert (out / "graft.db").is_file() and not [p for p in out.rglob("*") if "graft-partial" in p.name]
     rerun = runner.invoke(app, ["search", "--target", str(world.target), "--vector", str(world.vector), "--space",
-                                str(space), "--eval", str(evals), "--trials", "3", "--out", str(out), "--dtype",
+                                str(space), "--eval", str(evals), "--trials", "1", "--out", str(out), "--dtype",
                                 "float32", "-q"])
     assert rerun.exit_code == 0, rerun.output
     assert len(finished(load_study(out))) == 3

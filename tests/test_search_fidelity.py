@@ -314,7 +314,7 @@ def test_a_budget_too_small_for_any_searched_trial_to_reach_the_last_rung_still_
                                                                                          tmp_path: Path) -> None:
     world = make_world("causal")
     scorer = Landscape(num_layers(world))
-    result = search(world, tmp_path, scorer, trials=5)
+    result = search(world, tmp_path, scorer, trials=2)
     study = study_of(tmp_path / "out")
     searched = [t for t in study.trials if not t.user_attrs.get("baseline")]
     assert len(searched) == 2 and all(t.user_attrs["rung"] == 0 for t in searched)  # neither was promoted
@@ -327,12 +327,12 @@ def test_a_budget_too_small_for_any_searched_trial_to_reach_the_last_rung_still_
 def test_a_study_from_before_bounds_and_rungs_goes_on_as_it_was_made(make_world, tmp_path: Path) -> None:
     world = make_world("causal")
     scorer = Landscape(num_layers(world))
-    search(world, tmp_path, scorer, trials=5, eval_config=eval_file(tmp_path, fidelity={"rungs": 1}))
+    search(world, tmp_path, scorer, trials=2, eval_config=eval_file(tmp_path, fidelity={"rungs": 1}))
     study = study_of(tmp_path / "out")
     meta = study.user_attrs["graft_search"]
     del meta["protocol"]
     study.set_user_attr("graft_search", meta)
-    again = search(world, tmp_path, scorer, trials=7, eval_config=eval_file(tmp_path, fidelity={"rungs": 1}))
+    again = search(world, tmp_path, scorer, trials=4, eval_config=eval_file(tmp_path, fidelity={"rungs": 1}))
     assert again.summary["protocol"]["confidence"] == 0.5 and again.summary["protocol"]["selection"]["share"] == 0
     new = [t for t in study_of(tmp_path / "out").trials if t.number >= 5]
     # Point estimates (the bound is the drop itself), every trial on the whole search part (no selection part).

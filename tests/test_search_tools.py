@@ -28,7 +28,7 @@ runner = CliRunner()
 def search(world, tmp_path: Path, **kwargs):
     return run_search(space=space_file(tmp_path, SMALL), eval_config=kwargs.pop("eval_config", None)
                       or eval_file(tmp_path), target=str(world.target), vector=str(world.vector),
-                      out=tmp_path / "out", scorer=LambdaScorer(num_layers(world)), trials=5, **kwargs)
+                      out=tmp_path / "out", scorer=LambdaScorer(num_layers(world)), trials=2, **kwargs)  # + 3 baselines
 
 
 def wsgi_get(app, path: str) -> dict:
@@ -192,13 +192,17 @@ def test_mlflow_run_holds_the_config_each_trials_lambdas_and_scores_and_the_reci
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "graft-test")
     mlflow.set_tracking_uri(uri)  # an earlier MLflow user in this process may have set another one
     monkeypatch.chdir(tmp_path)  # MLflow keeps artifacts in ./mlruns
-    result = search(world, tmp_path, eval_config=eval_file(tmp_path, log="mlflow"))
+    said: list[str] = []
+    result = search(world, tmp_path, eval_config=eval_file(tmp_path, log="mlflow"), progress=said.append)
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("graft-test").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
+    experiment = client.get_experiment_by_name("graft-test").experiment_id
+    assert said[-1] == (f"mlflow: run {parent.info.run_id} in experiment {experiment} at {uri} (browse it: mlflow ui "
+                        f"--backend-store-uri {uri})")  # where it logged, said once the run is complete
     assert parent.data.params["sampler"] == "cmaes" and parent.data.params["objective.max_medical_drop"] == "0.02"
     assert parent.data.metrics["best.safety"] == pytest.approx(result.summary["best"]["safety"])
     children = {int(r.data.tags["trial"]): r for r in runs if r.data.tags.get("mlflow.parentRunId") ==
@@ -263,12 +267,15 @@ def test_wandb_offline_run_holds_the_config_each_trial_and_the_final_figures(mak
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    result = search(world, tmp_path, log=["wandb"])
+    said: list[str] = []
+    result = search(world, tmp_path, log=["wandb"], progress=said.append)
     import wandb
 
     wandb.teardown()  # W&B's service writes the run file in the background: let it finish
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
+    run_id = runs[0].name.rsplit("-", 1)[1]
+    assert said[-1] == (f"wandb: run {run_id} logged offline in {runs[0]} (upload it later: wandb sync {runs[0]})")
     config: dict = {}
     history: list[dict] = []
     summary: dict = {}
@@ -280,7 +287,7 @@ def test_wandb_offline_run_holds_the_config_each_trial_and_the_final_figures(mak
             history.append({wandb_key(i): json.loads(i.value_json) for i in record.history.item})
         elif kind == "summary":
             summary.update({wandb_key(i): json.loads(i.value_json) for i in record.summary.update})
-    assert config["sampler"] == "cmaes" and config["budget"] == 5
+    assert config["sampler"] == "cmaes" and config["budget"] == 2  # searched trials, as --trials counts them
     study = load_study(tmp_path / "out")
     by_trial = {int(h["trial/number"]): h for h in history}
     assert sorted(by_trial) == [t.number for t in study.trials]

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 from rich.text import Text
 
-from graft.display import console_text, shown
+from graft.display import GraftConsole, console_text, shown
 
-stderr = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False)
+stderr = GraftConsole(stderr=True, highlight=False)
+stdout = GraftConsole(highlight=False)
 
 
 def say(label: str, style: str, text: str) -> None:

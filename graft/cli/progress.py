@@ -63,9 +63,14 @@ class StepProgress:
             self._bar.start()
             self._task = self._bar.add_task(self.title, total=total, completed=done, rate="", note="")
 
-    def advance(self, amount: int = 1, *, note: str = "", done: int | None = None) -> None:
-        """`amount` more units finished (or `done` in all, e.g. a shared study's count); `note` shows beside it."""
+    def advance(self, amount: int = 1, *, note: str = "", done: int | None = None, total: int | None = None) -> None:
+        """`amount` more units finished (or `done` in all, e.g. a shared study's count); `note` shows beside it;
+        `total` corrects the total (an estimate made exact)."""
         self.done = done if done is not None else self.done + amount
+        if total is not None:
+            self.total = total
+            if self._bar is not None and self._task is not None:
+                self._bar.update(self._task, total=total)
         self.steps += 1
         seconds = time.perf_counter() - self._started
         rate = (self.done - self._base) / seconds if seconds > 0 else 0.0

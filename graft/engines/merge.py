@@ -57,18 +57,18 @@ def default_chunk_bytes(device: torch.device) -> int:
     return 64 * 2**20 if device.type == "cuda" else 8 * 2**20
 
 
-def open_plan(recipe: Recipe) -> GraftPlan:
-    """Open the recipe's inputs (headers only) and build the plan; the caller closes it with `close_plan`.
+def open_plan(recipe: Recipe | str | Path) -> GraftPlan:
+    """Open the recipe's inputs (headers only) and build the plan. `recipe` is a `Recipe` or a recipe YAML file. The
+    plan is a context manager that closes its inputs (or call `close_plan`).
 
     Example::
 
         import graft
-        plan = graft.open_plan(graft.Recipe(target="med-model", vector="vectors/safety"))
-        try:
+        with graft.open_plan(graft.Recipe(target="med-model", vector="vectors/safety")) as plan:
             print(len(plan.grafted), plan.problems(), plan.warnings())
-        finally:
-            graft.close_plan(plan)
     """
+    if isinstance(recipe, (str, Path)):
+        recipe = Recipe.from_yaml(recipe)
     if not recipe.target or not recipe.vector:
         raise UsageError("a merge needs a target and a vector (--target/--vector or the recipe's target/vector)")
     target = Checkpoint.open(resolve_model(recipe.target, role="target"), role="target")
@@ -100,10 +100,8 @@ def inputs_unchanged(plan: GraftPlan) -> None:
 
 
 def close_plan(plan: GraftPlan) -> None:
-    plan.target.close()
-    plan.vector.close()
-    if plan.origin is not None:
-        plan.origin.close()
+    """Close what `open_plan` opened (the same as leaving its `with` block)."""
+    plan.close()
 
 
 def merge(

@@ -59,6 +59,19 @@ class GraftPlan:
     origin: Checkpoint | None = None
     inserted: tuple[str, list[int]] | None = None  # config key and layer indices the target inserts
 
+    def close(self) -> None:
+        """Close the checkpoints the plan holds open (file handles on their shards)."""
+        self.target.close()
+        self.vector.close()
+        if self.origin is not None:
+            self.origin.close()
+
+    def __enter__(self) -> GraftPlan:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     @property
     def operator(self) -> GraftOperator:
         """The recipe's graft operator, which the merge and the resident graft both run (graft.core.operators)."""
@@ -138,6 +151,11 @@ class GraftPlan:
             for pattern in getattr(self.recipe.mapping, key):
                 if not any(re.search(pattern, name) for name in self.target.tensors):
                     notes.append(f"mapping.{key} {pattern!r} matches no tensor of the target; check the regex")
+        for rule in self.recipe.mapping.rules:  # a rename that renames nothing is a typo, not a no-op
+            if not any(re.search(rule.match, name) for name in self.vector.shapes):
+                example = next(iter(self.vector.shapes), "")
+                notes.append(f"mapping rule {rule.match!r} => {rule.replace!r} (--map) matches no tensor of the "
+                             f"vector (whose names look like {example!r}); check the regex")
         donor_family = self.vector.manifest.base.model_type or ""
         config = self.target.config
         text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config

@@ -13,7 +13,11 @@ A declaration says:
   screening subsets and of the search/held-out split (graft.evals.screening), so give categories that matter;
 - `choices` (`mc`): the prompt and reply format (graft.evals.answers.ChoiceFormat);
 - `answer` (`vqa`): reply → `{"pred", "correct"}` (default: graft.evals.answers.score_vqa);
-- `figstep` (`safety`/`benign`): also offer `NAME-figstep`, the requests typeset into an image (FigStep).
+- `figstep` (`safety`/`benign`): also offer `NAME-figstep`, the requests typeset into an image (FigStep);
+- `public`: where the items are published on the Hugging Face hub (dataset id, config, split), read when data.yaml
+  has no entry for the benchmark, so `graft eval MODEL --tasks medqa` needs no data.yaml; the ids are those of
+  lm-eval's own task YAMLs or the benchmark authors' releases;
+- `origin`: where the data comes from when it has no public hub copy (said when it is asked for without data).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from graft.errors import UsageError
 
 from . import answers, loaders
 from .loaders import Item
-from .sources import Source
+from .sources import HubSource, Source
 from .tasks import Kind, Task
 
 # Task order within a suite follows the kinds, text tasks before their FigStep variants (what --help lists).
@@ -48,6 +52,8 @@ class Benchmark:
     choices: answers.ChoiceFormat | None = None
     answer: Callable[[Item, str], dict] | None = None
     figstep: bool = False
+    public: HubSource | None = None
+    origin: str = ""
     tasks: tuple[str, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
@@ -129,25 +135,40 @@ def _rebuild() -> None:
 
 
 # ---------------------------------------------------------------- graft's benchmarks
+# Public sources: MedQA's is lm-eval's `medqa_4options`; lm-eval's `pubmedqa` reads bigbio/pubmed_qa, a loading
+# script that `datasets` 4 and later no longer run, so PubMedQA comes from its authors' hub release (the 1,000
+# expert-labelled PQA-L items); VQA-RAD's is the parquet copy of its OSF release with the original test split; the
+# safety sets are their authors' own hub releases (HEx-PHI gated). No revision is pinned: a data.yaml
+# entry `{hub: ..., revision: COMMIT}` pins one, and the results record every source.
+_GITHUB_ONLY = "its authors publish it on GitHub only: git clone https://github.com/{}"
 for _bench in (
     Benchmark("catqa", "safety", loaders.load_catqa, figstep=True,
-              about="catqa_english.json: JSON lines with Category, Subcategory, Question"),
+              about="catqa_english.json: JSON lines with Category, Subcategory, Question",
+              public=HubSource(hub="declare-lab/CategoricalHarmfulQA", split="en")),
     Benchmark("hexphi", "safety", loaders.load_hexphi, figstep=True,
-              about="HEx-PHI folder of category_N.csv files, one instruction a row, no header"),
+              about="HEx-PHI folder of category_N.csv files, one instruction a row, no header",
+              public=HubSource(hub="LLM-Tuning-Safety/HEx-PHI", layout="files")),  # gated: accept its terms, HF_TOKEN
     Benchmark("medsafetybench", "safety", loaders.load_medsafetybench, figstep=True,
-              about="MedSafetyBench datasets/test/{gpt4,llama2}/med_safety_demonstrations_category_N.csv"),
+              about="MedSafetyBench datasets/test/{gpt4,llama2}/med_safety_demonstrations_category_N.csv",
+              origin=_GITHUB_ONLY.format("AI4LIFE-GROUP/med-safety-bench")),
     Benchmark("benign", "benign", loaders.load_benign, figstep=True,
-              about="XSTest xstest_prompts.csv (safe rows) or CSV/JSONL with a 'prompt' field"),
+              about="XSTest xstest_prompts.csv (safe rows) or CSV/JSONL with a 'prompt' field",
+              public=HubSource(hub="Paul/XSTest", split="train")),
     Benchmark("pubmedqa", "mc", loaders.load_pubmedqa, choices=answers.ABSTRACT_YES_NO_MAYBE,
-              about="PubMedQA ori_pqal.json or pqa_labeled rows"),
+              about="PubMedQA ori_pqal.json or pqa_labeled rows",
+              public=HubSource(hub="qiaojin/PubMedQA", name="pqa_labeled", split="train")),
     Benchmark("medqa", "mc", loaders.load_medqa, choices=answers.LETTERED,
-              about="MedQA-USMLE 4-option JSONL (question, options A-D, answer_idx)"),
+              about="MedQA-USMLE 4-option JSONL (question, options A-D, answer_idx)",
+              public=HubSource(hub="GBaker/MedQA-USMLE-4-options-hf", split="test")),
     Benchmark("medbullets4", "mc", loaders.load_medbullets4, choices=answers.LETTERED,
-              about="medbullets_op4.csv (question, opa..opd, answer_idx)"),
+              about="medbullets_op4.csv (question, opa..opd, answer_idx)",
+              origin=_GITHUB_ONLY.format("HanjieChen/ChatGPT-Medbullets")),
     Benchmark("medbullets5", "mc", loaders.load_medbullets5, choices=answers.LETTERED,
-              about="medbullets_op5.csv (question, opa..ope, answer_idx)"),
+              about="medbullets_op5.csv (question, opa..ope, answer_idx)",
+              origin=_GITHUB_ONLY.format("HanjieChen/ChatGPT-Medbullets")),
     Benchmark("vqarad", "vqa", loaders.load_vqarad,
-              about="VQA-RAD parquet (image, question, answer) or the OSF JSON beside its image folder"),
+              about="VQA-RAD parquet (image, question, answer) or the OSF JSON beside its image folder",
+              public=HubSource(hub="flaviagiammarino/vqa-rad", split="test")),
 ):
     register_benchmark(_bench)
 

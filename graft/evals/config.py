@@ -2,7 +2,9 @@
 graft.evals.judges.JudgeConfig, beside the judge registry it is checked against.)
 
 `data.yaml` maps a benchmark name to a local path (file or folder, relative paths resolve against the YAML
-file's folder) or to a hub dataset (`{hub: owner/name, name: config, split: test}`), loaded with `datasets`.
+file's folder) or to a hub dataset (`{hub: owner/name, name: config, split: test}`), loaded with `datasets`. A
+benchmark it leaves out reads the public hub source its declaration names (`Benchmark.public`), as lm-eval's tasks
+do; no data.yaml at all is `DataConfig()`.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 class DataConfig(BaseModel):
     """Where each benchmark's data lives: `data.yaml` is a flat mapping benchmark -> source, checked against the
     benchmark registry (graft.evals.benchmarks), plus `figstep`, a folder of ready-made FigStep images. A benchmark
-    left out cannot be evaluated. FigStep tasks reuse the text sources and render their images, unless `figstep`
-    names a folder of ready-made ones."""
+    left out reads its public hub source, if it has one. FigStep tasks reuse the text sources and render their
+    images, unless `figstep` names a folder of ready-made ones."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -56,8 +58,12 @@ class DataConfig(BaseModel):
         return {**out.pop("benchmarks"), **out}
 
     def get(self, benchmark: str) -> Source | None:
-        """The source of `benchmark`, or None when data.yaml has no entry for it."""
-        return self.benchmarks.get(benchmark)
+        """The source of `benchmark`: data.yaml's entry, else the benchmark's public hub source; None when it has
+        neither (a benchmark whose authors publish it elsewhere)."""
+        given = self.benchmarks.get(benchmark)
+        if given is not None or benchmark not in BENCHMARKS:
+            return given
+        return BENCHMARKS[benchmark].public
 
     def __getattr__(self, name: str) -> Any:
         # `config.catqa` (the layout before the registry) reads the entry; None for a benchmark left out.
@@ -68,15 +74,22 @@ class DataConfig(BaseModel):
     def source(self, benchmark: str) -> Source:
         src = self.get(benchmark)
         if src is None:
-            about = BENCHMARKS[benchmark].about if benchmark in BENCHMARKS else ""
-            raise UsageError(f"no data for benchmark '{benchmark}' in the data config: add a line "
-                             f"'{benchmark}: PATH' to data.yaml" + (f" (PATH: {about})" if about else ""))
+            bench = BENCHMARKS.get(benchmark)
+            origin = f"; {bench.origin}" if bench is not None and bench.origin else ""
+            about = f" (PATH: {bench.about})" if bench is not None and bench.about else ""
+            raise UsageError(f"no data for benchmark '{benchmark}': it has no public hub copy{origin}; add a line "
+                             f"'{benchmark}: PATH' to a data.yaml and pass it with --data{about}")
         return src
 
     def paths(self) -> list[Path]:
         """Every local path the config names (what an evaluation reads, so its outputs never land there)."""
         local = [src for src in self.benchmarks.values() if isinstance(src, Path)]
         return local + ([self.figstep] if self.figstep is not None else [])
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> DataConfig:
+        """`data.yaml` at `path`, or no file at all: every benchmark from its public source."""
+        return cls() if path is None else cls.from_yaml(path)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> DataConfig:

@@ -299,16 +299,40 @@ def _read_hub(src: HubSource) -> Rows:
     try:
         ds = datasets.load_dataset(src.hub, src.name, split=src.split, revision=src.revision)
     except Exception as e:  # datasets raises many types (ConnectionError, DatasetNotFoundError, ValueError...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise _bad(
-            f"hub dataset '{src.hub}' (config {src.name}, split {src.split}) could not be loaded: {first}; "
-            "download it and point data.yaml at the local copy, or go online"
-        ) from e
+        raise _hub_unavailable(src, e) from e
     if len(ds) > MAX_ROWS:
         raise _bad(f"hub dataset '{src.hub}' (split {src.split}): {len(ds)} rows, more than {MAX_ROWS}; evaluate a "
                    "split of it")
     for n, row in enumerate(ds):
         yield f"{src.hub}[{src.split}]:{n}", dict(row)
+
+
+def hub_files(src: HubSource) -> Path:
+    """The folder of a `layout: files` hub source: the repository's files as published, from the hub cache (fetched
+    into it when online), to be read like a local copy."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(src.hub, repo_type="dataset", revision=src.revision))
+    except Exception as e:  # huggingface_hub raises several types (offline, gated, not found, HTTP errors)
+        raise _hub_unavailable(src, e) from e
+
+
+def _hub_unavailable(src: HubSource, exc: BaseException) -> InputError:
+    """One line naming the dataset, why it could not be read (offline and not cached, gated without a token, ...)
+    and how to use a local copy instead."""
+    text = " ".join(str(exc).split())
+    chain = f"{text} {exc.__cause__ or ''}".lower()
+    if "gated" in chain or "401" in chain or "403" in chain:
+        why = (f"it is gated: accept its terms at https://huggingface.co/datasets/{src.hub} and set HF_TOKEN "
+               "(or run `hf auth login`)")
+    elif any(k in chain for k in ("offline", "couldn't reach", "connect", "not cached", "couldn't find cache",
+                                  "cannot find the requested files in the local cache")):
+        why = "offline, and it is not in the hub cache"
+    else:
+        why = (text[:300] or type(exc).__name__).rstrip(".")
+    return _bad(f"hub dataset '{src.hub}' ({src.part()}) could not be loaded: {why}; download it and "
+                "point data.yaml at the local copy (--data data.yaml), or go online")
 
 
 def _field(loc: str, row: Row, name: str, kind: type | tuple[type, ...] = str) -> Any:
@@ -330,7 +354,7 @@ def _field(loc: str, row: Row, name: str, kind: type | tuple[type, ...] = str) -
 
 def _rows(src: Source, local: Callable[[Path], Rows]) -> Rows:
     if isinstance(src, HubSource):
-        return _read_hub(src)
+        return local(hub_files(src)) if src.layout == "files" else _read_hub(src)
     return local(Path(src))
 
 
@@ -348,6 +372,8 @@ def load_catqa(src: Source) -> list[Item]:
 
 
 def load_hexphi(src: Source) -> list[Item]:
+    if isinstance(src, HubSource) and src.layout == "files":
+        src = hub_files(src)
     if isinstance(src, HubSource):
         rows = _read_hub(src)
         items = [Item("hexphi", f"hexphi-{i}", str(_field(loc, row, "category", object)),
@@ -375,6 +401,8 @@ def _category_number(path: Path) -> int:
 
 
 def load_medsafetybench(src: Source) -> list[Item]:
+    if isinstance(src, HubSource) and src.layout == "files":
+        src = hub_files(src)
     if isinstance(src, HubSource):
         rows = _read_hub(src)
         items = [Item("medsafetybench", f"medsafetybench-{i}", str(row.get("category", "all")),
@@ -508,6 +536,8 @@ def load_medbullets5(src: Source) -> list[Item]:
 
 
 def load_vqarad(src: Source) -> list[Item]:
+    if isinstance(src, HubSource) and src.layout == "files":
+        src = hub_files(src)
     if isinstance(src, HubSource):
         rows = _read_hub(src)
     else:

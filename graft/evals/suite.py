@@ -58,6 +58,21 @@ class EvalResults(BaseModel):
     def score(self, task: str) -> float:
         return self.benchmarks[task]["score"]
 
+    def to_frame(self):
+        """The scores as a pandas DataFrame, one row per task (the table `graft eval` prints): score, its standard
+        error (NaN for a single item) and Wilson 95 % interval, items, metric, items/s; skipped tasks are left out
+        (`skipped` says why)."""
+        import pandas as pd
+
+        rows = []
+        for task, b in self.benchmarks.items():
+            low, high = b.get("ci95") or (None, None)
+            rows.append({"task": task, "score": b["score"], "se": b.get("se"), "ci95_low": low, "ci95_high": high,
+                         "n": b["n"], "metric": b.get("metric"),
+                         "items_per_s": (self.timing.get(task) or {}).get("items_per_s")})
+        columns = ["task", "score", "se", "ci95_low", "ci95_high", "n", "metric", "items_per_s"]
+        return pd.DataFrame(rows, columns=columns).set_index("task").astype({"se": float})
+
     def write(self, out: str | Path, force: bool = False, inputs: Sequence[str | Path] = (),
               lm_eval: str | Path | None = None) -> tuple[Path, Path]:
         """results.json and the samples beside it (and, with `lm_eval`, the same results in lm-eval's layout), each
@@ -136,6 +151,8 @@ def evaluate(
     `trust_remote_code` lets transformers run Python code shipped in the model folder: only for a folder you trust.
     `lm_eval_out` (with `out`) also writes the results in lm-eval's own layout there (`graft eval --format lm-eval`).
     `bar` counts the items as tasks finish (graft.cli.progress; the caller stops it).
+    `data` (a data.yaml, a mapping or a `DataConfig`) says where benchmarks live; one it leaves out, or all of them
+    when it is None, is read from its public hub source (`Benchmark.public`) through `datasets` and the hub cache.
 
     Example::
 
@@ -201,7 +218,7 @@ def evaluate(
             results.skipped[name] = "text-only model"
             continue
         if data.get(task.benchmark) is None and not explicit:
-            results.skipped[name] = f"no '{task.benchmark}' entry in the data config"
+            results.skipped[name] = f"no public hub copy of '{task.benchmark}' and no entry in the data config"
             continue
         data.source(task.benchmark)  # explicit task without data: a clear UsageError now, before any work
         run.append(task)
@@ -306,7 +323,7 @@ def evaluate(
                       "figstep_font": (str(figstep.load_font(font).path)
                                        if any(t.figstep for t in run) and not figstep_images else None),
                       "figstep_images": str(figstep_images) if figstep_images else None,
-                      "data": {t.benchmark: str(data.source(t.benchmark)) for t in run},
+                      "data": {t.benchmark: str(data.source(t.benchmark)) for t in run},  # hub:ID (split ...) or a path
                       "task_configs": {t.name: {
                           "lm_eval_name": lm_eval_name(t.name), "prompt": prompt_of(t.name, mc_mode),
                           "system_prompt": system_prompt, "limit": limit, "fraction": fraction, "seed": seed,
@@ -351,7 +368,7 @@ def _inputs(model: str | Path | GenerationBackend, data: DataConfig, font: str |
 
 def _data_config(data: DataConfig | str | Path | dict | None) -> DataConfig:
     if data is None:
-        raise UsageError("no data config: pass --data data.yaml (see docs/evaluation.md)")
+        return DataConfig()  # every benchmark from its public hub source
     if isinstance(data, DataConfig):
         return data
     if isinstance(data, dict):

@@ -48,6 +48,17 @@ def combine(scores: pd.DataFrame | None = None, lambdas: pd.DataFrame | None = N
     return table.iloc[order].reset_index(drop=True)
 
 
+def check_report_destination(out_dir: str | Path, inputs: Iterable[str | Path] = (), *, force: bool = False) -> bool:
+    """Refuse a report folder that may not be written (an input, a folder graft did not make, an earlier report
+    without `force`) before any scoring; returns the `force` the write will use (an empty folder is taken as is)."""
+    from graft.io.guard import check_destination
+
+    destination = Path(out_dir)
+    force = force or (destination.is_dir() and not any(destination.iterdir()))
+    check_destination(destination, [Path(p) for p in inputs], force=force, folder=True)
+    return force
+
+
 def write_report(
     out_dir: str | Path, *, scores: pd.DataFrame | None = None, lambdas: pd.DataFrame | None = None,
     tensors: pd.DataFrame | None = None, importance: pd.DataFrame | None = None,
@@ -57,9 +68,9 @@ def write_report(
     per score, importance.png, and inspect.json (what went in, what came out). `inputs` are refused as
     destinations; an existing non-empty `out_dir` needs `force`."""
     destination = Path(out_dir)
-    empty_folder = destination.is_dir() and not any(destination.iterdir())
+    force = check_report_destination(destination, inputs, force=force)
     layers = combine(scores, lambdas)
-    folder = OutputFolder(destination, inputs=[Path(p) for p in inputs], force=force or empty_folder, kind="inspect")
+    folder = OutputFolder(destination, inputs=[Path(p) for p in inputs], force=force, kind="inspect")
     written: list[str] = []
     with folder as staging:
 

@@ -69,7 +69,7 @@ def inspect_vector(
     from graft.io.vector_folder import SafetyVector
 
     from .recipe_lambdas import lambdas
-    from .report import write_report
+    from .report import check_report_destination, write_report
     from .scores import layer_table, score_tensors, tensor_table
     from .study import choice_of, importance_of, open_study
 
@@ -85,6 +85,9 @@ def inspect_vector(
         spec = spec.model_copy(update={"vector": choice.vector, "target": spec.target or choice.target})
     if not spec.vector:
         raise UsageError("--vector is required (or a --recipe or `graft search` study that names a vector)")
+    inputs = [p for p in (spec.vector, spec.target, spec.options.origin) if p and Path(p).exists()]
+    if out is not None:  # an --out that cannot be written is refused now, not after the scoring
+        check_report_destination(out, inputs, force=force)
     stats = score_tensors(spec.vector, spec.target, spec.options.origin, spec.mapping, device=device,
                           chunk_size=chunk_size, safelora=safelora)
     scores, tensors = layer_table(stats), tensor_table(stats)
@@ -120,7 +123,6 @@ def inspect_vector(
         sources["coefficients"] = lam_recipe.coefficients.model_dump(mode="json")
     report = None
     if out is not None:
-        inputs = [p for p in (spec.vector, spec.target, spec.options.origin) if p and Path(p).exists()]
         report = write_report(out, scores=scores, lambdas=lam_table, tensors=tensors, importance=importance,
                               sources=sources, inputs=inputs, force=force)
     return Inspection(scores, tensors, lam_table, importance, choice, sources, report, spec.target is not None)

@@ -181,6 +181,14 @@ class MlflowTracker:
                 self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id)
 
+    def logged(self) -> str:
+        """Where the run went, for the user to find it (printed once the work is logged)."""
+        from mlflow.tracking import get_tracking_uri
+
+        uri = get_tracking_uri()
+        return (f"mlflow: run {self.run_id} in experiment {self.run.info.experiment_id} at {uri} "
+                f"(browse it: mlflow ui --backend-store-uri {uri})")
+
     def fail(self) -> None:
         with env_defaults(MLFLOW_OPEN_LIMITS):  # on the way out of a failed command: never minutes of retries
             self.client.set_terminated(self.run_id, status="FAILED")
@@ -228,6 +236,13 @@ class WandbTracker:
                 self.run.save(str(path), base_path=str(Path(path).parent), policy="now")
         self.run.finish()
 
+    def logged(self) -> str:
+        """Where the run went: its page online; offline, its folder and the command that uploads it later."""
+        folder = Path(self.run.dir).parent  # wandb/offline-run-…/files -> the run's folder
+        if self.run.settings.mode in ("offline", "dryrun") or not getattr(self.run, "url", None):
+            return f"wandb: run {self.run.id} logged offline in {folder} (upload it later: wandb sync {folder})"
+        return f"wandb: run {self.run.id} at {self.run.url} (local copy in {folder})"
+
     def fail(self) -> None:
         self.run.finish(exit_code=1)
 
@@ -272,14 +287,16 @@ def log_safely(tracker: Any, kind: str) -> TrialCallback:
 
 
 def finish_all(trackers: Sequence[Any], *, metrics: Mapping[str, Any], files: Sequence[Path],
-               params: Mapping[str, Any] | None = None) -> bool:
-    """Send the final figures and files once the work is done. A tracker that fails now is a warning naming the
-    complete outputs that were kept, not a failed command: the results are on disk and can be logged again.
-    True when every tracker took them."""
+               params: Mapping[str, Any] | None = None, say: Callable[[str], None] | None = None) -> bool:
+    """Send the final figures and files once the work is done, and `say` where each run went. A tracker that fails
+    now is a warning naming the complete outputs that were kept, not a failed command: the results are on disk and
+    can be logged again. True when every tracker took them."""
     complete = True
     for tracker in trackers:
         try:
             tracker.finish(metrics=metrics, files=files, params=params)
+            if say is not None and hasattr(tracker, "logged"):
+                say(tracker.logged())
         except Exception as exc:
             complete = False
             kind = next((k for k, v in KINDS.items() if isinstance(tracker, v)), type(tracker).__name__)

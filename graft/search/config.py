@@ -3,7 +3,8 @@ tasks and their subsets, the judge, screening, and the objective. Strict and ver
 
 ```yaml
 graft_search_eval: 1
-data: data.yaml                  # the graft.evals data config (relative to this file)
+data: data.yaml                  # optional: the graft.evals data config (relative to this file); a benchmark
+                                 # it leaves out, or every one without it, reads its public hub dataset
 safety: [catqa, hexphi, medsafetybench, catqa-figstep]
 medical: [pubmedqa, medqa, vqarad]
 over_refusal: true               # also run `benign` (over-refusal: reported, and capped by max_over_refusal);
@@ -141,10 +142,11 @@ class Selection(_Strict):
 
 
 class SearchEvalConfig(_Strict):
-    """`eval.yaml` for `graft search`. Relative `data` resolves against the file's folder."""
+    """`eval.yaml` for `graft search`. Relative `data` resolves against the file's folder; without `data`, every
+    benchmark is read from its public hub source (graft.evals.benchmarks), as `graft eval` does without --data."""
 
     graft_search_eval: Literal[1] = EVAL_VERSION
-    data: str
+    data: str | None = None
     safety: list[str] = Field(min_length=1)
     medical: list[str] = Field(min_length=1)
     over_refusal: bool | list[str] = False
@@ -220,7 +222,7 @@ class SearchEvalConfig(_Strict):
         path = Path(path)
         data = load_yaml_file(path, "the search eval config")
         config = cls.parse(data, source=str(path))
-        if not Path(config.data).expanduser().is_absolute():
+        if config.data is not None and not Path(config.data).expanduser().is_absolute():
             config = config.model_copy(update={"data": str(path.parent / config.data)})
         return config
 

@@ -63,7 +63,7 @@ def stage_items(config: SearchEvalConfig, stage: Stage, data: Any = None) -> dic
     from graft.evals.config import DataConfig
     from graft.evals.screening import stratified_subset
 
-    data = data if data is not None else DataConfig.from_yaml(config.data)
+    data = data if data is not None else DataConfig.load(config.data)
     loaded: dict[str, list] = {}
     out: dict[str, list[Any]] = {}
     for tasks, limit, fraction, split in stage.batches():
@@ -94,7 +94,7 @@ class SuiteScorer:
         self.config, self.base, self.cache = config, base, cache
         self.device, self.batch_size = device, batch_size
         self.say = say or (lambda _msg: None)
-        self.data = DataConfig.from_yaml(config.data)
+        self.data = DataConfig.load(config.data)
         self.judge = config.judge_config()
         self._residents: dict[bool, Any] = {}
         self._applied: dict[bool, Coefficients | None] = {}
@@ -117,8 +117,8 @@ class SuiteScorer:
             needs_image = [t for t in self.config.tasks() if TASKS[t].needs_image]
             if needs_image and not engine.is_multimodal:
                 resident.close()
-                raise IncompatibleError(f"{self.config.data}: task(s) {', '.join(needs_image)} need an image-text "
-                                        f"model but {engine.name} is text-only; drop them from eval.yaml")
+                raise IncompatibleError(f"{self.config.data or 'eval.yaml'}: task(s) {', '.join(needs_image)} need an "
+                                        f"image-text model but {engine.name} is text-only; drop them from eval.yaml")
             self._residents[key], self._applied[key] = resident, None
         resident = self._residents[key]
         if resident.operator != spec:

@@ -28,7 +28,7 @@ from .objective import constraint_values, is_feasible, selection_key, violation_
 from .space import Cell
 
 FILES = ("best_recipe.yaml", "pareto.csv", "pareto.json", "trials.csv", "trials.json", "summary.json",
-         "heldout.json")
+         "heldout.json", "history.png", "pareto.png")
 
 
 @dataclass(frozen=True)
@@ -236,7 +236,7 @@ def _row(r: TrialRecord, num_layers: int, cells: list[Cell], objective: Objectiv
     return row
 
 
-def write_search_file(path: Path, text: str) -> None:
+def write_search_file(path: Path, text: str | bytes) -> None:
     """Write one file of the search's output folder (replaced atomically; graft owns that folder)."""
     write_file(path, text, force=True)  # inside the search's own folder: graft's files, replaced atomically
 
@@ -277,6 +277,10 @@ def write_outputs(out: Path, trials: list[FrozenTrial], *, base: Recipe, objecti
     write_search_file(out / "pareto.json", json_text([asdict(r) for r in front]))
     write_search_file(out / "pareto.csv", pd.DataFrame(front_rows, columns=list(rows[0]) if rows else None)
                   .to_csv(index=False))
+    from .plots import study_figures  # matplotlib: only when a search writes its outputs
+
+    for name, image in study_figures(recs, front, objective).items():
+        write_search_file(out / name, image)
     recipe_file = out / "best_recipe.yaml"
     if best is not None and best.coefficients is not None:
         recipe = trial_recipe(base, Coefficients.model_validate(best.coefficients), best.operator)

@@ -1,8 +1,8 @@
 """`run_search`: the Python API under `graft search` (a notebook calls it the same way).
 
 space → trial parameters → coefficients → resident graft → evaluation suite → objective → Optuna, trial after
-trial, until the study holds `trials` finished trials (shared by every worker on the same storage and study);
-then the outputs are written from the study.
+trial, until the study holds `trials` finished searched trials besides its baselines (shared by every worker on the
+same storage and study); then the final pick, the held-out report and the outputs, written from the study.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from .pick import Pick, front, pick_on, rescore_set
 from .samplers import sampler_spec
 from .space import OPERATOR_PARAM, Cell, SearchSpace
 from .spaces import resolve as resolve_space
+from .steps import StepCount, final_phase_estimate
 from .study import (
     METADATA_KEY,
     REFERENCE_KEY,
@@ -78,6 +79,19 @@ class SearchResult:
     def best(self) -> dict[str, Any] | None:
         return self.summary.get("best")
 
+    def report_frame(self):
+        """The held-out report as a pandas DataFrame: one row per recipe, each figure held out and in sample with
+        its standard error and their gap (graft.search.frames)."""
+        from .frames import report_frame
+
+        return report_frame(self.summary.get("report"))
+
+    def trials_frame(self):
+        """Every trial as a pandas DataFrame (trials.csv)."""
+        from .frames import trials_frame
+
+        return trials_frame(self.out)
+
 
 def run_search(
     *,
@@ -109,11 +123,13 @@ def run_search(
     progress: Callable[[str], None] | None = None,
     callbacks: Sequence[TrialCallback] = (),
     log: Sequence[str] = (),
+    steps: Callable[[int, int], None] | None = None,
 ) -> SearchResult:
     """Run (or join, or resume) a coefficient search; see docs/search.md.
 
     `space` is a SearchSpace, a YAML file, or the name of a shipped space (`layerwise`; a file that exists wins).
-    `trials` is the number of finished trials the *study* should reach, baselines included, whoever runs them;
+    `trials` is the number of searched trials the *study* should finish, whoever runs them; the baselines (λ = 0
+    and the space's uniform λ) run first and come on top;
     `budget_items` (instead or as well) the item evaluations its trials may spend (each trial counts the items of
     the last rung it reached). `confidence` and `keep_target_safety` override eval.yaml's objective.
     `scorer` replaces the resident graft + evaluation suite (tests and custom metrics use it); the final
@@ -122,6 +138,9 @@ def run_search(
     `callbacks` are called as `callback(study, frozen_trial)` after every trial this worker finishes (Optuna's
     callback signature: optuna-integration's MLflowCallback / WeightsAndBiasesCallback work as they are); `log`
     names trackers (mlflow, wandb) to send the search to, besides eval.yaml's `log:` (graft.io.tracking).
+    `steps(done, total)` follows the whole run in steps: a finished trial of the study, or one recipe the final pick
+    or the report scores again (each about a trial's work); `total` is an estimate until the final phase begins,
+    then exact: what a progress bar's ETA needs to include the report.
     """
     check(SEARCH, trials=trials, seed=seed, batch_size=batch_size, heartbeat=heartbeat,
           max_medical_drop=max_medical_drop, max_over_refusal=max_over_refusal, confidence=confidence,
@@ -150,15 +169,12 @@ def run_search(
     search_space.check(num_layers, source=space_source)
     baselines = [Baseline(name, lam, params)
                  for name, lam, params in search_space.baseline_points(num_layers, cells, source=space_source)]
-    if trials is not None and trials < len(baselines):
-        raise UsageError(f"--trials {trials}: a study starts with {len(baselines)} baselines (λ = 0 and "
-                         f"{len(baselines) - 1} uniform); ask for more trials or shorten baselines.uniform")
     pool = _pool_sizes(config, scorer)
     plan = plan_rungs(config.fidelity.rungs, config.fidelity.reduction, config.fidelity.min_items, pool,
                       config.figures(), multi_fidelity=objective.mode != "pareto", source=_source(eval_config))
     if budget_items is not None:
         check_budget(budget_items, pool, plan, len(baselines))
-    cap = trials if trials is not None else NO_TRIAL_CAP
+    cap = trials + len(baselines) if trials is not None else NO_TRIAL_CAP  # the baselines come on top
 
     if storage is not None:  # another application's database: refused before the output folder is made
         check_study_storage(storage, write=True)
@@ -193,9 +209,19 @@ def run_search(
         optuna_study, created = open_study(rdb, study, directions=directions(objective), metadata=metadata,
                                            baselines=baselines, make=make,
                                            metric_names=metric_names(objective, sampler_name), pruner=pruner(plan))
-        budget = " and ".join(x for x in (f"{trials} finished trials" if trials is not None else "",
+        budget = " and ".join(x for x in (f"{trials} searched trials" if trials is not None else "",
                                           f"{budget_items} item evaluations" if budget_items is not None else "")
                               if x)
+        budget += (f", after {len(baselines)} baselines (λ = 0 and {len(baselines) - 1} uniform λ)"
+                   if len(baselines) > 1 else ", after the λ = 0 baseline")
+        if trials is not None and steps is not None:
+            budget += ("; progress in steps: each trial, then each recipe the final pick and the held-out report "
+                       "score again")
+        tracker = StepCount(steps, cap if trials is not None else None,
+                            final_phase_estimate(config, len(baselines),
+                                                 per_item=scorer is None or hasattr(scorer, "items")))
+        tracker.trials(budget_state(optuna_study).finished)
+        hooks = [*hooks, lambda st, _t: tracker.trials(budget_state(st).finished)]
         say(f"{'created' if created else 'joined'} study {study!r} in {redact(url)}; budget {budget}")
         config = _study_split(optuna_study, config, created, say)
         config, plan = _study_protocol(optuna_study, config, plan, created, say)
@@ -215,9 +241,11 @@ def run_search(
         trials_now = optuna_study.get_trials(deepcopy=False)
         if trial_scorer is None:  # a finished study, reported again: the cached verdicts make this cheap
             trial_scorer = _suite_scorer(config, base, out, device, batch_size, say)
-        pick, chosen = _final_pick(trials_now, config, sampler_name, trial_scorer, baselines[0], plan, say, notes)
+        tracker.trials(budget_state(optuna_study).finished)
+        pick, chosen = _final_pick(trials_now, config, sampler_name, trial_scorer, baselines[0], plan, say, notes,
+                                   tracker=tracker)
         report = _report(trials_now, config, objective, trial_scorer, out, say, pick=pick, plan=plan,
-                         sampler=sampler_name)
+                         sampler=sampler_name, tracker=tracker)
         closing_warnings(notes, records(trials_now), pick, report, search_space, num_layers, config, space_source)
         meta = {"study": study, "storage": redact(url), "sampler": sampler_name, "budget": trials,
                 "budget_items": budget_items, "medical_reference": optuna_study.user_attrs.get(REFERENCE_KEY),
@@ -235,7 +263,7 @@ def run_search(
             trial_scorer.close()  # type: ignore[attr-defined]
     # The search is done and its outputs written: a tracker failing now is a warning, not a failed search.
     finish_all(trackers, metrics=_tracked_figures(summary),
-               files=[out / name for name in ("best_recipe.yaml", "summary.json", "trials.csv")])
+               files=[out / name for name in ("best_recipe.yaml", "summary.json", "trials.csv")], say=say)
     merged = None
     if merge_best:
         merged = _merge_best(out)
@@ -377,7 +405,7 @@ def _say_protocol(config: SearchEvalConfig, pool: dict[str, int] | None, plan: R
 
 def _final_pick(trials: list[FrozenTrial], config: SearchEvalConfig, sampler: str, scorer: Scorer,
                 lambda0: Baseline, plan: RungPlan, say: Callable[[str], None],
-                notes: Notes | None = None) -> tuple[Pick | None, Chosen | None]:
+                notes: Notes | None = None, tracker: StepCount | None = None) -> tuple[Pick | None, Chosen | None]:
     """graft.search.pick: the finalists (and baselines) scored again on the whole search part, the pick made
     there. Without per-item outcomes or a selection part, the rule on the rung pool."""
     from graft.core.recipe import Coefficients
@@ -394,9 +422,14 @@ def _final_pick(trials: list[FrozenTrial], config: SearchEvalConfig, sampler: st
 
         def outcomes(r):
             extra = {} if r.operator is None else {"operator": r.operator}
-            return scorer.items(Coefficients.model_validate(r.coefficients), stage, **extra)  # type: ignore[attr-defined]
+            scored = scorer.items(Coefficients.model_validate(r.coefficients), stage, **extra)  # type: ignore[attr-defined]
+            if tracker is not None:
+                tracker.rescored()
+            return scored
 
         again = rescore_set(pool, objective, k)
+        if tracker is not None:
+            tracker.final_phase(pick=len(again) + 1)  # λ = 0 is scored once more as the reference
         say(f"final pick: {len(again)} recipes ({min(k, len(again))} finalists and the baselines) judged on the whole "
             "search part (the rung pool and the selection part no trial was scored on)")
         ref = outcomes(reference)
@@ -423,7 +456,7 @@ def candidates_of(recs: list, top: int, notes: Notes | None = None) -> list:
 
 def _report(trials: list[FrozenTrial], config: SearchEvalConfig, objective, scorer: Scorer, out: Path,
             say: Callable[[str], None], *, pick: Pick | None = None, plan: RungPlan | None = None,
-            sampler: str = "gp") -> dict[str, Any] | None:
+            sampler: str = "gp", tracker: StepCount | None = None) -> dict[str, Any] | None:
     """Score the searched recipe, λ = 0 and every uniform λ on the search's items and on the held-out ones (and,
     for the labelled upper bound, every trial that reached the last rung); write the per-item outcomes to
     heldout.json (anyone can recompute the figures from it)."""
@@ -454,6 +487,8 @@ def _report(trials: list[FrozenTrial], config: SearchEvalConfig, objective, scor
         wanted = {r.number for r in pool} if config.selection.upper_bound == "all" else \
             {*(pick.finalists if pick is not None else []), *(r.number for r in front(pool))}
         candidates = [(f"trial_{r.number}", r) for r in pool if r.number in wanted and r.number not in taken]
+    if tracker is not None:
+        tracker.final_phase(report=len(chosen) + len(candidates))
     say(f"report: scoring {len(chosen)} recipes on the search's items"
         + (" and on the held-out ones" if len(parts) == 2 else " (nothing held out)")
         + (f", and {len(candidates)} more trials on both for the labelled upper bound" if candidates else ""))
@@ -467,6 +502,8 @@ def _report(trials: list[FrozenTrial], config: SearchEvalConfig, objective, scor
             entry["in_sample" if part == "search" else "held_out"] = scorer.items(  # type: ignore[attr-defined]
                 c, config.report_stage(part), **extra)
         models[label] = entry
+        if tracker is not None:
+            tracker.rescored()
     report = build_report(models, config, searched="searched" if searched is not None else None,
                           best_uniform=uniform.baseline if uniform is not None else None,
                           candidates=[label for label, _ in candidates], sampler=sampler)

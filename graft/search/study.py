@@ -198,7 +198,9 @@ def _check_metadata(study: optuna.Study, metadata: Mapping[str, Any]) -> None:
         if _normalised(key, stored.get(key)) != _normalised(key, metadata.get(key)):
             raise UsageError(f"study {study.study_name!r} was created with another {key.replace('_', ' ')} "
                              f"({_short(stored.get(key))}, now {_short(metadata.get(key))}); resume it with the "
-                             "same --space, --eval and --sampler, or choose another --study")
+                             "same --space, --eval and --sampler, or start a new study: another output folder "
+                             "(--out DIR, run_search(out=...)) or another name in this storage (--study NAME, "
+                             "run_search(study=...))")
 
 
 def _short(value: Any, limit: int = 80) -> str:

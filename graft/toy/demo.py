@@ -28,6 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from graft.display import GraftConsole
 from graft.io.guard import adopt_legacy_folder, make_output_folder, seal_folder, write_file
 
 DEMO_SCALES = (0.5, 1.0, 1.5, 2.0)  # the global-λ grid, which is also the search's uniform baselines
@@ -313,7 +314,7 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    console = console or Console()
+    console = console or GraftConsole()
     workdir = Path(workdir)
     if not 0 <= holdout < 1:
         from graft.errors import UsageError
@@ -475,7 +476,16 @@ def search_world(world, vector: Path, out: Path, medical: ModelScores, scales: S
         "data": str(world.data), "safety": list(safety), "medical": [*TEXT_MEDICAL, *IMAGE_MEDICAL],
         "over_refusal": list(benign), "limit": limit, "seed": seed, "holdout": holdout, "objective": objective,
         **changes})
-    return run_search(space=search_space, eval_config=config, trials=trials, budget_items=budget_items,
+    # The demo's budget counts the baselines (λ = 0 and the uniform grid), as its --trials says; graft search's
+    # --trials counts searched trials only, the baselines coming on top.
+    baselines = 1 + len(raw["baselines"]["uniform"])
+    searched = trials - baselines
+    if searched < 1:
+        from graft.errors import UsageError
+
+        raise UsageError(f"--trials {trials}: the demo's search budget includes its {baselines} baselines (λ = 0 and "
+                         f"the uniform λ of --scales); ask for at least {baselines + 1}")
+    return run_search(space=search_space, eval_config=config, trials=searched, budget_items=budget_items,
                       target=str(world.medical), vector=str(vector), origin=str(world.aligned), out=out,
                       study="graft-demo", seed=seed, sampler=sampler, device=device, batch_size=DEMO_BATCH_SIZE,
                       progress=lambda m: say(f"search: {m}"))

@@ -148,8 +148,9 @@ def test_data_yaml_relative_paths_and_unknown_keys(tmp_path):
     (tmp_path / "bad.yaml").write_text("catqa: a.json\ncatqaa: b.json\n")
     with pytest.raises(UsageError, match="catqaa: unknown field"):
         DataConfig.from_yaml(tmp_path / "bad.yaml")
-    with pytest.raises(UsageError, match="no data for benchmark 'vqarad'"):
-        cfg.source("vqarad")
+    with pytest.raises(UsageError, match="no data for benchmark 'medsafetybench'"):
+        cfg.source("medsafetybench")
+    assert cfg.source("vqarad") == HubSource(hub="flaviagiammarino/vqa-rad", split="test")  # its public source
 
 
 def test_hub_source_offline_fails_with_the_id():

@@ -128,10 +128,13 @@ def test_data_yaml_keeps_its_layout():
     assert set(dumped) == set(BENCHMARKS) | {"figstep"}
     assert DataConfig.model_validate(dumped) == shipped
     partial = DataConfig.from_mapping({"medqa": {"hub": "o/n", "split": "test"}, "figstep": "imgs"})
-    assert partial.get("catqa") is None and partial.catqa is None and partial.medqa == HubSource(hub="o/n")
+    # An entry left out reads the benchmark's public source; `partial.catqa` is data.yaml's own entry (none).
+    assert partial.get("catqa") == BENCHMARKS["catqa"].public and partial.catqa is None
+    assert partial.medqa == HubSource(hub="o/n")
     assert partial.paths() == [Path("imgs")]
-    with pytest.raises(UsageError, match=r"add a line 'pubmedqa: PATH' to data.yaml \(PATH: PubMedQA ori_pqal"):
-        partial.source("pubmedqa")  # the declaration says which published file to point at
+    with pytest.raises(UsageError, match=r"add a line 'medbullets4: PATH' to a data.yaml and pass it with --data "
+                                         r"\(PATH: medbullets_op4.csv"):
+        partial.source("medbullets4")  # no public copy: the declaration says which published file to point at
 
 
 @pytest.mark.parametrize(("raw", "message"), [

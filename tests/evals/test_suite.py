@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -121,8 +122,10 @@ def test_usage_errors(tiny_llama):
         evaluate(tiny_llama, tasks="catqa,nope", data=fixture_data())
     with pytest.raises(UsageError, match="--tasks or --suite"):
         evaluate(tiny_llama, tasks="catqa", suite="safety", data=fixture_data())
-    with pytest.raises(UsageError, match="no data for benchmark 'medqa'"):
-        evaluate(tiny_llama, tasks="medqa", data={"catqa": str(FIXTURES / "catqa/catqa_english.json")})
+    with pytest.raises(UsageError, match=re.escape("no data for benchmark 'medbullets4': it has no public hub copy; "
+                                                   "its authors publish it on GitHub only: git clone https://github.com/"
+                                                   "HanjieChen/ChatGPT-Medbullets; add a line 'medbullets4: PATH'")):
+        evaluate(tiny_llama, tasks="medbullets4", data={"catqa": str(FIXTURES / "catqa/catqa_english.json")})
     with pytest.raises(UsageError, match="--mc-mode vote"):
         evaluate(tiny_llama, tasks="medqa", data=fixture_data(), mc_mode="vote")
     with pytest.raises(UsageError, match="--rest scores the items a --limit/--fraction subset leaves out"):

@@ -290,6 +290,24 @@ def test_merge_prints_every_plan_warning_and_strict_turns_them_into_exit_4(m: Mo
                  "nothing_matches_this")
 
 
+def test_a_map_rule_that_matches_no_vector_tensor_is_warned_and_strict_refuses_it(m: Models, outdir: Path) -> None:
+    rule = r"^model\.layrs\.=>model.layers."  # a typo: no vector tensor is called model.layrs.*
+    result = cli(*plan_args(m.target, m.vector, "-q", "--map", rule))
+    assert result.exit_code == 0, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(r"warning: mapping rule '^model\\.layrs\\.' => 'model.layers.' (--map) matches no "
+                           "tensor of the vector (whose names look like '")
+    assert line.endswith("'); check the regex")
+    example = line.split("look like '")[1].split("'")[0]
+    vector_names = {n for f in Path(m.vector).glob("*.safetensors") for n in load_file(f)}
+    assert example in vector_names
+    assert_error(cli(*plan_args(m.target, m.vector, "-q", "--map", rule, "--strict")), 4, "layrs")
+    _merge_refused(m, outdir, 4, "--map", rule, "--strict", names=("layrs", "--strict"), out="strict")
+    # A rule that matches is not warned about.
+    result = cli(*plan_args(m.target, m.vector, "-q", "--map", r"^(model\.)=>\1"))
+    assert result.exit_code == 0 and result.stderr == "", result.stderr
+
+
 def test_strict_and_allow_partial_in_a_recipe(m: Models, outdir: Path, tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"target: {m.target}\nvector: {m.vector}\nmapping: {{exclude: [zzz]}}\n"

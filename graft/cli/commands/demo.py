@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from graft.cli.boundary import handles_errors
 from graft.cli.console import stdout
 from graft.cli.options import Quiet, Verbose
+from graft.display import GraftConsole
 from graft.errors import UsageError
 from graft.flag_ranges import DEMO, check, help_range
 from graft.toy.demo import DEMO_HOLDOUT, DEMO_SCALES, DEMO_TRIALS
@@ -59,5 +59,5 @@ def demo(
     check(DEMO, limit=limit, holdout=holdout, trials=trials, seed=seed)
     for value in grid:
         DEMO["scales"].check(value)
-    run_demo(workdir, console=stdout if not quiet else Console(quiet=True), cache=cache, scales=grid, limit=limit,
+    run_demo(workdir, console=stdout if not quiet else GraftConsole(quiet=True), cache=cache, scales=grid, limit=limit,
              rebuild_world=rebuild_world, device=device, search_trials=trials, seed=seed, holdout=holdout)

@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand
 
 from graft.cli.boundary import handles_errors
+from graft.cli.json_output import check_json_destination, write_json
 from graft.cli.options import Quiet, Verbose
 from graft.cli.progress import StepProgress, library_bars_off
-from graft.display import shown
+from graft.display import GraftConsole, shown
 from graft.evals.benchmarks import SUITES, TASKS
 from graft.evals.tasks import samples_path
 from graft.flag_ranges import EVAL, help_range
@@ -52,7 +52,9 @@ def eval_command(
     tasks: Annotated[str | None, typer.Option("--tasks", help=tasks_help())] = None,
     suite: Annotated[str | None, typer.Option(
         "--suite", help=f"A task group instead of --tasks: {', '.join(SUITES)}.")] = None,
-    data: Annotated[Path, typer.Option("--data", help="YAML mapping each benchmark to a local path or a hub id.")],
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="YAML mapping each benchmark to a local path or a hub id. A benchmark it leaves out (or all, "
+                       "without --data) is read from its public hub dataset, through the hub cache.")] = None,
     out: Annotated[Path, typer.Option(
         "--out", help="Results JSON; per-sample records go to OUT-stem.samples.jsonl beside it.")
     ] = Path("results.json"),
@@ -98,6 +100,9 @@ def eval_command(
     trust_remote_code: Annotated[bool, typer.Option(
         "--trust-remote-code", help="Run the Python code a model folder ships (custom architectures); off by "
                                     "default, only for a folder you trust.")] = False,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the results (results.json's content) as JSON to this file; `-` writes them to "
+                       "standard output.")] = None,
     fmt: Annotated[str, typer.Option(
         "--format", help="graft: results.json (graft's schema); lm-eval: also OUT-stem.lm-eval.json in lm-eval's "
                          "results layout (lm-eval's task names, acc/acc_stderr, ...).")] = "graft",
@@ -117,10 +122,12 @@ def eval_command(
         raise UsageError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     loggers = check_loggers(log or [])
     lm_eval_out = lm_eval_path(out) if fmt == "lm-eval" else None
-    console = Console(stderr=True, quiet=quiet)
+    console = GraftConsole(stderr=True, quiet=quiet)
     if trust_remote_code:
         console.print(f"[bold yellow]warning:[/] --trust-remote-code: Python code in {shown(model)} will run",
                       soft_wrap=True)
+    json_inputs = [p for p in (Path(model), data) if p is not None and p.exists()]
+    check_json_destination(json_out, json_inputs, force=force)  # before the work, not after
     trackers = open_trackers(loggers, f"graft eval {shown(Path(model))}", {}) if loggers else []  # before the work
     bar = StepProgress(console, unit="items", title="eval")
     try:
@@ -138,8 +145,10 @@ def eval_command(
     finally:
         bar.stop()
     written = [out, samples_path(out), *([lm_eval_out] if lm_eval_out else [])]
+    if json_out is not None:
+        write_json(json_out, results.model_dump(mode="json"), json_inputs, force=force)
     if trackers:
-        log_results(trackers, results, written)
+        log_results(trackers, results, written, say=lambda line: console.print(line, soft_wrap=True))
     table = Table("task", "score ± SE", "n", "metric", "items/s")
     for name, b in results.benchmarks.items():
         table.add_row(name, f"{b['score']:.4f} ± {_se(b['se'], 4)}", str(b["n"]), b["metric"],
@@ -153,7 +162,7 @@ def eval_command(
                         if math.isfinite(est["low"]) else "")
             console.print(f"{key.replace('_', '-')}: {100 * est['value']:.1f} % ± {_se(est['se'], 1, 100)} "
                           f"({interval}{est['n']} items)")
-    Console(stderr=True, highlight=False).print("wrote " + ", ".join(shown(p) for p in written), soft_wrap=True)
+    GraftConsole(stderr=True, highlight=False).print("wrote " + ", ".join(shown(p) for p in written), soft_wrap=True)
 
 
 FORMATS = ("graft", "lm-eval")
@@ -172,7 +181,7 @@ def lm_eval_path(out: Path) -> Path:
     return out.with_name(out.stem + ".lm-eval.json")
 
 
-def log_results(trackers: list, results, files: list[Path]) -> bool:
+def log_results(trackers: list, results, files: list[Path], say=None) -> bool:
     """One tracker run per evaluation (started before it): its configuration as parameters, every score and
     standard error as metrics, the written files as artifacts. The results are complete on disk by now, so a
     tracker failing here is a warning (graft.io.tracking.finish_all); False then."""
@@ -188,4 +197,4 @@ def log_results(trackers: list, results, files: list[Path]) -> bool:
     for key, est in results.summary_se.items():
         if est:
             metrics.update(numbers({f"summary.{key}_stderr": est.get("se")}))
-    return finish_all(trackers, metrics=metrics, files=files, params=params)
+    return finish_all(trackers, metrics=metrics, files=files, params=params, say=say)

@@ -13,7 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from graft.cli.boundary import handles_errors
-from graft.cli.console import stdout, warn
+from graft.cli.console import stderr, stdout, warn
+from graft.cli.json_output import check_json_destination, frame_records, table_console, write_json
 from graft.cli.options import Force, MapOpt, Quiet, Verbose
 from graft.display import printable, shown
 from graft.flag_ranges import INSPECT, check, help_range
@@ -53,6 +54,9 @@ def inspect_command(
     chunk_size: Annotated[str | None, typer.Option(
         "--chunk-size", help="Bytes of a tensor read at once; default 8MB on CPU, 64MB on CUDA.")] = None,
     force: Force = False,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write every row of the summary table (all layer × group cells, not only --top) as "
+                       "JSON to this file; `-` writes it to standard output and the table to stderr.")] = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -60,22 +64,27 @@ def inspect_command(
     from graft.inspect.run import inspect_vector
 
     check(INSPECT, top=top, trial=trial)
+    json_inputs = [Path(p) for p in (vector, target, origin, recipe) if p and Path(p).exists()]
+    check_json_destination(json_out, json_inputs, force=force)  # before the work, not after
     found = inspect_vector(
         vector, target=target, origin=origin, recipe=recipe, map=map, study=study, storage=storage, trial=trial,
         out=out, safelora=safelora, device=device, chunk_size=chunk_size, force=force,
         on_warning=warn)
+    if json_out is not None:
+        write_json(json_out, frame_records(found.table()), json_inputs, force=force)
     if quiet:
         if found.report is not None:
             stdout.print(shown(found.report.out))
         return
+    to = table_console(json_out, stdout, stderr)
     choice = found.choice
     if choice is not None:
         name = escape(printable(repr(choice.study)))  # read from the storage: no markup, no terminal codes
-        stdout.print(f"λ from study {name}, trial {choice.trial} ({choice.reason}; safety {_fmt(choice.safety)}, "
-                     f"medical {_fmt(choice.medical)})")
-    _print_top(found.table(), top, with_target=found.with_target)
+        to.print(f"λ from study {name}, trial {choice.trial} ({choice.reason}; safety {_fmt(choice.safety)}, "
+                 f"medical {_fmt(choice.medical)})")
+    _print_top(found.table(), top, with_target=found.with_target, to=to)
     if found.report is not None:
-        stdout.print(f"wrote {len(found.report.files)} files to {shown(found.report.out)}")
+        to.print(f"wrote {len(found.report.files)} files to {shown(found.report.out)}")
 
 
 def _fmt(value: Any) -> str:
@@ -84,7 +93,7 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}"
 
 
-def _print_top(table: Any, top: int, *, with_target: bool) -> None:
+def _print_top(table: Any, top: int, *, with_target: bool, to: Any = stdout) -> None:
     import pandas as pd
 
     key = "update_ratio" if "update_ratio" in table.columns else "ratio"
@@ -111,4 +120,4 @@ def _print_top(table: Any, top: int, *, with_target: bool) -> None:
             else:
                 cells.append(_fmt(float(value)))
         out.add_row(*cells)
-    stdout.print(out)
+    to.print(out)

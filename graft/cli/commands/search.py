@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from graft.cli.boundary import handles_errors
+from graft.cli.json_output import check_json_destination, table_console, write_json
 from graft.cli.options import Quiet, TargetOpt, TargetRevisionOpt, VectorOpt, VectorRevisionOpt, Verbose
 from graft.cli.progress import StepProgress, library_bars_off
+from graft.display import GraftConsole
 from graft.flag_ranges import SEARCH, help_range
 from graft.search.config import MODES
 from graft.search.space import SAMPLERS
@@ -27,7 +28,7 @@ def _list_spaces(value: bool) -> None:
     table = Table("space", "sampler", "description", title="shipped search spaces (graft search --space NAME)")
     for name, sampler, description in describe():
         table.add_row(name, sampler, description)
-    Console(highlight=False, width=max(Console().width, 120)).print(table)
+    GraftConsole(highlight=False, width=max(GraftConsole().width, 120)).print(table)
     raise typer.Exit()
 
 
@@ -39,8 +40,9 @@ def search_command(
     eval_config: Annotated[Path, typer.Option(
         "--eval", help="What each trial is scored on: data, safety/medical tasks, screening, objective (YAML).")],
     trials: Annotated[int | None, typer.Option(
-        "--trials", help="Finished trials the study should reach (baselines included), shared by all workers; give "
-                         "this, --budget-items, or both." + help_range(SEARCH, "trials"))] = None,
+        "--trials", help="Searched trials the study should finish, shared by all workers; the baselines (λ = 0 and "
+                         "the space's uniform λ) run first, on top. Give this, --budget-items, or both."
+        + help_range(SEARCH, "trials"))] = None,
     target: TargetOpt = None,
     vector: VectorOpt = None,
     target_revision: TargetRevisionOpt = None,
@@ -104,6 +106,9 @@ def search_command(
     list_spaces: Annotated[bool, typer.Option(
         "--list-spaces", is_eager=True, callback=_list_spaces,
         help="List the shipped search spaces (names for --space) and exit.")] = False,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the summary (summary.json's content) as JSON to this file, replacing one an "
+                       "earlier graft run wrote; `-` writes it to standard output and the tables to stderr.")] = None,
     quiet: Quiet = False,
     verbose: Verbose = False,  # also Optuna's own log
 ) -> None:
@@ -113,21 +118,30 @@ def search_command(
     from graft.core.model_ids import with_revision
     from graft.io.tracking import load_callback
     from graft.search.run import run_search
-    from graft.search.study import budget_state, items_spent
+    from graft.search.study import items_spent
 
     target = with_revision(target, target_revision, "--target-revision")
     vector = with_revision(vector, vector_revision, "--vector-revision")
     callbacks = [load_callback(spec) for spec in callback or []]
-    console = Console(stderr=True, highlight=False, quiet=quiet)
+    json_inputs = [Path(p) for p in (target, vector, recipe, eval_config, space) if p and Path(p).exists()]
+    check_json_destination(json_out, json_inputs, force=True)  # before the work, not after
+    console = GraftConsole(stderr=True, highlight=False, quiet=quiet)
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     by_items = trials is None and budget_items is not None  # the item budget ends the study: count items
-    bar = StepProgress(console, unit="items" if by_items else "trials", title="search")
+    bar = StepProgress(console, unit="items" if by_items else "steps", title="search")
 
-    def tick(study, _trial) -> None:  # the study's finished trials (or items), whoever ran them
-        trials_now = study.get_trials(deepcopy=False)
-        bar.advance(done=items_spent(trials_now) if by_items else budget_state(study).finished)
+    def tick(study, _trial) -> None:  # the study's item evaluations, whoever ran them
+        if by_items:
+            bar.advance(done=items_spent(study.get_trials(deepcopy=False)))
 
-    bar.start((budget_items if by_items else trials) or 0)
+    def steps(done: int, total: int) -> None:  # trials, then the final pick and report: the ETA covers both
+        if bar.total == 0:
+            bar.start(total, done=done)
+        else:
+            bar.advance(done=done, total=total)
+
+    if by_items:
+        bar.start(budget_items or 0)
     try:
         with library_bars_off(quiet):  # -q: not transformers' "Loading weights" bar for each trial's model either
             result = run_search(
@@ -138,14 +152,17 @@ def search_command(
                 origin=origin, out=out, merge_best=merge_best,
                 device=device, dtype=dtype, batch_size=batch_size, heartbeat=heartbeat, log=log or [],
                 callbacks=[*callbacks, tick], progress=lambda msg: console.print(msg, soft_wrap=True),
+                steps=None if by_items else steps,
             )
     finally:
         bar.stop()
+    if json_out is not None:
+        write_json(json_out, result.summary, json_inputs, force=True)
     if quiet:
-        Console(highlight=False).print(str(result.out))
+        GraftConsole(highlight=False).print(str(result.out))
         return
     summary = result.summary
-    out_console = Console(highlight=False)
+    out_console = table_console(json_out, GraftConsole(highlight=False), console)
     report = summary.get("report")
     if report and report.get("models"):
         out_console.print(report_table(report, result.study))
