@@ -174,7 +174,10 @@ def test_workers_share_one_postgres_study_survive_sigkill_and_resume(make_world,
 
     all_trials = trials()
     finished = done()
-    assert len(finished) == BUDGET, logs()  # exactly the budget, shared by three workers
+    baselines = sorted(t.user_attrs["baseline"] for t in finished if t.user_attrs.get("baseline"))
+    assert baselines == ["lambda0", "uniform_0.5", "uniform_1"]  # enqueued once by the study's creator
+    # exactly the budget of searched trials, shared by three workers, on top of the baselines
+    assert len(finished) == BUDGET + len(baselines), logs()
     numbers = [t.number for t in all_trials]
     assert len(numbers) == len(set(numbers))
     contributors = {t.user_attrs["worker"] for t in finished}
@@ -185,9 +188,7 @@ def test_workers_share_one_postgres_study_survive_sigkill_and_resume(make_world,
         # The same parameters (none yet when it was killed before drawing them: then the retry draws afresh).
         assert len(retries) == 1, logs()
         assert all(retries[0].params[k] == v for k, v in all_trials[killed].params.items())
-    baselines = sorted(t.user_attrs["baseline"] for t in finished if t.user_attrs.get("baseline"))
-    assert baselines == ["lambda0", "uniform_0.5", "uniform_1"]  # enqueued once by the study's creator
     storage.engine.dispose()
     summary = yaml.safe_load((tmp_path / "c" / "summary.json").read_text())
-    assert summary["counts"].get("COMPLETE", 0) + summary["counts"].get("PRUNED", 0) == BUDGET
+    assert summary["counts"].get("COMPLETE", 0) + summary["counts"].get("PRUNED", 0) == BUDGET + len(baselines)
     assert summary["storage"].startswith("postgresql://postgres@127.0.0.1")
