@@ -107,7 +107,7 @@ def eval_command(
         "--format", help="graft: results.json (graft's schema); lm-eval: also OUT-stem.lm-eval.json in lm-eval's "
                          "results layout (lm-eval's task names, acc/acc_stderr, ...).")] = "graft",
     log: Annotated[list[str] | None, typer.Option(
-        "--log", help="Send the results to a tracker: mlflow or wandb (repeatable; needs graft[tracking]).")] = None,
+        "--log", help="Send the results to a tracker: mlflow or wandb (repeatable; needs graft\\[tracking]).")] = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:

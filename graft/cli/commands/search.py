@@ -99,7 +99,7 @@ def search_command(
                             "failed and retried by the next worker." + help_range(SEARCH, "heartbeat"))] = 60,
     log: Annotated[list[str] | None, typer.Option(
         "--log", help="Send the search to a tracker: mlflow (MLFLOW_TRACKING_URI) or wandb (WANDB_MODE=offline "
-                      "works); repeatable; adds to eval.yaml's log:. Needs graft[tracking].")] = None,
+                      "works); repeatable; adds to eval.yaml's log:. Needs graft\\[tracking].")] = None,
     callback: Annotated[list[str] | None, typer.Option(
         "--callback", help="module:function called as f(study, frozen_trial) after each trial this worker "
                            "finishes (Optuna's callback signature); repeatable.")] = None,
