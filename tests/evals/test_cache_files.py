@@ -19,6 +19,7 @@ from graft.evals.config import FIXTURES
 from graft.evals.screening import VerdictCache
 from graft.io.databases import VERDICT_CACHE_ID
 from tests.test_bad_input import assert_error
+from tests.test_inspect_storages import foreign_database
 
 runner = CliRunner()
 
@@ -30,15 +31,6 @@ def _args(model: Path, out: Path, *extra: object) -> list[str]:
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _foreign_database(path: Path) -> Path:
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
-    db.execute("INSERT INTO users VALUES (1, 'ada')")
-    db.commit()
-    db.close()
-    return path
 
 
 def _other_application(path: Path) -> Path:
@@ -59,7 +51,7 @@ def _optuna_study(path: Path) -> Path:
 
 
 FOREIGN = {
-    "another application's tables": (_foreign_database, "holds table 'users'"),
+    "another application's tables": (foreign_database, "holds table 'users'"),
     "another application's id": (_other_application, "another application (application_id 0x4d2)"),
     "an Optuna study": (_optuna_study, "holds table"),
     "a text file": (lambda p: (p.write_text("name,score\nada,1\n"), p)[1], "not an SQLite database"),
@@ -99,7 +91,7 @@ def test_a_cache_that_is_not_a_file_is_refused_unopened(kind: str, tmp_path: Pat
 
 def test_a_foreign_file_where_the_resume_cache_goes_is_refused(tmp_path: Path, no_model_load: None) -> None:
     out = tmp_path / "results.json"
-    resume = _foreign_database(tmp_path / "results.partial.sqlite")
+    resume = foreign_database(tmp_path / "results.partial.sqlite")
     before = _sha(resume)
     assert_error(runner.invoke(app, _args(Path("model"), out)), 5, str(resume), "holds table 'users'")
     assert _sha(resume) == before and not out.exists()
