@@ -8,7 +8,7 @@ A declaration says:
 - `name`: the `data.yaml` key and the task name;
 - `kind`: `safety` (harmful requests, scored 1 − attack success by the judge), `benign` (over-refusal: benign
   requests, scored 1 − refusal rate), `mc` (multiple choice: log-likelihood or generation) or `vqa` (image
-  question, short answer);
+  question, short answer), or any kind registered with graft.evals.kinds.register_kind;
 - `load`: published format → `Item`s (graft.evals.loaders); each item's `category` is the stratum of the seeded
   screening subsets and of the search/held-out split (graft.evals.screening), so give categories that matter;
 - `choices` (`mc`): the prompt and reply format (graft.evals.answers.ChoiceFormat);
@@ -25,18 +25,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import get_args
 
 from graft.errors import UsageError
 
 from . import answers, loaders
+from .kinds import KINDS, SUITE_NAMES
 from .loaders import Item
 from .sources import HubSource, Source
-from .tasks import Kind, Task
+from .tasks import Task
 
-# Task order within a suite follows the kinds, text tasks before their FigStep variants (what --help lists).
-KIND_ORDER: tuple[Kind, ...] = get_args(Kind)
-SUITE_KINDS: dict[str, tuple[Kind, ...]] = {"safety": ("safety", "benign"), "medical": ("mc", "vqa")}
 RESERVED = ("figstep",)  # data.yaml keys that are not benchmarks
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -46,7 +43,7 @@ class Benchmark:
     """One benchmark: where its items come from and how they are asked and scored (module docstring)."""
 
     name: str
-    kind: Kind
+    kind: str  # a registered kind's name (graft.evals.kinds.KINDS)
     load: Callable[[Source], list[Item]]
     about: str = ""  # the published format the loader reads, in one line
     choices: answers.ChoiceFormat | None = None
@@ -60,16 +57,20 @@ class Benchmark:
         where = f"benchmark '{self.name}'"
         if not _NAME.match(self.name) or self.name in RESERVED:
             raise UsageError(f"{where}: the name must be lower-case letters, digits or _ (not {', '.join(RESERVED)})")
-        if self.kind not in KIND_ORDER:
-            raise UsageError(f"{where}: kind '{self.kind}' is not one of {', '.join(KIND_ORDER)}")
-        if (self.kind == "mc") != (self.choices is not None):
-            raise UsageError(f"{where}: a multiple-choice benchmark (kind mc) needs `choices`, and only it has them")
-        if self.answer is not None and self.kind != "vqa":
-            raise UsageError(f"{where}: `answer` scores VQA replies; kind {self.kind} has none")
-        if self.figstep and self.kind not in ("safety", "benign"):
-            raise UsageError(f"{where}: FigStep variants are for safety and benign requests, not kind {self.kind}")
-        if self.kind == "vqa" and self.answer is None:
-            object.__setattr__(self, "answer", answers.score_vqa)
+        if self.kind not in KINDS:
+            raise UsageError(f"{where}: kind '{self.kind}' is not one of {', '.join(KINDS)}")
+        kind = KINDS[self.kind]
+        if kind.takes_choices != (self.choices is not None):
+            takers = " or ".join(f"a {k.noun} benchmark (kind {k.name})" for k in KINDS.values() if k.takes_choices)
+            raise UsageError(f"{where}: {takers} needs `choices`, and only it has them")
+        if self.answer is not None and not kind.scores_answers:
+            takers = " or ".join(k.noun for k in KINDS.values() if k.scores_answers)
+            raise UsageError(f"{where}: `answer` scores {takers} replies; kind {self.kind} has none")
+        if self.figstep and not kind.figstep_variants:
+            takers = " and ".join(k.name for k in KINDS.values() if k.figstep_variants)
+            raise UsageError(f"{where}: FigStep variants are for {takers} requests, not kind {self.kind}")
+        if kind.scores_answers and self.answer is None:
+            object.__setattr__(self, "answer", kind.default_answer)
         names = (self.name, f"{self.name}-figstep") if self.figstep else (self.name,)
         object.__setattr__(self, "tasks", names)
 
@@ -121,17 +122,20 @@ def benchmark(name: str) -> Benchmark:
 
 def _rebuild() -> None:
     """Refill TASKS and SUITES in place (modules hold references to those very dicts)."""
+    # Task order within a suite follows the kinds' registration, text tasks before their FigStep variants (what
+    # --help lists).
     tasks: list[Task] = []
-    for kind in KIND_ORDER:
-        group = [b for b in BENCHMARKS.values() if b.kind == kind]
-        tasks += [Task(b.name, b.name, kind) for b in group]
-        tasks += [Task(f"{b.name}-figstep", b.name, kind, figstep=True) for b in group if b.figstep]
+    for kind in KINDS.values():
+        group = [b for b in BENCHMARKS.values() if b.kind == kind.name]
+        tasks += [Task(b.name, b.name, kind.name, kind_needs_image=kind.needs_image) for b in group]
+        tasks += [Task(f"{b.name}-figstep", b.name, kind.name, figstep=True, kind_needs_image=kind.needs_image)
+                  for b in group if b.figstep]
     TASKS.clear()
     TASKS.update((t.name, t) for t in tasks)
     SUITES.clear()
-    for suite, kinds in SUITE_KINDS.items():
-        SUITES[suite] = [t.name for t in tasks if t.kind in kinds]
-    SUITES["all"] = [n for suite in SUITE_KINDS for n in SUITES[suite]]
+    for suite in SUITE_NAMES:
+        SUITES[suite] = [t.name for t in tasks if KINDS[t.kind].suite == suite]
+    SUITES["all"] = [n for suite in SUITE_NAMES for n in SUITES[suite]]
 
 
 # ---------------------------------------------------------------- graft's benchmarks

@@ -18,37 +18,13 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
-from .answers import VQA_SUFFIX
 from .benchmarks import TASKS
+from .kinds import kind_of
 
 LM_EVAL_NAMES = {"medqa": "medqa_4options", "pubmedqa": "pubmedqa"}
 TASK_VERSION = 1.0  # the version graft's task YAMLs carry (graft/evals/lm_eval_tasks)
 FILTER = "none"  # lm-eval's name for "no answer filter": metric keys read "acc,none"
 LIBRARIES = ("graft", "torch", "transformers", "lm_eval", "optuna", "safetensors", "numpy")
-
-# The prompt each kind of task sends (graft/evals/answers.py builds them; these say it in words for the reader).
-PROMPTS = {
-    "mc_loglik": "Question: {question}\\nA. {option}\\n...\\nAnswer: — each option letter scored by log-likelihood",
-    "pubmedqa_loglik": "Abstract: {context}\\nQuestion: {question}\\nAnswer: — yes / no / maybe scored by "
-                       "log-likelihood",
-    "mc_generate": "{question}\\nA. {option}\\n...\\nAnswer with the option's letter from the given choices "
-                   "directly. — the letter read from the reply",
-    "pubmedqa_generate": "Context: {context}\\nQuestion: {question}\\nAnswer the question with yes, no or maybe "
-                         "directly. — the word read from the reply",
-    "safety": "the harmful request as the user turn (chat template), greedy reply, judged",
-    "safety_figstep": "the request typed into an image (FigStep) with FigStep's text prompt, greedy reply, judged",
-    "benign": "the benign request as the user turn, greedy reply, refusal detected by keywords",
-    "benign_figstep": "the benign request typed into an image (FigStep), greedy reply, refusal detected by keywords",
-    "vqa": "{image} {question}" + VQA_SUFFIX.replace("\n", "\\n") + " — exact match after normalisation",
-}
-
-METRICS = {  # kind -> (lm-eval metric, per-record outcome, higher is better)
-    "mc": (("acc", "correct", True), ("acc_norm", "correct_norm", True)),
-    "vqa": (("acc", "correct", True),),
-    "safety": (("safety", "not_harmful", True), ("asr", "harmful", False)),
-    "benign": (("score", "answered", True), ("over_refusal", "refused", False)),
-}
-
 
 def lm_eval_name(task: str) -> str:
     return LM_EVAL_NAMES.get(task, "graft_" + task.replace("-", "_"))
@@ -79,7 +55,7 @@ def _outcome(key: str, record: dict) -> float | None:
 def task_metrics(task: str, records: Sequence[dict]) -> dict[str, float]:
     """{metric: value, metric_stderr: lm-eval's SE} of one task's per-sample records."""
     out: dict[str, float] = {}
-    for metric, key, _ in METRICS[TASKS[task].kind]:
+    for metric, key, _ in kind_of(TASKS[task]).lm_eval_metrics:
         values = [v for r in records if (v := _outcome(key, r)) is not None]
         if len(values) != len(records) or not values:  # e.g. acc_norm exists only for log-likelihood scoring
             continue
@@ -89,12 +65,8 @@ def task_metrics(task: str, records: Sequence[dict]) -> dict[str, float]:
 
 
 def prompt_of(task: str, mc_mode: str) -> str:
-    t = TASKS[task]
-    if t.kind == "mc":
-        return PROMPTS[f"{'pubmedqa' if t.benchmark == 'pubmedqa' else 'mc'}_{mc_mode}"]
-    if t.kind in ("safety", "benign"):
-        return PROMPTS[t.kind + ("_figstep" if t.figstep else "")]
-    return PROMPTS["vqa"]
+    """The prompt the task sends, in words (its kind says it: graft.evals.kinds)."""
+    return kind_of(TASKS[task]).prompt(TASKS[task], mc_mode)
 
 
 def versions() -> dict[str, str | None]:
@@ -128,16 +100,16 @@ def to_lm_eval(results: Any, *, started: float | None = None) -> dict[str, Any]:
         scores = {f"{k},{FILTER}": v if math.isfinite(v) else "N/A" for k, v in metrics.items()}  # N/A: no SE
         out["results"][name] = {"name": name, "alias": name, "sample_len": bench["n"], **scores}
         out["group_subtasks"][name] = []
-        kind = TASKS[task].kind
+        kind = kind_of(TASKS[task])
         out["configs"][name] = {
-            "task": name, "graft_task": task, "output_type": "multiple_choice" if kind == "mc" and
-            config.get("mc_mode") == "loglik" else "generate_until", "doc_to_text": prompt_of(task, config["mc_mode"]),
+            "task": name, "graft_task": task, "output_type": kind.output_type(config.get("mc_mode")),
+            "doc_to_text": prompt_of(task, config["mc_mode"]),
             "num_fewshot": 0, "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": h}
-                                              for m, _, h in METRICS[kind] if m in metrics],
+                                              for m, _, h in kind.lm_eval_metrics if m in metrics],
             "metadata": {"version": TASK_VERSION}, **config.get("task_configs", {}).get(task, {})}
         out["versions"][name] = TASK_VERSION
         out["n-shot"][name] = 0
-        out["higher_is_better"][name] = {m: h for m, _, h in METRICS[kind] if m in metrics}
+        out["higher_is_better"][name] = {m: h for m, _, h in kind.lm_eval_metrics if m in metrics}
         out["n-samples"][name] = {"original": bench.get("total_items", bench["n"]), "effective": bench["n"]}
     model = results.model
     lib = results.versions or versions()

@@ -19,24 +19,21 @@ from graft.io.databases import check_verdict_cache
 from graft.io.guard import check_destination, note_finished, overlapping_input, write_file
 from graft.io.hub import hub_source
 
-from . import answers, figstep, scoring
+from . import figstep
 from .backend import GenerationBackend
 from .benchmarks import SUITES, TASKS, benchmark
 from .config import DataConfig
-from .generation import Engine, Request
+from .generation import Engine
 from .judges import JudgeConfig, KeywordJudge, judge_entry, make_judge
+from .kinds import KINDS, RunContext, kind_of
 from .lm_eval_format import lm_eval_name, prompt_of, task_metrics, versions
-from .loaders import Item, open_image
+from .loaders import Item
 from .screening import Split, VerdictCache, stratified_subset
 from .tasks import Task, samples_path
 from .uncertainty import composite
 
 if TYPE_CHECKING:  # the bar is the command line's; evaluate only calls its start and advance
     from graft.cli.progress import StepProgress
-
-# Default generation caps: a keyword judge reads only the opening of a reply (the fast path for search);
-# model judges need the substance; letters and short VQA answers need little.
-DEFAULT_MAX_NEW_TOKENS = {"keyword": 64, "model_judge": 256, "mc": 32, "vqa": 32}
 
 
 class EvalResults(BaseModel):
@@ -231,22 +228,17 @@ def evaluate(
                for b, items in parts.items()}
     figstep_images = _figstep_images(data, [t for t in run if t.figstep], subsets)
     bs = batch_size or engine.batch_size
-    generates = any(t.kind in ("benign", "safety", "vqa") or mc_mode == "generate" for t in run)
+    generates = any(kind_of(t).generates(mc_mode) for t in run)
     if generates and not engine.has_chat_template:
         warnings.warn(f"{engine.name}: no chat template in the folder; prompts are sent as plain text", stacklevel=2)
 
-    needs_judge = any(t.kind == "safety" for t in run)
+    needs_judge = any(kind_of(t).judged for t in run)
     safety_judge = make_judge(judge_cfg, device=device) if needs_judge else None
     keyword = KeywordJudge()
     model_judge = judge_kind.reads_whole_reply
     # With the keyword judge a reply is decided once a refusal phrase appears: stop generating it there.
     early_stop = None if full_replies else (lambda text: keyword.phrase(text) is not None)
-    caps = {
-        "safety": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["model_judge" if model_judge else "keyword"],
-        "benign": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["keyword"],
-        "mc": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["mc"],
-        "vqa": max_new_tokens or DEFAULT_MAX_NEW_TOKENS["vqa"],
-    }
+    caps = {name: max_new_tokens or kind.default_max_new_tokens(model_judge) for name, kind in KINDS.items()}
     if resume is not None and not resume.exists():
         check_destination(resume, inputs, folder=False)
     store = VerdictCache(cache or resume) if (cache or resume) else None
@@ -260,8 +252,9 @@ def evaluate(
     for task in run:
         t0 = time.perf_counter()
         items = subsets[task.benchmark]
+        kind = kind_of(task)
         settings = {"kind": task.kind, "figstep": task.figstep, "cap": caps[task.kind], "mc_mode": mc_mode,
-                    "judge": safety_judge.describe() if (safety_judge and task.kind == "safety") else None,
+                    "judge": safety_judge.describe() if (safety_judge and kind.judged) else None,
                     "font": font, "system_prompt": system_prompt, "full_replies": full_replies,
                     "figstep_images": str(figstep_images) if (task.figstep and figstep_images) else None}
         keys = [VerdictCache.key(model_hash, task.name, it, settings) for it in items] if store else []
@@ -271,9 +264,11 @@ def evaluate(
         kept = (f"; the {len(finished)} finished task(s) ({', '.join(finished)}) are kept in {store.path}: rerun "
                 "the same command to score only what is missing") if store and finished else ""
         try:
-            fresh, n_tokens = _run_task(task, [items[i] for i in todo], engine, safety_judge, keyword,
-                                        caps[task.kind], mc_mode, font, system_prompt, early_stop, model_judge, bs,
-                                        figstep_images)
+            context = RunContext(engine=engine, benchmark=benchmark(task.benchmark), judge=safety_judge,
+                                 keyword=keyword, cap=caps[task.kind], mc_mode=mc_mode, font=font,
+                                 system=system_prompt, refusal_stop=early_stop, model_judge=model_judge,
+                                 batch_size=bs, figstep_images=figstep_images)
+            fresh, n_tokens = _run_task(task, [items[i] for i in todo], context)
         except GraftError as exc:
             raise type(exc)(f"task {task.name}: {exc}{kept}") from exc
         except Exception:
@@ -285,11 +280,7 @@ def evaluate(
             records.append(by_index[i] if i in by_index else cached[keys[i]])
         if store and fresh:
             store.put_many({keys[i]: rec for i, rec in by_index.items()})
-        summary = {
-            "safety": scoring.summarize_safety, "benign": scoring.summarize_benign,
-            "vqa": scoring.summarize_vqa,
-        }.get(task.kind)
-        results.benchmarks[task.name] = summary(records) if summary else scoring.summarize_mc(records, mc_mode)
+        results.benchmarks[task.name] = kind.summarize(records, mc_mode)
         results.benchmarks[task.name].update(task_metrics(task.name, records))  # acc, acc_stderr, ... (lm-eval's)
         results.benchmarks[task.name]["total_items"] = len(loaded[task.benchmark])
         if split is not None:
@@ -327,9 +318,9 @@ def evaluate(
                       "task_configs": {t.name: {
                           "lm_eval_name": lm_eval_name(t.name), "prompt": prompt_of(t.name, mc_mode),
                           "system_prompt": system_prompt, "limit": limit, "fraction": fraction, "seed": seed,
-                          "rest": rest, "max_new_tokens": caps[t.kind] if t.kind != "mc" or mc_mode == "generate"
-                          else None, "judge": ({k: results.judge.get(k) for k in ("name", "version", "model")}
-                                               if t.kind == "safety" else None)} for t in run}}
+                          "rest": rest, "max_new_tokens": caps[t.kind] if kind_of(t).generates(mc_mode) else None,
+                          "judge": ({k: results.judge.get(k) for k in ("name", "version", "model")}
+                                    if kind_of(t).judged else None)} for t in run}}
     if out is not None:
         results.write(out, force=force, inputs=inputs, lm_eval=lm_eval_out)
         if resume is not None:
@@ -394,21 +385,24 @@ def _figstep_images(data: DataConfig, tasks: list[Task], subsets: dict[str, list
     return folder
 
 
-def _figstep_image(item: Item, folder: Path | None, font: str | None):
-    if folder is None:
-        return figstep.render(item.prompt, font)
-    path = folder / f"{item.id}.png"
-    return open_image(path, str(path), what=f"FigStep image (item {item.id})")
+SUMMARY = ("safety", "medical", "over_refusal")  # results.summary's keys, each kind's tasks entering one or none
+
+
+def _summary_groups(names: Sequence[str]) -> dict[str, list[str]]:
+    """Summary key → the tasks of `names` it averages, in registry order (the order the means add in)."""
+    groups: dict[str, list[str]] = {key: [] for key in SUMMARY}
+    for n, task in TASKS.items():
+        if n in names and (key := kind_of(task).summary_group(task)) is not None:
+            groups.setdefault(key, []).append(n)
+    return groups
 
 
 def _summary(benchmarks: dict[str, dict]) -> dict[str, float | None]:
     def mean(names: list[str]) -> float | None:
-        vals = [benchmarks[n]["score"] for n in names if n in benchmarks]
+        vals = [kind_of(TASKS[n]).summary_value(benchmarks[n]) for n in names]
         return sum(vals) / len(vals) if vals else None
 
-    return {"safety": mean([n for n in TASKS if TASKS[n].kind == "safety"]),
-            "medical": mean(SUITES["medical"]),
-            "over_refusal": benchmarks["benign"]["over_refusal"] if "benign" in benchmarks else None}
+    return {key: mean(names) for key, names in _summary_groups(list(benchmarks)).items()}
 
 
 SUMMARY_SEED = 1  # bootstrap seed of the summary scores' intervals (mixed with the subset's seed)
@@ -418,83 +412,22 @@ def _summary_uncertainty(samples: list[dict], seed: int) -> dict[str, dict | Non
     """SE and 95 % interval of `_summary`'s scores from the per-sample records (same tasks, same averaging)."""
     per_task: dict[str, list[float]] = {}
     for s in samples:
-        per_task.setdefault(s["task"], []).append(scoring.item_outcome(TASKS[s["task"]].kind, s))
+        per_task.setdefault(s["task"], []).append(kind_of(TASKS[s["task"]]).outcome(s))
 
-    def estimate(names: list[str], invert: bool = False) -> dict | None:
-        tasks = {n: per_task[n] for n in names if n in per_task}
-        if not tasks:
+    def estimate(names: list[str]) -> dict | None:
+        if not names:
             return None
-        est = composite(tasks, seed=SUMMARY_SEED + seed).as_dict()
-        if invert:  # over-refusal = 1 − the benign score
+        est = composite({n: per_task[n] for n in names}, seed=SUMMARY_SEED + seed).as_dict()
+        if all(kind_of(TASKS[n]).summary_inverted for n in names):  # over-refusal = 1 − the benign score
             est.update(value=1 - est["value"], low=1 - est["high"], high=1 - est["low"])
         return est
 
-    return {"safety": estimate([n for n in TASKS if TASKS[n].kind == "safety"]),
-            "medical": estimate(SUITES["medical"]),
-            "over_refusal": estimate(["benign"], invert=True)}
+    return {key: estimate(names) for key, names in _summary_groups(list(per_task)).items()}
 
 
-def _run_task(task: Task, items: list[Item], engine: GenerationBackend, judge, keyword: KeywordJudge, cap: int,
-              mc_mode: str, font: str | None, system: str | None,
-              refusal_stop: Callable[[str], bool] | None, model_judge: bool, bs: int,
-              figstep_images: Path | None = None) -> tuple[list[dict], int]:
-    """Fresh per-sample records for `items` (already screened, not cached), and the tokens generated."""
+def _run_task(task: Task, items: list[Item], context: RunContext) -> tuple[list[dict], int]:
+    """Fresh per-sample records for `items` (already screened, not cached), and the tokens generated: the task's
+    kind runs them (graft.evals.kinds)."""
     if not items:
         return [], 0
-    base = [{"id": it.id, "category": it.category} for it in items]
-    if task.kind in ("safety", "benign"):
-        if task.figstep:
-            reqs = [Request(figstep.FIGSTEP_PROMPT, image=_figstep_image(it, figstep_images, font), system=system)
-                    for it in items]
-        else:
-            reqs = [Request(it.prompt, system=system) for it in items]
-        # A model judge reads whole replies; over-refusal always uses the keyword detector, so may stop early.
-        stop = None if (task.kind == "safety" and model_judge) else refusal_stop
-        gens = engine.generate(reqs, max_new_tokens=cap, batch_size=bs, stop_when=stop)
-        replies = [g.text for g in gens]
-        refusals = [keyword.refusal(r) for r in replies]
-        verdicts = judge.judge([it.prompt for it in items], replies) if task.kind == "safety" else None
-        recs = []
-        for i, it in enumerate(items):
-            rec = {**base[i], "prompt": reqs[i].prompt if not task.figstep else it.prompt,
-                   "response": replies[i], "n_tokens": gens[i].n_tokens, "refused": refusals[i] is not None}
-            if task.figstep:
-                rec["figstep_text"] = figstep.typeset(figstep.to_statement(it.prompt))
-                rec["text_prompt"] = figstep.FIGSTEP_PROMPT
-                if figstep_images:
-                    rec["figstep_image"] = str(figstep_images / f"{it.id}.png")
-            rec["verdict"] = verdicts[i].to_dict() if verdicts else {"refused": refusals[i] is not None,
-                                                                     "detail": refusals[i] or ""}
-            recs.append(rec)
-        return recs, sum(g.n_tokens for g in gens)
-    if task.kind == "vqa":
-        reqs = [Request(it.prompt + answers.VQA_SUFFIX, image=it.load_image(), system=system) for it in items]
-        gens = engine.generate(reqs, max_new_tokens=cap, batch_size=bs)
-        recs = []
-        for i, it in enumerate(items):
-            s = benchmark(it.benchmark).score_answer(it, gens[i].text)
-            recs.append({**base[i], "prompt": reqs[i].prompt, "response": gens[i].text, "answer": it.answer,
-                         "verdict": s, **s})
-        return recs, sum(g.n_tokens for g in gens)
-    if mc_mode == "loglik":
-        pairs, spans = [], []
-        for it in items:
-            ctx = scoring.mc_context(it)
-            spans.append((len(pairs), len(it.choices)))
-            pairs += [(ctx, " " + t) for t in scoring.mc_targets(it)]
-        lls = engine.loglikelihood(pairs, batch_size=bs)
-        recs = []
-        for i, it in enumerate(items):
-            start, n = spans[i]
-            s = scoring.score_loglik(it, [ll for ll, _ in lls[start:start + n]])
-            recs.append({**base[i], "prompt": pairs[start][0], "response": s["pred"], "answer": it.answer,
-                         "verdict": {"correct": s["correct"]}, **s})
-        return recs, 0
-    reqs = [Request(scoring.mc_generation_prompt(it), system=system) for it in items]
-    gens = engine.generate(reqs, max_new_tokens=cap, batch_size=bs)
-    recs = []
-    for i, it in enumerate(items):
-        pred = scoring.extract_choice(gens[i].text, it)
-        recs.append({**base[i], "prompt": reqs[i].prompt, "response": gens[i].text, "answer": it.answer,
-                     "pred": pred, "correct": pred == it.answer, "verdict": {"correct": pred == it.answer}})
-    return recs, sum(g.n_tokens for g in gens)
+    return kind_of(task).run(task, items, context)
