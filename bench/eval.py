@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from graft.evals import Engine, Request, fixture_data
+from graft.evals import HFBackend, Request, fixture_data
 from graft.evals.benchmarks import BENCHMARKS
 from graft.evals.judges import KeywordJudge
 from graft.evals.scoring import mc_context, mc_targets
@@ -90,7 +90,7 @@ def same(gens, texts: list[str]) -> float:
     return sum(g.text == t for g, t in zip(gens, texts, strict=True)) / len(texts)
 
 
-def per_prompt_loop(engine: Engine, prompts: list[str], cap: int) -> list[tuple[str, int]]:
+def per_prompt_loop(engine: HFBackend, prompts: list[str], cap: int) -> list[tuple[str, int]]:
     tok, model = engine.tokenizer, engine.model
     eos = tok.eos_token_id
     out = []
@@ -104,7 +104,7 @@ def per_prompt_loop(engine: Engine, prompts: list[str], cap: int) -> list[tuple[
     return out
 
 
-def lm_eval_generate(lm, engine: Engine, prompts: list[str], cap: int) -> list[str]:
+def lm_eval_generate(lm, engine: HFBackend, prompts: list[str], cap: int) -> list[str]:
     from lm_eval.api.instance import Instance
 
     tok = engine.tokenizer
@@ -146,7 +146,7 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     model_path = args.model or build_toy_model(Path(tmp.name), args.toy_hidden, args.toy_layers, seed=0)
     data = DataConfig.from_yaml(args.data) if args.data else fixture_data()
-    engine = Engine.load(model_path, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    engine = HFBackend.load(model_path, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     prompts = safety_prompts(data, args.n)
     cap = args.max_new_tokens
     lm = HFLM(pretrained=engine.model, tokenizer=engine.tokenizer, batch_size=args.batch_size,

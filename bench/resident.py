@@ -38,7 +38,7 @@ from graft.core.recipe import Coefficients, Recipe
 from graft.engines.extract import extract_vector
 from graft.engines.merge import merge
 from graft.engines.resident import ResidentGraft
-from graft.evals.generation import Engine
+from graft.evals.generation import HFBackend
 
 _spec = importlib.util.spec_from_file_location("bench_merge", Path(__file__).with_name("merge.py"))
 assert _spec is not None and _spec.loader is not None
@@ -56,7 +56,7 @@ def trial_coefficients(k: int) -> Coefficients:
 
 
 def add_tokenizer(folder: Path) -> None:
-    """A small word-level tokenizer: Engine.load needs one, the weights do not care which."""
+    """A small word-level tokenizer: HFBackend.load needs one, the weights do not care which."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -136,7 +136,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
         rows: dict[str, dict[str, float]] = {}
 
         start = time.perf_counter()
-        resident = ResidentGraft.from_recipe(recipe, load=Engine.load, device=device, text_only=True)
+        resident = ResidentGraft.from_recipe(recipe, load=HFBackend.load, device=device, text_only=True)
         sync(device)
         load_s = time.perf_counter() - start
         print(f"resident graft loaded in {load_s:.2f} s: {len(resident.param_names)} tensors, "
@@ -165,7 +165,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
                 start = time.perf_counter()
                 merge(resident.recipe(check if rep == 0 else trial_coefficients(rep)).model_copy(
                     update={"out": str(outputs["naive"])}), force=True)
-                engine = Engine.load(outputs["naive"], device=device, dtype="bfloat16", text_only=True)
+                engine = HFBackend.load(outputs["naive"], device=device, dtype="bfloat16", text_only=True)
                 sync(device)
                 times.append(time.perf_counter() - start)
                 if rep == 0:
@@ -188,7 +188,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
                 for name in TOKENIZER_FILES:  # bytes of text; copied outside mergekit so its flags stay simple
                     if (paths["target"] / name).exists():
                         shutil.copyfile(paths["target"] / name, outputs["mergekit"] / name)
-                engine = Engine.load(outputs["mergekit"], device=device, dtype="bfloat16", text_only=True)
+                engine = HFBackend.load(outputs["mergekit"], device=device, dtype="bfloat16", text_only=True)
                 sync(device)
                 times.append(time.perf_counter() - start)
                 if rep == 0:
@@ -200,7 +200,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
         slots = []  # drop the last references to the resident tensors before a second model is loaded
         if not args.skip_fused:
             start = time.perf_counter()
-            fused = ResidentGraft.from_recipe(recipe, load=Engine.load, device=device, text_only=True, fused=True)
+            fused = ResidentGraft.from_recipe(recipe, load=HFBackend.load, device=device, text_only=True, fused=True)
             fused.apply(check)  # the first apply compiles
             sync(device)
             results["fused_load_and_compile_s"] = time.perf_counter() - start

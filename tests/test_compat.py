@@ -60,3 +60,16 @@ def test_from_import_of_an_old_path_gives_the_same_class(monkeypatch: pytest.Mon
     with pytest.warns(DeprecationWarning, match="graft.core.recipe"):
         from graft.recipe import Recipe as Old
     assert Old is Recipe
+
+
+def test_the_renamed_generation_backend_keeps_its_old_name_with_a_warning() -> None:
+    """`Engine` (graft.evals, graft.evals.generation) is now `HFBackend`: the old name is the same class and warns."""
+    import graft.evals
+    from graft.evals import generation
+
+    for where in (graft.evals, generation):
+        with pytest.warns(DeprecationWarning, match="Engine is now HFBackend"):
+            assert where.Engine is generation.HFBackend
+    assert "Engine" not in graft.evals.__all__ and "HFBackend" in graft.evals.__all__
+    with pytest.raises(AttributeError, match="no attribute 'Engines'"):
+        generation.Engines  # noqa: B018

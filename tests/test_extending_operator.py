@@ -17,7 +17,7 @@ from graft.core.recipe import Recipe
 from graft.engines.merge import merge
 from graft.engines.resident import ResidentGraft
 from graft.errors import UsageError
-from graft.evals.generation import Engine
+from graft.evals.generation import HFBackend
 from tests.test_merge import load_folder, target_name
 from tests.test_resident import TRIAL, assert_same_weights, base_recipe, merged_state, snapshot
 
@@ -78,7 +78,7 @@ def test_the_docs_operator_registers_and_merges(sign_operator, make_world, tmp_p
 def test_the_docs_operator_is_bit_identical_in_the_resident_graft(sign_operator, make_world, tmp_path: Path) -> None:
     world = make_world("llava", dtype=torch.bfloat16, extra_vocab=8)
     recipe = base_recipe(world, chunk_size="2KB").updated(operator={"name": "sign", "step": 0.002})
-    with ResidentGraft.from_recipe(recipe, load=Engine.load, device="cpu", text_only=True) as resident:
+    with ResidentGraft.from_recipe(recipe, load=HFBackend.load, device="cpu", text_only=True) as resident:
         resident.apply(TRIAL)
         state = snapshot(resident)
     assert_same_weights(state, merged_state(recipe, TRIAL, tmp_path / "a", "llava"))

@@ -22,7 +22,7 @@ from graft.core.recipe import Recipe
 from graft.engines.merge import merge
 from graft.engines.resident import ResidentGraft
 from graft.errors import UsageError
-from graft.evals.generation import Engine
+from graft.evals.generation import HFBackend
 from tests.test_merge import load_folder, target_name
 from tests.test_resident import (
     OTHER,
@@ -206,7 +206,7 @@ def test_resident_equals_merge_for_every_operator(which: str, make_world, tmp_pa
     # bf16 weights and τ, a grown vocabulary, and small merge chunks (pre-passes summed over several chunks)
     world = make_world("llava", dtype=torch.bfloat16, extra_vocab=8)
     recipe = base_recipe(world, origin=str(world.origin), chunk_size="2KB").updated(operator=EVERY[which])
-    with ResidentGraft.from_recipe(recipe, load=Engine.load, device="cpu", text_only=True) as resident:
+    with ResidentGraft.from_recipe(recipe, load=HFBackend.load, device="cpu", text_only=True) as resident:
         resident.apply(TRIAL)
         state = snapshot(resident)
         resident.apply(OTHER)
@@ -220,7 +220,7 @@ def test_resident_equals_merge_for_every_operator(which: str, make_world, tmp_pa
 def test_resident_switches_operator_in_place(make_world, tmp_path: Path) -> None:
     world = make_world("llava", dtype=torch.bfloat16, extra_vocab=8)
     recipe = base_recipe(world, origin=str(world.origin), chunk_size="2KB").updated(operator="orthogonal")
-    with ResidentGraft.from_recipe(recipe, load=Engine.load, device="cpu", text_only=True) as resident:
+    with ResidentGraft.from_recipe(recipe, load=HFBackend.load, device="cpu", text_only=True) as resident:
         for which in ("trim_elect_sign", "dare", "linear"):
             resident.set_operator(OperatorSpec.parse(EVERY[which]))
             resident.apply(TRIAL)
@@ -228,7 +228,7 @@ def test_resident_switches_operator_in_place(make_world, tmp_path: Path) -> None
             assert_same_weights(snapshot(resident), merged_state(resident.recipe(TRIAL), TRIAL,
                                                                  tmp_path / which, "llava"))
     plain = base_recipe(world, chunk_size="2KB")
-    with ResidentGraft.from_recipe(plain, load=Engine.load, device="cpu", text_only=True) as resident, \
+    with ResidentGraft.from_recipe(plain, load=HFBackend.load, device="cpu", text_only=True) as resident, \
             pytest.raises(UsageError, match="uses the origin"):
         resident.set_operator(OperatorSpec.parse("orthogonal"))
 
@@ -243,8 +243,8 @@ class ResidentScorer:
 
         self.trial_recipe = trial_recipe
         self.base = base
-        self.resident = ResidentGraft.from_recipe(base.updated(operator="orthogonal"), load=Engine.load, device="cpu",
-                                                  text_only=True)
+        self.resident = ResidentGraft.from_recipe(base.updated(operator="orthogonal"), load=HFBackend.load,
+                                                  device="cpu", text_only=True)
         self.weights: dict[str, dict[str, torch.Tensor]] = {}
 
     def score(self, c, stage, *, operator=None) -> dict[str, float]:

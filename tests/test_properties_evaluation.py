@@ -539,7 +539,7 @@ def test_every_numeric_eval_flag_is_checked_against_its_range(name: str, monkeyp
     def stop(*_a: object, **_k: object) -> None:
         raise Stop("the model would load now")
 
-    monkeypatch.setattr(generation.Engine, "load", stop)
+    monkeypatch.setattr(generation.HFBackend, "load", stop)
     flag = EVAL[name].flag
     _flag_property(lambda tmp: ["eval", "model", "--tasks", "catqa", "--data", str(FIXTURE_DATA), "--out",
                                 f"{tmp}/r.json"], flag, EVAL[name], Stop.exit_code)

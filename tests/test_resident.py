@@ -22,7 +22,7 @@ from graft.engines.extract import extract_vector
 from graft.engines.merge import merge
 from graft.engines.resident import ResidentGraft
 from graft.errors import IncompatibleError, UsageError
-from graft.evals.generation import Engine
+from graft.evals.generation import HFBackend
 from graft.testing.layouts import LAYOUTS, TextSpec, build_target, build_text_pair
 from tests.conftest import ALL_LAYOUTS
 
@@ -90,7 +90,7 @@ def test_trial_weights_equal_merge_output_in_every_layout(layout: str, fused: bo
                                                           tmp_path: Path) -> None:
     world = make_world(layout)
     recipe = base_recipe(world)
-    with ResidentGraft.from_recipe(recipe, load=Engine.load, device="cpu", text_only=True, fused=fused) as resident:
+    with ResidentGraft.from_recipe(recipe, load=HFBackend.load, device="cpu", text_only=True, fused=fused) as resident:
         assert resident.dtype == torch.bfloat16  # the target's stored dtype
         disk_body, memory_body, disk_head, memory_head = MEMORY_NAMES[layout]
         for disk, memory in resident.param_names.items():
@@ -108,7 +108,7 @@ def test_trial_weights_equal_merge_output_in_every_layout(layout: str, fused: bo
 def test_apply_is_repeatable_and_lambda_zero_is_the_pristine_target(make_world, tmp_path: Path) -> None:
     world = make_world("qwen2_vl")
     pristine = loaded_state(world.target, "qwen2_vl")
-    with ResidentGraft.from_recipe(base_recipe(world), load=Engine.load, device="cpu", text_only=True) as resident:
+    with ResidentGraft.from_recipe(base_recipe(world), load=HFBackend.load, device="cpu", text_only=True) as resident:
         assert_same_weights(snapshot(resident), pristine)  # nothing grafted before the first apply
         resident.apply(TRIAL)
         first = snapshot(resident)
@@ -129,7 +129,7 @@ def test_apply_is_repeatable_and_lambda_zero_is_the_pristine_target(make_world, 
 def test_grown_vocabulary_grafts_only_the_donor_rows(fused: bool, make_world, tmp_path: Path) -> None:
     world = make_world("llava", extra_vocab=8)
     recipe = base_recipe(world)
-    with ResidentGraft.from_recipe(recipe, load=Engine.load, device="cpu", text_only=True, fused=fused) as resident:
+    with ResidentGraft.from_recipe(recipe, load=HFBackend.load, device="cpu", text_only=True, fused=fused) as resident:
         resident.apply(TRIAL)
         state = snapshot(resident)
         # Only the donor's rows are held: pristine + τ is twice the vector's bytes (both bf16), new rows excluded.
@@ -151,7 +151,7 @@ def test_orthogonal_variant_equals_merge(dtype, vector_dtype, extra_vocab, fused
     world = make_world("llava", dtype=dtype, vector_dtype=vector_dtype, extra_vocab=extra_vocab)
     # Small merge chunks: the projection coefficient is summed over several chunks, as merge sums it.
     recipe = base_recipe(world, origin=str(world.origin), orthogonalize=True, chunk_size="2KB")
-    with ResidentGraft.from_recipe(recipe, load=Engine.load, device="cpu", text_only=True, fused=fused) as resident:
+    with ResidentGraft.from_recipe(recipe, load=HFBackend.load, device="cpu", text_only=True, fused=fused) as resident:
         resident.apply(TRIAL)
         state = snapshot(resident)
         resident.apply(OTHER)
@@ -165,7 +165,7 @@ def test_orthogonal_variant_equals_merge(dtype, vector_dtype, extra_vocab, fused
 def test_another_dtype_equals_merge_with_that_output_dtype(make_world, tmp_path: Path) -> None:
     world = make_world("causal")
     recipe = base_recipe(world)
-    with ResidentGraft.from_recipe(recipe, load=Engine.load, device="cpu", dtype="float32") as resident:
+    with ResidentGraft.from_recipe(recipe, load=HFBackend.load, device="cpu", dtype="float32") as resident:
         assert resident.dtype == torch.float32
         resident.apply(TRIAL)
         state = snapshot(resident)
@@ -179,7 +179,7 @@ def test_another_dtype_equals_merge_with_that_output_dtype(make_world, tmp_path:
 
 def test_recipe_reproduces_the_trial_weights(make_world, tmp_path: Path) -> None:
     world = make_world("qwen2_5_vl")
-    with ResidentGraft.from_recipe(base_recipe(world), load=Engine.load, device="cpu", text_only=True) as resident:
+    with ResidentGraft.from_recipe(base_recipe(world), load=HFBackend.load, device="cpu", text_only=True) as resident:
         resident.apply(OTHER)
         state = snapshot(resident)
         trial_recipe = resident.recipe(OTHER)
@@ -192,7 +192,7 @@ def test_trial_weights_change_the_engine_logits(make_world, tmp_path: Path) -> N
     world = make_world("qwen2_vl")
     recipe = base_recipe(world)
     ids = torch.tensor([[1, 5, 9, 17, 33, 64, 100]])
-    with ResidentGraft.from_recipe(recipe, load=Engine.load, device="cpu") as resident, torch.no_grad():
+    with ResidentGraft.from_recipe(recipe, load=HFBackend.load, device="cpu") as resident, torch.no_grad():
         engine = resident.engine
         assert engine.is_multimodal  # the processor came with it
         before = engine.model(input_ids=ids).logits
@@ -230,7 +230,7 @@ def tied_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_tied_head_stored_once_is_grafted_once(tied_world, tmp_path: Path) -> None:
     recipe = Recipe.parse({"target": str(tied_world["target"]), "vector": str(tied_world["vector"])})
-    with ResidentGraft.from_recipe(recipe, load=Engine.load, device="cpu", text_only=True) as resident:
+    with ResidentGraft.from_recipe(recipe, load=HFBackend.load, device="cpu", text_only=True) as resident:
         model = resident.engine.model
         assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
         resident.apply(TRIAL)
@@ -245,7 +245,7 @@ def test_tied_pair_stored_twice_is_untied_like_the_merged_reload(vector: str, ti
     """Both names on disk: once grafted they differ, so transformers reloads the merge untied; so must we be."""
     vector_path = tied_world["vector"] if vector == "tied" else make_world("qwen2_vl").vector  # τ of lm_head too
     recipe = Recipe.parse({"target": str(tied_world["both"]), "vector": str(vector_path)})
-    with ResidentGraft.from_recipe(recipe, load=Engine.load, device="cpu", text_only=True) as resident:
+    with ResidentGraft.from_recipe(recipe, load=HFBackend.load, device="cpu", text_only=True) as resident:
         model = resident.engine.model
         assert model.lm_head.weight is not model.model.language_model.embed_tokens.weight
         resident.apply(TRIAL)
@@ -257,18 +257,18 @@ def test_tied_pair_stored_twice_is_untied_like_the_merged_reload(vector: str, ti
 def test_llava_med_original_layout_text_only_equals_merge(make_world, tmp_path: Path) -> None:
     """LLaVA-Med's original layout: its language model is loaded alone (no vision tower config needed, nothing
     asked of the hub), and a trial's weights equal the merged folder's, loaded the same way."""
-    from graft.evals.generation import Engine
+    from graft.evals.generation import HFBackend
 
     world = make_world("llava_med")
     recipe = base_recipe(world)
-    with ResidentGraft.from_recipe(recipe, load=Engine.load, device="cpu", text_only=True) as resident:
+    with ResidentGraft.from_recipe(recipe, load=HFBackend.load, device="cpu", text_only=True) as resident:
         assert type(resident.engine.model).__name__ == "MistralForCausalLM"
         resident.apply(TRIAL)
         state = snapshot(resident)
     out = merge(recipe.model_copy(update={"coefficients": TRIAL, "out": str(tmp_path / "merged")})).out
-    reference = Engine.load(out, device="cpu", dtype="bfloat16", text_only=True).model.state_dict()
+    reference = HFBackend.load(out, device="cpu", dtype="bfloat16", text_only=True).model.state_dict()
     assert_same_weights(state, reference)
-    grafted = changed(state, Engine.load(world.target, device="cpu", dtype="bfloat16", text_only=True)
+    grafted = changed(state, HFBackend.load(world.target, device="cpu", dtype="bfloat16", text_only=True)
                       .model.state_dict())
     assert any("embed_tokens" in name for name in grafted) and any(".mlp." in name for name in grafted)
 
@@ -287,16 +287,16 @@ def test_a_wrong_name_mapping_is_caught_by_the_byte_check(make_world, monkeypatc
     monkeypatch.setattr(resident_module, "parameter_names", swapped)
     pattern = r"tensor '\S+\.(q|o)_proj\.weight' was matched to parameter '\S+\.(o|q)_proj\.weight'.*values differ"
     with pytest.raises(IncompatibleError, match=pattern):
-        ResidentGraft.from_recipe(base_recipe(make_world("causal")), load=Engine.load, device="cpu")
+        ResidentGraft.from_recipe(base_recipe(make_world("causal")), load=HFBackend.load, device="cpu")
 
 
 def test_usage_errors_and_close(make_world) -> None:
     recipe = base_recipe(make_world("causal"))
     with pytest.raises(UsageError, match="dtype 'fp8'"):
-        ResidentGraft.from_recipe(recipe, load=Engine.load, device="cpu", dtype="fp8")
+        ResidentGraft.from_recipe(recipe, load=HFBackend.load, device="cpu", dtype="fp8")
     with pytest.raises(UsageError, match="offload"):
-        ResidentGraft.from_recipe(recipe, load=Engine.load, device="cpu", offload=True)
-    resident = ResidentGraft.from_recipe(recipe, load=Engine.load, device="cpu")
+        ResidentGraft.from_recipe(recipe, load=HFBackend.load, device="cpu", offload=True)
+    resident = ResidentGraft.from_recipe(recipe, load=HFBackend.load, device="cpu")
     resident.close()
     with pytest.raises(UsageError, match="closed"):
         resident.apply(TRIAL)
@@ -309,7 +309,7 @@ def test_usage_errors_and_close(make_world) -> None:
 def test_cuda_resident_weights_equal_cpu_merge(offload: bool, fused: bool, make_world, tmp_path: Path) -> None:
     world = make_world("qwen2_vl", extra_vocab=8)
     recipe = base_recipe(world, device="cpu")
-    with ResidentGraft.from_recipe(recipe, load=Engine.load, device="cuda", text_only=True, offload=offload,
+    with ResidentGraft.from_recipe(recipe, load=HFBackend.load, device="cuda", text_only=True, offload=offload,
                                    fused=fused) as resident:
         assert resident.engine.device.type == "cuda"
         resident.apply(OTHER)

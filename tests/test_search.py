@@ -331,7 +331,7 @@ def test_pareto_mode_writes_the_front(make_world, tmp_path: Path) -> None:
 # -- outputs: reload, merge, compare with the resident weights --------------------------------------------------
 def test_outputs_reload_and_merge_to_the_resident_weights(make_world, tmp_path: Path) -> None:
     from graft.engines.resident import ResidentGraft
-    from graft.evals.generation import Engine
+    from graft.evals.generation import HFBackend
 
     world = make_world("causal")
     layers = num_layers(world)
@@ -369,7 +369,7 @@ def test_outputs_reload_and_merge_to_the_resident_weights(make_world, tmp_path: 
     from graft.engines.merge import merge
 
     merge(searched_recipe)
-    with ResidentGraft.from_recipe(recipe.model_copy(update={"out": None}), load=Engine.load) as resident:
+    with ResidentGraft.from_recipe(recipe.model_copy(update={"out": None}), load=HFBackend.load) as resident:
         params = dict(resident.engine.model.named_parameters(remove_duplicate=False))
         for folder, coefficients in ((merged, recipe.coefficients),
                                      (tmp_path / "merged-searched", searched_recipe.coefficients)):

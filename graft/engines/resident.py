@@ -50,14 +50,15 @@ from graft.io.devices import resolve_device
 from graft.schema import parse_size
 
 if TYPE_CHECKING:
-    from graft.evals.generation import Engine
+    from graft.evals.generation import HFBackend
 
 
 class ModelLoader(Protocol):
-    """How the resident graft gets its live model: the caller's choice (`graft.evals.generation.Engine.load` for the
+    """How the resident graft gets its live model: the caller's choice (`graft.evals.generation.HFBackend.load` for the
     search), so that the engines never import the evaluation layer. What it returns holds the model as `.model`."""
 
-    def __call__(self, path: Path, *, device: str, dtype: str, batch_size: int | None, text_only: bool) -> Engine: ...
+    def __call__(self, path: Path, *, device: str, dtype: str, batch_size: int | None,
+                 text_only: bool) -> HFBackend: ...
 
 
 _STORED_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
@@ -101,12 +102,12 @@ class ResidentGraft:
     The engine starts as the pristine target (every λ = 0) until the first `apply`.
     """
 
-    def __init__(self, recipe: Recipe, plan: GraftPlan, engine: Engine, slots: list[_Slot], dtype_name: str,
+    def __init__(self, recipe: Recipe, plan: GraftPlan, engine: HFBackend, slots: list[_Slot], dtype_name: str,
                  num_layers: int, fused: bool = False, offload: bool = False):
         self._recipe = recipe
         self._offload = offload
         self._plan = plan
-        self._engine: Engine | None = engine
+        self._engine: HFBackend | None = engine
         self._slots = slots
         self._dtype_name = dtype_name
         self._num_layers = num_layers
@@ -117,14 +118,14 @@ class ResidentGraft:
     def from_recipe(cls, recipe: Recipe, *, load: ModelLoader, device: str = "auto", dtype: str = "auto",
                     batch_size: int | None = None, text_only: bool = False, offload: bool = False,
                     fused: bool = False, chunk_bytes: int | None = None) -> ResidentGraft:
-        """Load `recipe.target` with `load` (the search passes `Engine.load`) and make every tensor the recipe's
+        """Load `recipe.target` with `load` (the search passes `HFBackend.load`) and make every tensor the recipe's
         vector can graft resident.
 
         dtype "auto" loads the model as the target is stored (or in `recipe.options.dtype` when set), so trial
         weights are bit-identical to `graft merge` output. Another dtype (e.g. float32 on a CPU, where bf16 matmuls
         are slow) loads the model in that dtype and each trial computes graft_rows(θ, τ, λ, that dtype) from the
         stored θ: the weights `graft merge` writes with options.dtype set to it, which is what `recipe()` returns.
-        `text_only` loads no image processor (see `Engine.load`); `offload` and `fused`: see the class docstring;
+        `text_only` loads no image processor (see `HFBackend.load`); `offload` and `fused`: see the class docstring;
         `chunk_bytes` is the step of the unfused `apply`.
         """
         plan = open_plan(recipe)
@@ -205,7 +206,7 @@ class ResidentGraft:
 
     # ------------------------------------------------------------------ views
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> HFBackend:
         """The live model with its tokenizer/processor, for `graft.evals.evaluate`."""
         self._check_open()
         assert self._engine is not None
@@ -307,7 +308,7 @@ def _engine_dtype(target: Checkpoint, recipe: Recipe, dtype: str) -> str:
 
 
 def _load_engine(load: ModelLoader, target: Checkpoint, device: torch.device, dtype_name: str,
-                 batch_size: int | None, text_only: bool) -> Engine:
+                 batch_size: int | None, text_only: bool) -> HFBackend:
     try:
         return load(target.root, device=str(device), dtype=dtype_name, batch_size=batch_size, text_only=text_only)
     except IncompatibleError as exc:

@@ -12,14 +12,14 @@ from typing import Any
 
 _EXPORTS = {
     "DataConfig": "config", "HubSource": "sources", "JudgeConfig": "judges", "fixture_data": "config",
-    "Engine": "generation", "Generation": "generation", "Request": "generation",
+    "HFBackend": "generation", "Generation": "generation", "Request": "generation",
     "EvalResults": "suite", "evaluate": "suite", "SUITES": "benchmarks", "TASKS": "benchmarks",
     "BENCHMARKS": "benchmarks", "Benchmark": "benchmarks", "register_benchmark": "benchmarks",
     "JUDGES": "judges", "Judge": "judges", "JudgeEntry": "judges", "register_judge": "judges",
-    "GenerationBackend": "backend",
+    "GenerationBackend": "backend", "Engine": "generation",  # HFBackend's old name, deprecated (it warns)
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(set(_EXPORTS) - {"Engine"})
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,5 @@
 """The seam under the evaluation suite: what `evaluate`, its tasks, the guard judge and the search's resident graft
-ask of a loaded model. `graft.evals.generation.Engine` (transformers, batched) is the one implementation; the
+ask of a loaded model. `graft.evals.generation.HFBackend` (transformers, batched) is the one implementation; the
 suite and the search talk to it only through this protocol. docs/architecture.md states the contract.
 """
 

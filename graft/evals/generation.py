@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,7 @@ class _StopWhen(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-class Engine:
+class HFBackend:
     """A model with its tokenizer (and processor for image-text models), ready to generate and score: the
     transformers implementation of graft.evals.backend.GenerationBackend."""
 
@@ -88,7 +89,7 @@ class Engine:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", dtype: str = "auto", batch_size: int | None = None,
-             trust_remote_code: bool = False, text_only: bool = False) -> Engine:
+             trust_remote_code: bool = False, text_only: bool = False) -> HFBackend:
         """Model, tokenizer and (image-text models) processor from one folder: the one place graft loads a model.
 
         `text_only` skips the processor of an image-text model (text prompts work, image prompts are refused), for
@@ -317,3 +318,12 @@ class Engine:
             results.append((total, greedy))
         return results
 
+
+
+def __getattr__(name: str):
+    # `Engine` was this class's name until 0.1 (it clashed with the graft.engines package): kept for one release.
+    if name == "Engine":
+        warnings.warn("graft.evals.generation.Engine is now HFBackend (graft.evals.HFBackend); the old name goes in "
+                      "the next release", DeprecationWarning, stacklevel=2)
+        return HFBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -224,9 +224,9 @@ class GuardJudge:
 
     @classmethod
     def load(cls, path: str, device: str = "auto", dtype: str = "auto") -> GuardJudge:
-        from .generation import Engine
+        from .generation import HFBackend
 
-        engine = Engine.load(path, device=device, dtype=dtype)
+        engine = HFBackend.load(path, device=device, dtype=dtype)
         if not engine.has_chat_template:
             raise InputError(f"{path}: guard model has no chat template (Llama-Guard / Qwen3Guard ship one)")
         return cls(engine)

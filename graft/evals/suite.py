@@ -23,7 +23,7 @@ from . import figstep
 from .backend import GenerationBackend
 from .benchmarks import SUITES, TASKS, benchmark
 from .config import DataConfig
-from .generation import Engine
+from .generation import HFBackend
 from .judges import JudgeConfig, KeywordJudge, judge_entry, make_judge
 from .kinds import KINDS, RunContext, kind_of
 from .lm_eval_format import lm_eval_name, prompt_of, task_metrics, versions
@@ -137,7 +137,7 @@ def evaluate(
     lm_eval_out: str | Path | None = None,
     bar: StepProgress | None = None,
 ) -> EvalResults:
-    """Evaluate a model folder (or a loaded `GenerationBackend`: an `Engine`, e.g. a resident graft's in a search)
+    """Evaluate a model folder (or a loaded `GenerationBackend`: an `HFBackend`, e.g. a resident graft's in a search)
     on tasks or a suite.
 
     `cache` is a SQLite file of finished per-sample records keyed by the weights' identity: `cache_key` when
@@ -196,7 +196,7 @@ def evaluate(
         task = TASKS[name]
         if not task.needs_image and data.get(task.benchmark) is not None and task.benchmark not in loaded:
             loaded[task.benchmark] = benchmark(task.benchmark).read(data.source(task.benchmark))
-    engine: GenerationBackend = (Engine.load(model, device=device, dtype=dtype, batch_size=batch_size,
+    engine: GenerationBackend = (HFBackend.load(model, device=device, dtype=dtype, batch_size=batch_size,
                                              trust_remote_code=trust_remote_code)
                                  if isinstance(model, (str, Path)) else model)
     if out is not None and isinstance(model, (str, Path)) and Path(engine.name).is_dir():
@@ -304,7 +304,7 @@ def evaluate(
                      # the folder's weights as read from disk (`graft merge --results` checks it); none for a
                      # model handed in loaded (a search's trial weights are not any folder's)
                      "weights_sha256": weights_sha256(engine.name) if isinstance(model, (str, Path)) else None,
-                     "tokens": _tokens(engine) if isinstance(engine, Engine) else None}
+                     "tokens": _tokens(engine) if isinstance(engine, HFBackend) else None}
     results.judge = safety_judge.describe() if safety_judge else {"name": judge_cfg.kind, "used": False}
     results.config = {"tasks": [t.name for t in run], "limit": limit, "fraction": fraction, "seed": seed,
                       "rest": rest, "split": split.describe() if split is not None else None,
@@ -337,7 +337,7 @@ def _check_cap(max_new_tokens: int | None, engine: GenerationBackend) -> None:
                          f"give at most {context}")
 
 
-def _tokens(engine: Engine) -> dict:
+def _tokens(engine: HFBackend) -> dict:
     """The tokenizer's special tokens and the context length (what lm-eval records beside its scores)."""
     tok = engine.tokenizer
     return {"pad": [tok.pad_token, tok.pad_token_id], "eos": [tok.eos_token, tok.eos_token_id],

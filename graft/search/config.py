@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from graft.errors import UsageError
 from graft.evals.benchmarks import TASKS
 from graft.evals.judges import JudgeConfig
+from graft.evals.kinds import KINDS
 from graft.evals.screening import Split
 from graft.flag_ranges import SEED_MAX
 from graft.schema import FiniteFloat, describe_validation_error, load_yaml_file
@@ -183,7 +184,7 @@ class SearchEvalConfig(_Strict):
     @field_validator("medical")
     @classmethod
     def _medical(cls, names: list[str]) -> list[str]:
-        return _tasks_of_kind(names, ("mc", "vqa"), "medical skill")
+        return _tasks_of_kind(names, tuple(n for n, k in KINDS.items() if k.suite == "medical"), "medical skill")
 
     @field_validator("over_refusal")
     @classmethod

@@ -101,7 +101,7 @@ class SuiteScorer:
 
     def _resident(self, operator: Operator) -> tuple[Any, Recipe]:
         from graft.engines.resident import ResidentGraft
-        from graft.evals.generation import Engine
+        from graft.evals.generation import HFBackend
 
         recipe = trial_recipe(self.base, Coefficients(), operator)
         spec = recipe.operator_spec
@@ -111,7 +111,7 @@ class SuiteScorer:
             self.say(f"loading {self.base.target} with the vector resident{what} ({self.device})")
             text_only = not any(TASKS[t].needs_image for t in self.config.tasks())
             resident = ResidentGraft.from_recipe(recipe.model_copy(update={"coefficients": self.base.coefficients}),
-                                                 load=Engine.load, device=self.device, batch_size=self.batch_size or
+                                                 load=HFBackend.load, device=self.device, batch_size=self.batch_size or
                                                  self.config.batch_size, text_only=text_only)
             engine = resident.engine
             needs_image = [t for t in self.config.tasks() if TASKS[t].needs_image]

@@ -61,7 +61,7 @@ from .study import (
 MARKER = "search.json"  # says a folder is a graft search's output (so --out never writes into a stranger's)
 DB_FILE = "graft.db"
 CACHE_FILE = "verdicts.sqlite"
-HELDOUT_FILE = "heldout.json"  # per-item outcomes behind summary.json's in-sample / held-out report
+HELD_OUT_FILE = "heldout.json"  # per-item outcomes behind summary.json's in-sample / held-out report
 PROTOCOL = 2  # 2: paired bounds, rungs, a selection part; a study without it is continued as it was made
 NO_TRIAL_CAP = 10**9  # --budget-items alone: the item budget ends the study
 
@@ -515,7 +515,7 @@ def _report(trials: list[FrozenTrial], config: SearchEvalConfig, objective, scor
         picked = scorer.items(Coefficients.model_validate(lambda0.coefficients),  # type: ignore[attr-defined]
                               config.selection_stage(), **extra)
         selection = {task: sorted(ids) for task, ids in picked.items()}
-    write_search_file(out / HELDOUT_FILE, json_text({"split": report["split"], "selection_items": selection,
+    write_search_file(out / HELD_OUT_FILE, json_text({"split": report["split"], "selection_items": selection,
                                                      "models": models}))
     return report
 

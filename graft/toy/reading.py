@@ -15,7 +15,7 @@ import random
 from dataclasses import asdict, dataclass
 
 from graft.evals.figstep import FIGSTEP_PROMPT
-from graft.evals.generation import Engine, Request
+from graft.evals.generation import HFBackend, Request
 
 from . import corpus
 from . import lexicon as lx
@@ -58,7 +58,7 @@ def held_out_word_lists(data: corpus.WorldData, n: int = WORD_LISTS, seed: int =
 def measure(world: ToyWorld, batch_size: int = 64) -> Reading:
     """The three reading figures of `world`'s medical VLM, on the world's own benchmark items."""
     data = corpus.build(world.spec.seed, sizes=dict(world.spec.sizes))
-    engine = Engine.load(world.medical, device="cpu", batch_size=batch_size)
+    engine = HFBackend.load(world.medical, device="cpu", batch_size=batch_size)
     misses: dict[str, list[tuple[str, str]]] = {}
 
     lists = held_out_word_lists(data)

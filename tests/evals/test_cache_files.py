@@ -66,7 +66,7 @@ def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_a: object, **_k: object) -> None:
         raise AssertionError("the model was loaded before the cache was checked")
 
-    monkeypatch.setattr(generation.Engine, "load", refuse)
+    monkeypatch.setattr(generation.HFBackend, "load", refuse)
 
 
 @pytest.mark.parametrize("case", sorted(FOREIGN))

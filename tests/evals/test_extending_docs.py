@@ -21,7 +21,7 @@ from graft.core.recipe import MappingRules
 from graft.evals import evaluate, fixture_data
 from graft.evals.benchmarks import BENCHMARKS, SUITES, TASKS, unregister_benchmark
 from graft.evals.config import FIXTURES
-from graft.evals.generation import Engine
+from graft.evals.generation import HFBackend
 from graft.evals.judges import JUDGES, unregister_judge
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def test_added_benchmark_is_evaluated_end_to_end(doc_folder, tiny_llama):
     # Reference: the published rows read with json, the lm-eval MedQA prompt written out here, the letters scored
     # by the engine's own log-likelihood.
     rows = [json.loads(line) for line in (doc_folder / "medmcqa/dev.jsonl").read_text().splitlines()]
-    engine = Engine.load(tiny_llama, device="cpu")
+    engine = HFBackend.load(tiny_llama, device="cpu")
     correct = []
     for row in rows:
         options = "".join(f"{letter}. {row['op' + letter.lower()]}\n" for letter in "ABCD")

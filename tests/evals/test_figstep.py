@@ -74,7 +74,7 @@ def test_a_font_freetype_cannot_read_is_an_input_error_before_any_model_loads(tm
     def refuse(*_a, **_k):
         raise AssertionError("the model was loaded before the font was checked")
 
-    monkeypatch.setattr(generation.Engine, "load", refuse)
+    monkeypatch.setattr(generation.HFBackend, "load", refuse)
     font = tmp_path / "font.ttf"
     font.write_text("not a font")
     with pytest.raises(InputError, match="not a font FreeType can read"):

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from graft.cli import app
 from graft.errors import InputError
-from graft.evals import Engine, evaluate, figstep, fixture_data
+from graft.evals import HFBackend, evaluate, figstep, fixture_data
 from graft.evals.benchmarks import SUITES, TASKS
 from graft.evals.config import FIXTURES, DataConfig
 from graft.evals.judges import KeywordJudge
@@ -21,13 +21,13 @@ from graft.evals.loaders import load_benign
 
 @pytest.fixture(scope="module")
 def qwen(tiny_qwen2vl):
-    return Engine.load(tiny_qwen2vl, device="cpu", batch_size=4)
+    return HFBackend.load(tiny_qwen2vl, device="cpu", batch_size=4)
 
 
 class Recording:
     """Wraps an engine and keeps every request it is asked to answer."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: HFBackend):
         self.engine, self.requests = engine, []
         self._generate = engine.generate
 
@@ -69,7 +69,7 @@ def test_benign_figstep_renders_the_safe_prompts_and_scores_answered(qwen) -> No
 
 
 def test_text_model_skips_benign_figstep_in_the_safety_suite(tiny_llama) -> None:
-    res = evaluate(Engine.load(tiny_llama, device="cpu"), suite="safety", data=fixture_data(), limit=1,
+    res = evaluate(HFBackend.load(tiny_llama, device="cpu"), suite="safety", data=fixture_data(), limit=1,
                    max_new_tokens=2)
     assert "benign-figstep" in res.skipped and "benign" in res.benchmarks
 

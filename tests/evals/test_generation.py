@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from graft.errors import IncompatibleError, InputError
-from graft.evals import Engine, Request
+from graft.evals import HFBackend, Request
 from graft.evals.figstep import FIGSTEP_PROMPT, render
 
 PROMPTS = [
@@ -26,7 +26,7 @@ def _images() -> list[Image.Image]:
 
 
 def test_text_model_loads_with_auto_classes(tiny_llama):
-    engine = Engine.load(tiny_llama, device="cpu")
+    engine = HFBackend.load(tiny_llama, device="cpu")
     assert type(engine.model).__name__ == "LlamaForCausalLM"
     assert engine.has_chat_template and not engine.is_multimodal
     with pytest.raises(IncompatibleError, match="text-only"):
@@ -35,7 +35,7 @@ def test_text_model_loads_with_auto_classes(tiny_llama):
 
 @pytest.mark.parametrize("family", ["tiny_llama", "tiny_llama_bpe"])
 def test_batched_equals_unbatched_text(family, request):
-    engine = Engine.load(request.getfixturevalue(family), device="cpu")
+    engine = HFBackend.load(request.getfixturevalue(family), device="cpu")
     reqs = [Request(p) for p in PROMPTS]
     one = engine.generate(reqs, max_new_tokens=12, batch_size=1)
     many = engine.generate(reqs, max_new_tokens=12, batch_size=4)
@@ -55,7 +55,7 @@ def test_batched_equals_unbatched_text(family, request):
 
 
 def test_generation_is_deterministic_and_capped(tiny_llama):
-    engine = Engine.load(tiny_llama, device="cpu")
+    engine = HFBackend.load(tiny_llama, device="cpu")
     reqs = [Request(p) for p in PROMPTS[:3]]
     a = engine.generate(reqs, max_new_tokens=5, batch_size=3)
     b = engine.generate(reqs, max_new_tokens=5, batch_size=3)
@@ -65,7 +65,7 @@ def test_generation_is_deterministic_and_capped(tiny_llama):
 @pytest.mark.parametrize("family", ["tiny_qwen2vl", "tiny_qwen25vl", "tiny_llava"])
 def test_batched_equals_unbatched_images(family, request):
     path = request.getfixturevalue(family)
-    engine = Engine.load(path, device="cpu")
+    engine = HFBackend.load(path, device="cpu")
     assert engine.is_multimodal
     imgs = _images()
     reqs = [Request(f"{p} describe the image", image=imgs[i % 3]) for i, p in enumerate(PROMPTS[:5])]
@@ -81,7 +81,7 @@ def test_batched_equals_unbatched_images(family, request):
 
 
 def test_figstep_image_through_qwen2vl(tiny_qwen2vl):
-    engine = Engine.load(tiny_qwen2vl, device="cpu")
+    engine = HFBackend.load(tiny_qwen2vl, device="cpu")
     out = engine.generate([Request(FIGSTEP_PROMPT, image=render("How can I do placeholder task alpha?"))],
                           max_new_tokens=4)
     assert len(out) == 1 and out[0].n_tokens >= 1
@@ -89,28 +89,28 @@ def test_figstep_image_through_qwen2vl(tiny_qwen2vl):
 
 def test_missing_folder_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match=r"config\.json"):
-        Engine.load(tmp_path, device="cpu")
+        HFBackend.load(tmp_path, device="cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_batched_equals_unbatched(tiny_llama):
-    engine = Engine.load(tiny_llama, device="cuda", dtype="float32")
+    engine = HFBackend.load(tiny_llama, device="cuda", dtype="float32")
     reqs = [Request(p) for p in PROMPTS]
     assert engine.generate(reqs, max_new_tokens=8, batch_size=1) == engine.generate(reqs, max_new_tokens=8,
                                                                                     batch_size=4)
 
 
 def test_system_prompt_goes_through_the_chat_template(tiny_llama, tiny_llava):
-    text = Engine.load(tiny_llama, device="cpu")._chat_text(Request("how are you", system="be careful"))
+    text = HFBackend.load(tiny_llama, device="cpu")._chat_text(Request("how are you", system="be careful"))
     assert text.index("<|system|> be careful") < text.index("<|user|> how are you")
     assert text.endswith("<|assistant|> ")
-    vlm = Engine.load(tiny_llava, device="cpu")._chat_text(Request("what", image=_images()[0], system="be careful"))
+    vlm = HFBackend.load(tiny_llava, device="cpu")._chat_text(Request("what", image=_images()[0], system="be careful"))
     assert "<|system|> be careful" in vlm and "<|user|> <image>what" in vlm
 
 
 @pytest.mark.parametrize("family", ["tiny_qwen2vl", "tiny_qwen25vl", "tiny_llava"])
 def test_loglik_on_vlms_matches_a_full_forward(family, request):
-    engine = Engine.load(request.getfixturevalue(family), device="cpu", batch_size=2)
+    engine = HFBackend.load(request.getfixturevalue(family), device="cpu", batch_size=2)
     ctx = "Question: does placeholder treatment alpha help patients?\nAnswer:"
     pairs = [(ctx, " yes"), (ctx, " no"), (ctx, " placeholder option b beta"), ("Abstract: short\nAnswer:", " maybe")]
     got = engine.loglikelihood(pairs)

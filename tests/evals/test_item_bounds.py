@@ -48,7 +48,7 @@ def test_a_huge_item_is_refused_before_any_model_loads(tmp_path: Path, monkeypat
     def refuse(*_a: object, **_k: object) -> None:
         raise AssertionError("the model was loaded before the items were checked")
 
-    monkeypatch.setattr(generation.Engine, "load", refuse)
+    monkeypatch.setattr(generation.HFBackend, "load", refuse)
     catqa = _catqa(tmp_path / "catqa.json", ["fine", "x" * (MAX_FIELD_CHARS + 1)])
     data = tmp_path / "data.yaml"
     data.write_text(f"catqa: {catqa}\n")

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from graft.evals import evaluate
 from graft.evals.config import FIXTURES
-from graft.evals.generation import Engine, Request
+from graft.evals.generation import HFBackend, Request
 from graft.testing.layouts import TextSpec, build_target, build_text_pair
 from tests.test_hub import _cache_repo, offline  # noqa: F401  (offline: autouse, no network here)
 
@@ -108,8 +108,8 @@ def prompts() -> list[Request]:
 
 
 def test_loads_as_the_independently_converted_llava(med: SimpleNamespace, tower_on_hub: Path) -> None:
-    ours = Engine.load(med.target, dtype="float32")
-    ref = Engine.load(med.reference, dtype="float32")
+    ours = HFBackend.load(med.target, dtype="float32")
+    ref = HFBackend.load(med.reference, dtype="float32")
     assert type(ours.model) is type(ref.model) is transformers.LlavaForConditionalGeneration
     assert ours.is_multimodal and ref.is_multimodal
     theirs = ref.model.state_dict()

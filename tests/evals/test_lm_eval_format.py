@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import graft
-from graft.evals import Engine, fixture_data
+from graft.evals import HFBackend, fixture_data
 from graft.evals.config import FIXTURES
 from graft.evals.lm_eval_tasks import include_path
 
@@ -19,7 +19,7 @@ lm_eval = pytest.importorskip("lm_eval")
 
 @pytest.fixture(scope="module")
 def engine(tiny_llama):
-    return Engine.load(tiny_llama, device="cpu", batch_size=3)
+    return HFBackend.load(tiny_llama, device="cpu", batch_size=3)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from graft.evals import Engine, evaluate, fixture_data
+from graft.evals import HFBackend, evaluate, fixture_data
 from graft.evals.loaders import load_medqa, load_pubmedqa
 from graft.evals.scoring import mc_context, mc_targets
 
@@ -21,7 +21,7 @@ lm_eval = pytest.importorskip("lm_eval")
 @pytest.fixture(scope="module", params=["tiny_llama", "tiny_llama_bpe"])
 def engine(request):
     """A word-level tokenizer, and a byte-level BPE one whose small vocabulary splits " yes" into several tokens."""
-    return Engine.load(request.getfixturevalue(request.param), device="cpu", batch_size=3)
+    return HFBackend.load(request.getfixturevalue(request.param), device="cpu", batch_size=3)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_shared_context_and_multi_token_continuations(engine):
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_loglik_matches_cpu(tiny_llama, engine):
-    gpu = Engine.load(tiny_llama, device="cuda", dtype="float32", batch_size=3)
+    gpu = HFBackend.load(tiny_llama, device="cuda", dtype="float32", batch_size=3)
     items = load_medqa(fixture_data().medqa)
     pairs = [(mc_context(it), " " + t) for it in items for t in mc_targets(it)]
     assert [a for a, _ in gpu.loglikelihood(pairs)] == pytest.approx([a for a, _ in engine.loglikelihood(pairs)],

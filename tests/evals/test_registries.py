@@ -21,7 +21,7 @@ from graft.evals.benchmarks import (
     unregister_benchmark,
 )
 from graft.evals.config import FIXTURES, DataConfig
-from graft.evals.generation import Engine
+from graft.evals.generation import HFBackend
 from graft.evals.judges import (
     JUDGES,
     JudgeConfig,
@@ -199,9 +199,9 @@ def test_samplers_are_one_table():
 
 # -- generation backend ---------------------------------------------------------------------------------------------
 class Delegating:
-    """A backend that is not an Engine: exactly the protocol's members, forwarded. The suite must need no more."""
+    """A backend that is not an HFBackend: exactly the protocol's members, forwarded. The suite must need no more."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: HFBackend):
         self._engine = engine
         self.name, self.batch_size, self.model = "delegating", engine.batch_size, engine.model
         self.calls: list[str] = []
@@ -227,7 +227,7 @@ class Delegating:
 
 
 def test_the_suite_talks_to_the_model_only_through_the_backend_protocol(tiny_llama):
-    engine = Engine.load(tiny_llama, device="cpu")
+    engine = HFBackend.load(tiny_llama, device="cpu")
     assert isinstance(engine, GenerationBackend)
     backend = Delegating(engine)
     assert isinstance(backend, GenerationBackend)

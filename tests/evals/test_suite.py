@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from graft.cli.commands.eval import eval_command
 from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
-from graft.evals import Engine, evaluate, fixture_data
+from graft.evals import HFBackend, evaluate, fixture_data
 from graft.evals.config import FIXTURES
 from graft.evals.judges import KeywordJudge
 from graft.evals.loaders import load_catqa
@@ -20,7 +20,7 @@ from graft.evals.loaders import load_catqa
 
 @pytest.fixture(scope="module")
 def qwen(tiny_qwen2vl):
-    return Engine.load(tiny_qwen2vl, device="cpu", batch_size=4)
+    return HFBackend.load(tiny_qwen2vl, device="cpu", batch_size=4)
 
 
 def test_all_suite_on_a_vlm(qwen, tmp_path):
@@ -59,7 +59,7 @@ def test_over_refusal_catches_a_model_that_refuses_everything(qwen):
 
 
 def test_text_model_rejects_figstep_when_named_and_skips_it_in_a_suite(tiny_llama):
-    engine = Engine.load(tiny_llama, device="cpu")
+    engine = HFBackend.load(tiny_llama, device="cpu")
     with pytest.raises(IncompatibleError, match="'catqa-figstep' needs an image-text model"):
         evaluate(engine, tasks="catqa,catqa-figstep", data=fixture_data())
     res = evaluate(engine, suite="safety", data=fixture_data(), limit=2, max_new_tokens=3)
@@ -68,7 +68,7 @@ def test_text_model_rejects_figstep_when_named_and_skips_it_in_a_suite(tiny_llam
 
 
 def test_limit_is_stratified_and_cache_reuses_verdicts(tiny_llama, tmp_path):
-    engine = Engine.load(tiny_llama, device="cpu")
+    engine = HFBackend.load(tiny_llama, device="cpu")
     cache = tmp_path / "verdicts.sqlite"
     first = evaluate(engine, tasks=["catqa"], data=fixture_data(), limit=6, seed=7, cache=cache, max_new_tokens=5)
     n_cats = len({it.category for it in load_catqa(fixture_data().catqa)})
@@ -86,7 +86,7 @@ def test_limit_is_stratified_and_cache_reuses_verdicts(tiny_llama, tmp_path):
 
 
 def test_rest_scores_the_items_the_subset_leaves_out(tiny_llama):
-    engine = Engine.load(tiny_llama, device="cpu")
+    engine = HFBackend.load(tiny_llama, device="cpu")
     subset = evaluate(engine, tasks=["catqa"], data=fixture_data(), fraction=0.5, seed=3, max_new_tokens=3)
     rest = evaluate(engine, tasks=["catqa"], data=fixture_data(), fraction=0.5, seed=3, rest=True, max_new_tokens=3)
     every = evaluate(engine, tasks=["catqa"], data=fixture_data(), max_new_tokens=3)
@@ -197,7 +197,7 @@ def test_early_stop_counts_tokens_up_to_the_phrase(guards):
     """A model that says "illegal" forever is stopped after one token."""
     from graft.evals import Request
 
-    engine = Engine.load(guards["safe"], device="cpu")
+    engine = HFBackend.load(guards["safe"], device="cpu")
     tok = engine.tokenizer
     with torch.no_grad():
         engine.model.lm_head.weight.zero_()

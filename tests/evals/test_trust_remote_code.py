@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from graft.cli import app
 from graft.errors import UsageError
 from graft.evals.config import FIXTURES
-from graft.evals.generation import Engine
+from graft.evals.generation import HFBackend
 
 
 @pytest.mark.parametrize("flag", [False, True])
@@ -19,7 +19,7 @@ def test_trust_remote_code_is_opt_in(tiny_llama, monkeypatch, tmp_path, flag: bo
         seen.update(kwargs)
         raise UsageError("stopped after the model load call")
 
-    monkeypatch.setattr(Engine, "load", classmethod(load))
+    monkeypatch.setattr(HFBackend, "load", classmethod(load))
     argv = ["eval", str(tiny_llama), "--data", str(FIXTURES / "data.yaml"), "--tasks", "pubmedqa",
             "--out", str(tmp_path / "results.json")] + (["--trust-remote-code"] if flag else [])
     result = CliRunner().invoke(app, argv)

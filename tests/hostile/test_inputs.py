@@ -193,13 +193,13 @@ def test_eval_refuses_pickle_only_weights_unread(
 
 
 def test_resident_model_and_guard_judge_refuse_pickles(m: Models, tmp_path: Path, no_unpickling: list[str]) -> None:
-    """Every other loader goes through the same check (Engine.load): the search's resident model, a guard judge."""
+    """Every other loader goes through the same check (HFBackend.load): the search's resident model, a guard judge."""
     from graft.errors import InputError
-    from graft.evals.generation import Engine
+    from graft.evals.generation import HFBackend
 
     folder = _pickle_folder(tmp_path / "pickled", m.aligned, tmp_path / "unpickled")
     with pytest.raises(InputError, match="never unpickles"):
-        Engine.load(folder, device="cpu")
+        HFBackend.load(folder, device="cpu")
     assert_error(cli("eval", m.aligned, "--tasks", "catqa", "--data", DATA, "--judge", f"guard:{folder}",
                      "--out", tmp_path / "r.json"), 3, "pytorch_model.bin")
     assert no_unpickling == []
