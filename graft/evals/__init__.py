@@ -12,7 +12,7 @@ from typing import Any
 
 _EXPORTS = {
     "DataConfig": "config", "HubSource": "sources", "JudgeConfig": "judges", "fixture_data": "config",
-    "HFBackend": "generation", "Generation": "generation", "Request": "generation",
+    "HFBackend": "generation", "Generation": "backend", "Request": "backend",
     "EvalResults": "suite", "evaluate": "suite", "SUITES": "benchmarks", "TASKS": "benchmarks",
     "BENCHMARKS": "benchmarks", "Benchmark": "benchmarks", "register_benchmark": "benchmarks",
     "JUDGES": "judges", "Judge": "judges", "JudgeEntry": "judges", "register_judge": "judges",

@@ -6,12 +6,28 @@ suite and the search talk to it only through this protocol. docs/architecture.md
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
-    from .generation import Generation, Request
+
+@dataclass(frozen=True)
+class Request:
+    """A single-turn user message, optionally with one image."""
+
+    prompt: str
+    image: Image.Image | None = None
+    raw: bool = False  # prompt is already formatted (e.g. a guard model's own template): send as is
+    system: str | None = None  # optional system turn before the user turn
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    n_tokens: int  # generated tokens, up to and including the first end-of-sequence token
 
 
 @runtime_checkable

@@ -12,11 +12,9 @@ import hashlib
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 from transformers import StoppingCriteria
 
 from graft.core.dtypes import ALIASES, CAST_NAMES, torch_dtype_named
@@ -25,23 +23,8 @@ from graft.io.devices import resolve_device
 from graft.schema import load_json_file
 
 from . import llava_med
+from .backend import Generation, Request
 from .vlm_inputs import load_processor
-
-
-@dataclass(frozen=True)
-class Request:
-    """A single-turn user message, optionally with one image."""
-
-    prompt: str
-    image: Image.Image | None = None
-    raw: bool = False  # prompt is already formatted (e.g. a guard model's own template): send as is
-    system: str | None = None  # optional system turn before the user turn
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    n_tokens: int  # generated tokens, up to and including the first end-of-sequence token
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

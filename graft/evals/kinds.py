@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, ClassVar
 from graft.errors import UsageError
 
 from . import answers, figstep
-from .backend import GenerationBackend
-from .generation import Request
+from .backend import GenerationBackend, Request
 from .loaders import Item, open_image
 from .tasks import Task
 from .uncertainty import proportion
