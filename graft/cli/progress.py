@@ -1,6 +1,7 @@
-"""Progress of long runs (`graft eval`'s items, `graft search`'s trials): a rich bar with counts, rate and ETA on a
-terminal; on anything else (CI logs, files) one plain line per finished step, so logs stay readable; nothing with
-`-q` (the console is then quiet)."""
+"""Progress of long runs (`graft eval`'s items, `graft search`'s trials, `graft inspect`'s tensors): a rich bar
+with counts, rate and ETA on a terminal; on anything else (CI logs, files) plain lines as steps finish (at most
+every few seconds where steps are many and short), so logs stay readable; nothing with `-q` (the console is then
+quiet)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+PLAIN_EVERY = 10.0  # seconds between plain progress lines of a run made of many short steps (a log, not a terminal)
 
 
 @contextmanager
@@ -43,8 +46,9 @@ def _eta(done: float, total: float, seconds: float) -> str:
 class StepProgress:
     """`total` units of work (items, trials) counted as they finish. `start`, `advance` after each step, `stop`."""
 
-    def __init__(self, console: Console, *, unit: str, title: str, steps: str = "tasks"):
+    def __init__(self, console: Console, *, unit: str, title: str, steps: str = "tasks", every: float = 0.0):
         self.console, self.unit, self.title, self.step_name = console, unit, title, steps
+        self.every, self._said = every, float("-inf")  # plain lines at most every `every` s (and the last one)
         self.live = console.is_terminal and not console.quiet
         self.total = self.done = 0
         self.steps = self.steps_total = 0
@@ -65,7 +69,8 @@ class StepProgress:
 
     def advance(self, amount: int = 1, *, note: str = "", done: int | None = None, total: int | None = None) -> None:
         """`amount` more units finished (or `done` in all, e.g. a shared study's count); `note` shows beside it;
-        `total` corrects the total (an estimate made exact)."""
+        `total` corrects the total (an estimate made exact). Off a terminal a plain line says so, at most every
+        `every` seconds (many short steps would flood a CI log) and always for the last step."""
         self.done = done if done is not None else self.done + amount
         if total is not None:
             self.total = total
@@ -77,7 +82,8 @@ class StepProgress:
         steps = f"{self.steps}/{self.steps_total} {self.step_name}, " if self.steps_total else ""
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, completed=self.done, rate=f"{rate:.2f} {self.unit}/s", note=note)
-        elif not self.console.quiet:
+        elif not self.console.quiet and (seconds - self._said >= self.every or self.done >= self.total):
+            self._said = seconds
             self.console.print(f"{self.title}: {steps}{self.done}/{self.total} "
                                f"{self.unit}, {rate:.2f} {self.unit}/s, ETA "
                                f"{_eta(self.done - self._base, self.total - self._base, seconds)}", soft_wrap=True,
@@ -89,4 +95,4 @@ class StepProgress:
             self._bar = None
 
 
-__all__ = ["StepProgress"]
+__all__ = ["PLAIN_EVERY", "StepProgress"]

@@ -52,7 +52,8 @@ def extract(
         task = progress.add_task("extract", total=None)
         result = extract_vector(base_path, aligned_path, out, dtype=dtype, shard_size=shard_size, force=force,
                                 shared_only=shared_only, hash_sources=hash_sources, kind=kind,
-                                allow_nonfinite=allow_nonfinite, progress=lambda n: progress.advance(task, n))
+                                allow_nonfinite=allow_nonfinite, progress=lambda n: progress.advance(task, n),
+                                on_total=lambda total: progress.update(task, total=total))
     manifest = result.manifest
     if not quiet:
         share = manifest.inexact_elements / max(1, manifest.total_elements)
