@@ -71,6 +71,16 @@ def use_safe_streams() -> None:
         sys.stdout = ReaderMayLeave(sys.stdout)  # type: ignore[assignment]
 
 
+def reader_left(fileno: int) -> None:
+    """The reader of the pipe at `fileno` has gone: point the descriptor at os.devnull (as Python's documentation on
+    SIGPIPE recommends), so that what is still written there is dropped and no flush at exit fails."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fileno)
+    finally:
+        os.close(devnull)
+
+
 class ReaderMayLeave:
     """Standard output whose reader may stop reading (`graft plan --list | head`): the first write to a closed pipe
     points the descriptor at os.devnull, as Python's documentation on SIGPIPE recommends, and the rest of the
@@ -94,11 +104,7 @@ class ReaderMayLeave:
             self._reader_left()
 
     def _reader_left(self) -> None:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, self._stream.fileno())
-        finally:
-            os.close(devnull)
+        reader_left(self._stream.fileno())
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
