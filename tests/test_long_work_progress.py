@@ -96,3 +96,32 @@ def test_every_command_refuses_an_occupied_output_before_the_work(make_world, oc
             line = " ".join(result.stderr.split())
             assert line.startswith("error:") and ("taken" in line), (command, line)
     assert (occupied / "notes.txt").read_text() == "mine\n" and taken_file.read_text() == "{}\n"
+
+
+def test_bytes_in_a_log_are_plain_lines_with_total_and_eta() -> None:
+    """extract and merge off a terminal (a CI log): a line at most every few seconds and one at the end, in MB of the
+    total, with the rate and the ETA; nothing for work under a megabyte."""
+    import io
+    import re
+
+    from graft.cli.console import LoggedBytes, byte_progress
+    from graft.display import GraftConsole
+
+    buf = io.StringIO()
+    console = GraftConsole(file=buf, highlight=False)
+    progress = byte_progress(False, console)
+    assert isinstance(progress, LoggedBytes)
+    with progress:
+        task = progress.add_task("extract", total=None)
+        progress.update(task, total=50_000_000)
+        for _ in range(100):
+            progress.advance(task, 500_000)
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("extract: 0/50 MB") and "ETA" in lines[0]
+    assert re.fullmatch(r"extract: 50/50 MB, [\d.]+ MB/s, ETA 0 s", lines[-1]) and len(lines) <= 3
+    small = io.StringIO()
+    with byte_progress(False, GraftConsole(file=small)) as tiny:
+        task = tiny.add_task("merge", total=90_000)
+        tiny.advance(task, 90_000)
+    assert small.getvalue() == ""
+    assert byte_progress(True, GraftConsole(file=io.StringIO())).disable  # -q: rich's bar, switched off
