@@ -1,22 +1,29 @@
 """Text as the commands print it: paths without `..` detours (`recipes/../merged` is shown as `merged`), sizes in
-three digits, text read from a file made safe for a terminal, and standard streams that never turn a message into a
-crash."""
+three digits, text read from a file made safe for a terminal, standard streams that never turn a message into a
+crash, and the progress of long runs (a rich bar on a terminal or in Jupyter, plain lines in a log), which the
+commands and the Python API share."""
 
 from __future__ import annotations
 
 import codecs
+import functools
 import io
 import os
 import re
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console, ConsoleDimensions
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.rule import Rule
 
 if TYPE_CHECKING:
     from rich.text import Text
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 # C0 and C1 controls (ESC sequences, carriage return, newline, backspace), the bidirectional formatting characters
 # (which reorder what a terminal shows) and lone surrogates (which no encoder accepts).
@@ -71,6 +78,16 @@ def use_safe_streams() -> None:
         sys.stdout = ReaderMayLeave(sys.stdout)  # type: ignore[assignment]
 
 
+def reader_left(fileno: int) -> None:
+    """The reader of the pipe at `fileno` has gone: point the descriptor at os.devnull (as Python's documentation on
+    SIGPIPE recommends), so that what is still written there is dropped and no flush at exit fails."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fileno)
+    finally:
+        os.close(devnull)
+
+
 class ReaderMayLeave:
     """Standard output whose reader may stop reading (`graft plan --list | head`): the first write to a closed pipe
     points the descriptor at os.devnull, as Python's documentation on SIGPIPE recommends, and the rest of the
@@ -94,11 +111,7 @@ class ReaderMayLeave:
             self._reader_left()
 
     def _reader_left(self) -> None:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, self._stream.fileno())
-        finally:
-            os.close(devnull)
+        reader_left(self._stream.fileno())
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
@@ -154,3 +167,113 @@ class GraftConsole(Console):
             return super().rule(title, **kwargs)
         self.print(Rule(title, **kwargs), width=RULE_WIDTH)
         return None
+
+
+PLAIN_EVERY = 10.0  # seconds between plain progress lines of a run made of many short steps (a log, not a terminal)
+
+
+def _eta(done: float, total: float, seconds: float) -> str:
+    if done <= 0 or seconds <= 0 or done >= total:
+        return "—" if done < total else "0 s"
+    left = (total - done) * seconds / done
+    return f"{left:.0f} s" if left < 120 else f"{left / 60:.0f} min"
+
+
+class StepProgress:
+    """`total` units of work (items, trials) counted as they finish. `start`, `advance` after each step, `stop`."""
+
+    def __init__(self, console: Console, *, unit: str, title: str, steps: str = "tasks", every: float = 0.0):
+        self.console, self.unit, self.title, self.step_name = console, unit, title, steps
+        self.every, self._said = every, float("-inf")  # plain lines at most every `every` s (and the last one)
+        self.live = (console.is_terminal or (console.is_jupyter and _widgets())) and not console.quiet
+        self.total = self.done = 0
+        self.steps = self.steps_total = 0
+        self._bar: Progress | None = None
+        self._task = None
+        self._started = 0.0
+
+    def start(self, total: int, steps_total: int = 0, done: int = 0) -> None:
+        self.total, self.steps_total, self.done, self._started = total, steps_total, done, time.perf_counter()
+        self._base = done  # work finished before this run (a resumed study): not counted in the rate
+        if self.live:
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn(f"{self.unit}"), TextColumn("{task.fields[rate]}"),
+                                 TimeRemainingColumn(), TextColumn("{task.fields[note]}"), console=self.console,
+                                 transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(self.title, total=total, completed=done, rate="", note="")
+
+    def advance(self, amount: int = 1, *, note: str = "", done: int | None = None, total: int | None = None) -> None:
+        """`amount` more units finished (or `done` in all, e.g. a shared study's count); `note` shows beside it;
+        `total` corrects the total (an estimate made exact). Off a terminal a plain line says so, at most every
+        `every` seconds (many short steps would flood a CI log) and always for the last step."""
+        self.done = done if done is not None else self.done + amount
+        if total is not None:
+            self.total = total
+            if self._bar is not None and self._task is not None:
+                self._bar.update(self._task, total=total)
+        self.steps += 1
+        seconds = time.perf_counter() - self._started
+        rate = (self.done - self._base) / seconds if seconds > 0 else 0.0
+        steps = f"{self.steps}/{self.steps_total} {self.step_name}, " if self.steps_total else ""
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, completed=self.done, rate=f"{rate:.2f} {self.unit}/s", note=note)
+        elif not self.console.quiet and (seconds - self._said >= self.every or self.done >= self.total):
+            self._said = seconds
+            self.console.print(f"{self.title}: {steps}{self.done}/{self.total} "
+                               f"{self.unit}, {rate:.2f} {self.unit}/s, ETA "
+                               f"{_eta(self.done - self._base, self.total - self._base, seconds)}", soft_wrap=True,
+                               highlight=False)
+
+    def follow(self, done: int, total: int) -> None:
+        """A `steps(done, total)` callback (a search's): the first call starts the count, the next ones move it and
+        correct its total."""
+        if self.total == 0:
+            self.start(total, done=done)
+        else:
+            self.advance(done=done, total=total)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+
+
+def in_notebook() -> bool:
+    """Running in Jupyter (rich's own test), where a Python call's progress is shown by default."""
+    return Console().is_jupyter
+
+
+def _widgets() -> bool:
+    """rich draws a live bar in Jupyter only through ipywidgets; without it, plain lines."""
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def shows_progress(unit: str, title: str, into: str) -> Callable[[F], F]:
+    """For a Python API call (`graft.evaluate`, `graft.run_search`) that takes a progress argument `into` (`bar`, a
+    StepProgress, or `steps`, a `(done, total)` callable) and a `show_progress` flag: when the caller gives no
+    progress of its own, one is made on stderr by default only in a notebook (a script stays quiet, as a library
+    should), with `show_progress=True` anywhere, never with False; it is stopped when the call ends, however."""
+
+    def wrap(function: F) -> F:
+        @functools.wraps(function)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            show = kwargs.get("show_progress")
+            if kwargs.get(into) is not None or show is False or (show is None and not in_notebook()):
+                return function(*args, **kwargs)
+            bar = StepProgress(GraftConsole(stderr=True, highlight=False), unit=unit, title=title, every=PLAIN_EVERY)
+            kwargs[into] = bar if into == "bar" else bar.follow
+            try:
+                return function(*args, **kwargs)
+            finally:
+                bar.stop()
+
+        return call  # type: ignore[return-value]
+
+    return wrap

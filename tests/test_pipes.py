@@ -41,9 +41,12 @@ def test_plan_list_piped_keeps_every_name_whole(make_world, tmp_path):
 
 
 def test_a_reader_that_leaves_early_is_not_an_error(make_world):
-    """`graft plan --list | head`: the pipe is closed before graft writes; graft finishes and exits 0, silently."""
+    """`graft plan --list | head`, `graft plan --json - | head`: the pipe is closed before graft writes; graft
+    finishes and exits 0, silently."""
     world = make_world("qwen2_vl")
-    for args in (("plan", "-t", world.target, "--vector", world.vector, "--list"), ("plan", "--help")):
+    for args in (("plan", "-t", world.target, "--vector", world.vector, "--list"), ("plan", "--help"),
+                 ("plan", "-t", world.target, "--vector", world.vector, "--json", "-"),
+                 ("inspect", "--vector", world.vector, "--json", "-")):
         proc = subprocess.Popen(_graft(*args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL)
         proc.stdout.close()  # the reader is gone before graft has written a line

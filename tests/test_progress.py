@@ -140,3 +140,37 @@ def test_trials_count_searched_trials_and_the_steps_cover_the_final_report(make_
         with Image.open(tmp_path / "out" / name) as image:
             assert image.format == "PNG" and min(image.size) > 200
         assert result.summary["files"][name] == str(tmp_path / "out" / name)
+
+
+def test_the_python_api_shows_progress_in_a_notebook_by_default(make_world, tmp_path: Path, monkeypatch,
+                                                                 capsys) -> None:
+    """`graft.evaluate` and `graft.run_search` called from a notebook show their progress without being asked (plain
+    lines where rich has no widgets to draw a bar with); from a script only when asked; never with
+    show_progress=False; a caller's own bar or steps replace it."""
+    import graft
+    from graft.evals.config import FIXTURES
+
+    world = make_world("causal")
+    args = dict(tasks="catqa,medqa", data=FIXTURES / "data.yaml", limit=2, max_new_tokens=2, device="cpu")
+    graft.evaluate(world.target, **args)  # a script: quiet, as a library should be
+    assert "eval: " not in capsys.readouterr().err
+    graft.evaluate(world.target, show_progress=True, **args)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eval: ")]
+    assert lines and lines[-1].startswith("eval: 2/2 tasks, 4/4 items") and lines[-1].endswith("ETA 0 s")
+
+    monkeypatch.setattr("graft.display.in_notebook", lambda: True)
+    graft.evaluate(world.target, **args)
+    assert "eval: 2/2 tasks, 4/4 items" in capsys.readouterr().err
+    graft.evaluate(world.target, show_progress=False, **args)
+    assert "eval: " not in capsys.readouterr().err
+
+    run_search(space=space_file(tmp_path, SMALL), eval_config=eval_file(tmp_path), target=str(world.target),
+               vector=str(world.vector), out=tmp_path / "out", scorer=LambdaScorer(num_layers(world)), trials=2,
+               max_medical_drop=0.2)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("search: ")]
+    assert lines and re.match(r"search: (\d+)/\1 steps", lines[-1]), lines[-1:]
+    steps: list[tuple[int, int]] = []
+    run_search(space=space_file(tmp_path, SMALL), eval_config=eval_file(tmp_path), target=str(world.target),
+               vector=str(world.vector), out=tmp_path / "out2", scorer=LambdaScorer(num_layers(world)), trials=2,
+               max_medical_drop=0.2, steps=lambda done, total: steps.append((done, total)))
+    assert steps and "search: " not in capsys.readouterr().err  # the caller's own steps, not a second bar

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 from rich.text import Text
 
-from graft.display import GraftConsole, console_text, shown
+from graft.display import PLAIN_EVERY, GraftConsole, StepProgress, console_text, shown
 
 stderr = GraftConsole(stderr=True, highlight=False)
 stdout = GraftConsole(highlight=False)
@@ -41,12 +41,54 @@ def summary_table(title: str, rows: list[tuple[str, object]]) -> Table:
     return table
 
 
-def byte_progress(quiet: bool) -> Progress:
-    """A bar of bytes processed on a terminal's stderr (none under -q or in a log)."""
+def byte_progress(quiet: bool, console: GraftConsole | None = None) -> Progress | LoggedBytes:
+    """Bytes processed, with total, rate and ETA: a bar on a terminal's stderr; in a log (CI) a plain line at most
+    every PLAIN_EVERY seconds and one at the end; nothing under -q."""
+    console = console or stderr
+    if not quiet and not console.is_terminal:
+        return LoggedBytes(console)
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=stderr, disable=quiet or not stderr.is_terminal, transient=True,
+        TimeRemainingColumn(), console=console, disable=quiet, transient=True,
     )
 
 
-__all__ = ["byte_progress", "print_path", "say", "stderr", "stdout", "summary_table", "warn"]
+class LoggedBytes:
+    """`byte_progress` off a terminal: the calls the commands make on rich's Progress (`add_task`, `update` with the
+    total, `advance`), said as plain lines in whole MB (graft.display.StepProgress); nothing before the total is
+    known, or for less than a megabyte of work."""
+
+    def __init__(self, console: GraftConsole) -> None:
+        self.console, self.done, self.total, self.title = console, 0, 0, ""
+        self._steps: StepProgress | None = None
+
+    def __enter__(self) -> LoggedBytes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None) -> int:
+        self.title, self.total = description, int(total or 0)
+        return 0
+
+    def update(self, task: int, total: float | None = None) -> None:
+        if total is not None:
+            self.total = int(total)
+
+    def advance(self, task: int, amount: float) -> None:
+        self.done += int(amount)
+        if self.total < MB:
+            return
+        total = round(self.total / MB)
+        if self._steps is None:
+            self._steps = StepProgress(self.console, unit="MB", title=self.title, steps="", every=PLAIN_EVERY)
+            self._steps.start(total)
+        # whole MB, the last one only when every byte is done (the line that says the work is finished)
+        self._steps.advance(done=total if self.done >= self.total else min(self.done // MB, total - 1))
+
+
+MB = 1_000_000
+
+
+__all__ = ["LoggedBytes", "byte_progress", "print_path", "say", "stderr", "stdout", "summary_table", "warn"]

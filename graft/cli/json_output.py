@@ -28,9 +28,14 @@ def write_json(path: str | Path, payload: Any, inputs: Iterable[str | Path] = ()
     write_file(path, text, inputs=inputs, force=force, flag="--json")
 
 
+def json_on_stdout(json_out: str | Path | None) -> bool:
+    """The JSON goes to standard output, alone: the table (and `-q`'s path, which the JSON holds) go elsewhere."""
+    return json_out is not None and is_stdout(json_out)
+
+
 def table_console(json_out: str | Path | None, stdout: T, stderr: T) -> T:
     """Where the table goes: stdout, unless the JSON does."""
-    return stderr if json_out is not None and is_stdout(json_out) else stdout
+    return stderr if json_on_stdout(json_out) else stdout
 
 
 def frame_records(frame: Any) -> list[dict]:

@@ -29,6 +29,9 @@ Force = Annotated[bool, typer.Option(
     "--force", help="Replace a previous graft output (atomically, at the end) if it holds only what graft wrote; "
                     "refused (exit 5, nothing touched) if you added or edited anything in it, and never a folder or "
                     "file graft did not write, nor an input.")]
+JsonOpt = Annotated[Path | None, typer.Option(
+    "--json", help="Also write the summary (what the table shows, in full) as JSON to this file; `-` writes it to "
+                   "standard output, the table then going to stderr.")]
 RecipeOpt = Annotated[Path | None, typer.Option("--recipe", "-r", help="Recipe YAML; flags override its fields.")]
 TargetOpt = Annotated[str | None, typer.Option(
     "--target", "-t", help="Target model folder or hub id (org/name, optionally org/name@REVISION).")]

@@ -113,8 +113,11 @@ def extract_vector(
     chunk_size: str = "8MB",
     allow_nonfinite: bool = False,
     progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
 ) -> ExtractResult:
     """Stream τ = aligned − base tensor by tensor (in flat element chunks) into a new vector folder.
+    `progress(n)` is told each chunk's source bytes as it is written, `on_total(total)` the sum of them first (both
+    sources' bytes of every extracted tensor), so that a bar has a total and an ETA.
 
     Every chunk of both sources is checked for NaN/Inf as it streams by (the check is cheap next to the read), so
     a vector is never written from non-finite weights unless `allow_nonfinite` says so.
@@ -141,6 +144,8 @@ def extract_vector(
         outputs = [OutputTensor(n, storage[n], base.tensors[n].shape) for n in names]
         folder = OutputFolder(Path(out), inputs=[base.root, aligned.root], force=force, kind="vector")
         folder.check_free_space(sum(t.nbytes for t in outputs))
+        if on_total is not None:
+            on_total(sum(2 * base.tensors[n].nbytes for n in names))  # what `progress` counts: both sources' bytes
         prefix = find_backbone_prefix({n: base.tensors[n].shape for n in names})
         hashes = ThreadPoolExecutor(max_workers=1) if hash_sources else None
         futures = {}

@@ -58,6 +58,11 @@ def load_card_results(path: str | Path) -> CardResults:
         raise InputError(f"--results: {exc}") from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{flag}: not JSON ({exc}); give the results.json `graft eval --out` wrote") from exc
+    return card_results(data, path, flag)
+
+
+def card_results(data: Any, path: Path, flag: str) -> CardResults:
+    """`CardResults` of a results.json's content (`EvalResults.model_dump`), or an InputError naming `flag`."""
     benchmarks = data.get("benchmarks") if isinstance(data, dict) else None
     if not isinstance(benchmarks, dict) or not benchmarks:
         raise InputError(f"{flag}: no 'benchmarks' mapping; give the results.json `graft eval --out` wrote")
@@ -95,12 +100,27 @@ def card_metadata(plan: GraftPlan, results: dict[str, dict[str, Any]] | None = N
         meta["base_model_relation"] = "merge"
     meta["tags"] = list(TAGS)
     if results:
-        meta["model-index"] = [{"name": _title(plan), "results": [
-            {"task": {"type": "text-generation", "name": entry["metric"]},
-             "dataset": {"name": name, "type": name},
-             "metrics": [{"type": "score", "name": entry["metric"], "value": entry["score"]}]}
-            for name, entry in sorted(results.items())]}]
+        meta["model-index"] = model_index(_title(plan), results)
     return meta
+
+
+def model_index(title: str, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Hub's `model-index` of one model's scores (what huggingface_hub reads as `eval_results`)."""
+    return [{"name": title, "results": [
+        {"task": {"type": "text-generation", "name": entry["metric"]},
+         "dataset": {"name": name, "type": name},
+         "metrics": [{"type": "score", "name": entry["metric"], "value": entry["score"]}]}
+        for name, entry in sorted(results.items())]}]
+
+
+def evaluation_section(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The card's `## Evaluation` lines: the same whether the scores came with the merge or were added later."""
+    return ["## Evaluation", "",
+            "Scores of these very weights, from a `graft eval` results file (given to `graft merge --results`, or "
+            "added by `graft eval --update-card`; either checks the content hash of the weights it scored against "
+            "this folder's); higher is better for every score.", "",
+            "| task | score | metric | items |", "|---|---|---|---|",
+            *(f"| {name} | {e['score']:.4f} | {e['metric']} | {e['n']} |" for name, e in sorted(results.items()))]
 
 
 def model_card(plan: GraftPlan, results: dict[str, dict[str, Any]] | None = None) -> str:
@@ -160,12 +180,7 @@ def model_card(plan: GraftPlan, results: dict[str, dict[str, Any]] | None = None
         names = ", ".join(printable(a.target) for a in partial)  # one line of the card, whatever a name holds
         lines.append(f"- grown vocabulary: only the vector's rows were grafted in {names}")
     if results:
-        lines += ["", "## Evaluation", "",
-                  "Scores of these very weights, from a `graft eval` results file given to `graft merge "
-                  "--results` (which checks the content hash of the weights it scored against what it wrote); "
-                  "higher is better for every score.", "",
-                  "| task | score | metric | items |", "|---|---|---|---|"]
-        lines += [f"| {name} | {e['score']:.4f} | {e['metric']} | {e['n']} |" for name, e in sorted(results.items())]
+        lines += ["", *evaluation_section(results)]
     stored = recipe.model_copy(update={"out": None})
     lines += ["", "## Recipe", "", "```yaml", stored.to_yaml().rstrip(), "```", "",
               f"Reproduce with `{REPRODUCE}`, run in this folder (graft {__version__}; the recipe names its inputs "

@@ -8,10 +8,11 @@ import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from graft.display import StepProgress, shows_progress
 from graft.errors import GraftError, IncompatibleError, InputError, OutputError, UsageError
 from graft.flag_ranges import EVAL, check
 from graft.io.checkpoint import weights_sha256
@@ -31,9 +32,6 @@ from .loaders import Item
 from .screening import Split, VerdictCache, stratified_subset
 from .tasks import Task, samples_path
 from .uncertainty import composite
-
-if TYPE_CHECKING:  # the bar is the command line's; evaluate only calls its start and advance
-    from graft.cli.progress import StepProgress
 
 
 class EvalResults(BaseModel):
@@ -108,6 +106,7 @@ def resolve_tasks(tasks: Sequence[str] | str | None, suite: str | None) -> tuple
     return list(dict.fromkeys(names)), True
 
 
+@shows_progress(unit="items", title="eval", into="bar")
 def evaluate(
     model: str | Path | GenerationBackend,
     tasks: Sequence[str] | str | None = None,
@@ -136,6 +135,7 @@ def evaluate(
     trust_remote_code: bool = False,
     lm_eval_out: str | Path | None = None,
     bar: StepProgress | None = None,
+    show_progress: bool | None = None,
 ) -> EvalResults:
     """Evaluate a model folder (or a loaded `GenerationBackend`: an `HFBackend`, e.g. a resident graft's in a search)
     on tasks or a suite.
@@ -147,7 +147,9 @@ def evaluate(
     that part.
     `trust_remote_code` lets transformers run Python code shipped in the model folder: only for a folder you trust.
     `lm_eval_out` (with `out`) also writes the results in lm-eval's own layout there (`graft eval --format lm-eval`).
-    `bar` counts the items as tasks finish (graft.cli.progress; the caller stops it).
+    `bar` counts the items as tasks finish (graft.display.StepProgress; the caller stops it). Without one, a
+    bar of its own is shown in a Jupyter notebook (plain lines without ipywidgets), or anywhere with
+    `show_progress=True`; `show_progress=False` shows none.
     `data` (a data.yaml, a mapping or a `DataConfig`) says where benchmarks live; one it leaves out, or all of them
     when it is None, is read from its public hub source (`Benchmark.public`) through `datasets` and the hub cache.
 

@@ -56,8 +56,10 @@ def inspect_vector(
     chunk_size: str | None = None,
     force: bool = False,
     on_warning: Callable[[str], None] | None = None,
+    on_tensor: Callable[[int, int], None] | None = None,
 ) -> Inspection:
     """Score τ per layer × group against the target (and its origin), with the λ of a recipe or study trial.
+    `on_tensor(done, total)` follows the scoring, tensor by tensor (what `graft inspect`'s progress shows).
 
     Example::
 
@@ -89,7 +91,7 @@ def inspect_vector(
     if out is not None:  # an --out that cannot be written is refused now, not after the scoring
         check_report_destination(out, inputs, force=force)
     stats = score_tensors(spec.vector, spec.target, spec.options.origin, spec.mapping, device=device,
-                          chunk_size=chunk_size, safelora=safelora)
+                          chunk_size=chunk_size, safelora=safelora, on_tensor=on_tensor)
     scores, tensors = layer_table(stats), tensor_table(stats)
 
     lam_table = importance = None

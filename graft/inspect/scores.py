@@ -28,7 +28,7 @@ cosine is that of the concatenated vectors, and the Safe-LoRA score is the mean 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,9 +88,11 @@ def inspection_plan(
 def score_tensors(
     vector: str | Path, target: str | Path | None = None, origin: str | Path | None = None,
     mapping: MappingRules | None = None, *, device: str = "auto", chunk_size: str | int | None = None,
-    safelora: bool = True,
+    safelora: bool = True, on_tensor: Callable[[int, int], None] | None = None,
 ) -> list[TensorStats]:
     """Stream every tensor of the vector (and its target/origin partners) once; see the module docstring.
+    `on_tensor(done, total)` is called as each tensor is scored (a progress bar's counts; not in vector-only mode,
+    which reads nothing).
 
     `safelora=False` skips the Safe-LoRA score, the one part that is compute-bound: one r·n·min(r, n) float64
     matrix product per (r × n) matrix, about 110 TFLOP for a 7B model (seconds on a recent GPU, an hour or more on
@@ -113,7 +115,12 @@ def score_tensors(
     origin_ckpt = Checkpoint.open(resolve_model(origin, role="origin"), role="origin") if origin is not None else None
     try:
         plan = inspection_plan(opened, target_ckpt, origin_ckpt, mapping)
-        return [_score(plan, action, torch_device, chunk_bytes, safelora) for action in plan.grafted]
+        stats = []
+        for action in plan.grafted:
+            stats.append(_score(plan, action, torch_device, chunk_bytes, safelora))
+            if on_tensor is not None:
+                on_tensor(len(stats), len(plan.grafted))
+        return stats
     finally:
         for checkpoint in (opened, target_ckpt, origin_ckpt):
             if checkpoint is not None:

@@ -38,6 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graft.display import reader_left
 from graft.errors import OutputError
 from graft.io.fault_hook import count_written
 from graft.io.finished import finished_outputs, forget_finished, note_finished
@@ -213,8 +214,11 @@ def _write_stream(path: str | Path, raw: bytes, flag: str) -> None:
         if is_stdout(path):
             sys.stdout.flush()
             stream = sys.stdout.buffer
-            stream.write(raw)
-            stream.flush()
+            try:
+                stream.write(raw)
+                stream.flush()
+            except BrokenPipeError:  # `graft plan --json - | head -1`: the reader stopped early, as it may
+                reader_left(stream.fileno())
             return
         with open(path, "wb") as handle:
             handle.write(raw)

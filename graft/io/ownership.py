@@ -168,6 +168,10 @@ def seal_folder(folder: Path) -> None:
     a later --force can tell graft's files from what a user added or edited. Without a record, --force refuses."""
     data = read_marker(folder) or {"format": "graft-output", "kind": "output"}
     data["contents"] = record_contents(folder)
+    _write_marker(folder, data)
+
+
+def _write_marker(folder: Path, data: dict[str, object]) -> None:
     temp = staging_name(folder / MARKER)
     try:
         temp.write_text(json.dumps(data, separators=(",", ":")) + "\n")
@@ -175,6 +179,39 @@ def seal_folder(folder: Path) -> None:
     except OSError as exc:
         remove_path(temp)
         raise OutputError(f"{folder / MARKER}: cannot record what graft wrote ({exc.strerror})") from exc
+
+
+def rewrite_in_output(folder: Path, name: str, data: bytes) -> bool:
+    """Replace the file `name` of the finished graft output `folder` in place, atomically (a staging sibling renamed
+    over it: the file is always the old one or the new one), keeping its permissions. The marker records the new
+    content only if the old one was graft's, unchanged: a file the user had edited stays unrecorded, so a later
+    --force still refuses to delete it. Returns whether it is recorded."""
+    path = folder / name
+    contents = read_marker(folder).get("contents")
+    entry = contents.get(name) if isinstance(contents, dict) else None
+    try:
+        old = os.lstat(path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot read it ({exc.strerror}); nothing was changed") from exc
+    was_graft = isinstance(entry, dict) and _same_file(path, old, entry)
+    temp = staging_name(path)
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IMODE(old.st_mode))
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except OSError as exc:
+        remove_path(temp)
+        raise OutputError(f"{path}: cannot write ({exc.strerror}); it was left as it was") from exc
+    if was_graft and isinstance(contents, dict):
+        contents[name] = {"type": "file", **_file_identity(os.lstat(path)), "sha256": sha256_of(path)}
+        _write_marker(folder, read_marker(folder) | {"contents": contents})
+    return was_graft
 
 
 def _recorded_sibling(path: Path) -> Path | None:
@@ -330,4 +367,4 @@ def adopt_legacy_folder(path: Path, legacy_marker: str, *, kind: str) -> None:
 __all__ = ["FILE_RECORD", "HASHED_UP_TO", "HASH_BUDGET", "MARKER", "adopt_legacy_folder", "check_destination",
            "check_writable", "folder_kind", "foreign_content", "is_graft_file", "is_graft_folder", "is_stream",
            "overlapping_input", "path_identity", "read_marker", "record_contents", "record_path", "replace_refusal",
-           "seal_folder", "sha256_of"]
+           "rewrite_in_output", "seal_folder", "sha256_of"]

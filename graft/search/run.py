@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from graft.core.model_ids import looks_like_hub_id
 from graft.core.recipe import Recipe
+from graft.display import shows_progress
 from graft.errors import OutputError, UsageError
 from graft.flag_ranges import SEARCH, check
 from graft.io.databases import check_study_storage
@@ -93,6 +94,7 @@ class SearchResult:
         return trials_frame(self.out)
 
 
+@shows_progress(unit="steps", title="search", into="steps")
 def run_search(
     *,
     space: SearchSpace | str | Path,
@@ -124,6 +126,7 @@ def run_search(
     callbacks: Sequence[TrialCallback] = (),
     log: Sequence[str] = (),
     steps: Callable[[int, int], None] | None = None,
+    show_progress: bool | None = None,
 ) -> SearchResult:
     """Run (or join, or resume) a coefficient search; see docs/search.md.
 
@@ -141,6 +144,8 @@ def run_search(
     `steps(done, total)` follows the whole run in steps: a finished trial of the study, or one recipe the final pick
     or the report scores again (each about a trial's work); `total` is an estimate until the final phase begins,
     then exact: what a progress bar's ETA needs to include the report.
+    Without `steps`, a bar of its own follows them in a Jupyter notebook (or anywhere with `show_progress=True`;
+    none with False), given a trial budget.
     """
     check(SEARCH, trials=trials, seed=seed, batch_size=batch_size, heartbeat=heartbeat,
           max_medical_drop=max_medical_drop, max_over_refusal=max_over_refusal, confidence=confidence,

@@ -247,3 +247,37 @@ def test_search_eval_yaml_without_data_reads_the_public_sources(tmp_path, monkey
     assert sorted(asked) == [("catqa", EXPECTED["catqa"]), ("medqa", EXPECTED["medqa"])]
     local = {n: len(BENCHMARKS[n].read(fixture_data().source(n))) for n in ("catqa", "medqa")}
     assert counts["catqa"] + counts["medqa"] < sum(local.values()) and min(counts.values()) > 0  # the held-out half
+
+
+def test_a_pinned_revision_reaches_the_hub(hf_home, monkeypatch):
+    """No built-in source pins a revision (none could be checked offline); a data.yaml entry that pins one reaches
+    `datasets` and `huggingface_hub` as asked, and the results name it."""
+    import datasets
+
+    from graft.errors import InputError
+
+    assert all(src.revision is None for src in EXPECTED.values())
+    pinned = DataConfig.from_mapping({
+        "pubmedqa": {"hub": "qiaojin/PubMedQA", "name": "pqa_labeled", "split": "train", "revision": COMMIT},
+        "hexphi": {"hub": "LLM-Tuning-Safety/HEx-PHI", "layout": "files", "revision": COMMIT}})
+    asked: list[dict] = []
+
+    def load_dataset(path, name=None, **kwargs):  # the network boundary: what graft asks for
+        asked.append({"path": path, "name": name, **kwargs})
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    with pytest.raises(InputError, match="qiaojin/PubMedQA"):
+        BENCHMARKS["pubmedqa"].read(pinned.source("pubmedqa"))
+    assert asked == [{"path": "qiaojin/PubMedQA", "name": "pqa_labeled", "split": "train", "revision": COMMIT}]
+    assert str(pinned.source("pubmedqa")) == f"hub:qiaojin/PubMedQA@{COMMIT} (config pqa_labeled, split train)"
+    # a files snapshot: the cached commit reads, any other commit is not there (offline)
+    code = ("import json; from graft.evals.benchmarks import BENCHMARKS; from graft.evals.sources import HubSource\n"
+            "for rev in ({!r}, {!r}):\n"
+            "    src = HubSource(hub='LLM-Tuning-Safety/HEx-PHI', layout='files', revision=rev)\n"
+            "    try: print(len(BENCHMARKS['hexphi'].read(src)))\n"
+            "    except Exception as e: print(type(e).__name__)\n").format(COMMIT, "f" * 40)
+    proc = _python(code, _offline_env(hf_home))
+    assert proc.returncode == 0, proc.stderr
+    local = len(BENCHMARKS["hexphi"].read(fixture_data().source("hexphi")))
+    assert proc.stdout.split() == [str(local), "InputError"]

@@ -106,6 +106,11 @@ def eval_command(
     fmt: Annotated[str, typer.Option(
         "--format", help="graft: results.json (graft's schema); lm-eval: also OUT-stem.lm-eval.json in lm-eval's "
                          "results layout (lm-eval's task names, acc/acc_stderr, ...).")] = "graft",
+    update_card: Annotated[bool, typer.Option(
+        "--update-card", help="MODEL is a folder graft merged: put these scores into its model card (README.md's "
+                              "model-index and Evaluation section) in place, once the folder's weights are checked "
+                              "to be the ones scored; the rest of the card, and of the folder, is left as it is.")
+    ] = False,
     log: Annotated[list[str] | None, typer.Option(
         "--log", help="Send the results to a tracker: mlflow or wandb (repeatable; needs graft\\[tracking]).")] = None,
     quiet: Quiet = False,
@@ -113,6 +118,7 @@ def eval_command(
 ) -> None:
     """Score a model on safety (1 - ASR) and medical benchmarks."""
     from graft.core.model_ids import with_revision
+    from graft.engines.card_scores import check_card_folder
     from graft.errors import UsageError
     from graft.evals.suite import evaluate  # loads transformers: only when the command runs, not for every `graft` call
     from graft.io.tracking import check_loggers, fail_all, open_trackers
@@ -128,6 +134,7 @@ def eval_command(
                       soft_wrap=True)
     json_inputs = [p for p in (Path(model), data) if p is not None and p.exists()]
     check_json_destination(json_out, json_inputs, force=force)  # before the work, not after
+    card = check_card_folder(model) if update_card else None  # before the work, not after
     trackers = open_trackers(loggers, f"graft eval {shown(Path(model))}", {}) if loggers else []  # before the work
     bar = StepProgress(console, unit="items", title="eval")
     try:
@@ -149,6 +156,8 @@ def eval_command(
         write_json(json_out, results.model_dump(mode="json"), json_inputs, force=force)
     if trackers:
         log_results(trackers, results, written, say=lambda line: console.print(line, soft_wrap=True))
+    if card is not None:
+        written += [_update_card(card, results, out)]
     table = Table("task", "score ± SE", "n", "metric", "items/s")
     for name, b in results.benchmarks.items():
         table.add_row(name, f"{b['score']:.4f} ± {_se(b['se'], 4)}", str(b["n"]), b["metric"],
@@ -174,6 +183,24 @@ def _se(se: float | None, digits: int, factor: float = 1.0) -> str:
     if se is None or not math.isfinite(se):
         return "n/a (a single item has no standard error)"
     return f"{factor * se:.{digits}f}"
+
+
+def _update_card(card: Path, results, out: Path) -> Path:
+    """`--update-card`: the scores just written to `out` into the merged folder's card (what it did with a card the
+    user edited is said even with -q: it is about their file)."""
+    from graft.engines.card_scores import add_scores_to_card
+    from graft.engines.model_card import card_results
+
+    console = GraftConsole(stderr=True)
+    if not results.benchmarks:
+        console.print(f"[bold yellow]warning:[/] --update-card: no task was scored; {shown(card)} was left as it was",
+                      soft_wrap=True)
+        return card
+    update = add_scores_to_card(card, card_results(results.model_dump(mode="json"), out, f"--update-card {out}"))
+    if not update.recorded:
+        console.print(f"[bold yellow]note:[/] {shown(card)} had edits of yours: they were kept, and the card stays "
+                      "unrecorded as graft's, so `graft merge --force` will not replace it", soft_wrap=True)
+    return card
 
 
 def lm_eval_path(out: Path) -> Path:

@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from graft.cli.boundary import handles_errors
-from graft.cli.console import byte_progress, print_path, stdout, summary_table
-from graft.cli.options import Force, PushOpt, Quiet, Verbose
+from graft.cli.console import byte_progress, print_path, stderr, stdout, summary_table
+from graft.cli.json_output import check_json_destination, json_on_stdout, table_console, write_json
+from graft.cli.options import Force, JsonOpt, PushOpt, Quiet, Verbose
 from graft.cli.publish import check_push_target, push_after
 from graft.display import shown
 
@@ -36,6 +37,7 @@ def extract(
     allow_nonfinite: Annotated[bool, typer.Option(
         "--allow-nonfinite", help="Extract even when a source tensor holds NaN/Inf or τ overflows its storage dtype "
                                   "(refused by default).")] = False,
+    json_out: JsonOpt = None,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -48,12 +50,20 @@ def extract(
     check_push_target(push_to_hub)  # a bad repository id or no token: refused before hours of work, not after
     base_path = resolve_model(with_revision(base, base_revision, "--base-revision"), role="base")
     aligned_path = resolve_model(with_revision(aligned, aligned_revision, "--aligned-revision"), role="aligned")
+    check_json_destination(json_out, [base_path, aligned_path], force=force)  # before the work, not after
     with byte_progress(quiet) as progress:
         task = progress.add_task("extract", total=None)
         result = extract_vector(base_path, aligned_path, out, dtype=dtype, shard_size=shard_size, force=force,
                                 shared_only=shared_only, hash_sources=hash_sources, kind=kind,
-                                allow_nonfinite=allow_nonfinite, progress=lambda n: progress.advance(task, n))
+                                allow_nonfinite=allow_nonfinite, progress=lambda n: progress.advance(task, n),
+                                on_total=lambda total: progress.update(task, total=total))
     manifest = result.manifest
+    if json_out is not None:
+        write_json(json_out, {
+            "vector": str(result.out), "tensors": len(manifest.tensors), "num_layers": manifest.num_layers,
+            "backbone_prefix": manifest.backbone_prefix, "total_norm": manifest.total_norm, "dtype": manifest.dtype,
+            "inexact_elements": manifest.inexact_elements, "total_elements": manifest.total_elements,
+            "skipped": list(result.skipped)}, [base_path, aligned_path], force=force)
     if not quiet:
         share = manifest.inexact_elements / max(1, manifest.total_elements)
         rows: list[tuple[str, object]] = [
@@ -67,7 +77,7 @@ def extract(
         ]
         if result.skipped:
             rows.append(("skipped (not floating point)", ", ".join(result.skipped[:5])))
-        stdout.print(summary_table("graft extract", rows))
-    else:
+        table_console(json_out, stdout, stderr).print(summary_table("graft extract", rows))
+    elif not json_on_stdout(json_out):
         print_path(result.out)
     push_after(result.out, push_to_hub, quiet)

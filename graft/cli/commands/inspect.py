@@ -16,7 +16,8 @@ from graft.cli.boundary import handles_errors
 from graft.cli.console import stderr, stdout, warn
 from graft.cli.json_output import check_json_destination, frame_records, table_console, write_json
 from graft.cli.options import Force, MapOpt, Quiet, Verbose
-from graft.display import printable, shown
+from graft.cli.progress import PLAIN_EVERY, StepProgress
+from graft.display import GraftConsole, printable, shown
 from graft.flag_ranges import INSPECT, check, help_range
 
 
@@ -66,10 +67,20 @@ def inspect_command(
     check(INSPECT, top=top, trial=trial)
     json_inputs = [Path(p) for p in (vector, target, origin, recipe) if p and Path(p).exists()]
     check_json_destination(json_out, json_inputs, force=force)  # before the work, not after
-    found = inspect_vector(
-        vector, target=target, origin=origin, recipe=recipe, map=map, study=study, storage=storage, trial=trial,
-        out=out, safelora=safelora, device=device, chunk_size=chunk_size, force=force,
-        on_warning=warn)
+    bar = StepProgress(GraftConsole(stderr=True, quiet=quiet), unit="tensors", title="inspect", every=PLAIN_EVERY)
+
+    def scored(done: int, total: int) -> None:
+        if done == 1:
+            bar.start(total)
+        bar.advance()
+
+    try:
+        found = inspect_vector(
+            vector, target=target, origin=origin, recipe=recipe, map=map, study=study, storage=storage, trial=trial,
+            out=out, safelora=safelora, device=device, chunk_size=chunk_size, force=force,
+            on_warning=warn, on_tensor=scored)
+    finally:
+        bar.stop()
     if json_out is not None:
         write_json(json_out, frame_records(found.table()), json_inputs, force=force)
     if quiet:

@@ -9,7 +9,8 @@ import typer
 
 from graft.cli.boundary import handles_errors
 from graft.cli.console import byte_progress, print_path, stderr, stdout, summary_table, warn
-from graft.cli.options import Force, PushOpt, Quiet, Verbose, recipe_flags, warn_unused_origin
+from graft.cli.json_output import check_json_destination, json_on_stdout, table_console, write_json
+from graft.cli.options import Force, JsonOpt, PushOpt, Quiet, Verbose, recipe_flags, warn_unused_origin
 from graft.cli.publish import check_push_target, push_after
 from graft.display import human_size, shown
 
@@ -25,6 +26,7 @@ def merge(
         "--results", help="A `graft eval` results.json of this graft: its scores go into the model card "
                           "(model-index).")] = None,
     push_to_hub: PushOpt = None,
+    json_out: JsonOpt = None,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -36,6 +38,9 @@ def merge(
     spec = flags.to_recipe()
     warn_unused_origin(flags, spec)
     check_push_target(push_to_hub)  # a bad repository id or no token: refused before the merge, not after
+    json_inputs = [Path(p) for p in (spec.target, spec.vector, spec.options.origin, flags.recipe_file, results)
+                   if p and Path(p).exists()]
+    check_json_destination(json_out, json_inputs, force=force)  # before the work, not after
     with byte_progress(quiet) as progress:
         task = progress.add_task("merge", total=None)
 
@@ -46,10 +51,15 @@ def merge(
 
         result = run_merge(spec, force=force, progress=lambda n: progress.advance(task, n), on_plan=started,
                            on_warning=warn, results=results)
+    if json_out is not None:
+        write_json(json_out, {"output": str(result.out), "grafted": result.grafted, "copied": result.copied,
+                              "bytes_written": result.bytes_written, "seconds": round(result.seconds, 3),
+                              "device": result.device}, json_inputs, force=force)
     if quiet:
-        print_path(result.out)
+        if not json_on_stdout(json_out):
+            print_path(result.out)
     else:
-        stdout.print(summary_table("graft merge", [
+        table_console(json_out, stdout, stderr).print(summary_table("graft merge", [
             ("output", shown(result.out)), ("tensors", f"{result.grafted} grafted, {result.copied} copied unchanged"),
             ("written", f"{human_size(result.bytes_written)} in {result.seconds:.1f} s on {result.device}")]))
     push_after(result.out, push_to_hub, quiet)

@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 
 from graft.cli.boundary import handles_errors
-from graft.cli.console import print_path, stdout, summary_table, warn
-from graft.cli.options import Force, OriginOpt, Quiet, TargetOpt, VectorOpt, Verbose
+from graft.cli.console import print_path, stderr, stdout, summary_table, warn
+from graft.cli.json_output import check_json_destination, json_on_stdout, table_console, write_json
+from graft.cli.options import Force, JsonOpt, OriginOpt, Quiet, TargetOpt, VectorOpt, Verbose
 from graft.display import shown
 from graft.io.guard import write_file
 
@@ -35,6 +36,7 @@ def recipe_command(
     target: TargetOpt = None,
     vector: VectorOpt = None,
     origin: OriginOpt = None,
+    json_out: JsonOpt = None,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -45,6 +47,7 @@ def recipe_command(
     from graft.core.recipe import LARGE_LAMBDA
     from graft.inspect.select import recipe_from_scores
 
+    check_json_destination(json_out, [from_scores], force=force)
     chosen = tuple(g.strip() for g in groups.split(",") if g.strip())
     selection = recipe_from_scores(from_scores, metric=metric, threshold=threshold, above=above, scale=scale,
                                    groups=chosen, target=target, vector=vector, origin=origin)
@@ -55,12 +58,17 @@ def recipe_command(
     inputs = [from_scores, *(p for p in (recipe.target, recipe.vector, recipe.options.origin) if p)]
     written = write_file(out, f"# Written by `graft recipe --from-scores`; {recipe.description}\n" + recipe.to_yaml(),
                          inputs=inputs, force=force)
+    if json_out is not None:
+        write_json(json_out, {"recipe": str(written), "scored": selection.scored, "tensors": len(selection.tensors),
+                              "cells": [{"layer": layer, "group": group, "score": score}
+                                        for layer, group, score in selection.cells]}, [from_scores], force=force)
     if quiet:
-        print_path(written)
+        if not json_on_stdout(json_out):
+            print_path(written)
         return
     cells = ", ".join(f"{'-' if layer is None else layer}:{group} ({score:.3g})"
                       for layer, group, score in selection.cells[:12])
-    stdout.print(summary_table("graft recipe", [
+    table_console(json_out, stdout, stderr).print(summary_table("graft recipe", [
         ("recipe", shown(written)),
         ("selected", f"{len(selection.cells)} of {selection.scored} scored cells, {len(selection.tensors)} tensors"),
         ("cells", cells + (f" (+{len(selection.cells) - 12} more)" if len(selection.cells) > 12 else ""))]))

@@ -134,12 +134,6 @@ def search_command(
         if by_items:
             bar.advance(done=items_spent(study.get_trials(deepcopy=False)))
 
-    def steps(done: int, total: int) -> None:  # trials, then the final pick and report: the ETA covers both
-        if bar.total == 0:
-            bar.start(total, done=done)
-        else:
-            bar.advance(done=done, total=total)
-
     if by_items:
         bar.start(budget_items or 0)
     try:
@@ -152,7 +146,7 @@ def search_command(
                 origin=origin, out=out, merge_best=merge_best,
                 device=device, dtype=dtype, batch_size=batch_size, heartbeat=heartbeat, log=log or [],
                 callbacks=[*callbacks, tick], progress=lambda msg: console.print(msg, soft_wrap=True),
-                steps=None if by_items else steps,
+                steps=None if by_items else bar.follow,  # trials, then the final pick and report: one ETA
             )
     finally:
         bar.stop()

@@ -1,0 +1,83 @@
+"""`--json` on extract, merge and recipe: what their summary table shows, as JSON for a script (`-`: on stdout,
+alone, the table then on stderr), each figure checked against the files the command wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from graft.cli import app
+from graft.errors import OutputError
+
+runner = CliRunner()
+
+
+def run(*args: object) -> dict:
+    result = runner.invoke(app, [*map(str, args), "--json", "-"])
+    assert result.exit_code == 0, result.output
+    if "-q" not in args:
+        assert "graft " in result.stderr  # the table, for the eye, on stderr
+    return json.loads(result.stdout)  # stdout holds the JSON and nothing else (with -q: not the path either)
+
+
+def tensor_bytes(folder: Path) -> int:
+    total = 0
+    for file in folder.glob("*.safetensors"):
+        with safe_open(file, "pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                tensor = handle.get_tensor(name)
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def test_extract_json_is_the_vector_it_wrote(make_world, tmp_path: Path) -> None:
+    world = make_world("causal")
+    got = run("extract", "--base", world.base, "--aligned", world.aligned, "--out", tmp_path / "v")
+    manifest = json.loads((tmp_path / "v" / "vector.json").read_text())
+    with safe_open(next((tmp_path / "v").glob("*.safetensors")), "pt") as handle:
+        stored = set(handle.keys())
+    assert got["vector"] == str(tmp_path / "v") and got["tensors"] == len(stored) == len(manifest["tensors"])
+    assert got["total_norm"] == manifest["total_norm"] and got["num_layers"] == manifest["num_layers"]
+    assert got["inexact_elements"] == manifest["inexact_elements"]
+
+
+def test_merge_json_counts_what_the_plan_says(make_world, tmp_path: Path) -> None:
+    world = make_world("causal")
+    plan = run("plan", "-t", world.target, "--vector", world.vector)
+    got = run("merge", "-t", world.target, "--vector", world.vector, "-o", tmp_path / "m", "-q")
+    actions = [t["action"] for t in plan["tensors"]]
+    assert got["output"] == str(tmp_path / "m")
+    assert (got["grafted"], got["copied"]) == (actions.count("graft"), actions.count("copy"))
+    assert got["bytes_written"] == tensor_bytes(tmp_path / "m")  # the tensors' data, headers aside
+
+
+def test_recipe_json_lists_the_cells_the_recipe_grafts(make_world, tmp_path: Path) -> None:
+    world = make_world("causal")
+    report = tmp_path / "report"
+    inspected = runner.invoke(app, ["inspect", "--vector", str(world.vector), "--target", str(world.target),
+                                    "--origin", str(world.origin), "--out", str(report), "-q"])
+    assert inspected.exit_code == 0, inspected.output
+    got = run("recipe", "--from-scores", report, "--out", tmp_path / "r.yaml", "--threshold", "1")
+    recipe = yaml.safe_load((tmp_path / "r.yaml").read_text())
+    assert got["recipe"] == str(tmp_path / "r.yaml") and got["cells"]
+    layers = pd.read_csv(report / "layers.csv")
+    expected = {(None if pd.isna(r.layer) else int(r.layer), r.group): r.cos_tau_med for r in layers.itertuples()
+                if r.group in ("attn", "mlp") and r.cos_tau_med < 1}
+    assert {(c["layer"], c["group"]): c["score"] for c in got["cells"]} == pytest.approx(expected)
+    assert recipe["coefficients"]  # the file the summary names was written
+
+
+def test_a_json_destination_that_may_not_be_written_is_refused_before_the_merge(make_world, tmp_path: Path) -> None:
+    world = make_world("causal")
+    mine = tmp_path / "mine.json"
+    mine.write_text("{}\n")
+    result = runner.invoke(app, ["merge", "-t", str(world.target), "--vector", str(world.vector), "-o",
+                                 str(tmp_path / "m"), "--json", str(mine)])
+    assert result.exit_code == OutputError.exit_code and "mine.json" in result.stderr, result.output
+    assert not (tmp_path / "m").exists() and mine.read_text() == "{}\n"
