@@ -1,4 +1,4 @@
-"""`--json` on extract, merge and recipe: what their summary table shows, as JSON for a script (`-`: on stdout,
+"""`--json` on extract, merge, recipe and demo: what their summary table shows, as JSON for a script (`-`: on stdout,
 alone, the table then on stderr), each figure checked against the files the command wrote."""
 
 from __future__ import annotations
@@ -81,3 +81,30 @@ def test_a_json_destination_that_may_not_be_written_is_refused_before_the_merge(
                                  str(tmp_path / "m"), "--json", str(mine)])
     assert result.exit_code == OutputError.exit_code and "mine.json" in result.stderr, result.output
     assert not (tmp_path / "m").exists() and mine.read_text() == "{}\n"
+
+
+def test_demo_json_is_its_results_file_and_its_destination_is_checked_before_the_world(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`graft demo --json`: the payload of the demo's results.json (rows, verdicts, the search's summary); a
+    destination it may not write is refused before the world is trained."""
+    import graft.toy.demo
+    from graft.toy.demo import DemoResult
+
+    calls: list[Path] = []
+
+    def fake_demo(workdir: Path, **_kwargs: object) -> DemoResult:  # the demo's own outputs, without the world
+        calls.append(workdir)
+        workdir.mkdir(parents=True)
+        results = workdir / "results.json"
+        results.write_text(json.dumps({"headline_part": "held_out", "rows": {"held_out": [{"name": "medical"}]}}))
+        return DemoResult(workdir, tmp_path, tmp_path, [], workdir / "plot.png", results)
+
+    monkeypatch.setattr(graft.toy.demo, "run_demo", fake_demo)
+    mine = tmp_path / "mine.json"
+    mine.write_text("{}\n")
+    refused = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "d1"), "--json", str(mine)])
+    assert refused.exit_code == OutputError.exit_code and "mine.json" in refused.stderr, refused.output
+    assert calls == [] and mine.read_text() == "{}\n"
+    result = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "d2"), "--json", "-", "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == json.loads((tmp_path / "d2" / "results.json").read_text())

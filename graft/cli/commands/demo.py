@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from graft.cli.boundary import handles_errors
-from graft.cli.console import stdout
-from graft.cli.options import Quiet, Verbose
+from graft.cli.console import stderr, stdout
+from graft.cli.json_output import check_json_destination, table_console, write_json
+from graft.cli.options import JsonOpt, Quiet, Verbose
 from graft.display import GraftConsole
 from graft.errors import UsageError
 from graft.flag_ranges import DEMO, check, help_range
@@ -41,6 +43,7 @@ def demo(
                                         "(0 skips the search)." + help_range(DEMO, "trials"))] = DEMO_TRIALS,
     seed: Annotated[int, typer.Option("--seed", help="The toy world's seed (its data and training; another seed "
                                       "trains another world) and the search's." + help_range(DEMO, "seed"))] = 0,
+    json_out: JsonOpt = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -59,5 +62,9 @@ def demo(
     check(DEMO, limit=limit, holdout=holdout, trials=trials, seed=seed)
     for value in grid:
         DEMO["scales"].check(value)
-    run_demo(workdir, console=stdout if not quiet else GraftConsole(quiet=True), cache=cache, scales=grid, limit=limit,
-             rebuild_world=rebuild_world, device=device, search_trials=trials, seed=seed, holdout=holdout)
+    check_json_destination(json_out, [workdir])  # before the world is trained, not after
+    console = GraftConsole(quiet=True) if quiet else table_console(json_out, stdout, stderr)
+    result = run_demo(workdir, console=console, cache=cache, scales=grid, limit=limit, rebuild_world=rebuild_world,
+                      device=device, search_trials=trials, seed=seed, holdout=holdout)
+    if json_out is not None:  # the demo's results.json: the table's rows, the verdicts, the search's summary
+        write_json(json_out, json.loads(result.results.read_text(encoding="utf-8")), [workdir])
