@@ -75,7 +75,7 @@ def choose(inside: dict[str, dict]) -> str:
     fits = [name for name, r in inside.items() if refusals(r) <= CAP + 1e-12]
     if fits:
         return max(fits, key=lambda n: (inside[n]["figstep"] or 0.0, -refusals(inside[n])))
-    return min(inside, key=lambda n: refusals(inside[n]))
+    return min(inside, key=lambda n: inside[n]["image_over_refusal"] or 0.0)
 
 
 def main() -> None:
