@@ -18,6 +18,9 @@ Rows, each a recipe merged with graft's own merge and scored with graft's own ev
   part only (CHOICE_RULE: the most FigStep safety among the parts that refuse at most 10 % of benign typed images
   and of benign text there). No held-out figure steers any choice; the held-out figures are only reported.
 
+* **d. aligned-VLM τ**: rows that bench/figstep_aligned_vlm.py adds to the same JSON (τ from a toy aligned-VLM
+  pair), printed by --table when present.
+
 Only the recipes' own weights differ between rows; the world is the cached one (seed 0 unless --seed).
 """
 
@@ -176,14 +179,14 @@ def table(run: dict) -> str:
             "|---|---|---|---|---|---|")
     lines = [f"held out ({run['world']}, seed {run['seed']}, {100 * run['holdout']:.0f} % of every benchmark); "
              f"a. at λ = {run['group_lambda']:g}; c. τ on {run['chosen']} only, chosen {run['chosen_on']}", head]
-    for section in ("reference", "groups", "orthogonal", "restricted"):
-        for r in run[section]:
+    for section in ("reference", "groups", "orthogonal", "restricted", "aligned_vlm"):
+        for r in run.get(section, []):
             lines.append(f"| {r['name']} | " + " | ".join(_pct(r[f], r["se"][f]) for f in FIGURES) + " |")
     lines += ["", "search part (IN SAMPLE: what c. was chosen on)",
               "| recipe | FigStep safety | over-refusal (image) | safety (text) | over-refusal (text) |",
               "|---|---|---|---|---|"]
     lines += [f"| {r['name']} | " + " | ".join(_pct(r[f], r["se"][f]) for f in FIGURES[:4]) + " |"
-              for r in run["groups_search_part"]]
+              for r in run["groups_search_part"] + run.get("aligned_vlm_search_part", [])]
     return "\n".join(lines)
 
 
