@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from figstep_remedies import GRID, OUT, SEARCH_TASKS, choose  # noqa: E402
 
-FINE_GRID = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5)  # between the grid points where this τ's FigStep refusals rise
+FINE_GRID = tuple(round(0.5 + 0.1 * k, 1) for k in range(16))  # 0.5 to 2.0, the uniform grid's span, in steps of 0.1
 
 
 def vision_path(name: str) -> bool:
