@@ -6,6 +6,9 @@ figures (per-stage losses and seconds, the reader's precision); docs/toy-world.m
     GRAFT_TOY_BASELINE_KERNELS=1 python bench/toy_reading.py --cache /tmp/w-base --label baseline
     python bench/toy_reading.py --table
 
+`--steps COPY,BASE,ALIGNED,READER,MEDICAL` builds a world with other step counts (a different world, cached under
+its own key): what a shorter build costs in reading (docs/toy-world.md, "Time").
+
 Each run is one build path (the pinned AVX2 kernels, or the baseline kernels of a CPU without AVX2); the results
 go into a committed JSON keyed by world version, seed and label, so runs on other machines add rows.
 """
@@ -13,6 +16,7 @@ go into a committed JSON keyed by world version, seed and label, so runs on othe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -24,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 OUT = ROOT / "bench" / "measured" / "toy_reading.json"
+STEPS = ("copy_steps", "base_steps", "aligned_steps", "reader_steps", "medical_steps")
 
 
 def main() -> None:
@@ -31,6 +36,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="the world cache to build into or reuse")
     parser.add_argument("--label", default="avx2", help="the build path's name in the JSON (avx2, baseline, ...)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", help="COPY,BASE,ALIGNED,READER,MEDICAL steps instead of the world's own")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--table", action="store_true", help="print the table from --out and exit")
     args = parser.parse_args()
@@ -44,13 +50,20 @@ def main() -> None:
     from graft.toy.reading import measure
     from graft.toy.world import WORLD_VERSION, WorldSpec, build_world
 
+    spec = WorldSpec(seed=args.seed)
+    if args.steps:
+        counts = [int(n) for n in args.steps.split(",")]
+        if len(counts) != len(STEPS):
+            raise SystemExit(f"--steps {args.steps}: give {len(STEPS)} counts ({', '.join(STEPS)})")
+        spec = dataclasses.replace(spec, **dict(zip(STEPS, counts, strict=True)))
     start = time.perf_counter()
-    world = build_world(WorldSpec(seed=args.seed), cache=args.cache, log=lambda m: print(m, flush=True))
+    world = build_world(spec, cache=args.cache, log=lambda m: print(m, flush=True))
     built = time.perf_counter() - start
     training = json.loads((world.root / "world.json").read_text())["training"]
     reading = measure(world)
     key = f"world-v{WORLD_VERSION}/seed{args.seed}/{args.label}"
-    data["runs"][key] = {"label": args.label, "seed": args.seed, "world": world.root.name,
+    data["runs"][key] = {"label": args.label, "steps": {s: getattr(spec, s) for s in STEPS}, "seed": args.seed,
+                         "world": world.root.name,
                          "reading": reading.as_dict(), "training": training, "wall_seconds_here": round(built, 1),
                          "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                                      "load_average": os.getloadavg()}, "date": time.strftime("%Y-%m-%d")}
