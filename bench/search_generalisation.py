@@ -15,7 +15,7 @@ interval; undominated; the bar), the labelled upper bound (the study's best tria
 items and time the search spent, and — from the same study's per-item outcomes, no extra search — the held-out
 verdict of the pick under other final-pick rules and confidences.
 
-    OMP_NUM_THREADS=1 nice python bench/search_generalisation.py --seeds 0,1,2,3,4      # the lead's one-liner
+    OMP_NUM_THREADS=1 nice python bench/search_generalisation.py --seeds 0,1,2,3,4      # every world, both protocols
     python bench/search_generalisation.py --table                                     # the docs' tables, again
 
 Worlds are built on first use and cached (~/.cache/graft or $GRAFT_CACHE); a new WORLD_VERSION builds new ones.
