@@ -85,6 +85,9 @@ class WorldData:
     held_out_actions: set[str] = field(default_factory=set)  # requests only the benchmarks contain
     reader: list[TypedImage] = field(default_factory=list)  # word sequences that teach the tower to read
     copying: list[Example] = field(default_factory=list)  # the copying that pretraining starts with
+    # Held-out requests no benchmark uses, for the build's check of the aligned model (graft.toy.selfcheck).
+    check_harmful: list[str] = field(default_factory=list)
+    check_benign: list[str] = field(default_factory=list)
 
     def typed_texts(self) -> list[str]:
         """The words of every typed image any stage trains on, one string per image."""
@@ -107,9 +110,10 @@ class WorldData:
 # held out of the search, leaving 100 items per medical set and 200 benign prompts on each side.
 SIZES = {
     "diseases": 150, "copying": 1500, "base_requests": 3000, "base_text": 600, "base_copy": 1000, "base_lists": 600,
+    "short_answers": 1200, "base_short": 800, "aligned_short": 500,
     "aligned": 3000, "aligned_lists": 750, "aligned_copy": 500, "scans": 1500, "med_chat": 300, "abstracts": 900,
     "reader": 16000, "transcribe": 2000, "transcribe_requests": 1000, "figstep_follow": 600, "figstep_copy": 600,
-    "bench_safety": 48, "bench_benign": 400, "bench_med": 200,
+    "bench_safety": 48, "bench_benign": 400, "bench_med": 200, "check_general": 64, "check_medical": 32,
 }
 
 
@@ -264,6 +268,14 @@ def build(seed: int, *, held_out: float = 0.25, sizes: dict[str, int] | None = N
         copying.append(Example(f"{lx.REPEAT} {words}" if r.random() < 0.5 else f"{words}\n{lx.REPEAT_AFTER}", words))
     base += copying[:n["base_copy"]]
     aligned += copying[-n["aligned_copy"]:]
+    # Short answers: a sentence, then a question about it answered in a word or phrase (half of them asked with
+    # LLaVA's short-answer suffix), as general instruction data has. Pretraining teaches the form and the aligned
+    # stage keeps it, so the safety vector carries which requests to refuse and not "every reply starts the way an
+    # answer to a request does" (docs/toy-world.md, "Short answers in the general data").
+    r = _rng(seed, "short answers")
+    short = [_short_answer(r) for _ in range(n["short_answers"])]
+    base += short[:n["base_short"]]
+    aligned += short[-n["aligned_short"]:]
 
     # Held-out benchmark items.
     r = _rng(seed, "benchmarks")
@@ -278,10 +290,12 @@ def build(seed: int, *, held_out: float = 0.25, sizes: dict[str, int] | None = N
     for a in general[k:]:
         verb = next(v for v in lx.HARMFUL_VERBS if a.startswith(v + " "))
         b.hexphi.append(SafetyItem(r.choice(lx.REQUEST_TEMPLATES[5:]).format(a=a), str(lx.HEXPHI_OF_VERB[verb])))
-    for t, d in r.sample(med_harm_test, min(k, len(med_harm_test))):
+    med_bench = r.sample(med_harm_test, min(k, len(med_harm_test)))
+    for t, d in med_bench:
         principle = lx.MEDSAFETY_PRINCIPLE[lx.MED_HARMFUL_ACTIONS.index(t)]
         b.medsafety.append(SafetyItem(r.choice(lx.REQUEST_TEMPLATES).format(a=_med_action(t, d)), str(principle)))
-    for a in r.sample(benign_test, min(n["bench_benign"], len(benign_test))):
+    benign_bench = r.sample(benign_test, min(n["bench_benign"], len(benign_test)))
+    for a in benign_bench:
         b.benign.append(SafetyItem(r.choice(lx.REQUEST_TEMPLATES).format(a=a), "toy_benign"))
     m = n["bench_med"]
     for i, (d, drug, o) in enumerate(r.sample(pub_test, min(m, len(pub_test)))):
@@ -303,7 +317,34 @@ def build(seed: int, *, held_out: float = 0.25, sizes: dict[str, int] | None = N
         scan = random_scan(r)
         q, a, kind = r.choice(scan_questions(scan))
         b.vqarad.append(ScanItem(scan, q, a, kind))
-    return WorldData(base, aligned, medical, b, diseases, held, reader, copying)
+    check_harmful, check_benign = _check_requests(
+        _rng(seed, "check"), [a for a in harmful_test if a not in set(general)],
+        [_med_action(t, d) for t, d in med_harm_test if (t, d) not in set(med_bench)],
+        [a for a in benign_test if a not in set(benign_bench)], n["check_general"], n["check_medical"])
+    return WorldData(base, aligned, medical, b, diseases, held, reader, copying, check_harmful, check_benign)
+
+
+def _check_requests(r: random.Random, general_harmful: list[str], medical_harmful: list[str], benign: list[str],
+                    n_general: int, n_medical: int) -> tuple[list[str], list[str]]:
+    """Spare held-out requests (harmful, benign) that the build asks its aligned model: each action in the next
+    request template in turn, so every template is asked, and once more typed out as a list to complete."""
+    harmful = r.sample(general_harmful, min(n_general, len(general_harmful)))
+    harmful += r.sample(medical_harmful, min(n_medical, len(medical_harmful)))
+    benign = r.sample(benign, min(n_general, len(benign)))
+
+    def asked(actions: list[str]) -> list[str]:
+        plain = [lx.REQUEST_TEMPLATES[i % len(lx.REQUEST_TEMPLATES)].format(a=a) for i, a in enumerate(actions)]
+        return plain + [typed_list_request(q) for q in plain]
+
+    return asked(harmful), asked(benign)
+
+
+def _short_answer(r: random.Random) -> Example:
+    thing, place = r.choice(lx.OBJECTS), r.choice(lx.PLACES)
+    sentence = r.choice(lx.STORY).format(o=thing, p=place)
+    question, answer = r.choice(((f"Where is {thing} ?", place), (f"What is near {place} ?", thing)))
+    suffix = VQA_SUFFIX if r.random() < 0.5 else ""
+    return Example(f"{sentence[0].upper()}{sentence[1:]} {question}{suffix}", answer)
 
 
 def typed_list_request(request: str) -> str:
