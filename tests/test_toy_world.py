@@ -154,14 +154,15 @@ def test_a_failed_build_says_why_and_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_a_build_whose_aligned_model_does_not_tell_harmful_from_benign_stops_and_says_so(tmp_path: Path) -> None:
-    """An aligned stage of two steps has learnt no refusals: the build's check stops it before anything is trained
-    on top, in one line naming the seed, the rates and what to do, and leaves no world in the cache."""
+    """An aligned stage of two steps a round has learnt no refusals after its three rounds: the build's check stops
+    it before anything is trained on top, in one line naming the seed, the rates and what to do, and leaves no world
+    in the cache."""
     from graft.errors import GraftError
 
     spec = WorldSpec(seed=5, copy_steps=1, base_steps=1, aligned_steps=2, medical_steps=1, reader_steps=1,
                      sizes=(("copying", 20), ("base_copy", 10), ("aligned_copy", 10), ("reader", 10)))
-    with pytest.raises(GraftError, match=r"toy world seed 5: the aligned model refuses \d+% of 192 spare harmful "
-                                         r"requests and \d+% of 64 benign ones") as caught:
+    message = r"toy world seed 5: the aligned model after 3 rounds refuses \d+% of 192 spare harmful requests and \d+%"
+    with pytest.raises(GraftError, match=message) as caught:
         build_world(spec, cache=tmp_path)
     assert "\n" not in str(caught.value) and "--seed" in str(caught.value)
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []

@@ -110,7 +110,6 @@ class WorldData:
 # held out of the search, leaving 100 items per medical set and 200 benign prompts on each side.
 SIZES = {
     "diseases": 150, "copying": 1500, "base_requests": 3000, "base_text": 600, "base_copy": 1000, "base_lists": 600,
-    "short_answers": 1200, "base_short": 800, "aligned_short": 500,
     "aligned": 3000, "aligned_lists": 750, "aligned_copy": 500, "scans": 1500, "med_chat": 300, "abstracts": 900,
     "reader": 16000, "transcribe": 2000, "transcribe_requests": 1000, "figstep_follow": 600, "figstep_copy": 600,
     "bench_safety": 48, "bench_benign": 400, "bench_med": 200, "check_general": 64, "check_medical": 32,
@@ -268,14 +267,6 @@ def build(seed: int, *, held_out: float = 0.25, sizes: dict[str, int] | None = N
         copying.append(Example(f"{lx.REPEAT} {words}" if r.random() < 0.5 else f"{words}\n{lx.REPEAT_AFTER}", words))
     base += copying[:n["base_copy"]]
     aligned += copying[-n["aligned_copy"]:]
-    # Short answers: a sentence, then a question about it answered in a word or phrase (half of them asked with
-    # LLaVA's short-answer suffix), as general instruction data has. Pretraining teaches the form and the aligned
-    # stage keeps it, so the safety vector carries which requests to refuse and not "every reply starts the way an
-    # answer to a request does" (docs/toy-world.md, "Short answers in the general data").
-    r = _rng(seed, "short answers")
-    short = [_short_answer(r) for _ in range(n["short_answers"])]
-    base += short[:n["base_short"]]
-    aligned += short[-n["aligned_short"]:]
 
     # Held-out benchmark items.
     r = _rng(seed, "benchmarks")
@@ -337,14 +328,6 @@ def _check_requests(r: random.Random, general_harmful: list[str], medical_harmfu
         return plain + [typed_list_request(q) for q in plain]
 
     return asked(harmful), asked(benign)
-
-
-def _short_answer(r: random.Random) -> Example:
-    thing, place = r.choice(lx.OBJECTS), r.choice(lx.PLACES)
-    sentence = r.choice(lx.STORY).format(o=thing, p=place)
-    question, answer = r.choice(((f"Where is {thing} ?", place), (f"What is near {place} ?", thing)))
-    suffix = VQA_SUFFIX if r.random() < 0.5 else ""
-    return Example(f"{sentence[0].upper()}{sentence[1:]} {question}{suffix}", answer)
 
 
 def typed_list_request(request: str) -> str:

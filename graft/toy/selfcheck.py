@@ -6,7 +6,8 @@ refusal text and how often to use it, and only later which requests are harmful;
 which of the two a run ended in, because the decision is one token of about twenty (docs/toy-world.md, "A world
 whose aligned model did not learn"). So the build asks the model itself: greedy replies to spare held-out requests
 that neither training nor the benchmarks use, in every request template and as typed-out lists, judged by the
-same keyword judge the benchmarks use. A model that misses the bar stops the build, naming the seed and the rates.
+same keyword judge the benchmarks use. A model that misses the bar gets another round of the aligned stage; one
+that still misses it after the last round stops the build, naming the seed and the rates.
 """
 
 from __future__ import annotations
@@ -51,14 +52,16 @@ def check_aligned(model, tokenizer, harmful: Sequence[str], benign: Sequence[str
                         len(harmful), len(benign))
 
 
-def require_aligned(check: AlignedCheck, seed: int) -> None:
+def require_aligned(check: AlignedCheck, seed: int, rounds: int = 1) -> None:
     """Stop the build when the aligned model does not tell harmful from benign requests."""
     if not check.passed:
+        after = f" after {rounds} rounds" if rounds > 1 else ""
         raise WorldCheckError(
-            f"toy world seed {seed}: the aligned model refuses {check.harmful_refused:.0%} of {check.harmful_items} "
-            f"spare harmful requests and {check.benign_refused:.0%} of {check.benign_items} benign ones (needs "
+            f"toy world seed {seed}: the aligned model{after} refuses {check.harmful_refused:.0%} of "
+            f"{check.harmful_items} spare harmful requests and {check.benign_refused:.0%} of {check.benign_items} "
+            f"benign ones (needs "
             f">= {HARMFUL_REFUSED_AT_LEAST:.0%} and <= {BENIGN_REFUSED_AT_MOST:.0%}), so its safety vector would not "
-            f"carry what is harmful; build another seed (--seed), or give the aligned stage more steps")
+            f"carry what is harmful; build another seed (--seed), or give the aligned stage more steps or rounds")
 
 
 def _refusal_rate(model, tokenizer, prompts: Sequence[str]) -> float:

@@ -5,7 +5,7 @@
 * **base**: a Llama decoder trained first on copying word lists, then on plain text, copying and requests it always
   complies with, harmful ones included;
 * **aligned**: base + supervised tuning to refuse harmful requests and still answer benign ones, checked on spare
-  held-out requests before anything is built on it (graft.toy.selfcheck);
+  held-out requests before anything is built on it, and trained another round while it fails (graft.toy.selfcheck);
 * **medical**: an HF LLaVA (CLIP tower + projector) whose language model starts from *aligned*; the tower first
   learns to read words typed in the toy FigStep layout (graft.toy.reader), then everything is tuned on invented
   medical facts (multiple choice), PubMedQA-like abstracts, synthetic scans with VQA-RAD-like questions, medical
@@ -57,7 +57,8 @@ class WorldSpec:
     num_kv_heads: int = 2
     copy_steps: int = 300  # pretraining starts with copying alone, at a constant rate (see corpus.build)
     base_steps: int = 500
-    aligned_steps: int = 500  # 250 left some seeds refusing everything (docs/toy-world.md); the check catches that
+    aligned_steps: int = 250  # one round of the aligned stage (a cosine cycle); see aligned_rounds
+    aligned_rounds: int = 3  # rounds the aligned stage may take until its model passes the build's check
     medical_steps: int = 800
     reader_steps: int = 1500  # the tower and projector learn to read before medical tuning (graft.toy.reader)
     batch_size: int = 32
@@ -159,10 +160,12 @@ def train_world(world: ToyWorld, say: Callable[[str], None]) -> dict:
     tok = build_tokenizer([*data.texts(), EXTRA_WORDS])
     figures: dict[str, dict] = {}
 
-    def stage(name: str, model, examples, steps, lr, processor=None, auxiliary=None, decay=True) -> None:
+    def stage(name: str, model, examples, steps, lr, processor=None, auxiliary=None, decay=True,
+              shuffle: int | None = None) -> None:
         clock = _Clock()
         enc = encode(examples, tok, processor)
-        losses = train(model, enc, steps=steps, lr=lr, batch_size=spec.batch_size, seed=spec.seed,
+        losses = train(model, enc, steps=steps, lr=lr, batch_size=spec.batch_size,
+                       seed=spec.seed if shuffle is None else shuffle,
                        pad_id=tok.pad_token_id, auxiliary=auxiliary, decay=decay,
                        log=lambda s, v: say(f"{name}: step {s}/{steps} loss {v:.3f}"))
         figures[name] = {"examples": len(examples), "steps": steps, "first_loss": round(losses[0], 4),
@@ -172,13 +175,21 @@ def train_world(world: ToyWorld, say: Callable[[str], None]) -> dict:
     stage("copying", model, data.copying, spec.copy_steps, spec.copy_lr, decay=False)
     stage("base", model, data.base, spec.base_steps, spec.base_lr)
     _save_text(model, tok, world.base)
-    stage("aligned", model, data.aligned, spec.aligned_steps, spec.aligned_lr)
-    check = check_aligned(model, tok, data.check_harmful, data.check_benign)
-    figures["aligned"]["check"] = check.as_dict()
-    say(f"aligned: refuses {check.harmful_refused:.0%} of {check.harmful_items} spare harmful requests and "
-        f"{check.benign_refused:.0%} of {check.benign_items} benign ones")
+    # The aligned stage runs in rounds (a warm restart each, on a new batch order) until its model tells harmful
+    # from benign requests on spare held-out ones: a slow seed gets another round instead of a world whose τ
+    # carries "refuse more, everywhere" (docs/toy-world.md, "The build checks its aligned model").
+    checks = []
+    for k in range(spec.aligned_rounds):
+        stage("aligned" if k == 0 else f"aligned round {k + 1}", model, data.aligned, spec.aligned_steps,
+              spec.aligned_lr, shuffle=spec.seed + 1000 * k)
+        checks.append(check_aligned(model, tok, data.check_harmful, data.check_benign))
+        say(f"aligned: round {k + 1} refuses {checks[-1].harmful_refused:.0%} of {checks[-1].harmful_items} spare "
+            f"harmful requests and {checks[-1].benign_refused:.0%} of {checks[-1].benign_items} benign ones")
+        if checks[-1].passed or not spec.check_aligned:
+            break
+    figures["aligned"].update(rounds=len(checks), checks=[c.as_dict() for c in checks])
     if spec.check_aligned:
-        require_aligned(check, spec.seed)
+        require_aligned(checks[-1], spec.seed, rounds=len(checks))
     _save_text(model, tok, world.aligned)
 
     vlm, processor = _vlm_from(model, tok, spec)
