@@ -229,9 +229,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/graft-bench-generalisation"))
     parser.add_argument("--table", action="store_true", help="print the tables from --out and exit")
+    parser.add_argument("--world", type=int, default=None, help="with --table: the world version whose runs it prints "
+                                                                "(default: the newest in --out)")
     args = parser.parse_args()
     if args.table:
-        print(tables(load(args.out)))
+        print(tables(of_world(load(args.out), args.world)))
         return
 
     from graft.toy.world import WORLD_VERSION
@@ -258,6 +260,19 @@ def main() -> None:
 
 
 # -- the docs' tables ---------------------------------------------------------------------------------------------
+def of_world(data: Mapping[str, Any], version: int | None) -> dict[str, Any]:
+    """The runs on one world version (keys start `world-vN/`): the newest in the file unless `version` is given."""
+    runs = data.get("runs", {})
+    versions = {int(key.split("/")[0].removeprefix("world-v")) for key in runs}
+    if not versions:
+        return {**data, "runs": {}}
+    chosen = max(versions) if version is None else version
+    if chosen not in versions:
+        raise SystemExit(f"--world: no runs on world v{chosen} in the file; it holds "
+                         + ", ".join(f"v{v}" for v in sorted(versions)))
+    return {**data, "runs": {k: r for k, r in runs.items() if k.startswith(f"world-v{chosen}/")}}
+
+
 def pct(check: Mapping[str, Any] | None, interval: bool = True) -> str:
     if not check:
         return "—"
