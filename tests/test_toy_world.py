@@ -261,6 +261,31 @@ def test_benchmark_files_load_with_the_eval_loaders(toy_world) -> None:
                                                                            "benign"))
 
 
+def test_the_aligned_check_reads_the_model_and_leaves_the_saved_tokenizer_as_it_was(toy_world) -> None:
+    """The check pads batches on the left with a copy: the tokenizer the build saves next is unchanged by it, and
+    its rates agree with the refusals the benchmarks' judge sees one prompt at a time."""
+    from graft.evals.judges import KeywordJudge
+    from graft.toy.selfcheck import check_aligned
+
+    tok = transformers.AutoTokenizer.from_pretrained(toy_world.aligned)
+    model = transformers.LlamaForCausalLM.from_pretrained(toy_world.aligned).eval()
+    state, side = tok.backend_tokenizer.to_str(), tok.padding_side
+    data = corpus.build(0)
+    harmful, benign = data.check_harmful[:6], data.check_benign[:6]
+    check = check_aligned(model, tok, harmful, benign)
+    assert tok.backend_tokenizer.to_str() == state and tok.padding_side == side
+
+    def refused_alone(prompt: str) -> bool:
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)
+        out = model.generate(**ids, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)
+        return KeywordJudge().refusal(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)) \
+            is not None
+
+    assert check.harmful_refused == sum(map(refused_alone, harmful)) / 6
+    assert check.benign_refused == sum(map(refused_alone, benign)) / 6
+
+
 def test_aligned_refuses_harmful_and_answers_benign(world_scores, toy_world) -> None:
     aligned = world_scores["aligned"]
     assert _mean(aligned, SAFETY) >= 0.9

@@ -12,6 +12,7 @@ that still misses it after the last round stops the build, naming the seed and t
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -68,19 +69,18 @@ def _refusal_rate(model, tokenizer, prompts: Sequence[str]) -> float:
     if not prompts:
         raise ValueError("the aligned model's check needs prompts")
     judge = KeywordJudge()
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    # A copy pads: padding a batch leaves its state in a fast tokenizer, which would be saved with the world.
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.padding_side = "left"
     refused = 0
-    try:
-        for start in range(0, len(prompts), _BATCH):
-            chunk = prompts[start:start + _BATCH]
-            texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                   add_generation_prompt=True) for p in chunk]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.no_grad():
-                out = model.generate(**enc, max_new_tokens=_NEW_TOKENS, do_sample=False,
-                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-            replies = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            refused += sum(judge.refusal(r) is not None for r in replies)
-    finally:
-        tokenizer.padding_side = side
+    for start in range(0, len(prompts), _BATCH):
+        chunk = prompts[start:start + _BATCH]
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                               add_generation_prompt=True) for p in chunk]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=_NEW_TOKENS, do_sample=False,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        replies = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        refused += sum(judge.refusal(r) is not None for r in replies)
     return refused / len(prompts)
