@@ -18,6 +18,8 @@ run with the vector given: its space, its objective with the FigStep safety term
 over-refusal of benign text and of benign typed images, graft search's defaults, its trial budget, chosen on the
 search part only), the pick scored on the held-out half beside the medical model and the uniform grid, with the
 demo's verdict and its labelled upper bound (the study's best trial by the bar on held-out items: never a result).
+Its τ is that of the pair's language models, which is all of τ (the vision path is frozen) and which the orthogonal
+operator can project with the world's aligned model as origin, as the demo does: that model has no vision path.
 
 Both VLMs are trained here, in this process (one thread), into --workdir, and reused from there: an artifact of this
 benchmark only, apart from the world's cached models, which nothing here changes. The requests are training
@@ -91,6 +93,31 @@ def build_pair(world, work: Path, say) -> tuple[Path, Path]:
     return base_out, aligned_out
 
 
+def language_models(base_vlm: Path, aligned_vlm: Path, work: Path) -> tuple[Path, Path]:
+    """The pair's language models as text checkpoints (saved once under `work`), so that τ between them has the
+    world's text τ's names and needs from an origin only what the text τ needs: the orthogonal operator's origin,
+    the world's aligned model, has no vision path. The pair's vision path is frozen, so its τ is zero there, and
+    τ of the language models is the pair's whole τ (checked here)."""
+    import torch
+    from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
+
+    outs = (work / "base-vlm-language-model", work / "aligned-vlm-language-model")
+    if all((o / "config.json").is_file() for o in outs):
+        return outs
+    base, aligned = (LlavaForConditionalGeneration.from_pretrained(p) for p in (base_vlm, aligned_vlm))
+    theirs = aligned.state_dict()
+    moved = [n for n, t in base.state_dict().items() if vision_path(n) and not torch.equal(t, theirs[n])]
+    if moved:
+        raise SystemExit(f"{aligned_vlm}: its vision path differs from the base VLM's ({moved[0]} and "
+                         f"{len(moved) - 1} more); τ of the language models alone would not be the pair's τ")
+    for vlm, out in zip((base, aligned), outs, strict=True):
+        text = LlamaForCausalLM(vlm.config.text_config)
+        text.model.load_state_dict(vlm.model.language_model.state_dict())
+        text.lm_head.load_state_dict(vlm.lm_head.state_dict())
+        text.save_pretrained(out)
+    return outs
+
+
 def main() -> None:
     import argparse
 
@@ -132,8 +159,11 @@ def main() -> None:
     if not vector.is_dir():
         extract_vector(base_vlm, aligned_vlm, vector)
     if args.search:
+        text_vector = work / "vlm-safety-vector-language-model"
+        if not text_vector.is_dir():
+            extract_vector(*language_models(base_vlm, aligned_vlm, work), text_vector)
         save(args.out, f"world-v{WORLD_VERSION}/seed{args.seed}", "aligned_vlm_search",
-             searched_run(world, vector, work, args, cpu0))
+             searched_run(world, text_vector, work, args, cpu0))
         return
     config = DataConfig.from_yaml(world.data)
     tasks = ["catqa", "hexphi", "medsafetybench", "catqa-figstep", "hexphi-figstep", "medsafetybench-figstep",
@@ -196,6 +226,29 @@ def row_of(r, name: str | None = None, coefficients: dict | None = None) -> dict
             "n": r.n}
 
 
+def constraints_broken(trials: Path, objective: dict) -> dict[str, int]:
+    """How many searched trials broke which of the objective's constraints (graft search's own rule: the recorded
+    one-sided bounds against δ and the over-refusal cap): which one binds."""
+    import dataclasses
+
+    from graft.search.config import Objective
+    from graft.search.outputs import TrialRecord
+
+    rule = Objective.model_validate(objective)
+    names = {f.name for f in dataclasses.fields(TrialRecord)}
+    counts = {"searched": 0, "feasible": 0, "medical drop only": 0, "over-refusal only": 0, "both": 0}
+    for row in json.loads(trials.read_text()):
+        record = TrialRecord(**{k: v for k, v in row.items() if k in names})
+        constraints = record.constraints(rule) if record.baseline is None and record.rated else None
+        if constraints is None:
+            continue
+        medical, over = constraints[0] > 0, len(constraints) > 1 and constraints[1] > 0
+        counts["searched"] += 1
+        counts[{(False, False): "feasible", (True, False): "medical drop only", (False, True): "over-refusal only",
+                (True, True): "both"}[medical, over]] += 1
+    return counts
+
+
 def searched_run(world, vector: Path, work: Path, args, cpu0: float) -> dict:
     """`graft demo`'s protocol with the aligned-VLM τ in place of the world's (graft.toy.demo.run_demo, vector
     given): the table's rows held out and in sample, the verdict, the labelled upper bound and the search's
@@ -222,6 +275,7 @@ def searched_run(world, vector: Path, work: Path, args, cpu0: float) -> dict:
     if bound is not None and "held_out" in bound.rows:
         held.append(row_of(bound.rows["held_out"], BOUND_NAME))
     report = summary.get("report") or {}
+    out = work / "search-demo" / "search"
     return {"world": result.world.name, "seed": args.seed, "holdout": args.holdout, "trials": trials,
             "protocol": "graft demo's search (graft.toy.demo.run_demo with this τ): its space, objective, caps and "
                         "budget, graft search's defaults, chosen on the search part only",
@@ -231,7 +285,8 @@ def searched_run(world, vector: Path, work: Path, args, cpu0: float) -> dict:
             "upper_bound": bound.as_dict() if bound is not None else None,
             "search": {k: summary.get(k) for k in ("objective", "counts", "best_searched", "best_uniform", "lambda0",
                                                    "pick", "warnings", "boundary", "delta", "items", "protocol")}
-            | {"report_upper_bound": report.get("upper_bound")},
+            | {"report_upper_bound": report.get("upper_bound"),
+               "constraints_broken": constraints_broken(out / "trials.json", summary.get("objective") or {})},
             "build": build_record(work),
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                         "threads": torch.get_num_threads(), "load_average": os.getloadavg()},

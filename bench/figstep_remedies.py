@@ -217,6 +217,10 @@ def search_table(search: dict) -> str:
               f"{'≤' if c['at_most'] else '≥'} {100 * c['bar']:.0f} %): {'yes' if c['met'] else 'NO'}" for c in checks]
     if verdict:
         lines.append(f"- FigStep restored without refusing benign images (held out): {verdict.get('figstep_restored')}")
+    broken = (search.get("search") or {}).get("constraints_broken")
+    if broken:
+        lines.append("- searched trials by the constraints they broke (search part, graft search's bounds): "
+                     + ", ".join(f"{k} {v}" for k, v in broken.items()))
     lines += [f"- search: {w}" for w in (search.get("search") or {}).get("warnings") or []]
     return "\n".join(lines)
 

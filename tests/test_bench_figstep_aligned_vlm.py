@@ -75,6 +75,36 @@ def test_the_demo_grafts_the_vector_it_is_given(tmp_path) -> None:
     assert compared == len(aligned)
     vision = [n for n in medical if n.startswith("vision_tower.")]
     assert vision and all(torch.equal(merged[n], medical[n]) for n in vision)
+    before = {f.name: f.read_bytes() for f in negated.iterdir()}
     with pytest.raises(OutputError, match=r"overlaps input .*negated"):  # a demo folder never holds its vector,
         run_demo(tmp_path, cache=world.root.parent, scales=[1.0], search_trials=0, device="cpu", vector=negated)
-    assert (negated / "graft_vector.json").is_file()  # which is left as it was
+    assert {f.name: f.read_bytes() for f in negated.iterdir()} == before  # which is left as it was
+    assert "vector.safetensors" in before
+
+
+def test_the_language_models_of_a_vlm_pair_carry_its_whole_tau(bench, tmp_path) -> None:
+    """--search grafts τ of the pair's language models: saved as text checkpoints holding exactly the VLMs' language
+    model weights, and refused when the pair's vision paths differ (τ would not be all there)."""
+    from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
+
+    from graft.toy.world import WorldSpec, build_world
+
+    world = build_world(WorldSpec())
+    vlm = LlavaForConditionalGeneration.from_pretrained(world.medical)
+    with torch.no_grad():
+        vlm.model.language_model.layers[2].self_attn.q_proj.weight.add_(0.25)
+    vlm.save_pretrained(tmp_path / "aligned")
+    base_text, aligned_text = bench.language_models(world.medical, tmp_path / "aligned", tmp_path / "work")
+    medical = LlavaForConditionalGeneration.from_pretrained(world.medical)
+    for path, source in ((base_text, medical), (aligned_text, vlm)):
+        text = LlamaForCausalLM.from_pretrained(path)
+        assert text.model.state_dict().keys() == source.model.language_model.state_dict().keys()
+        for name, weight in text.model.state_dict().items():
+            assert torch.equal(weight, source.model.language_model.state_dict()[name]), (path, name)
+        assert torch.equal(text.lm_head.weight, source.lm_head.weight)
+    with torch.no_grad():
+        vlm.model.multi_modal_projector.linear_1.bias.add_(0.1)
+    vlm.save_pretrained(tmp_path / "aligned-seeing")
+    with pytest.raises(SystemExit, match=r"its vision path differs from the base VLM's \(.*multi_modal_projector"):
+        bench.language_models(world.medical, tmp_path / "aligned-seeing", tmp_path / "work-seeing")
+    assert not (tmp_path / "work-seeing").exists()
