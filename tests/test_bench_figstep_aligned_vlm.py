@@ -82,6 +82,18 @@ def test_the_demo_grafts_the_vector_it_is_given(tmp_path) -> None:
     assert "vector.safetensors" in before
 
 
+def test_the_demo_refuses_a_folder_that_is_no_vector_before_any_work(tmp_path) -> None:
+    from graft.errors import InputError
+    from graft.toy.demo import run_demo
+
+    (tmp_path / "not-a-vector").mkdir()
+    with pytest.raises(InputError, match=r"not-a-vector: not a graft vector folder \(no vector.json\)"):
+        run_demo(tmp_path / "demo", cache=tmp_path / "cache", vector=tmp_path / "not-a-vector")
+    with pytest.raises(InputError, match="no such vector folder"):
+        run_demo(tmp_path / "demo", cache=tmp_path / "cache", vector=tmp_path / "missing")
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "cache").exists()
+
+
 def test_the_language_models_of_a_vlm_pair_carry_its_whole_tau(bench, tmp_path) -> None:
     """--search grafts τ of the pair's language models: saved as text checkpoints holding exactly the VLMs' language
     model weights, and refused when the pair's vision paths differ (τ would not be all there)."""

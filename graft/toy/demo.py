@@ -28,7 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from graft.display import GraftConsole
+from graft.display import GraftConsole, console_text
 from graft.io.guard import adopt_legacy_folder, make_output_folder, seal_folder, write_file
 
 DEMO_SCALES = (0.5, 1.0, 1.5, 2.0)  # the global-λ grid, which is also the search's uniform baselines
@@ -322,7 +322,13 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
         from graft.errors import UsageError
 
         raise UsageError(f"--holdout {holdout}: expected a share in [0, 1)")
-    workdir = prepare_workdir(workdir, [Path(cache) if cache else default_cache(), *([Path(vector)] if vector else [])])
+    if vector is not None:  # a folder that is no vector is refused before any work
+        from graft.io.vector_folder import SafetyVector
+
+        opened = SafetyVector.open(vector)
+        vector = opened.root
+        opened.close()
+    workdir = prepare_workdir(workdir, [Path(cache) if cache else default_cache(), *([vector] if vector else [])])
     try:
         t0 = time.perf_counter()
         say = _stepper(console, t0)
@@ -353,8 +359,7 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
             say(f"safety vector → {vector}")
         else:
             console.rule("[bold]2. the safety vector given")
-            vector = Path(vector)
-            say(f"safety vector {vector} (not the world's aligned − base)")
+            console.print(console_text(f"safety vector {vector} (given: not the world's aligned − base)"))
 
         console.rule("[bold]3. evaluate aligned and medical")
         rows: dict[str, list[ModelScores]] = {p: [] for p in parts}
