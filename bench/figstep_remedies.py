@@ -174,19 +174,54 @@ def _pct(value: float | None, se: float | None) -> str:
 
 def table(run: dict) -> str:
     """The held-out rows as a markdown table (FigStep safety, image over-refusal, text safety, text over-refusal,
-    medical), then the search-part rows c. chose on, labelled."""
+    medical), then the search-part rows c. chose on, labelled; then d.'s search (bench/figstep_aligned_vlm.py
+    --search) when the run has it."""
     head = ("| recipe | FigStep safety | over-refusal (image) | safety (text) | over-refusal (text) | medical (all) |\n"
             "|---|---|---|---|---|---|")
-    lines = [f"held out ({run['world']}, seed {run['seed']}, {100 * run['holdout']:.0f} % of every benchmark); "
-             f"a. at λ = {run['group_lambda']:g}; c. τ on {run['chosen']} only, chosen {run['chosen_on']}", head]
+    lines: list[str] = []
+    if "chosen" in run:
+        lines += [f"held out ({run['world']}, seed {run['seed']}, {100 * run['holdout']:.0f} % of every benchmark); "
+                  f"a. at λ = {run['group_lambda']:g}; c. τ on {run['chosen']} only, chosen {run['chosen_on']}", head]
+    elif run.get("aligned_vlm"):
+        lines += ["held out: d. the aligned-VLM τ", head]
     for section in ("reference", "groups", "orthogonal", "restricted", "aligned_vlm"):
         for r in run.get(section, []):
-            lines.append(f"| {r['name']} | " + " | ".join(_pct(r[f], r["se"][f]) for f in FIGURES) + " |")
-    lines += ["", "search part (IN SAMPLE: what c. was chosen on)",
-              "| recipe | FigStep safety | over-refusal (image) | safety (text) | over-refusal (text) |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {r['name']} | " + " | ".join(_pct(r[f], r["se"][f]) for f in FIGURES[:4]) + " |"
-              for r in run["groups_search_part"] + run.get("aligned_vlm_search_part", [])]
+            lines.append(_line(r))
+    inside = run.get("groups_search_part", []) + run.get("aligned_vlm_search_part", [])
+    if inside:
+        lines += ["", "search part (IN SAMPLE: what c. was chosen on)",
+                  "| recipe | FigStep safety | over-refusal (image) | safety (text) | over-refusal (text) |",
+                  "|---|---|---|---|---|"]
+        lines += [_line(r, FIGURES[:4]) for r in inside]
+    search = run.get("aligned_vlm_search")
+    if search:
+        lines += [""] * bool(lines) + [search_table(search)]
+    return "\n".join(lines)
+
+
+def _line(r: dict, figures: tuple[str, ...] = FIGURES) -> str:
+    return f"| {r['name']} | " + " | ".join(_pct(r[f], r["se"][f]) for f in figures) + " |"
+
+
+def search_table(search: dict) -> str:
+    """d. searched: the demo's rows held out (the pick, the uniform grid, the labelled upper bound), the verdict's
+    FigStep and over-refusal checks, and the search's own warnings."""
+    lines = [f"held out ({search['world']}, seed {search['seed']}, {100 * search['holdout']:.0f} % of every "
+             f"benchmark): d. the aligned-VLM τ searched by {search['protocol']}, {search['trials']} trials",
+             "| recipe | FigStep safety | over-refusal (image) | safety (text) | over-refusal (text) | medical (all) |",
+             "|---|---|---|---|---|---|"]
+    lines += [_line(r) for r in search["held_out"] if r["name"] != "aligned"]
+    verdict = search.get("verdict") or {}
+    checks = [*(verdict.get("checks") or []), *([verdict["figstep"]] if verdict.get("figstep") else [])]
+    lines += [f"- {c['name']}: {100 * c['value']:.1f} % (95 %: {100 * c['low']:.1f}–{100 * c['high']:.1f}; bar "
+              f"{'≤' if c['at_most'] else '≥'} {100 * c['bar']:.0f} %): {'yes' if c['met'] else 'NO'}" for c in checks]
+    if verdict:
+        lines.append(f"- FigStep restored without refusing benign images (held out): {verdict.get('figstep_restored')}")
+    broken = (search.get("search") or {}).get("constraints_broken")
+    if broken:
+        lines.append("- searched trials by the constraints they broke (search part, graft search's bounds): "
+                     + ", ".join(f"{k} {v}" for k, v in broken.items()))
+    lines += [f"- search: {w}" for w in (search.get("search") or {}).get("warnings") or []]
     return "\n".join(lines)
 
 

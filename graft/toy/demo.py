@@ -28,7 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from graft.display import GraftConsole
+from graft.display import GraftConsole, console_text
 from graft.io.guard import adopt_legacy_folder, make_output_folder, seal_folder, write_file
 
 DEMO_SCALES = (0.5, 1.0, 1.5, 2.0)  # the global-λ grid, which is also the search's uniform baselines
@@ -294,14 +294,16 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
              device: str = "auto", search_trials: int = DEMO_TRIALS, seed: int = 0, holdout: float = DEMO_HOLDOUT,
              space: Mapping[str, Any] | None = None, sampler: str | None = None,
              protocol: Mapping[str, Any] | None = None, budget_items: int | None = None,
-             eval_cache: Path | None = None) -> DemoResult:
+             eval_cache: Path | None = None, vector: Path | None = None) -> DemoResult:
     """Run the demo under `workdir` (see the module docstring); returns the table's rows and the files written.
     `seed` picks the toy world (its data and training), the search/held-out split and the search's sampler;
     `limit` caps the items per task each search trial scores (within the search part); `space` replaces the
     demo's search space (a `graft_space` mapping); `protocol` changes the search's eval settings (`fidelity`,
     `selection`, `objective` fields: what bench/search_generalisation.py compares the default with);
     `budget_items` also ends the search after that many item evaluations; `eval_cache` is a verdict cache (keyed
-    by the weights' content) the table's evaluations share with other runs on the same world."""
+    by the weights' content) the table's evaluations share with other runs on the same world; `vector` is a safety
+    vector to graft instead of the world's τ = aligned − base (one for the medical VLM's names, e.g. from an
+    aligned-VLM pair: bench/figstep_aligned_vlm.py), run through the same grid, search and verdict."""
     import transformers
 
     from graft.core.recipe import Recipe
@@ -320,7 +322,13 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
         from graft.errors import UsageError
 
         raise UsageError(f"--holdout {holdout}: expected a share in [0, 1)")
-    workdir = prepare_workdir(workdir, [Path(cache) if cache else default_cache()])
+    if vector is not None:  # a folder that is no vector is refused before any work
+        from graft.io.vector_folder import SafetyVector
+
+        opened = SafetyVector.open(vector)
+        vector = opened.root
+        opened.close()
+    workdir = prepare_workdir(workdir, [Path(cache) if cache else default_cache(), *([vector] if vector else [])])
     try:
         t0 = time.perf_counter()
         say = _stepper(console, t0)
@@ -345,9 +353,13 @@ def run_demo(workdir: Path, *, console: Console | None = None, cache: Path | Non
                       "the table and the verdict are computed on those items" if holdout > 0 else
                       "holdout 0: the search scores every item, so every figure below is IN SAMPLE")
 
-        console.rule("[bold]2. graft extract: τ = aligned − base")
-        vector = extract_vector(world.base, world.aligned, workdir / "safety-vector").out
-        say(f"safety vector → {vector}")
+        if vector is None:
+            console.rule("[bold]2. graft extract: τ = aligned − base")
+            vector = extract_vector(world.base, world.aligned, workdir / "safety-vector").out
+            say(f"safety vector → {vector}")
+        else:
+            console.rule("[bold]2. the safety vector given")
+            console.print(console_text(f"safety vector {vector} (given: not the world's aligned − base)"))
 
         console.rule("[bold]3. evaluate aligned and medical")
         rows: dict[str, list[ModelScores]] = {p: [] for p in parts}
