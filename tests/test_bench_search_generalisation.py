@@ -1,0 +1,45 @@
+"""bench/search_generalisation.py --table prints one world version's runs: the newest in the file unless --world
+names another, and a version the file does not hold is a one-line error naming the ones it does."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("search_generalisation", ROOT / "bench" / "search_generalisation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RUNS = {"world-v4/seed0/graft/trials60/holdout0.5": {"seed": 0},
+        "world-v5/seed0/graft/trials60/holdout0.5": {"seed": 0},
+        "world-v5/seed1/fixed/trials60/holdout0.5": {"seed": 1},
+        "world-v12/seed2/graft/trials60/holdout0.5": {"seed": 2}}
+
+
+def test_the_newest_world_is_the_default_and_any_held_version_can_be_named(bench) -> None:
+    data = {"meta": {"world_version": 12}, "runs": RUNS}
+    assert list(bench.of_world(data, None)["runs"]) == ["world-v12/seed2/graft/trials60/holdout0.5"]  # 12 > 5 > 4
+    assert set(bench.of_world(data, 5)["runs"]) == {k for k in RUNS if k.startswith("world-v5/")}
+    assert bench.of_world(data, 5)["meta"] == data["meta"]
+    assert bench.of_world({"runs": {}}, None)["runs"] == {}
+
+
+def test_a_version_the_file_does_not_hold_is_a_one_line_error(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"runs": RUNS}))
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "search_generalisation.py"), "--table", "--out",
+                           str(results), "--world", "7"], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "--world: no runs on world v7 in the file; it holds v4, v5, v12"
