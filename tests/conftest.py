@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -53,3 +55,16 @@ def make_world(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., World]
 
 
 ALL_LAYOUTS = sorted(LAYOUTS)
+
+
+@pytest.fixture(scope="session")
+def load_bench() -> Callable[[str], ModuleType]:
+    """A script of bench/ as a module, by name (bench/ is not a package: its scripts run from the command line)."""
+    def load(name: str) -> ModuleType:
+        script = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

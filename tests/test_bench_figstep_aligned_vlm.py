@@ -4,7 +4,6 @@ world's own τ) through the demo's whole table."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -17,11 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("figstep_aligned_vlm", ROOT / "bench" / "figstep_aligned_vlm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench):
+    return load_bench("figstep_aligned_vlm")
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -3,7 +3,6 @@ coefficients), and the remedy it measures on a λ grid is chosen by its stated r
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("figstep_remedies", ROOT / "bench" / "figstep_remedies.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench):
+    return load_bench("figstep_remedies")
 
 
 @pytest.mark.parametrize("layers", [6, 7, 32])

@@ -3,7 +3,6 @@ names another, and a version the file does not hold is a one-line error naming t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,11 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("search_generalisation", ROOT / "bench" / "search_generalisation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench):
+    return load_bench("search_generalisation")
 
 
 RUNS = {"world-v4/seed0/graft/trials60/holdout0.5": {"seed": 0},
