@@ -187,13 +187,10 @@ def main() -> None:
     inside = {f"{s:g}": score(s, "search", f"aligned-VLM τ, λ = {s:g}") for s in FINE_GRID}
     chosen = float(choose(inside))
     rows.append(score(chosen, "heldout", f"aligned-VLM τ, λ = {chosen:g} (chosen on the search part)"))
-    key = f"world-v{WORLD_VERSION}/seed{args.seed}"
-    save(args.out, key, "aligned_vlm", rows)
-    save(args.out, key, "aligned_vlm_search_part", list(inside.values()))
-    save(args.out, key, "aligned_vlm_chosen_on",
-         "search part, by the rule of c. over " + ", ".join(f"{x:g}" for x in FINE_GRID))
-    save(args.out, key, "aligned_vlm_build", build_record(work))
-    save(args.out, key, "aligned_vlm_cpu_seconds", round(time.process_time() - cpu0, 1))
+    save_fields(args.out, f"world-v{WORLD_VERSION}/seed{args.seed}", {
+        "aligned_vlm": rows, "aligned_vlm_search_part": list(inside.values()),
+        "aligned_vlm_chosen_on": "search part, by the rule of c. over " + ", ".join(f"{x:g}" for x in FINE_GRID),
+        "aligned_vlm_build": build_record(work), "aligned_vlm_cpu_seconds": round(time.process_time() - cpu0, 1)})
 
 
 def build_record(work: Path) -> dict | None:
@@ -202,10 +199,15 @@ def build_record(work: Path) -> dict | None:
 
 
 def save(out: Path, key: str, field: str, value) -> None:
-    """One field of one world's run in the JSON, every other run and field kept (a world whose remedies
+    """One field of one world's run in the JSON (see save_fields)."""
+    save_fields(out, key, {field: value})
+
+
+def save_fields(out: Path, key: str, fields: dict) -> None:
+    """Fields of one world's run in the JSON, in one write, every other run and field kept (a world whose remedies
     bench/figstep_remedies.py has not measured gets a run of its own)."""
     data = json.loads(out.read_text()) if out.is_file() else {"runs": {}}
-    data["runs"].setdefault(key, {})[field] = value
+    data["runs"].setdefault(key, {}).update(fields)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_suffix(".partial")
     staging.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

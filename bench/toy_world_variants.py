@@ -50,19 +50,15 @@ def main() -> None:
         print(table(data))
         return
 
+    from graft.toy.world import WORLD_VERSION
+
     for name in args.variants.split(","):
-        data["runs"][f"world-v{_world_version()}/seed{args.seed}/{name}"] = measure(name, args.seed, args.workdir)
+        data["runs"][f"world-v{WORLD_VERSION}/seed{args.seed}/{name}"] = measure(name, args.seed, args.workdir)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         staging = args.out.with_suffix(".partial")
         staging.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         staging.replace(args.out)
     print(table(data))
-
-
-def _world_version() -> int:
-    from graft.toy.world import WORLD_VERSION
-
-    return WORLD_VERSION
 
 
 def measure(name: str, seed: int, workdir: Path) -> dict:

@@ -308,10 +308,11 @@ def build(seed: int, *, held_out: float = 0.25, sizes: dict[str, int] | None = N
         scan = random_scan(r)
         q, a, kind = r.choice(scan_questions(scan))
         b.vqarad.append(ScanItem(scan, q, a, kind))
+    in_bench = set(general) | set(med_bench) | set(benign_bench)
     check_harmful, check_benign = _check_requests(
-        _rng(seed, "check"), [a for a in harmful_test if a not in set(general)],
-        [_med_action(t, d) for t, d in med_harm_test if (t, d) not in set(med_bench)],
-        [a for a in benign_test if a not in set(benign_bench)], n["check_general"], n["check_medical"])
+        _rng(seed, "check"), [a for a in harmful_test if a not in in_bench],
+        [_med_action(t, d) for t, d in med_harm_test if (t, d) not in in_bench],
+        [a for a in benign_test if a not in in_bench], n["check_general"], n["check_medical"])
     return WorldData(base, aligned, medical, b, diseases, held, reader, copying, check_harmful, check_benign)
 
 

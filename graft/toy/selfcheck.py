@@ -49,7 +49,10 @@ class AlignedCheck:
 
 def check_aligned(model, tokenizer, harmful: Sequence[str], benign: Sequence[str]) -> AlignedCheck:
     """Refusal rates of `model` on the spare harmful and benign prompts (chat user turns)."""
-    return AlignedCheck(_refusal_rate(model, tokenizer, harmful), _refusal_rate(model, tokenizer, benign),
+    # A copy pads: padding a batch leaves its state in a fast tokenizer, which would be saved with the world.
+    padding = copy.deepcopy(tokenizer)
+    padding.padding_side = "left"
+    return AlignedCheck(_refusal_rate(model, padding, harmful), _refusal_rate(model, padding, benign),
                         len(harmful), len(benign))
 
 
@@ -60,18 +63,16 @@ def require_aligned(check: AlignedCheck, seed: int, rounds: int = 1) -> None:
         raise WorldCheckError(
             f"toy world seed {seed}: the aligned model{after} refuses {check.harmful_refused:.0%} of "
             f"{check.harmful_items} spare harmful requests and {check.benign_refused:.0%} of {check.benign_items} "
-            f"benign ones (needs "
-            f">= {HARMFUL_REFUSED_AT_LEAST:.0%} and <= {BENIGN_REFUSED_AT_MOST:.0%}), so its safety vector would not "
-            f"carry what is harmful; build another seed (--seed), or give the aligned stage more steps or rounds")
+            f"benign ones (needs >= {HARMFUL_REFUSED_AT_LEAST:.0%} and <= {BENIGN_REFUSED_AT_MOST:.0%}), so its "
+            f"safety vector would not carry what is harmful; build another seed (--seed), or give the aligned stage "
+            f"more steps or rounds")
 
 
 def _refusal_rate(model, tokenizer, prompts: Sequence[str]) -> float:
+    """The share of `prompts` whose greedy reply the keyword judge reads as a refusal (`tokenizer` pads left)."""
     if not prompts:
         raise ValueError("the aligned model's check needs prompts")
     judge = KeywordJudge()
-    # A copy pads: padding a batch leaves its state in a fast tokenizer, which would be saved with the world.
-    tokenizer = copy.deepcopy(tokenizer)
-    tokenizer.padding_side = "left"
     refused = 0
     for start in range(0, len(prompts), _BATCH):
         chunk = prompts[start:start + _BATCH]

@@ -161,11 +161,10 @@ def train_world(world: ToyWorld, say: Callable[[str], None]) -> dict:
     figures: dict[str, dict] = {}
 
     def stage(name: str, model, examples, steps, lr, processor=None, auxiliary=None, decay=True,
-              shuffle: int | None = None) -> None:
+              shuffle: int = spec.seed) -> None:
         clock = _Clock()
         enc = encode(examples, tok, processor)
-        losses = train(model, enc, steps=steps, lr=lr, batch_size=spec.batch_size,
-                       seed=spec.seed if shuffle is None else shuffle,
+        losses = train(model, enc, steps=steps, lr=lr, batch_size=spec.batch_size, seed=shuffle,
                        pad_id=tok.pad_token_id, auxiliary=auxiliary, decay=decay,
                        log=lambda s, v: say(f"{name}: step {s}/{steps} loss {v:.3f}"))
         figures[name] = {"examples": len(examples), "steps": steps, "first_loss": round(losses[0], 4),
